@@ -1,0 +1,3 @@
+"""adapters package (see DESIGN.md)."""
+
+__all__: list[str] = []

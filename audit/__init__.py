@@ -1,0 +1,3 @@
+"""audit package (see DESIGN.md)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""consent package (see DESIGN.md)."""
+
+__all__: list[str] = []

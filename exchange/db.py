@@ -1,0 +1,107 @@
+"""Database engines and migrations shared by every component.
+
+SQLite (one file per component in the data directory) by default, PostgreSQL through
+``DATABASE_URL``. Every package keeps its own tables (in its ``store.py``, prefixed with the
+package's name) and its own Alembic branch in ``<package>/migrations/versions``; ``upgrade()``
+applies all heads. On PostgreSQL an advisory lock serialises replicas that start at once.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+
+__all__ = ["MIGRATING_PACKAGES", "is_postgres", "make_engine", "normalise_url", "upgrade"]
+
+MIGRATING_PACKAGES = (
+    "exchange",
+    "audit",
+    "consent",
+    "policies",
+    "adapters",
+    "procedures",
+    "portal",
+)
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+_MIGRATION_LOCK_KEY = 0x0CE0_0CE0
+
+
+def normalise_url(url: str) -> str:
+    """Use psycopg 3 for ``postgresql://`` URLs (SQLAlchemy's default driver is psycopg2)."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def is_postgres(url: str) -> bool:
+    return make_url(normalise_url(url)).get_backend_name() == "postgresql"
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine with the settings this project relies on (WAL + busy timeout on SQLite)."""
+    url = normalise_url(url)
+    if is_postgres(url):
+        kwargs.setdefault("pool_size", 10)
+        kwargs.setdefault("max_overflow", 20)
+        kwargs.setdefault("pool_pre_ping", True)
+        return create_engine(url, **kwargs)
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"check_same_thread": False}, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    return engine
+
+
+def _version_locations() -> list[str]:
+    found: list[str] = []
+    for pkg in MIGRATING_PACKAGES:
+        spec = importlib.util.find_spec(pkg)
+        if spec is None or spec.origin is None:
+            continue
+        versions = Path(spec.origin).parent / "migrations" / "versions"
+        if versions.is_dir() and any(versions.glob("*.py")):
+            found.append(str(versions))
+    return found
+
+
+def alembic_config(engine: Engine) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    cfg.set_main_option("version_locations", " ".join(_version_locations()))
+    cfg.set_main_option("path_separator", "space")
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def upgrade(engine: Engine) -> None:
+    """Apply every package's migrations (``alembic upgrade heads``)."""
+    cfg = alembic_config(engine)
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
+            try:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "heads")
+                conn.commit()
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATION_LOCK_KEY})
+                conn.commit()
+    else:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "heads")

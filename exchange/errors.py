@@ -1,0 +1,115 @@
+"""The error hierarchy, split by who is at fault (style rule 10).
+
+::
+
+    OnceOnlyError
+    ├── VerificationError      bad data from a peer: signature, certificate, replay, skew, binding
+    │   └── ReplayError        a message id seen before
+    ├── RefusalError           a policy, an access right or a consent said no
+    ├── ClientError            the calling system broke the protocol (bad header, unknown service)
+    │   └── AuthenticationError the calling system could not prove who it is
+    ├── NotFoundError          the thing asked for does not exist (or is not the caller's)
+    ├── ConflictError          the request clashes with the current state (illegal transition)
+    ├── TransportError         a peer could not be reached or answered garbage at the HTTP level
+    └── ConfigurationError     this node is mis-configured (missing keys, expired registry)
+
+Every error carries a stable ``code`` (X-Road style, dotted) that ``exchange.problems`` maps once to
+an RFC 9457 problem type. Packages subclass these; they never invent a parallel hierarchy.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationError",
+    "ClientError",
+    "ConfigurationError",
+    "ConflictError",
+    "NotFoundError",
+    "OnceOnlyError",
+    "RefusalError",
+    "ReplayError",
+    "TransportError",
+    "VerificationError",
+]
+
+
+class OnceOnlyError(Exception):
+    """Root of every error onceonly raises on purpose."""
+
+    code = "Server.Internal"
+    status = 500
+
+    def __init__(self, detail: str, *, code: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if code is not None:
+            self.code = code
+
+
+class VerificationError(OnceOnlyError):
+    """A peer sent something that does not verify. The detail sent out is opaque (rule 11)."""
+
+    code = "Server.ServerProxy.InvalidSignature"
+    status = 400
+
+
+class ReplayError(VerificationError):
+    """A message id was seen before: a replay, or a broken client re-using ids."""
+
+    code = "Server.ServerProxy.Replay"
+    status = 409
+
+
+class RefusalError(OnceOnlyError):
+    """An access right, a policy or a consent refused the request."""
+
+    code = "Server.ServerProxy.AccessDenied"
+    status = 403
+
+    def __init__(
+        self, detail: str, *, code: str | None = None, reasons: tuple[str, ...] = ()
+    ) -> None:
+        super().__init__(detail, code=code)
+        self.reasons = reasons
+
+
+class ClientError(OnceOnlyError):
+    """The caller broke the protocol: a missing or malformed header, an unknown service."""
+
+    code = "Client.BadRequest"
+    status = 400
+
+
+class AuthenticationError(ClientError):
+    """The caller did not prove who it is (no or wrong API key, bad token)."""
+
+    code = "Client.Unauthenticated"
+    status = 401
+
+
+class NotFoundError(OnceOnlyError):
+    """Unknown, or not the caller's: both look the same from outside (no existence oracle)."""
+
+    code = "Client.NotFound"
+    status = 404
+
+
+class ConflictError(OnceOnlyError):
+    """The request is well-formed but clashes with the current state."""
+
+    code = "Client.Conflict"
+    status = 409
+
+
+class TransportError(OnceOnlyError):
+    """A peer could not be reached, timed out, or answered something that is not the protocol."""
+
+    code = "Server.ServerProxy.NetworkError"
+    status = 502
+
+
+class ConfigurationError(OnceOnlyError):
+    """This node cannot work as configured: keys missing, registry expired or unverifiable."""
+
+    code = "Server.ServerProxy.Configuration"
+    status = 503

@@ -1,0 +1,239 @@
+"""The ports the kernel needs, as Protocols (DESIGN "The parts", style rule 1).
+
+``policies``, ``consent``, ``audit`` and ``adapters`` implement these; the kernel never imports
+them. The composition root (``exchange.node.app`` and the CLI) wires implementations in. Every
+value crossing a port is a frozen dataclass built from *verified* data: an implementation may
+trust that the envelope's signature, the sender's certificate and replay protection were checked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from exchange.identifiers import ClientId, ServiceId
+
+__all__ = [
+    "AdapterRequest",
+    "AdapterResponse",
+    "AuditEvent",
+    "AuditKind",
+    "AuditSink",
+    "ConsentDecision",
+    "ConsentGate",
+    "ConsentQuery",
+    "JsonValue",
+    "PolicyDecider",
+    "PolicyDecision",
+    "PolicyInput",
+    "RegistryAdapter",
+    "ServiceDescription",
+    "Transport",
+    "TransportResponse",
+]
+
+JsonValue = Any
+"""A JSON value as produced by ``json.loads`` (pydantic cannot check recursion cheaply)."""
+
+
+# --- policy ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyInput:
+    """What the policy engine decides on. ``consent`` is the consent gate's answer, if any."""
+
+    client: ClientId
+    service: ServiceId
+    purpose: str
+    subject: str | None
+    now: datetime
+    requested_fields: tuple[str, ...] | None = None
+    consent: ConsentDecision | None = None
+    operation: Literal["read", "change"] = "read"
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyDecision:
+    """A decision that must be explained (rule 12): truthy when allowed, with its reasons."""
+
+    allow: bool
+    fields: frozenset[str]
+    basis: str | None
+    reasons: tuple[str, ...]
+    decision_id: str
+
+    def __bool__(self) -> bool:
+        return self.allow
+
+
+class PolicyDecider(Protocol):
+    """Access rights + purpose binding + legal basis + data minimisation, as one decision."""
+
+    def decide(self, request: PolicyInput) -> PolicyDecision: ...
+
+
+# --- consent -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentQuery:
+    """One exchange asking to rely on a consent. ``artefact`` is the signed consent (JWS)."""
+
+    consent_id: str
+    artefact: str | None
+    subject: str | None
+    client: ClientId
+    service: ServiceId
+    purpose: str
+    fields: tuple[str, ...]
+    now: datetime
+    message_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentDecision:
+    """The consent gate's answer: truthy when the consent covers the exchange."""
+
+    allow: bool
+    consent_id: str
+    fields: frozenset[str]
+    reasons: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return self.allow
+
+
+class ConsentGate(Protocol):
+    """Checks a consent (signature, status, window, purpose, client, fields) and records its use.
+
+    ``check`` has no side effect. ``use`` checks again *and* records the use atomically, so two
+    simultaneous uses of a one-time consent cannot both succeed.
+    """
+
+    def check(self, query: ConsentQuery) -> ConsentDecision: ...
+
+    def use(self, query: ConsentQuery) -> ConsentDecision: ...
+
+
+# --- audit -------------------------------------------------------------------------------------
+
+AuditKind = Literal[
+    "request",
+    "response",
+    "refusal",
+    "consent.granted",
+    "consent.paused",
+    "consent.resumed",
+    "consent.revoked",
+    "consent.used",
+    "consent.expired",
+    "procedure.step",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """Who did what, why, and the hashes — never the personal data itself."""
+
+    time: datetime
+    node: str
+    kind: AuditKind
+    decision: Literal["allow", "deny", "error", "info"]
+    client: str | None = None
+    service: str | None = None
+    purpose: str | None = None
+    subject: str | None = None
+    consent_id: str | None = None
+    reason: str | None = None
+    message_id: str | None = None
+    request_hash: str | None = None
+    body_hash: str | None = None
+    decision_id: str | None = None
+    basis: str | None = None
+    status: int | None = None
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+class AuditSink(Protocol):
+    """Durably records an event before the exchange goes on (fail closed if it cannot)."""
+
+    def record(self, event: AuditEvent) -> None: ...
+
+
+# --- adapters ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceDescription:
+    """What an adapter offers: becomes the registry entry and the OpenAPI of the metaservice."""
+
+    code: str
+    version: str | None
+    description: str
+    fields: tuple[str, ...]
+    purposes: tuple[str, ...] = ()
+    changes: bool = False
+    request_schema: Mapping[str, JsonValue] | None = None
+    response_schema: Mapping[str, JsonValue] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterRequest:
+    """A verified, policy-checked request handed to a registry adapter."""
+
+    service: ServiceId
+    client: ClientId
+    method: str
+    path: str
+    query: str
+    subject: str | None
+    purpose: str
+    message_id: str
+    fields: frozenset[str]
+    body: bytes = b""
+    content_type: str | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterResponse:
+    """An adapter's answer. ``data`` is filtered to the allowed fields by the node, not trusted."""
+
+    status: int
+    data: JsonValue
+
+
+@runtime_checkable
+class RegistryAdapter(Protocol):
+    """Puts one subsystem's registry behind a node."""
+
+    def services(self) -> Sequence[ServiceDescription]: ...
+
+    async def call(self, request: AdapterRequest) -> AdapterResponse: ...
+
+
+# --- transport ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TransportResponse:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+class Transport(Protocol):
+    """Node-to-node HTTP. Raises ``TransportError`` when the peer cannot be reached."""
+
+    async def post(
+        self, url: str, body: bytes, headers: Mapping[str, str], *, timeout_s: float
+    ) -> TransportResponse: ...
+
+    async def get(
+        self, url: str, headers: Mapping[str, str], *, timeout_s: float
+    ) -> TransportResponse: ...
+
+    async def aclose(self) -> None: ...

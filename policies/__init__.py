@@ -1,0 +1,3 @@
+"""policies package (see DESIGN.md)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""portal package (see DESIGN.md)."""
+
+__all__: list[str] = []

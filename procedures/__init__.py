@@ -1,0 +1,3 @@
+"""procedures package (see DESIGN.md)."""
+
+__all__: list[str] = []
