@@ -1,0 +1,133 @@
+"""RFC 9457 problem+json, mapped once (style rule 11).
+
+Every ``OnceOnlyError`` becomes ``{"type", "title", "status", "detail", "code", "instance"}`` with a
+stable ``type`` URI derived from its X-Road style code and an ``X-Road-Error`` header. Signature
+failures go out with one opaque detail. Anything unexpected is logged server-side with an error id
+and answered as an opaque 500 carrying only that id: no stack trace ever leaves the process.
+Validation errors of FastAPI (a caller's bad JSON/query) become 400 ``Client.BadRequest``.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from exchange.errors import OnceOnlyError, VerificationError
+
+__all__ = ["PROBLEM_BASE", "install_problem_handlers", "problem_response", "problem_type"]
+
+PROBLEM_BASE = "https://onceonly.example/problems/"
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+_log = logging.getLogger("onceonly.problems")
+
+_TITLES = {
+    400: "Bad request",
+    401: "Unauthenticated",
+    403: "Refused",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Payload too large",
+    415: "Unsupported media type",
+    422: "Unprocessable content",
+    429: "Too many requests",
+    500: "Internal error",
+    502: "Bad gateway",
+    503: "Service unavailable",
+    504: "Gateway timeout",
+}
+
+
+def problem_type(code: str) -> str:
+    """``Server.ServerProxy.AccessDenied`` → ``…/problems/server.serverproxy.accessdenied``."""
+    return PROBLEM_BASE + code.lower()
+
+
+def problem_response(
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    instance: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": problem_type(code),
+        "title": _TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+        "code": code,
+    }
+    if instance:
+        body["instance"] = instance
+    if extra:
+        body.update(extra)
+    return JSONResponse(
+        body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers={"X-Road-Error": code}
+    )
+
+
+def _onceonly_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, OnceOnlyError)
+    # Rule 11: a signature failure says nothing about which check failed.
+    detail = "message verification failed" if type(exc) is VerificationError else exc.detail
+    extra: dict[str, Any] = {}
+    reasons = getattr(exc, "reasons", ())
+    if reasons:
+        extra["reasons"] = list(reasons)
+    if exc.status >= 500:
+        error_id = str(uuid.uuid4())
+        _log.warning(
+            "%s %s: %s (error id %s)", request.method, request.url.path, exc.code, error_id
+        )
+        extra["error_id"] = error_id
+    return problem_response(exc.status, exc.code, detail, instance=request.url.path, extra=extra)
+
+
+def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))}
+        for e in exc.errors()
+    ]
+    return problem_response(
+        400,
+        "Client.BadRequest",
+        "the request is not valid",
+        instance=request.url.path,
+        extra={"errors": errors[:20]},
+    )
+
+
+def _http_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = {404: "Client.NotFound", 405: "Client.MethodNotAllowed"}.get(
+        exc.status_code, "Client.BadRequest" if exc.status_code < 500 else "Server.Internal"
+    )
+    detail = exc.detail if isinstance(exc.detail, str) else _TITLES.get(exc.status_code, "error")
+    return problem_response(exc.status_code, code, detail, instance=request.url.path)
+
+
+def _unexpected_handler(request: Request, exc: Exception) -> JSONResponse:
+    error_id = str(uuid.uuid4())
+    _log.exception("unexpected error %s on %s %s", error_id, request.method, request.url.path)
+    return problem_response(
+        500,
+        "Server.Internal",
+        "internal error",
+        instance=request.url.path,
+        extra={"error_id": error_id},
+    )
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(OnceOnlyError, _onceonly_handler)
+    app.add_exception_handler(RequestValidationError, _validation_handler)
+    app.add_exception_handler(StarletteHTTPException, _http_handler)
+    app.add_exception_handler(Exception, _unexpected_handler)
