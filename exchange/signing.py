@@ -1,4 +1,5 @@
-"""Keys and detached JWS signatures (RFC 7515 Appendix F; EdDSA per RFC 8037, or ES256).
+"""Keys and detached JWS signatures (RFC 7515 App. F with RFC 7797 unencoded payload; EdDSA per
+RFC 8037, or ES256).
 
 One of the few modules allowed to import ``cryptography`` and ``jwt`` (style rule 14); everything
 else signs and verifies through ``Signer`` / ``Verifier``. Keys of different trust domains are
@@ -159,7 +160,9 @@ class _Verifier:
             header = jwt.get_unverified_header(jws)
             if header.get("alg") != self.alg or header.get("typ") != self.typ:
                 raise VerificationError(_OPAQUE)
-            if header.get("kid") != self.kid or "crit" in header:
+            # PyJWT's detached mode is RFC 7797 (``b64: false``, ``crit: ["b64"]``); any other
+            # critical extension is one we do not understand, so the JWS must be rejected.
+            if header.get("kid") != self.kid or header.get("crit", ["b64"]) != ["b64"]:
                 raise VerificationError(_OPAQUE)
             self._jws.decode_complete(
                 jws, self._key, algorithms=[self.alg], detached_payload=payload

@@ -1,0 +1,287 @@
+"""The central registry ("global configuration"), as a signed document (DESIGN "Trust").
+
+The central server publishes one JSON document: the instance CA, members and their node
+addresses, subsystems and their signing certificates, the services each subsystem offers, the
+access rights, statutory bases, revoked certificates, and where the consent service lives. It is
+signed by the central server's key (detached JWS over RFC 8785 canonical JSON) and carries a serial
+number and an expiry. Every node verifies it against its trust anchor (the central public key,
+obtained out of band by ``onceonly keys init``), refuses an expired one or one older than what it
+already holds (rollback), and caches the last good copy.
+
+Trust assumption: nothing in the document is trusted before ``verify_registry`` returns.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cached_property
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from exchange.canonical import canonical_json
+from exchange.certificates import load_certificate, verify_member_certificate
+from exchange.errors import ConfigurationError, NotFoundError, VerificationError
+from exchange.identifiers import ClientId, MemberId, ServiceId
+from exchange.signing import CentralSigner, CentralVerifier, MemberVerifier, PublicKey, key_id
+
+__all__ = [
+    "AccessRightEntry",
+    "ConsentServiceEntry",
+    "MemberEntry",
+    "RegistryDocument",
+    "ServiceEntry",
+    "SignedRegistry",
+    "StatuteEntry",
+    "SubsystemEntry",
+    "VerifiedRegistry",
+    "parse_unverified_registry",
+    "sign_registry",
+    "verify_registry",
+]
+
+MAX_REGISTRY_BYTES = 8 * 1024 * 1024
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class MemberEntry(_Wire):
+    id: str
+    name: str
+    name_en: str = ""
+    address: str | None = None
+    """Base URL of the member's node ("security server"); None for a member without one."""
+
+
+class SubsystemEntry(_Wire):
+    id: str
+    name: str = ""
+    certificates: tuple[str, ...] = ()
+
+
+class ServiceEntry(_Wire):
+    id: str
+    description: str = ""
+    fields: tuple[str, ...] = ()
+    purposes: tuple[str, ...] = ()
+    changes: bool = False
+    openapi: dict[str, Any] | None = None
+
+
+class AccessRightEntry(_Wire):
+    client: str
+    service: str
+    not_before: datetime | None = None
+    not_after: datetime | None = None
+
+
+class StatuteEntry(_Wire):
+    """A statutory basis: this client may get these fields of this service for these purposes."""
+
+    id: str
+    service: str
+    client: str
+    purposes: tuple[str, ...]
+    fields: tuple[str, ...]
+    ordinance: str
+    title_ja: str = ""
+    title_en: str = ""
+
+
+class ConsentServiceEntry(_Wire):
+    url: str
+    issuer_public_key: str
+
+
+class RegistryDocument(_Wire):
+    instance: str
+    serial: int = Field(ge=1)
+    issued_at: datetime
+    expires_at: datetime
+    ca_certificate: str
+    central_url: str = ""
+    members: tuple[MemberEntry, ...] = ()
+    subsystems: tuple[SubsystemEntry, ...] = ()
+    services: tuple[ServiceEntry, ...] = ()
+    access_rights: tuple[AccessRightEntry, ...] = ()
+    statutes: tuple[StatuteEntry, ...] = ()
+    revoked_certificates: tuple[str, ...] = ()
+    consent_service: ConsentServiceEntry | None = None
+
+    def signing_input(self) -> bytes:
+        return canonical_json(self.model_dump(mode="json"))
+
+
+class SignedRegistry(_Wire):
+    document: RegistryDocument
+    signature: str
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.model_dump(mode="json"), ensure_ascii=False).encode()
+
+
+def sign_registry(document: RegistryDocument, signer: CentralSigner) -> SignedRegistry:
+    return SignedRegistry(
+        document=document, signature=signer.sign_detached(document.signing_input())
+    )
+
+
+def parse_unverified_registry(raw: bytes) -> SignedRegistry:
+    if len(raw) > MAX_REGISTRY_BYTES:
+        raise VerificationError("registry document too large")
+    try:
+        return SignedRegistry.model_validate_json(raw)
+    except ValidationError as exc:
+        raise VerificationError("malformed registry document") from exc
+
+
+def verify_registry(
+    raw: bytes,
+    anchor: CentralVerifier,
+    *,
+    now: datetime,
+    min_serial: int = 0,
+) -> VerifiedRegistry:
+    """Verify a fetched registry: (R1) signature by the anchor, (R2) not expired, (R3) no rollback."""
+    signed = parse_unverified_registry(raw)
+    # (R1) signed by the central server: stops a forged directory (fake members, fake keys).
+    anchor.verify_detached(signed.signature, signed.document.signing_input())
+    doc = signed.document
+    # (R2) expiry: stops a node from running forever on a stale directory (revocations unseen).
+    if doc.expires_at <= now:
+        raise ConfigurationError(
+            "the central registry has expired", code="Server.ServerProxy.OutdatedGlobalConf"
+        )
+    # (R3) monotonic serial: stops an attacker replaying an older directory to undo a revocation.
+    if doc.serial < min_serial:
+        raise VerificationError("registry serial went backwards")
+    return VerifiedRegistry(doc, raw)
+
+
+@dataclass(eq=False)
+class VerifiedRegistry:
+    """Lookups over a verified registry document. Member keys are verified lazily and cached."""
+
+    document: RegistryDocument
+    raw: bytes = b""
+    _key_cache: dict[tuple[str, str], tuple[MemberVerifier, datetime]] = field(default_factory=dict)
+
+    @property
+    def serial(self) -> int:
+        return self.document.serial
+
+    @cached_property
+    def _members(self) -> dict[str, MemberEntry]:
+        return {m.id: m for m in self.document.members}
+
+    @cached_property
+    def _subsystems(self) -> dict[str, SubsystemEntry]:
+        return {s.id: s for s in self.document.subsystems}
+
+    @cached_property
+    def _services(self) -> dict[str, ServiceEntry]:
+        return {s.id: s for s in self.document.services}
+
+    @cached_property
+    def _rights(self) -> dict[str, list[AccessRightEntry]]:
+        out: dict[str, list[AccessRightEntry]] = {}
+        for r in self.document.access_rights:
+            out.setdefault(r.service, []).append(r)
+        return out
+
+    @cached_property
+    def _revoked(self) -> frozenset[str]:
+        return frozenset(self.document.revoked_certificates)
+
+    @cached_property
+    def _ca(self) -> Any:
+        return load_certificate(self.document.ca_certificate)
+
+    def member(self, member: MemberId) -> MemberEntry:
+        try:
+            return self._members[str(member)]
+        except KeyError:
+            raise NotFoundError(
+                f"unknown member {member}", code="Server.ServerProxy.UnknownMember"
+            ) from None
+
+    def has_subsystem(self, client: ClientId) -> bool:
+        return str(client) in self._subsystems
+
+    def service(self, service: ServiceId) -> ServiceEntry:
+        try:
+            return self._services[str(service)]
+        except KeyError:
+            raise NotFoundError(
+                f"unknown service {service}", code="Server.ServerProxy.UnknownService"
+            ) from None
+
+    def find_service(
+        self, provider: ClientId, code: str, version: str | None
+    ) -> ServiceEntry | None:
+        return self._services.get(str(ServiceId(provider, code, version)))
+
+    def services_of(self, provider: ClientId) -> list[ServiceEntry]:
+        prefix = f"{provider}/"
+        return [s for s in self.document.services if s.id.startswith(prefix)]
+
+    def clients(self) -> list[SubsystemEntry]:
+        return list(self.document.subsystems)
+
+    def node_address(self, member: MemberId) -> str:
+        address = self.member(member).address
+        if not address:
+            raise ConfigurationError(
+                f"member {member} has no node address", code="Server.ServerProxy.UnknownMember"
+            )
+        return address.rstrip("/")
+
+    def access_right(
+        self, client: ClientId, service: ServiceId, *, now: datetime
+    ) -> AccessRightEntry | None:
+        """The access right letting ``client`` call ``service`` (versioned or not), if any."""
+        for key in {str(service), str(service.unversioned)}:
+            for right in self._rights.get(key, ()):
+                if right.client != str(client):
+                    continue
+                if right.not_before and now < right.not_before:
+                    continue
+                if right.not_after and now > right.not_after:
+                    continue
+                return right
+        return None
+
+    def allowed_services(self, client: ClientId, *, now: datetime) -> list[ServiceEntry]:
+        return [
+            s
+            for s in self.document.services
+            if self.access_right(client, ServiceId.parse(s.id), now=now) is not None
+        ]
+
+    def member_verifier(self, client: ClientId, kid: str, *, now: datetime) -> MemberVerifier:
+        """The verifier for ``client``'s certificate with key id ``kid`` (steps 4a–4d)."""
+        cache_key = (str(client), kid)
+        cached = self._key_cache.get(cache_key)
+        if cached is not None and now <= cached[1]:
+            return cached[0]
+        entry = self._subsystems.get(str(client))
+        if entry is None:
+            raise VerificationError("unknown sender")
+        for pem in entry.certificates:
+            cert = load_certificate(pem)
+            key: PublicKey = cert.public_key()  # type: ignore[assignment]
+            if key_id(key) != kid:
+                continue
+            verified = verify_member_certificate(
+                cert, self._ca, subsystem=client, revoked_serials=self._revoked, now=now
+            )
+            verifier = MemberVerifier(verified)
+            # Cached within this registry version only (a new registry brings new revocations),
+            # and never past the certificate's expiry.
+            self._key_cache[cache_key] = (verifier, cert.not_valid_after_utc)
+            return verifier
+        raise VerificationError("no certificate for this key")

@@ -1,0 +1,181 @@
+"""The signed message envelope between nodes (docs/protocol.md §2).
+
+A node-to-node message is one JSON document::
+
+    {"envelope": {...}, "signature": "<detached JWS>", "body": "<base64 body>"}
+
+The request envelope names the message id, creation time, client, service, HTTP method and path,
+purpose, subject, consent reference, the user acting, and the SHA-256 of the body. The signature is
+a detached JWS by the client subsystem's key over the RFC 8785 canonical envelope. The response
+envelope is signed by the provider and carries the SHA-512 hash of the canonical *request* envelope
+(``request_hash``), binding every response to exactly one request.
+
+``parse_unverified_*`` only parse: the result is an ``Unverified*`` type that nothing may trust
+until ``exchange.verification`` turns it into a ``Verified*`` one (style rule 8).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from exchange.canonical import b64e, canonical_json, sha256_b64
+from exchange.errors import VerificationError
+from exchange.signing import Signer
+
+__all__ = [
+    "MAX_BODY_BYTES",
+    "MAX_MESSAGE_BYTES",
+    "RequestEnvelope",
+    "ResponseEnvelope",
+    "SignedMessage",
+    "UnverifiedRequest",
+    "UnverifiedResponse",
+    "body_hash",
+    "parse_unverified_request",
+    "parse_unverified_response",
+    "request_hash",
+    "seal",
+]
+
+MAX_BODY_BYTES = 4 * 1024 * 1024
+MAX_MESSAGE_BYTES = MAX_BODY_BYTES * 2 + 256 * 1024
+SHORT = 255
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RequestEnvelope(_Wire):
+    v: Literal[1] = 1
+    message_id: str = Field(min_length=1, max_length=128)
+    created_at: datetime
+    client: str = Field(max_length=SHORT)
+    service: str = Field(max_length=SHORT)
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
+    path: str = Field(max_length=2048)
+    purpose: str = Field(min_length=1, max_length=128)
+    subject: str | None = Field(default=None, max_length=128)
+    consent_id: str | None = Field(default=None, max_length=128)
+    consent_artefact: str | None = Field(default=None, max_length=16384)
+    user_id: str | None = Field(default=None, max_length=SHORT)
+    issue: str | None = Field(default=None, max_length=SHORT)
+    idempotency_key: str | None = Field(default=None, max_length=128)
+    fields: tuple[str, ...] | None = Field(default=None, max_length=256)
+    content_type: str | None = Field(default=None, max_length=SHORT)
+    body_hash: str = Field(max_length=64)
+
+
+class ResponseEnvelope(_Wire):
+    v: Literal[1] = 1
+    message_id: str = Field(max_length=128)
+    request_hash: str = Field(max_length=128)
+    created_at: datetime
+    provider: str = Field(max_length=SHORT)
+    status: int = Field(ge=100, le=599)
+    content_type: str | None = Field(default=None, max_length=SHORT)
+    body_hash: str = Field(max_length=64)
+    fields: tuple[str, ...] | None = None
+    basis: str | None = Field(default=None, max_length=SHORT)
+    decision_id: str | None = Field(default=None, max_length=64)
+    error_code: str | None = Field(default=None, max_length=128)
+
+
+class SignedMessage(_Wire):
+    envelope: dict[str, object]
+    signature: str = Field(max_length=4096)
+    body: str = ""
+
+
+def request_hash(envelope: RequestEnvelope | dict[str, object]) -> str:
+    """SHA-512 of the canonical request envelope, base64 (88 characters, as X-Road's).
+
+    The provider hashes the envelope exactly as received (the dict that was signed)."""
+    env = envelope if isinstance(envelope, dict) else envelope.model_dump(mode="json")
+    digest = hashlib.sha512(canonical_json(env)).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def seal(envelope: RequestEnvelope | ResponseEnvelope, body: bytes, signer: Signer) -> bytes:
+    """Sign ``envelope`` (detached JWS over canonical JSON) and serialise the wire message."""
+    env = envelope.model_dump(mode="json")
+    message = {
+        "envelope": env,
+        "signature": signer.sign_detached(canonical_json(env)),
+        "body": b64e(body),
+    }
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class UnverifiedRequest:
+    envelope: RequestEnvelope
+    raw_envelope: dict[str, object]
+    signature: str
+    body: bytes
+    kid: str
+
+    def signing_input(self) -> bytes:
+        """The bytes the sender signed: the envelope exactly as received, canonicalised."""
+        return canonical_json(self.raw_envelope)
+
+
+@dataclass(frozen=True, slots=True)
+class UnverifiedResponse:
+    envelope: ResponseEnvelope
+    raw_envelope: dict[str, object]
+    signature: str
+    body: bytes
+    kid: str
+
+    def signing_input(self) -> bytes:
+        """The bytes the sender signed: the envelope exactly as received, canonicalised."""
+        return canonical_json(self.raw_envelope)
+
+
+def _parse(raw: bytes) -> tuple[SignedMessage, bytes, str]:
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise VerificationError("message too large")
+    try:
+        msg = SignedMessage.model_validate_json(raw)
+        body = base64.b64decode(msg.body.encode("ascii"), validate=True)
+        header_b64 = msg.signature.split(".", 1)[0]
+        header = json.loads(base64.urlsafe_b64decode(header_b64 + "=" * (-len(header_b64) % 4)))
+    except (ValidationError, ValueError, binascii.Error, UnicodeError) as exc:
+        raise VerificationError("malformed message") from exc
+    if len(body) > MAX_BODY_BYTES or not isinstance(header, dict):
+        raise VerificationError("malformed message")
+    kid = header.get("kid")
+    if not isinstance(kid, str):
+        raise VerificationError("malformed message")
+    return msg, body, kid
+
+
+def parse_unverified_request(raw: bytes) -> UnverifiedRequest:
+    msg, body, kid = _parse(raw)
+    try:
+        env = RequestEnvelope.model_validate(msg.envelope)
+    except ValidationError as exc:
+        raise VerificationError("malformed envelope") from exc
+    return UnverifiedRequest(env, msg.envelope, msg.signature, body, kid)
+
+
+def parse_unverified_response(raw: bytes) -> UnverifiedResponse:
+    msg, body, kid = _parse(raw)
+    try:
+        env = ResponseEnvelope.model_validate(msg.envelope)
+    except ValidationError as exc:
+        raise VerificationError("malformed envelope") from exc
+    return UnverifiedResponse(env, msg.envelope, msg.signature, body, kid)
+
+
+def body_hash(body: bytes) -> str:
+    return sha256_b64(body)

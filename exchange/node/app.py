@@ -1,0 +1,352 @@
+"""The node ("security server") HTTP app and its composition (DESIGN "One exchange").
+
+``create_node_app`` is the composition root of a node: it loads the member's keys from the data
+directory, opens the database (migrations applied on start), wires the ports — policy decider,
+consent gate, audit sink, registry adapters, transport — into the consumer and provider sides,
+and serves:
+
+* ``/r1/{INSTANCE}/{CLASS}/{MEMBER}/{SUBSYSTEM}/{SERVICE}[/{VERSION}]/{path}`` for departmental
+  systems (X-Road message protocol for REST, plus ``X-OnceOnly-*`` headers);
+* ``POST /x1/messages`` for other nodes (signed envelopes);
+* metaservices ``/listClients`` and ``/r1/{subsystem}/listMethods|allowedMethods|getOpenAPI``;
+* ``/healthz`` and ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy import Engine
+
+from exchange.central_config import ServiceEntry
+from exchange.db import make_engine, upgrade
+from exchange.errors import ClientError, ConfigurationError, OnceOnlyError
+from exchange.identifiers import ClientId, MemberId, ServiceId
+from exchange.keystore import KeyStore
+from exchange.message_log import SqlMessageLog
+from exchange.node.consumer import Consumer, ConsumerCall
+from exchange.node.metrics import NodeMetrics
+from exchange.node.provider import Provider
+from exchange.node.registry_cache import RegistryCache
+from exchange.node.transport import AiohttpTransport
+from exchange.ports import AuditSink, ConsentGate, PolicyDecider, RegistryAdapter, Transport
+from exchange.replay import ReplayGuard
+from exchange.settings import Settings
+from exchange.signing import (
+    CentralVerifier,
+    MemberSigner,
+    load_private_key,
+    public_key_from_pem,
+)
+from exchange.web.problems import install_problem_handlers
+
+__all__ = ["NodeParts", "create_node_app", "database_url", "utc_now"]
+
+METASERVICES = frozenset({"listMethods", "allowedMethods", "getOpenAPI"})
+MAX_REQUEST_BYTES = 10 * 1024 * 1024
+REPLAY_PRUNE_INTERVAL_S = 300.0
+STARTUP_REGISTRY_WAIT_S = 30.0
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def database_url(settings: Settings, component: str) -> str:
+    """PostgreSQL when configured; else one SQLite file per component in the data directory."""
+    if settings.database_url:
+        return settings.database_url
+    return f"sqlite:///{(settings.data_dir / f'{component}.sqlite').resolve()}"
+
+
+@dataclass
+class NodeParts:
+    """What the composition root may plug into a node (all optional but the adapters)."""
+
+    adapters: Mapping[ClientId, RegistryAdapter] = field(default_factory=dict)
+    policy: PolicyDecider | None = None
+    consent: ConsentGate | None = None
+    audit: AuditSink | None = None
+    routers: Sequence[APIRouter] = ()
+    on_registry: Sequence[Callable[[Any], None]] = ()
+    background: Sequence[Callable[[], Any]] = ()
+
+
+def _load_anchor(keys: KeyStore) -> CentralVerifier:
+    try:
+        return CentralVerifier(public_key_from_pem(keys.anchor.read_text()))
+    except OSError as exc:
+        raise ConfigurationError("no trust anchor: run `onceonly keys init` first") from exc
+
+
+def _load_signers(keys: KeyStore, member: MemberId) -> dict[ClientId, MemberSigner]:
+    signers = {
+        c: MemberSigner(load_private_key(keys.subsystem_key(c)))
+        for c in keys.hosted_subsystems(member)
+    }
+    if not signers:
+        raise ConfigurationError(f"no subsystem keys for {member}: run `onceonly keys member`")
+    return signers
+
+
+async def _read_body(request: Request) -> bytes:
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > MAX_REQUEST_BYTES):
+        raise ClientError("request too large", code="Client.PayloadTooLarge")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_REQUEST_BYTES:
+            raise ClientError("request too large", code="Client.PayloadTooLarge")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _service_json(s: ServiceEntry) -> dict[str, Any]:
+    sid = ServiceId.parse(s.id)
+    return {
+        "id": s.id,
+        "serviceCode": sid.code,
+        "serviceVersion": sid.version,
+        "description": s.description,
+        "fields": list(s.fields),
+        "purposes": list(s.purposes),
+        "changes": s.changes,
+    }
+
+
+def _openapi(provider: ClientId, s: ServiceEntry) -> dict[str, Any]:
+    if s.openapi:
+        return dict(s.openapi)
+    sid = ServiceId.parse(s.id)
+    base = f"/r1/{s.id}"
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": f"{provider} {sid.code}",
+            "version": sid.version or "1",
+            "description": s.description,
+        },
+        "paths": {
+            base: {
+                "get": {
+                    "parameters": [
+                        {
+                            "name": "X-Road-Client",
+                            "in": "header",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": "X-OnceOnly-Purpose",
+                            "in": "header",
+                            "required": True,
+                            "schema": {"type": "string", "enum": list(s.purposes) or None},
+                        },
+                        {
+                            "name": "X-OnceOnly-Subject",
+                            "in": "header",
+                            "schema": {"type": "string"},
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "the allowed fields",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "properties": {f: {} for f in s.fields},
+                                    }
+                                }
+                            },
+                        },
+                    },
+                }
+            }
+        },
+    }
+
+
+def create_node_app(
+    settings: Settings,
+    member: MemberId,
+    parts: NodeParts,
+    *,
+    engine: Engine | None = None,
+    transport: Transport | None = None,
+    clock: Callable[[], datetime] = utc_now,
+) -> FastAPI:
+    keys = KeyStore(settings.data_dir)
+    anchor = _load_anchor(keys)
+    signers = _load_signers(keys, member)
+    engine = engine or make_engine(database_url(settings, f"node-{str(member).replace('/', '_')}"))
+    upgrade(engine)
+    transport = transport or AiohttpTransport()
+    registry = RegistryCache(
+        anchor=anchor,
+        central_url=settings.central_url,
+        transport=transport,
+        cache_file=keys.registry_cache(member),
+    )
+    metrics = NodeMetrics()
+    registry.on_change(lambda _reg: metrics.registry_serial.inc())
+    for listener in parts.on_registry:
+        registry.on_change(listener)
+    audit = parts.audit or SqlMessageLog(engine)
+    node_id = str(member)
+    replay = ReplayGuard(engine, node_id, max_skew_s=settings.max_clock_skew_s)
+    provider = Provider(
+        node=node_id,
+        signers=signers,
+        registry=registry,
+        replay=replay,
+        adapters=parts.adapters,
+        audit=audit,
+        policy=parts.policy,
+        consent=parts.consent,
+        max_skew_s=settings.max_clock_skew_s,
+        clock=clock,
+    )
+    consumer = Consumer(
+        node=node_id,
+        signers=signers,
+        registry=registry,
+        transport=transport,
+        audit=audit,
+        keys_engine=engine,
+        max_skew_s=settings.max_clock_skew_s,
+        timeout_s=settings.exchange_timeout_s,
+        clock=clock,
+    )
+
+    async def _refresh_loop() -> None:
+        await registry.run(settings.registry_refresh_s, clock)
+
+    async def _prune_loop() -> None:
+        while True:
+            await asyncio.sleep(REPLAY_PRUNE_INTERVAL_S)
+            await asyncio.to_thread(replay.prune, now=clock())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        registry.load_cached(now=clock())
+        deadline = time.monotonic() + STARTUP_REGISTRY_WAIT_S
+        while True:
+            try:
+                await registry.refresh(now=clock())
+                break
+            except OnceOnlyError:
+                if time.monotonic() > deadline:
+                    break  # serve with the cached copy, or fail closed per request
+                await asyncio.sleep(0.2)
+        tasks = [asyncio.create_task(_refresh_loop()), asyncio.create_task(_prune_loop())]
+        tasks += [asyncio.create_task(job()) for job in parts.background]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await transport.aclose()
+            engine.dispose()
+
+    app = FastAPI(title=f"onceonly node {member}", lifespan=lifespan, docs_url=None, redoc_url=None)
+    install_problem_handlers(app)
+    app.state.registry = registry
+    app.state.engine = engine
+    app.state.member = member
+
+    @app.post("/x1/messages")
+    async def messages(request: Request) -> Response:
+        started = time.perf_counter()
+        answer = await provider.handle(await _read_body(request))
+        metrics.exchanges.labels("provider", "ok" if answer.status == 200 else "refused").inc()
+        metrics.latency.labels("provider").observe(time.perf_counter() - started)
+        return Response(answer.body, status_code=answer.status, headers=dict(answer.headers))
+
+    @app.get("/listClients")
+    async def list_clients() -> JSONResponse:
+        reg = registry.current(clock())
+        return JSONResponse({"clients": [{"id": s.id, "name": s.name} for s in reg.clients()]})
+
+    @app.api_route("/r1/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+    async def r1(path: str, request: Request) -> Response:
+        started = time.perf_counter()
+        parts_ = path.split("/")
+        if len(parts_) == 5 and parts_[4] in METASERVICES:
+            return await _metaservice(parts_, request)
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        try:
+            result = await consumer.call(
+                ConsumerCall(
+                    request.method, path, request.url.query, headers, await _read_body(request)
+                )
+            )
+        except OnceOnlyError:
+            metrics.exchanges.labels("consumer", "error").inc()
+            raise
+        metrics.exchanges.labels("consumer", "ok" if result.status < 400 else "refused").inc()
+        metrics.latency.labels("consumer").observe(time.perf_counter() - started)
+        return Response(result.body, status_code=result.status, headers=result.headers)
+
+    async def _metaservice(parts_: list[str], request: Request) -> Response:
+        reg = registry.current(clock())
+        provider_id = ClientId.parse("/".join(parts_[:4]))
+        if not reg.has_subsystem(provider_id):
+            raise ClientError("unknown subsystem", code="Server.ServerProxy.UnknownService")
+        services = reg.services_of(provider_id)
+        name = parts_[4]
+        if name == "listMethods":
+            return JSONResponse({"service": [_service_json(s) for s in services]})
+        client = await asyncio.to_thread(consumer.authenticate, dict(request.headers))
+        if name == "allowedMethods":
+            now = clock()
+            allowed = [
+                s
+                for s in services
+                if reg.access_right(client, ServiceId.parse(s.id), now=now) is not None
+            ]
+            return JSONResponse({"service": [_service_json(s) for s in allowed]})
+        code = request.query_params.get("serviceCode", "")
+        for s in services:
+            sid = ServiceId.parse(s.id)
+            if sid.code == code and (
+                request.query_params.get("serviceVersion") in (None, sid.version)
+            ):
+                return JSONResponse(_openapi(provider_id, s))
+        raise ClientError("unknown serviceCode", code="Server.ServerProxy.UnknownService")
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        now = clock()
+        try:
+            reg = registry.current(now)
+        except ConfigurationError as exc:
+            return JSONResponse({"status": "unavailable", "detail": exc.detail}, status_code=503)
+        return JSONResponse(
+            {
+                "status": "ok",
+                "member": node_id,
+                "registry_serial": reg.serial,
+                "registry_expires_at": reg.document.expires_at.isoformat(),
+                "subsystems": [str(c) for c in signers],
+            }
+        )
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    for router in parts.routers:
+        app.include_router(router)
+    return app

@@ -1,0 +1,113 @@
+"""The central server: serves the signed registry ("global configuration"), DESIGN "Trust".
+
+``GET /registry`` answers the current signed document. It is re-signed when the registry's serial
+changes (every ``onceonly registry …`` change bumps it) and when the cached copy has used half its
+validity, so nodes refreshing every minute never hold an expired one while the central server is up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy import Engine
+
+from exchange.central_config import SignedRegistry
+from exchange.db import make_engine, upgrade
+from exchange.errors import ConfigurationError
+from exchange.keystore import KeyStore
+from exchange.node.app import database_url, utc_now
+from exchange.registry_admin import REGISTRY_VALIDITY, RegistryAdmin
+from exchange.settings import Settings
+from exchange.signing import CentralSigner, load_private_key
+from exchange.web.problems import install_problem_handlers
+
+__all__ = ["RegistryPublisher", "create_central_app"]
+
+
+class RegistryPublisher:
+    """Signs the registry on demand and caches the signed bytes (thread-safe)."""
+
+    def __init__(
+        self,
+        admin: RegistryAdmin,
+        signer: CentralSigner,
+        *,
+        instance: str,
+        ca_pem: str,
+        central_url: str,
+    ) -> None:
+        self._admin = admin
+        self._signer = signer
+        self._instance = instance
+        self._ca_pem = ca_pem
+        self._central_url = central_url
+        self._lock = threading.Lock()
+        self._cached: SignedRegistry | None = None
+        self._cached_bytes = b""
+
+    def current(self, now: datetime) -> bytes:
+        serial = self._admin.serial()
+        with self._lock:
+            doc = self._cached.document if self._cached else None
+            stale = (
+                doc is None
+                or doc.serial != max(1, serial)
+                or now >= doc.issued_at + REGISTRY_VALIDITY / 2
+            )
+            if stale:
+                self._cached = self._admin.publish(
+                    self._signer,
+                    instance=self._instance,
+                    ca_pem=self._ca_pem,
+                    central_url=self._central_url,
+                    now=now,
+                )
+                self._cached_bytes = self._cached.to_bytes()
+            return self._cached_bytes
+
+
+def create_central_app(
+    settings: Settings,
+    *,
+    engine: Engine | None = None,
+    routers: Sequence[APIRouter] = (),
+    clock: Callable[[], datetime] = utc_now,
+) -> FastAPI:
+    keys = KeyStore(settings.data_dir)
+    instance = keys.instance()
+    try:
+        ca_pem = keys.ca_cert.read_text()
+    except OSError as exc:
+        raise ConfigurationError("no instance CA: run `onceonly keys init` first") from exc
+    signer = CentralSigner(load_private_key(keys.central_key))
+    engine = engine or make_engine(database_url(settings, "central"))
+    upgrade(engine)
+    publisher = RegistryPublisher(
+        RegistryAdmin(engine),
+        signer,
+        instance=instance,
+        ca_pem=ca_pem,
+        central_url=settings.central_url,
+    )
+    app = FastAPI(title="onceonly central server", docs_url=None, redoc_url=None)
+    install_problem_handlers(app)
+    app.state.engine = engine
+
+    @app.get("/registry")
+    async def registry() -> Response:
+        body = await asyncio.to_thread(publisher.current, clock())
+        return Response(body, media_type="application/json", headers={"cache-control": "no-store"})
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        serial = await asyncio.to_thread(RegistryAdmin(engine).serial)
+        return JSONResponse({"status": "ok", "instance": instance, "registry_serial": serial})
+
+    for router in routers:
+        app.include_router(router)
+    return app

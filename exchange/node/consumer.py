@@ -1,0 +1,309 @@
+"""The consumer side of one exchange (docs/protocol.md §2 and §4). Framework-free.
+
+(C1) authenticate the departmental system: its API key must belong to the ``X-Road-Client`` it
+     names, and that client must be hosted by this node ... stops anonymous or borrowed callers
+(C2) resolve the service in the verified registry; purpose header required ... stops calls
+     without a declared purpose (purpose binding starts at the source)
+(C3) build the envelope, sign it with the client's key, record the request
+(C4) send it to the provider's node address from the registry
+(C5) verify the response (``exchange.verification.verify_response``) before anything of it is
+     returned: signed by the provider, bound to our request hash and message id, body hash, fresh
+(C6) record the response and hand the data to the caller with X-Road style headers
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine, select
+
+from exchange.canonical import sha256_b64
+from exchange.envelope import (
+    MAX_BODY_BYTES,
+    RequestEnvelope,
+    parse_unverified_response,
+    request_hash,
+    seal,
+)
+from exchange.errors import (
+    AuthenticationError,
+    ClientError,
+    NotFoundError,
+    OnceOnlyError,
+    TransportError,
+    VerificationError,
+)
+from exchange.identifiers import ClientId, ServiceId, parse_part
+from exchange.node.registry_cache import RegistryCache
+from exchange.ports import AuditEvent, AuditSink, Transport
+from exchange.signing import MemberSigner
+from exchange.store import ClientKeyRow
+from exchange.verification import verify_response
+
+__all__ = ["Consumer", "ConsumerCall", "ConsumerResult", "hash_api_key"]
+
+MESSAGE_PATH = "/x1/messages"
+METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
+
+
+def hash_api_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerCall:
+    """One call of a departmental system to its node, as received (untrusted)."""
+
+    method: str
+    path: str  # after /r1/
+    query: str
+    headers: Mapping[str, str]  # lower-case names
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerResult:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+
+class ProviderError(TransportError):
+    """The provider answered with an unsigned error: it could not verify or serve our message."""
+
+    code = "Server.ServerProxy.ProviderError"
+    status = 502
+
+
+class Consumer:
+    def __init__(
+        self,
+        *,
+        node: str,
+        signers: Mapping[ClientId, MemberSigner],
+        registry: RegistryCache,
+        transport: Transport,
+        audit: AuditSink,
+        keys_engine: Engine,
+        max_skew_s: int,
+        timeout_s: float,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._node = node
+        self._signers = dict(signers)
+        self._registry = registry
+        self._transport = transport
+        self._audit = audit
+        self._engine = keys_engine
+        self._max_skew_s = max_skew_s
+        self._timeout_s = timeout_s
+        self._clock = clock
+
+    # (C1)
+    def authenticate(self, headers: Mapping[str, str]) -> ClientId:
+        raw_client = headers.get("x-road-client", "")
+        key = headers.get("x-onceonly-api-key") or ""
+        if not key:
+            auth = headers.get("authorization", "")
+            scheme, _, token = auth.partition(" ")
+            key = token.strip() if scheme.lower() == "bearer" else ""
+        if not raw_client:
+            raise ClientError("the X-Road-Client header is required", code="Client.MissingClient")
+        client = ClientId.parse(raw_client)
+        if not key:
+            raise AuthenticationError("an API key is required")
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                select(ClientKeyRow.client_id, ClientKeyRow.node).where(
+                    ClientKeyRow.key_hash == hash_api_key(key)
+                )
+            ).first()
+        # Compare in constant time even though the lookup was by hash: no timing hint on ids.
+        stored = row.client_id if row is not None and row.node == self._node else ""
+        if not hmac.compare_digest(stored.encode(), str(client).encode()):
+            raise AuthenticationError("the API key does not belong to this client")
+        if client not in self._signers:
+            raise AuthenticationError("this client is not hosted by this node")
+        return client
+
+    def _resolve(self, path: str, now: datetime) -> tuple[ServiceId, str]:
+        registry = self._registry.current(now)
+        parts = [p for p in path.split("/")]
+        if len(parts) < 5 or any(not p for p in parts[:5]):
+            raise ClientError(
+                "expected /r1/INSTANCE/CLASS/MEMBER/SUBSYSTEM/SERVICE[/VERSION]/…",
+                code="Client.InvalidServiceId",
+            )
+        provider = ClientId.parse("/".join(parts[:4]))
+        code = parse_part(parts[4], "service code")
+        rest = parts[5:]
+        if rest and rest[0] and registry.find_service(provider, code, rest[0]) is not None:
+            return ServiceId(provider, code, rest[0]), "/" + "/".join(rest[1:])
+        if registry.find_service(provider, code, None) is not None:
+            return ServiceId(provider, code, None), "/" + "/".join(rest)
+        raise NotFoundError("unknown service", code="Server.ServerProxy.UnknownService")
+
+    async def call(self, call: ConsumerCall) -> ConsumerResult:
+        now = self._clock()
+        h = call.headers
+        client = await asyncio.to_thread(self.authenticate, h)  # (C1)
+        method = call.method.upper()
+        if method not in METHODS:
+            raise ClientError("method not supported", code="Client.MethodNotAllowed")
+        if len(call.body) > MAX_BODY_BYTES:
+            raise ClientError("body too large", code="Client.PayloadTooLarge")
+        service, rest = self._resolve(call.path, now)  # (C2)
+        purpose = h.get("x-onceonly-purpose", "").strip()
+        if not purpose:
+            raise ClientError(
+                "the X-OnceOnly-Purpose header is required", code="Client.MissingPurpose"
+            )
+        parse_part(purpose, "purpose")
+        message_id = h.get("x-road-id") or str(uuid.uuid4())
+        parse_part(message_id, "X-Road-Id")
+        fields_header = h.get("x-onceonly-fields")
+        fields = (
+            tuple(parse_part(f.strip(), "field") for f in fields_header.split(",") if f.strip())
+            if fields_header
+            else None
+        )
+        subject = h.get("x-onceonly-subject") or None
+        consent_id = h.get("x-onceonly-consent-id") or None
+        for value, what in ((subject, "subject"), (consent_id, "consent id")):
+            if value is not None:
+                parse_part(value, what)
+        try:
+            envelope = RequestEnvelope(
+                message_id=message_id,
+                created_at=now,
+                client=str(client),
+                service=str(service),
+                method=method,
+                path=rest + (f"?{call.query}" if call.query else ""),
+                purpose=purpose,
+                subject=subject,
+                consent_id=consent_id,
+                consent_artefact=h.get("x-onceonly-consent") or None,
+                user_id=h.get("x-road-userid") or None,
+                issue=h.get("x-road-issue") or None,
+                idempotency_key=h.get("idempotency-key") or None,
+                fields=fields,
+                content_type=h.get("content-type") or None,
+                body_hash=sha256_b64(call.body),
+            )
+        except ValueError as exc:
+            raise ClientError("invalid request headers", code="Client.BadRequest") from exc
+        # (C3) sign and record.
+        wire = seal(envelope, call.body, self._signers[client])
+        sent_hash = request_hash(envelope)
+        await asyncio.to_thread(self._record, envelope, "request", "info", now, sent_hash, None)
+        # (C4) send.
+        registry = self._registry.current(now)
+        url = registry.node_address(service.provider.member) + MESSAGE_PATH
+        try:
+            resp = await self._transport.post(
+                url, wire, {"content-type": "application/json"}, timeout_s=self._timeout_s
+            )
+            if resp.status != 200:
+                code = (
+                    resp.headers.get("X-Road-Error")
+                    or resp.headers.get("x-road-error")
+                    or "unknown"
+                )
+                raise ProviderError(f"the provider node refused the message ({code})")
+            # (C5) verify before trusting a byte of it.
+            verified = verify_response(
+                parse_unverified_response(resp.body),
+                request=envelope,
+                sent_request_hash=sent_hash,
+                registry=registry,
+                now=self._clock(),
+                max_skew_s=self._max_skew_s,
+            )
+        except OnceOnlyError as exc:
+            await asyncio.to_thread(
+                self._record,
+                envelope,
+                "refusal",
+                "error",
+                self._clock(),
+                sent_hash,
+                exc.status,
+                f"{exc.code}: {exc.detail}",
+            )
+            if isinstance(exc, VerificationError):
+                raise VerificationError(
+                    "the provider's response did not verify",
+                    code="Server.ServerProxy.InvalidResponse",
+                ) from exc
+            raise
+        env = verified.envelope
+        decision = "allow" if env.status < 400 else "deny"
+        await asyncio.to_thread(
+            self._record,
+            envelope,
+            "response",
+            decision,
+            self._clock(),
+            sent_hash,
+            env.status,
+            env.error_code,
+            env.basis,
+            env.decision_id,
+        )
+        # (C6) answer the departmental system.
+        headers = {
+            "content-type": env.content_type or "application/octet-stream",
+            "x-road-id": envelope.message_id,
+            "x-road-client": str(client),
+            "x-road-service": str(service),
+            "x-road-request-hash": sent_hash,
+        }
+        if env.error_code:
+            headers["x-road-error"] = env.error_code
+        if env.basis:
+            headers["x-onceonly-basis"] = env.basis
+        if env.fields is not None:
+            headers["x-onceonly-fields"] = ",".join(env.fields)
+        if env.decision_id:
+            headers["x-onceonly-decision-id"] = env.decision_id
+        return ConsumerResult(env.status, verified.body, headers)
+
+    def _record(
+        self,
+        env: RequestEnvelope,
+        kind: str,
+        decision: str,
+        now: datetime,
+        req_hash: str,
+        status: int | None,
+        reason: str | None = None,
+        basis: str | None = None,
+        decision_id: str | None = None,
+    ) -> None:
+        self._audit.record(
+            AuditEvent(
+                time=now,
+                node=self._node,
+                kind=kind,  # type: ignore[arg-type]
+                decision=decision,  # type: ignore[arg-type]
+                client=env.client,
+                service=env.service,
+                purpose=env.purpose,
+                subject=env.subject,
+                consent_id=env.consent_id,
+                reason=reason,
+                message_id=env.message_id,
+                request_hash=req_hash,
+                body_hash=env.body_hash,
+                status=status,
+                basis=basis,
+                decision_id=decision_id,
+            )
+        )

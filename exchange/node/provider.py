@@ -1,0 +1,378 @@
+"""The provider side of one exchange (docs/protocol.md §3, steps 1–13). Framework-free.
+
+Steps 1–7 are ``exchange.verification.verify_request``; here:
+  (8)  replay protection ......................... ``exchange.replay``
+  (9)  access right from the verified registry ... deny by default (X-Road)
+  (10) consent check, if the request names one ... ``ConsentGate.check`` (no side effect)
+  (11) policy decision: purpose, legal basis, fields (``PolicyDecider``)
+  (12) consent use, when consent is the basis .... ``ConsentGate.use`` (atomic: one-time spent once)
+  (13) the adapter, then the result filtered to the allowed fields, signed, bound to the request
+Every outcome — allowed or refused — is recorded in the audit sink before the answer leaves.
+Refusals of verified requests are signed like any response, so the consumer can trust them;
+requests that fail verification get an unsigned problem (signing for unknown senders would make
+the node a signing oracle).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from exchange.canonical import sha256_b64
+from exchange.envelope import ResponseEnvelope, parse_unverified_request, seal
+from exchange.errors import (
+    ConfigurationError,
+    NotFoundError,
+    OnceOnlyError,
+    RefusalError,
+    TransportError,
+    VerificationError,
+)
+from exchange.identifiers import ClientId
+from exchange.node.registry_cache import RegistryCache
+from exchange.ports import (
+    AdapterRequest,
+    AuditEvent,
+    AuditSink,
+    ConsentDecision,
+    ConsentGate,
+    ConsentQuery,
+    JsonValue,
+    PolicyDecider,
+    PolicyDecision,
+    PolicyInput,
+    RegistryAdapter,
+)
+from exchange.replay import ReplayGuard
+from exchange.signing import MemberSigner
+from exchange.verification import VerifiedRequest, verify_request
+from exchange.web.problems import problem_type
+
+__all__ = ["Provider", "ProviderAnswer", "filter_fields"]
+
+PROBLEM_JSON = "application/problem+json"
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderAnswer:
+    status: int
+    body: bytes
+    headers: Mapping[str, str]
+
+
+def filter_fields(data: JsonValue, allowed: frozenset[str]) -> JsonValue:
+    """Data minimisation on the way out: keep only allowed top-level keys of each record."""
+    if isinstance(data, dict):
+        return {k: v for k, v in data.items() if k in allowed}
+    if isinstance(data, list):
+        return [filter_fields(item, allowed) for item in data]
+    return data
+
+
+def _problem(status: int, code: str, detail: str, reasons: tuple[str, ...] = ()) -> bytes:
+    body: dict[str, Any] = {
+        "type": problem_type(code),
+        "title": "Refused" if status == 403 else "Error",
+        "status": status,
+        "detail": detail,
+        "code": code,
+    }
+    if reasons:
+        body["reasons"] = list(reasons)
+    return json.dumps(body, ensure_ascii=False).encode()
+
+
+class UpstreamFailure(TransportError):
+    """The adapter or the registry behind it failed in a way it did not report itself."""
+
+    code = "Server.ServiceFailed"
+    status = 502
+
+
+@dataclass(frozen=True, slots=True)
+class _Authorized:
+    fields: frozenset[str]
+    basis: str | None
+    decision_id: str | None
+
+
+class Provider:
+    def __init__(
+        self,
+        *,
+        node: str,
+        signers: Mapping[ClientId, MemberSigner],
+        registry: RegistryCache,
+        replay: ReplayGuard,
+        adapters: Mapping[ClientId, RegistryAdapter],
+        audit: AuditSink,
+        policy: PolicyDecider | None,
+        consent: ConsentGate | None,
+        max_skew_s: int,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._node = node
+        self._signers = dict(signers)
+        self._hosted = frozenset(self._signers)
+        self._registry = registry
+        self._replay = replay
+        self._adapters = dict(adapters)
+        self._audit = audit
+        self._policy = policy
+        self._consent = consent
+        self._max_skew_s = max_skew_s
+        self._clock = clock
+
+    # -- entry point -----------------------------------------------------------------------------
+
+    async def handle(self, raw: bytes) -> ProviderAnswer:
+        now = self._clock()
+        try:
+            registry = self._registry.current(now)
+            unverified = parse_unverified_request(raw)  # (1)
+            verified = verify_request(  # (2)–(7)
+                unverified,
+                registry=registry,
+                hosted=self._hosted,
+                now=now,
+                max_skew_s=self._max_skew_s,
+            )
+        except OnceOnlyError as exc:
+            await asyncio.to_thread(self._record_unverified, exc, now)
+            detail = (
+                "message verification failed" if isinstance(exc, VerificationError) else exc.detail
+            )
+            return ProviderAnswer(
+                exc.status,
+                _problem(exc.status, exc.code, detail),
+                {"content-type": PROBLEM_JSON, "x-road-error": exc.code},
+            )
+        auth: _Authorized | None = None
+        try:
+            auth = await asyncio.to_thread(self._authorize, verified, now)
+            try:
+                status, body, ctype = await self._call_adapter(verified, auth)
+            except OnceOnlyError:
+                raise
+            except Exception as exc:  # a broken adapter is the provider's fault, not the caller's
+                raise UpstreamFailure("the registry behind this service failed") from exc
+            error_code = None
+            await asyncio.to_thread(
+                self._record,
+                verified,
+                "response",
+                "allow",
+                now,
+                status=status,
+                body_hash=sha256_b64(body),
+                basis=auth.basis,
+                decision_id=auth.decision_id,
+            )
+        except OnceOnlyError as exc:
+            auth = None
+            status, ctype, error_code = exc.status, PROBLEM_JSON, exc.code
+            reasons = exc.reasons if isinstance(exc, RefusalError) else ()
+            body = _problem(exc.status, exc.code, exc.detail, reasons)
+            await asyncio.to_thread(
+                self._record,
+                verified,
+                "refusal",
+                "deny",
+                now,
+                status=status,
+                reason=f"{exc.code}: {exc.detail}",
+            )
+        return self._sign(verified, status, body, ctype, auth, error_code)
+
+    # -- steps -----------------------------------------------------------------------------------
+
+    def _authorize(self, req: VerifiedRequest, now: datetime) -> _Authorized:
+        env = req.envelope
+        registry = self._registry.current(now)
+        # (8) replay.
+        self._replay.remember(str(req.client), env.message_id, now=now)
+        # (9) access right, deny by default.
+        service = registry.service(req.service)
+        if registry.access_right(req.client, req.service, now=now) is None:
+            raise RefusalError(
+                "the client has no access right to this service",
+                reasons=("no access right in the central registry",),
+            )
+        requested = tuple(env.fields) if env.fields else tuple(service.fields)
+        unknown = set(requested) - set(service.fields)
+        if unknown:
+            raise RefusalError(
+                f"unknown fields requested: {', '.join(sorted(unknown))}", code="Client.BadRequest"
+            )
+        # (10) consent, checked without side effects.
+        consent: ConsentDecision | None = None
+        query: ConsentQuery | None = None
+        if env.consent_id:
+            if self._consent is None:
+                raise ConfigurationError("no consent service configured")
+            query = ConsentQuery(
+                consent_id=env.consent_id,
+                artefact=env.consent_artefact,
+                subject=env.subject,
+                client=req.client,
+                service=req.service,
+                purpose=env.purpose,
+                fields=requested,
+                now=now,
+                message_id=env.message_id,
+            )
+            consent = self._consent.check(query)
+        # (11) policy: purpose binding, legal basis, data minimisation.
+        if self._policy is not None:
+            decision: PolicyDecision = self._policy.decide(
+                PolicyInput(
+                    client=req.client,
+                    service=req.service,
+                    purpose=env.purpose,
+                    subject=env.subject,
+                    now=now,
+                    requested_fields=requested,
+                    consent=consent,
+                    operation="change" if service.changes else "read",
+                )
+            )
+            if not decision:
+                raise RefusalError(
+                    "the access policy refused this request",
+                    reasons=decision.reasons or ("refused by policy",),
+                )
+            fields, basis, decision_id = decision.fields, decision.basis, decision.decision_id
+        else:
+            if service.purposes and env.purpose not in service.purposes:
+                raise RefusalError(
+                    "purpose not declared for this service",
+                    reasons=(f"purpose {env.purpose!r} is not bound to this service",),
+                )
+            fields, basis, decision_id = frozenset(requested), "access-right", None
+        # (12) consent use, atomically, when consent is what allows it.
+        if basis and basis.startswith("consent:"):
+            if self._consent is None or query is None:
+                raise RefusalError("consent basis without a consent", reasons=("no consent given",))
+            used = self._consent.use(query)
+            if not used:
+                raise RefusalError(
+                    "the consent does not cover this request",
+                    code="Server.ServerProxy.ConsentRefused",
+                    reasons=used.reasons,
+                )
+        return _Authorized(frozenset(fields), basis, decision_id)
+
+    async def _call_adapter(
+        self, req: VerifiedRequest, auth: _Authorized
+    ) -> tuple[int, bytes, str]:
+        adapter = self._adapters.get(req.service.provider)
+        if adapter is None:
+            raise NotFoundError(
+                "no registry behind this subsystem", code="Server.ServerProxy.UnknownService"
+            )
+        env = req.envelope
+        path, _, query = env.path.partition("?")
+        # (13) the adapter sees only the allowed fields; its answer is filtered again (not trusted).
+        result = await adapter.call(
+            AdapterRequest(
+                service=req.service,
+                client=req.client,
+                method=env.method,
+                path=path,
+                query=query,
+                subject=env.subject,
+                purpose=env.purpose,
+                message_id=env.message_id,
+                fields=auth.fields,
+                body=req.body,
+                content_type=env.content_type,
+                idempotency_key=env.idempotency_key,
+            )
+        )
+        data = filter_fields(result.data, auth.fields) if result.status < 400 else result.data
+        return result.status, json.dumps(data, ensure_ascii=False).encode(), "application/json"
+
+    def _sign(
+        self,
+        req: VerifiedRequest,
+        status: int,
+        body: bytes,
+        ctype: str,
+        auth: _Authorized | None,
+        error_code: str | None,
+    ) -> ProviderAnswer:
+        now = self._clock()
+        env = ResponseEnvelope(
+            message_id=req.envelope.message_id,
+            request_hash=req.request_hash,
+            created_at=now,
+            provider=str(req.service.provider),
+            status=status,
+            content_type=ctype,
+            body_hash=sha256_b64(body),
+            fields=tuple(sorted(auth.fields)) if auth else None,
+            basis=auth.basis if auth else None,
+            decision_id=auth.decision_id if auth else None,
+            error_code=error_code,
+        )
+        wire = seal(env, body, self._signers[req.service.provider])
+        return ProviderAnswer(200, wire, {"content-type": "application/json"})
+
+    # -- audit -----------------------------------------------------------------------------------
+
+    def _record(
+        self,
+        req: VerifiedRequest,
+        kind: str,
+        decision: str,
+        now: datetime,
+        *,
+        status: int,
+        reason: str | None = None,
+        body_hash: str | None = None,
+        basis: str | None = None,
+        decision_id: str | None = None,
+    ) -> None:
+        env = req.envelope
+        self._audit.record(
+            AuditEvent(
+                time=now,
+                node=self._node,
+                kind=kind,  # type: ignore[arg-type]
+                decision=decision,  # type: ignore[arg-type]
+                client=env.client,
+                service=env.service,
+                purpose=env.purpose,
+                subject=env.subject,
+                consent_id=env.consent_id,
+                reason=reason,
+                message_id=env.message_id,
+                request_hash=req.request_hash,
+                body_hash=body_hash or env.body_hash,
+                status=status,
+                basis=basis,
+                decision_id=decision_id,
+            )
+        )
+
+    def _record_unverified(self, exc: OnceOnlyError, now: datetime) -> None:
+        self._audit.record(
+            AuditEvent(
+                time=now,
+                node=self._node,
+                kind="refusal",
+                decision="deny",
+                status=exc.status,
+                reason=f"{exc.code}: {exc.detail}",
+                extra={"stage": "verification"},
+            )
+        )
+
+
+def new_message_id() -> str:
+    return str(uuid.uuid4())

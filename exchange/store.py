@@ -1,0 +1,143 @@
+"""Database rows of the exchange kernel (style rule 6: rows live only in ``*/store.py``).
+
+Central server: members, subsystems, certificates, services, access rights, statutes and the
+registry serial. Node: replay protection (message ids seen, persisted, not in memory only), the
+message log of every request, response and refusal, and the hashed API keys of the departmental
+systems that call the node. Node rows carry the node's member id, so several nodes (and several
+replicas of one node) can share one PostgreSQL database.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = [
+    "AccessRightRow",
+    "Base",
+    "CertificateRow",
+    "ClientKeyRow",
+    "MemberRow",
+    "MessageLogRow",
+    "RegistryMetaRow",
+    "SeenMessageRow",
+    "ServiceRow",
+    "StatuteRow",
+    "SubsystemRow",
+]
+
+ID_LEN = 255
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class MemberRow(Base):
+    __tablename__ = "xchg_members"
+    id: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    name_en: Mapped[str] = mapped_column(String(255), default="")
+    address: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+
+
+class SubsystemRow(Base):
+    __tablename__ = "xchg_subsystems"
+    id: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    member_id: Mapped[str] = mapped_column(String(ID_LEN), index=True)
+    name: Mapped[str] = mapped_column(String(255), default="")
+
+
+class CertificateRow(Base):
+    __tablename__ = "xchg_certificates"
+    fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
+    subsystem_id: Mapped[str] = mapped_column(String(ID_LEN), index=True)
+    serial: Mapped[str] = mapped_column(String(64))
+    pem: Mapped[str] = mapped_column(Text)
+    not_after: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ServiceRow(Base):
+    __tablename__ = "xchg_services"
+    id: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    subsystem_id: Mapped[str] = mapped_column(String(ID_LEN), index=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    fields: Mapped[list[str]] = mapped_column(JSON, default=list)
+    purposes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    changes: Mapped[bool] = mapped_column(Boolean, default=False)
+    openapi: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class AccessRightRow(Base):
+    __tablename__ = "xchg_access_rights"
+    client_id: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    service_id: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    not_after: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class StatuteRow(Base):
+    __tablename__ = "xchg_statutes"
+    id: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    service_id: Mapped[str] = mapped_column(String(ID_LEN), index=True)
+    client_id: Mapped[str] = mapped_column(String(ID_LEN))
+    purposes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    fields: Mapped[list[str]] = mapped_column(JSON, default=list)
+    ordinance: Mapped[str] = mapped_column(Text)
+    title_ja: Mapped[str] = mapped_column(Text, default="")
+    title_en: Mapped[str] = mapped_column(Text, default="")
+
+
+class RegistryMetaRow(Base):
+    """Key/value settings of the central registry: serial, consent service location and key."""
+
+    __tablename__ = "xchg_registry_meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class SeenMessageRow(Base):
+    """Replay protection: a (sender, message id) is accepted once per node."""
+
+    __tablename__ = "xchg_seen_messages"
+    node: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    sender: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    message_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class MessageLogRow(Base):
+    """Who asked what, why, the decision and the hashes — never the personal data itself."""
+
+    __tablename__ = "xchg_message_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    node: Mapped[str] = mapped_column(String(ID_LEN), index=True)
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    decision: Mapped[str] = mapped_column(String(16))
+    client: Mapped[str | None] = mapped_column(String(ID_LEN), nullable=True)
+    service: Mapped[str | None] = mapped_column(String(ID_LEN), nullable=True)
+    purpose: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    subject: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
+    consent_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    message_id: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
+    request_hash: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    body_hash: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    decision_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    basis: Mapped[str | None] = mapped_column(String(255), nullable=True)
+
+
+class ClientKeyRow(Base):
+    """A departmental system's API key, stored as SHA-256 only (the key is shown once)."""
+
+    __tablename__ = "xchg_client_keys"
+    key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    node: Mapped[str] = mapped_column(String(ID_LEN), index=True)
+    client_id: Mapped[str] = mapped_column(String(ID_LEN))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
