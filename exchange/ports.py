@@ -16,6 +16,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from exchange.identifiers import ClientId, ServiceId
 
 __all__ = [
+    "CITIZEN_AGENCY",
     "AdapterRequest",
     "AdapterResponse",
     "AuditEvent",
@@ -30,6 +31,7 @@ __all__ = [
     "PolicyInput",
     "RegistryAdapter",
     "ServiceDescription",
+    "SubjectTranslator",
     "Transport",
     "TransportResponse",
 ]
@@ -213,6 +215,23 @@ class RegistryAdapter(Protocol):
     def services(self) -> Sequence[ServiceDescription]: ...
 
     async def call(self, request: AdapterRequest) -> AdapterResponse: ...
+
+
+# --- subjects ----------------------------------------------------------------------------------
+
+
+class SubjectTranslator(Protocol):
+    """Maps a citizen's pseudonym at one agency to their pseudonym at another (機関別符号).
+
+    Agencies are subsystem ids (and ``CITIZEN_AGENCY`` for the citizen's own platform identity,
+    the ``sub`` of their token). Raises ``NotFoundError`` for an unknown pseudonym. No master
+    identifier ever crosses this port.
+    """
+
+    def translate(self, subject: str, *, from_agency: str, to_agency: str) -> str: ...
+
+
+CITIZEN_AGENCY = "citizen"
 
 
 # --- transport ---------------------------------------------------------------------------------

@@ -37,7 +37,14 @@ from exchange.node.metrics import NodeMetrics
 from exchange.node.provider import Provider
 from exchange.node.registry_cache import RegistryCache
 from exchange.node.transport import AiohttpTransport
-from exchange.ports import AuditSink, ConsentGate, PolicyDecider, RegistryAdapter, Transport
+from exchange.ports import (
+    AuditSink,
+    ConsentGate,
+    PolicyDecider,
+    RegistryAdapter,
+    SubjectTranslator,
+    Transport,
+)
 from exchange.replay import ReplayGuard
 from exchange.settings import Settings
 from exchange.signing import (
@@ -75,6 +82,7 @@ class NodeParts:
     policy: PolicyDecider | None = None
     consent: ConsentGate | None = None
     audit: AuditSink | None = None
+    subjects: SubjectTranslator | None = None
     routers: Sequence[APIRouter] = ()
     on_registry: Sequence[Callable[[Any], None]] = ()
     background: Sequence[Callable[[], Any]] = ()
@@ -185,6 +193,7 @@ def create_node_app(
     engine: Engine | None = None,
     transport: Transport | None = None,
     clock: Callable[[], datetime] = utc_now,
+    registry_wait_s: float | None = STARTUP_REGISTRY_WAIT_S,
 ) -> FastAPI:
     keys = KeyStore(settings.data_dir)
     anchor = _load_anchor(keys)
@@ -214,6 +223,7 @@ def create_node_app(
         audit=audit,
         policy=parts.policy,
         consent=parts.consent,
+        subjects=parts.subjects,
         max_skew_s=settings.max_clock_skew_s,
         clock=clock,
     )
@@ -230,6 +240,8 @@ def create_node_app(
     )
 
     async def _refresh_loop() -> None:
+        if registry_wait_s is None:  # the host fetches the first copy itself, once serving
+            await asyncio.sleep(settings.registry_refresh_s)
         await registry.run(settings.registry_refresh_s, clock)
 
     async def _prune_loop() -> None:
@@ -240,13 +252,13 @@ def create_node_app(
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         registry.load_cached(now=clock())
-        deadline = time.monotonic() + STARTUP_REGISTRY_WAIT_S
-        while True:
+        deadline = time.monotonic() + (registry_wait_s or 0.0)
+        while registry_wait_s is not None:
             try:
                 await registry.refresh(now=clock())
                 break
             except OnceOnlyError:
-                if time.monotonic() > deadline:
+                if time.monotonic() >= deadline:
                     break  # serve with the cached copy, or fail closed per request
                 await asyncio.sleep(0.2)
         tasks = [asyncio.create_task(_refresh_loop()), asyncio.create_task(_prune_loop())]

@@ -36,6 +36,7 @@ from exchange.errors import (
 from exchange.identifiers import ClientId
 from exchange.node.registry_cache import RegistryCache
 from exchange.ports import (
+    CITIZEN_AGENCY,
     AdapterRequest,
     AuditEvent,
     AuditSink,
@@ -47,6 +48,7 @@ from exchange.ports import (
     PolicyDecision,
     PolicyInput,
     RegistryAdapter,
+    SubjectTranslator,
 )
 from exchange.replay import ReplayGuard
 from exchange.signing import MemberSigner
@@ -96,6 +98,7 @@ class UpstreamFailure(TransportError):
 
 @dataclass(frozen=True, slots=True)
 class _Authorized:
+    local_subject: str | None
     fields: frozenset[str]
     basis: str | None
     decision_id: str | None
@@ -113,6 +116,7 @@ class Provider:
         audit: AuditSink,
         policy: PolicyDecider | None,
         consent: ConsentGate | None,
+        subjects: SubjectTranslator | None = None,
         max_skew_s: int,
         clock: Callable[[], datetime],
     ) -> None:
@@ -125,6 +129,7 @@ class Provider:
         self._audit = audit
         self._policy = policy
         self._consent = consent
+        self._subjects = subjects
         self._max_skew_s = max_skew_s
         self._clock = clock
 
@@ -209,6 +214,8 @@ class Provider:
             raise RefusalError(
                 f"unknown fields requested: {', '.join(sorted(unknown))}", code="Client.BadRequest"
             )
+        # (9b) the subject, as this agency knows it: no master id crosses agencies.
+        local_subject = self._translate(env.subject, str(req.client), str(req.service.provider))
         # (10) consent, checked without side effects.
         consent: ConsentDecision | None = None
         query: ConsentQuery | None = None
@@ -218,7 +225,7 @@ class Provider:
             query = ConsentQuery(
                 consent_id=env.consent_id,
                 artefact=env.consent_artefact,
-                subject=env.subject,
+                subject=self._translate(env.subject, str(req.client), CITIZEN_AGENCY),
                 client=req.client,
                 service=req.service,
                 purpose=env.purpose,
@@ -265,7 +272,12 @@ class Provider:
                     code="Server.ServerProxy.ConsentRefused",
                     reasons=used.reasons,
                 )
-        return _Authorized(frozenset(fields), basis, decision_id)
+        return _Authorized(local_subject, frozenset(fields), basis, decision_id)
+
+    def _translate(self, subject: str | None, from_agency: str, to_agency: str) -> str | None:
+        if subject is None or self._subjects is None:
+            return subject
+        return self._subjects.translate(subject, from_agency=from_agency, to_agency=to_agency)
 
     async def _call_adapter(
         self, req: VerifiedRequest, auth: _Authorized
@@ -285,7 +297,7 @@ class Provider:
                 method=env.method,
                 path=path,
                 query=query,
-                subject=env.subject,
+                subject=auth.local_subject,
                 purpose=env.purpose,
                 message_id=env.message_id,
                 fields=auth.fields,

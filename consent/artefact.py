@@ -1,0 +1,247 @@
+"""The signed consent artefact: a compact JWS (RFC 7515, EdDSA per RFC 8037) by the consent service.
+
+Issue 5: a consent is issued as a signed artefact that the provider node verifies itself on every
+exchange, and then checks against the consent store for revocation. The artefact says what was
+granted; it never says whether the consent still holds (the store does).
+
+Trust domains (style rule 7): ``ConsentIssuerKey`` / ``ConsentArtefactVerifier`` are their own
+types, distinct from ``exchange.signing``'s member and central keys, and the JWS ``typ``
+(``onceonly-consent+jws``) differs from the envelope's and the registry's, so even the same raw
+key material can never make a consent verify as an envelope or the reverse.
+
+Verification steps (``ConsentArtefactVerifier.verify``), each failing with one opaque
+``VerificationError`` (rule 11, no oracle):
+
+1. exactly three base64url parts, strict alphabet, bounded size — stops parser confusion;
+2. the protected header is a JSON object with exactly ``alg``, ``typ``, ``kid`` — stops ``crit``
+   and ``jwk``/``x5u`` key injection;
+3. ``alg`` is pinned to ``EdDSA`` — stops ``alg:none`` (RFC 7515 A.5) and HS256 confusion;
+4. ``typ`` is pinned to ``onceonly-consent+jws`` — stops cross-domain reuse of a signature;
+5. ``kid`` is the issuer key's — stops a key of another trust domain;
+6. the Ed25519 signature over ``header.payload`` verifies — stops forgery and alteration;
+7. the payload parses as ``ConsentArtefactClaims`` — stops malformed claims.
+
+Only this module (and ``exchange/signing.py``) may import ``cryptography`` (rule 14).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from exchange.canonical import b64ud, b64ue, canonical_json
+from exchange.errors import ConfigurationError, VerificationError
+from exchange.signing import key_id, save_private_key
+
+__all__ = [
+    "ARTEFACT_TYP",
+    "ConsentArtefactClaims",
+    "ConsentArtefactVerifier",
+    "ConsentIssuerKey",
+    "sign_compact",
+    "verify_compact",
+]
+
+ARTEFACT_TYP = "onceonly-consent+jws"
+ALG = "EdDSA"
+MAX_ARTEFACT_BYTES = 16 * 1024
+_OPAQUE = "consent artefact verification failed"
+_B64U = re.compile(r"^[A-Za-z0-9_-]*$")
+
+
+class ConsentArtefactClaims(BaseModel):
+    """What the artefact asserts. Times are seconds since the epoch (as JWT ``nbf``/``exp``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    iss: str = Field(min_length=1, max_length=200)
+    cid: str = Field(min_length=1, max_length=64)
+    sub: str = Field(min_length=1, max_length=128)
+    client: str = Field(min_length=1, max_length=300)
+    services: tuple[str, ...] = Field(min_length=1)
+    purpose: str = Field(min_length=1, max_length=64)
+    fields: tuple[str, ...] = Field(min_length=1)
+    nbf: int
+    exp: int
+    iat: int
+    mode: str
+    max_uses: int | None = None
+    min_interval_s: int | None = None
+    retention_days: int
+    legal_text_version: str
+
+    @property
+    def valid_from(self) -> datetime:
+        return datetime.fromtimestamp(self.nbf, UTC)
+
+    @property
+    def valid_until(self) -> datetime:
+        return datetime.fromtimestamp(self.exp, UTC)
+
+
+def _b64u_part(text: str) -> bytes:
+    if not _B64U.match(text) or len(text) % 4 == 1:
+        raise VerificationError(_OPAQUE)
+    return b64ud(text)
+
+
+def sign_compact(key: ConsentIssuerKey, protected_header: bytes, payload: bytes) -> str:
+    """Sign ``payload`` as a compact JWS with the exact ``protected_header`` bytes given.
+
+    The low-level primitive (used for the RFC 8037 A.4 vector); artefacts go through
+    ``ConsentIssuerKey.sign_claims``, which builds the pinned header itself.
+    """
+    signing_input = f"{b64ue(protected_header)}.{b64ue(payload)}"
+    signature = key._key.sign(signing_input.encode("ascii"))
+    return f"{signing_input}.{b64ue(signature)}"
+
+
+def verify_compact(
+    public_key_raw: bytes, compact: str, *, required_header: dict[str, str]
+) -> bytes:
+    """Verify a compact EdDSA JWS whose protected header is exactly ``required_header``.
+
+    Returns the payload bytes or raises one opaque ``VerificationError``. ``required_header`` must
+    contain ``alg``; ``alg`` other than ``EdDSA`` is never accepted (steps 1-6 of the module doc).
+    """
+    if required_header.get("alg") != ALG:
+        raise ConfigurationError("only EdDSA consent artefacts exist")
+    try:
+        public_key = ed25519.Ed25519PublicKey.from_public_bytes(public_key_raw)
+    except ValueError as exc:
+        raise ConfigurationError("unusable Ed25519 public key") from exc
+    # (1) shape: three strict base64url parts, bounded — parser confusion
+    if len(compact) > MAX_ARTEFACT_BYTES:
+        raise VerificationError(_OPAQUE)
+    parts = compact.split(".")
+    if len(parts) != 3:
+        raise VerificationError(_OPAQUE)
+    header_b64, payload_b64, sig_b64 = parts
+    try:
+        header_raw = _b64u_part(header_b64)
+        payload = _b64u_part(payload_b64)
+        signature = _b64u_part(sig_b64)
+        header = json.loads(header_raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise VerificationError(_OPAQUE) from exc
+    # (2)-(5) header is exactly the pinned one: alg (none/HS256 confusion), typ (cross-domain
+    # reuse), kid (another domain's key), nothing else (crit, jwk, x5u injection)
+    if not isinstance(header, dict) or header != required_header:
+        raise VerificationError(_OPAQUE)
+    # (6) the signature — forgery and alteration
+    if len(signature) != 64:
+        raise VerificationError(_OPAQUE)
+    try:
+        public_key.verify(signature, f"{header_b64}.{payload_b64}".encode("ascii"))
+    except InvalidSignature as exc:
+        raise VerificationError(_OPAQUE) from exc
+    return payload
+
+
+class ConsentIssuerKey:
+    """The consent service's signing key. Signs consent artefacts only."""
+
+    def __init__(self, key: ed25519.Ed25519PrivateKey, *, issuer: str) -> None:
+        self._key = key
+        self.issuer = issuer
+        self.kid = key_id(key.public_key())
+
+    @classmethod
+    def generate(cls, *, issuer: str) -> ConsentIssuerKey:
+        return cls(ed25519.Ed25519PrivateKey.generate(), issuer=issuer)
+
+    @classmethod
+    def from_seed(cls, seed: bytes, *, issuer: str) -> ConsentIssuerKey:
+        """From a raw 32-byte Ed25519 seed (RFC 8037 ``d``)."""
+        try:
+            return cls(ed25519.Ed25519PrivateKey.from_private_bytes(seed), issuer=issuer)
+        except ValueError as exc:
+            raise ConfigurationError("consent issuer key must be a 32-byte Ed25519 seed") from exc
+
+    @classmethod
+    def from_pem(cls, pem: bytes, *, issuer: str) -> ConsentIssuerKey:
+        try:
+            key = serialization.load_pem_private_key(pem, password=None)
+        except (ValueError, TypeError) as exc:
+            raise ConfigurationError("cannot load the consent issuer key") from exc
+        if not isinstance(key, ed25519.Ed25519PrivateKey):
+            raise ConfigurationError("consent issuer key must be Ed25519")
+        return cls(key, issuer=issuer)
+
+    @classmethod
+    def load_or_create(cls, path: Path, *, issuer: str) -> ConsentIssuerKey:
+        """Load the PEM at ``path``, creating it (mode 0600) on first start."""
+        if not path.exists():
+            save_private_key(ed25519.Ed25519PrivateKey.generate(), path)
+        return cls.from_pem(path.read_bytes(), issuer=issuer)
+
+    def private_key_pem(self) -> bytes:
+        return self._key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    def public_key_pem(self) -> str:
+        """The PEM to publish in the central registry (``ConsentServiceEntry.issuer_public_key``)."""
+        return (
+            self._key.public_key()
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            .decode("ascii")
+        )
+
+    def verifier(self) -> ConsentArtefactVerifier:
+        return ConsentArtefactVerifier.from_pem(self.public_key_pem())
+
+    def sign_claims(self, claims: ConsentArtefactClaims) -> str:
+        """The artefact: header ``{alg, kid, typ}`` and claims, both RFC 8785 canonical JSON."""
+        header = canonical_json({"alg": ALG, "kid": self.kid, "typ": ARTEFACT_TYP})
+        return sign_compact(self, header, canonical_json(claims.model_dump(mode="json")))
+
+
+class ConsentArtefactVerifier:
+    """Verifies consent artefacts with the consent service's public key (from the registry)."""
+
+    def __init__(self, key: ed25519.Ed25519PublicKey) -> None:
+        self._raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        self.kid = key_id(key)
+
+    @classmethod
+    def from_pem(cls, pem: str) -> ConsentArtefactVerifier:
+        try:
+            key = serialization.load_pem_public_key(pem.encode("ascii"))
+        except (ValueError, UnicodeEncodeError) as exc:
+            raise ConfigurationError("unusable consent issuer public key") from exc
+        if not isinstance(key, ed25519.Ed25519PublicKey):
+            raise ConfigurationError("consent issuer public key must be Ed25519")
+        return cls(key)
+
+    @classmethod
+    def from_raw(cls, raw: bytes) -> ConsentArtefactVerifier:
+        """From a raw 32-byte Ed25519 public key (RFC 8037 ``x``)."""
+        try:
+            return cls(ed25519.Ed25519PublicKey.from_public_bytes(raw))
+        except ValueError as exc:
+            raise ConfigurationError("unusable consent issuer public key") from exc
+
+    def verify(self, artefact: str) -> ConsentArtefactClaims:
+        """Steps 1-7 of the module docstring; returns the verified claims or raises opaquely."""
+        payload = verify_compact(
+            self._raw,
+            artefact,
+            required_header={"alg": ALG, "kid": self.kid, "typ": ARTEFACT_TYP},
+        )
+        # (7) the claims — malformed or extra members
+        try:
+            return ConsentArtefactClaims.model_validate_json(payload)
+        except ValidationError as exc:
+            raise VerificationError(_OPAQUE) from exc

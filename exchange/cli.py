@@ -1,0 +1,340 @@
+"""The ``onceonly`` command line (typer + rich).
+
+``demo`` and ``serve`` run the reference federation locally on SQLite; ``central`` and ``node``
+run one component each for real deployments; ``keys``, ``registry`` and ``db`` manage an instance.
+Settings come from ``ONCEONLY_*`` environment variables (``exchange.settings.Settings``); options
+here override the data directory and the database. Nothing happens at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+from rich.console import Console
+from rich.table import Table
+
+from exchange.db import make_engine, upgrade
+from exchange.errors import OnceOnlyError
+from exchange.identifiers import ClientId, MemberId, ServiceId
+from exchange.keystore import KeyStore
+from exchange.node.app import database_url
+from exchange.provisioning import init_instance, issue_api_key, provision_subsystem
+from exchange.registry_admin import RegistryAdmin
+from exchange.settings import Settings
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="onceonly: once-only data exchange for municipalities",
+)
+keys_app = typer.Typer(no_args_is_help=True, help="Keys and certificates (into the data directory)")
+registry_app = typer.Typer(no_args_is_help=True, help="Manage the central registry")
+db_app = typer.Typer(no_args_is_help=True, help="Database migrations")
+app.add_typer(keys_app, name="keys")
+app.add_typer(registry_app, name="registry")
+app.add_typer(db_app, name="db")
+console = Console()
+err = Console(stderr=True)
+
+DataDir = Annotated[
+    Path | None, typer.Option("--data-dir", help="defaults to ONCEONLY_DATA_DIR or ./.onceonly")
+]
+
+
+def _settings(data_dir: Path | None = None, **overrides: object) -> Settings:
+    settings = Settings()
+    update: dict[str, object] = {k: v for k, v in overrides.items() if v is not None}
+    if data_dir is not None:
+        update["data_dir"] = data_dir
+    return settings.model_copy(update=update) if update else settings
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _fail(exc: OnceOnlyError) -> None:
+    err.print(f"[red]error[/red] ({exc.code}): {exc.detail}")
+    raise typer.Exit(2)
+
+
+def _admin(settings: Settings) -> RegistryAdmin:
+    engine = make_engine(database_url(settings, "central"))
+    upgrade(engine)
+    return RegistryAdmin(engine)
+
+
+def _split(values: str) -> list[str]:
+    return [v.strip() for v in values.split(",") if v.strip()]
+
+
+# --- keys ----------------------------------------------------------------------------------------
+
+
+@keys_app.command("init")
+def keys_init(
+    instance: Annotated[str, typer.Option(help="instance id, e.g. JP")] = "JP",
+    data_dir: DataDir = None,
+) -> None:
+    """Create the instance CA, the central signing key and the trust anchor (idempotent)."""
+    settings = _settings(data_dir)
+    try:
+        created = init_instance(KeyStore(settings.data_dir), instance, now=_now())
+    except OnceOnlyError as exc:
+        _fail(exc)
+        return
+    what = "created" if created else "already present"
+    console.print(f"instance [bold]{instance}[/bold] keys {what} in {settings.data_dir}")
+    console.print(f"trust anchor for nodes: {KeyStore(settings.data_dir).anchor}")
+
+
+@keys_app.command("member")
+def keys_member(subsystem: str, data_dir: DataDir = None) -> None:
+    """Make a subsystem's signing key and its CA-issued certificate; print the certificate path."""
+    settings = _settings(data_dir)
+    try:
+        client = ClientId.parse(subsystem)
+        provision_subsystem(KeyStore(settings.data_dir), client, now=_now())
+    except OnceOnlyError as exc:
+        _fail(exc)
+        return
+    console.print(str(KeyStore(settings.data_dir).subsystem_cert(client)))
+
+
+@keys_app.command("api-key")
+def keys_api_key(client: str, data_dir: DataDir = None) -> None:
+    """Issue an API key for a departmental system calling its node as CLIENT (shown once)."""
+    settings = _settings(data_dir)
+    try:
+        cid = ClientId.parse(client)
+        engine = make_engine(database_url(settings, f"node-{str(cid.member).replace('/', '_')}"))
+        upgrade(engine)
+        console.print(issue_api_key(engine, node=str(cid.member), client=cid, now=_now()))
+    except OnceOnlyError as exc:
+        _fail(exc)
+
+
+# --- registry ------------------------------------------------------------------------------------
+
+
+@registry_app.command("add-member")
+def registry_add_member(
+    member: str,
+    name: Annotated[str, typer.Option()],
+    name_en: Annotated[str, typer.Option()] = "",
+    address: Annotated[str | None, typer.Option(help="base URL of the member's node")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    try:
+        _admin(_settings(data_dir)).add_member(
+            MemberId.parse(member), name, name_en=name_en, address=address
+        )
+    except OnceOnlyError as exc:
+        _fail(exc)
+
+
+@registry_app.command("add-subsystem")
+def registry_add_subsystem(
+    subsystem: str,
+    name: Annotated[str, typer.Option()] = "",
+    cert: Annotated[
+        Path | None, typer.Option(help="PEM certificate issued by `keys member`")
+    ] = None,
+    data_dir: DataDir = None,
+) -> None:
+    try:
+        admin = _admin(_settings(data_dir))
+        client = ClientId.parse(subsystem)
+        admin.add_subsystem(client, name=name)
+        if cert is not None:
+            admin.add_certificate(client, cert.read_text())
+    except OnceOnlyError as exc:
+        _fail(exc)
+
+
+@registry_app.command("add-service")
+def registry_add_service(
+    service: str,
+    fields: Annotated[str, typer.Option(help="comma-separated data fields")],
+    purposes: Annotated[str, typer.Option(help="comma-separated purposes")],
+    description: Annotated[str, typer.Option()] = "",
+    changes: Annotated[bool, typer.Option(help="the service changes the registry")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    try:
+        _admin(_settings(data_dir)).add_service(
+            ServiceId.parse(service),
+            description=description,
+            fields=_split(fields),
+            purposes=_split(purposes),
+            changes=changes,
+        )
+    except OnceOnlyError as exc:
+        _fail(exc)
+
+
+@registry_app.command("grant")
+def registry_grant(client: str, service: str, data_dir: DataDir = None) -> None:
+    """Let CLIENT call SERVICE (access right)."""
+    try:
+        _admin(_settings(data_dir)).grant(ClientId.parse(client), ServiceId.parse(service))
+    except OnceOnlyError as exc:
+        _fail(exc)
+
+
+@registry_app.command("revoke-right")
+def registry_revoke_right(client: str, service: str, data_dir: DataDir = None) -> None:
+    try:
+        _admin(_settings(data_dir)).revoke_right(ClientId.parse(client), ServiceId.parse(service))
+    except OnceOnlyError as exc:
+        _fail(exc)
+
+
+@registry_app.command("revoke-cert")
+def registry_revoke_cert(fingerprint_or_serial: str, data_dir: DataDir = None) -> None:
+    try:
+        _admin(_settings(data_dir)).revoke_certificate(fingerprint_or_serial)
+    except OnceOnlyError as exc:
+        _fail(exc)
+
+
+@registry_app.command("add-statute")
+def registry_add_statute(
+    statute_id: str,
+    service: Annotated[str, typer.Option()],
+    client: Annotated[str, typer.Option()],
+    purposes: Annotated[str, typer.Option()],
+    fields: Annotated[str, typer.Option()],
+    ordinance: Annotated[str, typer.Option()],
+    title_ja: Annotated[str, typer.Option()] = "",
+    title_en: Annotated[str, typer.Option()] = "",
+    data_dir: DataDir = None,
+) -> None:
+    """A statutory basis: CLIENT may get FIELDS of SERVICE for PURPOSES without consent."""
+    try:
+        _admin(_settings(data_dir)).add_statute(
+            statute_id,
+            service=ServiceId.parse(service),
+            client=ClientId.parse(client),
+            purposes=_split(purposes),
+            fields=_split(fields),
+            ordinance=ordinance,
+            title_ja=title_ja,
+            title_en=title_en,
+        )
+    except OnceOnlyError as exc:
+        _fail(exc)
+
+
+@registry_app.command("show")
+def registry_show(
+    as_json: Annotated[bool, typer.Option("--json")] = False, data_dir: DataDir = None
+) -> None:
+    settings = _settings(data_dir)
+    keys = KeyStore(settings.data_dir)
+    try:
+        doc = _admin(settings).document(
+            instance=keys.instance(), ca_pem="", central_url=settings.central_url, now=_now()
+        )
+    except OnceOnlyError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        console.print_json(json.dumps(doc.model_dump(mode="json", exclude={"ca_certificate"})))
+        return
+    table = Table(title=f"registry {doc.instance}, serial {doc.serial}")
+    for col in ("service", "fields", "purposes", "clients"):
+        table.add_column(col)
+    for s in doc.services:
+        clients = [r.client for r in doc.access_rights if r.service == s.id]
+        table.add_row(s.id, ", ".join(s.fields), ", ".join(s.purposes), "\n".join(clients))
+    console.print(table)
+
+
+# --- db ------------------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    component: Annotated[
+        str, typer.Option(help="central, or node-<INSTANCE_CLASS_CODE>")
+    ] = "central",
+    data_dir: DataDir = None,
+) -> None:
+    """Apply every package's migrations to a component's database."""
+    settings = _settings(data_dir)
+    upgrade(make_engine(database_url(settings, component)))
+    console.print(f"{component}: up to date")
+
+
+# --- components ----------------------------------------------------------------------------------
+
+
+@app.command()
+def central(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8100,
+    data_dir: DataDir = None,
+) -> None:
+    """Run the central server (serves the signed registry)."""
+    from exchange.node.central import create_central_app
+    from exchange.node.compose import build_central_routers
+
+    settings = _settings(data_dir)
+    application = create_central_app(settings, routers=build_central_routers(settings))
+    uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)
+
+
+@app.command()
+def node(
+    member: Annotated[str, typer.Option(help="the member this node serves, e.g. JP/GOV/132098")],
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8101,
+    data_dir: DataDir = None,
+) -> None:
+    """Run one member's node (security server)."""
+    from exchange.node.app import create_node_app
+    from exchange.node.compose import build_node_parts
+
+    settings = _settings(data_dir)
+    mid = MemberId.parse(member)
+    application = create_node_app(settings, mid, build_node_parts(settings, mid))
+    uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)
+
+
+@app.command()
+def demo(
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="keep the demo's data here (default: a fresh temporary directory)"),
+    ] = None,
+    citizens: Annotated[int, typer.Option(help="synthetic citizens to seed")] = 200,
+) -> None:
+    """A scripted tour: start a local federation, make signed exchanges, show the results, stop."""
+    from exchange.demo import run_demo
+
+    raise typer.Exit(asyncio.run(run_demo(console, data_dir=data_dir, citizens=citizens)))
+
+
+@app.command()
+def serve(
+    port: Annotated[int, typer.Option()] = 8000,
+    citizens: Annotated[int, typer.Option()] = 1000,
+    data_dir: DataDir = None,
+) -> None:
+    """Run the reference federation on one port and leave it running (Ctrl-C stops it)."""
+    from exchange.demo import run_serve
+
+    asyncio.run(run_serve(console, _settings(data_dir), port=port, citizens=citizens))
+
+
+def main() -> None:
+    app()

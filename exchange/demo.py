@@ -1,0 +1,181 @@
+"""``onceonly demo`` and ``onceonly serve``: the reference federation, run locally.
+
+The demo provisions a fresh instance (keys, registry, seeded registries) in a temporary directory,
+starts the central server and every member's node on one loopback port, makes real signed
+exchanges over HTTP as the departmental systems would, prints what happened, and stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import text
+
+from exchange.db import make_engine
+from exchange.federation import (
+    LocalFederation,
+    Provisioned,
+    free_socket,
+    member_prefix,
+    provision,
+)
+from exchange.identifiers import ClientId
+from exchange.node.compose import registry_database_url
+from exchange.settings import Settings
+
+__all__ = ["run_demo", "run_serve"]
+
+RESIDENTS = ClientId.parse("JP/GOV/132098/resident-registry")
+TAX = ClientId.parse("JP/GOV/132098/municipal-tax")
+GAS = ClientId.parse("JP/COM/9000000000002/gas")
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    title: str
+    caller: ClientId
+    service: str
+    purpose: str
+    subject: str | None
+    expect: str
+
+
+def _first(settings: Settings, registry: str, sql: str) -> str:
+    engine = make_engine(registry_database_url(settings, registry))
+    try:
+        with engine.connect() as conn:
+            value = conn.execute(text(sql)).scalar_one()
+    finally:
+        engine.dispose()
+    return str(value)
+
+
+async def _exchange(
+    client: httpx.AsyncClient, fed: Provisioned, base: str, step: Step
+) -> httpx.Response:
+    headers = {
+        "X-Road-Client": str(step.caller),
+        "X-OnceOnly-Api-Key": fed.api_keys[str(step.caller)],
+        "X-OnceOnly-Purpose": step.purpose,
+    }
+    if step.subject:
+        headers["X-OnceOnly-Subject"] = step.subject
+    url = f"{base}{member_prefix(step.caller.member)}/r1/{step.service}"
+    return await client.get(url, headers=headers)
+
+
+async def run_demo(console: Console, *, data_dir: Path | None, citizens: int) -> int:
+    with contextlib.ExitStack() as stack:
+        if data_dir is None:
+            data_dir = Path(
+                stack.enter_context(tempfile.TemporaryDirectory(prefix="onceonly-demo-"))
+            )
+        settings = Settings(data_dir=data_dir, database_url=None)
+        sock = free_socket()
+        federation = LocalFederation(settings, sock)
+        console.rule("[bold]onceonly demo[/bold] — Machida city's once-only exchange")
+        with console.status("provisioning keys, the central registry and the registries…"):
+            fed = provision(
+                settings, federation.base_url, citizens=citizens, progress=lambda m: console.log(m)
+            )
+        started = asyncio.Event()
+        server = asyncio.create_task(federation.serve(started))
+        await started.wait()
+        console.log(
+            f"central server and {len(federation.nodes)} member nodes on {federation.base_url}"
+        )
+        tax_subject = _first(
+            settings,
+            "municipal-tax",
+            "SELECT taxpayer_id FROM taxpayers ORDER BY taxpayer_id LIMIT 1",
+        )
+        gas_subject = _first(
+            settings, "gas", "SELECT customer_id FROM gas_contracts ORDER BY customer_id LIMIT 1"
+        )
+        steps = [
+            Step(
+                "Tax division reads a taxpayer's registered address",
+                TAX,
+                f"{RESIDENTS}/address/v1",
+                "taxation",
+                tax_subject,
+                "allowed",
+            ),
+            Step(
+                "Gas company asks for a resident's personal record",
+                GAS,
+                f"{RESIDENTS}/person/v1",
+                "address-change",
+                gas_subject,
+                "refused: no access right",
+            ),
+            Step(
+                "Tax division asks with a purpose the service does not declare",
+                TAX,
+                f"{RESIDENTS}/address/v1",
+                "marketing",
+                tax_subject,
+                "refused: purpose",
+            ),
+        ]
+        failures = 0
+        table = Table(title="signed exchanges through the nodes")
+        for col in ("step", "caller → service", "status", "basis / reason", "data"):
+            table.add_column(col, overflow="fold")
+        async with httpx.AsyncClient(timeout=30) as client:
+            for step in steps:
+                r = await _exchange(client, fed, federation.base_url, step)
+                ok = (r.status_code == 200) == step.expect.startswith("allowed")
+                failures += 0 if ok else 1
+                body = r.json() if r.headers.get("content-type", "").find("json") >= 0 else {}
+                basis = r.headers.get("x-onceonly-basis") or body.get("code", "")
+                data = body if r.status_code == 200 else body.get("detail", "")
+                table.add_row(
+                    step.title,
+                    f"{step.caller.subsystem} → {step.service.split('/', 4)[-1]}",
+                    f"[{'green' if r.status_code == 200 else 'yellow'}]{r.status_code}[/]",
+                    str(basis),
+                    str(data),
+                )
+        console.print(table)
+        federation.stop()
+        await server
+        sock.close()
+        console.rule(
+            "done: "
+            + ("every step behaved as expected" if not failures else f"{failures} unexpected")
+        )
+        return 1 if failures else 0
+    return 1
+
+
+async def run_serve(console: Console, settings: Settings, *, port: int, citizens: int) -> None:
+    sock = free_socket(port=port)
+    federation = LocalFederation(settings, sock)
+    fed = provision(
+        settings, federation.base_url, citizens=citizens, progress=lambda m: console.log(m)
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, federation.stop)
+    started = asyncio.Event()
+    server = asyncio.create_task(federation.serve(started))
+    await started.wait()
+    console.print(f"onceonly is running on {federation.base_url} (Ctrl-C stops it)")
+    table = Table(title="API keys of the departmental systems (shown once)")
+    table.add_column("client")
+    table.add_column("node")
+    table.add_column("API key")
+    for client, key in sorted(fed.api_keys.items()):
+        cid = ClientId.parse(client)
+        table.add_row(client, federation.base_url + member_prefix(cid.member), key)
+    console.print(table)
+    await server

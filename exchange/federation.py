@@ -1,0 +1,350 @@
+"""The reference federation of Machida city, set up and run locally (``demo`` and ``serve``).
+
+``provision`` builds a complete instance in a data directory: the CA and central keys, a key and
+certificate for every reference subsystem, the central registry (members, subsystems, services as
+the adapters declare them, access rights and statutory bases), API keys for the departmental
+systems, and seeded synthetic registries. ``LocalFederation`` then serves the central server and
+one node per member on **one** loopback port, each app mounted under its own prefix
+(``/central``, ``/nodes/<member>``); node-to-node traffic still goes over real HTTP on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+from starlette.routing import Mount
+
+from adapters.reference.registries import REFERENCE_REGISTRIES
+from adapters.seed import seed
+from exchange.db import make_engine, upgrade
+from exchange.identifiers import ClientId, MemberId, ServiceId
+from exchange.keystore import KeyStore
+from exchange.node.app import create_node_app, database_url
+from exchange.node.central import create_central_app
+from exchange.node.compose import (
+    PSEUDONYMS,
+    build_node_parts,
+    pseudonym_service,
+    registry_database_url,
+)
+from exchange.provisioning import init_instance, issue_api_key, provision_subsystem
+from exchange.registry_admin import RegistryAdmin
+from exchange.settings import Settings
+
+__all__ = [
+    "ONE_STOP",
+    "REFERENCE_RIGHTS",
+    "LocalFederation",
+    "Right",
+    "member_prefix",
+    "provision",
+]
+
+INSTANCE = "JP"
+MACHIDA = MemberId.parse("JP/GOV/132098")
+ONE_STOP = ClientId(MACHIDA, "one-stop")
+"""Machida's one-stop service desk: a consumer-only subsystem that runs procedures."""
+
+
+@dataclass(frozen=True, slots=True)
+class Right:
+    """An access right, and the statute that makes it an exchange without consent (if any)."""
+
+    client: str
+    service: str
+    purposes: tuple[str, ...] = ()
+    statute: str | None = None
+    title_ja: str = ""
+    title_en: str = ""
+    fields: tuple[str, ...] | None = None
+
+
+def _svc(subsystem: str, code: str) -> str:
+    for reg in REFERENCE_REGISTRIES:
+        if reg.subsystem == subsystem:
+            return f"{reg.client_id}/{code}/v1"
+    raise KeyError(subsystem)
+
+
+def _client(subsystem: str) -> str:
+    if subsystem == ONE_STOP.subsystem:
+        return str(ONE_STOP)
+    for reg in REFERENCE_REGISTRIES:
+        if reg.subsystem == subsystem:
+            return reg.client_id
+    raise KeyError(subsystem)
+
+
+REFERENCE_RIGHTS: tuple[Right, ...] = (
+    # Tax division reads residence for assessment (地方税法 第294条: taxed where domiciled on 1 Jan).
+    Right(
+        _client("municipal-tax"),
+        _svc("resident-registry", "address"),
+        ("taxation",),
+        "地方税法第294条",
+        "地方税法 第294条（住所の認定）",
+        "Local Tax Act art. 294 (domicile)",
+    ),
+    Right(
+        _client("municipal-tax"),
+        _svc("resident-registry", "person"),
+        ("taxation",),
+        "地方税法第294条",
+        "地方税法 第294条",
+        "Local Tax Act art. 294",
+        ("name", "name_kana", "birth_date"),
+    ),
+    # NHI and child allowance check residence for eligibility.
+    Right(
+        _client("national-health-insurance"),
+        _svc("resident-registry", "address"),
+        ("benefit-eligibility",),
+        "国民健康保険法第5条",
+        "国民健康保険法 第5条（被保険者）",
+        "National Health Insurance Act art. 5",
+    ),
+    Right(
+        _client("child-allowance"),
+        _svc("resident-registry", "person"),
+        ("benefit-eligibility",),
+        "児童手当法第4条",
+        "児童手当法 第4条（支給要件）",
+        "Child Allowance Act art. 4",
+    ),
+    Right(
+        _client("child-allowance"),
+        _svc("municipal-tax", "taxpayer"),
+        ("benefit-eligibility",),
+        "番号法第19条第8号",
+        "番号利用法 第19条第8号（情報提供ネットワーク）",
+        "My Number Act art. 19(8)",
+        ("fiscal_year", "taxable_income_yen"),
+    ),
+    # The one-stop desk: the address change (住民基本台帳法 第23条, 第24条の2 for the moving
+    # one-stop service) reads the registries concerned and notifies the public ones by statute.
+    *(
+        Right(
+            str(ONE_STOP),
+            _svc(sub, code),
+            ("address-change",),
+            "住民基本台帳法第24条の2",
+            "住民基本台帳法 第24条の2（転出届の特例）",
+            "Basic Resident Registration Act art. 24-2",
+        )
+        for sub, code in (
+            ("resident-registry", "person"),
+            ("resident-registry", "address"),
+            ("resident-registry", "address-change"),
+            ("municipal-tax", "address-notification"),
+            ("national-health-insurance", "enrolment"),
+            ("national-health-insurance", "address-notification"),
+            ("child-allowance", "recipient"),
+            ("child-allowance", "address-notification"),
+            ("water", "contract"),
+            ("water", "supply-address-change"),
+            ("land-registry", "property"),
+        )
+    ),
+    # Private utilities: an access right, but no statute — the citizen's consent is the basis.
+    *(
+        Right(str(ONE_STOP), _svc(sub, code), ("address-change",))
+        for sub in ("electricity", "gas")
+        for code in ("contract", "supply-address-change")
+    ),
+    Right(_client("gas"), _svc("resident-registry", "address"), ("address-change",)),
+)
+
+
+def member_prefix(member: MemberId) -> str:
+    return f"/nodes/{str(member).replace('/', '_')}"
+
+
+def _members() -> dict[MemberId, tuple[str, str]]:
+    out: dict[MemberId, tuple[str, str]] = {}
+    for reg in REFERENCE_REGISTRIES:
+        out[MemberId.parse(reg.member)] = (reg.member_name_ja, reg.member_name_en)
+    return out
+
+
+def _subsystems() -> list[tuple[ClientId, str]]:
+    subs = [(ClientId.parse(r.client_id), r.name_ja) for r in REFERENCE_REGISTRIES]
+    subs.append((ONE_STOP, "ワンストップ窓口"))
+    return subs
+
+
+@dataclass
+class Provisioned:
+    settings: Settings
+    base_url: str
+    api_keys: dict[str, str] = field(default_factory=dict)
+    citizens: int = 0
+
+
+def provision(
+    settings: Settings,
+    base_url: str,
+    *,
+    citizens: int = 200,
+    seed_value: int = 20261123,
+    progress: Callable[[str], None] = lambda _msg: None,
+) -> Provisioned:
+    """Set up the whole reference instance in ``settings.data_dir`` (idempotent)."""
+    now = datetime.now(UTC)
+    keys = KeyStore(settings.data_dir)
+    progress("keys: instance CA and central signing key")
+    init_instance(keys, INSTANCE, now=now)
+    central_engine = make_engine(database_url(settings, "central"))
+    upgrade(central_engine)
+    admin = RegistryAdmin(central_engine)
+    progress("central registry: members, subsystems, certificates")
+    for member, (name_ja, name_en) in _members().items():
+        admin.add_member(member, name_ja, name_en=name_en, address=base_url + member_prefix(member))
+    for client, name in _subsystems():
+        admin.add_subsystem(client, name=name)
+        admin.add_certificate(client, provision_subsystem(keys, client, now=now))
+    progress("central registry: services, access rights, statutes")
+    for reg in REFERENCE_REGISTRIES:
+        provider = ClientId.parse(reg.client_id)
+        adapter = reg.adapter(registry_database_url(settings, reg.subsystem))
+        for desc in adapter.services():
+            admin.add_service(
+                ServiceId(provider, desc.code, desc.version),
+                description=desc.description,
+                fields=desc.fields,
+                purposes=desc.purposes,
+                changes=desc.changes,
+            )
+    for i, right in enumerate(REFERENCE_RIGHTS):
+        client, service = ClientId.parse(right.client), ServiceId.parse(right.service)
+        admin.grant(client, service)
+        if right.statute:
+            fields = right.fields
+            if fields is None:
+                doc = admin.document(instance=INSTANCE, ca_pem="", central_url="", now=now)
+                fields = next(s.fields for s in doc.services if s.id == right.service)
+            admin.add_statute(
+                f"statute-{i:03d}",
+                service=service,
+                client=client,
+                purposes=right.purposes,
+                fields=fields,
+                ordinance=right.statute,
+                title_ja=right.title_ja,
+                title_en=right.title_en,
+            )
+    central_engine.dispose()
+    out = Provisioned(settings, base_url)
+    progress("API keys for the departmental systems")
+    for member in {c.member for c, _ in _subsystems()}:
+        engine = make_engine(database_url(settings, f"node-{str(member).replace('/', '_')}"))
+        upgrade(engine)
+        for client, _ in _subsystems():
+            if client.member == member:
+                out.api_keys[str(client)] = issue_api_key(
+                    engine, node=str(member), client=client, now=now
+                )
+        engine.dispose()
+    marker = settings.data_dir / "seeded.json"
+    if not marker.exists() and citizens > 0:
+        progress(f"seeding {citizens} synthetic citizens into the registries")
+        urls = {
+            r.subsystem: registry_database_url(settings, r.subsystem) for r in REFERENCE_REGISTRIES
+        }
+        urls[PSEUDONYMS] = registry_database_url(settings, PSEUDONYMS)
+        pseudonym_service(settings)  # migrates the pseudonym store before seeding into it
+        report = seed(citizens, seed_value, urls)
+        marker.write_text(json.dumps({"citizens": report.citizens, "seed": seed_value}))
+    out.citizens = citizens
+    return out
+
+
+def free_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    return sock
+
+
+class LocalFederation:
+    """The central server and every member's node, mounted on one loopback port."""
+
+    def __init__(
+        self, settings: Settings, sock: socket.socket, extra_mounts: Iterable[Mount] = ()
+    ) -> None:
+        self.settings = settings
+        self.sock = sock
+        host, port = sock.getsockname()[:2]
+        self.base_url = f"http://{host}:{port}"
+        self._extra = list(extra_mounts)
+        self._server: uvicorn.Server | None = None
+        self._nodes: dict[MemberId, FastAPI] = {}
+
+    def build_app(self) -> FastAPI:
+        settings = self.settings.model_copy(update={"central_url": self.base_url + "/central"})
+        central = create_central_app(settings)
+        # Nodes fetch the registry from the central server on this same port, which accepts
+        # connections only once every lifespan has started: they fetch after start (``serve``).
+        nodes: dict[MemberId, FastAPI] = {
+            m: create_node_app(settings, m, build_node_parts(settings, m), registry_wait_s=None)
+            for m in _members()
+        }
+        apps: list[FastAPI] = [central, *nodes.values()]
+
+        @contextlib.asynccontextmanager
+        async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+            async with contextlib.AsyncExitStack() as stack:
+                for sub in apps:
+                    await stack.enter_async_context(sub.router.lifespan_context(sub))
+                yield
+
+        root = FastAPI(
+            title="onceonly local federation", lifespan=lifespan, docs_url=None, redoc_url=None
+        )
+        self._nodes = nodes
+        root.state.nodes = nodes
+        root.state.central = central
+        root.router.routes.append(Mount("/central", app=central))
+        for m, app in nodes.items():
+            root.router.routes.append(Mount(member_prefix(m), app=app))
+        for mount in self._extra:
+            root.router.routes.append(mount)
+        return root
+
+    async def serve(
+        self, started: asyncio.Event | None = None, *, log_level: str = "warning"
+    ) -> None:
+        # Central first: nodes fetch the registry from it while they start, over this same port.
+        config = uvicorn.Config(
+            self.build_app(), log_level=log_level, access_log=False, lifespan="on"
+        )
+        self._server = uvicorn.Server(config)
+        task = asyncio.create_task(self._server.serve(sockets=[self.sock]))
+        while not self._server.started and not task.done():  # noqa: ASYNC110 (uvicorn has no event)
+            await asyncio.sleep(0.05)
+        for app in self._nodes.values():
+            await app.state.registry.refresh(now=datetime.now(UTC))
+        if started is not None:
+            started.set()
+        await task
+
+    @property
+    def nodes(self) -> dict[MemberId, FastAPI]:
+        return dict(self._nodes)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+
+
+def describe(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
