@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import json
 import socket
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -196,8 +196,12 @@ def provision(
     citizens: int = 200,
     seed_value: int = 20261123,
     progress: Callable[[str], None] = lambda _msg: None,
+    addresses: Mapping[MemberId, str] | None = None,
 ) -> Provisioned:
-    """Set up the whole reference instance in ``settings.data_dir`` (idempotent)."""
+    """Set up the whole reference instance in ``settings.data_dir`` (idempotent).
+
+    Node addresses default to ``base_url`` + ``/nodes/<member>`` (one port, ``LocalFederation``);
+    ``addresses`` gives each member's node its own base URL instead (one process per node)."""
     now = datetime.now(UTC)
     keys = KeyStore(settings.data_dir)
     progress("keys: instance CA and central signing key")
@@ -207,7 +211,8 @@ def provision(
     admin = RegistryAdmin(central_engine)
     progress("central registry: members, subsystems, certificates")
     for member, (name_ja, name_en) in _members().items():
-        admin.add_member(member, name_ja, name_en=name_en, address=base_url + member_prefix(member))
+        address = (addresses or {}).get(member) or base_url + member_prefix(member)
+        admin.add_member(member, name_ja, name_en=name_en, address=address)
     for client, name in _subsystems():
         admin.add_subsystem(client, name=name)
         admin.add_certificate(client, provision_subsystem(keys, client, now=now))

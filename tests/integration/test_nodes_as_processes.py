@@ -1,0 +1,142 @@
+"""The central server and two members' nodes as separate uvicorn processes on 127.0.0.1.
+
+Runs on SQLite by default and on PostgreSQL when DATABASE_URL is set (every component then shares
+one throw-away database, as replicas of a deployment would).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from exchange.db import make_engine
+from exchange.federation import provision
+from exchange.identifiers import MemberId
+from exchange.node.compose import registry_database_url
+from exchange.settings import Settings
+from tests.integration.processes import Cluster, Proc, free_port, running
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+MACHIDA = MemberId.parse("JP/GOV/132098")
+GAS = MemberId.parse("JP/COM/9000000000002")
+TAX = "JP/GOV/132098/municipal-tax"
+GAS_CLIENT = "JP/COM/9000000000002/gas"
+ADDRESS = "JP/GOV/132098/resident-registry/address/v1"
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, db_url: str) -> Iterator[tuple[Cluster, dict[str, str], Settings]]:
+    data = tmp_path / "data"
+    ports = {"central": free_port(), str(MACHIDA): free_port(), str(GAS): free_port()}
+    settings = Settings(
+        data_dir=data, database_url=db_url if db_url.startswith("postgresql") else None
+    )
+    fed = provision(
+        settings,
+        "http://unused",
+        citizens=30,
+        addresses={m: f"http://127.0.0.1:{ports[str(m)]}" for m in (MACHIDA, GAS)},
+    )
+    env = {
+        "ONCEONLY_DATA_DIR": str(data),
+        "ONCEONLY_CENTRAL_URL": f"http://127.0.0.1:{ports['central']}",
+        "ONCEONLY_REGISTRY_REFRESH_S": "1",
+    }
+    if settings.database_url:
+        env["DATABASE_URL"] = settings.database_url
+    log = tmp_path / "processes.log"
+    c = Cluster()
+    c.procs["central"] = Proc("central", ["central"], env, ports["central"], log)
+    for m in (MACHIDA, GAS):
+        c.procs[str(m)] = Proc(str(m), ["node", "--member", str(m)], env, ports[str(m)], log)
+    gen = running(c)
+    cl = next(gen)
+    for p in cl.procs.values():
+        p.start()
+    yield cl, fed.api_keys, settings
+    gen.close()
+
+
+def _subject(settings: Settings) -> str:
+    engine = make_engine(registry_database_url(settings, "municipal-tax"))
+    with engine.connect() as conn:
+        value = conn.execute(
+            text("SELECT taxpayer_id FROM taxpayers ORDER BY taxpayer_id LIMIT 1")
+        ).scalar_one_or_none()
+    engine.dispose()
+    assert value is not None
+    return str(value)
+
+
+def _get(
+    node: Proc, client: str, key: str, subject: str, service: str = ADDRESS, **extra: str
+) -> httpx.Response:
+    headers = {
+        "X-Road-Client": client,
+        "X-OnceOnly-Api-Key": key,
+        "X-OnceOnly-Purpose": "taxation",
+        "X-OnceOnly-Subject": subject,
+        **extra,
+    }
+    return httpx.get(f"{node.url}/r1/{service}", headers=headers, timeout=20)
+
+
+def test_signed_exchange_between_processes_allowed_refused_and_replayed(
+    cluster: tuple[Cluster, dict[str, str], Settings],
+) -> None:
+    c, keys, settings = cluster
+    subject = _subject(settings)
+    machida, gas = c.procs[str(MACHIDA)], c.procs[str(GAS)]
+
+    ok = _get(machida, TAX, keys[TAX], subject, **{"X-Road-Id": "it-1"})
+    assert ok.status_code == 200, ok.text
+    assert set(ok.json()) <= {"address", "moved_in_on", "household_id"}
+    assert ok.json()["address"].startswith("東京都町田市")
+    assert len(ok.headers["x-road-request-hash"]) == 88
+
+    person = "JP/GOV/132098/resident-registry/person/v1"
+    refused = _get(gas, GAS_CLIENT, keys[GAS_CLIENT], subject, person)
+    assert refused.status_code == 403
+    assert refused.headers["content-type"].startswith("application/problem+json")
+
+    replay = _get(machida, TAX, keys[TAX], subject, **{"X-Road-Id": "it-1"})
+    assert replay.status_code == 409
+    assert replay.json()["code"] == "Server.ServerProxy.Replay"
+
+
+def test_provider_down_then_back(cluster: tuple[Cluster, dict[str, str], Settings]) -> None:
+    c, keys, settings = cluster
+    subject = _subject(settings)
+    machida, gas = c.procs[str(MACHIDA)], c.procs[str(GAS)]
+    # Gas asks Machida's registry (it has an access right for the address service).
+    headers = {
+        "X-Road-Client": GAS_CLIENT,
+        "X-OnceOnly-Api-Key": keys[GAS_CLIENT],
+        "X-OnceOnly-Purpose": "address-change",
+        "X-OnceOnly-Subject": subject,
+    }
+    url = f"{gas.url}/r1/JP/GOV/132098/resident-registry/address/v1"
+    machida.stop()
+    down = httpx.get(url, headers=headers, timeout=20)
+    assert down.status_code == 502
+    assert down.json()["code"] == "Server.ServerProxy.NetworkError"
+    machida.start()
+    back = httpx.get(url, headers=headers, timeout=20)
+    assert back.status_code == 404  # a tax pseudonym means nothing to the gas company
+    assert back.json()["code"] == "Client.NotFound"
+
+
+def test_central_registry_and_metrics_are_served(
+    cluster: tuple[Cluster, dict[str, str], Settings],
+) -> None:
+    c, _, _ = cluster
+    reg = httpx.get(c.procs["central"].url + "/registry", timeout=10).json()
+    assert {"document", "signature"} <= set(reg)
+    assert reg["document"]["serial"] >= 1
+    metrics = httpx.get(c.procs[str(MACHIDA)].url + "/metrics", timeout=10)
+    assert b"onceonly_exchanges_total" in metrics.content
