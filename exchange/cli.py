@@ -289,7 +289,9 @@ def central(
     from exchange.node.compose import build_central_routers
 
     settings = _settings(data_dir)
-    application = create_central_app(settings, routers=build_central_routers(settings))
+    application = create_central_app(
+        settings, routers=lambda view: build_central_routers(settings, view)
+    )
     uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)
 
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import tempfile
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -28,8 +30,13 @@ from exchange.federation import (
     provision,
 )
 from exchange.identifiers import ClientId
-from exchange.node.compose import registry_database_url
+from exchange.keystore import KeyStore
+from exchange.node.compose import pseudonym_service, registry_database_url
+from exchange.node_requests import sign_node_request
+from exchange.ports import CITIZEN_AGENCY
 from exchange.settings import Settings
+from exchange.signing import MemberSigner, load_private_key
+from exchange.tokens import DevIssuer
 
 __all__ = ["run_demo", "run_serve"]
 
@@ -46,6 +53,9 @@ class Step:
     purpose: str
     subject: str | None
     expect: str
+    consent_id: str | None = None
+    artefact: str | None = None
+    fields: str | None = None
 
 
 def _first(settings: Settings, registry: str, sql: str) -> str:
@@ -68,8 +78,74 @@ async def _exchange(
     }
     if step.subject:
         headers["X-OnceOnly-Subject"] = step.subject
+    if step.fields:
+        headers["X-OnceOnly-Fields"] = step.fields
+    if step.consent_id and step.artefact:
+        headers["X-OnceOnly-Consent-Id"] = step.consent_id
+        headers["X-OnceOnly-Consent"] = step.artefact
     url = f"{base}{member_prefix(step.caller.member)}/r1/{step.service}"
     return await client.get(url, headers=headers)
+
+
+@dataclass(frozen=True, slots=True)
+class Granted:
+    consent_id: str
+    artefact: str
+    citizen_token: str
+
+
+async def _grant_consent(
+    client: httpx.AsyncClient, settings: Settings, base: str, gas_subject: str
+) -> Granted:
+    """The gas company asks for a consent (a node-signed request); the citizen approves it."""
+    keys = KeyStore(settings.data_dir)
+    citizen = pseudonym_service(settings).translate(
+        gas_subject, from_agency=str(GAS), to_agency=CITIZEN_AGENCY
+    )
+    now = datetime.now(UTC)
+    terms = {
+        "subject": citizen,
+        "client": str(GAS),
+        "services": [f"{RESIDENTS}/address"],
+        "purpose": {
+            "code": "address-change",
+            "text_ja": "引越しに伴うガス供給先の変更",
+            "text_en": "moving the gas supply to the new address",
+        },
+        "fields": ["address", "moved_in_on"],
+        "valid_from": now.isoformat(),
+        "valid_until": (now + timedelta(days=30)).isoformat(),
+        "mode": "standing",
+        "data_retention_days": 30,
+        "legal_text_version": "2026-11",
+    }
+    body = json.dumps(terms).encode()
+    path = "/consent/v1/consent-requests"
+    signer = MemberSigner(load_private_key(keys.subsystem_key(GAS)))
+    headers = {
+        "content-type": "application/json",
+        **sign_node_request(signer, GAS, "POST", path, body, now=now),
+    }
+    r = await client.post(f"{base}/central{path}", content=body, headers=headers)
+    r.raise_for_status()
+    token = DevIssuer.load_or_create(
+        settings.data_dir, issuer=settings.jwt_issuer, audience=settings.jwt_audience
+    ).issue(citizen, roles=("citizen",))
+    approved = await client.post(
+        f"{base}/central/consent/v1/consent-requests/{r.json()['id']}/approve",
+        headers={"authorization": f"Bearer {token}"},
+    )
+    approved.raise_for_status()
+    consent = approved.json()
+    return Granted(consent["id"], consent["artefact"], token)
+
+
+async def _revoke(client: httpx.AsyncClient, base: str, consent: Granted) -> None:
+    r = await client.post(
+        f"{base}/central/consent/v1/consents/{consent.consent_id}/revoke",
+        headers={"authorization": f"Bearer {consent.citizen_token}"},
+    )
+    r.raise_for_status()
 
 
 async def run_demo(console: Console, *, data_dir: Path | None, citizens: int) -> int:
@@ -100,51 +176,91 @@ async def run_demo(console: Console, *, data_dir: Path | None, citizens: int) ->
         gas_subject = _first(
             settings, "gas", "SELECT customer_id FROM gas_contracts ORDER BY customer_id LIMIT 1"
         )
-        steps = [
-            Step(
-                "Tax division reads a taxpayer's registered address",
-                TAX,
-                f"{RESIDENTS}/address/v1",
-                "taxation",
-                tax_subject,
-                "allowed",
-            ),
-            Step(
-                "Gas company asks for a resident's personal record",
-                GAS,
-                f"{RESIDENTS}/person/v1",
-                "address-change",
-                gas_subject,
-                "refused: no access right",
-            ),
-            Step(
-                "Tax division asks with a purpose the service does not declare",
-                TAX,
-                f"{RESIDENTS}/address/v1",
-                "marketing",
-                tax_subject,
-                "refused: purpose",
-            ),
-        ]
         failures = 0
         table = Table(title="signed exchanges through the nodes")
         for col in ("step", "caller → service", "status", "basis / reason", "data"):
             table.add_column(col, overflow="fold")
+
+        async def run(step: Step) -> None:
+            nonlocal failures
+            r = await _exchange(client, fed, federation.base_url, step)
+            ok = (r.status_code == 200) == step.expect.startswith("allowed")
+            failures += 0 if ok else 1
+            body = r.json() if "json" in r.headers.get("content-type", "") else {}
+            basis = r.headers.get("x-onceonly-basis") or body.get("code", "")
+            data = body if r.status_code == 200 else body.get("detail", "")
+            if body.get("reasons"):
+                data = f"{data}: {'; '.join(body['reasons'])}"
+            table.add_row(
+                step.title,
+                f"{step.caller.subsystem} → {step.service.split('/', 4)[-1]}",
+                f"[{'green' if r.status_code == 200 else 'yellow'}]{r.status_code}[/]",
+                str(basis),
+                str(data),
+            )
+
         async with httpx.AsyncClient(timeout=30) as client:
-            for step in steps:
-                r = await _exchange(client, fed, federation.base_url, step)
-                ok = (r.status_code == 200) == step.expect.startswith("allowed")
-                failures += 0 if ok else 1
-                body = r.json() if r.headers.get("content-type", "").find("json") >= 0 else {}
-                basis = r.headers.get("x-onceonly-basis") or body.get("code", "")
-                data = body if r.status_code == 200 else body.get("detail", "")
-                table.add_row(
-                    step.title,
-                    f"{step.caller.subsystem} → {step.service.split('/', 4)[-1]}",
-                    f"[{'green' if r.status_code == 200 else 'yellow'}]{r.status_code}[/]",
-                    str(basis),
-                    str(data),
+            await run(
+                Step(
+                    "Tax division reads a taxpayer's registered address",
+                    TAX,
+                    f"{RESIDENTS}/address/v1",
+                    "taxation",
+                    tax_subject,
+                    "allowed",
                 )
+            )
+            await run(
+                Step(
+                    "Gas company asks for a resident's personal record",
+                    GAS,
+                    f"{RESIDENTS}/person/v1",
+                    "address-change",
+                    gas_subject,
+                    "refused: no access right",
+                )
+            )
+            await run(
+                Step(
+                    "Tax division asks with a purpose the service does not declare",
+                    TAX,
+                    f"{RESIDENTS}/address/v1",
+                    "marketing",
+                    tax_subject,
+                    "refused: purpose",
+                )
+            )
+            consent = await _grant_consent(client, settings, federation.base_url, gas_subject)
+            console.log(
+                f"the citizen approved the gas company's consent request: {consent.consent_id}"
+            )
+            with_consent = Step(
+                "Gas company reads the address, with the citizen's consent",
+                GAS,
+                f"{RESIDENTS}/address/v1",
+                "address-change",
+                gas_subject,
+                "allowed",
+                consent.consent_id,
+                consent.artefact,
+                "address,moved_in_on",
+            )
+            await run(with_consent)
+            await _revoke(client, federation.base_url, consent)
+            console.log("the citizen revoked that consent")
+            await run(
+                Step(
+                    "…and again after the citizen revoked it",
+                    GAS,
+                    f"{RESIDENTS}/address/v1",
+                    "address-change",
+                    gas_subject,
+                    "refused: consent revoked",
+                    consent.consent_id,
+                    consent.artefact,
+                    "address,moved_in_on",
+                )
+            )
         console.print(table)
         federation.stop()
         await server

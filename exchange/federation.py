@@ -32,13 +32,16 @@ from exchange.node.app import create_node_app, database_url
 from exchange.node.central import create_central_app
 from exchange.node.compose import (
     PSEUDONYMS,
+    build_central_routers,
     build_node_parts,
+    consent_issuer_key,
     pseudonym_service,
     registry_database_url,
 )
 from exchange.provisioning import init_instance, issue_api_key, provision_subsystem
 from exchange.registry_admin import RegistryAdmin
 from exchange.settings import Settings
+from exchange.tokens import DevIssuer
 
 __all__ = [
     "ONE_STOP",
@@ -197,6 +200,7 @@ def provision(
     seed_value: int = 20261123,
     progress: Callable[[str], None] = lambda _msg: None,
     addresses: Mapping[MemberId, str] | None = None,
+    central_url: str | None = None,
 ) -> Provisioned:
     """Set up the whole reference instance in ``settings.data_dir`` (idempotent).
 
@@ -219,8 +223,10 @@ def provision(
     progress("central registry: services, access rights, statutes")
     for reg in REFERENCE_REGISTRIES:
         provider = ClientId.parse(reg.client_id)
-        adapter = reg.adapter(registry_database_url(settings, reg.subsystem))
-        for desc in adapter.services():
+        reg_engine = make_engine(registry_database_url(settings, reg.subsystem))
+        descriptions = reg.adapter(reg_engine).services()
+        reg_engine.dispose()
+        for desc in descriptions:
             admin.add_service(
                 ServiceId(provider, desc.code, desc.version),
                 description=desc.description,
@@ -246,6 +252,13 @@ def provision(
                 title_ja=right.title_ja,
                 title_en=right.title_en,
             )
+    progress("consent service (information bank) and the development token issuer")
+    admin.set_consent_service(
+        central_url or base_url + "/central", consent_issuer_key(settings).public_key_pem()
+    )
+    DevIssuer.load_or_create(
+        settings.data_dir, issuer=settings.jwt_issuer, audience=settings.jwt_audience
+    )
     central_engine.dispose()
     out = Provisioned(settings, base_url)
     progress("API keys for the departmental systems")
@@ -265,7 +278,9 @@ def provision(
             r.subsystem: registry_database_url(settings, r.subsystem) for r in REFERENCE_REGISTRIES
         }
         urls[PSEUDONYMS] = registry_database_url(settings, PSEUDONYMS)
-        pseudonym_service(settings)  # migrates the pseudonym store before seeding into it
+        store = make_engine(urls[PSEUDONYMS])
+        pseudonym_service(settings, store)  # migrates the pseudonym store before seeding into it
+        store.dispose()
         report = seed(citizens, seed_value, urls)
         marker.write_text(json.dumps({"citizens": report.citizens, "seed": seed_value}))
     out.citizens = citizens
@@ -296,7 +311,9 @@ class LocalFederation:
 
     def build_app(self) -> FastAPI:
         settings = self.settings.model_copy(update={"central_url": self.base_url + "/central"})
-        central = create_central_app(settings)
+        central = create_central_app(
+            settings, routers=lambda view: build_central_routers(settings, view)
+        )
         # Nodes fetch the registry from the central server on this same port, which accepts
         # connections only once every lifespan has started: they fetch after start (``serve``).
         nodes: dict[MemberId, FastAPI] = {

@@ -16,7 +16,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import Engine
 
-from exchange.central_config import SignedRegistry
+from exchange.central_config import SignedRegistry, VerifiedRegistry
 from exchange.db import make_engine, upgrade
 from exchange.errors import ConfigurationError
 from exchange.keystore import KeyStore
@@ -49,6 +49,16 @@ class RegistryPublisher:
         self._lock = threading.Lock()
         self._cached: SignedRegistry | None = None
         self._cached_bytes = b""
+        self._verified: VerifiedRegistry | None = None
+
+    def verified(self, now: datetime) -> VerifiedRegistry:
+        """The central server's own view (its own document: nothing to verify against)."""
+        self.current(now)
+        with self._lock:
+            assert self._cached is not None
+            if self._verified is None or self._verified.document is not self._cached.document:
+                self._verified = VerifiedRegistry(self._cached.document)
+            return self._verified
 
     def current(self, now: datetime) -> bytes:
         serial = self._admin.serial()
@@ -75,7 +85,7 @@ def create_central_app(
     settings: Settings,
     *,
     engine: Engine | None = None,
-    routers: Sequence[APIRouter] = (),
+    routers: Callable[[Callable[[datetime], VerifiedRegistry]], Sequence[APIRouter]] | None = None,
     clock: Callable[[], datetime] = utc_now,
 ) -> FastAPI:
     keys = KeyStore(settings.data_dir)
@@ -108,6 +118,6 @@ def create_central_app(
         serial = await asyncio.to_thread(RegistryAdmin(engine).serial)
         return JSONResponse({"status": "ok", "instance": instance, "registry_serial": serial})
 
-    for router in routers:
+    for router in routers(publisher.verified) if routers else ():
         app.include_router(router)
     return app

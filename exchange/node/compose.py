@@ -8,28 +8,56 @@ gate and the audit log; the central server gets the registry routes.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from sqlalchemy import Engine
 
 from adapters.pseudonyms import PseudonymService
 from adapters.reference.registries import REFERENCE_REGISTRIES
+from consent.api import build_citizen_router, build_gate_router
+from consent.artefact import ConsentArtefactVerifier, ConsentIssuerKey
+from consent.lifecycle import ConsentService
+from consent.remote import RemoteConsentGate
+from exchange.central_config import ConsentServiceEntry, VerifiedRegistry
 from exchange.db import make_engine, upgrade
 from exchange.identifiers import ClientId, MemberId
 from exchange.keystore import KeyStore
-from exchange.node.app import NodeParts
-from exchange.ports import CITIZEN_AGENCY, RegistryAdapter
+from exchange.message_log import SqlMessageLog
+from exchange.node.app import NodeParts, database_url
+from exchange.node_requests import sign_node_request, verify_node_request
+from exchange.ports import (
+    CITIZEN_AGENCY,
+    ConsentDecision,
+    ConsentQuery,
+    RegistryAdapter,
+    SubjectTranslator,
+)
 from exchange.settings import Settings
+from exchange.signing import MemberSigner, load_private_key
+from exchange.tokens import DevIssuer, TokenVerifier
 
 __all__ = [
+    "CONSENT_ISSUER",
     "PSEUDONYM_AGENCIES",
+    "AgencyAliases",
+    "RegistryConsentGate",
+    "build_central_routers",
     "build_node_parts",
+    "consent_issuer_key",
+    "consent_service",
     "pseudonym_service",
     "registry_database_url",
+    "token_verifier",
 ]
 
 PSEUDONYMS = "pseudonyms"
+CONSENT_ISSUER = "onceonly-information-bank"
+ONE_STOP_CLIENT = "JP/GOV/132098/one-stop"
+"""Machida's one-stop desk acts for the citizen and knows them by their own platform identity."""
 PSEUDONYM_AGENCIES: tuple[str, ...] = (
     CITIZEN_AGENCY,
     *(r.client_id for r in REFERENCE_REGISTRIES),
@@ -52,17 +80,156 @@ def pseudonym_service(settings: Settings, engine: Engine | None = None) -> Pseud
     return PseudonymService(engine, PSEUDONYM_AGENCIES)
 
 
+class AgencyAliases:
+    """Subsystems that act for the citizen use the citizen's own identity (``CITIZEN_AGENCY``)."""
+
+    def __init__(self, inner: SubjectTranslator, aliases: dict[str, str]) -> None:
+        self._inner = inner
+        self._aliases = aliases
+
+    def translate(self, subject: str, *, from_agency: str, to_agency: str) -> str:
+        src = self._aliases.get(from_agency, from_agency)
+        dst = self._aliases.get(to_agency, to_agency)
+        if src == dst:
+            return subject
+        return self._inner.translate(subject, from_agency=src, to_agency=dst)
+
+
+def token_verifier(settings: Settings) -> TokenVerifier:
+    """Citizens' and auditors' tokens: the configured issuer's key, or the development issuer's."""
+    if settings.jwt_public_key_file is not None:
+        return TokenVerifier(
+            settings.jwt_public_key_file.read_bytes(),
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+        )
+    return DevIssuer.load_or_create(
+        settings.data_dir, issuer=settings.jwt_issuer, audience=settings.jwt_audience
+    ).verifier()
+
+
+def consent_issuer_key(settings: Settings) -> ConsentIssuerKey:
+    """The information bank's artefact signing key (made at first use, in the data directory)."""
+    return ConsentIssuerKey.load_or_create(
+        settings.data_dir / "consent" / "issuer.key", issuer=CONSENT_ISSUER
+    )
+
+
+def consent_service(settings: Settings, engine: Engine | None = None) -> ConsentService:
+    engine = engine or make_engine(database_url(settings, "consent"))
+    upgrade(engine)
+    key = consent_issuer_key(settings)
+    # The service records each change inside its own transaction (fail closed); the log lives in
+    # a database of its own so that, on SQLite, the two writers never wait on each other.
+    audit_engine = make_engine(database_url(settings, "consent-audit"))
+    upgrade(audit_engine)
+    return ConsentService(
+        engine, issuer_key=key, audit=SqlMessageLog(audit_engine), node="consent-service"
+    )
+
+
+class RegistryConsentGate:
+    """A provider node's consent gate: the consent service named in the verified registry.
+
+    Rebuilt whenever the registry names another consent service or key; with none named, every
+    consent-based request is refused (fail closed)."""
+
+    def __init__(self, signer: MemberSigner, client: ClientId, *, timeout_s: float) -> None:
+        self._signer = signer
+        self._client = client
+        self._timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self._entry: ConsentServiceEntry | None = None
+        self._gate: RemoteConsentGate | None = None
+
+    def on_registry(self, registry: VerifiedRegistry) -> None:
+        entry = registry.document.consent_service
+        with self._lock:
+            if entry == self._entry:
+                return
+            old, self._entry = self._gate, entry
+            self._gate = None
+            if entry is not None:
+                self._gate = RemoteConsentGate(
+                    entry.url,
+                    self._sign,
+                    ConsentArtefactVerifier.from_pem(entry.issuer_public_key),
+                    timeout_s=self._timeout_s,
+                )
+        if old is not None:
+            old.close()
+
+    def _sign(self, method: str, path: str, body: bytes) -> dict[str, str]:
+        return sign_node_request(
+            self._signer, self._client, method, path, body, now=datetime.now(UTC)
+        )
+
+    def _current(self, query: ConsentQuery) -> RemoteConsentGate | ConsentDecision:
+        with self._lock:
+            gate = self._gate
+        if gate is None:
+            return ConsentDecision(
+                False, query.consent_id, frozenset(), ("no consent service in the registry",)
+            )
+        return gate
+
+    def check(self, query: ConsentQuery) -> ConsentDecision:
+        gate = self._current(query)
+        return gate if isinstance(gate, ConsentDecision) else gate.check(query)
+
+    def use(self, query: ConsentQuery) -> ConsentDecision:
+        gate = self._current(query)
+        return gate if isinstance(gate, ConsentDecision) else gate.use(query)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._gate is not None:
+                self._gate.close()
+
+
 def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
     keys = KeyStore(settings.data_dir)
-    hosted = set(keys.hosted_subsystems(member))
+    hosted = keys.hosted_subsystems(member)
     adapters: dict[ClientId, RegistryAdapter] = {}
     for reg in REFERENCE_REGISTRIES:
         client = ClientId.parse(reg.client_id)
         if client in hosted:
             adapters[client] = reg.adapter(registry_database_url(settings, reg.subsystem))
-    return NodeParts(adapters=adapters, subjects=pseudonym_service(settings))
+    subjects = AgencyAliases(pseudonym_service(settings), {ONE_STOP_CLIENT: CITIZEN_AGENCY})
+    gate = RegistryConsentGate(
+        MemberSigner(load_private_key(keys.subsystem_key(hosted[0]))),
+        hosted[0],
+        timeout_s=settings.exchange_timeout_s,
+    )
+    return NodeParts(
+        adapters=adapters, subjects=subjects, consent=gate, on_registry=(gate.on_registry,)
+    )
 
 
-def build_central_routers(settings: Settings) -> list[APIRouter]:
-    """Routes the central server hosts besides the registry (consent service, pseudonyms)."""
-    return []
+def build_central_routers(
+    settings: Settings, registry: Callable[[datetime], VerifiedRegistry]
+) -> list[APIRouter]:
+    """The consent service (citizen API and the nodes' gate) beside the central server."""
+    service = consent_service(settings)
+
+    async def authenticate_node(request: Request, body: bytes) -> ClientId:
+        root = request.scope.get("root_path", "")
+        path = request.url.path
+        path = path[len(root) :] if root and path.startswith(root) else path
+        now = datetime.now(UTC)
+        return verify_node_request(
+            registry(now),
+            dict(request.headers),
+            request.method,
+            path,
+            body,
+            now=now,
+            max_skew_s=settings.max_clock_skew_s,
+        )
+
+    return [
+        build_citizen_router(
+            service, token_verifier(settings), authenticate_consumer=authenticate_node
+        ),
+        build_gate_router(service, authenticate_node),
+    ]

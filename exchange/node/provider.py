@@ -234,6 +234,14 @@ class Provider:
                 message_id=env.message_id,
             )
             consent = self._consent.check(query)
+            # A consent the caller relies on that does not cover the request is refused outright,
+            # whatever else might allow it: the caller said consent is its basis.
+            if not consent:
+                raise RefusalError(
+                    "the consent does not cover this request",
+                    code="Server.ServerProxy.ConsentRefused",
+                    reasons=consent.reasons,
+                )
         # (11) policy: purpose binding, legal basis, data minimisation.
         if self._policy is not None:
             decision: PolicyDecision = self._policy.decide(

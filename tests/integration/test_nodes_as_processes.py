@@ -41,6 +41,7 @@ def cluster(tmp_path: Path, db_url: str) -> Iterator[tuple[Cluster, dict[str, st
         "http://unused",
         citizens=30,
         addresses={m: f"http://127.0.0.1:{ports[str(m)]}" for m in (MACHIDA, GAS)},
+        central_url=f"http://127.0.0.1:{ports['central']}",
     )
     env = {
         "ONCEONLY_DATA_DIR": str(data),

@@ -1,0 +1,96 @@
+"""Signed requests from a node to a platform service (the consent service's gate).
+
+A node proves itself with the same member key that signs its envelopes, over a payload of its own
+domain (``"onceonly-node-request"``), so a node request can never pass as an envelope and back:
+
+    X-OnceOnly-Node-Client:    the subsystem signing (one of the node's own)
+    X-OnceOnly-Node-Signature: detached JWS over canonical {domain, client, method, path, sha256(body), time}
+    X-OnceOnly-Node-Time:      RFC 3339 UTC
+
+The service verifies (N1) the client's certificate through the verified registry, (N2) the
+signature, (N3) the time within the clock-skew window. Replays inside the window are harmless for
+the gate: ``check`` has no side effect and ``use`` is idempotent per message id.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+
+from exchange.canonical import canonical_json, sha256_b64
+from exchange.central_config import VerifiedRegistry
+from exchange.errors import AuthenticationError, OnceOnlyError
+from exchange.identifiers import ClientId
+from exchange.signing import MemberSigner
+
+__all__ = ["sign_node_request", "verify_node_request"]
+
+DOMAIN = "onceonly-node-request"
+H_CLIENT = "x-onceonly-node-client"
+H_SIGNATURE = "x-onceonly-node-signature"
+H_TIME = "x-onceonly-node-time"
+
+
+def _payload(client: str, method: str, path: str, body: bytes, time: str) -> bytes:
+    return canonical_json(
+        {
+            "domain": DOMAIN,
+            "client": client,
+            "method": method.upper(),
+            "path": path,
+            "body": sha256_b64(body),
+            "time": time,
+        }
+    )
+
+
+def sign_node_request(
+    signer: MemberSigner, client: ClientId, method: str, path: str, body: bytes, *, now: datetime
+) -> dict[str, str]:
+    time = now.isoformat()
+    return {
+        H_CLIENT: str(client),
+        H_TIME: time,
+        H_SIGNATURE: signer.sign_detached(_payload(str(client), method, path, body, time)),
+    }
+
+
+def verify_node_request(
+    registry: VerifiedRegistry,
+    headers: Mapping[str, str],
+    method: str,
+    path: str,
+    body: bytes,
+    *,
+    now: datetime,
+    max_skew_s: int,
+) -> ClientId:
+    """The verified node subsystem, or ``AuthenticationError`` (one opaque reason)."""
+    h = {k.lower(): v for k, v in headers.items()}
+    try:
+        client = ClientId.parse(h.get(H_CLIENT, ""))
+        signature = h[H_SIGNATURE]
+        time = h[H_TIME]
+        sent = datetime.fromisoformat(time)
+        kid = _kid(signature)
+        # (N1) + (N2)
+        registry.member_verifier(client, kid, now=now).verify_detached(
+            signature, _payload(str(client), method, path, body, time)
+        )
+    except (OnceOnlyError, KeyError, ValueError) as exc:
+        raise AuthenticationError("node authentication failed") from exc
+    # (N3)
+    if sent.tzinfo is None or abs(now - sent) > timedelta(seconds=max_skew_s):
+        raise AuthenticationError("node authentication failed")
+    return client
+
+
+def _kid(jws: str) -> str:
+    header_b64 = jws.split(".", 1)[0]
+    header = json.loads(base64.urlsafe_b64decode(header_b64 + "=" * (-len(header_b64) % 4)))
+    kid = header.get("kid") if isinstance(header, dict) else None
+    if not isinstance(kid, str):
+        raise ValueError("no kid")
+    return kid
