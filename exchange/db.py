@@ -8,7 +8,11 @@ applies all heads. On PostgreSQL an advisory lock serialises replicas that start
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import threading
+import weakref
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +21,14 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
-__all__ = ["MIGRATING_PACKAGES", "is_postgres", "make_engine", "normalise_url", "upgrade"]
+__all__ = [
+    "MIGRATING_PACKAGES",
+    "is_postgres",
+    "make_engine",
+    "normalise_url",
+    "upgrade",
+    "write_transaction",
+]
 
 MIGRATING_PACKAGES = (
     "exchange",
@@ -65,6 +76,27 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         cur.close()
 
     return engine
+
+
+_SQLITE_WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def write_transaction(engine: Engine) -> Iterator[Any]:
+    """``engine.begin()``, with writers of one SQLite file in this process taking turns.
+
+    SQLite allows one writer at a time; threads that collide get SQLITE_BUSY and its busy handler
+    sleeps for milliseconds. Queueing on a lock instead costs microseconds. PostgreSQL writers
+    do not need it."""
+    if engine.dialect.name != "sqlite":
+        with engine.begin() as conn:
+            yield conn
+        return
+    with _LOCKS_GUARD:
+        lock = _SQLITE_WRITE_LOCKS.setdefault(engine, threading.Lock())
+    with lock, engine.begin() as conn:
+        yield conn
 
 
 def _version_locations() -> list[str]:

@@ -13,6 +13,7 @@ from datetime import datetime
 
 from sqlalchemy import Engine, insert, select
 
+from exchange.db import write_transaction
 from exchange.ports import AuditEvent, AuditSink
 from exchange.store import MessageLogRow
 
@@ -24,27 +25,32 @@ class SqlMessageLog:
         self._engine = engine
 
     def record(self, event: AuditEvent) -> None:
-        with self._engine.begin() as conn:
-            conn.execute(
-                insert(MessageLogRow).values(
-                    node=event.node,
-                    time=event.time,
-                    kind=event.kind,
-                    decision=event.decision,
-                    client=event.client,
-                    service=event.service,
-                    purpose=event.purpose,
-                    subject=event.subject,
-                    consent_id=event.consent_id,
-                    message_id=event.message_id,
-                    request_hash=event.request_hash,
-                    body_hash=event.body_hash,
-                    status=event.status,
-                    reason=event.reason,
-                    decision_id=event.decision_id,
-                    basis=event.basis,
-                )
-            )
+        self.record_many([event])
+
+    def record_many(self, events: Sequence[AuditEvent]) -> None:
+        with write_transaction(self._engine) as conn:
+            conn.execute(insert(MessageLogRow), [self._row(e) for e in events])
+
+    @staticmethod
+    def _row(event: AuditEvent) -> dict[str, object]:
+        return dict(
+            node=event.node,
+            time=event.time,
+            kind=event.kind,
+            decision=event.decision,
+            client=event.client,
+            service=event.service,
+            purpose=event.purpose,
+            subject=event.subject,
+            consent_id=event.consent_id,
+            message_id=event.message_id,
+            request_hash=event.request_hash,
+            body_hash=event.body_hash,
+            status=event.status,
+            reason=event.reason,
+            decision_id=event.decision_id,
+            basis=event.basis,
+        )
 
     def recent(
         self, node: str, *, limit: int = 100, since: datetime | None = None

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, delete, insert
 from sqlalchemy.exc import IntegrityError
 
+from exchange.db import write_transaction
 from exchange.errors import ReplayError
 from exchange.store import SeenMessageRow
 
@@ -30,7 +31,7 @@ class ReplayGuard:
     def remember(self, sender: str, message_id: str, *, now: datetime) -> None:
         """Record the id, or raise ``ReplayError`` if it was seen before (stops replays)."""
         try:
-            with self._engine.begin() as conn:
+            with write_transaction(self._engine) as conn:
                 conn.execute(
                     insert(SeenMessageRow).values(
                         node=self._node, sender=sender, message_id=message_id, seen_at=now

@@ -29,6 +29,7 @@ from sqlalchemy import Engine
 from exchange.central_config import ServiceEntry
 from exchange.db import make_engine, upgrade
 from exchange.errors import ClientError, ConfigurationError, OnceOnlyError
+from exchange.group_commit import GroupCommitSink
 from exchange.identifiers import ClientId, MemberId, ServiceId
 from exchange.keystore import KeyStore
 from exchange.message_log import SqlMessageLog
@@ -211,7 +212,7 @@ def create_node_app(
     registry.on_change(lambda _reg: metrics.registry_serial.inc())
     for listener in parts.on_registry:
         registry.on_change(listener)
-    audit = parts.audit or SqlMessageLog(engine)
+    audit = GroupCommitSink(parts.audit or SqlMessageLog(engine))
     node_id = str(member)
     replay = ReplayGuard(engine, node_id, max_skew_s=settings.max_clock_skew_s)
     provider = Provider(

@@ -39,9 +39,10 @@ from exchange.errors import (
     TransportError,
     VerificationError,
 )
+from exchange.group_commit import GroupCommitSink
 from exchange.identifiers import ClientId, ServiceId, parse_part
 from exchange.node.registry_cache import RegistryCache
-from exchange.ports import AuditEvent, AuditSink, Transport
+from exchange.ports import AuditEvent, Transport
 from exchange.signing import MemberSigner
 from exchange.store import ClientKeyRow
 from exchange.verification import verify_response
@@ -89,7 +90,7 @@ class Consumer:
         signers: Mapping[ClientId, MemberSigner],
         registry: RegistryCache,
         transport: Transport,
-        audit: AuditSink,
+        audit: GroupCommitSink,
         keys_engine: Engine,
         max_skew_s: int,
         timeout_s: float,
@@ -202,7 +203,7 @@ class Consumer:
         # (C3) sign and record.
         wire = seal(envelope, call.body, self._signers[client])
         sent_hash = request_hash(envelope)
-        await asyncio.to_thread(self._record, envelope, "request", "info", now, sent_hash, None)
+        await self._record(envelope, "request", "info", now, sent_hash, None)
         # (C4) send.
         registry = self._registry.current(now)
         url = registry.node_address(service.provider.member) + MESSAGE_PATH
@@ -227,8 +228,7 @@ class Consumer:
                 max_skew_s=self._max_skew_s,
             )
         except OnceOnlyError as exc:
-            await asyncio.to_thread(
-                self._record,
+            await self._record(
                 envelope,
                 "refusal",
                 "error",
@@ -245,8 +245,7 @@ class Consumer:
             raise
         env = verified.envelope
         decision = "allow" if env.status < 400 else "deny"
-        await asyncio.to_thread(
-            self._record,
+        await self._record(
             envelope,
             "response",
             decision,
@@ -275,7 +274,7 @@ class Consumer:
             headers["x-onceonly-decision-id"] = env.decision_id
         return ConsumerResult(env.status, verified.body, headers)
 
-    def _record(
+    async def _record(
         self,
         env: RequestEnvelope,
         kind: str,
@@ -287,7 +286,7 @@ class Consumer:
         basis: str | None = None,
         decision_id: str | None = None,
     ) -> None:
-        self._audit.record(
+        await self._audit.record_async(
             AuditEvent(
                 time=now,
                 node=self._node,

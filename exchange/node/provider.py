@@ -33,13 +33,13 @@ from exchange.errors import (
     TransportError,
     VerificationError,
 )
+from exchange.group_commit import GroupCommitSink
 from exchange.identifiers import ClientId
 from exchange.node.registry_cache import RegistryCache
 from exchange.ports import (
     CITIZEN_AGENCY,
     AdapterRequest,
     AuditEvent,
-    AuditSink,
     ConsentDecision,
     ConsentGate,
     ConsentQuery,
@@ -113,7 +113,7 @@ class Provider:
         registry: RegistryCache,
         replay: ReplayGuard,
         adapters: Mapping[ClientId, RegistryAdapter],
-        audit: AuditSink,
+        audit: GroupCommitSink,
         policy: PolicyDecider | None,
         consent: ConsentGate | None,
         subjects: SubjectTranslator | None = None,
@@ -148,7 +148,7 @@ class Provider:
                 max_skew_s=self._max_skew_s,
             )
         except OnceOnlyError as exc:
-            await asyncio.to_thread(self._record_unverified, exc, now)
+            await self._record_unverified(exc, now)
             detail = (
                 "message verification failed" if isinstance(exc, VerificationError) else exc.detail
             )
@@ -167,8 +167,7 @@ class Provider:
             except Exception as exc:  # a broken adapter is the provider's fault, not the caller's
                 raise UpstreamFailure("the registry behind this service failed") from exc
             error_code = None
-            await asyncio.to_thread(
-                self._record,
+            await self._record(
                 verified,
                 "response",
                 "allow",
@@ -183,8 +182,7 @@ class Provider:
             status, ctype, error_code = exc.status, PROBLEM_JSON, exc.code
             reasons = exc.reasons if isinstance(exc, RefusalError) else ()
             body = _problem(exc.status, exc.code, exc.detail, reasons)
-            await asyncio.to_thread(
-                self._record,
+            await self._record(
                 verified,
                 "refusal",
                 "deny",
@@ -345,7 +343,7 @@ class Provider:
 
     # -- audit -----------------------------------------------------------------------------------
 
-    def _record(
+    async def _record(
         self,
         req: VerifiedRequest,
         kind: str,
@@ -359,7 +357,7 @@ class Provider:
         decision_id: str | None = None,
     ) -> None:
         env = req.envelope
-        self._audit.record(
+        await self._audit.record_async(
             AuditEvent(
                 time=now,
                 node=self._node,
@@ -380,8 +378,8 @@ class Provider:
             )
         )
 
-    def _record_unverified(self, exc: OnceOnlyError, now: datetime) -> None:
-        self._audit.record(
+    async def _record_unverified(self, exc: OnceOnlyError, now: datetime) -> None:
+        await self._audit.record_async(
             AuditEvent(
                 time=now,
                 node=self._node,

@@ -1,0 +1,266 @@
+"""HTTP API of the log: the auditor API and the citizen's "who accessed my data" view.
+
+Auditors (JWT with the ``auditor`` role) search entries, fetch an entry with its inclusion proof,
+the latest and past checkpoints, consistency proofs, and exports (JSON Lines) to verify offline.
+Citizens (JWT with the ``citizen`` role) see every entry whose subject is one of *their* subject
+ids, in plain Japanese and English, each with its inclusion proof against a signed checkpoint.
+
+Trust assumption: the token verifier has authenticated the caller; a citizen's subjects come from
+their token (or ``subjects_of``), never from the request, so one citizen can never ask for
+another's entries. Every proof is against a checkpoint the caller can verify with the log key.
+Routes raise ``exchange.errors`` subclasses, mapped centrally to problem+json.
+
+(No ``from __future__ import annotations`` here: FastAPI must resolve the ``Annotated``
+dependencies built inside ``build_router`` when the routes are defined.)
+"""
+
+import base64
+from collections.abc import Callable, Collection, Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import PlainTextResponse, StreamingResponse
+
+from audit.log import (
+    MAX_PAGE_SIZE,
+    EntryQuery,
+    LogEntry,
+    StoredCheckpoint,
+    TransparencyLog,
+)
+from exchange.errors import ClientError, NotFoundError
+from exchange.tokens import Principal, TokenVerifier
+from exchange.web.auth import bearer_principal
+
+__all__ = ["build_router", "describe_entry"]
+
+DEFAULT_PAGE_SIZE = 100
+MAX_EXPORT_ENTRIES = 1_000_000
+MAX_QUERY_LEN = 255
+DECISIONS = frozenset({"allow", "deny", "error", "info"})
+JST = timezone(timedelta(hours=9), "JST")
+
+_ACTIONS: dict[str, tuple[str, str]] = {
+    "request": ("asked for your data", "あなたの情報を照会しました"),
+    "response": ("received your data", "あなたの情報を受け取りました"),
+    "refusal": ("tried to obtain your data", "あなたの情報の照会を試みました"),
+    "consent.granted": ("was given your consent", "あなたの同意を受けました"),
+    "consent.paused": ("had your consent paused", "あなたの同意が一時停止されました"),
+    "consent.resumed": ("had your consent resumed", "あなたの同意が再開されました"),
+    "consent.revoked": ("had your consent revoked", "あなたの同意が撤回されました"),
+    "consent.used": ("used your consent", "あなたの同意を利用しました"),
+    "consent.expired": ("had your consent expire", "あなたの同意が期限切れになりました"),
+    "procedure.step": ("carried out a procedure step", "手続きの一部を実行しました"),
+}
+_OUTCOMES = {
+    "allow": ("allowed", "許可"),
+    "deny": ("refused", "拒否"),
+    "error": ("failed", "エラー"),
+    "info": ("recorded", "記録"),
+}
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _organisation(client: str | None) -> str:
+    """``JP/GOV/132098/tax`` → ``JP/GOV/132098 (tax)``: the member, then its subsystem."""
+    if not client:
+        return "-"
+    parts = client.split("/")
+    return f"{'/'.join(parts[:3])} ({'/'.join(parts[3:])})" if len(parts) > 3 else client
+
+
+def _service(service: str | None) -> str:
+    if not service:
+        return "-"
+    parts = service.split("/")
+    return "/".join(parts[3:]) if len(parts) > 4 else service
+
+
+def describe_entry(record: dict[str, Any]) -> dict[str, Any]:
+    """An entry in plain words, in English and Japanese (the citizen view)."""
+    kind = str(record.get("kind", ""))
+    decision = str(record.get("decision", "info"))
+    try:
+        when = datetime.strptime(str(record.get("time")), "%Y-%m-%dT%H:%M:%S.%fZ")
+    except ValueError:
+        when = datetime(1970, 1, 1)  # entries are written by us; this only guards the view
+    when = when.replace(tzinfo=UTC)
+    org, service = _organisation(record.get("client")), _service(record.get("service"))
+    purpose = record.get("purpose") or "-"
+    action_en, action_ja = _ACTIONS.get(kind, (kind, kind))
+    outcome_en, outcome_ja = _OUTCOMES.get(decision, (decision, decision))
+    if record.get("consent_id"):
+        basis_en = f"your consent {record['consent_id']}"
+        basis_ja = f"あなたの同意（{record['consent_id']}）"
+    elif record.get("basis"):
+        basis_en, basis_ja = f"the law: {record['basis']}", f"法令：{record['basis']}"
+    else:
+        basis_en, basis_ja = "not recorded", "記録なし"
+    local = when.astimezone(JST)
+    en = (
+        f"On {when:%Y-%m-%d at %H:%M} UTC, {org} {action_en} through the service {service} "
+        f"for the purpose {purpose!r}, on the basis of {basis_en}. It was {outcome_en}."
+    )
+    ja = (
+        f"{local:%Y年%m月%d日 %H時%M分}（日本時間）、{org}がサービス「{service}」を通じて"
+        f"{action_ja}。目的：{purpose}。根拠：{basis_ja}。結果：{outcome_ja}。"
+    )
+    return {
+        "when": record.get("time"),
+        "organisation": org,
+        "service": record.get("service"),
+        "purpose": record.get("purpose"),
+        "basis": {"consent_id": record.get("consent_id"), "law": record.get("basis")},
+        "kind": kind,
+        "outcome": outcome_en,
+        "allowed": decision == "allow",
+        "text": {"en": en, "ja": ja},
+    }
+
+
+def _entry_json(entry: LogEntry) -> dict[str, Any]:
+    return {"index": entry.index, "leaf_hash": _b64(entry.leaf_hash), "entry": entry.record}
+
+
+def _checkpoint_json(cp: StoredCheckpoint) -> dict[str, Any]:
+    return {"size": cp.size, "root": _b64(cp.root), "time": cp.time.isoformat(), "note": cp.note}
+
+
+def _aware(value: datetime | None, name: str) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise ClientError(f"{name} must carry a timezone (e.g. 2026-11-23T09:00:00Z)")
+    return value
+
+
+def build_router(
+    log: TransparencyLog,
+    verifier: TokenVerifier,
+    subjects_of: Callable[[Principal], Collection[str]] | None = None,
+    *,
+    clock: Callable[[], datetime] | None = None,
+) -> APIRouter:
+    """The auditor API under ``/audit`` and the citizen API under ``/me``.
+
+    ``subjects_of`` maps a citizen to every subject id (pseudonym) the log knows them by; by
+    default just ``principal.subject``. ``clock`` (default: now, UTC) stamps checkpoints that are
+    published on demand when no checkpoint yet covers an entry asked for.
+    """
+    now = clock or (lambda: datetime.now(UTC))
+    auditor = Annotated[Principal, Depends(bearer_principal(verifier, role="auditor"))]
+    citizen = Annotated[Principal, Depends(bearer_principal(verifier, role="citizen"))]
+    router = APIRouter()
+
+    def covering_checkpoint(index: int) -> StoredCheckpoint:
+        latest = log.latest_checkpoint()
+        if latest is None or latest.size <= index:
+            latest = log.publish_checkpoint(now())
+        return latest
+
+    def with_proof(entry: LogEntry, cp: StoredCheckpoint) -> dict[str, Any]:
+        proof = log.inclusion_proof(entry.index, cp.size)
+        return _entry_json(entry) | {
+            "tree_size": cp.size,
+            "inclusion_proof": [_b64(h) for h in proof],
+        }
+
+    @router.get("/audit/entries")
+    def search_entries(
+        _: auditor,
+        subject: Annotated[str | None, Query(max_length=MAX_QUERY_LEN)] = None,
+        client: Annotated[str | None, Query(max_length=MAX_QUERY_LEN)] = None,
+        service: Annotated[str | None, Query(max_length=MAX_QUERY_LEN)] = None,
+        purpose: Annotated[str | None, Query(max_length=MAX_QUERY_LEN)] = None,
+        decision: Annotated[str | None, Query(max_length=16)] = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
+        cursor: Annotated[int | None, Query(ge=0)] = None,
+    ) -> dict[str, Any]:
+        if decision is not None and decision not in DECISIONS:
+            raise ClientError(f"decision must be one of {', '.join(sorted(DECISIONS))}")
+        query = EntryQuery(
+            subjects=frozenset({subject}) if subject is not None else None,
+            client=client,
+            service=service,
+            purpose=purpose,
+            decision=decision,
+            since=_aware(since, "since"),
+            until=_aware(until, "until"),
+        )
+        page = log.search(query, limit=limit, cursor=cursor)
+        return {
+            "entries": [_entry_json(e) for e in page.entries],
+            "next_cursor": None if page.next_cursor is None else str(page.next_cursor),
+        }
+
+    @router.get("/audit/entries/{index}")
+    def get_entry(_: auditor, index: int) -> dict[str, Any]:
+        if index < 0:
+            raise NotFoundError(f"no entry {index}")
+        entry = log.entry(index)
+        cp = covering_checkpoint(index)
+        return with_proof(entry, cp) | {"checkpoint": cp.note}
+
+    @router.get("/audit/checkpoint", response_class=PlainTextResponse)
+    def latest_checkpoint(_: auditor) -> PlainTextResponse:
+        cp = log.latest_checkpoint() or log.publish_checkpoint(now())
+        return PlainTextResponse(cp.note, media_type="text/plain; charset=utf-8")
+
+    @router.get("/audit/checkpoints")
+    def checkpoint_history(
+        _: auditor, limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE
+    ) -> dict[str, Any]:
+        return {"checkpoints": [_checkpoint_json(c) for c in log.checkpoints(limit=limit)]}
+
+    @router.get("/audit/consistency")
+    def consistency(
+        _: auditor, first: Annotated[int, Query(ge=0)], second: Annotated[int, Query(ge=0)]
+    ) -> dict[str, Any]:
+        proof = log.consistency_proof(first, second)
+        return {"first": first, "second": second, "proof": [_b64(h) for h in proof]}
+
+    @router.get("/audit/export")
+    def export(
+        _: auditor,
+        start: Annotated[int, Query(ge=0)] = 0,
+        end: Annotated[int | None, Query(ge=0)] = None,
+    ) -> StreamingResponse:
+        size = log.size()
+        stop = size if end is None else end
+        if not start <= stop <= size:
+            raise ClientError(f"the range must satisfy 0 <= start <= end <= {size}")
+        if stop - start > MAX_EXPORT_ENTRIES:
+            raise ClientError(f"at most {MAX_EXPORT_ENTRIES} entries per export")
+
+        def lines() -> Iterator[str]:
+            for line in log.export(start, stop):
+                yield line + "\n"
+
+        return StreamingResponse(lines(), media_type="application/jsonl")
+
+    @router.get("/me/accesses")
+    def my_accesses(
+        principal: citizen,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
+        cursor: Annotated[int | None, Query(ge=0)] = None,
+    ) -> dict[str, Any]:
+        subjects = frozenset(subjects_of(principal) if subjects_of else {principal.subject})
+        if not subjects:
+            return {"accesses": [], "next_cursor": None, "checkpoint": None}
+        page = log.search(EntryQuery(subjects=subjects), limit=limit, cursor=cursor)
+        cp = covering_checkpoint(page.entries[-1].index) if page.entries else None
+        accesses = [
+            describe_entry(e.record) | with_proof(e, cp) for e in page.entries if cp is not None
+        ]
+        return {
+            "accesses": accesses,
+            "next_cursor": None if page.next_cursor is None else str(page.next_cursor),
+            "checkpoint": cp.note if cp else None,
+            "log_key": log.vkey(),
+        }
+
+    return router

@@ -1,0 +1,505 @@
+"""The transparency log: an append-only RFC 9162 Merkle tree of audit entries, in the database.
+
+Concept (Certificate Transparency, Trillian, Rekor): every exchange, refusal and consent change is
+an *entry* — the canonical JSON (RFC 8785) of an ``exchange.ports.AuditEvent`` — and a leaf of a
+Merkle tree. The log signs checkpoints (``audit.checkpoint``) of its size and root; anyone holding
+one can check an entry's inclusion proof and that a later checkpoint extends it.
+
+Storage (``audit.store``): the hash of every complete perfect subtree is stored as it completes,
+so an append reads the O(log n) hashes of the current compact range (kept in the head row) and
+writes O(1) amortised nodes, and any root or proof for any size is assembled from O(log n) stored hashes: nothing is
+ever recomputed from all the leaves.
+
+Concurrency and crashes: the entry rows, their nodes and the new head are written in ONE
+transaction that first locks the log's head row (PostgreSQL ``SELECT … FOR UPDATE``; SQLite
+``BEGIN IMMEDIATE``), so writers in any number of threads, processes or replicas append in one
+total order and the tree never forks; a writer killed at any point leaves the last committed log.
+
+Trust assumption: this process trusts its own database; auditors trust only signed checkpoints
+and proofs, and verify exports offline with ``audit.verify``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from audit import merkle
+from audit.checkpoint import Checkpoint, NoteSigner, NoteVerifier, sign_checkpoint
+from audit.store import CheckpointRow, EntryRow, HeadRow, NodeRow, node_key
+from exchange.canonical import canonical_json
+from exchange.errors import ClientError, NotFoundError, OnceOnlyError
+from exchange.ports import AuditEvent, AuditSink
+
+__all__ = [
+    "MAX_PAGE_SIZE",
+    "EntryPage",
+    "EntryQuery",
+    "LogEntry",
+    "LogIntegrityError",
+    "StoredCheckpoint",
+    "TransparencyLog",
+    "entry_bytes",
+    "entry_record",
+    "format_time",
+]
+
+MAX_PAGE_SIZE = 1000
+EXPORT_CHUNK = 5000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+_T = TypeVar("_T")
+
+
+class LogIntegrityError(OnceOnlyError):
+    """The stored tree is missing a node it must have: the database was damaged or edited."""
+
+    code = "Server.Audit.Integrity"
+    status = 500
+
+
+def format_time(t: datetime) -> str:
+    """RFC 3339, UTC, microseconds, ``Z``: the one time format of entries."""
+    if t.tzinfo is None:
+        raise ValueError("audit times must be timezone-aware")
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _time_us(t: datetime) -> int:
+    if t.tzinfo is None:
+        raise ClientError("times must carry a timezone")
+    return (t - _EPOCH) // _US
+
+
+def entry_record(event: AuditEvent) -> dict[str, Any]:
+    """The JSON object of an entry: the event's fields, ``None`` and empty ``extra`` left out."""
+    out: dict[str, Any] = {}
+    for f in fields(event):
+        value = getattr(event, f.name)
+        if value is None or (f.name == "extra" and not value):
+            continue
+        if f.name == "time":
+            value = format_time(value)
+        elif f.name == "extra":
+            value = {str(k): str(v) for k, v in value.items()}
+        out[f.name] = value
+    return out
+
+
+def entry_bytes(event: AuditEvent) -> bytes:
+    """The leaf data: RFC 8785 canonical JSON of ``entry_record(event)``."""
+    return canonical_json(entry_record(event))
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One stored entry: its index, its exact bytes and its leaf hash."""
+
+    index: int
+    data: bytes
+    leaf_hash: bytes
+
+    @property
+    def record(self) -> dict[str, Any]:
+        value: dict[str, Any] = json.loads(self.data)
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class EntryQuery:
+    """Search filters; every given filter must match. ``until`` is exclusive."""
+
+    subjects: frozenset[str] | None = None
+    client: str | None = None
+    service: str | None = None
+    purpose: str | None = None
+    decision: str | None = None
+    kind: str | None = None
+    consent_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EntryPage:
+    entries: tuple[LogEntry, ...]
+    next_cursor: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCheckpoint:
+    """A checkpoint the log signed: its size and root, when, and the signed note text."""
+
+    size: int
+    root: bytes
+    time: datetime
+    note: str
+
+
+@dataclass(slots=True)
+class _Prepared:
+    data: bytes
+    leaf_hash: bytes
+    columns: dict[str, Any] = field(default_factory=dict)
+
+
+class TransparencyLog:
+    """One log (``log_id``) in a database that may hold several; implements ``AuditSink``."""
+
+    def __init__(self, engine: Engine, *, log_id: str, signer: NoteSigner) -> None:
+        self._engine = engine
+        self.log_id = log_id
+        self._signer = signer
+        self._head_ready = False
+
+    # --- identity ------------------------------------------------------------------------------
+
+    @property
+    def origin(self) -> str:
+        """The checkpoint origin line, which is also the log key's name."""
+        return self._signer.name
+
+    def verifier(self) -> NoteVerifier:
+        return self._signer.verifier()
+
+    def vkey(self) -> str:
+        """The log's public key as a C2SP ``vkey`` (what auditors pin)."""
+        return self._signer.vkey()
+
+    # --- writing -------------------------------------------------------------------------------
+
+    def record(self, event: AuditEvent) -> None:
+        """``exchange.ports.AuditSink``: durably append before the exchange goes on."""
+        self.append(event)
+
+    def append(self, event: AuditEvent) -> int:
+        """Append one event; returns its index once committed."""
+        return self.append_many([event])[0]
+
+    def append_many(self, events: Iterable[AuditEvent]) -> list[int]:
+        """Append events in order, in one transaction; returns their indices."""
+        prepared = [self._prepare(e) for e in events]
+        if not prepared:
+            return []
+        self._ensure_head()
+        with self._engine.connect() as conn:
+            self._begin_write(conn)
+            n, packed = conn.execute(
+                select(HeadRow.size, HeadRow.compact_range)
+                .where(HeadRow.log_id == self.log_id)
+                .with_for_update()
+            ).one()
+            levels = [level for level, _ in _compact_range(n)]
+            if len(packed) != len(levels) * merkle.HASH_SIZE:
+                raise LogIntegrityError("the log head's compact range does not match its size")
+            frontier: list[tuple[int, bytes]] = [
+                (level, packed[k * merkle.HASH_SIZE : (k + 1) * merkle.HASH_SIZE])
+                for k, level in enumerate(levels)
+            ]
+            entry_rows: list[dict[str, Any]] = []
+            node_rows: list[dict[str, Any]] = []
+            for offset, p in enumerate(prepared):
+                pos = n + offset
+                entry_rows.append(
+                    {"log_id": self.log_id, "idx": pos, "data": p.data, "leaf_hash": p.leaf_hash}
+                    | p.columns
+                )
+                node_rows.append(
+                    {"log_id": self.log_id, "node_key": node_key(0, pos), "hash": p.leaf_hash}
+                )
+                level, cur = 0, p.leaf_hash
+                # a binary counter: each completed pair of equal subtrees becomes a stored node
+                while frontier and frontier[-1][0] == level:
+                    cur = merkle.node_hash(frontier.pop()[1], cur)
+                    level += 1
+                    node_rows.append(
+                        {
+                            "log_id": self.log_id,
+                            "node_key": node_key(level, pos >> level),
+                            "hash": cur,
+                        }
+                    )
+                frontier.append((level, cur))
+            root = merkle.fold_compact_range([h for _, h in frontier])
+            conn.execute(insert(EntryRow), entry_rows)
+            conn.execute(insert(NodeRow), node_rows)
+            conn.execute(
+                update(HeadRow)
+                .where(HeadRow.log_id == self.log_id)
+                .values(
+                    size=n + len(prepared),
+                    root=root,
+                    compact_range=b"".join(h for _, h in frontier),
+                )
+            )
+            conn.commit()
+        return list(range(n, n + len(prepared)))
+
+    def _prepare(self, event: AuditEvent) -> _Prepared:
+        data = entry_bytes(event)
+        columns = {
+            "time_us": _time_us(event.time),
+            "node": event.node,
+            "kind": event.kind,
+            "decision": event.decision,
+            "client": event.client,
+            "service": event.service,
+            "purpose": event.purpose,
+            "subject": event.subject,
+            "consent_id": event.consent_id,
+            "message_id": event.message_id,
+        }
+        return _Prepared(data, merkle.leaf_hash(data), columns)
+
+    def _begin_write(self, conn: Connection) -> None:
+        if conn.dialect.name == "sqlite":
+            # take SQLite's write lock now, before reading the head (no read-then-upgrade race)
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    def _ensure_head(self) -> None:
+        if self._head_ready:
+            return
+        try:
+            with self._engine.begin() as conn:
+                found = conn.execute(
+                    select(HeadRow.size).where(HeadRow.log_id == self.log_id)
+                ).first()
+                if found is None:
+                    conn.execute(
+                        insert(HeadRow).values(
+                            log_id=self.log_id, size=0, root=merkle.EMPTY_ROOT, compact_range=b""
+                        )
+                    )
+        except IntegrityError:
+            pass  # another writer created it first
+        self._head_ready = True
+
+    # --- reading the tree ----------------------------------------------------------------------
+
+    def _head(self, conn: Connection) -> tuple[int, bytes]:
+        row = conn.execute(
+            select(HeadRow.size, HeadRow.root).where(HeadRow.log_id == self.log_id)
+        ).first()
+        return (0, merkle.EMPTY_ROOT) if row is None else (row[0], row[1])
+
+    def size(self) -> int:
+        with self._engine.connect() as conn:
+            return self._head(conn)[0]
+
+    def head(self) -> tuple[int, bytes]:
+        """The current size and root, read together."""
+        with self._engine.connect() as conn:
+            return self._head(conn)
+
+    def _fetch(self, conn: Connection, coords: Sequence[tuple[int, int]]) -> list[bytes]:
+        if not coords:
+            return []
+        found: dict[tuple[int, int], bytes] = {}
+        wanted = list(dict.fromkeys(coords))
+        for i in range(0, len(wanted), 500):
+            keys = {node_key(lv, ix): (lv, ix) for lv, ix in wanted[i : i + 500]}
+            rows = conn.execute(
+                select(NodeRow.node_key, NodeRow.hash).where(
+                    NodeRow.log_id == self.log_id, NodeRow.node_key.in_(list(keys))
+                )
+            )
+            found.update({keys[k]: h for k, h in rows})
+        try:
+            return [found[c] for c in coords]
+        except KeyError as exc:
+            raise LogIntegrityError(f"tree node {exc.args[0]} is missing") from exc
+
+    def _with_tree(self, conn: Connection, fn: Callable[[merkle.SubtreeHashes], _T]) -> _T:
+        """Run ``fn`` twice: once to learn which stored nodes it reads (which never depends on
+        the hash values), then with those nodes fetched in one round trip."""
+        wanted: list[tuple[int, int]] = []
+
+        def record(level: int, index: int) -> bytes:
+            wanted.append((level, index))
+            return bytes(merkle.HASH_SIZE)
+
+        fn(record)
+        hashes = dict(zip(wanted, self._fetch(conn, wanted), strict=True))
+        return fn(lambda level, index: hashes[(level, index)])
+
+    def _check_size(self, size: int, current: int) -> None:
+        if not 0 <= size <= current:
+            raise ClientError(f"tree size {size} is outside the log (size {current})")
+
+    def root(self, size: int | None = None) -> bytes:
+        """The root hash of the tree of the first ``size`` entries (default: all)."""
+        with self._engine.connect() as conn:
+            current, root = self._head(conn)
+            if size is None or size == current:
+                return root
+            self._check_size(size, current)
+            return self._with_tree(conn, lambda p: merkle.range_hash(p, 0, size))
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        """The audit path of entry ``index`` in the tree of size ``size`` (RFC 9162 §2.1.3)."""
+        with self._engine.connect() as conn:
+            self._check_size(size, self._head(conn)[0])
+            if not 0 <= index < size:
+                raise ClientError(f"entry {index} is not in a tree of size {size}")
+            return self._with_tree(conn, lambda p: merkle.inclusion_path(p, index, size))
+
+    def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
+        """The proof that tree ``old_size`` is a prefix of tree ``new_size`` (RFC 9162 §2.1.4)."""
+        with self._engine.connect() as conn:
+            self._check_size(new_size, self._head(conn)[0])
+            if not 0 <= old_size <= new_size:
+                raise ClientError("the first size must not exceed the second")
+            return self._with_tree(conn, lambda p: merkle.consistency_path(p, old_size, new_size))
+
+    # --- reading entries -----------------------------------------------------------------------
+
+    def entry(self, index: int) -> LogEntry:
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                select(EntryRow.idx, EntryRow.data, EntryRow.leaf_hash).where(
+                    EntryRow.log_id == self.log_id, EntryRow.idx == index
+                )
+            ).first()
+        if row is None:
+            raise NotFoundError(f"no entry {index}")
+        return LogEntry(row[0], row[1], row[2])
+
+    def search(
+        self, query: EntryQuery, *, limit: int = 100, cursor: int | None = None
+    ) -> EntryPage:
+        """Entries matching ``query`` in index order, ``limit`` at a time; pass the returned
+        ``next_cursor`` back to continue."""
+        if not 1 <= limit <= MAX_PAGE_SIZE:
+            raise ClientError(f"limit must be between 1 and {MAX_PAGE_SIZE}")
+        stmt = select(EntryRow.idx, EntryRow.data, EntryRow.leaf_hash).where(
+            EntryRow.log_id == self.log_id
+        )
+        if query.subjects is not None:
+            stmt = stmt.where(EntryRow.subject.in_(sorted(query.subjects)))
+        for column, value in (
+            (EntryRow.client, query.client),
+            (EntryRow.service, query.service),
+            (EntryRow.purpose, query.purpose),
+            (EntryRow.decision, query.decision),
+            (EntryRow.kind, query.kind),
+            (EntryRow.consent_id, query.consent_id),
+        ):
+            if value is not None:
+                stmt = stmt.where(column == value)
+        if query.since is not None:
+            stmt = stmt.where(EntryRow.time_us >= _time_us(query.since))
+        if query.until is not None:
+            stmt = stmt.where(EntryRow.time_us < _time_us(query.until))
+        if cursor is not None:
+            if cursor < 0:
+                raise ClientError("bad cursor")
+            stmt = stmt.where(EntryRow.idx >= cursor)
+        stmt = stmt.order_by(EntryRow.idx).limit(limit + 1)
+        with self._engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        entries = tuple(LogEntry(r[0], r[1], r[2]) for r in rows[:limit])
+        return EntryPage(entries, rows[limit][0] if len(rows) > limit else None)
+
+    def export(self, start: int = 0, end: int | None = None) -> Iterator[str]:
+        """Entries ``[start, end)`` as JSON Lines (no trailing newline on each line):
+        ``{"index": i, "leaf_hash": <base64, from the stored tree>, "entry": {...}}``.
+
+        The leaf hash is read from the tree nodes, not the entry row, so that an entry row edited
+        in the database shows up as a mismatch at its own index (see ``audit.verify``)."""
+        end = self.size() if end is None else end
+        if not 0 <= start <= end:
+            raise ClientError("bad export range")
+        pos = start
+        while pos < end:
+            stop = min(pos + EXPORT_CHUNK, end)
+            with self._engine.connect() as conn:
+                rows = conn.execute(
+                    select(EntryRow.idx, EntryRow.data)
+                    .where(EntryRow.log_id == self.log_id, EntryRow.idx >= pos, EntryRow.idx < stop)
+                    .order_by(EntryRow.idx)
+                ).all()
+                leaves = {
+                    key // 64: h
+                    for key, h in conn.execute(
+                        select(NodeRow.node_key, NodeRow.hash).where(
+                            NodeRow.log_id == self.log_id,
+                            NodeRow.node_key >= node_key(0, pos),
+                            NodeRow.node_key < node_key(0, stop),
+                        )
+                    )
+                    if key % 64 == 0
+                }
+            for idx, data in rows:
+                lh = leaves.get(idx)
+                lh_json = json.dumps(base64.b64encode(lh).decode()) if lh else "null"
+                text = data.decode("utf-8", errors="replace")
+                yield f'{{"index":{idx},"leaf_hash":{lh_json},"entry":{text}}}'
+            pos = stop
+
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    def sign_checkpoint(self, now: datetime) -> StoredCheckpoint:
+        """Sign the current head as a checkpoint and store it in the history."""
+        size, root = self.head()
+        note = sign_checkpoint(Checkpoint(self.origin, size, root), self._signer)
+        with self._engine.begin() as conn:
+            conn.execute(
+                insert(CheckpointRow).values(
+                    log_id=self.log_id, size=size, root=root, time_us=_time_us(now), note=note
+                )
+            )
+        return StoredCheckpoint(size, root, now.astimezone(UTC), note)
+
+    def publish_checkpoint(self, now: datetime) -> StoredCheckpoint:
+        """What the node runs on an interval: sign a new checkpoint if the log grew since the
+        latest one (or none exists), else return the latest."""
+        latest = self.latest_checkpoint()
+        if latest is not None and latest.size == self.size():
+            return latest
+        return self.sign_checkpoint(now)
+
+    def latest_checkpoint(self) -> StoredCheckpoint | None:
+        found = self.checkpoints(limit=1)
+        return found[0] if found else None
+
+    def checkpoints(
+        self, *, limit: int = 100, before_id: int | None = None
+    ) -> list[StoredCheckpoint]:
+        """The checkpoint history, newest first."""
+        if not 1 <= limit <= MAX_PAGE_SIZE:
+            raise ClientError(f"limit must be between 1 and {MAX_PAGE_SIZE}")
+        stmt = select(
+            CheckpointRow.size, CheckpointRow.root, CheckpointRow.time_us, CheckpointRow.note
+        ).where(CheckpointRow.log_id == self.log_id)
+        if before_id is not None:
+            stmt = stmt.where(CheckpointRow.id < before_id)
+        stmt = stmt.order_by(CheckpointRow.id.desc()).limit(limit)
+        with self._engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        return [
+            StoredCheckpoint(size, root, _EPOCH + time_us * _US, note)
+            for size, root, time_us, note in rows
+        ]
+
+
+def _compact_range(size: int) -> list[tuple[int, int]]:
+    """The (level, index) of the perfect subtrees whose fold is the root of ``size`` leaves."""
+    out: list[tuple[int, int]] = []
+    pos = 0
+    for level in range(size.bit_length() - 1, -1, -1):
+        if size >> level & 1:
+            out.append((level, pos >> level))
+            pos += 1 << level
+    return out
+
+
+def _as_audit_sink(log: TransparencyLog) -> AuditSink:
+    """Static check (mypy): ``TransparencyLog`` implements ``exchange.ports.AuditSink``."""
+    return log

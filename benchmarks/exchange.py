@@ -1,0 +1,238 @@
+"""Throughput and latency: a bare forwarding hop against a full signed exchange between two nodes.
+
+(a) baseline: client → FastAPI forwarder → FastAPI backend (no signing, no checks, no storage);
+(b) onceonly: client → consumer node (API key, envelope, signature, log) → provider node
+    (signature, certificate, replay, access right, subject translation, adapter over SQLite,
+    signed response, log) → consumer node (response verification, log) → client.
+Both are real uvicorn processes on 127.0.0.1 driven by the same closed-loop aiohttp load
+generator in this process, one after the other. Prints throughput, p50 and p99 for both and the
+ratio b/a, as one JSON object on the last line.
+
+    python benchmarks/exchange.py [--quick] [--concurrency 32] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import text  # noqa: E402
+
+from exchange.db import make_engine  # noqa: E402
+from exchange.federation import provision  # noqa: E402
+from exchange.identifiers import ClientId, MemberId, ServiceId  # noqa: E402
+from exchange.node.app import database_url  # noqa: E402
+from exchange.node.compose import pseudonym_service, registry_database_url  # noqa: E402
+from exchange.ports import CITIZEN_AGENCY  # noqa: E402
+from exchange.registry_admin import RegistryAdmin  # noqa: E402
+from exchange.settings import Settings  # noqa: E402
+from tests.integration.processes import Proc, free_port  # noqa: E402
+
+MACHIDA = MemberId.parse("JP/GOV/132098")
+LAND = MemberId.parse("JP/GOV/000001")
+CONSUMER = ClientId.parse("JP/GOV/000001/land-registry")
+SERVICE = ServiceId.parse("JP/GOV/132098/resident-registry/address/v1")
+
+
+async def load(
+    url: str, headers: dict[str, str], *, concurrency: int, seconds: float, warmup: float
+) -> dict[str, float]:
+    latencies: list[float] = []
+    errors = 0
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        stop_at = time.perf_counter() + warmup + seconds
+        measure_from = time.perf_counter() + warmup
+
+        async def worker() -> None:
+            nonlocal errors
+            while (now := time.perf_counter()) < stop_at:
+                t0 = time.perf_counter()
+                async with session.get(url, headers=headers) as r:
+                    await r.read()
+                    ok = r.status == 200
+                t1 = time.perf_counter()
+                if now >= measure_from:
+                    if ok:
+                        latencies.append(t1 - t0)
+                    else:
+                        errors += 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    latencies.sort()
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "throughput_rps": round(len(latencies) / seconds, 1),
+        "p50_ms": round(statistics.median(latencies) * 1000, 2) if latencies else None,  # type: ignore[dict-item]
+        "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 2) if latencies else None,  # type: ignore[dict-item]
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    args = ap.parse_args()
+    seconds = 3.0 if args.quick else args.seconds
+    warmup = 1.0 if args.quick else 2.0
+    tmp = Path(tempfile.mkdtemp(prefix="oo-bench-"))
+    log = tmp / "processes.log"
+    env_base = {"PYTHONPATH": str(ROOT)}
+
+    # (a) the bare hop
+    backend_port, hop_port = free_port(), free_port()
+    backend = Proc("backend", [], env_base, backend_port, log)
+    hop = Proc(
+        "hop", [], {**env_base, "HOP_UPSTREAM": f"http://127.0.0.1:{backend_port}"}, hop_port, log
+    )
+    procs_a = [
+        _uvicorn(backend, "_hop:backend"),
+        _uvicorn(hop, "_hop:forwarder"),
+    ]
+    try:
+        baseline = asyncio.run(
+            load(
+                f"http://127.0.0.1:{hop_port}/r1/x",
+                {"x-onceonly-subject": "s"},
+                concurrency=args.concurrency,
+                seconds=seconds,
+                warmup=warmup,
+            )
+        )
+    finally:
+        for p in procs_a:
+            p.terminate()
+            p.wait(10)
+
+    # (b) the signed exchange between two nodes
+    ports = {"central": free_port(), str(MACHIDA): free_port(), str(LAND): free_port()}
+    settings = Settings(data_dir=tmp / "data", database_url=None)
+    fed = provision(
+        settings,
+        "http://unused",
+        citizens=200,
+        addresses={m: f"http://127.0.0.1:{ports[str(m)]}" for m in (MACHIDA, LAND)},
+        central_url=f"http://127.0.0.1:{ports['central']}",
+    )
+    admin = RegistryAdmin(make_engine(database_url(settings, "central")))
+    admin.grant(CONSUMER, SERVICE)
+    admin.add_statute(
+        "bench-1",
+        service=SERVICE,
+        client=CONSUMER,
+        purposes=("taxation",),
+        fields=("address", "moved_in_on"),
+        ordinance="不動産登記法第18条 (benchmark)",
+    )
+    engine = make_engine(registry_database_url(settings, "resident-registry"))
+    with engine.connect() as conn:
+        resident = conn.execute(text("SELECT resident_id FROM residents LIMIT 1")).scalar_one()
+    engine.dispose()
+    pseudonyms = pseudonym_service(settings)
+    citizen = pseudonyms.translate(
+        resident, from_agency="JP/GOV/132098/resident-registry", to_agency=CITIZEN_AGENCY
+    )
+    subject = pseudonyms.translate(citizen, from_agency=CITIZEN_AGENCY, to_agency=str(CONSUMER))
+    env = {
+        "ONCEONLY_DATA_DIR": str(settings.data_dir),
+        "ONCEONLY_CENTRAL_URL": f"http://127.0.0.1:{ports['central']}",
+    }
+    nodes = [Proc("central", ["central"], env, ports["central"], log)]
+    nodes += [
+        Proc(str(m), ["node", "--member", str(m)], env, ports[str(m)], log) for m in (MACHIDA, LAND)
+    ]
+    for p in nodes:
+        p.start()
+    try:
+        headers = {
+            "X-Road-Client": str(CONSUMER),
+            "X-OnceOnly-Api-Key": fed.api_keys[str(CONSUMER)],
+            "X-OnceOnly-Purpose": "taxation",
+            "X-OnceOnly-Subject": subject,
+            "X-OnceOnly-Fields": "address,moved_in_on",
+        }
+        secure = asyncio.run(
+            load(
+                f"{nodes[2].url}/r1/{SERVICE}",
+                headers,
+                concurrency=args.concurrency,
+                seconds=seconds,
+                warmup=warmup,
+            )
+        )
+    finally:
+        for p in nodes:
+            p.stop()
+    ratio = (
+        round(secure["throughput_rps"] / baseline["throughput_rps"], 3)
+        if baseline["throughput_rps"]
+        else None
+    )
+    print(
+        json.dumps(
+            {
+                "benchmark": "exchange",
+                "concurrency": args.concurrency,
+                "seconds": seconds,
+                "bare_hop": baseline,
+                "signed_exchange": secure,
+                "throughput_ratio_b_over_a": ratio,
+                "target_ratio": 0.5,
+                "meets_target": ratio is not None and ratio >= 0.5,
+            }
+        )
+    )
+
+
+def _uvicorn(proc: Proc, target: str):  # type: ignore[no-untyped-def]
+    import subprocess
+    import urllib.request
+
+    with proc.log.open("ab") as fh:
+        p = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                target,
+                "--app-dir",
+                str(ROOT / "benchmarks"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(proc.port),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ],
+            env={**os.environ, **proc.env},
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{proc.port}/docs", timeout=1)
+            return p
+        except OSError:
+            time.sleep(0.1)
+    p.terminate()
+    raise RuntimeError(f"{target} did not start")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""The auditor and citizen APIs over FastAPI's TestClient, with development-issuer tokens."""
+
+from __future__ import annotations
+
+import base64
+import warnings
+from collections.abc import Collection
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+
+from audit import merkle
+from audit.api import build_router
+from audit.checkpoint import verify_checkpoint
+from audit.log import TransparencyLog
+from audit.verify import verify_export
+from exchange.tokens import DevIssuer, Principal
+from exchange.web.problems import install_problem_handlers
+from tests.audit.audit_factories import T0, make_event
+
+with warnings.catch_warnings():
+    # Starlette warns that its TestClient prefers httpx2, which is not a dependency (yet).
+    warnings.simplefilter("ignore", UserWarning)
+    from fastapi.testclient import TestClient
+
+ALICE, BOB = "ps-alice", "ps-bob"
+
+
+@pytest.fixture
+def issuer(tmp_path: Path) -> DevIssuer:
+    return DevIssuer.load_or_create(tmp_path, issuer="https://id.example", audience="onceonly")
+
+
+@pytest.fixture
+def client(log: TransparencyLog, issuer: DevIssuer) -> TestClient:
+    log.append_many(
+        [make_event(i, subject=ALICE if i % 3 else BOB) for i in range(12)]
+        + [make_event(12, subject=ALICE, kind="refusal", decision="deny", consent_id="c-42")]
+    )
+
+    def subjects_of(p: Principal) -> Collection[str]:
+        return {p.subject, f"{p.subject}-alias"}
+
+    app = FastAPI()
+    install_problem_handlers(app)
+    app.include_router(
+        build_router(log, issuer.verifier(), subjects_of, clock=lambda: T0 + timedelta(days=1))
+    )
+    return TestClient(app, raise_server_exceptions=False)
+
+
+def _auth(issuer: DevIssuer, sub: str, *roles: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {issuer.issue(sub, roles=roles)}"}
+
+
+@pytest.fixture
+def auditor(issuer: DevIssuer) -> dict[str, str]:
+    return _auth(issuer, "auditor-1", "auditor")
+
+
+def test_auditor_searches_by_subject_and_decision_with_pagination(
+    client: TestClient, auditor: dict[str, str]
+) -> None:
+    r = client.get("/audit/entries", params={"subject": BOB, "limit": 2}, headers=auditor)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [e["index"] for e in body["entries"]] == [0, 3]
+    r2 = client.get(
+        "/audit/entries",
+        params={"subject": BOB, "limit": 2, "cursor": body["next_cursor"]},
+        headers=auditor,
+    )
+    assert [e["index"] for e in r2.json()["entries"]] == [6, 9]
+    denied = client.get("/audit/entries", params={"decision": "deny"}, headers=auditor).json()
+    assert [e["index"] for e in denied["entries"]] == [12]
+    window = client.get(
+        "/audit/entries",
+        params={"since": "2026-11-23T09:02:00Z", "until": "2026-11-23T09:04:00Z"},
+        headers=auditor,
+    ).json()
+    assert [e["index"] for e in window["entries"]] == [2, 3]
+
+
+def test_entry_comes_with_an_inclusion_proof_against_a_signed_checkpoint(
+    client: TestClient, auditor: dict[str, str], log: TransparencyLog
+) -> None:
+    r = client.get("/audit/entries/5", headers=auditor)
+    assert r.status_code == 200
+    body = r.json()
+    cp = verify_checkpoint(body["checkpoint"], log.verifier())
+    proof = [base64.b64decode(h) for h in body["inclusion_proof"]]
+    leaf = base64.b64decode(body["leaf_hash"])
+    assert merkle.verify_inclusion(leaf, 5, cp.size, proof, cp.root)
+
+
+def test_checkpoint_history_consistency_and_export_verify_offline(
+    client: TestClient, auditor: dict[str, str], log: TransparencyLog
+) -> None:
+    first = client.get("/audit/checkpoint", headers=auditor)
+    assert first.status_code == 200
+    assert first.headers["content-type"].startswith("text/plain")
+    log.append(make_event(50))
+    log.publish_checkpoint(T0 + timedelta(days=2))
+    history = client.get("/audit/checkpoints", headers=auditor).json()["checkpoints"]
+    assert [c["size"] for c in history] == [14, 13]
+    proof = client.get(
+        "/audit/consistency", params={"first": 13, "second": 14}, headers=auditor
+    ).json()["proof"]
+    assert merkle.verify_consistency(
+        13,
+        14,
+        base64.b64decode(history[1]["root"]),
+        base64.b64decode(history[0]["root"]),
+        [base64.b64decode(h) for h in proof],
+    )
+    export = client.get("/audit/export", headers=auditor)
+    assert export.headers["content-type"].startswith("application/jsonl")
+    latest = client.get("/audit/checkpoint", headers=auditor).text
+    report = verify_export(latest, export.text.splitlines(), log.vkey(), first.text)
+    assert report, report.reasons
+
+
+def test_citizen_sees_only_their_own_entries_in_plain_words_with_proofs(
+    client: TestClient, issuer: DevIssuer, log: TransparencyLog
+) -> None:
+    r = client.get("/me/accesses", headers=_auth(issuer, ALICE, "citizen"))
+    assert r.status_code == 200
+    body = r.json()
+    indices = [a["index"] for a in body["accesses"]]
+    assert indices == [i for i in range(13) if i % 3] + [12]
+    assert all(a["entry"]["subject"] == ALICE for a in body["accesses"])
+    cp = verify_checkpoint(body["checkpoint"], log.verifier())
+    for a in body["accesses"]:
+        proof = [base64.b64decode(h) for h in a["inclusion_proof"]]
+        assert merkle.verify_inclusion(
+            base64.b64decode(a["leaf_hash"]), a["index"], cp.size, proof, cp.root
+        )
+    refused = body["accesses"][-1]
+    assert refused["allowed"] is False
+    assert "refused" in refused["text"]["en"]
+    assert "c-42" in refused["text"]["en"]
+    assert "拒否" in refused["text"]["ja"]
+    assert "同意" in refused["text"]["ja"]
+    first = body["accesses"][0]
+    assert "JP/GOV/132098 (tax)" in first["text"]["en"]
+    assert "地方税法" in first["text"]["ja"]
+    assert "18時01分" in first["text"]["ja"]  # 09:01 UTC shown in Japan time
+    bob = client.get("/me/accesses", headers=_auth(issuer, BOB, "citizen")).json()
+    assert {a["entry"]["subject"] for a in bob["accesses"]} == {BOB}
+    assert not set(indices) & {a["index"] for a in bob["accesses"]}
+
+
+def test_citizen_cannot_use_the_auditor_api(client: TestClient, issuer: DevIssuer) -> None:
+    citizen = _auth(issuer, ALICE, "citizen")
+    for path in ("/audit/entries", "/audit/entries/0", "/audit/checkpoint", "/audit/export"):
+        r = client.get(path, headers=citizen)
+        assert r.status_code == 403
+        assert r.headers["content-type"].startswith("application/problem+json")
+    assert client.get("/audit/entries").status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        ("/audit/entries", {"limit": "0"}),
+        ("/audit/entries", {"limit": "abc"}),
+        ("/audit/entries", {"cursor": "-1"}),
+        ("/audit/entries", {"since": "yesterday"}),
+        ("/audit/entries", {"since": "2026-11-23T09:00:00"}),
+        ("/audit/entries", {"decision": "maybe"}),
+        ("/audit/entries/abc", {}),
+        ("/audit/consistency", {"first": "5", "second": "2"}),
+        ("/audit/consistency", {"first": "1", "second": "999"}),
+        ("/audit/consistency", {"first": "x", "second": "2"}),
+        ("/audit/export", {"start": "5", "end": "999"}),
+        ("/audit/export", {"start": "-3"}),
+        ("/audit/checkpoints", {"limit": "100000"}),
+    ],
+)
+def test_bad_query_parameters_are_400_problems_not_500(
+    client: TestClient, auditor: dict[str, str], path: str, params: dict[str, str]
+) -> None:
+    r = client.get(path, params=params, headers=auditor)
+    assert r.status_code == 400, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+
+
+def test_unknown_entry_is_404(client: TestClient, auditor: dict[str, str]) -> None:
+    assert client.get("/audit/entries/999", headers=auditor).status_code == 404
+    assert client.get("/audit/entries/-1", headers=auditor).status_code == 404
+
+
+def test_bad_citizen_paging_is_a_400(client: TestClient, issuer: DevIssuer) -> None:
+    r = client.get("/me/accesses", params={"limit": "x"}, headers=_auth(issuer, ALICE, "citizen"))
+    assert r.status_code == 400
