@@ -38,9 +38,13 @@ app = typer.Typer(
 keys_app = typer.Typer(no_args_is_help=True, help="Keys and certificates (into the data directory)")
 registry_app = typer.Typer(no_args_is_help=True, help="Manage the central registry")
 db_app = typer.Typer(no_args_is_help=True, help="Database migrations")
+audit_app = typer.Typer(
+    no_args_is_help=True, help="The transparency log: keys, offline verification"
+)
 app.add_typer(keys_app, name="keys")
 app.add_typer(registry_app, name="registry")
 app.add_typer(db_app, name="db")
+app.add_typer(audit_app, name="audit")
 console = Console()
 err = Console(stderr=True)
 
@@ -273,6 +277,81 @@ def db_upgrade(
     settings = _settings(data_dir)
     upgrade(make_engine(database_url(settings, component)))
     console.print(f"{component}: up to date")
+
+
+# --- audit ---------------------------------------------------------------------------------------
+
+
+@audit_app.command("key")
+def audit_key(
+    log_id: Annotated[str, typer.Argument(help="a member id, or consent-service")],
+    data_dir: DataDir = None,
+) -> None:
+    """Print a log's public note key (vkey), to hand to auditors out of band."""
+    from exchange.node.compose import audit_log
+
+    settings = _settings(data_dir)
+    engine = make_engine("sqlite://")
+    console.print(audit_log(settings, engine, log_id).vkey(), soft_wrap=True)
+
+
+@audit_app.command("verify")
+def audit_verify(
+    key: Annotated[
+        str, typer.Option(help="the log's vkey (from `onceonly audit key`), obtained out of band")
+    ],
+    checkpoint: Annotated[Path | None, typer.Option(help="a signed checkpoint file")] = None,
+    export: Annotated[Path | None, typer.Option(help="the log exported as JSON Lines")] = None,
+    node: Annotated[
+        str | None, typer.Option(help="fetch checkpoint and export from this node URL")
+    ] = None,
+    token: Annotated[str | None, typer.Option(help="auditor bearer token for --node")] = None,
+    earlier: Annotated[
+        Path | None, typer.Option(help="a checkpoint saved before: must be consistent")
+    ] = None,
+    save: Annotated[Path | None, typer.Option(help="save the verified checkpoint here")] = None,
+) -> None:
+    """Verify a log offline: every checkpoint signature, the root over every entry, consistency
+    with an earlier checkpoint; name the first bad entry. Exit 0 only when all holds."""
+    import httpx
+
+    from audit.verify import verify_export
+
+    if node:
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        with httpx.Client(timeout=120) as client:
+            cp = client.get(f"{node.rstrip('/')}/audit/checkpoint", headers=headers)
+            cp.raise_for_status()
+            checkpoint_text = cp.text
+            ex = client.get(f"{node.rstrip('/')}/audit/export", headers=headers)
+            ex.raise_for_status()
+            lines = ex.text.splitlines()
+    elif checkpoint and export:
+        checkpoint_text = checkpoint.read_text()
+        lines = export.read_text().splitlines()
+    else:
+        err.print("give --checkpoint and --export, or --node")
+        raise typer.Exit(2)
+    report = verify_export(
+        checkpoint_text, lines, key, earlier_checkpoint=earlier.read_text() if earlier else None
+    )
+    if report:
+        console.print(
+            f"[green]verified[/green]: {report.entries} entries, checkpoint size "
+            f"{report.checkpoint.size if report.checkpoint else '?'}"
+        )
+        if save:
+            save.write_text(checkpoint_text)
+        return
+    where = (
+        f" — first bad entry: {report.first_bad_index}"
+        if report.first_bad_index is not None
+        else ""
+    )
+    err.print(f"[red]NOT verified[/red]{where}")
+    for reason in report.reasons:
+        err.print(f"  - {reason}")
+    raise typer.Exit(1)
 
 
 # --- components ----------------------------------------------------------------------------------

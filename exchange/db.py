@@ -26,6 +26,7 @@ __all__ = [
     "is_postgres",
     "make_engine",
     "normalise_url",
+    "sqlite_writer_turn",
     "upgrade",
     "write_transaction",
 ]
@@ -83,19 +84,24 @@ _LOCKS_GUARD = threading.Lock()
 
 
 @contextlib.contextmanager
-def write_transaction(engine: Engine) -> Iterator[Any]:
-    """``engine.begin()``, with writers of one SQLite file in this process taking turns.
+def sqlite_writer_turn(engine: Engine) -> Iterator[None]:
+    """Writers of one SQLite file in this process take turns (a no-op on PostgreSQL).
 
     SQLite allows one writer at a time; threads that collide get SQLITE_BUSY and its busy handler
-    sleeps for milliseconds. Queueing on a lock instead costs microseconds. PostgreSQL writers
-    do not need it."""
+    sleeps for milliseconds. Queueing on a lock instead costs microseconds."""
     if engine.dialect.name != "sqlite":
-        with engine.begin() as conn:
-            yield conn
+        yield
         return
     with _LOCKS_GUARD:
         lock = _SQLITE_WRITE_LOCKS.setdefault(engine, threading.Lock())
-    with lock, engine.begin() as conn:
+    with lock:
+        yield
+
+
+@contextlib.contextmanager
+def write_transaction(engine: Engine) -> Iterator[Any]:
+    """``engine.begin()`` taken in turn with the process's other writers of the same file."""
+    with sqlite_writer_turn(engine), engine.begin() as conn:
         yield conn
 
 

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import text
 
+from audit.verify import verify_export
 from exchange.db import make_engine
 from exchange.federation import (
     LocalFederation,
@@ -31,7 +32,7 @@ from exchange.federation import (
 )
 from exchange.identifiers import ClientId
 from exchange.keystore import KeyStore
-from exchange.node.compose import pseudonym_service, registry_database_url
+from exchange.node.compose import audit_log, pseudonym_service, registry_database_url
 from exchange.node_requests import sign_node_request
 from exchange.ports import CITIZEN_AGENCY
 from exchange.settings import Settings
@@ -148,6 +149,36 @@ async def _revoke(client: httpx.AsyncClient, base: str, consent: Granted) -> Non
     r.raise_for_status()
 
 
+async def _audit_tour(
+    console: Console, client: httpx.AsyncClient, settings: Settings, base: str, consent: Granted
+) -> int:
+    """An auditor verifies Machida's log offline; the citizen reads who accessed their data."""
+    issuer = DevIssuer.load_or_create(
+        settings.data_dir, issuer=settings.jwt_issuer, audience=settings.jwt_audience
+    )
+    auditor = {"authorization": f"Bearer {issuer.issue('auditor-1', roles=('auditor',))}"}
+    node = f"{base}{member_prefix(RESIDENTS.member)}"
+    checkpoint = await client.get(f"{node}/audit/checkpoint", headers=auditor)
+    export = await client.get(f"{node}/audit/export", headers=auditor)
+    vkey = audit_log(settings, make_engine("sqlite://"), str(RESIDENTS.member)).vkey()
+    report = verify_export(checkpoint.text, export.text.splitlines(), vkey)
+    size = report.checkpoint.size if report.checkpoint else 0
+    console.log(
+        f"auditor: Machida's log verified offline: {report.entries} entries, signed checkpoint "
+        f"of size {size}"
+        if report
+        else f"auditor: log NOT verified: {report.reasons}"
+    )
+    mine = await client.get(
+        f"{node}/me/accesses", headers={"authorization": f"Bearer {consent.citizen_token}"}
+    )
+    items: list[dict[str, object]] = (
+        mine.json().get("accesses", []) if mine.status_code == 200 else []
+    )
+    console.log(f"citizen: {len(items)} entries in 'who accessed my data' on Machida's node")
+    return 0 if report and mine.status_code == 200 and items else 1
+
+
 async def run_demo(console: Console, *, data_dir: Path | None, citizens: int) -> int:
     with contextlib.ExitStack() as stack:
         if data_dir is None:
@@ -262,6 +293,8 @@ async def run_demo(console: Console, *, data_dir: Path | None, citizens: int) ->
                 )
             )
         console.print(table)
+        async with httpx.AsyncClient(timeout=60) as client:
+            failures += await _audit_tour(console, client, settings, federation.base_url, consent)
         federation.stop()
         await server
         sock.close()

@@ -87,6 +87,8 @@ class NodeParts:
     routers: Sequence[APIRouter] = ()
     on_registry: Sequence[Callable[[Any], None]] = ()
     background: Sequence[Callable[[], Any]] = ()
+    engine: Engine | None = None
+    """The node's database, when the composition root already opened it for its parts."""
 
 
 def _load_anchor(keys: KeyStore) -> CentralVerifier:
@@ -199,7 +201,11 @@ def create_node_app(
     keys = KeyStore(settings.data_dir)
     anchor = _load_anchor(keys)
     signers = _load_signers(keys, member)
-    engine = engine or make_engine(database_url(settings, f"node-{str(member).replace('/', '_')}"))
+    engine = (
+        engine
+        or parts.engine
+        or make_engine(database_url(settings, f"node-{str(member).replace('/', '_')}"))
+    )
     upgrade(engine)
     transport = transport or AiohttpTransport()
     registry = RegistryCache(

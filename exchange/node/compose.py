@@ -8,8 +8,10 @@ gate and the audit log; the central server gets the registry routes.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,19 +20,23 @@ from sqlalchemy import Engine
 
 from adapters.pseudonyms import PseudonymService
 from adapters.reference.registries import REFERENCE_REGISTRIES
+from audit.api import build_router as build_audit_router
+from audit.checkpoint import NoteSigner
+from audit.log import TransparencyLog
 from consent.api import build_citizen_router, build_gate_router
 from consent.artefact import ConsentArtefactVerifier, ConsentIssuerKey
 from consent.lifecycle import ConsentService
 from consent.remote import RemoteConsentGate
 from exchange.central_config import ConsentServiceEntry, VerifiedRegistry
-from exchange.db import make_engine, upgrade
+from exchange.db import make_engine, sqlite_writer_turn, upgrade
+from exchange.errors import OnceOnlyError
 from exchange.identifiers import ClientId, MemberId
 from exchange.keystore import KeyStore
-from exchange.message_log import SqlMessageLog
 from exchange.node.app import NodeParts, database_url
 from exchange.node_requests import sign_node_request, verify_node_request
 from exchange.ports import (
     CITIZEN_AGENCY,
+    AuditEvent,
     ConsentDecision,
     ConsentQuery,
     RegistryAdapter,
@@ -38,24 +44,29 @@ from exchange.ports import (
 )
 from exchange.settings import Settings
 from exchange.signing import MemberSigner, load_private_key
-from exchange.tokens import DevIssuer, TokenVerifier
+from exchange.tokens import DevIssuer, Principal, TokenVerifier
 
 __all__ = [
     "CONSENT_ISSUER",
+    "CONSENT_LOG",
     "PSEUDONYM_AGENCIES",
     "AgencyAliases",
+    "LogSink",
     "RegistryConsentGate",
+    "audit_log",
     "build_central_routers",
     "build_node_parts",
     "consent_issuer_key",
     "consent_service",
     "pseudonym_service",
     "registry_database_url",
+    "subjects_of",
     "token_verifier",
 ]
 
 PSEUDONYMS = "pseudonyms"
 CONSENT_ISSUER = "onceonly-information-bank"
+CONSENT_LOG = "consent-service"
 ONE_STOP_CLIENT = "JP/GOV/132098/one-stop"
 """Machida's one-stop desk acts for the citizen and knows them by their own platform identity."""
 PSEUDONYM_AGENCIES: tuple[str, ...] = (
@@ -95,6 +106,48 @@ class AgencyAliases:
         return self._inner.translate(subject, from_agency=src, to_agency=dst)
 
 
+class LogSink:
+    """The transparency log as the node's audit sink (batched appends, one writer at a time)."""
+
+    def __init__(self, log: TransparencyLog, engine: Engine) -> None:
+        self.log = log
+        self._engine = engine
+
+    def record(self, event: AuditEvent) -> None:
+        self.record_many([event])
+
+    def record_many(self, events: Sequence[AuditEvent]) -> None:
+        with sqlite_writer_turn(self._engine):
+            self.log.append_many(events)
+
+
+def audit_log(settings: Settings, engine: Engine, log_id: str) -> TransparencyLog:
+    """A log with its own note key in the data directory; its origin names the instance and log."""
+    origin = f"onceonly.example/{log_id}/audit"
+    slug = log_id.replace("/", "_")
+    signer = NoteSigner.load_or_create(settings.data_dir / "audit" / f"{slug}.skey", origin)
+    return TransparencyLog(engine, log_id=log_id, signer=signer)
+
+
+def subjects_of(pseudonyms: SubjectTranslator) -> Callable[[Principal], Collection[str]]:
+    """Every pseudonym a citizen is known by, so their "who accessed my data" view is complete."""
+
+    def lookup(principal: Principal) -> Collection[str]:
+        found = {principal.subject}
+        for agency in PSEUDONYM_AGENCIES:
+            if agency == CITIZEN_AGENCY:
+                continue
+            with contextlib.suppress(OnceOnlyError):
+                found.add(
+                    pseudonyms.translate(
+                        principal.subject, from_agency=CITIZEN_AGENCY, to_agency=agency
+                    )
+                )
+        return found
+
+    return lookup
+
+
 def token_verifier(settings: Settings) -> TokenVerifier:
     """Citizens' and auditors' tokens: the configured issuer's key, or the development issuer's."""
     if settings.jwt_public_key_file is not None:
@@ -123,8 +176,9 @@ def consent_service(settings: Settings, engine: Engine | None = None) -> Consent
     # a database of its own so that, on SQLite, the two writers never wait on each other.
     audit_engine = make_engine(database_url(settings, "consent-audit"))
     upgrade(audit_engine)
+    log = audit_log(settings, audit_engine, CONSENT_LOG)
     return ConsentService(
-        engine, issuer_key=key, audit=SqlMessageLog(audit_engine), node="consent-service"
+        engine, issuer_key=key, audit=LogSink(log, audit_engine), node=CONSENT_LOG
     )
 
 
@@ -201,9 +255,31 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
         hosted[0],
         timeout_s=settings.exchange_timeout_s,
     )
+    engine = make_engine(database_url(settings, f"node-{str(member).replace('/', '_')}"))
+    upgrade(engine)
+    log = audit_log(settings, engine, str(member))
+
+    async def publish_checkpoints() -> None:
+        while True:
+            await asyncio.sleep(settings.checkpoint_interval_s)
+            with contextlib.suppress(OnceOnlyError):
+                await asyncio.to_thread(_publish, log, engine)
+
     return NodeParts(
-        adapters=adapters, subjects=subjects, consent=gate, on_registry=(gate.on_registry,)
+        adapters=adapters,
+        subjects=subjects,
+        consent=gate,
+        audit=LogSink(log, engine),
+        routers=(build_audit_router(log, token_verifier(settings), subjects_of(subjects)),),
+        on_registry=(gate.on_registry,),
+        background=(publish_checkpoints,),
+        engine=engine,
     )
+
+
+def _publish(log: TransparencyLog, engine: Engine) -> None:
+    with sqlite_writer_turn(engine):
+        log.publish_checkpoint(datetime.now(UTC))
 
 
 def build_central_routers(

@@ -1,0 +1,98 @@
+"""`onceonly audit verify` against a running node's log: intact, then tampered."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from exchange.db import make_engine
+from exchange.node.compose import audit_log
+from exchange.tokens import DevIssuer
+from tests.integration.test_nodes_as_processes import (  # noqa: F401 (fixture)
+    ADDRESS,
+    MACHIDA,
+    TAX,
+    _subject,
+    cluster,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "exchange", "audit", "verify", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture
+def exported(cluster, tmp_path: Path) -> tuple[Path, Path, str]:  # type: ignore[no-untyped-def]  # noqa: F811
+    c, keys, settings = cluster
+    node = c.procs[str(MACHIDA)]
+    subject = _subject(settings)
+    for i in range(3):
+        r = httpx.get(
+            f"{node.url}/r1/{ADDRESS}",
+            headers={
+                "X-Road-Client": TAX,
+                "X-OnceOnly-Api-Key": keys[TAX],
+                "X-OnceOnly-Purpose": "taxation",
+                "X-OnceOnly-Subject": subject,
+                "X-Road-Id": f"audit-{i}",
+            },
+            timeout=20,
+        )
+        assert r.status_code == 200
+    token = DevIssuer.load_or_create(
+        settings.data_dir, issuer=settings.jwt_issuer, audience=settings.jwt_audience
+    ).issue("a1", roles=("auditor",))
+    h = {"authorization": f"Bearer {token}"}
+    cp = tmp_path / "checkpoint.txt"
+    ex = tmp_path / "export.jsonl"
+    cp.write_text(httpx.get(f"{node.url}/audit/checkpoint", headers=h, timeout=20).text)
+    ex.write_text(httpx.get(f"{node.url}/audit/export", headers=h, timeout=20).text)
+    vkey = audit_log(settings, make_engine("sqlite://"), str(MACHIDA)).vkey()
+    return cp, ex, vkey
+
+
+def test_intact_log_verifies(exported: tuple[Path, Path, str]) -> None:
+    cp, ex, vkey = exported
+    result = _cli("--checkpoint", str(cp), "--export", str(ex), "--key", vkey)
+    assert result.returncode == 0, result.stderr
+    assert "verified" in result.stdout
+
+
+def test_altered_entry_is_named(exported: tuple[Path, Path, str]) -> None:
+    cp, ex, vkey = exported
+    lines = ex.read_text().splitlines()
+    assert len(lines) >= 3
+    doc = json.loads(lines[1])
+    doc_text = json.dumps(doc, ensure_ascii=False)
+    lines[1] = (
+        doc_text.replace("taxation", "marketing")
+        if "taxation" in doc_text
+        else doc_text.replace("allow", "deny")
+    )
+    ex.write_text("\n".join(lines) + "\n")
+    result = _cli("--checkpoint", str(cp), "--export", str(ex), "--key", vkey)
+    assert result.returncode == 1
+    assert "first bad entry: 1" in result.stderr
+
+
+def test_dropped_entry_fails(exported: tuple[Path, Path, str]) -> None:
+    cp, ex, vkey = exported
+    lines = ex.read_text().splitlines()
+    del lines[0]
+    ex.write_text("\n".join(lines) + "\n")
+    result = _cli("--checkpoint", str(cp), "--export", str(ex), "--key", vkey)
+    assert result.returncode == 1
+    assert "NOT verified" in result.stderr
