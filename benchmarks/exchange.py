@@ -136,7 +136,7 @@ def main() -> None:
         client=CONSUMER,
         purposes=("taxation",),
         fields=("address", "moved_in_on"),
-        ordinance="不動産登記法第18条 (benchmark)",
+        ordinance="jp-benchmark/art1",
     )
     engine = make_engine(registry_database_url(settings, "resident-registry"))
     with engine.connect() as conn:

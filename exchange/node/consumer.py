@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from urllib.parse import quote
 
 from sqlalchemy import Engine, select
 
@@ -267,7 +268,8 @@ class Consumer:
         if env.error_code:
             headers["x-road-error"] = env.error_code
         if env.basis:
-            headers["x-onceonly-basis"] = env.basis
+            # HTTP header values are Latin-1: a statute's name may not be (RFC 3986 escaping).
+            headers["x-onceonly-basis"] = quote(env.basis, safe=":/-_.@+")
         if env.fields is not None:
             headers["x-onceonly-fields"] = ",".join(env.fields)
         if env.decision_id:

@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from tests.consent.consent_factories import T0, ListAudit, request_input
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -18,6 +17,7 @@ from consent.model import Consent
 from consent.store import ConsentBase
 from exchange.db import is_postgres, make_engine, normalise_url, upgrade
 from exchange.identifiers import ClientId
+from tests.consent.consent_factories import T0, ListAudit, request_input
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,6 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.consent.conftest import GrantFn
-from tests.consent.consent_factories import ALICE, BOB, GAS, T0, ListAudit, query, request_input
 from fastapi import FastAPI, Request
 
 from consent.api import build_citizen_router, build_gate_router
@@ -25,6 +23,8 @@ from exchange.errors import AuthenticationError
 from exchange.identifiers import ClientId
 from exchange.tokens import DevIssuer
 from exchange.web.problems import install_problem_handlers
+from tests.consent.conftest import GrantFn
+from tests.consent.consent_factories import ALICE, BOB, GAS, T0, ListAudit, query, request_input
 
 with warnings.catch_warnings():
     # Starlette's TestClient warns that it prefers httpx2, which is not a dependency (yet).

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.consent.conftest import GrantFn
 
 from consent.artefact import (
     ARTEFACT_TYP,
@@ -20,6 +19,7 @@ from consent.lifecycle import ConsentService
 from exchange.canonical import b64ud, b64ue, canonical_json
 from exchange.errors import VerificationError
 from exchange.signing import MemberSigner, MemberVerifier, load_private_key
+from tests.consent.conftest import GrantFn
 
 VECTORS = Path(__file__).parent / "vectors" / "jws"
 RFC8037: dict[str, Any] = json.loads((VECTORS / "rfc8037-ed25519.json").read_text())

@@ -8,8 +8,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from tests.consent.conftest import GrantFn
-from tests.consent.consent_factories import ADDRESS, ALICE, GAS, POWER, T0, TAX, ListAudit, query, request_input
 from sqlalchemy import Engine
 
 from consent.artefact import ConsentIssuerKey
@@ -18,6 +16,18 @@ from consent.model import ConsentStatus, HistoryAction
 from exchange.db import make_engine, upgrade
 from exchange.identifiers import ServiceId
 from exchange.ports import ConsentGate, ConsentQuery
+from tests.consent.conftest import GrantFn
+from tests.consent.consent_factories import (
+    ADDRESS,
+    ALICE,
+    GAS,
+    POWER,
+    T0,
+    TAX,
+    ListAudit,
+    query,
+    request_input,
+)
 
 NOW = T0 + timedelta(minutes=5)
 

@@ -5,12 +5,21 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import pytest
-from tests.consent.conftest import GrantFn
-from tests.consent.consent_factories import ALICE, BOB, GAS, POWER, T0, ListAudit, query, request_input
 
 from consent.lifecycle import MAX_REQUEST_PENDING_S, ConsentService
 from consent.model import ConsentRequestStatus, ConsentStatus, HistoryAction
 from exchange.errors import ClientError, ConflictError, NotFoundError, RefusalError
+from tests.consent.conftest import GrantFn
+from tests.consent.consent_factories import (
+    ALICE,
+    BOB,
+    GAS,
+    POWER,
+    T0,
+    ListAudit,
+    query,
+    request_input,
+)
 
 LATER = T0 + timedelta(minutes=1)
 
