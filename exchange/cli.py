@@ -417,5 +417,43 @@ def serve(
     asyncio.run(run_serve(console, _settings(data_dir), port=port, citizens=citizens))
 
 
+@app.command()
+def seed(
+    citizens: Annotated[int, typer.Option(help="synthetic citizens to generate")] = 1000,
+    seed_value: Annotated[int, typer.Option("--seed", help="same seed, same data")] = 20261123,
+    data_dir: DataDir = None,
+) -> None:
+    """Fill the reference registries with realistic synthetic citizens of Machida (no real persons)."""
+    from rich.progress import BarColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+
+    from adapters.reference.registries import REFERENCE_REGISTRIES
+    from adapters.seed import seed as run_seed
+    from exchange.node.compose import PSEUDONYMS, pseudonym_service, registry_database_url
+
+    settings = _settings(data_dir)
+    urls = {r.subsystem: registry_database_url(settings, r.subsystem) for r in REFERENCE_REGISTRIES}
+    urls[PSEUDONYMS] = registry_database_url(settings, PSEUDONYMS)
+    store = make_engine(urls[PSEUDONYMS])
+    pseudonym_service(settings, store)  # migrates the pseudonym store
+    store.dispose()
+    columns = (
+        *Progress.get_default_columns()[:-1],
+        BarColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("seeding citizens", total=citizens)
+        report = run_seed(citizens, seed_value, urls, lambda n: progress.advance(task, n))
+    table = Table(
+        title=f"{report.citizens} citizens, {report.households} households in {report.seconds:.1f} s"
+    )
+    table.add_column("registry")
+    table.add_column("rows", justify="right")
+    for name, rows in report.rows.items():
+        table.add_row(name, f"{rows:,}")
+    console.print(table)
+
+
 def main() -> None:
     app()
