@@ -38,6 +38,8 @@ class OnceOnlyError(Exception):
 
     code = "Server.Internal"
     status = 500
+    audited = False
+    """Set once the refusal this error stands for is in the audit log (never recorded twice)."""
 
     def __init__(self, detail: str, *, code: str | None = None) -> None:
         super().__init__(detail)

@@ -152,6 +152,31 @@ class Consumer:
         raise NotFoundError("unknown service", code="Server.ServerProxy.UnknownService")
 
     async def call(self, call: ConsumerCall) -> ConsumerResult:
+        try:
+            return await self._call(call)
+        except OnceOnlyError as exc:
+            if not exc.audited:
+                await self._record_refusal(call, exc)
+            raise
+
+    async def _record_refusal(self, call: ConsumerCall, exc: OnceOnlyError) -> None:
+        """A call refused before anything was sent is audited too (who tried what, and why)."""
+        await self._audit.record_async(
+            AuditEvent(
+                time=self._clock(),
+                node=self._node,
+                kind="refusal",
+                decision="deny",
+                client=call.headers.get("x-road-client", "")[:255] or None,
+                service=call.path[:255] or None,
+                purpose=call.headers.get("x-onceonly-purpose", "")[:128] or None,
+                status=exc.status,
+                reason=f"{exc.code}: {exc.detail}"[:500],
+                extra={"stage": "consumer"},
+            )
+        )
+
+    async def _call(self, call: ConsumerCall) -> ConsumerResult:
         now = self._clock()
         h = call.headers
         client = await asyncio.to_thread(self.authenticate, h)  # (C1)
@@ -238,11 +263,14 @@ class Consumer:
                 exc.status,
                 f"{exc.code}: {exc.detail}",
             )
+            exc.audited = True
             if isinstance(exc, VerificationError):
-                raise VerificationError(
+                wrapped = VerificationError(
                     "the provider's response did not verify",
                     code="Server.ServerProxy.InvalidResponse",
-                ) from exc
+                )
+                wrapped.audited = True
+                raise wrapped from exc
             raise
         env = verified.envelope
         decision = "allow" if env.status < 400 else "deny"

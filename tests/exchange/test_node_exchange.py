@@ -170,3 +170,19 @@ def test_revoked_certificate_stops_the_signer(fed: Federation) -> None:
     r = _call(fed, TAX)
     assert r.status_code == 502  # the provider refuses the message unsigned: it cannot trust it
     assert r.json()["code"] == "Server.ServerProxy.ProviderError"
+
+
+def test_refusals_at_the_consumer_are_audited(fed: Federation) -> None:
+    from sqlalchemy import select
+
+    from exchange.store import MessageLogRow
+
+    _call(fed, TAX, **{"X-OnceOnly-Api-Key": "oo_wrong"})
+    with fed.central_engine.connect() as conn:
+        rows = conn.execute(
+            select(MessageLogRow.kind, MessageLogRow.decision, MessageLogRow.reason).where(
+                MessageLogRow.node == str(TAX.member)
+            )
+        ).all()
+    assert ("refusal", "deny") in {(r.kind, r.decision) for r in rows}
+    assert any("Client.Unauthenticated" in (r.reason or "") for r in rows)
