@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from exchange.canonical import b64e, canonical_json, sha256_b64
 from exchange.errors import VerificationError
+from exchange.ports import AuditDecision, AuditEvent, AuditKind
 from exchange.signing import Signer
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "UnverifiedRequest",
     "UnverifiedResponse",
     "body_hash",
+    "exchange_event",
     "parse_unverified_request",
     "parse_unverified_response",
     "request_hash",
@@ -179,3 +181,38 @@ def parse_unverified_response(raw: bytes) -> UnverifiedResponse:
 
 def body_hash(body: bytes) -> str:
     return sha256_b64(body)
+
+
+def exchange_event(
+    env: RequestEnvelope,
+    *,
+    node: str,
+    kind: AuditKind,
+    decision: AuditDecision,
+    time: datetime,
+    request_hash: str,
+    status: int | None,
+    reason: str | None = None,
+    body_hash: str | None = None,
+    basis: str | None = None,
+    decision_id: str | None = None,
+) -> AuditEvent:
+    """The audit record of one exchange step: who, what, why and the hashes — no personal data."""
+    return AuditEvent(
+        time=time,
+        node=node,
+        kind=kind,
+        decision=decision,
+        client=env.client,
+        service=env.service,
+        purpose=env.purpose,
+        subject=env.subject,
+        consent_id=env.consent_id,
+        reason=reason,
+        message_id=env.message_id,
+        request_hash=request_hash,
+        body_hash=body_hash or env.body_hash,
+        status=status,
+        basis=basis,
+        decision_id=decision_id,
+    )

@@ -19,6 +19,7 @@ __all__ = [
     "CITIZEN_AGENCY",
     "AdapterRequest",
     "AdapterResponse",
+    "AuditDecision",
     "AuditEvent",
     "AuditKind",
     "AuditSink",
@@ -136,6 +137,9 @@ AuditKind = Literal[
 ]
 
 
+AuditDecision = Literal["allow", "deny", "error", "info"]
+
+
 @dataclass(frozen=True, slots=True)
 class AuditEvent:
     """Who did what, why, and the hashes — never the personal data itself."""
@@ -143,7 +147,7 @@ class AuditEvent:
     time: datetime
     node: str
     kind: AuditKind
-    decision: Literal["allow", "deny", "error", "info"]
+    decision: AuditDecision
     client: str | None = None
     service: str | None = None
     purpose: str | None = None

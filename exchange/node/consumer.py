@@ -28,6 +28,7 @@ from exchange.canonical import sha256_b64
 from exchange.envelope import (
     MAX_BODY_BYTES,
     RequestEnvelope,
+    exchange_event,
     parse_unverified_response,
     request_hash,
     seal,
@@ -43,7 +44,7 @@ from exchange.errors import (
 from exchange.group_commit import GroupCommitSink
 from exchange.identifiers import ClientId, ServiceId, parse_part
 from exchange.node.registry_cache import RegistryCache
-from exchange.ports import AuditEvent, Transport
+from exchange.ports import AuditDecision, AuditEvent, AuditKind, Transport
 from exchange.signing import MemberSigner
 from exchange.store import ClientKeyRow
 from exchange.verification import verify_response
@@ -273,7 +274,7 @@ class Consumer:
                 raise wrapped from exc
             raise
         env = verified.envelope
-        decision = "allow" if env.status < 400 else "deny"
+        decision: AuditDecision = "allow" if env.status < 400 else "deny"
         await self._record(
             envelope,
             "response",
@@ -307,8 +308,8 @@ class Consumer:
     async def _record(
         self,
         env: RequestEnvelope,
-        kind: str,
-        decision: str,
+        kind: AuditKind,
+        decision: AuditDecision,
         now: datetime,
         req_hash: str,
         status: int | None,
@@ -317,21 +318,15 @@ class Consumer:
         decision_id: str | None = None,
     ) -> None:
         await self._audit.record_async(
-            AuditEvent(
-                time=now,
+            exchange_event(
+                env,
                 node=self._node,
-                kind=kind,  # type: ignore[arg-type]
-                decision=decision,  # type: ignore[arg-type]
-                client=env.client,
-                service=env.service,
-                purpose=env.purpose,
-                subject=env.subject,
-                consent_id=env.consent_id,
-                reason=reason,
-                message_id=env.message_id,
+                kind=kind,
+                decision=decision,
+                time=now,
                 request_hash=req_hash,
-                body_hash=env.body_hash,
                 status=status,
+                reason=reason,
                 basis=basis,
                 decision_id=decision_id,
             )

@@ -24,7 +24,12 @@ from datetime import datetime
 from typing import Any
 
 from exchange.canonical import sha256_b64
-from exchange.envelope import ResponseEnvelope, parse_unverified_request, seal
+from exchange.envelope import (
+    ResponseEnvelope,
+    exchange_event,
+    parse_unverified_request,
+    seal,
+)
 from exchange.errors import (
     ConfigurationError,
     NotFoundError,
@@ -39,7 +44,9 @@ from exchange.node.registry_cache import RegistryCache
 from exchange.ports import (
     CITIZEN_AGENCY,
     AdapterRequest,
+    AuditDecision,
     AuditEvent,
+    AuditKind,
     ConsentDecision,
     ConsentGate,
     ConsentQuery,
@@ -346,8 +353,8 @@ class Provider:
     async def _record(
         self,
         req: VerifiedRequest,
-        kind: str,
-        decision: str,
+        kind: AuditKind,
+        decision: AuditDecision,
         now: datetime,
         *,
         status: int,
@@ -356,23 +363,17 @@ class Provider:
         basis: str | None = None,
         decision_id: str | None = None,
     ) -> None:
-        env = req.envelope
         await self._audit.record_async(
-            AuditEvent(
-                time=now,
+            exchange_event(
+                req.envelope,
                 node=self._node,
-                kind=kind,  # type: ignore[arg-type]
-                decision=decision,  # type: ignore[arg-type]
-                client=env.client,
-                service=env.service,
-                purpose=env.purpose,
-                subject=env.subject,
-                consent_id=env.consent_id,
-                reason=reason,
-                message_id=env.message_id,
+                kind=kind,
+                decision=decision,
+                time=now,
                 request_hash=req.request_hash,
-                body_hash=body_hash or env.body_hash,
                 status=status,
+                reason=reason,
+                body_hash=body_hash,
                 basis=basis,
                 decision_id=decision_id,
             )
