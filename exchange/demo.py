@@ -24,6 +24,7 @@ from sqlalchemy import text
 from audit.verify import verify_export
 from exchange.db import make_engine
 from exchange.federation import (
+    ONE_STOP,
     LocalFederation,
     Provisioned,
     free_socket,
@@ -32,12 +33,19 @@ from exchange.federation import (
 )
 from exchange.identifiers import ClientId
 from exchange.keystore import KeyStore
-from exchange.node.compose import audit_log, pseudonym_service, registry_database_url
+from exchange.node.app import database_url
+from exchange.node.compose import (
+    audit_log,
+    consent_service,
+    pseudonym_service,
+    registry_database_url,
+)
 from exchange.node_requests import sign_node_request
 from exchange.ports import CITIZEN_AGENCY
 from exchange.settings import Settings
 from exchange.signing import MemberSigner, load_private_key
 from exchange.tokens import DevIssuer
+from procedures.demo import demo_address_change
 
 __all__ = ["run_demo", "run_serve"]
 
@@ -147,6 +155,46 @@ async def _revoke(client: httpx.AsyncClient, base: str, consent: Granted) -> Non
         headers={"authorization": f"Bearer {consent.citizen_token}"},
     )
     r.raise_for_status()
+
+
+async def _address_change(
+    console: Console, settings: Settings, fed: Provisioned, base: str, gas_subject: str
+) -> int:
+    """One submission: the citizen moves; every registry concerned is updated, step by step."""
+    citizen = pseudonym_service(settings).translate(
+        gas_subject, from_agency=str(GAS), to_agency=CITIZEN_AGENCY
+    )
+    keys = KeyStore(settings.data_dir)
+    run = await demo_address_change(
+        f"{base}{member_prefix(ONE_STOP.member)}",
+        fed.api_keys[str(ONE_STOP)],
+        consent_service(settings),
+        citizen,
+        db_url=database_url(settings, "procedures"),
+        signer=MemberSigner(load_private_key(keys.subsystem_key(ONE_STOP))),
+    )
+    table = Table(
+        title=f"one-stop address change, {run.total_s:.2f} s: one submission, every registry"
+    )
+    for col in ("recipient", "service", "basis", "state", "detail"):
+        table.add_column(col, overflow="fold")
+    for step in run.steps:
+        colour = {"done": "green", "skipped": "yellow"}.get(step.state, "red")
+        table.add_row(
+            step.recipient,
+            step.service.split("/", 4)[-1],
+            step.basis,
+            f"[{colour}]{step.state}[/]",
+            step.detail or "",
+        )
+    console.print(table)
+    states = {s.state for s in run.steps}
+    done = sum(1 for s in run.steps if s.state == "done")
+    console.log(
+        f"procedure {run.procedure.status}: {done} of {len(run.steps)} steps done; "
+        "the platform signed the summary certificate"
+    )
+    return 0 if states <= {"done", "skipped"} and done >= 2 else 1
 
 
 async def _audit_tour(
@@ -293,6 +341,7 @@ async def run_demo(console: Console, *, data_dir: Path | None, citizens: int) ->
                 )
             )
         console.print(table)
+        failures += await _address_change(console, settings, fed, federation.base_url, gas_subject)
         async with httpx.AsyncClient(timeout=60) as client:
             failures += await _audit_tour(console, client, settings, federation.base_url, consent)
         federation.stop()

@@ -1,3 +1,40 @@
-"""policies package (see DESIGN.md)."""
+"""Access policies as code: Rego policies and the engines that evaluate them (DESIGN "The parts").
 
-__all__: list[str] = []
+The policy (``policies/rego/exchange.rego``, package ``onceonly.exchange``) decides every exchange:
+access right, purpose binding, legal basis (statute or consent), data minimisation and
+time-of-validity, as one decision document. ``EmbeddedRegoEngine`` evaluates it in-process
+(default); ``OpaServerEngine`` asks a real OPA server. Both implement ``exchange.ports.PolicyDecider``
+and take the policy data built by ``build_policy_data`` from the central registry.
+See docs/policies.md.
+"""
+
+from policies.data import (
+    AccessRight,
+    PolicyRegistry,
+    ServicePolicy,
+    Statute,
+    build_policy_data,
+    empty_policy_data,
+)
+from policies.embedded import EmbeddedRegoEngine
+from policies.engine import PolicyEngine, engine_from_settings
+from policies.errors import PolicyCompileError, PolicyEngineUnavailable
+from policies.modules import DECISION_QUERY, policy_modules
+from policies.opa_server import OpaServerEngine
+
+__all__ = [
+    "DECISION_QUERY",
+    "AccessRight",
+    "EmbeddedRegoEngine",
+    "OpaServerEngine",
+    "PolicyCompileError",
+    "PolicyEngine",
+    "PolicyEngineUnavailable",
+    "PolicyRegistry",
+    "ServicePolicy",
+    "Statute",
+    "build_policy_data",
+    "empty_policy_data",
+    "engine_from_settings",
+    "policy_modules",
+]

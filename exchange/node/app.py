@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -89,6 +89,8 @@ class NodeParts:
     background: Sequence[Callable[[], Any]] = ()
     engine: Engine | None = None
     """The node's database, when the composition root already opened it for its parts."""
+    closers: Sequence[Callable[[], Awaitable[None]]] = ()
+    """Run at shutdown: close adapters, dispose of the engines the parts opened."""
 
 
 def _load_anchor(keys: KeyStore) -> CentralVerifier:
@@ -277,6 +279,8 @@ def create_node_app(
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await transport.aclose()
+            for close in parts.closers:
+                await close()
             engine.dispose()
 
     app = FastAPI(title=f"onceonly node {member}", lifespan=lifespan, docs_url=None, redoc_url=None)

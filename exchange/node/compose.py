@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 
 from adapters.pseudonyms import PseudonymService
 from adapters.reference.registries import REFERENCE_REGISTRIES
+from adapters.sql import SqlAdapter
 from audit.api import build_router as build_audit_router
 from audit.checkpoint import NoteSigner
 from audit.log import TransparencyLog
@@ -30,7 +31,7 @@ from consent.remote import RemoteConsentGate
 from exchange.central_config import ConsentServiceEntry, VerifiedRegistry
 from exchange.db import make_engine, sqlite_writer_turn, upgrade
 from exchange.errors import OnceOnlyError
-from exchange.identifiers import ClientId, MemberId
+from exchange.identifiers import ClientId, MemberId, ServiceId
 from exchange.keystore import KeyStore
 from exchange.node.app import NodeParts, database_url
 from exchange.node_requests import sign_node_request, verify_node_request
@@ -45,6 +46,15 @@ from exchange.ports import (
 from exchange.settings import Settings
 from exchange.signing import MemberSigner, load_private_key
 from exchange.tokens import DevIssuer, Principal, TokenVerifier
+from policies.data import (
+    AccessRight,
+    PolicyRegistry,
+    ServicePolicy,
+    Statute,
+    build_policy_data,
+)
+from policies.engine import PolicyEngine, engine_from_settings
+from policies.opa_server import OpaServerEngine
 
 __all__ = [
     "CONSENT_ISSUER",
@@ -52,12 +62,14 @@ __all__ = [
     "PSEUDONYM_AGENCIES",
     "AgencyAliases",
     "LogSink",
+    "PolicyFeed",
     "RegistryConsentGate",
     "audit_log",
     "build_central_routers",
     "build_node_parts",
     "consent_issuer_key",
     "consent_service",
+    "policy_registry",
     "pseudonym_service",
     "registry_database_url",
     "subjects_of",
@@ -241,6 +253,49 @@ class RegistryConsentGate:
                 self._gate.close()
 
 
+def policy_registry(registry: VerifiedRegistry) -> PolicyRegistry:
+    """What the policies need from the verified registry: services, access rights, statutes."""
+    doc = registry.document
+    return PolicyRegistry(
+        services=tuple(
+            ServicePolicy(ServiceId.parse(s.id), s.fields, s.purposes, s.changes)
+            for s in doc.services
+        ),
+        access_rights=tuple(
+            AccessRight(
+                ServiceId.parse(r.service), ClientId.parse(r.client), r.not_before, r.not_after
+            )
+            for r in doc.access_rights
+        ),
+        statutes=tuple(
+            Statute(
+                ordinance=t.ordinance,
+                title=t.title_ja or t.title_en or t.ordinance,
+                service=ServiceId.parse(t.service),
+                purposes=t.purposes,
+                fields=t.fields,
+                clients=(ClientId.parse(t.client),),
+                operations=("read", "change"),
+            )
+            for t in doc.statutes
+        ),
+    )
+
+
+class PolicyFeed:
+    """Pushes each newly verified registry into the policy engine (no restart needed)."""
+
+    def __init__(self, engine: PolicyEngine) -> None:
+        self.engine = engine
+        self._uploaded = False
+
+    def on_registry(self, registry: VerifiedRegistry) -> None:
+        if isinstance(self.engine, OpaServerEngine) and not self._uploaded:
+            self.engine.upload_policies()
+            self._uploaded = True
+        self.engine.load_data(build_policy_data(policy_registry(registry)))
+
+
 def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
     keys = KeyStore(settings.data_dir)
     hosted = keys.hosted_subsystems(member)
@@ -249,7 +304,10 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
         client = ClientId.parse(reg.client_id)
         if client in hosted:
             adapters[client] = reg.adapter(registry_database_url(settings, reg.subsystem))
-    subjects = AgencyAliases(pseudonym_service(settings), {ONE_STOP_CLIENT: CITIZEN_AGENCY})
+    pseudonym_engine = make_engine(registry_database_url(settings, PSEUDONYMS))
+    subjects = AgencyAliases(
+        pseudonym_service(settings, pseudonym_engine), {ONE_STOP_CLIENT: CITIZEN_AGENCY}
+    )
     gate = RegistryConsentGate(
         MemberSigner(load_private_key(keys.subsystem_key(hosted[0]))),
         hosted[0],
@@ -265,15 +323,22 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
             with contextlib.suppress(OnceOnlyError):
                 await asyncio.to_thread(_publish, log, engine)
 
+    feed = PolicyFeed(engine_from_settings(settings))
     return NodeParts(
         adapters=adapters,
         subjects=subjects,
+        policy=feed.engine,
         consent=gate,
         audit=LogSink(log, engine),
         routers=(build_audit_router(log, token_verifier(settings), subjects_of(subjects)),),
-        on_registry=(gate.on_registry,),
+        on_registry=(gate.on_registry, feed.on_registry),
         background=(publish_checkpoints,),
         engine=engine,
+        closers=(
+            *(a.aclose for a in adapters.values() if isinstance(a, SqlAdapter)),
+            lambda: asyncio.to_thread(pseudonym_engine.dispose),
+            lambda: asyncio.to_thread(gate.close),
+        ),
     )
 
 

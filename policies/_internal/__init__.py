@@ -1,0 +1,1 @@
+"""Private helpers of the policies package; not part of its API."""

@@ -1,0 +1,108 @@
+"""HTTP routes of the procedures: the citizen's one-stop address change and its follow-up.
+
+Issue 7 "Follow". Citizens authenticate with a bearer JWT (``exchange.tokens.TokenVerifier``); the
+token's ``sub`` is the citizen id and the only subject whose procedures they can start, see or
+confirm — another citizen's procedure id is answered exactly like an unknown one (404). Counter
+staff (role ``staff``) may read any procedure and its certificate, never start or confirm one.
+Routes only raise ``exchange.errors`` (mapped once to problem+json by ``exchange.web.problems``);
+bodies are bounded wire models, so nothing a caller sends produces a 500. Paths::
+
+    POST /procedures/address-change          start → the preview (201; 200 for a duplicate)
+    GET  /procedures                         the citizen's own procedures
+    GET  /procedures/properties              recent land-registry purchases to pick from
+    GET  /procedures/{id}                    status of every step
+    POST /procedures/{id}/confirm            consent decisions → the run starts
+    GET  /procedures/{id}/certificate        the signed summary (409 until finished)
+"""
+
+# No ``from __future__ import annotations``: FastAPI evaluates the route annotations, which use
+# dependencies built inside the router factory.
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from exchange.errors import RefusalError
+from exchange.tokens import Principal, TokenVerifier
+from exchange.web.auth import bearer_principal
+from procedures.address_change import AddressChangeService
+from procedures.model import AddressChangeInput, ConfirmInput, ProcedureView
+
+__all__ = ["STAFF_ROLE", "build_router"]
+
+STAFF_ROLE = "staff"
+MAX_ID_CHARS = 36
+
+
+def _citizen_of(principal: Principal) -> str:
+    if STAFF_ROLE in principal.roles and "citizen" not in principal.roles:
+        raise RefusalError(
+            "counter staff follow procedures; only the citizen starts or confirms one",
+            code="Client.Forbidden",
+        )
+    return principal.subject
+
+
+def build_router(
+    service: AddressChangeService,
+    verifier: TokenVerifier,
+    *,
+    clock: Callable[[], datetime],
+    prefix: str = "/procedures",
+) -> APIRouter:
+    """The procedures routes over ``service`` (dependencies injected, no import-time state)."""
+    router = APIRouter(prefix=prefix, tags=["procedures"])
+    Caller = Annotated[Principal, Depends(bearer_principal(verifier))]
+
+    def reader(principal: Principal) -> str | None:
+        """``None`` means any procedure (counter staff); else only the citizen's own."""
+        return None if STAFF_ROLE in principal.roles else principal.subject
+
+    @router.post("/address-change", response_model=ProcedureView, status_code=201)
+    async def start(
+        data: AddressChangeInput,
+        principal: Caller,
+        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    ) -> Any:
+        view = await service.start(
+            _citizen_of(principal), data, now=clock(), submission_key=idempotency_key
+        )
+        if view.duplicate:
+            return JSONResponse(view.model_dump(mode="json"), status_code=200)
+        return view
+
+    @router.get("", response_model=list[ProcedureView])
+    async def mine(principal: Caller) -> Any:
+        return await run_in_threadpool(service.list_for, _citizen_of(principal))
+
+    @router.get("/properties")
+    async def properties(principal: Caller) -> Any:
+        return await service.recent_properties(_citizen_of(principal), now=clock())
+
+    @router.get("/{procedure_id}", response_model=ProcedureView)
+    async def status(procedure_id: str, principal: Caller) -> Any:
+        return await run_in_threadpool(
+            service.get, procedure_id[: MAX_ID_CHARS + 1], subject=reader(principal)
+        )
+
+    @router.post("/{procedure_id}/confirm", response_model=ProcedureView)
+    async def confirm(procedure_id: str, decisions: ConfirmInput, principal: Caller) -> Any:
+        return await run_in_threadpool(
+            service.confirm,
+            _citizen_of(principal),
+            procedure_id[: MAX_ID_CHARS + 1],
+            decisions,
+            now=clock(),
+        )
+
+    @router.get("/{procedure_id}/certificate")
+    async def certificate(procedure_id: str, principal: Caller) -> Any:
+        return await run_in_threadpool(
+            service.certificate, procedure_id[: MAX_ID_CHARS + 1], subject=reader(principal)
+        )
+
+    return router

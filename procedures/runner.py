@@ -1,0 +1,430 @@
+"""The durable workflow runner of procedures (issue 7 "Run"; DESIGN "Storage and scale").
+
+Steps are rows (``procedures.store.StepRow``); any number of runners, in any process or replica,
+share them through the database:
+
+(R1) **claim** due steps: ``pending`` with ``next_attempt_at <= now``, or ``running`` whose lease
+     ran out (its runner crashed) — and only once every step of an earlier order group of the same
+     procedure is ``done`` (the resident record first, then the rest in parallel). PostgreSQL:
+     ``SELECT … FOR UPDATE SKIP LOCKED`` so replicas never wait on each other; SQLite: a guarded
+     ``UPDATE … WHERE id = … AND <still claimable>`` whose row count says who won. A claim sets
+     ``claimed_by``, ``lease_until`` and counts the attempt.
+(R2) **execute** the step as one signed exchange through the one-stop node, with the step's own
+     ``Idempotency-Key``: if the same step is sent again (retry after a lost answer, a runner that
+     crashed after sending), the registry answers with its first result and changes nothing twice.
+(R3) **complete** under the same guard (``claimed_by`` and attempt still ours): a runner whose lease
+     was taken over cannot overwrite the new owner's outcome. ``ok`` → done (SHA-256 of the answer
+     kept); transient (5xx, no connection) → pending again after exponential backoff
+     (``BASE_BACKOFF_S`` · 2^(attempt-1), capped at ``MAX_BACKOFF_S``), failed after
+     ``MAX_ATTEMPTS``; refused (403/400/409/404 other than "not enrolled") → failed with the
+     reason, without undoing other steps; "not enrolled" where enrolment was not known → skipped.
+     If the resident record itself fails, the notifications that would follow it are skipped:
+     nobody is told of an address the resident registry does not hold.
+(R4) **finish**: when every step is final the procedure becomes done / partial / failed and gets a
+     summary signed with the platform key (``procedures.certificate``); a guarded update makes
+     exactly one runner write it.
+
+Every completed step is also an ``AuditEvent`` of kind ``procedure.step`` (the exchanges themselves
+are audited by the nodes). Time is a parameter: ``run_once(now=…)``.
+
+Trust assumption: the database is shared only by trusted runners; the one-stop node is ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, and_, exists, or_, select, update
+from sqlalchemy.orm import Session, aliased
+
+from exchange.canonical import canonical_json
+from exchange.federation import ONE_STOP
+from exchange.ports import AuditEvent, AuditSink
+from exchange.signing import Signer
+from procedures.certificate import sign_certificate
+from procedures.model import FINAL_STATES, ProcedureStatus, StepState
+from procedures.one_stop import ADDRESS_CHANGE_PURPOSE, ExchangeOutcome, OneStopClient
+from procedures.store import ProcedureRow, StepRow
+
+__all__ = [
+    "BASE_BACKOFF_S",
+    "LEASE_S",
+    "MAX_ATTEMPTS",
+    "MAX_BACKOFF_S",
+    "ClaimedStep",
+    "ProcedureRunner",
+    "backoff_s",
+]
+
+LEASE_S = 60.0
+"""A claimed step not completed within this time is another runner's to take."""
+BASE_BACKOFF_S = 1.0
+MAX_BACKOFF_S = 300.0
+MAX_ATTEMPTS = 40
+"""With the backoff cap: a provider may be down for about three hours before a step fails."""
+CLAIM_BATCH = 32
+IDLE_POLL_S = 0.5
+MAX_REASON_CHARS = 500
+
+
+def backoff_s(
+    attempt: int, *, base_s: float = BASE_BACKOFF_S, cap_s: float = MAX_BACKOFF_S
+) -> float:
+    """Delay before the next attempt after ``attempt`` transient failures (1, 2, 4, … capped)."""
+    return float(min(cap_s, base_s * 2 ** max(0, attempt - 1)))
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedStep:
+    """A step this runner holds the lease of, with what it needs to send it."""
+
+    id: str
+    procedure_id: str
+    seq: int
+    order_group: int
+    recipient: str
+    subject: str
+    service: str
+    fields: tuple[str, ...]
+    body: dict[str, Any]
+    idempotency_key: str
+    consent_id: str | None
+    consent_artefact: str | None
+    if_enrolled: bool
+    attempt: int
+
+
+class ProcedureRunner:
+    """Claims, executes and completes due steps. Safe to run many at once (see R1–R4)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        client: OneStopClient,
+        signer: Signer,
+        *,
+        runner_id: str | None = None,
+        audit: AuditSink | None = None,
+        lease_s: float = LEASE_S,
+        base_backoff_s: float = BASE_BACKOFF_S,
+        max_backoff_s: float = MAX_BACKOFF_S,
+        max_attempts: int = MAX_ATTEMPTS,
+        batch: int = CLAIM_BATCH,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        self._engine = engine
+        self._client = client
+        self._signer = signer
+        self.runner_id = runner_id or f"runner-{uuid.uuid4().hex[:12]}"
+        self._audit = audit
+        self._lease = timedelta(seconds=lease_s)
+        self._base_backoff_s = base_backoff_s
+        self._max_backoff_s = max_backoff_s
+        self._max_attempts = max_attempts
+        self._batch = batch
+        self._clock = clock
+        self._postgres = engine.dialect.name == "postgresql"
+
+    # (R1) ---------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _claimable(now: datetime) -> Any:
+        earlier = aliased(StepRow)
+        blocked = exists().where(
+            earlier.procedure_id == StepRow.procedure_id,
+            earlier.order_group < StepRow.order_group,
+            earlier.state != StepState.DONE.value,
+        )
+        return and_(
+            or_(
+                and_(
+                    StepRow.state == StepState.PENDING.value,
+                    StepRow.next_attempt_at <= now,
+                ),
+                and_(StepRow.state == StepState.RUNNING.value, StepRow.lease_until < now),
+            ),
+            ~blocked,
+        )
+
+    def claim(self, now: datetime) -> list[ClaimedStep]:
+        """Claim up to ``batch`` due steps for this runner."""
+        claimed: list[ClaimedStep] = []
+        lease_until = now + self._lease
+        with Session(self._engine) as session, session.begin():
+            query = (
+                select(StepRow.id)
+                .where(self._claimable(now))
+                .order_by(StepRow.next_attempt_at, StepRow.seq)
+                .limit(self._batch)
+            )
+            if self._postgres:
+                query = query.with_for_update(skip_locked=True, of=StepRow)
+            ids = list(session.scalars(query).all())
+            for step_id in ids:
+                # The guard repeats the claim condition: on SQLite another runner may have won.
+                won = session.execute(
+                    update(StepRow)
+                    .where(StepRow.id == step_id, self._claimable(now))
+                    .values(
+                        state=StepState.RUNNING.value,
+                        claimed_by=self.runner_id,
+                        lease_until=lease_until,
+                        attempts=StepRow.attempts + 1,
+                    )
+                    .execution_options(synchronize_session=False)
+                )
+                if won.rowcount != 1:  # type: ignore[attr-defined]
+                    continue
+                row = session.get(StepRow, step_id, populate_existing=True)
+                assert row is not None
+                proc = session.get(ProcedureRow, row.procedure_id)
+                assert proc is not None
+                claimed.append(
+                    ClaimedStep(
+                        id=row.id,
+                        procedure_id=row.procedure_id,
+                        seq=row.seq,
+                        order_group=row.order_group,
+                        recipient=row.recipient,
+                        subject=proc.subject,
+                        service=row.service,
+                        fields=tuple(row.fields),
+                        body=dict(row.body),
+                        idempotency_key=row.idempotency_key,
+                        consent_id=row.consent_id,
+                        consent_artefact=row.consent_artefact,
+                        if_enrolled=row.if_enrolled,
+                        attempt=row.attempts,
+                    )
+                )
+        return claimed
+
+    # (R2) ---------------------------------------------------------------------------------------
+
+    async def execute(self, step: ClaimedStep) -> ExchangeOutcome:
+        """Send the step as one signed exchange (same idempotency key on every attempt)."""
+        return await self._client.change(
+            step.service,
+            step.subject,
+            step.body,
+            idempotency_key=step.idempotency_key,
+            fields=step.fields,
+            consent_id=step.consent_id,
+            consent_artefact=step.consent_artefact,
+        )
+
+    # (R3) ---------------------------------------------------------------------------------------
+
+    def complete(self, step: ClaimedStep, outcome: ExchangeOutcome, now: datetime) -> str | None:
+        """Record the outcome; returns the new state, or None when the lease was lost."""
+        values: dict[str, Any] = {"claimed_by": None, "lease_until": None}
+        if outcome.kind == "ok":
+            state = StepState.DONE
+            values.update(
+                result_hash=hashlib.sha256(canonical_json(outcome.data)).hexdigest(),
+                result=outcome.data if isinstance(outcome.data, dict) else {"data": outcome.data},
+                exchange_s=outcome.elapsed_s,
+                message_id=outcome.message_id,
+                last_error=None,
+            )
+        elif outcome.kind == "not-enrolled" and step.if_enrolled:
+            state = StepState.SKIPPED
+            values["last_error"] = "not enrolled there: not concerned"
+        elif outcome.kind == "transient" and step.attempt < self._max_attempts:
+            state = StepState.PENDING
+            delay = backoff_s(step.attempt, base_s=self._base_backoff_s, cap_s=self._max_backoff_s)
+            values.update(
+                next_attempt_at=now + timedelta(seconds=delay),
+                last_error=f"attempt {step.attempt}: {outcome.reason}",
+            )
+        elif outcome.kind == "transient":
+            state = StepState.FAILED
+            values["last_error"] = f"gave up after {step.attempt} attempts: {outcome.reason}"
+        else:
+            state = StepState.FAILED
+            values["last_error"] = outcome.reason
+        if state in FINAL_STATES:
+            values["finished_at"] = now
+        values["state"] = state.value
+        if values.get("last_error"):
+            values["last_error"] = str(values["last_error"])[:MAX_REASON_CHARS]
+        with Session(self._engine) as session, session.begin():
+            mine = session.execute(
+                update(StepRow)
+                .where(
+                    StepRow.id == step.id,
+                    StepRow.state == StepState.RUNNING.value,
+                    StepRow.claimed_by == self.runner_id,
+                    StepRow.attempts == step.attempt,
+                )
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            )
+            if mine.rowcount != 1:  # type: ignore[attr-defined]
+                return None  # our lease was taken over: the new owner decides
+            if state is StepState.FAILED and step.order_group == 0:
+                session.execute(
+                    update(StepRow)
+                    .where(
+                        StepRow.procedure_id == step.procedure_id,
+                        StepRow.order_group > 0,
+                        StepRow.state == StepState.PENDING.value,
+                    )
+                    .values(
+                        state=StepState.SKIPPED.value,
+                        last_error="not sent: the resident record could not be changed",
+                        finished_at=now,
+                    )
+                    .execution_options(synchronize_session=False)
+                )
+        self._record(step, state, outcome, now, values.get("last_error"))
+        return state.value
+
+    def _record(
+        self,
+        step: ClaimedStep,
+        state: StepState,
+        outcome: ExchangeOutcome,
+        now: datetime,
+        reason: str | None,
+    ) -> None:
+        if self._audit is None:
+            return
+        decision = {
+            StepState.DONE: "allow",
+            StepState.FAILED: "deny",
+            StepState.PENDING: "error",
+        }.get(state, "info")
+        self._audit.record(
+            AuditEvent(
+                time=now,
+                node=str(ONE_STOP.member),
+                kind="procedure.step",
+                decision=decision,  # type: ignore[arg-type]
+                client=str(ONE_STOP),
+                service=step.service,
+                purpose=ADDRESS_CHANGE_PURPOSE,
+                subject=step.subject,
+                consent_id=step.consent_id,
+                reason=reason,
+                message_id=outcome.message_id,
+                status=outcome.status,
+                extra={
+                    "procedure": step.procedure_id,
+                    "step": str(step.seq),
+                    "state": state.value,
+                    "attempt": str(step.attempt),
+                },
+            )
+        )
+
+    # (R4) ---------------------------------------------------------------------------------------
+
+    def finish(self, procedure_id: str, now: datetime) -> str | None:
+        """If every step is final: the procedure's final status and signed summary (once)."""
+        with Session(self._engine) as session:
+            proc = session.get(ProcedureRow, procedure_id)
+            if proc is None or proc.status != ProcedureStatus.RUNNING.value:
+                return None
+            steps = sorted(
+                session.scalars(select(StepRow).where(StepRow.procedure_id == procedure_id)),
+                key=lambda s: s.seq,
+            )
+            if not all(StepState(s.state) in FINAL_STATES for s in steps):
+                return None
+            status = _final_status(steps)
+            certificate = sign_certificate(_summary(proc, steps, status, now), self._signer)
+        with Session(self._engine) as session, session.begin():
+            won = session.execute(
+                update(ProcedureRow)
+                .where(
+                    ProcedureRow.id == procedure_id,
+                    ProcedureRow.status == ProcedureStatus.RUNNING.value,
+                )
+                .values(status=status.value, result=certificate, finished_at=now, updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            if won.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+        return status.value
+
+    # -- loops ------------------------------------------------------------------------------------
+
+    async def _process(self, step: ClaimedStep, now: datetime | None) -> None:
+        outcome = await self.execute(step)
+        at = now or self._clock()
+        state = await asyncio.to_thread(self.complete, step, outcome, at)
+        if state is not None and StepState(state) in FINAL_STATES:
+            await asyncio.to_thread(self.finish, step.procedure_id, at)
+
+    async def run_once(self, now: datetime | None = None) -> int:
+        """Claim the due steps and carry them out concurrently; returns how many were run."""
+        steps = await asyncio.to_thread(self.claim, now or self._clock())
+        await asyncio.gather(*(self._process(s, now) for s in steps))
+        return len(steps)
+
+    async def run_forever(self, stop: asyncio.Event, *, idle_s: float = IDLE_POLL_S) -> None:
+        """Run until ``stop`` is set; waits ``idle_s`` between rounds that found nothing due."""
+        while not stop.is_set():
+            ran = await self.run_once()
+            if ran == 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=idle_s)
+
+
+def _final_status(steps: Sequence[StepRow]) -> ProcedureStatus:
+    resident = [s for s in steps if s.order_group == 0]
+    if any(s.state != StepState.DONE.value for s in resident):
+        return ProcedureStatus.FAILED
+    if any(s.state == StepState.FAILED.value for s in steps):
+        return ProcedureStatus.PARTIAL
+    return ProcedureStatus.DONE
+
+
+def _summary(
+    proc: ProcedureRow, steps: Sequence[StepRow], status: ProcedureStatus, now: datetime
+) -> dict[str, Any]:
+    plan = proc.plan
+    return {
+        "procedure": proc.id,
+        "kind": proc.kind,
+        "subject": proc.subject,
+        "platform": str(ONE_STOP),
+        "issued_at": _iso(now),
+        "status": status.value,
+        "move_date": plan["move_date"],
+        "new_address": plan["new_address"],
+        "previous_address": plan.get("current_address"),
+        "steps": [
+            {
+                "recipient": s.recipient,
+                "service": s.service,
+                "basis": s.basis,
+                "statute": s.statute,
+                "consent_id": s.consent_id,
+                "sent": dict(s.body) if s.state == StepState.DONE.value else {},
+                "state": s.state,
+                "result_sha256": s.result_hash,
+                "reason": s.last_error,
+                "finished_at": _iso(s.finished_at) if s.finished_at else None,
+            }
+            for s in steps
+        ],
+    }
+
+
+def _iso(moment: datetime) -> str:
+    """UTC ISO 8601; SQLite hands timestamps back naive (they are stored in UTC)."""
+    aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    return aware.astimezone(UTC).isoformat()
