@@ -20,6 +20,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import text
+from starlette.routing import Mount
 
 from audit.verify import verify_export
 from exchange.db import make_engine
@@ -29,6 +30,7 @@ from exchange.federation import (
     Provisioned,
     free_socket,
     member_prefix,
+    one_stop_app,
     provision,
 )
 from exchange.identifiers import ClientId
@@ -357,10 +359,13 @@ async def run_demo(console: Console, *, data_dir: Path | None, citizens: int) ->
 
 async def run_serve(console: Console, settings: Settings, *, port: int, citizens: int) -> None:
     sock = free_socket(port=port)
-    federation = LocalFederation(settings, sock)
-    fed = provision(
-        settings, federation.base_url, citizens=citizens, progress=lambda m: console.log(m)
+    host, bound = sock.getsockname()[:2]
+    base = f"http://{host}:{bound}"
+    fed = provision(settings, base, citizens=citizens, progress=lambda m: console.log(m))
+    desk = one_stop_app(
+        settings, base + member_prefix(ONE_STOP.member), fed.api_keys[str(ONE_STOP)]
     )
+    federation = LocalFederation(settings, sock, extra_mounts=[Mount("/one-stop", app=desk)])
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, federation.stop)

@@ -35,13 +35,17 @@ from exchange.node.compose import (
     build_central_routers,
     build_node_parts,
     consent_issuer_key,
+    consent_service,
     pseudonym_service,
     registry_database_url,
+    token_verifier,
 )
 from exchange.provisioning import init_instance, issue_api_key, provision_subsystem
 from exchange.registry_admin import RegistryAdmin
 from exchange.settings import Settings
+from exchange.signing import MemberSigner, load_private_key
 from exchange.tokens import DevIssuer
+from exchange.web.problems import install_problem_handlers
 
 __all__ = [
     "ONE_STOP",
@@ -49,6 +53,7 @@ __all__ = [
     "LocalFederation",
     "Right",
     "member_prefix",
+    "one_stop_app",
     "provision",
 ]
 
@@ -321,6 +326,7 @@ class LocalFederation:
             for m in _members()
         }
         apps: list[FastAPI] = [central, *nodes.values()]
+        apps += [m.app for m in self._extra if isinstance(m.app, FastAPI)]
 
         @contextlib.asynccontextmanager
         async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -370,3 +376,44 @@ class LocalFederation:
 
 def describe(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
+
+
+def one_stop_app(settings: Settings, node_url: str, api_key: str) -> FastAPI:
+    """Machida's one-stop desk: the citizens' procedures API and the durable step runner.
+
+    It calls the one-stop subsystem's own node (``node_url``) like any departmental system; the
+    runner resumes pending steps after a restart (they are rows in the database)."""
+    from procedures.address_change import AddressChangeService
+    from procedures.api import build_router
+    from procedures.one_stop import OneStopClient
+    from procedures.runner import ProcedureRunner
+
+    engine = make_engine(database_url(settings, "procedures"))
+    upgrade(engine)
+    keys = KeyStore(settings.data_dir)
+    signer = MemberSigner(load_private_key(keys.subsystem_key(ONE_STOP)))
+    client = OneStopClient(node_url, api_key)
+    consents = consent_service(settings)
+    service = AddressChangeService(engine, client, consents)
+    runner = ProcedureRunner(engine, client, signer)
+    stop = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        async with client:
+            task = asyncio.create_task(runner.run_forever(stop))
+            try:
+                yield
+            finally:
+                stop.set()
+                await asyncio.gather(task, return_exceptions=True)
+                engine.dispose()
+
+    app = FastAPI(title="onceonly one-stop desk", lifespan=lifespan, docs_url=None, redoc_url=None)
+    install_problem_handlers(app)
+    app.include_router(
+        build_router(service, token_verifier(settings), clock=lambda: datetime.now(UTC))
+    )
+    app.state.procedures = service
+    app.state.consents = consents
+    return app

@@ -10,13 +10,14 @@ Trust assumption: modules and data are the operator's. rego-cpp is a reimplement
 built-in errors are made strict (an unsupported built-in would otherwise read as undefined, and a
 rule that silently stops matching could change a decision), and the query binds the result to a
 variable (a bare ``false`` reads as undefined). One interpreter is not safe to share between
-threads (input and query are two calls), so evaluations take a lock.
+threads (input and query are two calls), so each evaluation borrows one from a small pool.
 """
 
 from __future__ import annotations
 
 import json
-import threading
+import os
+import queue
 from collections.abc import Mapping
 
 import regopy
@@ -26,44 +27,64 @@ from exchange.ports import JsonValue
 __all__ = ["RESULT_VAR", "CompiledQuery", "RegoFailure"]
 
 RESULT_VAR = "x"
+DEFAULT_COPIES = min(4, os.cpu_count() or 1)
+"""Interpreters compiled per data version: evaluations in parallel, one per core."""
 
 
 class RegoFailure(Exception):
     """rego-cpp refused the modules or the data, or failed to evaluate."""
 
 
+def _compile(
+    modules: Mapping[str, str], data_json: str, query: str
+) -> tuple[regopy.Interpreter, regopy.Bundle]:
+    interpreter = regopy.Interpreter()
+    interpreter.strict_built_in_errors = True
+    try:
+        for name, source in modules.items():
+            interpreter.add_module(name, source)
+        interpreter.add_data_json(data_json)
+        bundle = interpreter.build(query)
+    except regopy.RegoError as exc:
+        raise RegoFailure(str(exc)) from exc
+    if not bundle.ok():
+        raise RegoFailure(f"rego-cpp could not compile the query {query!r}")
+    return interpreter, bundle
+
+
 class CompiledQuery:
     """``query`` (binding ``x``) compiled over ``modules`` and ``data``; thread-safe."""
 
     def __init__(
-        self, modules: Mapping[str, str], data: Mapping[str, JsonValue], query: str
+        self,
+        modules: Mapping[str, str],
+        data: Mapping[str, JsonValue],
+        query: str,
+        *,
+        copies: int = DEFAULT_COPIES,
     ) -> None:
-        interpreter = regopy.Interpreter()
-        interpreter.strict_built_in_errors = True
-        try:
-            for name, source in modules.items():
-                interpreter.add_module(name, source)
-            interpreter.add_data_json(json.dumps(data))
-            bundle = interpreter.build(query)
-        except regopy.RegoError as exc:
-            raise RegoFailure(str(exc)) from exc
-        if not bundle.ok():
-            raise RegoFailure(f"rego-cpp could not compile the query {query!r}")
-        self._interpreter = interpreter
-        self._bundle = bundle
-        self._lock = threading.Lock()
+        data_json = json.dumps(data)
+        self._pool: queue.SimpleQueue[tuple[regopy.Interpreter, regopy.Bundle]] = (
+            queue.SimpleQueue()
+        )
+        for _ in range(max(1, copies)):
+            self._pool.put(_compile(modules, data_json, query))
         self.query = query
 
     def evaluate(self, input_doc: JsonValue) -> tuple[bool, JsonValue]:
         """``(True, value)`` when the result is defined, ``(False, None)`` when undefined."""
+        # One interpreter serves one evaluation at a time (input and query are two calls); the
+        # pool lets evaluations run in parallel: ctypes releases the GIL inside rego-cpp.
+        interpreter, bundle = self._pool.get()
         try:
-            with self._lock:
-                self._interpreter.set_input(regopy.Input(input_doc))
-                output = self._interpreter.query_bundle(self._bundle)
-                ok = output.ok()
-                results = output.results
+            interpreter.set_input(regopy.Input(input_doc))
+            output = interpreter.query_bundle(bundle)
+            ok = output.ok()
+            results = output.results
         except (regopy.RegoError, ValueError, TypeError) as exc:
             raise RegoFailure(str(exc)) from exc
+        finally:
+            self._pool.put((interpreter, bundle))
         if not ok:
             raise RegoFailure("rego-cpp reported an evaluation error")
         if not results or RESULT_VAR not in results[0].bindings:
