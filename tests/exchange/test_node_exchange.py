@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,11 @@ from tests.exchange._federation import (
 
 
 @pytest.fixture
-def fed(tmp_path: Path, db_url: str) -> Federation:
-    return build_federation(tmp_path, db_url)
+def fed(tmp_path: Path, db_url: str) -> Iterator[Federation]:
+    federation = build_federation(tmp_path, db_url)
+    yield federation
+    # The apps' lifespans never ran (in-memory transport): close their pools here.
+    federation.central_engine.dispose()
 
 
 def _headers(fed: Federation, client: object, **extra: str) -> dict[str, str]:
