@@ -31,6 +31,7 @@ from exchange.federation import (
     free_socket,
     member_prefix,
     one_stop_app,
+    portal_app,
     provision,
 )
 from exchange.identifiers import ClientId
@@ -365,7 +366,10 @@ async def run_serve(console: Console, settings: Settings, *, port: int, citizens
     desk = one_stop_app(
         settings, base + member_prefix(ONE_STOP.member), fed.api_keys[str(ONE_STOP)]
     )
-    federation = LocalFederation(settings, sock, extra_mounts=[Mount("/one-stop", app=desk)])
+    portal = portal_app(settings, desk)
+    federation = LocalFederation(
+        settings, sock, extra_mounts=[Mount("/one-stop", app=desk), Mount("/portal", app=portal)]
+    )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, federation.stop)
@@ -373,6 +377,7 @@ async def run_serve(console: Console, settings: Settings, *, port: int, citizens
     server = asyncio.create_task(federation.serve(started))
     await started.wait()
     console.print(f"onceonly is running on {federation.base_url} (Ctrl-C stops it)")
+    console.print(f"portal (citizens and auditors): {federation.base_url}/portal/")
     table = Table(title="API keys of the departmental systems (shown once)")
     table.add_column("client")
     table.add_column("node")

@@ -14,37 +14,43 @@ import asyncio
 import contextlib
 import json
 import socket
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
+from sqlalchemy import text
 from starlette.routing import Mount
 
 from adapters.reference.registries import REFERENCE_REGISTRIES
 from adapters.seed import seed
 from exchange.db import make_engine, upgrade
+from exchange.errors import OnceOnlyError
 from exchange.identifiers import ClientId, MemberId, ServiceId
 from exchange.keystore import KeyStore
 from exchange.node.app import create_node_app, database_url
 from exchange.node.central import create_central_app
 from exchange.node.compose import (
     PSEUDONYMS,
+    AgencyAliases,
+    audit_log,
     build_central_routers,
     build_node_parts,
     consent_issuer_key,
     consent_service,
     pseudonym_service,
     registry_database_url,
+    subjects_of,
     token_verifier,
 )
+from exchange.ports import CITIZEN_AGENCY
 from exchange.provisioning import init_instance, issue_api_key, provision_subsystem
 from exchange.registry_admin import RegistryAdmin
 from exchange.settings import Settings
 from exchange.signing import MemberSigner, load_private_key
-from exchange.tokens import DevIssuer
+from exchange.tokens import DevIssuer, Principal
 from exchange.web.problems import install_problem_handlers
 
 __all__ = [
@@ -54,12 +60,14 @@ __all__ = [
     "Right",
     "member_prefix",
     "one_stop_app",
+    "portal_app",
     "provision",
 ]
 
 INSTANCE = "JP"
 MACHIDA = MemberId.parse("JP/GOV/132098")
 ONE_STOP = ClientId(MACHIDA, "one-stop")
+RESIDENTS_AGENCY = "JP/GOV/132098/resident-registry"
 """Machida's one-stop service desk: a consumer-only subsystem that runs procedures."""
 
 
@@ -417,3 +425,56 @@ def one_stop_app(settings: Settings, node_url: str, api_key: str) -> FastAPI:
     app.state.procedures = service
     app.state.consents = consents
     return app
+
+
+def portal_app(settings: Settings, desk: FastAPI | None, *, citizens: int = 5) -> FastAPI:
+    """The citizens' and auditors' portal over the local federation's services and logs."""
+    from portal import build_portal
+
+    logs = {}
+    for member in _members():
+        engine = make_engine(database_url(settings, f"node-{str(member).replace('/', '_')}"))
+        upgrade(engine)
+        logs[str(member)] = audit_log(settings, engine, str(member))
+    pseudonyms = pseudonym_service(settings)
+    residents = make_engine(registry_database_url(settings, "resident-registry"))
+    demo: list[tuple[str, str]] = []
+    with residents.connect() as conn:
+        rows = conn.execute(
+            text("SELECT resident_id, name FROM residents ORDER BY resident_id LIMIT :n"),
+            {"n": citizens},
+        ).all()
+    residents.dispose()
+    for resident_id, name in rows:
+        with contextlib.suppress(OnceOnlyError):
+            citizen = pseudonyms.translate(
+                str(resident_id), from_agency=RESIDENTS_AGENCY, to_agency=CITIZEN_AGENCY
+            )
+            demo.append((citizen, str(name)))
+    issuer = DevIssuer.load_or_create(
+        settings.data_dir, issuer=settings.jwt_issuer, audience=settings.jwt_audience
+    )
+    subjects = AgencyAliases(pseudonyms, {})
+    return build_portal(
+        settings,
+        consent=desk.state.consents if desk is not None else consent_service(settings),
+        logs=logs,
+        subjects_of=_with_own_id(subjects_of(subjects)),
+        issuer=issuer,
+        verifier=issuer.verifier(),
+        demo_citizens=demo,
+        procedures=desk.state.procedures if desk is not None else None,
+        # The local federation speaks plain HTTP on loopback (Chromium keeps Secure cookies
+        # for http://127.0.0.1 too, other browsers may not): Secure stays on.
+    )
+
+
+def _with_own_id(
+    lookup: Callable[[Principal], Collection[str]],
+) -> Callable[[Principal], Collection[str]]:
+    """Consent changes are logged under the citizen's own id: show those entries too."""
+
+    def both(principal: Principal) -> Collection[str]:
+        return {*lookup(principal), principal.subject}
+
+    return both
