@@ -52,6 +52,7 @@ from exchange.identifiers import ClientId, ServiceId
 from exchange.ports import ConsentQuery
 from exchange.tokens import Principal, TokenVerifier
 from exchange.web.auth import bearer_principal
+from exchange.web.body import read_body
 
 __all__ = ["MAX_BODY_BYTES", "Authenticator", "build_citizen_router", "build_gate_router"]
 
@@ -62,17 +63,7 @@ _HTML_CSP = "default-src 'none'; style-src 'unsafe-inline'"
 
 
 async def _body(request: Request) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
-        raise ClientError("request body too large", code="Client.PayloadTooLarge")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise ClientError("request body too large", code="Client.PayloadTooLarge")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return await read_body(request, limit=MAX_BODY_BYTES)
 
 
 def build_citizen_router(

@@ -54,6 +54,7 @@ from exchange.signing import (
     load_private_key,
     public_key_from_pem,
 )
+from exchange.web.body import read_body
 from exchange.web.problems import install_problem_handlers
 
 __all__ = ["NodeParts", "create_node_app", "database_url", "utc_now"]
@@ -108,20 +109,6 @@ def _load_signers(keys: KeyStore, member: MemberId) -> dict[ClientId, MemberSign
     if not signers:
         raise ConfigurationError(f"no subsystem keys for {member}: run `onceonly keys member`")
     return signers
-
-
-async def _read_body(request: Request) -> bytes:
-    length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > MAX_REQUEST_BYTES):
-        raise ClientError("request too large", code="Client.PayloadTooLarge")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_REQUEST_BYTES:
-            raise ClientError("request too large", code="Client.PayloadTooLarge")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _service_json(s: ServiceEntry) -> dict[str, Any]:
@@ -292,7 +279,7 @@ def create_node_app(
     @app.post("/x1/messages")
     async def messages(request: Request) -> Response:
         started = time.perf_counter()
-        answer = await provider.handle(await _read_body(request))
+        answer = await provider.handle(await read_body(request, limit=MAX_REQUEST_BYTES))
         metrics.exchanges.labels("provider", "ok" if answer.status == 200 else "refused").inc()
         metrics.latency.labels("provider").observe(time.perf_counter() - started)
         return Response(answer.body, status_code=answer.status, headers=dict(answer.headers))
@@ -312,7 +299,11 @@ def create_node_app(
         try:
             result = await consumer.call(
                 ConsumerCall(
-                    request.method, path, request.url.query, headers, await _read_body(request)
+                    request.method,
+                    path,
+                    request.url.query,
+                    headers,
+                    await read_body(request, limit=MAX_REQUEST_BYTES),
                 )
             )
         except OnceOnlyError:

@@ -1,6 +1,13 @@
 """The web edge shared by every HTTP face: problem+json mapping and bearer-token principals."""
 
 from exchange.web.auth import bearer_principal
+from exchange.web.body import read_body
 from exchange.web.problems import PROBLEM_BASE, install_problem_handlers, problem_response
 
-__all__ = ["PROBLEM_BASE", "bearer_principal", "install_problem_handlers", "problem_response"]
+__all__ = [
+    "PROBLEM_BASE",
+    "bearer_principal",
+    "install_problem_handlers",
+    "problem_response",
+    "read_body",
+]
