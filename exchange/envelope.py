@@ -22,7 +22,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -37,6 +37,7 @@ __all__ = [
     "RequestEnvelope",
     "ResponseEnvelope",
     "SignedMessage",
+    "Unverified",
     "UnverifiedRequest",
     "UnverifiedResponse",
     "body_hash",
@@ -91,6 +92,9 @@ class ResponseEnvelope(_Wire):
     error_code: str | None = Field(default=None, max_length=128)
 
 
+E = TypeVar("E", RequestEnvelope, ResponseEnvelope)
+
+
 class SignedMessage(_Wire):
     envelope: dict[str, object]
     signature: str = Field(max_length=4096)
@@ -118,8 +122,10 @@ def seal(envelope: RequestEnvelope | ResponseEnvelope, body: bytes, signer: Sign
 
 
 @dataclass(frozen=True, slots=True)
-class UnverifiedRequest:
-    envelope: RequestEnvelope
+class Unverified(Generic[E]):
+    """A parsed message that nothing may trust yet (step 1 done, steps 2–8 to come)."""
+
+    envelope: E
     raw_envelope: dict[str, object]
     signature: str
     body: bytes
@@ -130,17 +136,8 @@ class UnverifiedRequest:
         return canonical_json(self.raw_envelope)
 
 
-@dataclass(frozen=True, slots=True)
-class UnverifiedResponse:
-    envelope: ResponseEnvelope
-    raw_envelope: dict[str, object]
-    signature: str
-    body: bytes
-    kid: str
-
-    def signing_input(self) -> bytes:
-        """The bytes the sender signed: the envelope exactly as received, canonicalised."""
-        return canonical_json(self.raw_envelope)
+UnverifiedRequest = Unverified[RequestEnvelope]
+UnverifiedResponse = Unverified[ResponseEnvelope]
 
 
 def _parse(raw: bytes) -> tuple[SignedMessage, bytes, str]:
@@ -161,22 +158,21 @@ def _parse(raw: bytes) -> tuple[SignedMessage, bytes, str]:
     return msg, body, kid
 
 
-def parse_unverified_request(raw: bytes) -> UnverifiedRequest:
+def _parse_as(raw: bytes, model: type[E]) -> Unverified[E]:
     msg, body, kid = _parse(raw)
     try:
-        env = RequestEnvelope.model_validate(msg.envelope)
+        env = model.model_validate(msg.envelope)
     except ValidationError as exc:
         raise VerificationError("malformed envelope") from exc
-    return UnverifiedRequest(env, msg.envelope, msg.signature, body, kid)
+    return Unverified(env, msg.envelope, msg.signature, body, kid)
+
+
+def parse_unverified_request(raw: bytes) -> UnverifiedRequest:
+    return _parse_as(raw, RequestEnvelope)
 
 
 def parse_unverified_response(raw: bytes) -> UnverifiedResponse:
-    msg, body, kid = _parse(raw)
-    try:
-        env = ResponseEnvelope.model_validate(msg.envelope)
-    except ValidationError as exc:
-        raise VerificationError("malformed envelope") from exc
-    return UnverifiedResponse(env, msg.envelope, msg.signature, body, kid)
+    return _parse_as(raw, ResponseEnvelope)
 
 
 def body_hash(body: bytes) -> str:
