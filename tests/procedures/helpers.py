@@ -190,7 +190,7 @@ class Federation(RegistryLook):
     def start(self, name: str) -> None:
         served = self.served[name]
         app = self._app(name)
-        sock = _bind(served.port)
+        sock = served.sock if served.sock is not None else _bind(served.port)
         server = uvicorn.Server(
             uvicorn.Config(app, log_level="error", access_log=False, lifespan="on")
         )
@@ -218,6 +218,10 @@ class Federation(RegistryLook):
     def close(self) -> None:
         for name in reversed(list(self.served)):
             self.stop(name)
+            leftover = self.served[name].sock  # bound for a server that never started
+            if leftover is not None:
+                leftover.close()
+                self.served[name].sock = None
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
         self.loop.close()
@@ -263,10 +267,10 @@ def _member_of(registry: str) -> str:
 
 
 def start_federation(tmp_path: Path, db_url: str, *, citizens: int = 60) -> Federation:
-    ports: dict[str, int] = {}
-    for m in ("central", *MEMBERS):
-        with _bind() as s:
-            ports[str(m)] = s.getsockname()[1]
+    # Bound now and kept: a port closed and re-bound later can be taken meanwhile as the source
+    # port of an outgoing connection ("Address already in use").
+    socks = {str(m): _bind() for m in ("central", *MEMBERS)}
+    ports = {name: int(sock.getsockname()[1]) for name, sock in socks.items()}
     postgres = db_url.startswith("postgresql")
     settings = Settings(
         data_dir=tmp_path / "data",
@@ -298,7 +302,7 @@ def start_federation(tmp_path: Path, db_url: str, *, citizens: int = 60) -> Fede
         signer=signer,
         loop=loop,
         thread=thread,
-        served={name: _Served(port) for name, port in ports.items()},
+        served={name: _Served(ports[name], socks[name]) for name in ports},
     )
     try:
         for name in ports:
