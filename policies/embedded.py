@@ -51,11 +51,13 @@ class EmbeddedRegoEngine:
         self._modules = dict(modules) if modules is not None else policy_modules()
         if not self._modules:
             raise PolicyCompileError("no policy modules to load")
-        # Caching is exact only if the policy never reads the inputs the key leaves out.
+        # Caching is exact only if the policy never reads the inputs the key leaves out (``now``
+        # is read, but only against window boundaries: the interval stands in for it).
         self._cacheable = not any(
             re.search(rf"\binput\.{name}\b", src)
             for src in self._modules.values()
             for name in _UNREAD
+            if name != "now"
         )
         self._caches: dict[int, _DecisionCache] = {}
         self._compiled = self._compile(data if data is not None else empty_policy_data())

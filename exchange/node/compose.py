@@ -79,6 +79,7 @@ __all__ = [
 PSEUDONYMS = "pseudonyms"
 CONSENT_ISSUER = "onceonly-information-bank"
 CONSENT_LOG = "consent-service"
+MAX_CACHED_TRANSLATIONS = 100_000
 ONE_STOP_CLIENT = "JP/GOV/132098/one-stop"
 """Machida's one-stop desk acts for the citizen and knows them by their own platform identity."""
 PSEUDONYM_AGENCIES: tuple[str, ...] = (
@@ -109,13 +110,23 @@ class AgencyAliases:
     def __init__(self, inner: SubjectTranslator, aliases: dict[str, str]) -> None:
         self._inner = inner
         self._aliases = aliases
+        self._cache: dict[tuple[str, str, str], str] = {}
 
     def translate(self, subject: str, *, from_agency: str, to_agency: str) -> str:
         src = self._aliases.get(from_agency, from_agency)
         dst = self._aliases.get(to_agency, to_agency)
         if src == dst:
             return subject
-        return self._inner.translate(subject, from_agency=src, to_agency=dst)
+        # Pseudonyms are issued once and never reassigned, so a translation found stays true;
+        # an unknown one is not remembered (a citizen enrolled a moment ago is found next time).
+        key = (subject, src, dst)
+        found = self._cache.get(key)
+        if found is None:
+            found = self._inner.translate(subject, from_agency=src, to_agency=dst)
+            if len(self._cache) >= MAX_CACHED_TRANSLATIONS:
+                self._cache.clear()
+            self._cache[key] = found
+        return found
 
 
 class LogSink:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from exchange.identifiers import ClientId, ServiceId
 from exchange.ports import PolicyInput
 from policies import (
@@ -71,3 +73,23 @@ def test_new_data_drops_the_cache() -> None:
         )
     )
     assert not engine.decide(_ask(END - timedelta(hours=1)))
+
+
+def test_a_repeated_allow_is_served_without_evaluating_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    engine = _engine()
+    calls: list[object] = []
+    compiled = engine._compiled
+    real = compiled.evaluate
+
+    def counting(doc: object) -> tuple[bool, object]:
+        calls.append(doc)
+        return real(doc)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(compiled, "evaluate", counting)
+    for minutes in (50, 40, 30):
+        assert engine.decide(_ask(END - timedelta(minutes=minutes), subject=f"S{minutes}"))
+    assert len(calls) == 1
+    assert not engine.decide(_ask(END))  # past the boundary: evaluated again, and refused
+    assert len(calls) == 2
