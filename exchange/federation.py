@@ -17,7 +17,6 @@ import socket
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -380,10 +379,6 @@ class LocalFederation:
     def stop(self) -> None:
         if self._server is not None:
             self._server.should_exit = True
-
-
-def describe(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
 
 
 def one_stop_app(settings: Settings, node_url: str, api_key: str) -> FastAPI:

@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from exchange.canonical import sha256_b64
 from exchange.envelope import (
@@ -60,7 +58,7 @@ from exchange.ports import (
 from exchange.replay import ReplayGuard
 from exchange.signing import MemberSigner
 from exchange.verification import VerifiedRequest, verify_request
-from exchange.web.problems import problem_type
+from exchange.web.problems import problem_document
 
 __all__ = ["Provider", "ProviderAnswer", "filter_fields"]
 
@@ -84,16 +82,10 @@ def filter_fields(data: JsonValue, allowed: frozenset[str]) -> JsonValue:
 
 
 def _problem(status: int, code: str, detail: str, reasons: tuple[str, ...] = ()) -> bytes:
-    body: dict[str, Any] = {
-        "type": problem_type(code),
-        "title": "Refused" if status == 403 else "Error",
-        "status": status,
-        "detail": detail,
-        "code": code,
-    }
-    if reasons:
-        body["reasons"] = list(reasons)
-    return json.dumps(body, ensure_ascii=False).encode()
+    extra = {"reasons": list(reasons)} if reasons else None
+    return json.dumps(
+        problem_document(status, code, detail, extra=extra), ensure_ascii=False
+    ).encode()
 
 
 class UpstreamFailure(TransportError):
@@ -391,7 +383,3 @@ class Provider:
                 extra={"stage": "verification"},
             )
         )
-
-
-def new_message_id() -> str:
-    return str(uuid.uuid4())

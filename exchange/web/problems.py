@@ -20,7 +20,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from exchange.errors import OnceOnlyError, VerificationError
 
-__all__ = ["PROBLEM_BASE", "install_problem_handlers", "problem_response", "problem_type"]
+__all__ = [
+    "PROBLEM_BASE",
+    "install_problem_handlers",
+    "problem_document",
+    "problem_response",
+    "problem_type",
+]
 
 PROBLEM_BASE = "https://onceonly.example/problems/"
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -49,14 +55,15 @@ def problem_type(code: str) -> str:
     return PROBLEM_BASE + code.lower()
 
 
-def problem_response(
+def problem_document(
     status: int,
     code: str,
     detail: str,
     *,
     instance: str | None = None,
     extra: dict[str, Any] | None = None,
-) -> JSONResponse:
+) -> dict[str, Any]:
+    """The RFC 9457 body; also what a provider node signs into a refusal."""
     body: dict[str, Any] = {
         "type": problem_type(code),
         "title": _TITLES.get(status, "Error"),
@@ -68,8 +75,22 @@ def problem_response(
         body["instance"] = instance
     if extra:
         body.update(extra)
+    return body
+
+
+def problem_response(
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    instance: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> JSONResponse:
     return JSONResponse(
-        body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers={"X-Road-Error": code}
+        problem_document(status, code, detail, instance=instance, extra=extra),
+        status_code=status,
+        media_type=PROBLEM_MEDIA_TYPE,
+        headers={"X-Road-Error": code},
     )
 
 

@@ -120,7 +120,7 @@ class Federation:
         ).to_bytes()
 
 
-def build_federation(tmp_path: Path, db_url: str, *, policy: object | None = None) -> Federation:
+def build_federation(tmp_path: Path, db_url: str) -> Federation:
     now = datetime.now(UTC)
     keys = KeyStore(tmp_path / "data")
     init_instance(keys, "JP", now=now)
