@@ -24,7 +24,12 @@ from exchange.errors import OnceOnlyError
 from exchange.identifiers import ClientId, MemberId, ServiceId
 from exchange.keystore import KeyStore
 from exchange.node.app import database_url
-from exchange.provisioning import init_instance, issue_api_key, provision_subsystem
+from exchange.provisioning import (
+    init_instance,
+    issue_api_key,
+    provision_subsystem,
+    revoke_api_keys,
+)
 from exchange.registry_admin import RegistryAdmin
 from exchange.settings import Settings
 
@@ -122,6 +127,20 @@ def keys_api_key(client: str, data_dir: DataDir = None) -> None:
         engine = make_engine(database_url(settings, f"node-{str(cid.member).replace('/', '_')}"))
         upgrade(engine)
         console.print(issue_api_key(engine, node=str(cid.member), client=cid, now=_now()))
+    except OnceOnlyError as exc:
+        _fail(exc)
+
+
+@keys_app.command("revoke-api-key")
+def keys_revoke_api_key(client: str, data_dir: DataDir = None) -> None:
+    """Revoke every API key of CLIENT at its node (a running node stops accepting them within 5 s)."""
+    settings = _settings(data_dir)
+    try:
+        cid = ClientId.parse(client)
+        engine = make_engine(database_url(settings, f"node-{str(cid.member).replace('/', '_')}"))
+        upgrade(engine)
+        count = revoke_api_keys(engine, node=str(cid.member), client=cid)
+        console.print(f"revoked {count} API key(s) of {cid}")
     except OnceOnlyError as exc:
         _fail(exc)
 

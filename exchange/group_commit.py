@@ -1,4 +1,4 @@
-"""Group commit of audit records: durable before the answer, batched under load.
+"""Group commit: durable before the answer, batched under load (audit records, replay ids).
 
 Every exchange writes two or three audit records. Writing each in its own transaction costs a
 round trip (PostgreSQL) or a commit (SQLite) per record; ``../shared/notes/perf-baselines.md``
@@ -11,14 +11,59 @@ waiter of that batch gets the error (fail closed).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Sequence
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 from exchange.ports import AuditEvent, AuditSink
 
-__all__ = ["BatchAuditSink", "GroupCommitSink", "SqlBatch"]
+__all__ = ["BatchAuditSink", "GroupCommit", "GroupCommitSink", "SqlBatch"]
 
 MAX_BATCH = 256
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class GroupCommit(Generic[T, R]):
+    """``await batcher.submit(item)`` returns ``write([... item ...])``'s result for ``item``.
+
+    One writer at a time runs ``write`` in a worker thread on everything that queued up while
+    the previous batch was being written (at most ``MAX_BATCH``), so under load N callers cost one
+    transaction, and alone a caller costs one. ``write`` returns one result per item, in order;
+    if it raises, every caller of that batch gets the exception (fail closed)."""
+
+    def __init__(self, write: Callable[[list[T]], Sequence[R]]) -> None:
+        self._write = write
+        self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._writing = False
+        self._drainer: asyncio.Task[None] | None = None  # held: the loop keeps weak refs only
+
+    async def submit(self, item: T) -> R:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[R] = loop.create_future()
+        self._pending.append((item, fut))
+        if not self._writing:
+            self._writing = True
+            self._drainer = loop.create_task(self._drain())
+        return await fut
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+                try:
+                    results = await asyncio.to_thread(self._write, [item for item, _ in batch])
+                    if len(results) != len(batch):
+                        raise RuntimeError("a group commit returned the wrong number of results")
+                except Exception as exc:
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    continue
+                for (_, fut), result in zip(batch, results, strict=True):
+                    if not fut.done():
+                        fut.set_result(result)
+        finally:
+            self._writing = False
 
 
 @runtime_checkable
@@ -45,35 +90,17 @@ class GroupCommitSink:
 
     def __init__(self, sink: AuditSink) -> None:
         self._sink = sink
-        self._batch = SqlBatch(sink)
-        self._pending: list[tuple[AuditEvent, asyncio.Future[None]]] = []
-        self._writing = False
+        batch = SqlBatch(sink)
+
+        def write(events: list[AuditEvent]) -> list[None]:
+            batch.record_many(events)
+            return [None] * len(events)
+
+        self._group: GroupCommit[AuditEvent, None] = GroupCommit(write)
 
     def record(self, event: AuditEvent) -> None:
         """Synchronous path (threads, CLI): straight to the sink."""
         self._sink.record(event)
 
     async def record_async(self, event: AuditEvent) -> None:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((event, fut))
-        if not self._writing:
-            self._writing = True
-            asyncio.get_running_loop().create_task(self._drain())
-        await fut
-
-    async def _drain(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-                try:
-                    await asyncio.to_thread(self._batch.record_many, [e for e, _ in batch])
-                except Exception as exc:
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc)
-                    continue
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_result(None)
-        finally:
-            self._writing = False
+        await self._group.submit(event)

@@ -12,7 +12,7 @@ import json
 import secrets
 from datetime import datetime
 
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, delete, insert
 
 from exchange.certificates import (
     certificate_pem,
@@ -33,7 +33,13 @@ from exchange.signing import (
 )
 from exchange.store import ClientKeyRow
 
-__all__ = ["API_KEY_BYTES", "init_instance", "issue_api_key", "provision_subsystem"]
+__all__ = [
+    "API_KEY_BYTES",
+    "init_instance",
+    "issue_api_key",
+    "provision_subsystem",
+    "revoke_api_keys",
+]
 
 API_KEY_BYTES = 32
 
@@ -87,3 +93,16 @@ def issue_api_key(engine: Engine, *, node: str, client: ClientId, now: datetime)
             )
         )
     return key
+
+
+def revoke_api_keys(engine: Engine, *, node: str, client: ClientId) -> int:
+    """Delete every API key of ``client`` at ``node``; returns how many there were.
+
+    A running node trusts a key it verified for ``API_KEY_CACHE_TTL_S`` (5 s) more at most."""
+    with engine.begin() as conn:
+        result = conn.execute(
+            delete(ClientKeyRow).where(
+                ClientKeyRow.node == node, ClientKeyRow.client_id == str(client)
+            )
+        )
+    return int(result.rowcount or 0)

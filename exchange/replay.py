@@ -4,17 +4,25 @@ A provider accepts each (sender, message id) once. Ids are persisted in the node
 primary key, so two replicas racing on the same id cannot both accept it) and kept for longer than
 the clock-skew window; anything older is refused by the skew check before it gets here, so pruning
 never reopens a replay.
+
+Under load the provider batches its ids (``remember_async``): one ``INSERT … ON CONFLICT DO
+NOTHING RETURNING`` per batch, in one transaction, tells which ids were new — the primary key still
+decides, so two replicas (or two messages with one id in the same batch) cannot both be accepted.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Engine, delete, insert
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from exchange.db import write_transaction
 from exchange.errors import ReplayError
+from exchange.group_commit import GroupCommit
 from exchange.store import SeenMessageRow
 
 __all__ = ["ReplayGuard"]
@@ -27,6 +35,14 @@ class ReplayGuard:
         self._engine = engine
         self._node = node
         self._retention = timedelta(seconds=max_skew_s * RETENTION_FACTOR + 60)
+        self._group: GroupCommit[tuple[str, str, datetime], bool] = GroupCommit(self.remember_many)
+        table = SeenMessageRow.__table__
+        dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+        self._insert_new: Any = (
+            dialect.insert(table)
+            .on_conflict_do_nothing()
+            .returning(table.c.sender, table.c.message_id)
+        )
 
     def remember(self, sender: str, message_id: str, *, now: datetime) -> None:
         """Record the id, or raise ``ReplayError`` if it was seen before (stops replays)."""
@@ -39,6 +55,28 @@ class ReplayGuard:
                 )
         except IntegrityError as exc:
             raise ReplayError("message id already used") from exc
+
+    async def remember_async(self, sender: str, message_id: str, *, now: datetime) -> None:
+        """``remember`` batched with the other messages arriving meanwhile."""
+        if not await self._group.submit((sender, message_id, now)):
+            raise ReplayError("message id already used")
+
+    def remember_many(self, seen: Sequence[tuple[str, str, datetime]]) -> list[bool]:
+        """Record (sender, message id, time) triples in one transaction; True where new."""
+        first: dict[tuple[str, str], int] = {}
+        rows = []
+        for i, (sender, message_id, now) in enumerate(seen):
+            if (sender, message_id) not in first:
+                first[(sender, message_id)] = i
+                rows.append(
+                    {"node": self._node, "sender": sender, "message_id": message_id, "seen_at": now}
+                )
+        with write_transaction(self._engine) as conn:
+            new = {tuple(r) for r in conn.execute(self._insert_new.values(rows))}
+        return [
+            first[(sender, message_id)] == i and (sender, message_id) in new
+            for i, (sender, message_id, _) in enumerate(seen)
+        ]
 
     def prune(self, *, now: datetime) -> int:
         with self._engine.begin() as conn:

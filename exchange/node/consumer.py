@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -53,6 +54,11 @@ __all__ = ["Consumer", "ConsumerCall", "ConsumerResult", "hash_api_key"]
 
 MESSAGE_PATH = "/x1/messages"
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
+API_KEY_CACHE_TTL_S = 5.0
+"""How long a verified API key is trusted without asking the database again: a revoked key
+(``onceonly keys revoke-api-key``) stops working within this many seconds. Only keys that were
+found are cached; an unknown key is looked up every time."""
+API_KEY_CACHE_MAX = 4096
 
 
 def hash_api_key(key: str) -> str:
@@ -107,9 +113,23 @@ class Consumer:
         self._max_skew_s = max_skew_s
         self._timeout_s = timeout_s
         self._clock = clock
+        self._key_cache: dict[str, tuple[str, float]] = {}
 
     # (C1)
     def authenticate(self, headers: Mapping[str, str]) -> ClientId:
+        """Synchronous (C1), for callers off the event loop."""
+        client, key_hash = self._credentials(headers)
+        return self._check_owner(client, self._cached_owner(key_hash) or self._owner(key_hash))
+
+    async def authenticate_async(self, headers: Mapping[str, str]) -> ClientId:
+        """(C1) on the event loop: a recently verified key needs no database round trip."""
+        client, key_hash = self._credentials(headers)
+        owner = self._cached_owner(key_hash)
+        if owner is None:
+            owner = await asyncio.to_thread(self._owner, key_hash)
+        return self._check_owner(client, owner)
+
+    def _credentials(self, headers: Mapping[str, str]) -> tuple[ClientId, str]:
         raw_client = headers.get("x-road-client", "")
         key = headers.get("x-onceonly-api-key") or ""
         if not key:
@@ -121,14 +141,31 @@ class Consumer:
         client = ClientId.parse(raw_client)
         if not key:
             raise AuthenticationError("an API key is required")
+        return client, hash_api_key(key)
+
+    def _cached_owner(self, key_hash: str) -> str | None:
+        hit = self._key_cache.get(key_hash)
+        if hit is None or hit[1] < time.monotonic():
+            return None
+        return hit[0]
+
+    def _owner(self, key_hash: str) -> str:
+        """The client the key was issued to at this node, or "" (looked up by its hash)."""
         with self._engine.connect() as conn:
             row = conn.execute(
                 select(ClientKeyRow.client_id, ClientKeyRow.node).where(
-                    ClientKeyRow.key_hash == hash_api_key(key)
+                    ClientKeyRow.key_hash == key_hash
                 )
             ).first()
+        owner = row.client_id if row is not None and row.node == self._node else ""
+        if owner:
+            if len(self._key_cache) >= API_KEY_CACHE_MAX:
+                self._key_cache.clear()
+            self._key_cache[key_hash] = (owner, time.monotonic() + API_KEY_CACHE_TTL_S)
+        return owner
+
+    def _check_owner(self, client: ClientId, stored: str) -> ClientId:
         # Compare in constant time even though the lookup was by hash: no timing hint on ids.
-        stored = row.client_id if row is not None and row.node == self._node else ""
         if not hmac.compare_digest(stored.encode(), str(client).encode()):
             raise AuthenticationError("the API key does not belong to this client")
         if client not in self._signers:
@@ -180,7 +217,7 @@ class Consumer:
     async def _call(self, call: ConsumerCall) -> ConsumerResult:
         now = self._clock()
         h = call.headers
-        client = await asyncio.to_thread(self.authenticate, h)  # (C1)
+        client = await self.authenticate_async(h)  # (C1)
         method = call.method.upper()
         if method not in METHODS:
             raise ClientError("method not supported", code="Client.MethodNotAllowed")

@@ -158,6 +158,10 @@ class Provider:
             )
         auth: _Authorized | None = None
         try:
+            # (8) replay, batched with the messages arriving meanwhile (one transaction per batch).
+            await self._replay.remember_async(
+                str(verified.client), verified.envelope.message_id, now=now
+            )
             auth = await asyncio.to_thread(self._authorize, verified, now)
             try:
                 status, body, ctype = await self._call_adapter(verified, auth)
@@ -196,8 +200,6 @@ class Provider:
     def _authorize(self, req: VerifiedRequest, now: datetime) -> _Authorized:
         env = req.envelope
         registry = self._registry.current(now)
-        # (8) replay.
-        self._replay.remember(str(req.client), env.message_id, now=now)
         # (9) access right, deny by default.
         service = registry.service(req.service)
         if registry.access_right(req.client, req.service, now=now) is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -210,6 +211,45 @@ def test_replayed_message_id_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ReplayError):
         ReplayGuard(engine, "JP/GOV/1", max_skew_s=SKEW).remember(str(CLIENT), "m-1", now=NOW)
     guard.remember(str(PROVIDER), "m-1", now=NOW)  # ids are scoped by sender
+
+
+def test_batched_replay_ids_accept_each_id_once(db_url: str) -> None:
+    """One batch, one transaction (SQLite and PostgreSQL): a repeat inside the batch, an id seen
+    in an earlier batch and another sender's equal id are told apart."""
+    engine = make_engine(db_url)
+    upgrade(engine)
+    guard = ReplayGuard(engine, "JP/GOV/1", max_skew_s=SKEW)
+    guard.remember(str(CLIENT), "old", now=NOW)
+    got = guard.remember_many(
+        [
+            (str(CLIENT), "a", NOW),
+            (str(CLIENT), "old", NOW),
+            (str(CLIENT), "a", NOW),
+            (str(PROVIDER), "a", NOW),
+            (str(CLIENT), "b", NOW),
+        ]
+    )
+    assert got == [True, False, False, True, True]
+    with pytest.raises(ReplayError):
+        guard.remember(str(CLIENT), "b", now=NOW)
+    engine.dispose()
+
+
+def test_concurrent_submissions_of_one_id_accept_exactly_one(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'r.sqlite'}")
+    upgrade(engine)
+    guard = ReplayGuard(engine, "JP/GOV/1", max_skew_s=SKEW)
+
+    async def race() -> list[BaseException | None]:
+        return await asyncio.gather(
+            *(guard.remember_async(str(CLIENT), "same", now=NOW) for _ in range(20)),
+            return_exceptions=True,
+        )
+
+    outcomes = asyncio.run(race())
+    assert outcomes.count(None) == 1
+    assert all(isinstance(o, ReplayError) for o in outcomes if o is not None)
+    engine.dispose()
 
 
 def _response(world: World, request: RequestEnvelope, **changes: object) -> bytes:
