@@ -9,6 +9,7 @@ text, so every part is checked against X-Road's allowed characters (``A-Za-z0-9'
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from exchange.errors import ClientError
 __all__ = ["ClientId", "MemberId", "ServiceId", "parse_part"]
 
 MAX_PART_LEN = 64
+PARSE_CACHE_SIZE = 4096  # every message names its ids again: parse each distinct text once
 _PART = re.compile(r"^[A-Za-z0-9'()+,\-.=?_]+$")
 
 
@@ -47,10 +49,7 @@ class MemberId:
 
     @classmethod
     def parse(cls, text: str) -> MemberId:
-        i, c, m = _split(text, 3, 3, "member id")
-        return cls(
-            parse_part(i, "instance"), parse_part(c, "member class"), parse_part(m, "member code")
-        )
+        return _parse_member_id(text)
 
     def __str__(self) -> str:
         return f"{self.instance}/{self.member_class}/{self.code}"
@@ -65,8 +64,7 @@ class ClientId:
 
     @classmethod
     def parse(cls, text: str) -> ClientId:
-        parts = _split(text, 4, 4, "client id")
-        return cls(MemberId.parse("/".join(parts[:3])), parse_part(parts[3], "subsystem"))
+        return _parse_client_id(text)
 
     def __str__(self) -> str:
         return f"{self.member}/{self.subsystem}"
@@ -82,11 +80,7 @@ class ServiceId:
 
     @classmethod
     def parse(cls, text: str) -> ServiceId:
-        parts = _split(text, 5, 6, "service id")
-        version = parse_part(parts[5], "service version") if len(parts) == 6 else None
-        return cls(
-            ClientId.parse("/".join(parts[:4])), parse_part(parts[4], "service code"), version
-        )
+        return _parse_service_id(text)
 
     @property
     def unversioned(self) -> ServiceId:
@@ -95,3 +89,26 @@ class ServiceId:
     def __str__(self) -> str:
         base = f"{self.provider}/{self.code}"
         return f"{base}/{self.version}" if self.version else base
+
+
+@functools.lru_cache(maxsize=PARSE_CACHE_SIZE)
+def _parse_member_id(text: str) -> MemberId:
+    i, c, m = _split(text, 3, 3, "member id")
+    return MemberId(
+        parse_part(i, "instance"), parse_part(c, "member class"), parse_part(m, "member code")
+    )
+
+
+@functools.lru_cache(maxsize=PARSE_CACHE_SIZE)
+def _parse_client_id(text: str) -> ClientId:
+    parts = _split(text, 4, 4, "client id")
+    return ClientId(MemberId.parse("/".join(parts[:3])), parse_part(parts[3], "subsystem"))
+
+
+@functools.lru_cache(maxsize=PARSE_CACHE_SIZE)
+def _parse_service_id(text: str) -> ServiceId:
+    parts = _split(text, 5, 6, "service id")
+    version = parse_part(parts[5], "service version") if len(parts) == 6 else None
+    return ServiceId(
+        ClientId.parse("/".join(parts[:4])), parse_part(parts[4], "service code"), version
+    )

@@ -89,3 +89,121 @@ def test_rfc7515_none_vector_is_refused() -> None:
     verifier = MemberVerifier(_key().public_key())
     with pytest.raises(VerificationError):
         verifier.verify_detached(none["compact"], none["payload_utf8"].encode())
+
+
+# --- our compact JWS code against the RFC vectors and against PyJWT (the interop reference) ----
+
+
+def _compact_parts(compact: str) -> tuple[bytes, bytes]:
+    header, payload, signature = compact.split(".")
+    return f"{header}.{payload}".encode(), b64ud(signature)
+
+
+def test_rfc8037_a5_and_negative_cases_through_our_primitive() -> None:
+    from exchange.signing import _jws_verify
+
+    doc = _load()
+    public = ed25519.Ed25519PrivateKey.from_private_bytes(
+        b64ud(doc["A.1_private_key_jwk"]["d"])  # type: ignore[index]
+    ).public_key()
+    data, sig = _compact_parts(doc["A.5_verify"]["compact"])  # type: ignore[index]
+    _jws_verify(public, sig, data)
+    for case in doc["negative_cases"]:  # type: ignore[attr-defined]
+        data, sig = _compact_parts(case["compact"])
+        with pytest.raises(Exception):  # noqa: B017, PT011 - InvalidSignature or ValueError
+            _jws_verify(public, sig, data)
+
+
+def test_rfc7515_a3_es256_signature_format_through_our_primitive() -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from exchange.signing import _jws_sign, _jws_verify
+
+    doc = json.loads((VECTORS / "rfc7515-appendix-a.json").read_text())
+    v = next(x for x in doc["vectors"] if x["alg"] == "ES256")
+    jwk = v["key_jwk"]
+    public = ec.EllipticCurvePublicNumbers(
+        int.from_bytes(b64ud(jwk["x"]), "big"),
+        int.from_bytes(b64ud(jwk["y"]), "big"),
+        ec.SECP256R1(),
+    ).public_key()
+    data, sig = _compact_parts(v["compact"])
+    assert len(sig) == 64  # r || s, not DER
+    _jws_verify(public, sig, data)
+    private = ec.derive_private_key(int.from_bytes(b64ud(jwk["d"]), "big"), ec.SECP256R1())
+    _jws_verify(public, _jws_sign(private, data), data)  # ECDSA is randomised: round trip
+    with pytest.raises(Exception):  # noqa: B017, PT011
+        _jws_verify(public, sig, data + b"x")
+
+
+@pytest.mark.parametrize("alg", ["EdDSA", "ES256"])
+def test_detached_jws_interoperates_with_pyjwt(alg: str) -> None:
+    import jwt
+
+    from exchange.signing import generate_private_key
+
+    key = generate_private_key(alg)  # type: ignore[arg-type]
+    signer, verifier = MemberSigner(key), MemberVerifier(key.public_key())
+    payload = b'{"a":"\xe7\x94\xba\xe7\x94\xb0"}'
+    ours = signer.sign_detached(payload)
+    jwt.PyJWS().decode_complete(ours, key.public_key(), algorithms=[alg], detached_payload=payload)
+    theirs = jwt.PyJWS().encode(
+        payload,
+        key,
+        algorithm=alg,
+        headers={"kid": verifier.kid, "typ": "onceonly-envelope+jws"},
+        is_payload_detached=True,
+    )
+    verifier.verify_detached(theirs, payload)
+    assert theirs.split(".")[0] == ours.split(".")[0]  # the same protected header, byte for byte
+    if alg == "EdDSA":
+        assert theirs == ours  # Ed25519 is deterministic
+
+
+def _header_b64(header: dict[str, object]) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(json.dumps(header).encode()).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"b64": 0},  # equal to False in Python, not in JSON
+        {"b64": True},
+        {"crit": ["b64", "exp"]},
+        {"x5u": "https://attacker.example/key"},  # no parameter beyond the pinned five
+        {"typ": "onceonly-registry+jws"},
+    ],
+)
+def test_headers_other_than_the_pinned_one_are_refused(change: dict[str, object]) -> None:
+    key = _key()
+    signer, verifier = MemberSigner(key), MemberVerifier(key.public_key())
+    header = {
+        "alg": "EdDSA",
+        "b64": False,
+        "crit": ["b64"],
+        "kid": verifier.kid,
+        "typ": "onceonly-envelope+jws",
+    } | change
+    h = _header_b64(header)
+    sig = key.sign(f"{h}.".encode() + b"payload")
+    from exchange.canonical import b64ue
+
+    with pytest.raises(VerificationError):
+        verifier.verify_detached(f"{h}..{b64ue(sig)}", b"payload")
+    verifier.verify_detached(signer.sign_detached(b"payload"), b"payload")
+
+
+def test_attached_payloads_and_non_base64url_signatures_are_refused() -> None:
+    key = _key()
+    signer, verifier = MemberSigner(key), MemberVerifier(key.public_key())
+    header, _, sig = signer.sign_detached(b"payload").split(".")
+    for bad in (
+        f"{header}.cGF5bG9hZA.{sig}",
+        f"{header}..{sig[:10]}!{sig[10:]}",
+        f"{header}..{sig}=",
+        f"{header}.{sig}",
+    ):
+        with pytest.raises(VerificationError):
+            verifier.verify_detached(bad, b"payload")
