@@ -36,6 +36,7 @@ from sqlalchemy import (
     Integer,
     String,
     TableClause,
+    bindparam,
     column,
     insert,
     select,
@@ -48,7 +49,7 @@ from sqlalchemy.types import TypeEngine
 
 from adapters.base import ServiceSpec, json_dumps, parse_body, resolve_service, select_fields
 from adapters.store import IDEMPOTENCY_TABLE, ensure_idempotency_table
-from exchange.db import make_engine
+from exchange.db import make_engine, run_blocking, runs_inline
 from exchange.errors import ClientError, ConfigurationError, ConflictError, NotFoundError
 from exchange.ports import AdapterRequest, AdapterResponse, JsonValue, ServiceDescription
 
@@ -56,6 +57,7 @@ __all__ = ["ColumnField", "FieldType", "SqlAdapter", "SqlServiceConfig", "SqlUpd
 
 FieldType = Literal["string", "integer", "number", "boolean", "date", "datetime"]
 MAX_IDEMPOTENCY_KEY_CHARS = 128
+MAX_PREPARED_READS = 64  # prepared SELECTs kept per service (one per distinct field set)
 
 _PY_TYPES: dict[str, type] = {
     "string": str,
@@ -162,7 +164,7 @@ class SqlServiceConfig(BaseModel):
 
 
 class _Compiled:
-    __slots__ = ("columns", "config", "key", "spec", "table")
+    __slots__ = ("columns", "config", "key", "reads", "spec", "table")
 
     def __init__(self, config: SqlServiceConfig) -> None:
         self.config = config
@@ -173,6 +175,21 @@ class _Compiled:
         self.columns = cols
         self.key = column(config.key_column, String())
         self.table: TableClause = table(config.table, self.key, *cols.values())
+        # one prepared SELECT per set of wanted fields (a handful per service), subject bound
+        self.reads: dict[frozenset[str], tuple[list[str], Any]] = {}
+
+    def read_statement(self, fields: frozenset[str]) -> tuple[list[str], Any]:
+        found = self.reads.get(fields)
+        if found is None:
+            wanted = [f for f in self.config.fields if f in fields]
+            cols = [self.columns[f].label(f) for f in wanted] or [self.key.label("_key")]
+            stmt = select(*cols).select_from(self.table).where(self.key == bindparam("subject"))
+            if self.config.many:
+                stmt = stmt.order_by(*(self.columns[f] for f in wanted))
+            found = (wanted, stmt)
+            if len(self.reads) < MAX_PREPARED_READS:
+                self.reads[fields] = found
+        return found
 
 
 class SqlAdapter:
@@ -197,6 +214,7 @@ class SqlAdapter:
             self._compiled[cfg.code] = _Compiled(cfg)
         self._specs = {code: c.spec for code, c in self._compiled.items()}
         self._clock = clock
+        self._inline_reads = runs_inline(self._engine)
         if ensure_schema and any(c.spec.changes for c in self._compiled.values()):
             ensure_idempotency_table(self._engine)
 
@@ -235,19 +253,19 @@ class SqlAdapter:
             return await asyncio.to_thread(
                 self._change, compiled, request, request.subject, key, values
             )
-        return await asyncio.to_thread(self._read, compiled, request.subject, request.fields)
+        # Reads on SQLite run on the loop (``exchange.db.runs_inline``); changes always in a thread.
+        return await run_blocking(
+            self._inline_reads, self._read, compiled, request.subject, request.fields
+        )
 
     # --- blocking work (worker thread) ----------------------------------------------------------
 
     def _select(self, conn: Connection, c: _Compiled, subject: str, fields: frozenset[str]) -> Any:
-        wanted = [f for f in c.config.fields if f in fields]
-        cols = [c.columns[f].label(f) for f in wanted] or [c.key.label("_key")]
-        stmt = select(*cols).select_from(c.table).where(c.key == subject)
+        wanted, stmt = c.read_statement(fields)
         if c.config.many:
-            stmt = stmt.order_by(*(c.columns[f] for f in wanted))
-            rows = conn.execute(stmt).mappings().all()
+            rows = conn.execute(stmt, {"subject": subject}).mappings().all()
             return [_plain(row, wanted) for row in rows]
-        row = conn.execute(stmt).mappings().first()
+        row = conn.execute(stmt, {"subject": subject}).mappings().first()
         if row is None:
             raise NotFoundError(f"subject not found in {c.config.table}")
         return _plain(row, wanted)

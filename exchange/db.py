@@ -8,13 +8,14 @@ applies all heads. On PostgreSQL an advisory lock serialises replicas that start
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.util
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -77,6 +78,26 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         cur.close()
 
     return engine
+
+
+_R = TypeVar("_R")
+
+
+def runs_inline(*engines: Engine) -> bool:
+    """Whether blocking work on these databases is best run on the event loop itself.
+
+    SQLite work is CPU work in this process (no network, no fsync with WAL + synchronous=NORMAL):
+    a worker thread adds no parallelism under the GIL, only hand-offs — measured, the event loop
+    then waits for the GIL behind the worker threads and a node did 40 % fewer exchanges per
+    second (docs/performance.md). PostgreSQL work waits on round trips, so it goes to threads."""
+    return all(e.dialect.name == "sqlite" for e in engines)
+
+
+async def run_blocking(inline: bool, fn: Callable[..., _R], *args: Any) -> _R:
+    """``fn(*args)`` on the loop when ``inline`` (see ``runs_inline``), else in a worker thread."""
+    if inline:
+        return fn(*args)
+    return await asyncio.to_thread(fn, *args)
 
 
 _SQLITE_WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()

@@ -14,6 +14,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Generic, Protocol, TypeVar, runtime_checkable
 
+from exchange.db import run_blocking
 from exchange.ports import AuditEvent, AuditSink
 
 __all__ = ["BatchAuditSink", "GroupCommit", "GroupCommitSink", "SqlBatch"]
@@ -29,10 +30,14 @@ class GroupCommit(Generic[T, R]):
     One writer at a time runs ``write`` in a worker thread on everything that queued up while
     the previous batch was being written (at most ``MAX_BATCH``), so under load N callers cost one
     transaction, and alone a caller costs one. ``write`` returns one result per item, in order;
-    if it raises, every caller of that batch gets the exception (fail closed)."""
+    if it raises, every caller of that batch gets the exception (fail closed).
 
-    def __init__(self, write: Callable[[list[T]], Sequence[R]]) -> None:
+    ``inline`` (``exchange.db.runs_inline``) runs ``write`` on the event loop instead: the batch is
+    then whatever queued up during one turn of the loop."""
+
+    def __init__(self, write: Callable[[list[T]], Sequence[R]], *, inline: bool = False) -> None:
         self._write = write
+        self._inline = inline
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._writing = False
         self._drainer: asyncio.Task[None] | None = None  # held: the loop keeps weak refs only
@@ -51,7 +56,9 @@ class GroupCommit(Generic[T, R]):
             while self._pending:
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
                 try:
-                    results = await asyncio.to_thread(self._write, [item for item, _ in batch])
+                    results = await run_blocking(
+                        self._inline, self._write, [item for item, _ in batch]
+                    )
                     if len(results) != len(batch):
                         raise RuntimeError("a group commit returned the wrong number of results")
                 except Exception as exc:
@@ -88,7 +95,7 @@ class SqlBatch:
 class GroupCommitSink:
     """``await sink.record_async(event)`` returns once the event is durably recorded."""
 
-    def __init__(self, sink: AuditSink) -> None:
+    def __init__(self, sink: AuditSink, *, inline: bool = False) -> None:
         self._sink = sink
         batch = SqlBatch(sink)
 
@@ -96,7 +103,7 @@ class GroupCommitSink:
             batch.record_many(events)
             return [None] * len(events)
 
-        self._group: GroupCommit[AuditEvent, None] = GroupCommit(write)
+        self._group: GroupCommit[AuditEvent, None] = GroupCommit(write, inline=inline)
 
     def record(self, event: AuditEvent) -> None:
         """Synchronous path (threads, CLI): straight to the sink."""

@@ -20,7 +20,7 @@ from sqlalchemy import Engine, delete, insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from exchange.db import write_transaction
+from exchange.db import runs_inline, write_transaction
 from exchange.errors import ReplayError
 from exchange.group_commit import GroupCommit
 from exchange.store import SeenMessageRow
@@ -35,7 +35,9 @@ class ReplayGuard:
         self._engine = engine
         self._node = node
         self._retention = timedelta(seconds=max_skew_s * RETENTION_FACTOR + 60)
-        self._group: GroupCommit[tuple[str, str, datetime], bool] = GroupCommit(self.remember_many)
+        self._group: GroupCommit[tuple[str, str, datetime], bool] = GroupCommit(
+            self.remember_many, inline=runs_inline(engine)
+        )
         table = SeenMessageRow.__table__
         dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
         self._insert_new: Any = (
@@ -72,7 +74,9 @@ class ReplayGuard:
                     {"node": self._node, "sender": sender, "message_id": message_id, "seen_at": now}
                 )
         with write_transaction(self._engine) as conn:
-            new = {tuple(r) for r in conn.execute(self._insert_new.values(rows))}
+            # executemany of one prepared statement (SQLAlchemy's "insertmanyvalues" folds it
+            # into multi-row INSERTs): returns the rows that were new
+            new = {tuple(r) for r in conn.execute(self._insert_new, rows)}
         return [
             first[(sender, message_id)] == i and (sender, message_id) in new
             for i, (sender, message_id, _) in enumerate(seen)

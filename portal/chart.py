@@ -61,22 +61,28 @@ def _day(record: Mapping[str, Any]) -> date | None:
 
 
 def build_chart(records: Iterable[Mapping[str, Any]], *, label: Any) -> Chart:
-    """Lay out exchanges (``request``/``refusal`` entries with a client) per organisation and day.
+    """Lay out exchanges per organisation (the client) and day: allowed and refused.
 
+    An exchange is counted once by its outcome: a ``response`` entry (allowed when its decision is
+    ``allow``) or a ``refusal``. Both nodes of an exchange log its outcome under the same message
+    id, so entries are merged by message id, a refusal on either side winning. ``request`` entries
+    (the consumer's "sent" record, decision ``info``) are not outcomes and are not counted.
     ``label(org=…, day=…, allowed=…, refused=…)`` gives each bar's accessible title. Only the last
     ``MAX_DAYS`` days with data and the ``MAX_ORGS`` busiest organisations are drawn.
     """
-    counts: Counter[tuple[str, date, bool]] = Counter()
+    outcomes: dict[object, tuple[str, date, bool]] = {}
+    for n, record in enumerate(records):
+        org, day, kind = record.get("client"), _day(record), record.get("kind")
+        if not isinstance(org, str) or day is None or kind not in ("response", "refusal"):
+            continue
+        refused = kind == "refusal" or record.get("decision") != "allow"
+        key = record.get("message_id") or ("entry", n)  # a refusal before sending has no id
+        seen = outcomes.get(key)
+        outcomes[key] = (org, day, refused or (seen is not None and seen[2]))
+    counts: Counter[tuple[str, date, bool]] = Counter(outcomes.values())
     per_org: Counter[str] = Counter()
-    for record in records:
-        org, day = record.get("client"), _day(record)
-        if not isinstance(org, str) or day is None:
-            continue
-        if record.get("kind") not in ("request", "refusal"):
-            continue
-        refused = record.get("decision") != "allow"
-        counts[(org, day, refused)] += 1
-        per_org[org] += 1
+    for (org, _, _), n in counts.items():
+        per_org[org] += n
     days = tuple(sorted({d for _, d, _ in counts})[-MAX_DAYS:])
     orgs = [org for org, _ in per_org.most_common(MAX_ORGS)]
     max_count = max((n for (_, d, _), n in counts.items() if d in days), default=0)

@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy import Engine
 
 from exchange.central_config import ServiceEntry
-from exchange.db import make_engine, upgrade
+from exchange.db import make_engine, runs_inline, upgrade
 from exchange.errors import ClientError, ConfigurationError, OnceOnlyError
 from exchange.group_commit import GroupCommitSink
 from exchange.identifiers import ClientId, MemberId, ServiceId
@@ -92,6 +92,9 @@ class NodeParts:
     """The node's database, when the composition root already opened it for its parts."""
     closers: Sequence[Callable[[], Awaitable[None]]] = ()
     """Run at shutdown: close adapters, dispose of the engines the parts opened."""
+    inline: bool = False
+    """The parts' blocking work is local CPU work (SQLite, embedded policy): the provider runs
+    its checks on the event loop rather than in a worker thread (``exchange.db.runs_inline``)."""
 
 
 def _load_anchor(keys: KeyStore) -> CentralVerifier:
@@ -207,7 +210,7 @@ def create_node_app(
     registry.on_change(lambda _reg: metrics.registry_serial.inc())
     for listener in parts.on_registry:
         registry.on_change(listener)
-    audit = GroupCommitSink(parts.audit or SqlMessageLog(engine))
+    audit = GroupCommitSink(parts.audit or SqlMessageLog(engine), inline=runs_inline(engine))
     node_id = str(member)
     replay = ReplayGuard(engine, node_id, max_skew_s=settings.max_clock_skew_s)
     provider = Provider(
@@ -222,6 +225,7 @@ def create_node_app(
         subjects=parts.subjects,
         max_skew_s=settings.max_clock_skew_s,
         clock=clock,
+        inline=parts.inline and runs_inline(engine),
     )
     consumer = Consumer(
         node=node_id,

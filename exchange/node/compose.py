@@ -29,7 +29,7 @@ from consent.artefact import ConsentArtefactVerifier, ConsentIssuerKey
 from consent.lifecycle import ConsentService
 from consent.remote import RemoteConsentGate
 from exchange.central_config import ConsentServiceEntry, VerifiedRegistry
-from exchange.db import make_engine, sqlite_writer_turn, upgrade
+from exchange.db import make_engine, runs_inline, sqlite_writer_turn, upgrade
 from exchange.errors import OnceOnlyError
 from exchange.identifiers import ClientId, MemberId, ServiceId
 from exchange.keystore import KeyStore
@@ -53,6 +53,7 @@ from policies.data import (
     Statute,
     build_policy_data,
 )
+from policies.embedded import EmbeddedRegoEngine
 from policies.engine import PolicyEngine, engine_from_settings
 from policies.opa_server import OpaServerEngine
 
@@ -345,6 +346,8 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
         on_registry=(gate.on_registry, feed.on_registry),
         background=(publish_checkpoints,),
         engine=engine,
+        inline=runs_inline(engine, pseudonym_engine)
+        and isinstance(feed.engine, EmbeddedRegoEngine),
         closers=(
             *(a.aclose for a in adapters.values() if isinstance(a, SqlAdapter)),
             lambda: asyncio.to_thread(pseudonym_engine.dispose),

@@ -118,6 +118,7 @@ class Provider:
         subjects: SubjectTranslator | None = None,
         max_skew_s: int,
         clock: Callable[[], datetime],
+        inline: bool = False,
     ) -> None:
         self._node = node
         self._signers = dict(signers)
@@ -131,6 +132,7 @@ class Provider:
         self._subjects = subjects
         self._max_skew_s = max_skew_s
         self._clock = clock
+        self._inline = inline
 
     # -- entry point -----------------------------------------------------------------------------
 
@@ -162,7 +164,12 @@ class Provider:
             await self._replay.remember_async(
                 str(verified.client), verified.envelope.message_id, now=now
             )
-            auth = await asyncio.to_thread(self._authorize, verified, now)
+            # (9)–(12): on the loop when every part is local CPU work, except a consent check,
+            # which asks the consent service over the network.
+            if self._inline and not verified.envelope.consent_id:
+                auth = self._authorize(verified, now)
+            else:
+                auth = await asyncio.to_thread(self._authorize, verified, now)
             try:
                 status, body, ctype = await self._call_adapter(verified, auth)
             except OnceOnlyError:

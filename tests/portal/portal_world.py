@@ -50,7 +50,7 @@ def exchange_event(
     data: dict[str, Any] = {
         "time": when,
         "node": f"{NODE}/resident-registry",
-        "kind": "request" if decision == "allow" else "refusal",
+        "kind": "response" if decision == "allow" else "refusal",
         "decision": decision,
         "client": client,
         "service": ADDRESS_SERVICE,

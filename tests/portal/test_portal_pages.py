@@ -29,7 +29,7 @@ def run(world: World, scenario: Scenario) -> None:
 
 def entry_index(world: World, subject: str) -> int:
     for entry in world.log.search(EntryQuery()).entries:
-        if entry.record.get("subject") == subject and entry.record.get("kind") == "request":
+        if entry.record.get("subject") == subject and entry.record.get("kind") == "response":
             return entry.index
     raise AssertionError(f"no entry for {subject}")
 
