@@ -46,6 +46,7 @@ __all__ = [
     "parse_unverified_response",
     "request_hash",
     "seal",
+    "seal_request",
 ]
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -112,13 +113,19 @@ def request_hash(envelope: RequestEnvelope | dict[str, object]) -> str:
 
 def seal(envelope: RequestEnvelope | ResponseEnvelope, body: bytes, signer: Signer) -> bytes:
     """Sign ``envelope`` (detached JWS over canonical JSON) and serialise the wire message."""
-    env = envelope.model_dump(mode="json")
-    message = {
-        "envelope": env,
-        "signature": signer.sign_detached(canonical_json(env)),
-        "body": b64e(body),
-    }
-    return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
+    return _seal(envelope.model_dump(mode="json"), body, signer)[0]
+
+
+def seal_request(envelope: RequestEnvelope, body: bytes, signer: Signer) -> tuple[bytes, str]:
+    """``seal`` a request and return its ``request_hash`` too (one canonicalisation for both)."""
+    wire, canonical = _seal(envelope.model_dump(mode="json"), body, signer)
+    return wire, base64.b64encode(hashlib.sha512(canonical).digest()).decode("ascii")
+
+
+def _seal(env: dict[str, object], body: bytes, signer: Signer) -> tuple[bytes, bytes]:
+    canonical = canonical_json(env)
+    message = {"envelope": env, "signature": signer.sign_detached(canonical), "body": b64e(body)}
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode(), canonical
 
 
 @dataclass(frozen=True, slots=True)

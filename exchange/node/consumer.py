@@ -31,8 +31,7 @@ from exchange.envelope import (
     RequestEnvelope,
     exchange_event,
     parse_unverified_response,
-    request_hash,
-    seal,
+    seal_request,
 )
 from exchange.errors import (
     AuthenticationError,
@@ -265,8 +264,7 @@ class Consumer:
         except ValueError as exc:
             raise ClientError("invalid request headers", code="Client.BadRequest") from exc
         # (C3) sign and record.
-        wire = seal(envelope, call.body, self._signers[client])
-        sent_hash = request_hash(envelope)
+        wire, sent_hash = seal_request(envelope, call.body, self._signers[client])
         await self._record(envelope, "request", "info", now, sent_hash, None)
         # (C4) send.
         registry = self._registry.current(now)

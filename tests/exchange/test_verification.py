@@ -21,6 +21,7 @@ from exchange.envelope import (
     parse_unverified_response,
     request_hash,
     seal,
+    seal_request,
 )
 from exchange.errors import ConfigurationError, NotFoundError, ReplayError, VerificationError
 from exchange.identifiers import ClientId, ServiceId
@@ -112,6 +113,12 @@ def test_a_well_formed_signed_request_verifies(world: World) -> None:
     verified = _verify(world, wire)
     assert verified.client == CLIENT  # type: ignore[attr-defined]
     assert verified.request_hash == request_hash(world.envelope(b"{}"))  # type: ignore[attr-defined]
+
+
+def test_seal_request_gives_the_hash_the_provider_computes(world: World) -> None:
+    wire, sent_hash = seal_request(world.envelope(b"{}"), b"{}", world.client_signer)
+    assert wire == seal(world.envelope(b"{}"), b"{}", world.client_signer)  # EdDSA: deterministic
+    assert _verify(world, wire).request_hash == sent_hash  # type: ignore[attr-defined]
 
 
 def test_tampered_body_is_refused(world: World) -> None:
