@@ -25,6 +25,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import Engine
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from exchange.central_config import ServiceEntry
 from exchange.db import make_engine, runs_inline, upgrade
@@ -55,7 +56,7 @@ from exchange.signing import (
     public_key_from_pem,
 )
 from exchange.web.body import read_body
-from exchange.web.problems import install_problem_handlers
+from exchange.web.problems import install_problem_handlers, problem_for
 
 __all__ = ["NodeParts", "create_node_app", "database_url", "utc_now"]
 
@@ -63,6 +64,54 @@ METASERVICES = frozenset({"listMethods", "allowedMethods", "getOpenAPI"})
 MAX_REQUEST_BYTES = 10 * 1024 * 1024
 REPLAY_PRUNE_INTERVAL_S = 300.0
 STARTUP_REGISTRY_WAIT_S = 30.0
+
+
+R1_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
+
+
+def _route_path(scope: Scope) -> str:
+    """The path inside this app (without the prefix it is mounted under)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+class _ExchangeFastPath:
+    """Serves ``POST /x1/messages`` and ``/r1/…`` before FastAPI's middleware stack.
+
+    Measured, the stack between the server and a route (error, telemetry, body-limit, exception
+    and exit-stack middlewares, then routing) took about a sixth of a node's time per exchange.
+    The handlers are the same as the app's routes; errors get the same problem+json responses
+    (``problem_for``); anything else passes through to the app untouched."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        messages: Callable[[Request], Awaitable[Response]],
+        r1: Callable[[Request], Awaitable[Response]],
+    ) -> None:
+        self._app = app
+        self._messages = messages
+        self._r1 = r1
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path, method = _route_path(scope), scope["method"]
+            handler = None
+            if path == "/x1/messages" and method == "POST":
+                handler = self._messages
+            elif path.startswith("/r1/") and method in R1_METHODS:
+                handler = self._r1
+            if handler is not None:
+                request = Request(scope, receive)
+                try:
+                    response = await handler(request)
+                except Exception as exc:  # the same answers as the app's exception handlers
+                    response = problem_for(request, exc)
+                await response(scope, receive, send)
+                return
+        await self._app(scope, receive, send)
 
 
 def utc_now() -> datetime:
@@ -280,8 +329,8 @@ def create_node_app(
     app.state.engine = engine
     app.state.member = member
 
-    # The two exchange routes are plain Starlette routes: they take the raw request and need none
-    # of FastAPI's parameter machinery, which costs about a tenth of a node's time per exchange.
+    # The two exchange routes take the raw request and need none of FastAPI's machinery: they are
+    # plain routes, and ``_ExchangeFastPath`` serves them ahead of the middleware stack.
     async def messages(request: Request) -> Response:
         started = time.perf_counter()
         answer = await provider.handle(await read_body(request, limit=MAX_REQUEST_BYTES))
@@ -296,7 +345,7 @@ def create_node_app(
 
     async def r1(request: Request) -> Response:
         started = time.perf_counter()
-        path: str = request.path_params["path"]
+        path: str = request.path_params.get("path") or _route_path(request.scope)[len("/r1/") :]
         parts_ = path.split("/")
         if len(parts_) == 5 and parts_[4] in METASERVICES:
             return await _metaservice(parts_, request)
@@ -319,7 +368,8 @@ def create_node_app(
         return Response(result.body, status_code=result.status, headers=result.headers)
 
     app.add_route("/x1/messages", messages, methods=["POST"])
-    app.add_route("/r1/{path:path}", r1, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+    app.add_route("/r1/{path:path}", r1, methods=sorted(R1_METHODS))
+    app.add_middleware(_ExchangeFastPath, messages=messages, r1=r1)
 
     async def _metaservice(parts_: list[str], request: Request) -> Response:
         reg = registry.current(clock())

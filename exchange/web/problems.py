@@ -24,6 +24,7 @@ __all__ = [
     "PROBLEM_BASE",
     "install_problem_handlers",
     "problem_document",
+    "problem_for",
     "problem_response",
     "problem_type",
 ]
@@ -145,6 +146,16 @@ def _unexpected_handler(request: Request, exc: Exception) -> JSONResponse:
         instance=request.url.path,
         extra={"error_id": error_id},
     )
+
+
+def problem_for(request: Request, exc: Exception) -> JSONResponse:
+    """The response the installed handlers give for ``exc``, for code that serves a request
+    outside the app's exception middleware (the node's exchange fast path)."""
+    if isinstance(exc, OnceOnlyError):
+        return _onceonly_handler(request, exc)
+    if isinstance(exc, StarletteHTTPException):
+        return _http_handler(request, exc)
+    return _unexpected_handler(request, exc)
 
 
 def install_problem_handlers(app: FastAPI) -> None:
