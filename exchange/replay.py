@@ -45,6 +45,10 @@ class ReplayGuard:
             .on_conflict_do_nothing()
             .returning(table.c.sender, table.c.message_id)
         )
+        # SQLite: the same statement straight to the driver, one row at a time (microseconds
+        # each, in-process), its row count telling whether the row was new.
+        self._sqlite = engine.dialect.name == "sqlite"
+        self._seen_at: Any = table.c.seen_at.type.bind_processor(engine.dialect) or (lambda v: v)
 
     def remember(self, sender: str, message_id: str, *, now: datetime) -> None:
         """Record the id, or raise ``ReplayError`` if it was seen before (stops replays)."""
@@ -74,13 +78,32 @@ class ReplayGuard:
                     {"node": self._node, "sender": sender, "message_id": message_id, "seen_at": now}
                 )
         with write_transaction(self._engine) as conn:
-            # executemany of one prepared statement (SQLAlchemy's "insertmanyvalues" folds it
-            # into multi-row INSERTs): returns the rows that were new
-            new = {tuple(r) for r in conn.execute(self._insert_new, rows)}
+            if self._sqlite:
+                new = self._insert_sqlite(conn, rows)
+            else:
+                # executemany of one prepared statement (SQLAlchemy's "insertmanyvalues" folds
+                # it into multi-row INSERTs): returns the rows that were new
+                new = {tuple(r) for r in conn.execute(self._insert_new, rows)}
         return [
             first[(sender, message_id)] == i and (sender, message_id) in new
             for i, (sender, message_id, _) in enumerate(seen)
         ]
+
+    def _insert_sqlite(self, conn: Any, rows: list[dict[str, Any]]) -> set[tuple[Any, ...]]:
+        new: set[tuple[Any, ...]] = set()
+        cur = conn.connection.dbapi_connection.cursor()
+        try:
+            for r in rows:
+                cur.execute(
+                    "INSERT INTO xchg_seen_messages (node, sender, message_id, seen_at) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (r["node"], r["sender"], r["message_id"], self._seen_at(r["seen_at"])),
+                )
+                if cur.rowcount == 1:
+                    new.add((r["sender"], r["message_id"]))
+        finally:
+            cur.close()
+        return new
 
     def prune(self, *, now: datetime) -> int:
         with self._engine.begin() as conn:

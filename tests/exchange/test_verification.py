@@ -242,6 +242,24 @@ def test_batched_replay_ids_accept_each_id_once(db_url: str) -> None:
     engine.dispose()
 
 
+def test_pruning_forgets_only_ids_older_than_the_retention(db_url: str) -> None:
+    """Ids written by the batched path are pruned by time like any other (same time encoding)."""
+    engine = make_engine(db_url)
+    upgrade(engine)
+    guard = ReplayGuard(engine, "JP/GOV/1", max_skew_s=SKEW)
+    old, recent = NOW - timedelta(hours=2), NOW - timedelta(seconds=SKEW)
+    assert guard.remember_many([(str(CLIENT), "old", old), (str(CLIENT), "recent", recent)]) == [
+        True,
+        True,
+    ]
+    assert guard.prune(now=NOW) == 1
+    assert guard.remember_many([(str(CLIENT), "old", NOW), (str(CLIENT), "recent", NOW)]) == [
+        True,
+        False,
+    ]
+    engine.dispose()
+
+
 def test_concurrent_submissions_of_one_id_accept_exactly_one(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'r.sqlite'}")
     upgrade(engine)
