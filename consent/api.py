@@ -205,6 +205,7 @@ def build_gate_router(
             fields=asked.fields,
             now=now(),
             message_id=asked.message_id,
+            idempotency_key=asked.idempotency_key,
         )
 
     def _answer(

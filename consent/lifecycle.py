@@ -41,7 +41,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -103,6 +103,25 @@ _CHECK_COLUMNS = select(
     ConsentRow.valid_from,
     ConsentRow.valid_until,
 )
+
+
+def _prior_use(db: Connection | Session, query: ConsentQuery) -> str | None:
+    """The message id of an earlier use of this consent by the same client and service under
+    the query's Idempotency-Key (a retry after a lost answer), or None."""
+    if not query.idempotency_key:
+        return None
+    found: str | None = db.execute(
+        select(ConsentUseRow.message_id)
+        .where(
+            ConsentUseRow.consent_id == query.consent_id,
+            ConsentUseRow.idempotency_key == query.idempotency_key,
+            ConsentUseRow.client == str(query.client),
+            ConsentUseRow.service == str(query.service),
+        )
+        .limit(1)
+    ).scalar_one_or_none()
+    return found
+
 
 _AUDIT_KIND: dict[HistoryAction, AuditKind] = {
     HistoryAction.GRANTED: "consent.granted",
@@ -671,12 +690,16 @@ class ConsentService:
             return "the consent artefact is for another consent"
         return None
 
-    def _decide(self, row: _ScopeRow | None, query: ConsentQuery, now: datetime) -> str | None:
-        """Steps 3-5: the reason to refuse, or None."""
+    def _decide(
+        self, row: _ScopeRow | None, query: ConsentQuery, now: datetime, *, retry: bool = False
+    ) -> str | None:
+        """Steps 3-5: the reason to refuse, or None. ``retry``: the query repeats an earlier use
+        under the same Idempotency-Key, so a consent that use spent still covers it (but not one
+        revoked, paused or expired since)."""
         if row is None:  # (3)
             return f"unknown consent {query.consent_id}"
         status = effective_status(row, now)  # (4) revocation etc. win over the artefact
-        if status is not ConsentStatus.ACTIVE:
+        if status is not ConsentStatus.ACTIVE and not (retry and status is ConsentStatus.SPENT):
             return f"consent {query.consent_id} is {status.value}"
         return scope_mismatch(  # (5)
             subject=row.subject,
@@ -705,7 +728,9 @@ class ConsentService:
             row: _ScopeRow | None = conn.execute(
                 _CHECK_COLUMNS.where(ConsentRow.id == query.consent_id)
             ).one_or_none()
-        reason = self._decide(row, query, now)
+            reason = self._decide(row, query, now)
+            if reason is not None and row is not None and _prior_use(conn, query) is not None:
+                reason = self._decide(row, query, now, retry=True)
         if reason is not None or row is None:
             return _deny(query.consent_id, reason or "unknown consent")
         return ConsentDecision(
@@ -726,12 +751,15 @@ class ConsentService:
                 row = self._load(session, query.consent_id, lock=True)
                 if row is not None:
                     self._observe(session, row, now)
-                reason = self._decide(row, query, now)
-                if reason is None and row is not None:
+                prior = _prior_use(session, query) if row is not None else None
+                reason = self._decide(row, query, now, retry=prior is not None)
+                if reason is None and row is not None and prior is None:
                     reason = self._limits(session, row, query, now)  # (6)
                 if reason is not None or row is None:
                     session.commit()  # keep an observed expiry
                     return self._refuse(query, reason or "unknown consent", now)
+                if prior is not None:
+                    return self._record_retry(row, prior, query, now)
                 return self._record_use(session, row, query, now)
         except IntegrityError:
             return self._refuse(query, "this message has already used the consent", now)
@@ -792,6 +820,7 @@ class ConsentService:
                 client=str(query.client),
                 service=str(query.service),
                 fields=sorted(fields),
+                idempotency_key=query.idempotency_key,
             )
         )
         session.flush()
@@ -821,6 +850,28 @@ class ConsentService:
                 now,
                 message_id=query.message_id,
             )
+        return ConsentDecision(allow=True, consent_id=row.id, fields=fields)
+
+    def _record_retry(
+        self, row: ConsentRow, prior_message_id: str, query: ConsentQuery, now: datetime
+    ) -> ConsentDecision:
+        """The same use again (same key, client and service): allowed, audited, not counted."""
+        fields = self._allowed_fields(row, query)
+        self._audit.record(
+            AuditEvent(
+                time=now,
+                node=self._node,
+                kind="consent.used",
+                decision="allow",
+                client=str(query.client),
+                service=str(query.service),
+                purpose=query.purpose,
+                subject=row.subject,
+                consent_id=row.id,
+                message_id=query.message_id,
+                extra={"fields": ",".join(sorted(fields)), "retry_of": prior_message_id},
+            )
+        )
         return ConsentDecision(allow=True, consent_id=row.id, fields=fields)
 
     def _refuse(self, query: ConsentQuery, reason: str, now: datetime) -> ConsentDecision:

@@ -259,6 +259,7 @@ class GateRequest(_Wire):
     purpose: str = Field(min_length=1, max_length=64)
     fields: tuple[str, ...] = Field(default=(), max_length=MAX_FIELDS)
     message_id: str = Field(min_length=1, max_length=200)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=128)
 
     @field_validator("client")
     @classmethod

@@ -111,6 +111,7 @@ class RemoteConsentGate:
                 purpose=query.purpose,
                 fields=query.fields,
                 message_id=query.message_id,
+                idempotency_key=query.idempotency_key,
             ).model_dump(mode="json"),
             separators=(",", ":"),
         ).encode()

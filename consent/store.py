@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, DateTime, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -109,7 +109,10 @@ class ConsentHistoryRow(ConsentBase):
 
 class ConsentUseRow(ConsentBase):
     __tablename__ = "consent_uses"
-    __table_args__ = (UniqueConstraint("consent_id", "message_id", name="uq_consent_uses_msg"),)
+    __table_args__ = (
+        UniqueConstraint("consent_id", "message_id", name="uq_consent_uses_msg"),
+        Index("ix_consent_uses_idempotency", "consent_id", "idempotency_key"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     consent_id: Mapped[str] = mapped_column(String(36), index=True)
@@ -118,6 +121,9 @@ class ConsentUseRow(ConsentBase):
     client: Mapped[str] = mapped_column(String(300))
     service: Mapped[str] = mapped_column(String(400))
     fields: Mapped[list[str]] = mapped_column(JSON)
+    idempotency_key: Mapped[str | None] = mapped_column(String(128))
+    """The exchange's Idempotency-Key: a retry of the same change under the same key is the same
+    use (it does not spend the consent again)."""
 
 
 class ConsentReceiptRow(ConsentBase):

@@ -94,6 +94,9 @@ class ConsentQuery:
     fields: tuple[str, ...]
     now: datetime
     message_id: str
+    idempotency_key: str | None = None
+    """A retry of an exchange under the same key (a new message id) is the same use: it is
+    allowed on the consent it already spent, and does not count again."""
 
 
 @dataclass(frozen=True, slots=True)

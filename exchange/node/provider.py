@@ -238,6 +238,7 @@ class Provider:
                 fields=requested,
                 now=now,
                 message_id=env.message_id,
+                idempotency_key=env.idempotency_key,
             )
             consent = self._consent.check(query)
             # A consent the caller relies on that does not cover the request is refused outright,

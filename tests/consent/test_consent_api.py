@@ -304,6 +304,22 @@ def test_the_remote_gate_checks_and_uses_through_the_consent_service(
     assert use.message_id == q.message_id
 
 
+def test_the_remote_gate_carries_the_idempotency_key_so_a_retry_is_the_same_use(
+    client: TestClient, service: ConsentService, grant: GrantFn
+) -> None:
+    consent = grant()
+    gate = remote(client, service)
+    first = query(consent, now=T0, idempotency_key="oo-procedure-7-3")
+    assert gate.use(first)
+    retry = query(consent, now=T0, idempotency_key="oo-procedure-7-3")
+    assert gate.check(retry)
+    assert gate.use(retry)
+    other = gate.use(query(consent, now=T0, idempotency_key="oo-procedure-7-4"))
+    assert other.reasons == (f"consent {consent.id} is spent",)
+    (use,) = service.uses(ALICE, consent.id, now=T0)
+    assert use.message_id == first.message_id
+
+
 def test_the_remote_gate_refuses_a_consent_revoked_a_moment_ago(
     client: TestClient, service: ConsentService, grant: GrantFn
 ) -> None:

@@ -78,6 +78,42 @@ def test_a_one_time_consent_is_spent_by_its_first_use_and_refused_afterwards(
     assert audit.events[-1].reason == f"consent {consent.id} is spent"
 
 
+def test_a_retry_under_the_same_idempotency_key_is_the_same_use_and_spends_nothing(
+    service: ConsentService, grant: GrantFn, audit: ListAudit
+) -> None:
+    """A change whose answer was lost is retried with a new message id and the same key: the
+    one-time consent it spent still covers it; another key, client or service does not."""
+    consent = grant()
+    first = query(consent, idempotency_key="move-2026-11-23")
+    assert service.use(first)
+    retry = query(consent, idempotency_key="move-2026-11-23")
+    assert service.check(retry)
+    assert service.use(retry)
+    assert audit.events[-1].kind == "consent.used"
+    assert audit.events[-1].extra["retry_of"] == first.message_id
+    for other in (
+        query(consent, idempotency_key="another-change"),
+        query(consent),
+        query(consent, idempotency_key="move-2026-11-23", client=POWER),
+    ):
+        assert not service.check(other)
+        assert not service.use(other)
+    uses = service.uses(ALICE, consent.id, now=NOW)
+    assert [u.message_id for u in uses] == [first.message_id]  # counted once
+    assert service.get_consent(ALICE, consent.id, now=NOW).status is ConsentStatus.SPENT
+
+
+def test_a_retry_is_refused_once_the_consent_is_revoked(
+    service: ConsentService, grant: GrantFn
+) -> None:
+    consent = grant(mode="standing")
+    assert service.use(query(consent, idempotency_key="k-1"))
+    service.revoke(ALICE, consent.id, now=NOW)
+    retry = service.use(query(consent, idempotency_key="k-1", now=NOW))
+    assert not retry
+    assert retry.reasons == (f"consent {consent.id} is revoked",)
+
+
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
