@@ -824,21 +824,7 @@ class ConsentService:
             )
         )
         session.flush()
-        self._audit.record(
-            AuditEvent(
-                time=now,
-                node=self._node,
-                kind="consent.used",
-                decision="allow",
-                client=str(query.client),
-                service=str(query.service),
-                purpose=query.purpose,
-                subject=row.subject,
-                consent_id=row.id,
-                message_id=query.message_id,
-                extra={"fields": ",".join(sorted(fields))},
-            )
-        )
+        self._audit_use(row, query, fields, now)
         if spent:
             session.refresh(row)
             self._record_change(
@@ -857,6 +843,21 @@ class ConsentService:
     ) -> ConsentDecision:
         """The same use again (same key, client and service): allowed, audited, not counted."""
         fields = self._allowed_fields(row, query)
+        self._audit_use(row, query, fields, now, retry_of=prior_message_id)
+        return ConsentDecision(allow=True, consent_id=row.id, fields=fields)
+
+    def _audit_use(
+        self,
+        row: ConsentRow,
+        query: ConsentQuery,
+        fields: frozenset[str],
+        now: datetime,
+        *,
+        retry_of: str | None = None,
+    ) -> None:
+        extra = {"fields": ",".join(sorted(fields))}
+        if retry_of is not None:
+            extra["retry_of"] = retry_of
         self._audit.record(
             AuditEvent(
                 time=now,
@@ -869,10 +870,9 @@ class ConsentService:
                 subject=row.subject,
                 consent_id=row.id,
                 message_id=query.message_id,
-                extra={"fields": ",".join(sorted(fields)), "retry_of": prior_message_id},
+                extra=extra,
             )
         )
-        return ConsentDecision(allow=True, consent_id=row.id, fields=fields)
 
     def _refuse(self, query: ConsentQuery, reason: str, now: datetime) -> ConsentDecision:
         self._audit.record(

@@ -18,6 +18,7 @@ import typer
 import uvicorn
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy import Engine
 
 from exchange.db import make_engine, upgrade
 from exchange.errors import OnceOnlyError
@@ -118,14 +119,19 @@ def keys_member(subsystem: str, data_dir: DataDir = None) -> None:
     console.print(str(KeyStore(settings.data_dir).subsystem_cert(client)))
 
 
+def _client_node_engine(settings: Settings, client: str) -> tuple[ClientId, Engine]:
+    """CLIENT parsed, and its member's node database (migrated)."""
+    cid = ClientId.parse(client)
+    engine = make_engine(database_url(settings, f"node-{str(cid.member).replace('/', '_')}"))
+    upgrade(engine)
+    return cid, engine
+
+
 @keys_app.command("api-key")
 def keys_api_key(client: str, data_dir: DataDir = None) -> None:
     """Issue an API key for a departmental system calling its node as CLIENT (shown once)."""
-    settings = _settings(data_dir)
     try:
-        cid = ClientId.parse(client)
-        engine = make_engine(database_url(settings, f"node-{str(cid.member).replace('/', '_')}"))
-        upgrade(engine)
+        cid, engine = _client_node_engine(_settings(data_dir), client)
         console.print(issue_api_key(engine, node=str(cid.member), client=cid, now=_now()))
     except OnceOnlyError as exc:
         _fail(exc)
@@ -134,11 +140,8 @@ def keys_api_key(client: str, data_dir: DataDir = None) -> None:
 @keys_app.command("revoke-api-key")
 def keys_revoke_api_key(client: str, data_dir: DataDir = None) -> None:
     """Revoke every API key of CLIENT at its node (a running node stops accepting them within 5 s)."""
-    settings = _settings(data_dir)
     try:
-        cid = ClientId.parse(client)
-        engine = make_engine(database_url(settings, f"node-{str(cid.member).replace('/', '_')}"))
-        upgrade(engine)
+        cid, engine = _client_node_engine(_settings(data_dir), client)
         count = revoke_api_keys(engine, node=str(cid.member), client=cid)
         console.print(f"revoked {count} API key(s) of {cid}")
     except OnceOnlyError as exc:

@@ -69,3 +69,23 @@ def test_a_cached_key_still_belongs_to_its_own_client_only(tmp_path: Path) -> No
         consumer.authenticate(_headers(key, other))
     with pytest.raises(AuthenticationError):
         consumer.authenticate(_headers("oo_not-a-key"))
+
+
+def test_the_cli_issues_and_revokes_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from exchange.cli import app
+
+    monkeypatch.setenv("ONCEONLY_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    runner = CliRunner()
+    issued = runner.invoke(app, ["keys", "api-key", str(CLIENT)])
+    assert issued.exit_code == 0, issued.output
+    key = issued.output.strip()
+    assert key.startswith("oo_")
+    revoked = runner.invoke(app, ["keys", "revoke-api-key", str(CLIENT)])
+    assert revoked.exit_code == 0
+    assert "revoked 1 API key(s)" in revoked.output
+    bad = runner.invoke(app, ["keys", "revoke-api-key", "not-a-client"])
+    assert bad.exit_code != 0
+    assert "Client.InvalidIdentifier" in bad.output
