@@ -202,7 +202,9 @@ class SqlAdapter:
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         ensure_schema: bool = True,
+        db_work: str = "auto",
     ) -> None:
+        """``db_work``: where reads run (``exchange.db.runs_inline``; ``Settings.db_work``)."""
         if not services:
             raise ConfigurationError("an SQL adapter needs at least one service")
         self._owns_engine = isinstance(engine, str)
@@ -214,7 +216,7 @@ class SqlAdapter:
             self._compiled[cfg.code] = _Compiled(cfg)
         self._specs = {code: c.spec for code, c in self._compiled.items()}
         self._clock = clock
-        self._inline_reads = runs_inline(self._engine)
+        self._inline_reads = runs_inline(self._engine, mode=db_work)
         if ensure_schema and any(c.spec.changes for c in self._compiled.values()):
             ensure_idempotency_table(self._engine)
 

@@ -83,13 +83,18 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 _R = TypeVar("_R")
 
 
-def runs_inline(*engines: Engine) -> bool:
+def runs_inline(*engines: Engine, mode: str = "auto") -> bool:
     """Whether blocking work on these databases is best run on the event loop itself.
 
     SQLite work is CPU work in this process (no network, no fsync with WAL + synchronous=NORMAL):
     a worker thread adds no parallelism under the GIL, only hand-offs — measured, the event loop
     then waits for the GIL behind the worker threads and a node did 40 % fewer exchanges per
-    second (docs/performance.md). PostgreSQL work waits on round trips, so it goes to threads."""
+    second (docs/performance.md). PostgreSQL work waits on round trips, so by default (``mode``
+    ``auto``) it goes to threads; ``Settings.db_work`` (``inline`` / ``threads``) overrides."""
+    if mode == "inline":
+        return True
+    if mode == "threads":
+        return False
     return all(e.dialect.name == "sqlite" for e in engines)
 
 

@@ -31,12 +31,14 @@ RETENTION_FACTOR = 2  # keep ids twice as long as the skew window allows a messa
 
 
 class ReplayGuard:
-    def __init__(self, engine: Engine, node: str, *, max_skew_s: int) -> None:
+    def __init__(
+        self, engine: Engine, node: str, *, max_skew_s: int, inline: bool | None = None
+    ) -> None:
         self._engine = engine
         self._node = node
         self._retention = timedelta(seconds=max_skew_s * RETENTION_FACTOR + 60)
         self._group: GroupCommit[tuple[str, str, datetime], bool] = GroupCommit(
-            self.remember_many, inline=runs_inline(engine)
+            self.remember_many, inline=runs_inline(engine) if inline is None else inline
         )
         table = SeenMessageRow.__table__
         dialect = postgresql if engine.dialect.name == "postgresql" else sqlite

@@ -63,9 +63,13 @@ class ReferenceRegistry:
         return f"{self.member}/{self.subsystem}"
 
     def adapter(
-        self, engine: Engine | str, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+        self,
+        engine: Engine | str,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        db_work: str = "auto",
     ) -> SqlAdapter:
-        return SqlAdapter(engine, self.services, clock=clock)
+        return SqlAdapter(engine, self.services, clock=clock, db_work=db_work)
 
 
 def _f(column: str, type_: FieldType = "string", description: str | None = None) -> ColumnField:

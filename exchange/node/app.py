@@ -259,9 +259,10 @@ def create_node_app(
     registry.on_change(lambda _reg: metrics.registry_serial.inc())
     for listener in parts.on_registry:
         registry.on_change(listener)
-    audit = GroupCommitSink(parts.audit or SqlMessageLog(engine), inline=runs_inline(engine))
+    inline = runs_inline(engine, mode=settings.db_work)
+    audit = GroupCommitSink(parts.audit or SqlMessageLog(engine), inline=inline)
     node_id = str(member)
-    replay = ReplayGuard(engine, node_id, max_skew_s=settings.max_clock_skew_s)
+    replay = ReplayGuard(engine, node_id, max_skew_s=settings.max_clock_skew_s, inline=inline)
     provider = Provider(
         node=node_id,
         signers=signers,
@@ -274,7 +275,7 @@ def create_node_app(
         subjects=parts.subjects,
         max_skew_s=settings.max_clock_skew_s,
         clock=clock,
-        inline=parts.inline and runs_inline(engine),
+        inline=parts.inline and inline,
     )
     consumer = Consumer(
         node=node_id,

@@ -315,7 +315,9 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
     for reg in REFERENCE_REGISTRIES:
         client = ClientId.parse(reg.client_id)
         if client in hosted:
-            adapters[client] = reg.adapter(registry_database_url(settings, reg.subsystem))
+            adapters[client] = reg.adapter(
+                registry_database_url(settings, reg.subsystem), db_work=settings.db_work
+            )
     pseudonym_engine = make_engine(registry_database_url(settings, PSEUDONYMS))
     subjects = AgencyAliases(
         pseudonym_service(settings, pseudonym_engine), {ONE_STOP_CLIENT: CITIZEN_AGENCY}
@@ -346,7 +348,7 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
         on_registry=(gate.on_registry, feed.on_registry),
         background=(publish_checkpoints,),
         engine=engine,
-        inline=runs_inline(engine, pseudonym_engine)
+        inline=runs_inline(engine, pseudonym_engine, mode=settings.db_work)
         and isinstance(feed.engine, EmbeddedRegoEngine),
         closers=(
             *(a.aclose for a in adapters.values() if isinstance(a, SqlAdapter)),

@@ -120,11 +120,13 @@ class Federation:
         ).to_bytes()
 
 
-def build_federation(tmp_path: Path, db_url: str) -> Federation:
+def build_federation(tmp_path: Path, db_url: str, *, db_work: str = "auto") -> Federation:
     now = datetime.now(UTC)
     keys = KeyStore(tmp_path / "data")
     init_instance(keys, "JP", now=now)
-    settings = Settings(data_dir=keys.root, central_url="http://central", database_url=db_url)
+    settings = Settings(
+        data_dir=keys.root, central_url="http://central", database_url=db_url, db_work=db_work
+    )
     engine = make_engine(db_url)
     upgrade(engine)
     admin = RegistryAdmin(engine)
@@ -152,7 +154,9 @@ def build_federation(tmp_path: Path, db_url: str) -> Federation:
     )
     fed = Federation(keys.root, settings, engine, admin, transport, central, adapter=adapter)
     for m, (_, _, addr) in members.items():
-        parts = NodeParts(adapters={RESIDENTS: adapter} if m == RESIDENTS.member else {})
+        parts = NodeParts(
+            adapters={RESIDENTS: adapter} if m == RESIDENTS.member else {}, inline=True
+        )
         app = create_node_app(settings, m, parts, engine=engine, transport=transport)
         transport.apps[addr] = app
         fed.nodes[str(m)] = app

@@ -47,6 +47,22 @@ def _call(fed: Federation, client: object, path: str = f"/r1/{ADDRESS}", **extra
     return asyncio.run(go())
 
 
+@pytest.mark.parametrize("db_work", ["inline", "threads"])
+def test_exchange_and_replay_refusal_whether_database_work_runs_inline_or_in_threads(
+    tmp_path: Path, db_url: str, db_work: str
+) -> None:
+    """``ONCEONLY_DB_WORK`` changes where the work runs, never what is decided."""
+    federation = build_federation(tmp_path, db_url, db_work=db_work)
+    try:
+        assert _call(federation, TAX).status_code == 200
+        assert _call(federation, TAX, **{"X-Road-Id": "fixed-id-1"}).status_code == 200
+        replay = _call(federation, TAX, **{"X-Road-Id": "fixed-id-1"})
+        assert replay.status_code == 409
+        assert replay.json()["code"] == "Server.ServerProxy.Replay"
+    finally:
+        federation.central_engine.dispose()
+
+
 def test_allowed_exchange_returns_verified_data_with_xroad_headers(fed: Federation) -> None:
     r = _call(fed, TAX)
     assert r.status_code == 200, r.text
