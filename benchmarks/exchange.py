@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -57,14 +58,16 @@ async def load(
 ) -> dict[str, float]:
     latencies: list[float] = []
     errors = 0
+    sent = 0  # warm-up included: what the servers' CPU time is divided by
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
         stop_at = time.perf_counter() + warmup + seconds
         measure_from = time.perf_counter() + warmup
 
         async def worker() -> None:
-            nonlocal errors
+            nonlocal errors, sent
             while (now := time.perf_counter()) < stop_at:
+                sent += 1
                 t0 = time.perf_counter()
                 async with session.get(url, headers=headers) as r:
                     await r.read()
@@ -80,11 +83,32 @@ async def load(
     latencies.sort()
     return {
         "requests": len(latencies),
+        "requests_with_warmup": sent,
         "errors": errors,
         "throughput_rps": round(len(latencies) / seconds, 1),
         "p50_ms": round(statistics.median(latencies) * 1000, 2) if latencies else None,  # type: ignore[dict-item]
         "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 2) if latencies else None,  # type: ignore[dict-item]
     }
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux ``/proc``; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _round(pids: dict[str, int], run: Any) -> dict[str, Any]:
+    """One round of load, with each server process's CPU time per request it served."""
+    before = {name: _cpu_s(pid) for name, pid in pids.items()}
+    result: dict[str, Any] = asyncio.run(run)
+    served = max(result["requests_with_warmup"], 1)
+    result["cpu_ms_per_request"] = {
+        name: round((_cpu_s(pid) - before[name]) * 1000 / served, 3) for name, pid in pids.items()
+    }
+    return result
 
 
 def _median_run(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -173,27 +197,34 @@ def main() -> None:
         }
         runs_a: list[dict[str, float]] = []
         runs_b: list[dict[str, float]] = []
+        pids_a = {"forwarder": procs_a[1].pid, "backend": procs_a[0].pid}
+        pids_b = {
+            "consumer_node": nodes[2].popen.pid,  # type: ignore[union-attr]
+            "provider_node": nodes[1].popen.pid,  # type: ignore[union-attr]
+        }
         for _ in range(repeat):
             runs_a.append(
-                asyncio.run(
+                _round(
+                    pids_a,
                     load(
                         f"http://127.0.0.1:{hop_port}/r1/x",
                         {"x-onceonly-subject": "s"},
                         concurrency=args.concurrency,
                         seconds=seconds,
                         warmup=warmup,
-                    )
+                    ),
                 )
             )
             runs_b.append(
-                asyncio.run(
+                _round(
+                    pids_b,
                     load(
                         f"{nodes[2].url}/r1/{SERVICE}",
                         headers,
                         concurrency=args.concurrency,
                         seconds=seconds,
                         warmup=warmup,
-                    )
+                    ),
                 )
             )
     finally:

@@ -5,9 +5,10 @@ primary key, so two replicas racing on the same id cannot both accept it) and ke
 the clock-skew window; anything older is refused by the skew check before it gets here, so pruning
 never reopens a replay.
 
-Under load the provider batches its ids (``remember_async``): one ``INSERT … ON CONFLICT DO
-NOTHING RETURNING`` per batch, in one transaction, tells which ids were new — the primary key still
-decides, so two replicas (or two messages with one id in the same batch) cannot both be accepted.
+Under load the provider batches its ids (``remember_async``): one transaction per batch, whose
+``INSERT … ON CONFLICT DO NOTHING`` tells which ids were new (``RETURNING`` on PostgreSQL, the row
+count of each insert on SQLite). The primary key still decides, so two replicas — or two messages
+with one id in the same batch — cannot both be accepted.
 """
 
 from __future__ import annotations
