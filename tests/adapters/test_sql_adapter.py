@@ -6,6 +6,7 @@ import asyncio
 import json
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, func, insert, inspect, select, text, update
@@ -347,3 +348,82 @@ def test_change_clashing_with_a_department_constraint_is_a_conflict(engine: Engi
         asyncio.run(adapter.call(request))
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(IDEMPOTENCY_TABLE)).scalar() == 0
+
+
+def test_reads_on_the_loop_and_in_threads_answer_the_same_for_every_type(tmp_path: Path) -> None:
+    """SQLite reads run on the event loop straight to the driver; the values must be exactly what
+    the SQLAlchemy path gives (its result processors), for every field type."""
+    eng = make_engine(f"sqlite:///{tmp_path / 'types.sqlite'}")
+    with eng.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE TABLE things (id VARCHAR PRIMARY KEY, s VARCHAR, i INTEGER, n FLOAT, "
+                "b BOOLEAN, d DATE, t DATETIME, empty VARCHAR)"
+            )
+        )
+    config = SqlServiceConfig(
+        code="thing",
+        description="every type",
+        table="things",
+        key_column="id",
+        fields={
+            "s": ColumnField(column="s", type="string"),
+            "i": ColumnField(column="i", type="integer"),
+            "n": ColumnField(column="n", type="number"),
+            "b": ColumnField(column="b", type="boolean"),
+            "d": ColumnField(column="d", type="date"),
+            "t": ColumnField(column="t", type="datetime"),
+            "empty": ColumnField(column="empty", type="string"),
+        },
+        purposes=("address-change",),
+    )
+    loop_reads = SqlAdapter(eng, [config], db_work="inline")
+    thread_reads = SqlAdapter(eng, [config], db_work="threads")
+    from sqlalchemy import Boolean, Date, DateTime, Float, Integer, String, column, table
+
+    things = table(
+        "things",
+        column("id", String()),
+        column("s", String()),
+        column("i", Integer()),
+        column("n", Float()),
+        column("b", Boolean()),
+        column("d", Date()),
+        column("t", DateTime(timezone=True)),
+        column("empty", String()),
+    )
+    with eng.begin() as conn:
+        conn.execute(
+            insert(things).values(
+                id="x1",
+                s="町田",
+                i=42,
+                n=1.5,
+                b=True,
+                d=date(2026, 4, 1),
+                t=datetime(2026, 4, 1, 9, 30, tzinfo=UTC),
+                empty=None,
+            )
+        )
+    fields = ("s", "i", "n", "b", "d", "t", "empty")
+    request = _request("thing", subject="x1", fields=fields, provider=RR.client_id)
+    a = asyncio.run(loop_reads.call(request))
+    b = asyncio.run(thread_reads.call(request))
+    assert a.data == b.data
+    assert a.data == {
+        "s": "町田",
+        "i": 42,
+        "n": 1.5,
+        "b": True,
+        "d": "2026-04-01",
+        "t": b.data["t"],  # type: ignore[index]
+        "empty": None,
+    }
+    # the loop's connection sees a change committed by another connection at its next read
+    with eng.begin() as conn:
+        conn.execute(text("UPDATE things SET i = 43 WHERE id = 'x1'"))
+    assert asyncio.run(loop_reads.call(request)).data["i"] == 43  # type: ignore[index]
+    with pytest.raises(NotFoundError):
+        asyncio.run(loop_reads.call(_request("thing", subject="nobody", fields=("s",))))
+    asyncio.run(loop_reads.aclose())
+    eng.dispose()
