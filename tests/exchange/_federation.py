@@ -19,7 +19,13 @@ from exchange.identifiers import ClientId, MemberId, ServiceId
 from exchange.keystore import KeyStore
 from exchange.node.app import NodeParts, create_node_app
 from exchange.node.central import create_central_app
-from exchange.ports import AdapterRequest, AdapterResponse, ServiceDescription, TransportResponse
+from exchange.ports import (
+    AdapterRequest,
+    AdapterResponse,
+    ConsentGate,
+    ServiceDescription,
+    TransportResponse,
+)
 from exchange.provisioning import init_instance, issue_api_key, provision_subsystem
 from exchange.registry_admin import RegistryAdmin
 from exchange.settings import Settings
@@ -120,7 +126,9 @@ class Federation:
         ).to_bytes()
 
 
-def build_federation(tmp_path: Path, db_url: str, *, db_work: str = "auto") -> Federation:
+def build_federation(
+    tmp_path: Path, db_url: str, *, db_work: str = "auto", consent: ConsentGate | None = None
+) -> Federation:
     now = datetime.now(UTC)
     keys = KeyStore(tmp_path / "data")
     init_instance(keys, "JP", now=now)
@@ -155,7 +163,9 @@ def build_federation(tmp_path: Path, db_url: str, *, db_work: str = "auto") -> F
     fed = Federation(keys.root, settings, engine, admin, transport, central, adapter=adapter)
     for m, (_, _, addr) in members.items():
         parts = NodeParts(
-            adapters={RESIDENTS: adapter} if m == RESIDENTS.member else {}, inline=True
+            adapters={RESIDENTS: adapter} if m == RESIDENTS.member else {},
+            consent=consent if m == RESIDENTS.member else None,
+            inline=True,
         )
         app = create_node_app(settings, m, parts, engine=engine, transport=transport)
         transport.apps[addr] = app

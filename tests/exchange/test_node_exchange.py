@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from exchange.identifiers import ServiceId
+from exchange.ports import ConsentDecision, ConsentQuery
 from tests.exchange._federation import (
     ADDRESS,
     GAS,
@@ -59,6 +60,40 @@ def test_exchange_and_replay_refusal_whether_database_work_runs_inline_or_in_thr
         replay = _call(federation, TAX, **{"X-Road-Id": "fixed-id-1"})
         assert replay.status_code == 409
         assert replay.json()["code"] == "Server.ServerProxy.Replay"
+    finally:
+        federation.central_engine.dispose()
+
+
+class RecordingGate:
+    """A consent gate that allows everything and remembers what the provider asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[ConsentQuery] = []
+
+    def check(self, query: ConsentQuery) -> ConsentDecision:
+        self.asked.append(query)
+        return ConsentDecision(True, query.consent_id, frozenset(query.fields))
+
+    def use(self, query: ConsentQuery) -> ConsentDecision:
+        return self.check(query)
+
+
+def test_a_read_never_passes_its_idempotency_key_to_the_consent_gate(
+    tmp_path: Path, db_url: str
+) -> None:
+    """A key makes a retry the same consent use only for changes: a read under a key must not
+    re-read on a spent one-time consent."""
+    gate = RecordingGate()
+    federation = build_federation(tmp_path, db_url, consent=gate)
+    try:
+        r = _call(
+            federation,
+            TAX,
+            **{"X-OnceOnly-Consent-Id": "c-1", "Idempotency-Key": "same-key-every-time"},
+        )
+        assert r.status_code == 200, r.text
+        assert gate.asked
+        assert {q.idempotency_key for q in gate.asked} == {None}
     finally:
         federation.central_engine.dispose()
 
