@@ -101,8 +101,8 @@ class RemoteConsentGate:
         reason = self._local(query)
         if reason is not None:
             return _deny(query, reason)
-        body = json.dumps(
-            GateRequest(
+        try:
+            asked = GateRequest(
                 consent_id=query.consent_id,
                 artefact=query.artefact,
                 subject=query.subject,
@@ -112,9 +112,12 @@ class RemoteConsentGate:
                 fields=query.fields,
                 message_id=query.message_id,
                 idempotency_key=query.idempotency_key,
-            ).model_dump(mode="json"),
-            separators=(",", ":"),
-        ).encode()
+            )
+        except (
+            ValidationError
+        ):  # a value the protocol cannot carry: refuse, never raise (fail closed)
+            return _deny(query, "the request cannot be put to the consent service")
+        body = json.dumps(asked.model_dump(mode="json"), separators=(",", ":")).encode()
         path = f"{GATE_PATH}/{verb}"
         try:
             headers = {"content-type": "application/json", **self._sign("POST", path, body)}

@@ -240,7 +240,7 @@ class Provider:
                 message_id=env.message_id,
                 # Only a change is retried under its key (the adapter answers a retry from its
                 # idempotency table); a read under a key must not re-read on a spent consent.
-                idempotency_key=env.idempotency_key if service.changes else None,
+                idempotency_key=(env.idempotency_key or None) if service.changes else None,
             )
             consent = self._consent.check(query)
             # A consent the caller relies on that does not cover the request is refused outright,

@@ -330,6 +330,19 @@ def test_the_remote_gate_refuses_a_consent_revoked_a_moment_ago(
     assert gate.use(query(consent, now=T0)).reasons == (f"consent {consent.id} is revoked",)
 
 
+def test_values_the_gate_protocol_cannot_carry_are_refused_not_raised(
+    client: TestClient, service: ConsentService, grant: GrantFn
+) -> None:
+    """A provider node passes what a (possibly hostile) consumer signed; the gate must answer
+    with a refusal, never an exception (which would become a 500)."""
+    consent = grant()
+    gate = remote(client, service)
+    for bad in (query(consent, idempotency_key=""), query(consent, idempotency_key="k" * 300)):
+        decision = gate.use(bad)
+        assert not decision
+        assert decision.reasons == ("the request cannot be put to the consent service",)
+
+
 def test_the_remote_gate_refuses_forged_artefacts_without_asking(
     client: TestClient, service: ConsentService, grant: GrantFn
 ) -> None:
