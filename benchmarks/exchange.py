@@ -37,15 +37,13 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import text  # noqa: E402
 
 from exchange.db import make_engine  # noqa: E402
-from exchange.federation import provision  # noqa: E402
 from exchange.identifiers import ClientId, MemberId, ServiceId  # noqa: E402
 from exchange.node.app import database_url  # noqa: E402
 from exchange.node.compose import pseudonym_service, registry_database_url  # noqa: E402
 from exchange.ports import CITIZEN_AGENCY  # noqa: E402
 from exchange.registry_admin import RegistryAdmin  # noqa: E402
-from exchange.settings import Settings  # noqa: E402
 from tests.conftest import _create_pg_database  # noqa: E402
-from tests.integration.processes import Proc, free_port  # noqa: E402
+from tests.integration.processes import Proc, free_port, provisioned_cluster  # noqa: E402
 
 MACHIDA = MemberId.parse("JP/GOV/132098")
 LAND = MemberId.parse("JP/GOV/000001")
@@ -145,17 +143,11 @@ def main() -> None:
     drop_database = None
     try:
         # (b) the signed exchange between two nodes
-        ports = {"central": free_port(), str(MACHIDA): free_port(), str(LAND): free_port()}
         pg_url = None
         if os.environ.get("DATABASE_URL"):
             pg_url, drop_database = _create_pg_database(os.environ["DATABASE_URL"])
-        settings = Settings(data_dir=tmp / "data", database_url=pg_url)
-        fed = provision(
-            settings,
-            "http://unused",
-            citizens=200,
-            addresses={m: f"http://127.0.0.1:{ports[str(m)]}" for m in (MACHIDA, LAND)},
-            central_url=f"http://127.0.0.1:{ports['central']}",
+        cluster, settings, api_keys = provisioned_cluster(
+            tmp / "data", (MACHIDA, LAND), log=log, database_url=pg_url, citizens=200
         )
         admin = RegistryAdmin(make_engine(database_url(settings, "central")))
         admin.grant(CONSUMER, SERVICE)
@@ -176,21 +168,12 @@ def main() -> None:
             resident, from_agency="JP/GOV/132098/resident-registry", to_agency=CITIZEN_AGENCY
         )
         subject = pseudonyms.translate(citizen, from_agency=CITIZEN_AGENCY, to_agency=str(CONSUMER))
-        env = {
-            "ONCEONLY_DATA_DIR": str(settings.data_dir),
-            "ONCEONLY_CENTRAL_URL": f"http://127.0.0.1:{ports['central']}",
-            **({"DATABASE_URL": pg_url} if pg_url else {}),
-        }
-        nodes = [Proc("central", ["central"], env, ports["central"], log)]
-        nodes += [
-            Proc(str(m), ["node", "--member", str(m)], env, ports[str(m)], log)
-            for m in (MACHIDA, LAND)
-        ]
+        nodes = [cluster.procs["central"], cluster.procs[str(MACHIDA)], cluster.procs[str(LAND)]]
         for p in nodes:
             p.start()
         headers = {
             "X-Road-Client": str(CONSUMER),
-            "X-OnceOnly-Api-Key": fed.api_keys[str(CONSUMER)],
+            "X-OnceOnly-Api-Key": api_keys[str(CONSUMER)],
             "X-OnceOnly-Purpose": "taxation",
             "X-OnceOnly-Subject": subject,
             "X-OnceOnly-Fields": "address,moved_in_on",

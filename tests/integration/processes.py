@@ -9,11 +9,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from exchange.federation import provision
+from exchange.identifiers import MemberId
+from exchange.settings import Settings
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
@@ -85,3 +89,39 @@ def running(cluster: Cluster) -> Iterator[Cluster]:
         yield cluster
     finally:
         cluster.stop_all()
+
+
+def provisioned_cluster(
+    data_dir: Path,
+    members: Sequence[MemberId],
+    *,
+    log: Path,
+    database_url: str | None = None,
+    citizens: int = 30,
+    seed_value: int | None = None,
+    env: Mapping[str, str] | None = None,
+) -> tuple[Cluster, Settings, dict[str, str]]:
+    """The reference instance provisioned in ``data_dir``, with a central server and one node per
+    member as (not yet started) processes on free loopback ports; returns the cluster, the
+    settings and the departmental systems' API keys."""
+    ports = {"central": free_port(), **{str(m): free_port() for m in members}}
+    central = f"http://127.0.0.1:{ports['central']}"
+    settings = Settings(data_dir=data_dir, database_url=database_url, central_url=central)
+    fed = provision(
+        settings,
+        "http://unused",
+        citizens=citizens,
+        **({"seed_value": seed_value} if seed_value is not None else {}),
+        addresses={m: f"http://127.0.0.1:{ports[str(m)]}" for m in members},
+        central_url=central,
+    )
+    proc_env = {"ONCEONLY_DATA_DIR": str(data_dir), "ONCEONLY_CENTRAL_URL": central, **(env or {})}
+    if database_url:
+        proc_env["DATABASE_URL"] = database_url
+    cluster = Cluster()
+    cluster.procs["central"] = Proc("central", ["central"], proc_env, ports["central"], log)
+    for m in members:
+        cluster.procs[str(m)] = Proc(
+            str(m), ["node", "--member", str(m)], proc_env, ports[str(m)], log
+        )
+    return cluster, settings, fed.api_keys

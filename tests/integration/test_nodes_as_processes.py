@@ -14,11 +14,10 @@ import pytest
 from sqlalchemy import text
 
 from exchange.db import make_engine
-from exchange.federation import provision
 from exchange.identifiers import MemberId
 from exchange.node.compose import registry_database_url
 from exchange.settings import Settings
-from tests.integration.processes import Cluster, Proc, free_port, running
+from tests.integration.processes import Cluster, Proc, provisioned_cluster, running
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -31,35 +30,19 @@ ADDRESS = "JP/GOV/132098/resident-registry/address/v1"
 
 @pytest.fixture
 def cluster(tmp_path: Path, db_url: str) -> Iterator[tuple[Cluster, dict[str, str], Settings]]:
-    data = tmp_path / "data"
-    ports = {"central": free_port(), str(MACHIDA): free_port(), str(GAS): free_port()}
-    settings = Settings(
-        data_dir=data, database_url=db_url if db_url.startswith("postgresql") else None
-    )
-    fed = provision(
-        settings,
-        "http://unused",
+    c, settings, api_keys = provisioned_cluster(
+        tmp_path / "data",
+        (MACHIDA, GAS),
+        log=tmp_path / "processes.log",
+        database_url=db_url if db_url.startswith("postgresql") else None,
         citizens=30,
-        addresses={m: f"http://127.0.0.1:{ports[str(m)]}" for m in (MACHIDA, GAS)},
-        central_url=f"http://127.0.0.1:{ports['central']}",
+        env={"ONCEONLY_REGISTRY_REFRESH_S": "1"},
     )
-    env = {
-        "ONCEONLY_DATA_DIR": str(data),
-        "ONCEONLY_CENTRAL_URL": f"http://127.0.0.1:{ports['central']}",
-        "ONCEONLY_REGISTRY_REFRESH_S": "1",
-    }
-    if settings.database_url:
-        env["DATABASE_URL"] = settings.database_url
-    log = tmp_path / "processes.log"
-    c = Cluster()
-    c.procs["central"] = Proc("central", ["central"], env, ports["central"], log)
-    for m in (MACHIDA, GAS):
-        c.procs[str(m)] = Proc(str(m), ["node", "--member", str(m)], env, ports[str(m)], log)
     gen = running(c)
     cl = next(gen)
     for p in cl.procs.values():
         p.start()
-    yield cl, fed.api_keys, settings
+    yield cl, api_keys, settings
     gen.close()
 
 

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import pytest
 
 from exchange.db import make_engine, upgrade
-from exchange.federation import ONE_STOP, provision
+from exchange.federation import ONE_STOP
 from exchange.keystore import KeyStore
 from exchange.node.compose import consent_service
 from exchange.settings import Settings
@@ -22,7 +22,7 @@ from procedures.address_change import AddressChangeService
 from procedures.model import AddressChangeInput, ConfirmInput, StepState
 from procedures.one_stop import OneStopClient
 from procedures.runner import ProcedureRunner
-from tests.integration.processes import Cluster, Proc, free_port, running
+from tests.integration.processes import Cluster, provisioned_cluster, running
 from tests.procedures.helpers import MEMBERS, SEED, RegistryLook, utc_now
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -33,38 +33,20 @@ GAS = "JP/COM/9000000000002"
 
 @pytest.fixture
 def processes(tmp_path: Path, db_url: str) -> Iterator[tuple[Cluster, Settings, dict[str, str]]]:
-    ports = {"central": free_port(), **{str(m): free_port() for m in MEMBERS}}
-    central = f"http://127.0.0.1:{ports['central']}"
-    settings = Settings(
-        data_dir=tmp_path / "data",
+    cluster, settings, api_keys = provisioned_cluster(
+        tmp_path / "data",
+        MEMBERS,
+        log=tmp_path / "processes.log",
         database_url=db_url if db_url.startswith("postgresql") else None,
-        central_url=central,
-    )
-    fed = provision(
-        settings,
-        "http://unused",
         citizens=40,
         seed_value=SEED,
-        addresses={m: f"http://127.0.0.1:{ports[str(m)]}" for m in MEMBERS},
-        central_url=central,
+        env={"ONCEONLY_REGISTRY_REFRESH_S": "5"},
     )
-    env = {
-        "ONCEONLY_DATA_DIR": str(settings.data_dir),
-        "ONCEONLY_CENTRAL_URL": central,
-        "ONCEONLY_REGISTRY_REFRESH_S": "5",
-    }
-    if settings.database_url:
-        env["DATABASE_URL"] = settings.database_url
-    log = tmp_path / "processes.log"
-    cluster = Cluster()
-    cluster.procs["central"] = Proc("central", ["central"], env, ports["central"], log)
-    for m in MEMBERS:
-        cluster.procs[str(m)] = Proc(str(m), ["node", "--member", str(m)], env, ports[str(m)], log)
     gen = running(cluster)
     cl = next(gen)
     for p in cl.procs.values():
         p.start()
-    yield cl, settings, fed.api_keys
+    yield cl, settings, api_keys
     gen.close()
 
 
