@@ -25,7 +25,7 @@ import base64
 import functools
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import astuple, dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -36,6 +36,7 @@ from audit import merkle
 from audit.checkpoint import Checkpoint, NoteSigner, NoteVerifier, sign_checkpoint
 from audit.store import CheckpointRow, EntryRow, HeadRow, NodeRow, node_key
 from exchange.canonical import canonical_json
+from exchange.db import driver_cursor
 from exchange.errors import ClientError, NotFoundError, OnceOnlyError
 from exchange.ports import AuditEvent, AuditSink
 
@@ -174,13 +175,11 @@ _APPEND_SQL = _AppendSql(
 @functools.cache
 def _append_sql(paramstyle: str, dialect: str) -> _AppendSql:
     """The append path's SQL (constants above) in a driver's positional parameter style."""
-    if paramstyle == "qmark":
-        return _APPEND_SQL
-    sql = _AppendSql(*(getattr(_APPEND_SQL, f).replace("?", "%s") for f in _AppendSql.__slots__))
+    sql = _APPEND_SQL
+    if paramstyle != "qmark":
+        sql = _AppendSql(*(statement.replace("?", "%s") for statement in astuple(sql)))
     if dialect == "postgresql":  # lock the head row; SQLite's BEGIN IMMEDIATE locked the file
-        sql = _AppendSql(
-            sql.lock_head + " FOR UPDATE", *(getattr(sql, f) for f in _AppendSql.__slots__[1:])
-        )
+        sql = replace(sql, lock_head=sql.lock_head + " FOR UPDATE")
     return sql
 
 
@@ -230,8 +229,7 @@ class TransparencyLog:
         with self._engine.connect() as conn:
             conn.begin()  # so that conn.commit() below commits what the raw cursor wrote
             self._begin_write(conn)
-            cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-            try:
+            with driver_cursor(conn) as cur:
                 cur.execute(sql.lock_head, (self.log_id,))
                 found = cur.fetchone()
                 if found is None:
@@ -264,8 +262,6 @@ class TransparencyLog:
                     sql.update_head,
                     (n + len(prepared), root, b"".join(h for _, h in frontier), self.log_id),
                 )
-            finally:
-                cur.close()
             conn.commit()
         return list(range(n, n + len(prepared)))
 

@@ -19,11 +19,12 @@ from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
 __all__ = [
     "MIGRATING_PACKAGES",
+    "driver_cursor",
     "is_postgres",
     "make_engine",
     "normalise_url",
@@ -96,6 +97,17 @@ def runs_inline(*engines: Engine, mode: str = "auto") -> bool:
     if mode == "threads":
         return False
     return all(e.dialect.name == "sqlite" for e in engines)
+
+
+@contextlib.contextmanager
+def driver_cursor(conn: Connection) -> Iterator[Any]:
+    """A DB-API cursor on ``conn``'s driver connection, inside the transaction ``conn`` holds: for
+    the hot paths where SQLAlchemy's per-statement work costs more than the statement itself."""
+    cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        yield cur
+    finally:
+        cur.close()
 
 
 async def run_blocking(inline: bool, fn: Callable[..., _R], *args: Any) -> _R:

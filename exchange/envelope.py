@@ -107,8 +107,11 @@ def request_hash(envelope: RequestEnvelope | dict[str, object]) -> str:
 
     The provider hashes the envelope exactly as received (the dict that was signed)."""
     env = envelope if isinstance(envelope, dict) else envelope.model_dump(mode="json")
-    digest = hashlib.sha512(canonical_json(env)).digest()
-    return base64.b64encode(digest).decode("ascii")
+    return _hash_of_canonical(canonical_json(env))
+
+
+def _hash_of_canonical(canonical: bytes) -> str:
+    return base64.b64encode(hashlib.sha512(canonical).digest()).decode("ascii")
 
 
 def seal(envelope: RequestEnvelope | ResponseEnvelope, body: bytes, signer: Signer) -> bytes:
@@ -119,7 +122,7 @@ def seal(envelope: RequestEnvelope | ResponseEnvelope, body: bytes, signer: Sign
 def seal_request(envelope: RequestEnvelope, body: bytes, signer: Signer) -> tuple[bytes, str]:
     """``seal`` a request and return its ``request_hash`` too (one canonicalisation for both)."""
     wire, canonical = _seal(envelope.model_dump(mode="json"), body, signer)
-    return wire, base64.b64encode(hashlib.sha512(canonical).digest()).decode("ascii")
+    return wire, _hash_of_canonical(canonical)
 
 
 def _seal(env: dict[str, object], body: bytes, signer: Signer) -> tuple[bytes, bytes]:

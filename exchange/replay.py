@@ -21,7 +21,7 @@ from sqlalchemy import Engine, delete, insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from exchange.db import runs_inline, write_transaction
+from exchange.db import driver_cursor, runs_inline, write_transaction
 from exchange.errors import ReplayError
 from exchange.group_commit import GroupCommit
 from exchange.store import SeenMessageRow
@@ -94,8 +94,7 @@ class ReplayGuard:
 
     def _insert_sqlite(self, conn: Any, rows: list[dict[str, Any]]) -> set[tuple[Any, ...]]:
         new: set[tuple[Any, ...]] = set()
-        cur = conn.connection.dbapi_connection.cursor()
-        try:
+        with driver_cursor(conn) as cur:
             for r in rows:
                 cur.execute(
                     "INSERT INTO xchg_seen_messages (node, sender, message_id, seen_at) "
@@ -104,8 +103,6 @@ class ReplayGuard:
                 )
                 if cur.rowcount == 1:
                     new.add((r["sender"], r["message_id"]))
-        finally:
-            cur.close()
         return new
 
     def prune(self, *, now: datetime) -> int:

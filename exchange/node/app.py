@@ -330,8 +330,9 @@ def create_node_app(
     app.state.engine = engine
     app.state.member = member
 
-    # The two exchange routes take the raw request and need none of FastAPI's machinery: they are
-    # plain routes, and ``_ExchangeFastPath`` serves them ahead of the middleware stack.
+    # The two exchange routes take the raw request and need none of FastAPI's machinery:
+    # ``_ExchangeFastPath`` serves them ahead of the middleware stack. They stay in the route table
+    # too, so that another method on their paths is answered 405, not 404.
     async def messages(request: Request) -> Response:
         started = time.perf_counter()
         answer = await provider.handle(await read_body(request, limit=MAX_REQUEST_BYTES))
@@ -346,7 +347,7 @@ def create_node_app(
 
     async def r1(request: Request) -> Response:
         started = time.perf_counter()
-        path: str = request.path_params.get("path") or _route_path(request.scope)[len("/r1/") :]
+        path = _route_path(request.scope)[len("/r1/") :]
         parts_ = path.split("/")
         if len(parts_) == 5 and parts_[4] in METASERVICES:
             return await _metaservice(parts_, request)
