@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
@@ -20,10 +20,11 @@ from adapters.reference.registries import ELECTRICITY_MEMBER
 from exchange.signing import MemberVerifier
 from exchange.tokens import DevIssuer
 from exchange.web.problems import install_problem_handlers
+from procedures.address_change import AddressChangeService
 from procedures.api import build_router
 from procedures.certificate import verify_certificate
 from procedures.demo import demo_address_change
-from procedures.model import AddressChangeInput, ConfirmInput, StepState
+from procedures.model import AddressChangeInput, ConfirmInput, ProcedureView, StepState
 from procedures.runner import ProcedureRunner
 from procedures.store import StepRow
 from tests.procedures.helpers import Federation, utc_now
@@ -61,6 +62,21 @@ def _supply_address(fed: Federation, registry: str, citizen: str) -> str:
         k=fed.local_pseudonym(citizen, registry),
     )
     return str(rows[0]["supply_address"])
+
+
+async def _start_and_confirm(
+    service: AddressChangeService,
+    citizen: str,
+    consents: dict[str, Literal["approve", "decline"]],
+) -> tuple[ProcedureView, ProcedureView]:
+    """Start an address change to ``NEW_ADDRESS`` today and confirm it: (preview, confirmed)."""
+    view = await service.start(
+        citizen,
+        AddressChangeInput(move_date=utc_now().date(), address=NEW_ADDRESS),
+        now=utc_now(),
+    )
+    confirmed = service.confirm(citizen, view.id, ConfirmInput(consents=consents), now=utc_now())
+    return view, confirmed
 
 
 def _idempotency_records(fed: Federation, registry: str, key: str) -> int:
@@ -186,16 +202,8 @@ def test_declined_consent_skips_that_company_and_the_rest_proceed(federation: Fe
     async def scenario() -> list[Any]:
         async with fed.client() as client:
             service = fed.service(client)
-            view = await service.start(
-                citizen,
-                AddressChangeInput(move_date=utc_now().date(), address=NEW_ADDRESS),
-                now=utc_now(),
-            )
-            confirmed = service.confirm(
-                citizen,
-                view.id,
-                ConfirmInput(consents={"electricity": "approve", "gas": "decline"}),
-                now=utc_now(),
+            view, confirmed = await _start_and_confirm(
+                service, citizen, {"electricity": "approve", "gas": "decline"}
             )
             gas = next(s for s in confirmed.steps if s.recipient == "gas")
             assert gas.state is StepState.SKIPPED
@@ -220,16 +228,8 @@ def test_provider_down_delays_its_step_which_completes_once_when_back(
     async def scenario() -> tuple[str, Any]:
         async with fed.client() as client:
             service = fed.service(client)
-            view = await service.start(
-                citizen,
-                AddressChangeInput(move_date=utc_now().date(), address=NEW_ADDRESS),
-                now=utc_now(),
-            )
-            service.confirm(
-                citizen,
-                view.id,
-                ConfirmInput(consents={"electricity": "approve", "gas": "approve"}),
-                now=utc_now(),
+            view, _ = await _start_and_confirm(
+                service, citizen, {"electricity": "approve", "gas": "approve"}
             )
             runner = fed.runner(client)
             await asyncio.to_thread(fed.stop, ELECTRICITY_NODE)
@@ -267,16 +267,8 @@ def test_runner_killed_after_sending_is_resumed_by_another_without_applying_twic
     async def scenario() -> tuple[str, Any, int]:
         async with fed.client() as client:
             service = fed.service(client)
-            view = await service.start(
-                citizen,
-                AddressChangeInput(move_date=utc_now().date(), address=NEW_ADDRESS),
-                now=utc_now(),
-            )
-            service.confirm(
-                citizen,
-                view.id,
-                ConfirmInput(consents={"electricity": "approve", "gas": "approve"}),
-                now=utc_now(),
+            view, _ = await _start_and_confirm(
+                service, citizen, {"electricity": "approve", "gas": "approve"}
             )
             doomed = fed.runner(client, runner_id="doomed", lease_s=30)
             claimed = doomed.claim(utc_now())
