@@ -1,7 +1,7 @@
 """Group commit: durable before the answer, batched under load (audit records, replay ids).
 
 Every exchange writes two or three audit records. Writing each in its own transaction costs a
-round trip (PostgreSQL) or a commit (SQLite) per record; ``../shared/notes/perf-baselines.md``
+round trip (PostgreSQL) or a commit (SQLite) per record; ``docs/notes/perf-baselines.md``
 shows batching is worth 10–30×. ``GroupCommitSink`` keeps the guarantee that matters — a caller
 is answered only after its record is committed — while one writer thread commits whatever queued
 up meanwhile in one transaction (``record_many`` when the sink has it). If the write fails, every

@@ -1,6 +1,6 @@
 """Node-to-node HTTP transport on aiohttp (``exchange.ports.Transport``).
 
-Chosen by measurement: ../shared/notes/perf-baselines.md has a forwarding hop at 3,200–3,900
+Chosen by measurement: docs/notes/perf-baselines.md has a forwarding hop at 3,200–3,900
 req/s with a shared aiohttp session against 400–450 req/s with a shared httpx AsyncClient on this
 machine (encode/httpx#3215). One session per node, created in the app's lifespan.
 """

@@ -2,7 +2,7 @@
 
 Concept: compile once, evaluate many times. The modules and the data are built into a bundle
 (rego-cpp's compiled form) for one query; each evaluation only sets the input and runs the bundle,
-which is ~10x cheaper than recompiling the query (../shared/notes/policy-engines.md). New modules
+which is ~10x cheaper than recompiling the query (docs/notes/policy-engines.md). New modules
 or data mean a new ``CompiledQuery``: callers swap the reference, so an evaluation in flight
 finishes on the old one and the next sees the new one whole.
 

@@ -1,11 +1,10 @@
-"""C2SP signed-note / tlog-checkpoint vectors (``../shared/vectors/checkpoint``) through
+"""C2SP signed-note / tlog-checkpoint vectors (``tests/vectors/checkpoint``) through
 ``audit.checkpoint``: every note is loaded by one parametrised loader and judged by its
 ``expect`` field (valid / reject / parse-only)."""
 
 from __future__ import annotations
 
 import base64
-import json
 from pathlib import Path
 from typing import Any
 
@@ -23,24 +22,16 @@ from audit.checkpoint import (
     verify_checkpoint,
 )
 from exchange.errors import ConfigurationError
-
-VECTORS = Path(__file__).parents[2].parent / "shared" / "vectors" / "checkpoint"
-ABSENT = "../shared/vectors/checkpoint is absent"
+from tests import vectors
 
 
 def _load(name: str) -> dict[str, Any]:
-    path = VECTORS / name
-    if not path.is_file():
-        pytest.skip(ABSENT)
-    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    data: dict[str, Any] = vectors.load("checkpoint", name)
     return data
 
 
 def _cases(name: str, *keys: str) -> list[Any]:
-    path = VECTORS / name
-    if not path.is_file():
-        return [pytest.param(None, marks=pytest.mark.skip(reason=ABSENT))]
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = _load(name)
     out: list[Any] = []
     for key in keys:
         out += [pytest.param(v, id=v.get("id", v.get("desc"))) for v in data[key]]

@@ -1,6 +1,6 @@
 """RFC 9162 proof vectors (transparency-dev/merkle testdata) through ``audit.merkle``.
 
-One parametrised loader over ``../shared/vectors/merkle``: every ``happy-path.json`` must verify
+One parametrised loader over ``tests/vectors/merkle``: every ``happy-path.json`` must verify
 and equal the proof we generate for the RFC 6962 8-leaf test tree; every other file alters one
 thing and must be rejected.
 """
@@ -10,13 +10,12 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from audit import merkle
+from tests import vectors
 
-VECTORS = Path(__file__).parents[2].parent / "shared" / "vectors" / "merkle"
 TEST_TREE = [
     bytes.fromhex(h)
     for h in (
@@ -33,17 +32,8 @@ TEST_TREE = [
 
 
 def _files(kind: str) -> list[Path]:
-    if not VECTORS.is_dir():
-        return []
-    return sorted((VECTORS / kind).glob("*/*.json"))
-
-
-def _param(kind: str) -> Any:
-    files = _files(kind)
-    if not files:
-        return pytest.param(
-            None, marks=pytest.mark.skip(reason=f"../shared/vectors/merkle/{kind} is absent")
-        )
+    files = sorted(vectors.path("merkle", kind).glob("*/*.json"))
+    assert files, f"no {kind} vectors in tests/vectors/merkle"
     return files
 
 
@@ -55,11 +45,11 @@ def _proof(values: list[str] | None) -> list[bytes]:
     return [_b64(v) for v in values or []]
 
 
-def _id(path: Path | None) -> str:
-    return "absent" if path is None else f"{path.parent.name}/{path.stem}"
+def _id(path: Path) -> str:
+    return f"{path.parent.name}/{path.stem}"
 
 
-@pytest.mark.parametrize("path", _param("inclusion"), ids=_id)
+@pytest.mark.parametrize("path", _files("inclusion"), ids=_id)
 def test_inclusion_vector_verifies_only_when_happy(path: Path) -> None:
     v = json.loads(path.read_text())
     ok = merkle.verify_inclusion(
@@ -73,7 +63,7 @@ def test_inclusion_vector_verifies_only_when_happy(path: Path) -> None:
         assert merkle.inclusion_proof(leaves, v["leafIdx"]) == _proof(v["proof"])
 
 
-@pytest.mark.parametrize("path", _param("consistency"), ids=_id)
+@pytest.mark.parametrize("path", _files("consistency"), ids=_id)
 def test_consistency_vector_verifies_only_when_happy(path: Path) -> None:
     v = json.loads(path.read_text())
     ok = merkle.verify_consistency(

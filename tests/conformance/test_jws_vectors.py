@@ -1,4 +1,4 @@
-"""RFC 8037 / RFC 7515 JWS vectors (../shared/vectors/jws) against exchange.signing's verifier.
+"""RFC 8037 / RFC 7515 JWS vectors (tests/vectors/jws) against exchange.signing's verifier.
 
 The envelope verifier pins ``typ`` and ``kid`` and uses RFC 7797 detached payloads, so the RFC's
 compact tokens are checked at the level they share with it: the EdDSA primitive reproduces the
@@ -8,7 +8,6 @@ RFC 8037 A.4 signature byte for byte, and the verifier refuses ``alg: none`` and
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -16,15 +15,11 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from exchange.canonical import b64ud
 from exchange.errors import VerificationError
 from exchange.signing import MemberSigner, MemberVerifier
-
-VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "vectors" / "jws"
-pytestmark = pytest.mark.skipif(
-    not VECTORS.is_dir(), reason=f"conformance vectors not found at {VECTORS}"
-)
+from tests import vectors
 
 
 def _load() -> dict[str, object]:
-    return json.loads((VECTORS / "rfc8037-ed25519.json").read_text())  # type: ignore[no-any-return]
+    return vectors.load("jws", "rfc8037-ed25519.json")  # type: ignore[no-any-return]
 
 
 def _key() -> ed25519.Ed25519PrivateKey:
@@ -82,7 +77,7 @@ def test_algorithm_downgrade_headers_are_refused(alg: str) -> None:
 
 
 def test_rfc7515_none_vector_is_refused() -> None:
-    doc = json.loads((VECTORS / "rfc7515-appendix-a.json").read_text())
+    doc = vectors.load("jws", "rfc7515-appendix-a.json")
     none = next(
         v for v in doc["vectors"] if "none" in json.dumps(v.get("protected_header_utf8", ""))
     )
@@ -119,7 +114,7 @@ def test_rfc7515_a3_es256_signature_format_through_our_primitive() -> None:
 
     from exchange.signing import _jws_sign, _jws_verify
 
-    doc = json.loads((VECTORS / "rfc7515-appendix-a.json").read_text())
+    doc = vectors.load("jws", "rfc7515-appendix-a.json")
     v = next(x for x in doc["vectors"] if x["alg"] == "ES256")
     jwk = v["key_jwk"]
     public = ec.EllipticCurvePublicNumbers(

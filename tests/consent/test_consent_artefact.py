@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +18,11 @@ from consent.lifecycle import ConsentService
 from exchange.canonical import b64ud, b64ue, canonical_json
 from exchange.errors import VerificationError
 from exchange.signing import MemberSigner, MemberVerifier, load_private_key
+from tests import vectors
 from tests.consent.conftest import GrantFn
 
-VECTORS = Path(__file__).parent / "vectors" / "jws"
-RFC8037: dict[str, Any] = json.loads((VECTORS / "rfc8037-ed25519.json").read_text())
-RFC7515: dict[str, Any] = json.loads((VECTORS / "rfc7515-appendix-a.json").read_text())
+RFC8037: dict[str, Any] = vectors.load("jws", "rfc8037-ed25519.json")
+RFC7515: dict[str, Any] = vectors.load("jws", "rfc7515-appendix-a.json")
 PUBLIC = bytes.fromhex(RFC8037["public_key_hex"])
 ONLY_ALG = {"alg": "EdDSA"}
 

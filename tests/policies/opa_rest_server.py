@@ -1,6 +1,6 @@
 """A small server that speaks the part of OPA's REST API that ``opa-python-client`` uses.
 
-No ``opa`` binary can be had on these machines (../shared/notes/policy-engines.md), so the
+No ``opa`` binary can be had on these machines (docs/notes/policy-engines.md), so the
 OPA-server engine is contract-tested against this: ``PUT/GET/DELETE /v1/policies/{id}``,
 ``PUT/GET/DELETE /v1/data/{path}``, ``POST /v1/data/{path}`` (evaluate with input) and
 ``GET /health``. Every answer is computed by rego-cpp over the uploaded modules and data — never

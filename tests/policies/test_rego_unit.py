@@ -1,6 +1,6 @@
 """The Rego unit tests (policies/rego/exchange_test.rego) on the real OPA evaluator.
 
-There is no ``opa`` binary on these machines (../shared/notes/policy-engines.md), and rego-cpp
+There is no ``opa`` binary on these machines (docs/notes/policy-engines.md), and rego-cpp
 cannot run ``with``, so the tests run on OPA's own Go evaluator (v1.20.2) through the ctypes
 bindings of ``opa-golib-python-bindings``. This does what
 
