@@ -26,7 +26,7 @@ from starlette.routing import Mount
 from adapters.reference.registries import REFERENCE_REGISTRIES
 from adapters.seed import seed
 from exchange.db import make_engine, upgrade
-from exchange.errors import OnceOnlyError
+from exchange.errors import ConfigurationError, OnceOnlyError
 from exchange.identifiers import ClientId, MemberId, ServiceId
 from exchange.keystore import KeyStore
 from exchange.node.app import create_node_app, database_url
@@ -39,6 +39,8 @@ from exchange.node.compose import (
     build_node_parts,
     consent_issuer_key,
     consent_service,
+    provision_audit_key,
+    provision_consent_keys,
     pseudonym_service,
     registry_database_url,
     subjects_of,
@@ -220,8 +222,11 @@ def provision(
     ``addresses`` gives each member's node its own base URL instead (one process per node)."""
     now = datetime.now(UTC)
     keys = KeyStore(settings.data_dir)
-    progress("keys: instance CA and central signing key")
+    progress("keys: instance CA, central signing key, consent and audit log keys")
     init_instance(keys, INSTANCE, now=now)
+    provision_consent_keys(settings)
+    for member in _members():
+        provision_audit_key(settings, str(member))
     central_engine = make_engine(database_url(settings, "central"))
     upgrade(central_engine)
     admin = RegistryAdmin(central_engine)
@@ -300,10 +305,15 @@ def provision(
 
 
 def free_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A listening socket; a port in use (or an address not ours) is a ``ConfigurationError``."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(128)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise ConfigurationError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     return sock
 
 
@@ -446,7 +456,7 @@ def portal_app(settings: Settings, desk: FastAPI | None, *, citizens: int = 5) -
                 str(resident_id), from_agency=RESIDENTS_AGENCY, to_agency=CITIZEN_AGENCY
             )
             demo.append((citizen, str(name)))
-    issuer = DevIssuer.load_or_create(
+    issuer = DevIssuer.load(
         settings.data_dir, issuer=settings.jwt_issuer, audience=settings.jwt_audience
     )
     subjects = AgencyAliases(pseudonyms, {})

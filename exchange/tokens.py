@@ -89,10 +89,17 @@ class DevIssuer:
 
     @classmethod
     def load_or_create(cls, data_dir: Path, *, issuer: str, audience: str) -> DevIssuer:
+        """Provisioning (``onceonly keys dev-issuer``, the demo, tests): the key in ``data_dir``,
+        made if missing. Serving components use ``load``: they never make a key."""
         path = data_dir / DEV_ISSUER_KEY
         if not path.exists():
             save_private_key(ed25519.Ed25519PrivateKey.generate(), path)
-        key = load_private_key(path)
+        return cls.load(data_dir, issuer=issuer, audience=audience)
+
+    @classmethod
+    def load(cls, data_dir: Path, *, issuer: str, audience: str) -> DevIssuer:
+        """The key in ``data_dir``; ``ConfigurationError`` if it is missing or unusable."""
+        key = load_private_key(data_dir / DEV_ISSUER_KEY)
         if not isinstance(key, ed25519.Ed25519PrivateKey):
             raise ConfigurationError("development issuer key must be Ed25519")
         return cls(key, issuer=issuer, audience=audience)

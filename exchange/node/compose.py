@@ -30,9 +30,9 @@ from consent.lifecycle import ConsentService
 from consent.remote import RemoteConsentGate
 from exchange.central_config import ConsentServiceEntry, VerifiedRegistry
 from exchange.db import make_engine, runs_inline, sqlite_writer_turn, upgrade
-from exchange.errors import OnceOnlyError
+from exchange.errors import ConfigurationError, OnceOnlyError
 from exchange.identifiers import ClientId, MemberId, ServiceId
-from exchange.keystore import KeyStore
+from exchange.keystore import INIT_COMMAND, KeyStore, member_command
 from exchange.node.app import NodeParts, database_url
 from exchange.node_requests import sign_node_request, verify_node_request
 from exchange.ports import (
@@ -71,6 +71,8 @@ __all__ = [
     "consent_issuer_key",
     "consent_service",
     "policy_registry",
+    "provision_audit_key",
+    "provision_consent_keys",
     "pseudonym_service",
     "registry_database_url",
     "subjects_of",
@@ -145,12 +147,46 @@ class LogSink:
             self.log.append_many(events)
 
 
+def _audit_origin(log_id: str) -> str:
+    return f"onceonly.example/{log_id}/audit"
+
+
 def audit_log(settings: Settings, engine: Engine, log_id: str) -> TransparencyLog:
-    """A log with its own note key in the data directory; its origin names the instance and log."""
-    origin = f"onceonly.example/{log_id}/audit"
-    slug = log_id.replace("/", "_")
-    signer = NoteSigner.load_or_create(settings.data_dir / "audit" / f"{slug}.skey", origin)
-    return TransparencyLog(engine, log_id=log_id, signer=signer)
+    """A log with its own note key in the data directory; its origin names the instance and log.
+
+    The key is only loaded: one made here would be a key no auditor pinned."""
+    keys = KeyStore(settings.data_dir)
+    command = INIT_COMMAND if log_id == CONSENT_LOG else member_command(log_id)
+    path = keys.require(keys.audit_key(log_id), f"audit log key of {log_id}", command)
+    return TransparencyLog(
+        engine, log_id=log_id, signer=NoteSigner.load(path, _audit_origin(log_id))
+    )
+
+
+def provision_audit_key(settings: Settings, log_id: str) -> Path | None:
+    """Provisioning: make a log's note key if it is missing; returns its path if it was made.
+
+    An existing key is kept (and checked to be this log's)."""
+    path = KeyStore(settings.data_dir).audit_key(log_id)
+    if path.exists():
+        NoteSigner.load(path, _audit_origin(log_id))
+        return None
+    NoteSigner.create(path, _audit_origin(log_id))
+    return path
+
+
+def provision_consent_keys(settings: Settings) -> list[Path]:
+    """Provisioning for the central operator (``keys init``): the consent service's artefact
+    key and its audit log key, each made only if missing; returns the paths made."""
+    keys = KeyStore(settings.data_dir)
+    made: list[Path] = []
+    if not keys.consent_issuer_key.exists():
+        ConsentIssuerKey.create(keys.consent_issuer_key, issuer=CONSENT_ISSUER)
+        made.append(keys.consent_issuer_key)
+    log_key = provision_audit_key(settings, CONSENT_LOG)
+    if log_key is not None:
+        made.append(log_key)
+    return made
 
 
 def subjects_of(pseudonyms: SubjectTranslator) -> Callable[[Principal], Collection[str]]:
@@ -173,23 +209,33 @@ def subjects_of(pseudonyms: SubjectTranslator) -> Callable[[Principal], Collecti
 
 
 def token_verifier(settings: Settings) -> TokenVerifier:
-    """Citizens' and auditors' tokens: the configured issuer's key, or the development issuer's."""
+    """Citizens' and auditors' tokens: the configured issuer's key, or the development issuer's
+    (made by ``onceonly keys dev-issuer``, never here)."""
     if settings.jwt_public_key_file is not None:
-        return TokenVerifier(
-            settings.jwt_public_key_file.read_bytes(),
-            issuer=settings.jwt_issuer,
-            audience=settings.jwt_audience,
-        )
-    return DevIssuer.load_or_create(
+        try:
+            pem = settings.jwt_public_key_file.read_bytes()
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot read ONCEONLY_JWT_PUBLIC_KEY_FILE {settings.jwt_public_key_file}"
+            ) from exc
+        return TokenVerifier(pem, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+    keys = KeyStore(settings.data_dir)
+    keys.require(
+        keys.dev_issuer_key,
+        "token issuer key",
+        "onceonly keys dev-issuer",
+        alternative="set ONCEONLY_JWT_PUBLIC_KEY_FILE to your identity provider's key",
+    )
+    return DevIssuer.load(
         settings.data_dir, issuer=settings.jwt_issuer, audience=settings.jwt_audience
     ).verifier()
 
 
 def consent_issuer_key(settings: Settings) -> ConsentIssuerKey:
-    """The information bank's artefact signing key (made at first use, in the data directory)."""
-    return ConsentIssuerKey.load_or_create(
-        settings.data_dir / "consent" / "issuer.key", issuer=CONSENT_ISSUER
-    )
+    """The information bank's artefact signing key (made by ``onceonly keys init``)."""
+    keys = KeyStore(settings.data_dir)
+    path = keys.require(keys.consent_issuer_key, "consent issuer key", INIT_COMMAND)
+    return ConsentIssuerKey.load(path, issuer=CONSENT_ISSUER)
 
 
 def consent_service(settings: Settings, engine: Engine | None = None) -> ConsentService:
@@ -310,7 +356,7 @@ class PolicyFeed:
 
 def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
     keys = KeyStore(settings.data_dir)
-    hosted = keys.hosted_subsystems(member)
+    hosted = keys.require_hosted_subsystems(member)
     adapters: dict[ClientId, RegistryAdapter] = {}
     for reg in REFERENCE_REGISTRIES:
         client = ClientId.parse(reg.client_id)
