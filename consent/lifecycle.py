@@ -41,7 +41,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -71,12 +71,15 @@ from consent.store import (
     ConsentRequestRow,
     ConsentRow,
     ConsentUseRow,
+    SeenRequestRow,
 )
 from exchange.errors import (
     ClientError,
     ConflictError,
     NotFoundError,
+    OnceOnlyError,
     RefusalError,
+    ReplayError,
     VerificationError,
 )
 from exchange.identifiers import ClientId
@@ -308,6 +311,43 @@ class ConsentService:
     @property
     def verifier(self) -> ConsentArtefactVerifier:
         return self._verifier
+
+    # --- callers' refusals and replays ---------------------------------------------------------
+
+    def record_refusal(
+        self, exc: OnceOnlyError, *, route: str, client: str | None, now: datetime
+    ) -> None:
+        """Audits a refusal of the HTTP API (``consent.api``): who (the verified caller, if any),
+        which route (its template, so no id of the request), the code and why — never a subject
+        or a body. Records ``exc`` once (``exc.audited``)."""
+        if exc.audited:
+            return
+        self._audit.record(
+            AuditEvent(
+                time=_aware(now),
+                node=self._node,
+                kind="refusal",
+                decision="deny",
+                client=client,
+                status=exc.status,
+                reason=f"{exc.code}: {exc.detail}"[:500],
+                extra={"stage": "consent-api", "route": route[:255]},
+            )
+        )
+        exc.audited = True
+
+    def remember_request(self, request_id: str, valid_until: datetime, *, now: datetime) -> None:
+        """Remembers a signed request that changes state until its signature expires, or raises
+        ``ReplayError`` if it was seen before: the database's primary key decides, so a replay
+        racing the original loses on every backend and across restarts. Forgotten ids are only
+        those the signature check would refuse anyway."""
+        now = _aware(now)
+        try:
+            with Session(self._engine) as session, session.begin():
+                session.execute(delete(SeenRequestRow).where(SeenRequestRow.valid_until < now))
+                session.add(SeenRequestRow(request_id=request_id, valid_until=valid_until))
+        except IntegrityError as exc:
+            raise ReplayError("this signed request was already used") from exc
 
     # --- consumer ------------------------------------------------------------------------------
 
