@@ -392,3 +392,25 @@ def test_a_forged_host_header_never_comes_back_in_a_redirect_or_a_link(world: Wo
         assert revoked.headers["location"].startswith("/portal/")
 
     run(world, scenario)
+
+
+def test_integers_beyond_64_bits_in_auditor_pages_are_400_pages_never_500(world: World) -> None:
+    huge = str(2**64)
+
+    async def scenario(c: PortalClient) -> None:
+        await c.sign_in("auditor")
+        for path, params in (
+            ("/auditor/entry", {"node": NODE, "index": huge}),
+            ("/auditor/export", {"node": NODE, "start": huge}),
+            ("/auditor/export", {"node": NODE, "end": huge}),
+        ):
+            r = await c.get(path, params=params)
+            assert r.status_code == 400, (path, params, r.status_code)
+
+    async def citizen(c: PortalClient) -> None:
+        await c.sign_in(ALICE)
+        r = await c.post("/access/verify", {"node": NODE, "index": huge})
+        assert r.status_code == 400
+
+    run(world, scenario)
+    run(world, citizen)
