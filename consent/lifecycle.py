@@ -36,13 +36,14 @@ the next request. Gate steps:
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from sqlalchemy import Connection, Engine, delete, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from consent._match import scope_mismatch
@@ -90,6 +91,8 @@ __all__ = ["MAX_REQUEST_PENDING_S", "ConsentService", "utc_now"]
 MAX_REQUEST_PENDING_S = 30 * 24 * 3600
 """A request the citizen has not answered in 30 days expires."""
 MAX_LIST = 500
+SEEN_PRUNE_INTERVAL_S = 60
+"""How often the ids of signed requests whose time window has closed are deleted."""
 _NO_CONSENT = "no such consent"
 _NO_REQUEST = "no such consent request"
 _NO_RECEIPT = "no such receipt"
@@ -306,6 +309,7 @@ class ConsentService:
         self._receipts = receipts or ReceiptContext()
         self._require_artefact = require_artefact
         self._postgres = engine.dialect.name == "postgresql"
+        self._next_prune = datetime.min.replace(tzinfo=UTC)
         self.clock = clock
 
     @property
@@ -344,10 +348,23 @@ class ConsentService:
         now = _aware(now)
         try:
             with Session(self._engine) as session, session.begin():
-                session.execute(delete(SeenRequestRow).where(SeenRequestRow.valid_until < now))
                 session.add(SeenRequestRow(request_id=request_id, valid_until=valid_until))
         except IntegrityError as exc:
             raise ReplayError("this signed request was already used") from exc
+        self._forget_expired(now)
+
+    def _forget_expired(self, now: datetime) -> None:
+        """Housekeeping, at most once per ``SEEN_PRUNE_INTERVAL_S``, in a transaction of its own:
+        two replicas pruning at once may conflict on a lock, and the next round prunes instead."""
+        if now < self._next_prune:
+            return
+        self._next_prune = now + timedelta(seconds=SEEN_PRUNE_INTERVAL_S)
+        with (
+            contextlib.suppress(OperationalError),
+            Session(self._engine) as session,
+            session.begin(),
+        ):
+            session.execute(delete(SeenRequestRow).where(SeenRequestRow.valid_until < now))
 
     # --- consumer ------------------------------------------------------------------------------
 
