@@ -153,7 +153,7 @@ async def soak(
 
 def verdict(samples: list[dict[str, Any]]) -> dict[str, Any]:
     names = list(samples[0]["fds"]) if samples else []
-    warm = samples[: max(1, len(samples) // 5)]
+    warm = samples[: max(1, len(samples) // 2)]
     rest = samples[len(warm) :]
     growth = {
         n: max((s["fds"][n] for s in rest), default=0) - max(s["fds"][n] for s in warm)
