@@ -4,10 +4,10 @@ Starts the central server and two nodes (``benchmarks/_federation.py``; PostgreS
 ``DATABASE_URL`` is set), measures the maximum closed-loop throughput for ``--probe-seconds``,
 then sends exchanges open-loop at half of it for ``--minutes`` and samples every
 ``--sample-seconds`` each server process's open file descriptors (``/proc/<pid>/fd``) and RSS,
-with the window's throughput, errors and latency. Verdict ``fds_flat``: after the first sample
-window the descriptor count of no process exceeds its first post-warm-up maximum by more than
-``FD_SLACK`` (a pool that fills up to its bound is flat; a leak keeps growing). One JSON object on
-the last line.
+with the window's throughput, errors and latency. Verdict ``fds_flat``: in the second half of
+the run no process's descriptor count exceeds its maximum of the first half by more than
+``FD_SLACK`` (pools that fill up to their bounds early are flat; a leak keeps growing). One JSON
+object on the last line.
 
     python benchmarks/soak.py [--minutes 10] [--probe-seconds 10] [--sample-seconds 15]
 """
