@@ -448,12 +448,14 @@ def seed(
     """Fill the reference registries with realistic synthetic citizens of Machida (no real persons)."""
     from rich.progress import BarColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
 
-    from adapters.reference.registries import REFERENCE_REGISTRIES
+    from adapters.reference.registries import reference_registries
     from adapters.seed import seed as run_seed
     from exchange.node.compose import PSEUDONYMS, pseudonym_service, registry_database_url
 
     settings = _settings(data_dir)
-    urls = {r.subsystem: registry_database_url(settings, r.subsystem) for r in REFERENCE_REGISTRIES}
+    urls = {
+        r.subsystem: registry_database_url(settings, r.subsystem) for r in reference_registries()
+    }
     urls[PSEUDONYMS] = registry_database_url(settings, PSEUDONYMS)
     store = make_engine(urls[PSEUDONYMS])
     pseudonym_service(settings, store)  # migrates the pseudonym store
