@@ -266,7 +266,7 @@ class SqlRegistry(_RegistryDecl):
             try:
                 self._config(s)
             except ValidationError as exc:
-                raise ValueError(f"services[{i}]: {_describe(exc)}") from None
+                raise ValueError(_describe(exc, ("services", i))) from None
         return self
 
     def _config(self, s: SqlServiceDecl) -> SqlServiceConfig:
@@ -421,9 +421,10 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
     return out or "<root>"
 
 
-def _describe(exc: ValidationError) -> str:
+def _describe(exc: ValidationError, under: tuple[int | str, ...] = ()) -> str:
+    """Each error as ``key.path[i]: message``, ``under`` prefixed to its location."""
     return "; ".join(
-        f"{_key_path(tuple(err['loc']))}: {err['msg']}"
+        f"{_key_path((*under, *err['loc']))}: {err['msg']}"
         for err in exc.errors(include_url=False, include_input=False)
     )
 

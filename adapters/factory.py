@@ -5,7 +5,8 @@
 secrets from the environment at start (a DSN in ``dsn_env``, an upstream token in
 ``bearer_token_env``); a missing variable is a ``ConfigurationError`` naming the registry and the
 variable, never its value. ``declared_services`` gives each service's id, description and OpenAPI
-document, for ``onceonly registry add-services`` and the reference provisioning.
+document; ``register_services`` enters them in the central registry (``onceonly registry
+add-services --from``, and the reference provisioning).
 
 Trust assumption: the declaration was validated by ``adapters.config``; the environment is the
 operator's.
@@ -25,11 +26,13 @@ from exchange.errors import ConfigurationError
 from exchange.identifiers import ClientId, ServiceId
 from exchange.openapi import openapi_document
 from exchange.ports import RegistryAdapter, ServiceDescription
+from exchange.registry_admin import RegistryAdmin
 
 __all__ = [
     "DeclaredService",
     "build_adapters",
     "declared_services",
+    "register_services",
     "resolve_dsn",
 ]
 
@@ -115,4 +118,22 @@ def declared_services(config: RegistriesConfig) -> list[DeclaredService]:
             sid = ServiceId(decl.client, spec.code, spec.version)
             desc = spec.describe()
             out.append((sid, desc, openapi_document(str(sid), [(str(sid), desc)])))
+    return out
+
+
+def register_services(admin: RegistryAdmin, config: RegistriesConfig) -> list[ServiceId]:
+    """Enter (or update) every declared service in the central registry, with its OpenAPI.
+
+    The subsystems must be registered already (``NotFoundError`` otherwise)."""
+    out: list[ServiceId] = []
+    for sid, desc, openapi in declared_services(config):
+        admin.add_service(
+            sid,
+            description=desc.description,
+            fields=desc.fields,
+            purposes=desc.purposes,
+            changes=desc.changes,
+            openapi=openapi,
+        )
+        out.append(sid)
     return out

@@ -207,6 +207,24 @@ def registry_add_service(
         _fail(exc)
 
 
+@registry_app.command("add-services")
+def registry_add_services(
+    from_file: Annotated[
+        Path, typer.Option("--from", help="a registries file (TOML, docs/adapters.md)")
+    ],
+    data_dir: DataDir = None,
+) -> None:
+    """Register every service a registries file declares, with its OpenAPI document."""
+    from adapters.config import load_registries
+    from adapters.factory import register_services
+
+    try:
+        for sid in register_services(_admin(_settings(data_dir)), load_registries(from_file)):
+            console.print(str(sid))
+    except OnceOnlyError as exc:
+        _fail(exc)
+
+
 @registry_app.command("grant")
 def registry_grant(client: str, service: str, data_dir: DataDir = None) -> None:
     """Let CLIENT call SERVICE (access right)."""
@@ -401,13 +419,19 @@ def node(
     member: Annotated[str, typer.Option(help="the member this node serves, e.g. JP/GOV/132098")],
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8101,
+    registries: Annotated[
+        Path | None,
+        typer.Option(
+            help="the registries this node serves (TOML; default data_dir/registries.toml)"
+        ),
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Run one member's node (security server)."""
     from exchange.node.app import create_node_app
     from exchange.node.compose import build_node_parts
 
-    settings = _settings(data_dir)
+    settings = _settings(data_dir, registries_file=registries)
     mid = MemberId.parse(member)
     application = create_node_app(settings, mid, build_node_parts(settings, mid))
     uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)

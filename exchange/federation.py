@@ -25,7 +25,7 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from starlette.routing import Mount
 
-from adapters.factory import declared_services
+from adapters.factory import register_services
 from adapters.reference.registries import REFERENCE_FILE, reference_config, reference_registries
 from adapters.seed import seed
 from exchange.db import make_engine, upgrade
@@ -238,15 +238,7 @@ def provision(
         admin.add_subsystem(client, name=name)
         admin.add_certificate(client, provision_subsystem(keys, client, now=now))
     progress("central registry: services, access rights, statutes")
-    for sid, desc, openapi in declared_services(reference_config()):
-        admin.add_service(
-            sid,
-            description=desc.description,
-            fields=desc.fields,
-            purposes=desc.purposes,
-            changes=desc.changes,
-            openapi=openapi,
-        )
+    register_services(admin, reference_config())
     nodes_file = registries_file(settings)
     if not nodes_file.exists():  # the nodes serve the registries the reference declares
         nodes_file.parent.mkdir(parents=True, exist_ok=True)
