@@ -72,6 +72,13 @@ def _rewrite(value: Any) -> Any:
     return value
 
 
+def _answer_schema(svc: ServiceDescription) -> Mapping[str, JsonValue]:
+    """The declared answer schema; without one, at least the field names (types unknown)."""
+    if svc.response_schema is not None:
+        return svc.response_schema
+    return {"type": "object", "properties": {f: {} for f in svc.fields}}
+
+
 def _operation(service_id: str, svc: ServiceDescription, components: dict[str, Any]) -> Any:
     purpose: dict[str, Any] = {"type": "string"}
     if svc.purposes:
@@ -106,9 +113,7 @@ def _operation(service_id: str, svc: ServiceDescription, components: dict[str, A
             "200": {
                 "description": "the registry's answer, restricted to the allowed fields",
                 "content": {
-                    "application/json": {
-                        "schema": _hoist(svc.response_schema or {"type": "object"}, components)
-                    }
+                    "application/json": {"schema": _hoist(_answer_schema(svc), components)}
                 },
             },
             "default": {

@@ -201,7 +201,6 @@ def _openapi(s: ServiceEntry, adapter: RegistryAdapter | None) -> dict[str, Any]
             fields=s.fields,
             purposes=s.purposes,
             changes=s.changes,
-            response_schema={"type": "object", "properties": {f: {} for f in s.fields}},
         )
     return openapi_document(s.id, [(s.id, described)])
 

@@ -124,6 +124,8 @@ class World:
     api_key: str
     library_url: str
     upstream: str
+    library_key: str
+    """An API key of the library's own system at the provider's node."""
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +175,13 @@ def _central(engine: Engine, settings: Settings, registries: Path, now: datetime
         PERSON,
         ADDRESS_CHANGE,
     ]
+    # As `onceonly registry add-service` registers a service: no OpenAPI document.
+    admin.add_service(
+        PERSON,
+        description="The permit holder",
+        fields=("name", "address", "birth_date"),
+        purposes=(PURPOSE,),
+    )
     doc = admin.document(instance="JP", ca_pem="", central_url="", now=now)
     for i, sid in enumerate((CARD, BRANCH_CHANGE, PERSON, ADDRESS_CHANGE)):
         admin.grant(DESK, sid)
@@ -228,6 +237,7 @@ def world(
     )
     transport.apps["http://machida"] = provider
     api_key = issue_api_key(engine, node=str(DESK.member), client=DESK, now=now)
+    library_key = issue_api_key(engine, node=str(LIBRARY.member), client=LIBRARY, now=now)
     keys = KeyStore(settings.data_dir)
     signed = admin.publish(
         CentralSigner(load_private_key(keys.central_key)),
@@ -238,7 +248,7 @@ def world(
     ).to_bytes()
     for app in (provider, desk):
         app.state.registry.accept(signed, now=now)
-    yield World(desk, provider, parts, api_key, library_url, upstream)
+    yield World(desk, provider, parts, api_key, library_url, upstream, library_key)
     engine.dispose()
 
 
@@ -391,3 +401,35 @@ def test_the_cli_registers_the_declared_services_with_their_openapi(
     assert bad.exit_code == 2
     assert "registries[1]: Input tag 'soap'" in bad.output
     engine.dispose()
+
+
+def test_without_a_listed_openapi_the_serving_node_generates_it_from_its_adapter(
+    world: World,
+) -> None:
+    async def go() -> tuple[dict[str, Any], dict[str, Any]]:
+        path = f"/r1/{PERMITS}/getOpenAPI?serviceCode=person"
+        async with (
+            _running(world) as desk,
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=world.provider_node), base_url="http://machida"
+            ) as own,
+        ):
+            served = await own.get(
+                path,
+                headers={"X-Road-Client": str(LIBRARY), "X-OnceOnly-Api-Key": world.library_key},
+            )
+            elsewhere = await desk.get(path, headers=_headers(world))
+        assert served.status_code == elsewhere.status_code == 200, (served.text, elsewhere.text)
+        return served.json(), elsewhere.json()
+
+    served, elsewhere = asyncio.run(go())
+    for doc in (served, elsewhere):
+        validate(doc)
+
+    def answer(doc: dict[str, Any]) -> dict[str, Any]:
+        op = doc["paths"][f"/r1/{PERSON}"]["get"]
+        return dict(op["responses"]["200"]["content"]["application/json"]["schema"]["properties"])
+
+    birth_date = [b for b in answer(served)["birth_date"]["anyOf"] if b["type"] != "null"]
+    assert birth_date == [{"type": "string", "format": "date"}]  # the declared type
+    assert answer(elsewhere) == {"name": {}, "address": {}, "birth_date": {}}  # names only
