@@ -66,6 +66,7 @@ _CODE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _ENV = r"^[A-Z_][A-Z0-9_]*$"
 _SQL_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
 _PLACEHOLDER = re.compile(r"\{[^{}/]*\}")
+_SECRET_HEADER = re.compile(r"authorization|cookie|key|token|secret|password", re.IGNORECASE)
 
 
 class MemberDecl(BaseModel):
@@ -311,8 +312,11 @@ class HttpRegistry(_RegistryDecl):
     max_attempts: int = Field(default=3, ge=1, le=MAX_ATTEMPTS)
     backoff_s: float = Field(default=0.1, ge=0, le=MAX_TIMEOUT_S)
     headers: dict[str, str] = Field(default_factory=dict)
-    """Headers sent upstream with every call (not secrets: use ``bearer_token_env``)."""
+    """Headers sent upstream with every call (not secrets: use ``header_env``)."""
+    header_env: dict[str, Annotated[str, Field(pattern=_ENV)]] = Field(default_factory=dict)
+    """Secret headers: header name → the environment variable holding its value."""
     bearer_token_env: str | None = Field(default=None, pattern=_ENV)
+    """The environment variable holding a token, sent as ``Authorization: Bearer …``."""
     openapi: str | dict[str, Any] | None = None
     """The upstream's own OpenAPI document: a path (relative to this file) or an inline table.
     When given, every service's ``method path`` must be one of its operations."""
@@ -321,9 +325,9 @@ class HttpRegistry(_RegistryDecl):
     @field_validator("headers")
     @classmethod
     def _no_secret_headers(cls, value: dict[str, str]) -> dict[str, str]:
-        secret = sorted(h for h in value if h.lower() in {"authorization", "cookie"})
+        secret = sorted(h for h in value if _SECRET_HEADER.search(h))
         if secret:
-            raise ValueError(f"{secret} would put a secret in the file: use bearer_token_env")
+            raise ValueError(f"{secret} would put a secret in the file: use header_env")
         return value
 
     @field_validator("openapi")
@@ -348,6 +352,10 @@ class HttpRegistry(_RegistryDecl):
     @model_validator(mode="after")
     def _check(self) -> HttpRegistry:
         self._unique(self.services)
+        if self.bearer_token_env is not None and any(
+            h.lower() == "authorization" for h in self.header_env
+        ):
+            raise ValueError("give bearer_token_env or an Authorization header_env, not both")
         if isinstance(self.openapi, dict):
             operations = {
                 (_PLACEHOLDER.sub("{}", path), method.upper())

@@ -2,11 +2,11 @@
 ``RegistryAdapter`` port, and what the central registry lists for each declared service.
 
 ``build_adapters`` makes one ``SqlAdapter`` or ``HttpAdapter`` per declared registry, resolving
-secrets from the environment at start (a DSN in ``dsn_env``, an upstream token in
-``bearer_token_env``); a missing variable is a ``ConfigurationError`` naming the registry and the
-variable, never its value. ``declared_services`` gives each service's id, description and OpenAPI
-document; ``register_services`` enters them in the central registry (``onceonly registry
-add-services --from``, and the reference provisioning).
+secrets from the environment at start (a DSN in ``dsn_env``, upstream credentials in
+``bearer_token_env`` and ``header_env``); a missing variable is a ``ConfigurationError`` naming
+the registry and the variable, never a value. ``declared_services`` gives each service's id,
+description and OpenAPI document; ``register_services`` enters them in the central registry
+(``onceonly registry add-services --from``, and the reference provisioning).
 
 Trust assumption: the declaration was validated by ``adapters.config``; the environment is the
 operator's.
@@ -65,6 +65,8 @@ def resolve_dsn(
 
 def _http_adapter(decl: HttpRegistry, env: Mapping[str, str]) -> HttpAdapter:
     headers = dict(decl.headers)
+    for header, name in decl.header_env.items():
+        headers[header] = _env(env, name, decl.id, f"header_env.{header}")
     if decl.bearer_token_env is not None:
         token = _env(env, decl.bearer_token_env, decl.id, "bearer_token_env")
         headers["Authorization"] = f"Bearer {token}"

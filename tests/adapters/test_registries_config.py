@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,10 +12,13 @@ from sqlalchemy import text
 
 from adapters.config import HttpRegistry, SqlRegistry, load_registries
 from adapters.factory import build_adapters, declared_services, resolve_dsn
+from adapters.http import HttpAdapter
 from adapters.reference import REFERENCE_FILE, REGISTRY_TABLES, reference_config
 from adapters.sql import SqlAdapter
 from exchange.errors import ConfigurationError
-from exchange.identifiers import ClientId
+from exchange.identifiers import ClientId, ServiceId
+from exchange.ports import AdapterRequest, AdapterResponse
+from tests.adapters import upstream_server
 
 LIBRARY = """
 [[registries]]
@@ -254,3 +259,71 @@ def test_dsn_comes_from_the_named_environment_variable(tmp_path: Path) -> None:
 def test_only_the_registries_asked_for_are_built(tmp_path: Path) -> None:
     config = load_registries(_write(tmp_path, LIBRARY))
     assert build_adapters(config, [ClientId.parse("JP/GOV/132098/water")], env={}) == {}
+
+
+CREDENTIALS = """
+[[registries]]
+id = "JP/GOV/132098/parking-permits"
+kind = "http"
+base_url = "{upstream}"
+header_env = { X-Api-Key = "PERMITS_API_KEY" }
+bearer_token_env = "PERMITS_TOKEN"
+
+[[registries.services]]
+code = "person"
+description = "The permit holder"
+purposes = ["parking"]
+path = "/credentials/{subject}"
+
+[registries.services.fields]
+name = "string"
+address = "string"
+birth_date = "date"
+"""
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[str]:
+    with upstream_server.running() as url:
+        yield url
+
+
+@pytest.mark.integration
+def test_upstream_credentials_come_from_the_named_environment_variables(
+    tmp_path: Path, upstream: str
+) -> None:
+    config = load_registries(_write(tmp_path, CREDENTIALS.replace("{upstream}", upstream)))
+    with pytest.raises(ConfigurationError, match=r"header_env\.X-Api-Key names PERMITS_API_KEY"):
+        build_adapters(config, env={"PERMITS_TOKEN": "t0ken"})
+    adapters = build_adapters(config, env={"PERMITS_TOKEN": "t0ken", "PERMITS_API_KEY": "k3y"})
+    adapter = adapters[ClientId.parse("JP/GOV/132098/parking-permits")]
+    assert isinstance(adapter, HttpAdapter)
+
+    async def go() -> AdapterResponse:
+        try:
+            return await adapter.call(
+                AdapterRequest(
+                    service=ServiceId.parse("JP/GOV/132098/parking-permits/person"),
+                    client=ClientId.parse("JP/GOV/132098/water"),
+                    method="GET",
+                    path="",
+                    query="",
+                    subject="P1",
+                    purpose="parking",
+                    message_id="m-1",
+                    fields=frozenset({"name", "address"}),
+                )
+            )
+        finally:
+            await adapter.aclose()
+
+    assert asyncio.run(go()).data == {"name": "k3y", "address": "Bearer t0ken"}
+
+
+def test_a_secret_header_in_the_file_is_refused(tmp_path: Path) -> None:
+    body = CREDENTIALS.replace(
+        'header_env = { X-Api-Key = "PERMITS_API_KEY" }', 'headers = { X-Api-Key = "k3y" }'
+    )
+    detail = _error(tmp_path, body)
+    assert "registries[0].headers: Value error, ['X-Api-Key'] would put a secret" in detail
+    assert "k3y" not in detail

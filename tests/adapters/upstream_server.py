@@ -6,7 +6,9 @@ Prints its port on the first line of stdout, then serves until killed. Behaviour
 ``/broken/{id}`` always 500; ``/flaky/{id}`` 500 twice per id, then the person;
 ``POST /flaky-post/{id}`` 500 once per id; ``POST /persons/{id}/address`` changes the address,
 deduplicated by ``Idempotency-Key`` (400 without one); ``/hits/{path}`` how often a path was hit;
-``/changes/{id}`` how many changes were applied; ``/teapot/{id}`` 418; ``/forbidden/{id}`` 403.
+``/changes/{id}`` how many changes were applied; ``/teapot/{id}`` 418; ``/forbidden/{id}`` 403;
+``/credentials/{id}`` a person whose name and address are the ``X-Api-Key`` and ``Authorization``
+headers received.
 """
 
 from __future__ import annotations
@@ -83,6 +85,15 @@ class Handler(BaseHTTPRequestHandler):
                 self._json(503, {"title": "try again"})
             else:
                 self._json(200, _person(pid))
+        elif kind == "credentials":
+            self._json(
+                200,
+                {
+                    "name": self.headers.get("X-Api-Key", ""),
+                    "address": self.headers.get("Authorization", ""),
+                    "birth_date": "1980-04-01",
+                },
+            )
         elif kind == "teapot":
             self._json(418, {"title": "teapot"})
         elif kind == "forbidden":
