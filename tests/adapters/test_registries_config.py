@@ -327,3 +327,14 @@ def test_a_secret_header_in_the_file_is_refused(tmp_path: Path) -> None:
     detail = _error(tmp_path, body)
     assert "registries[0].headers: Value error, ['X-Api-Key'] would put a secret" in detail
     assert "k3y" not in detail
+
+
+def test_every_reference_right_names_a_declared_client_and_service() -> None:
+    from adapters.reference.rights import ONE_STOP, REFERENCE_RIGHTS
+
+    config = reference_config()
+    clients = {r.id for r in config.registries} | {str(ONE_STOP)}
+    services = {str(sid) for sid, _, _ in declared_services(config)}
+    for right in REFERENCE_RIGHTS:
+        assert right.client in clients
+        assert right.service in services

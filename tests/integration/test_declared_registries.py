@@ -32,11 +32,11 @@ from exchange.db import make_engine, upgrade
 from exchange.identifiers import ClientId, ServiceId
 from exchange.keystore import KeyStore
 from exchange.node.app import NodeParts, create_node_app
-from exchange.node.compose import build_node_parts, pseudonym_service
 from exchange.provisioning import init_instance, issue_api_key, provision_subsystem
 from exchange.registry_admin import RegistryAdmin
 from exchange.settings import Settings
 from exchange.signing import CentralSigner, load_private_key
+from onceonly.wiring import build_node_parts, pseudonym_service
 from tests.adapters import upstream_server
 from tests.exchange._federation import AsgiTransport
 
@@ -371,7 +371,7 @@ def test_the_cli_registers_the_declared_services_with_their_openapi(
 ) -> None:
     from typer.testing import CliRunner
 
-    from exchange.cli import app
+    from onceonly.cli import app
 
     data = tmp_path / "data"
     monkeypatch.setenv("ONCEONLY_DATA_DIR", str(data))
