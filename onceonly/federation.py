@@ -43,6 +43,7 @@ from exchange.settings import Settings
 from exchange.signing import MemberSigner, load_private_key
 from exchange.tokens import DevIssuer, Principal
 from exchange.web.problems import install_problem_handlers
+from exchange.web.redirects import RelativeRedirects
 from onceonly.wiring import (
     COMPONENT_BRANCHES,
     PSEUDONYMS,
@@ -233,6 +234,7 @@ class LocalFederation:
         self._nodes = nodes
         root.state.nodes = nodes
         root.state.central = central
+        root.add_middleware(RelativeRedirects)  # a forged Host never comes back in a Location
         root.router.routes.append(Mount("/central", app=central))
         for m, app in nodes.items():
             root.router.routes.append(Mount(member_prefix(m), app=app))
@@ -299,6 +301,7 @@ def one_stop_app(settings: Settings, node_url: str, api_key: str) -> FastAPI:
 
     app = FastAPI(title="onceonly one-stop desk", lifespan=lifespan, docs_url=None, redoc_url=None)
     install_problem_handlers(app)
+    app.add_middleware(RelativeRedirects)
     app.include_router(
         build_router(service, token_verifier(settings), clock=lambda: datetime.now(UTC))
     )

@@ -39,7 +39,7 @@ from exchange.errors import ConfigurationError, OnceOnlyError
 from exchange.identifiers import ClientId, MemberId
 from exchange.keystore import KeyStore
 from exchange.node.app import NodeParts, database_url
-from exchange.node_requests import verify_node_request
+from exchange.node_requests import VerifiedNodeRequest, verify_node_request
 from exchange.ports import CITIZEN_AGENCY, RegistryAdapter, SubjectTranslator
 from exchange.settings import Settings
 from exchange.signing import MemberSigner, load_private_key
@@ -255,7 +255,7 @@ def build_central_routers(
     """The consent service (citizen API and the nodes' gate) beside the central server."""
     service = consent_service(settings)
 
-    async def authenticate_node(request: Request, body: bytes) -> ClientId:
+    async def authenticate_node(request: Request, body: bytes) -> VerifiedNodeRequest:
         root = request.scope.get("root_path", "")
         path = request.url.path
         path = path[len(root) :] if root and path.startswith(root) else path
