@@ -29,6 +29,7 @@ from adapters.config import load_registries
 from adapters.factory import register_services
 from adapters.pseudonyms import PseudonymService
 from exchange.db import make_engine, upgrade
+from exchange.errors import ConfigurationError
 from exchange.identifiers import ClientId, ServiceId
 from exchange.keystore import KeyStore
 from exchange.node.app import NodeParts, create_node_app
@@ -126,6 +127,7 @@ class World:
     upstream: str
     library_key: str
     """An API key of the library's own system at the provider's node."""
+    settings: Settings
 
 
 @pytest.fixture(scope="module")
@@ -248,7 +250,7 @@ def world(
     ).to_bytes()
     for app in (provider, desk):
         app.state.registry.accept(signed, now=now)
-    yield World(desk, provider, parts, api_key, library_url, upstream, library_key)
+    yield World(desk, provider, parts, api_key, library_url, upstream, library_key, settings)
     engine.dispose()
 
 
@@ -433,3 +435,26 @@ def test_without_a_listed_openapi_the_serving_node_generates_it_from_its_adapter
     birth_date = [b for b in answer(served)["birth_date"]["anyOf"] if b["type"] != "null"]
     assert birth_date == [{"type": "string", "format": "date"}]  # the declared type
     assert answer(elsewhere) == {"name": {}, "address": {}, "birth_date": {}}  # names only
+
+
+def test_a_node_refuses_to_start_with_a_declared_registry_it_has_no_key_for(
+    world: World, tmp_path: Path
+) -> None:
+    museum = tmp_path / "museum.toml"
+    museum.write_text(
+        REGISTRIES.replace("{upstream}", world.upstream).replace(
+            "JP/GOV/132098/parking-permits", "JP/GOV/132098/museum"
+        ),
+        encoding="utf-8",
+    )
+    settings = world.settings.model_copy(update={"registries_file": museum})
+    with pytest.raises(
+        ConfigurationError, match=r"without a subsystem key: \['JP/GOV/132098/museum'\]"
+    ):
+        build_node_parts(settings, LIBRARY.member)
+    asyncio.run(_close(world))
+
+
+async def _close(world: World) -> None:
+    async with _running(world):  # (closes what the fixture's node opened)
+        pass
