@@ -39,11 +39,13 @@ from exchange.node.metrics import NodeMetrics
 from exchange.node.provider import Provider
 from exchange.node.registry_cache import RegistryCache
 from exchange.node.transport import AiohttpTransport
+from exchange.openapi import openapi_document
 from exchange.ports import (
     AuditSink,
     ConsentGate,
     PolicyDecider,
     RegistryAdapter,
+    ServiceDescription,
     SubjectTranslator,
     Transport,
 )
@@ -190,57 +192,31 @@ def _service_json(s: ServiceEntry) -> dict[str, Any]:
     }
 
 
-def _openapi(provider: ClientId, s: ServiceEntry) -> dict[str, Any]:
+def _openapi(s: ServiceEntry, adapter: RegistryAdapter | None) -> dict[str, Any]:
+    """The service's OpenAPI: as the central registry lists it; else generated from the
+    description of the adapter serving it here (real schemas); else from the registry entry
+    (field names, no types)."""
     if s.openapi:
         return dict(s.openapi)
     sid = ServiceId.parse(s.id)
-    base = f"/r1/{s.id}"
-    return {
-        "openapi": "3.1.0",
-        "info": {
-            "title": f"{provider} {sid.code}",
-            "version": sid.version or "1",
-            "description": s.description,
-        },
-        "paths": {
-            base: {
-                "get": {
-                    "parameters": [
-                        {
-                            "name": "X-Road-Client",
-                            "in": "header",
-                            "required": True,
-                            "schema": {"type": "string"},
-                        },
-                        {
-                            "name": "X-OnceOnly-Purpose",
-                            "in": "header",
-                            "required": True,
-                            "schema": {"type": "string", "enum": list(s.purposes) or None},
-                        },
-                        {
-                            "name": "X-OnceOnly-Subject",
-                            "in": "header",
-                            "schema": {"type": "string"},
-                        },
-                    ],
-                    "responses": {
-                        "200": {
-                            "description": "the allowed fields",
-                            "content": {
-                                "application/json": {
-                                    "schema": {
-                                        "type": "object",
-                                        "properties": {f: {} for f in s.fields},
-                                    }
-                                }
-                            },
-                        },
-                    },
-                }
-            }
-        },
-    }
+    described = next(
+        (
+            d
+            for d in (adapter.services() if adapter is not None else ())
+            if d.code == sid.code and d.version == sid.version
+        ),
+        None,
+    )
+    if described is None:
+        described = ServiceDescription(
+            code=sid.code,
+            version=sid.version,
+            description=s.description,
+            fields=s.fields,
+            purposes=s.purposes,
+            changes=s.changes,
+        )
+    return openapi_document(s.id, [(s.id, described)])
 
 
 def create_node_app(
@@ -416,7 +392,7 @@ def create_node_app(
             if sid.code == code and (
                 request.query_params.get("serviceVersion") in (None, sid.version)
             ):
-                return JSONResponse(_openapi(provider_id, s))
+                return JSONResponse(_openapi(s, parts.adapters.get(provider_id)))
         raise ClientError("unknown serviceCode", code="Server.ServerProxy.UnknownService")
 
     @app.get("/healthz")
