@@ -1,19 +1,87 @@
-"""Prometheus metrics of one node (``GET /metrics``), on a registry of its own per app."""
+"""Prometheus metrics of one component (``GET /metrics``), on a registry of its own per app.
+
+Every component (node, central server, one-stop desk) exports the process collectors
+(``process_*``, ``python_*``) and ``onceonly_database_unavailable_total``; a node adds its exchange
+counters. Label values that come from peers (X-Road error codes) are bounded: anything that does not
+look like a code is counted as ``other``, so a peer cannot blow up the series count.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+import re
+from collections.abc import Sequence
+from typing import Literal
 
-__all__ = ["NodeMetrics"]
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.registry import Collector
+
+__all__ = ["ComponentMetrics", "NodeMetrics", "decision_of", "metric_code"]
+
+_CODE = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:\.[A-Za-z][A-Za-z0-9]*){0,5}")
+MAX_CODE_CHARS = 80
+Decision = Literal["allow", "deny", "error"]
+UnavailableWhere = Literal["request", "readiness", "background", "runner"]
 
 
-class NodeMetrics:
-    def __init__(self) -> None:
+def metric_code(code: str | None) -> str:
+    """An X-Road error code as a label value (``""`` for none, ``other`` for garbage)."""
+    if not code:
+        return ""
+    if len(code) > MAX_CODE_CHARS or not _CODE.fullmatch(code):
+        return "other"
+    return code
+
+
+def decision_of(status: int) -> Decision:
+    """How an answer counts: 5xx is an error of some part, 4xx a refusal, the rest allowed."""
+    if status >= 500:
+        return "error"
+    return "deny" if status >= 400 else "allow"
+
+
+class ComponentMetrics:
+    """The registry of one app: process metrics, database unavailability, extra collectors."""
+
+    def __init__(self, collectors: Sequence[Collector] = ()) -> None:
         self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        self.database_unavailable = Counter(
+            "onceonly_database_unavailable_total",
+            "Times the database could not be used: answered 503 (request), failed a readiness "
+            "check (readiness), skipped background work (background) or stalled the procedure "
+            "runner (runner)",
+            ["where"],
+            registry=self.registry,
+        )
+        for collector in collectors:
+            self.registry.register(collector)
+
+    def database_unavailable_at(self, where: UnavailableWhere) -> None:
+        self.database_unavailable.labels(where).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class NodeMetrics(ComponentMetrics):
+    """A node's metrics: exchanges by side, decision and X-Road error code."""
+
+    def __init__(self, collectors: Sequence[Collector] = ()) -> None:
+        super().__init__(collectors)
         self.exchanges = Counter(
             "onceonly_exchanges_total",
-            "Exchanges handled, by side and outcome",
-            ["side", "outcome"],
+            "Exchanges handled, by side, decision (allow, deny, error) and X-Road error code",
+            ["side", "decision", "code"],
             registry=self.registry,
         )
         self.latency = Histogram(
@@ -29,5 +97,7 @@ class NodeMetrics:
             registry=self.registry,
         )
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def exchange(
+        self, side: Literal["provider", "consumer"], status: int, code: str | None
+    ) -> None:
+        self.exchanges.labels(side, decision_of(status), metric_code(code)).inc()
