@@ -50,6 +50,8 @@ from exchange.registry_admin import RegistryAdmin
 from exchange.settings import Settings
 from exchange.signing import MemberSigner, load_private_key
 from exchange.tokens import DevIssuer, Principal
+from exchange.web.health import database_check, operations_router
+from exchange.web.metrics import ComponentMetrics
 from exchange.web.problems import install_problem_handlers
 
 __all__ = [
@@ -413,7 +415,11 @@ def one_stop_app(settings: Settings, node_url: str, api_key: str) -> FastAPI:
                 engine.dispose()
 
     app = FastAPI(title="onceonly one-stop desk", lifespan=lifespan, docs_url=None, redoc_url=None)
-    install_problem_handlers(app)
+    metrics = ComponentMetrics([runner.metrics])
+    install_problem_handlers(
+        app, on_database_unavailable=lambda: metrics.database_unavailable_at("request")
+    )
+    app.include_router(operations_router(metrics, {"database": database_check(engine)}))
     app.include_router(
         build_router(service, token_verifier(settings), clock=lambda: datetime.now(UTC))
     )

@@ -64,6 +64,7 @@ from exchange.signing import (
 )
 from exchange.web.body import read_body
 from exchange.web.health import database_check, readiness
+from exchange.web.metrics import CONTENT_TYPE
 from exchange.web.problems import install_problem_handlers, problem_for
 
 __all__ = ["NodeParts", "create_node_app", "database_url", "utc_now"]
@@ -465,7 +466,7 @@ def create_node_app(
 
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+        return Response(await asyncio.to_thread(metrics.render), media_type=CONTENT_TYPE)
 
     for router in parts.routers:
         app.include_router(router)

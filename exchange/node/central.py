@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from prometheus_client import Counter
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine
@@ -27,11 +27,11 @@ from exchange.db import make_engine, upgrade
 from exchange.errors import ConfigurationError
 from exchange.keystore import KeyStore
 from exchange.node.app import database_url, utc_now
-from exchange.node.metrics import ComponentMetrics
 from exchange.registry_admin import REGISTRY_VALIDITY, RegistryAdmin
 from exchange.settings import Settings
 from exchange.signing import CentralSigner, load_private_key
-from exchange.web.health import database_check, readiness
+from exchange.web.health import database_check, operations_router
+from exchange.web.metrics import ComponentMetrics
 from exchange.web.problems import install_problem_handlers
 
 __all__ = ["RegistryPublisher", "create_central_app"]
@@ -147,23 +147,13 @@ def create_central_app(
         served.inc()
         return Response(body, media_type="application/json", headers={"cache-control": "no-store"})
 
-    @app.get("/healthz")
-    async def healthz() -> JSONResponse:
-        """Liveness: answers without the database (``/readyz`` asks it)."""
-        return JSONResponse(
-            {"status": "ok", "instance": instance, "registry_serial": publisher.cached_serial}
-        )
-
-    @app.get("/readyz")
-    async def readyz() -> JSONResponse:
-        return await readiness(
+    app.include_router(
+        operations_router(
+            metrics,
             {"database": database_check(engine)},
-            on_database_unavailable=lambda: metrics.database_unavailable_at("readiness"),
+            liveness=lambda: {"instance": instance, "registry_serial": publisher.cached_serial},
         )
-
-    @app.get("/metrics")
-    async def metrics_endpoint() -> Response:
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+    )
 
     for router in routers(publisher.verified) if routers else ():
         app.include_router(router)

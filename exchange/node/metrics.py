@@ -1,8 +1,7 @@
-"""Prometheus metrics of one component (``GET /metrics``), on a registry of its own per app.
+"""Prometheus metrics of one node (``GET /metrics``), on a registry of its own per app.
 
-Every component (node, central server, one-stop desk) exports the process collectors
-(``process_*``, ``python_*``) and ``onceonly_database_unavailable_total``; a node adds its exchange
-counters. Label values that come from peers (X-Road error codes) are bounded: anything that does not
+On top of what every component exports (``exchange.web.metrics.ComponentMetrics``), a node counts
+its exchanges by side, decision and X-Road error code. Label values that come from peers (X-Road error codes) are bounded: anything that does not
 look like a code is counted as ``other``, so a peer cannot blow up the series count.
 """
 
@@ -12,23 +11,16 @@ import re
 from collections.abc import Sequence
 from typing import Literal
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    GCCollector,
-    Histogram,
-    PlatformCollector,
-    ProcessCollector,
-    generate_latest,
-)
+from prometheus_client import Counter, Histogram
 from prometheus_client.registry import Collector
+
+from exchange.web.metrics import ComponentMetrics
 
 __all__ = ["ComponentMetrics", "NodeMetrics", "decision_of", "metric_code"]
 
 _CODE = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:\.[A-Za-z][A-Za-z0-9]*){0,5}")
 MAX_CODE_CHARS = 80
 Decision = Literal["allow", "deny", "error"]
-UnavailableWhere = Literal["request", "readiness", "background", "runner"]
 
 
 def metric_code(code: str | None) -> str:
@@ -45,32 +37,6 @@ def decision_of(status: int) -> Decision:
     if status >= 500:
         return "error"
     return "deny" if status >= 400 else "allow"
-
-
-class ComponentMetrics:
-    """The registry of one app: process metrics, database unavailability, extra collectors."""
-
-    def __init__(self, collectors: Sequence[Collector] = ()) -> None:
-        self.registry = CollectorRegistry()
-        ProcessCollector(registry=self.registry)
-        PlatformCollector(registry=self.registry)
-        GCCollector(registry=self.registry)
-        self.database_unavailable = Counter(
-            "onceonly_database_unavailable_total",
-            "Times the database could not be used: answered 503 (request), failed a readiness "
-            "check (readiness), skipped background work (background) or stalled the procedure "
-            "runner (runner)",
-            ["where"],
-            registry=self.registry,
-        )
-        for collector in collectors:
-            self.registry.register(collector)
-
-    def database_unavailable_at(self, where: UnavailableWhere) -> None:
-        self.database_unavailable.labels(where).inc()
-
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
 
 
 class NodeMetrics(ComponentMetrics):

@@ -5,6 +5,7 @@ does not restart a node because its database is briefly away. ``/readyz`` is rea
 cheap checks (the database answers a query, ``exchange.db.check_database``) and answers 503
 problem+json with ``Retry-After`` when one fails, so a load balancer stops sending traffic until
 the database is back. Each check runs in a worker thread, bounded by ``READINESS_TIMEOUT_S``.
+``operations_router`` serves both and ``/metrics`` for a component that needs nothing more.
 """
 
 from __future__ import annotations
@@ -12,14 +13,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import Engine
 
 from exchange.db import as_unavailable, check_database
 from exchange.errors import OnceOnlyError, UnavailableError
+from exchange.web.metrics import CONTENT_TYPE, ComponentMetrics
 from exchange.web.problems import problem_response
 
-__all__ = ["READINESS_TIMEOUT_S", "database_check", "readiness"]
+__all__ = ["READINESS_TIMEOUT_S", "database_check", "operations_router", "readiness"]
 
 READINESS_TIMEOUT_S = 3.0
 Check = Callable[[], None]
@@ -66,3 +69,30 @@ async def readiness(
         extra={"checks": {name: why or "ok" for name, why in results.items()}},
         retry_after_s=error.retry_after_s,
     )
+
+
+def operations_router(
+    metrics: ComponentMetrics,
+    checks: Mapping[str, Check],
+    *,
+    liveness: Callable[[], dict[str, object]] | None = None,
+) -> APIRouter:
+    """``/healthz`` (``liveness()``'s fields, never the database), ``/readyz`` (``checks``) and
+    ``/metrics`` (rendered in a worker thread: collectors may read the database)."""
+    router = APIRouter()
+
+    @router.get("/healthz")
+    async def healthz() -> JSONResponse:
+        return JSONResponse({"status": "ok", **(liveness() if liveness else {})})
+
+    @router.get("/readyz")
+    async def readyz() -> JSONResponse:
+        return await readiness(
+            checks, on_database_unavailable=lambda: metrics.database_unavailable_at("readiness")
+        )
+
+    @router.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        return Response(await asyncio.to_thread(metrics.render), media_type=CONTENT_TYPE)
+
+    return router
