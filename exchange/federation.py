@@ -30,13 +30,12 @@ from exchange.errors import OnceOnlyError
 from exchange.identifiers import ClientId, MemberId, ServiceId
 from exchange.keystore import KeyStore
 from exchange.node.app import create_node_app, database_url
-from exchange.node.central import create_central_app
 from exchange.node.compose import (
     PSEUDONYMS,
     AgencyAliases,
     audit_log,
-    build_central_routers,
     build_node_parts,
+    central_app,
     consent_issuer_key,
     consent_service,
     pseudonym_service,
@@ -325,9 +324,7 @@ class LocalFederation:
 
     def build_app(self) -> FastAPI:
         settings = self.settings.model_copy(update={"central_url": self.base_url + "/central"})
-        central = create_central_app(
-            settings, routers=lambda view: build_central_routers(settings, view)
-        )
+        central = central_app(settings)
         # Nodes fetch the registry from the central server on this same port, which accepts
         # connections only once every lifespan has started: they fetch after start (``serve``).
         nodes: dict[MemberId, FastAPI] = {

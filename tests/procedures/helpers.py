@@ -37,10 +37,9 @@ from exchange.federation import ONE_STOP, provision
 from exchange.identifiers import MemberId
 from exchange.keystore import KeyStore
 from exchange.node.app import create_node_app
-from exchange.node.central import create_central_app
 from exchange.node.compose import (
-    build_central_routers,
     build_node_parts,
+    central_app,
     consent_service,
     registry_database_url,
 )
@@ -181,9 +180,7 @@ class Federation(RegistryLook):
 
     def _app(self, name: str) -> FastAPI:
         if name == "central":
-            return create_central_app(
-                self.settings, routers=lambda view: build_central_routers(self.settings, view)
-            )
+            return central_app(self.settings)
         member = MemberId.parse(name)
         return create_node_app(self.settings, member, build_node_parts(self.settings, member))
 
