@@ -456,11 +456,17 @@ class ProcedureRunner:
         in_flight = {s.id: s for s in steps}
         heartbeat = asyncio.create_task(self._heartbeat(in_flight, now))
         try:
-            await asyncio.gather(*(self._process(s, now, in_flight) for s in steps))
+            # Every step runs to its end (and keeps its heartbeat) even if another one fails.
+            results = await asyncio.gather(
+                *(self._process(s, now, in_flight) for s in steps), return_exceptions=True
+            )
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
         return len(steps)
 
     async def run_forever(self, stop: asyncio.Event, *, idle_s: float = IDLE_POLL_S) -> None:
