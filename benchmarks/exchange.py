@@ -39,9 +39,9 @@ from sqlalchemy import text  # noqa: E402
 from exchange.db import make_engine  # noqa: E402
 from exchange.identifiers import ClientId, MemberId, ServiceId  # noqa: E402
 from exchange.node.app import database_url  # noqa: E402
-from exchange.node.compose import pseudonym_service, registry_database_url  # noqa: E402
 from exchange.ports import CITIZEN_AGENCY  # noqa: E402
 from exchange.registry_admin import RegistryAdmin  # noqa: E402
+from onceonly.wiring import pseudonym_service, registry_database_url  # noqa: E402
 from tests.conftest import _create_pg_database  # noqa: E402
 from tests.integration.processes import Proc, free_port, provisioned_cluster  # noqa: E402
 

@@ -2,8 +2,10 @@
 
 SQLite (one file per component in the data directory) by default, PostgreSQL through
 ``DATABASE_URL``. Every package keeps its own tables (in its ``store.py``, prefixed with the
-package's name) and its own Alembic branch in ``<package>/migrations/versions``; ``upgrade()``
-applies all heads. On PostgreSQL an advisory lock serialises replicas that start at once.
+package's name) and its own Alembic branch (labelled with the package's name) in
+``<package>/migrations/versions``. Each component migrates only its own branches
+(``upgrade(engine, ("exchange", "audit"))`` for a node's database): a node's database holds no
+consent or procedure tables. On PostgreSQL an advisory lock serialises replicas that start at once.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import importlib.util
 import sqlite3
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -255,15 +257,21 @@ def alembic_config(engine: Engine) -> Config:
     return cfg
 
 
-def upgrade(engine: Engine) -> None:
-    """Apply every package's migrations (``alembic upgrade heads``)."""
+def upgrade(engine: Engine, branches: Sequence[str] | None = None) -> None:
+    """Apply the named packages' migrations (``alembic upgrade <branch>@head`` each), or every
+    package's (``heads``) when ``branches`` is None: tools and tests that hold every table."""
     cfg = alembic_config(engine)
+    targets = ["heads"] if branches is None else [f"{b}@head" for b in branches]
+    unknown = set(branches or ()) - set(MIGRATING_PACKAGES)
+    if unknown:
+        raise ValueError(f"no migration branch named {sorted(unknown)}")
     if engine.dialect.name == "postgresql":
         with engine.connect() as conn:
             conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
             try:
                 cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "heads")
+                for target in targets:
+                    command.upgrade(cfg, target)
                 conn.commit()
             finally:
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATION_LOCK_KEY})
@@ -271,4 +279,5 @@ def upgrade(engine: Engine) -> None:
     else:
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "heads")
+            for target in targets:
+                command.upgrade(cfg, target)

@@ -50,9 +50,9 @@ from typing import Any
 from sqlalchemy import Engine, and_, exists, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
+from adapters.reference.rights import ONE_STOP
 from exchange.canonical import canonical_json
 from exchange.db import as_unavailable
-from exchange.federation import ONE_STOP
 from exchange.ports import AuditEvent, AuditSink
 from exchange.signing import Signer
 from procedures.certificate import sign_certificate

@@ -270,7 +270,7 @@ def create_node_app(
         or parts.engine
         or make_engine(database_url(settings, f"node-{str(member).replace('/', '_')}"))
     )
-    upgrade(engine)
+    upgrade(engine, ("exchange",))  # the kernel migrates its own tables; the wiring adds others
     transport = transport or AiohttpTransport()
     registry = RegistryCache(
         anchor=anchor,

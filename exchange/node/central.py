@@ -115,7 +115,7 @@ def create_central_app(
         raise ConfigurationError("no instance CA: run `onceonly keys init` first") from exc
     signer = CentralSigner(load_private_key(keys.central_key))
     engine = engine or make_engine(database_url(settings, "central"))
-    upgrade(engine)
+    upgrade(engine, ("exchange",))  # the kernel migrates its own tables; the wiring adds others
     metrics = ComponentMetrics(collectors)
     served = Counter(
         "onceonly_central_registry_served_total",

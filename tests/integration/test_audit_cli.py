@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from exchange.db import make_engine
-from exchange.node.compose import audit_log
 from exchange.tokens import DevIssuer
+from onceonly.wiring import audit_log
 from tests.integration.test_nodes_as_processes import (  # noqa: F401 (fixture)
     ADDRESS,
     MACHIDA,
@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "exchange", "audit", "verify", *args],
+        [sys.executable, "-m", "onceonly", "audit", "verify", *args],
         capture_output=True,
         text=True,
         timeout=120,

@@ -15,8 +15,8 @@ from sqlalchemy import text
 
 from exchange.db import make_engine
 from exchange.identifiers import MemberId
-from exchange.node.compose import registry_database_url
 from exchange.settings import Settings
+from onceonly.wiring import registry_database_url
 from tests.integration.processes import Cluster, Proc, provisioned_cluster, running
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -22,10 +22,18 @@ from rich.table import Table
 from sqlalchemy import text
 from starlette.routing import Mount
 
+from adapters.reference.rights import ONE_STOP
 from audit.verify import verify_export
 from exchange.db import make_engine
-from exchange.federation import (
-    ONE_STOP,
+from exchange.identifiers import ClientId
+from exchange.keystore import KeyStore
+from exchange.node.app import database_url
+from exchange.node_requests import sign_node_request
+from exchange.ports import CITIZEN_AGENCY
+from exchange.settings import Settings
+from exchange.signing import MemberSigner, load_private_key
+from exchange.tokens import DevIssuer
+from onceonly.federation import (
     LocalFederation,
     Provisioned,
     free_socket,
@@ -34,20 +42,12 @@ from exchange.federation import (
     portal_app,
     provision,
 )
-from exchange.identifiers import ClientId
-from exchange.keystore import KeyStore
-from exchange.node.app import database_url
-from exchange.node.compose import (
+from onceonly.wiring import (
     audit_log,
     consent_service,
     pseudonym_service,
     registry_database_url,
 )
-from exchange.node_requests import sign_node_request
-from exchange.ports import CITIZEN_AGENCY
-from exchange.settings import Settings
-from exchange.signing import MemberSigner, load_private_key
-from exchange.tokens import DevIssuer
 from procedures.demo import demo_address_change
 
 __all__ = ["run_demo", "run_serve"]

@@ -33,6 +33,7 @@ from exchange.provisioning import (
 )
 from exchange.registry_admin import RegistryAdmin
 from exchange.settings import Settings
+from onceonly.wiring import COMPONENT_BRANCHES
 
 __all__ = ["app", "main"]
 
@@ -78,7 +79,7 @@ def _fail(exc: OnceOnlyError) -> None:
 
 def _admin(settings: Settings) -> RegistryAdmin:
     engine = make_engine(database_url(settings, "central"))
-    upgrade(engine)
+    upgrade(engine, COMPONENT_BRANCHES["central"])
     return RegistryAdmin(engine)
 
 
@@ -123,7 +124,7 @@ def _client_node_engine(settings: Settings, client: str) -> tuple[ClientId, Engi
     """CLIENT parsed, and its member's node database (migrated)."""
     cid = ClientId.parse(client)
     engine = make_engine(database_url(settings, f"node-{str(cid.member).replace('/', '_')}"))
-    upgrade(engine)
+    upgrade(engine, COMPONENT_BRANCHES["node"])
     return cid, engine
 
 
@@ -291,13 +292,20 @@ def registry_show(
 @db_app.command("upgrade")
 def db_upgrade(
     component: Annotated[
-        str, typer.Option(help="central, or node-<INSTANCE_CLASS_CODE>")
+        str,
+        typer.Option(
+            help="central, node-<INSTANCE_CLASS_CODE>, consent, consent-audit or procedures"
+        ),
     ] = "central",
     data_dir: DataDir = None,
 ) -> None:
-    """Apply every package's migrations to a component's database."""
+    """Apply a component's own migrations to its database (each component has its own tables)."""
     settings = _settings(data_dir)
-    upgrade(make_engine(database_url(settings, component)))
+    kind = "node" if component.startswith("node-") else component
+    if kind not in COMPONENT_BRANCHES:
+        err.print(f"[red]error[/red]: no component named {component!r}")
+        raise typer.Exit(2)
+    upgrade(make_engine(database_url(settings, component)), COMPONENT_BRANCHES[kind])
     console.print(f"{component}: up to date")
 
 
@@ -310,7 +318,7 @@ def audit_key(
     data_dir: DataDir = None,
 ) -> None:
     """Print a log's public note key (vkey), to hand to auditors out of band."""
-    from exchange.node.compose import audit_log
+    from onceonly.wiring import audit_log
 
     settings = _settings(data_dir)
     engine = make_engine("sqlite://")
@@ -386,7 +394,7 @@ def central(
     data_dir: DataDir = None,
 ) -> None:
     """Run the central server (serves the signed registry)."""
-    from exchange.node.compose import central_app
+    from onceonly.wiring import central_app
 
     settings = _settings(data_dir)
     application = central_app(settings)
@@ -402,7 +410,7 @@ def node(
 ) -> None:
     """Run one member's node (security server)."""
     from exchange.node.app import create_node_app
-    from exchange.node.compose import build_node_parts
+    from onceonly.wiring import build_node_parts
 
     settings = _settings(data_dir)
     mid = MemberId.parse(member)
@@ -419,7 +427,7 @@ def demo(
     citizens: Annotated[int, typer.Option(help="synthetic citizens to seed")] = 200,
 ) -> None:
     """A scripted tour: start a local federation, make signed exchanges, show the results, stop."""
-    from exchange.demo import run_demo
+    from onceonly.demo import run_demo
 
     raise typer.Exit(asyncio.run(run_demo(console, data_dir=data_dir, citizens=citizens)))
 
@@ -431,7 +439,7 @@ def serve(
     data_dir: DataDir = None,
 ) -> None:
     """Run the reference federation on one port and leave it running (Ctrl-C stops it)."""
-    from exchange.demo import run_serve
+    from onceonly.demo import run_serve
 
     asyncio.run(run_serve(console, _settings(data_dir), port=port, citizens=citizens))
 
@@ -447,7 +455,7 @@ def seed(
 
     from adapters.reference.registries import REFERENCE_REGISTRIES
     from adapters.seed import seed as run_seed
-    from exchange.node.compose import PSEUDONYMS, pseudonym_service, registry_database_url
+    from onceonly.wiring import PSEUDONYMS, pseudonym_service, registry_database_url
 
     settings = _settings(data_dir)
     urls = {r.subsystem: registry_database_url(settings, r.subsystem) for r in REFERENCE_REGISTRIES}

@@ -23,16 +23,27 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from starlette.routing import Mount
 
+from adapters.aliases import AgencyAliases
 from adapters.reference.registries import REFERENCE_REGISTRIES
+from adapters.reference.rights import ONE_STOP, REFERENCE_RIGHTS
 from adapters.seed import seed
 from exchange.db import make_engine, upgrade
 from exchange.errors import OnceOnlyError
 from exchange.identifiers import ClientId, MemberId, ServiceId
 from exchange.keystore import KeyStore
 from exchange.node.app import create_node_app, database_url
-from exchange.node.compose import (
+from exchange.ports import CITIZEN_AGENCY
+from exchange.provisioning import init_instance, issue_api_key, provision_subsystem
+from exchange.registry_admin import RegistryAdmin
+from exchange.settings import Settings
+from exchange.signing import MemberSigner, load_private_key
+from exchange.tokens import DevIssuer, Principal
+from exchange.web.health import database_check, operations_router
+from exchange.web.metrics import ComponentMetrics
+from exchange.web.problems import install_problem_handlers
+from onceonly.wiring import (
+    COMPONENT_BRANCHES,
     PSEUDONYMS,
-    AgencyAliases,
     audit_log,
     build_node_parts,
     central_app,
@@ -43,21 +54,9 @@ from exchange.node.compose import (
     subjects_of,
     token_verifier,
 )
-from exchange.ports import CITIZEN_AGENCY
-from exchange.provisioning import init_instance, issue_api_key, provision_subsystem
-from exchange.registry_admin import RegistryAdmin
-from exchange.settings import Settings
-from exchange.signing import MemberSigner, load_private_key
-from exchange.tokens import DevIssuer, Principal
-from exchange.web.health import database_check, operations_router
-from exchange.web.metrics import ComponentMetrics
-from exchange.web.problems import install_problem_handlers
 
 __all__ = [
-    "ONE_STOP",
-    "REFERENCE_RIGHTS",
     "LocalFederation",
-    "Right",
     "member_prefix",
     "one_stop_app",
     "portal_app",
@@ -65,119 +64,7 @@ __all__ = [
 ]
 
 INSTANCE = "JP"
-MACHIDA = MemberId.parse("JP/GOV/132098")
-ONE_STOP = ClientId(MACHIDA, "one-stop")
 RESIDENTS_AGENCY = "JP/GOV/132098/resident-registry"
-"""Machida's one-stop service desk: a consumer-only subsystem that runs procedures."""
-
-
-@dataclass(frozen=True, slots=True)
-class Right:
-    """An access right, and the statute that makes it an exchange without consent (if any)."""
-
-    client: str
-    service: str
-    purposes: tuple[str, ...] = ()
-    statute: str | None = None
-    title_ja: str = ""
-    title_en: str = ""
-    fields: tuple[str, ...] | None = None
-
-
-def _svc(subsystem: str, code: str) -> str:
-    for reg in REFERENCE_REGISTRIES:
-        if reg.subsystem == subsystem:
-            return f"{reg.client_id}/{code}/v1"
-    raise KeyError(subsystem)
-
-
-def _client(subsystem: str) -> str:
-    if subsystem == ONE_STOP.subsystem:
-        return str(ONE_STOP)
-    for reg in REFERENCE_REGISTRIES:
-        if reg.subsystem == subsystem:
-            return reg.client_id
-    raise KeyError(subsystem)
-
-
-REFERENCE_RIGHTS: tuple[Right, ...] = (
-    # Tax division reads residence for assessment (地方税法 第294条: taxed where domiciled on 1 Jan).
-    Right(
-        _client("municipal-tax"),
-        _svc("resident-registry", "address"),
-        ("taxation",),
-        "jp-local-tax-act/art294",
-        "地方税法 第294条（住所の認定）",
-        "Local Tax Act art. 294 (domicile)",
-    ),
-    Right(
-        _client("municipal-tax"),
-        _svc("resident-registry", "person"),
-        ("taxation",),
-        "jp-local-tax-act/art294",
-        "地方税法 第294条",
-        "Local Tax Act art. 294",
-        ("name", "name_kana", "birth_date"),
-    ),
-    # NHI and child allowance check residence for eligibility.
-    Right(
-        _client("national-health-insurance"),
-        _svc("resident-registry", "address"),
-        ("benefit-eligibility",),
-        "jp-national-health-insurance-act/art5",
-        "国民健康保険法 第5条（被保険者）",
-        "National Health Insurance Act art. 5",
-    ),
-    Right(
-        _client("child-allowance"),
-        _svc("resident-registry", "person"),
-        ("benefit-eligibility",),
-        "jp-child-allowance-act/art4",
-        "児童手当法 第4条（支給要件）",
-        "Child Allowance Act art. 4",
-    ),
-    Right(
-        _client("child-allowance"),
-        _svc("municipal-tax", "taxpayer"),
-        ("benefit-eligibility",),
-        "jp-my-number-act/art19-8",
-        "番号利用法 第19条第8号（情報提供ネットワーク）",
-        "My Number Act art. 19(8)",
-        ("fiscal_year", "taxable_income_yen"),
-    ),
-    # The one-stop desk: the address change (住民基本台帳法 第23条, 第24条の2 for the moving
-    # one-stop service) reads the registries concerned and notifies the public ones by statute.
-    *(
-        Right(
-            str(ONE_STOP),
-            _svc(sub, code),
-            ("address-change",),
-            "jp-basic-resident-registration-act/art24-2",
-            "住民基本台帳法 第24条の2（転出届の特例）",
-            "Basic Resident Registration Act art. 24-2",
-        )
-        for sub, code in (
-            ("resident-registry", "person"),
-            ("resident-registry", "address"),
-            ("resident-registry", "address-change"),
-            ("municipal-tax", "address-notification"),
-            ("national-health-insurance", "enrolment"),
-            ("national-health-insurance", "address-notification"),
-            ("child-allowance", "recipient"),
-            ("child-allowance", "address-notification"),
-            ("water", "contract"),
-            ("water", "supply-address-change"),
-            ("land-registry", "property"),
-        )
-    ),
-    # Private utilities: an access right, but no statute — the citizen's consent is the basis.
-    *(
-        Right(str(ONE_STOP), _svc(sub, code), ("address-change",))
-        for sub in ("electricity", "gas")
-        for code in ("contract", "supply-address-change")
-    ),
-    Right(_client("gas"), _svc("resident-registry", "address"), ("address-change",)),
-)
 
 
 def member_prefix(member: MemberId) -> str:
@@ -224,7 +111,7 @@ def provision(
     progress("keys: instance CA and central signing key")
     init_instance(keys, INSTANCE, now=now)
     central_engine = make_engine(database_url(settings, "central"))
-    upgrade(central_engine)
+    upgrade(central_engine, COMPONENT_BRANCHES["central"])
     admin = RegistryAdmin(central_engine)
     progress("central registry: members, subsystems, certificates")
     for member, (name_ja, name_en) in _members().items():
@@ -277,7 +164,7 @@ def provision(
     progress("API keys for the departmental systems")
     for member in {c.member for c, _ in _subsystems()}:
         engine = make_engine(database_url(settings, f"node-{str(member).replace('/', '_')}"))
-        upgrade(engine)
+        upgrade(engine, COMPONENT_BRANCHES["node"])
         for client, _ in _subsystems():
             if client.member == member:
                 out.api_keys[str(client)] = issue_api_key(
@@ -391,7 +278,7 @@ def one_stop_app(settings: Settings, node_url: str, api_key: str) -> FastAPI:
     from procedures.runner import ProcedureRunner
 
     engine = make_engine(database_url(settings, "procedures"))
-    upgrade(engine)
+    upgrade(engine, COMPONENT_BRANCHES["procedures"])
     keys = KeyStore(settings.data_dir)
     signer = MemberSigner(load_private_key(keys.subsystem_key(ONE_STOP)))
     client = OneStopClient(node_url, api_key)
@@ -432,7 +319,7 @@ def portal_app(settings: Settings, desk: FastAPI | None, *, citizens: int = 5) -
     logs = {}
     for member in _members():
         engine = make_engine(database_url(settings, f"node-{str(member).replace('/', '_')}"))
-        upgrade(engine)
+        upgrade(engine, COMPONENT_BRANCHES["node"])
         logs[str(member)] = audit_log(settings, engine, str(member))
     pseudonyms = pseudonym_service(settings)
     residents = make_engine(registry_database_url(settings, "resident-registry"))
