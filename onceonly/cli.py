@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -27,9 +28,13 @@ from exchange.keystore import KeyStore
 from exchange.node.app import database_url
 from exchange.provisioning import (
     init_instance,
+    install_certificate,
     issue_api_key,
+    join_instance,
     provision_subsystem,
+    request_subsystem,
     revoke_api_keys,
+    sign_request,
 )
 from exchange.registry_admin import RegistryAdmin
 from exchange.settings import Settings
@@ -118,6 +123,72 @@ def keys_member(subsystem: str, data_dir: DataDir = None) -> None:
         _fail(exc)
         return
     console.print(str(KeyStore(settings.data_dir).subsystem_cert(client)))
+
+
+@keys_app.command("join")
+def keys_join(
+    anchor: Annotated[
+        Path, typer.Option(help="the central server's public key (anchor.pem), got out of band")
+    ],
+    instance: Annotated[str, typer.Option(help="instance id, e.g. JP")] = "JP",
+    data_dir: DataDir = None,
+) -> None:
+    """An organisation's data directory pins the instance and the central server's key."""
+    settings = _settings(data_dir)
+    try:
+        created = join_instance(KeyStore(settings.data_dir), instance, anchor.read_text())
+    except OnceOnlyError as exc:
+        _fail(exc)
+        return
+    what = "pinned" if created else "already pinned"
+    console.print(
+        f"instance [bold]{instance}[/bold] and its trust anchor {what} in {settings.data_dir}"
+    )
+
+
+@keys_app.command("request")
+def keys_request(subsystem: str, data_dir: DataDir = None) -> None:
+    """Make a subsystem's signing key here and a certificate request for the central operator;
+    print the request's path (the private key stays in this data directory)."""
+    settings = _settings(data_dir)
+    try:
+        path = request_subsystem(KeyStore(settings.data_dir), ClientId.parse(subsystem))
+    except OnceOnlyError as exc:
+        _fail(exc)
+        return
+    console.print(str(path), soft_wrap=True)
+
+
+@keys_app.command("sign-request")
+def keys_sign_request(
+    request: Annotated[Path, typer.Argument(help="the organisation's certificate request (.csr)")],
+    out: Annotated[Path, typer.Option(help="where to write the issued certificate (PEM)")],
+    data_dir: DataDir = None,
+) -> None:
+    """Central operator: check a certificate request and issue its certificate with the CA."""
+    settings = _settings(data_dir)
+    try:
+        subsystem, pem = sign_request(KeyStore(settings.data_dir), request.read_text(), now=_now())
+    except OnceOnlyError as exc:
+        _fail(exc)
+        return
+    out.write_text(pem)
+    console.print(f"certificate for {subsystem} written to {out}", soft_wrap=True)
+
+
+@keys_app.command("install-cert")
+def keys_install_cert(
+    cert: Annotated[Path, typer.Argument(help="the certificate the central operator issued")],
+    data_dir: DataDir = None,
+) -> None:
+    """Put an issued certificate beside the subsystem key it certifies."""
+    settings = _settings(data_dir)
+    try:
+        subsystem = install_certificate(KeyStore(settings.data_dir), cert.read_text())
+    except OnceOnlyError as exc:
+        _fail(exc)
+        return
+    console.print(f"certificate installed for {subsystem}", soft_wrap=True)
 
 
 def _client_node_engine(settings: Settings, client: str) -> tuple[ClientId, Engine]:
@@ -404,18 +475,42 @@ def central(
 @app.command()
 def node(
     member: Annotated[str, typer.Option(help="the member this node serves, e.g. JP/GOV/132098")],
-    host: Annotated[str, typer.Option()] = "127.0.0.1",
-    port: Annotated[int, typer.Option()] = 8101,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8101,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="worker processes sharing the socket, the keys and the database (use "
+            "PostgreSQL for more than one)",
+        ),
+    ] = 1,
     data_dir: DataDir = None,
 ) -> None:
     """Run one member's node (security server)."""
     from exchange.node.app import create_node_app
+    from onceonly.asgi import NODE_MEMBER_ENV
     from onceonly.wiring import build_node_parts
 
     settings = _settings(data_dir)
     mid = MemberId.parse(member)
-    application = create_node_app(settings, mid, build_node_parts(settings, mid))
-    uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)
+    if workers == 1:
+        application = create_node_app(settings, mid, build_node_parts(settings, mid))
+        uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)
+        return
+    # Each worker builds its own app from the environment (onceonly.asgi.node_app).
+    os.environ[NODE_MEMBER_ENV] = str(mid)
+    os.environ["ONCEONLY_DATA_DIR"] = str(settings.data_dir.resolve())
+    uvicorn.run(
+        "onceonly.asgi:node_app",
+        factory=True,
+        workers=workers,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+    )
 
 
 @app.command()

@@ -41,6 +41,7 @@ from exchange.tokens import DevIssuer, Principal
 from exchange.web.health import database_check, operations_router
 from exchange.web.metrics import ComponentMetrics
 from exchange.web.problems import install_problem_handlers
+from exchange.web.redirects import RelativeRedirects
 from onceonly.wiring import (
     COMPONENT_BRANCHES,
     PSEUDONYMS,
@@ -234,6 +235,7 @@ class LocalFederation:
         self._nodes = nodes
         root.state.nodes = nodes
         root.state.central = central
+        root.add_middleware(RelativeRedirects)  # a forged Host never comes back in a Location
         root.router.routes.append(Mount("/central", app=central))
         for m, app in nodes.items():
             root.router.routes.append(Mount(member_prefix(m), app=app))
@@ -303,6 +305,7 @@ def one_stop_app(settings: Settings, node_url: str, api_key: str) -> FastAPI:
     install_problem_handlers(
         app, on_database_unavailable=lambda: metrics.database_unavailable_at("request")
     )
+    app.add_middleware(RelativeRedirects)
     app.include_router(operations_router(metrics, {"database": database_check(engine)}))
     app.include_router(
         build_router(service, token_verifier(settings), clock=lambda: datetime.now(UTC))

@@ -38,7 +38,7 @@ from exchange.identifiers import ClientId, MemberId
 from exchange.keystore import KeyStore
 from exchange.node.app import NodeParts, database_url
 from exchange.node.central import create_central_app
-from exchange.node_requests import verify_node_request
+from exchange.node_requests import VerifiedNodeRequest, verify_node_request
 from exchange.ports import CITIZEN_AGENCY, RegistryAdapter, SubjectTranslator
 from exchange.settings import Settings
 from exchange.signing import MemberSigner, load_private_key
@@ -226,7 +226,7 @@ def build_central_routers(
     ``metrics`` (registered on the central server's ``/metrics``) counts its work."""
     service = consent_service(settings)
 
-    async def authenticate_node(request: Request, body: bytes) -> ClientId:
+    async def authenticate_node(request: Request, body: bytes) -> VerifiedNodeRequest:
         root = request.scope.get("root_path", "")
         path = request.url.path
         path = path[len(root) :] if root and path.startswith(root) else path
