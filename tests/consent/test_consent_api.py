@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 
 from consent.api import build_citizen_router, build_gate_router
 from consent.lifecycle import ConsentService
+from consent.metrics import ConsentMetrics
 from consent.model import Consent
 from consent.remote import RemoteConsentGate
 from exchange.errors import AuthenticationError
@@ -87,15 +88,25 @@ def issuer(tmp_path: Path) -> DevIssuer:
 
 
 @pytest.fixture
-def client(service: ConsentService, issuer: DevIssuer) -> Iterator[TestClient]:
+def metrics() -> ConsentMetrics:
+    return ConsentMetrics()
+
+
+@pytest.fixture
+def client(
+    service: ConsentService, issuer: DevIssuer, metrics: ConsentMetrics
+) -> Iterator[TestClient]:
     app = FastAPI()
     install_problem_handlers(app)
     app.include_router(
         build_citizen_router(
-            service, issuer.verifier(), authenticate_consumer=authenticate_consumer
+            service,
+            issuer.verifier(),
+            authenticate_consumer=authenticate_consumer,
+            metrics=metrics,
         )
     )
-    app.include_router(build_gate_router(service, authenticate_node))
+    app.include_router(build_gate_router(service, authenticate_node, metrics=metrics))
     with TestClient(app) as tc:
         yield tc
 
@@ -403,3 +414,36 @@ def test_the_remote_gate_fails_closed_when_the_service_is_unreachable(
         gate.close()
     assert not decision
     assert decision.reasons == ("the consent service could not be reached",)
+
+
+def _counts(metrics: ConsentMetrics) -> dict[tuple[str, ...], float]:
+    return {
+        (sample.name, *sample.labels.values()): sample.value
+        for family in metrics.collect()
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    }
+
+
+def test_gate_answers_and_citizen_actions_are_counted(
+    client: TestClient,
+    service: ConsentService,
+    issuer: DevIssuer,
+    grant: GrantFn,
+    metrics: ConsentMetrics,
+) -> None:
+    consent = grant()
+    gate = remote(client, service)
+    assert gate.check(query(consent, now=T0))
+    assert gate.use(query(consent, now=T0))
+    assert not gate.use(query(consent, now=T0))  # one-time consent: spent
+    created = ask(client)
+    alice = auth(issuer, ALICE)
+    approved = client.post(f"{API}/consent-requests/{created.json()['id']}/approve", headers=alice)
+    client.post(f"{API}/consents/{approved.json()['id']}/revoke", headers=alice)
+    counts = _counts(metrics)
+    assert counts[("onceonly_consent_gate_total", "check", "allow")] == 1
+    assert counts[("onceonly_consent_gate_total", "use", "allow")] == 1
+    assert counts[("onceonly_consent_gate_total", "use", "deny")] == 1
+    for action in ("request", "approve", "revoke"):
+        assert counts[("onceonly_consent_actions_total", action)] == 1
