@@ -15,13 +15,14 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from consent.api import build_citizen_router, build_gate_router
 from consent.lifecycle import ConsentService
 from consent.metrics import ConsentMetrics
 from consent.model import Consent
-from consent.remote import RemoteConsentGate
-from exchange.errors import AuthenticationError
+from consent.remote import CONSENT_UNAVAILABLE, RemoteConsentGate
+from exchange.errors import AuthenticationError, UnavailableError
 from exchange.identifiers import ClientId
 from exchange.node_requests import VerifiedNodeRequest
 from exchange.tokens import DevIssuer
@@ -401,7 +402,7 @@ def test_gate_routes_refuse_unauthenticated_and_malformed_calls(client: TestClie
     assert_problem(client.post(f"{API}/gate/use", content=body, headers=headers), 400)
 
 
-def test_the_remote_gate_fails_closed_when_the_service_is_unreachable(
+def test_the_remote_gate_fails_closed_and_retryable_when_the_service_is_unreachable(
     service: ConsentService, grant: GrantFn, audit: ListAudit
 ) -> None:
     consent = grant()
@@ -409,11 +410,33 @@ def test_the_remote_gate_fails_closed_when_the_service_is_unreachable(
         "http://127.0.0.1:9", signer_for(PROVIDER_NODE), service.verifier, timeout_s=0.5
     )
     try:
-        decision = gate.use(query(consent, now=T0 + timedelta(seconds=1)))
+        with pytest.raises(UnavailableError) as info:
+            gate.use(query(consent, now=T0 + timedelta(seconds=1)))
     finally:
         gate.close()
-    assert not decision
-    assert decision.reasons == ("the consent service could not be reached",)
+    assert info.value.status == 503
+    assert info.value.code == CONSENT_UNAVAILABLE
+    assert info.value.detail == "the consent service could not be reached"
+    assert service.uses(ALICE, consent.id, now=T0 + timedelta(seconds=2)) == []
+
+
+def test_the_remote_gate_takes_a_5xx_for_unavailable_never_for_an_answer(
+    service: ConsentService, grant: GrantFn
+) -> None:
+    """A gateway in front of the service that fails answers 502 (with a body that would allow)."""
+    consent = grant()
+    gateway = FastAPI()
+
+    @gateway.post(f"{API}/gate/use")
+    async def broken() -> JSONResponse:
+        return JSONResponse({"allow": True, "consent_id": consent.id, "fields": []}, 502)
+
+    with TestClient(gateway) as http:
+        gate = RemoteConsentGate(
+            str(http.base_url), signer_for(PROVIDER_NODE), service.verifier, http_client=http
+        )
+        with pytest.raises(UnavailableError, match="HTTP 502"):
+            gate.use(query(consent, now=T0 + timedelta(seconds=1)))
 
 
 def _counts(metrics: ConsentMetrics) -> dict[tuple[str, ...], float]:
