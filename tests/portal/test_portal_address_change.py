@@ -21,6 +21,7 @@ from exchange.db import make_engine, upgrade
 from exchange.settings import Settings
 from exchange.tokens import DevIssuer
 from portal import build_portal
+from portal.local import LocalConsent, LocalDesk, local_logs
 from tests.procedures.helpers import Federation, running_federation, utc_now
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -51,13 +52,12 @@ def test_citizen_runs_an_address_change_and_watches_it_finish(
         async with fed.client() as one_stop:
             portal = build_portal(
                 Settings(portal_secret=SecretStr("x" * 32), data_dir=tmp_path),
-                consent=fed.consents,
-                logs={"n": log},
-                subjects_of=lambda p: {p.subject},
+                consent=LocalConsent(fed.consents),
+                logs=local_logs({"n": log}, lambda p: {p.subject}),
                 issuer=issuer,
                 verifier=issuer.verifier(),
                 demo_citizens=[(citizen, "市民"), (other, "別の市民")],
-                procedures=fed.service(one_stop),
+                procedures=LocalDesk(fed.service(one_stop)),
             )
             app = Starlette(routes=[Mount("/portal", app=portal)])
             async with httpx.AsyncClient(
