@@ -243,10 +243,12 @@ def build_portal(
     procedures: ProcedureDesk | None = None,
     clock: Callable[[], datetime] = utc_now,
     secure_cookies: bool = True,
+    public_origin: str | None = None,
 ) -> FastAPI:
     """The portal app. ``logs`` maps a node's member id to its access log (``portal.local`` or
     ``portal.remote``); ``demo_citizens`` lists ``(subject, display name)`` offered on the
-    development sign-in page (only when ``issuer`` is given)."""
+    development sign-in page (only when ``issuer`` is given); with ``public_origin``, a POST
+    whose ``Origin`` header names another origin is refused like one without the CSRF token."""
     secret = (
         settings.portal_secret.get_secret_value().encode()
         if settings.portal_secret is not None
@@ -324,8 +326,12 @@ def build_portal(
         return caller
 
     async def checked_form(request: Request) -> Mapping[str, Any]:
+        # (2) CSRF: the Origin browsers send, when the portal knows its own (defence in depth) ...
+        origin = request.headers.get("origin")
+        if public_origin is not None and origin is not None and origin != public_origin:
+            raise _CsrfError
         form = await request.form()
-        # (2) CSRF: the session-bound token, compared in constant time.
+        # ... and the session-bound token, compared in constant time.
         if not same_token(session_of(request).csrf, _field(form, "csrf")):
             raise _CsrfError
         return form
