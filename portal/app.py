@@ -64,6 +64,7 @@ from exchange.errors import (
     NotFoundError,
     OnceOnlyError,
     RefusalError,
+    TransportError,
 )
 from exchange.tokens import DevIssuer, Principal, TokenVerifier
 from portal._session import SESSION_COOKIE, Session, SessionCodec, same_token
@@ -532,8 +533,13 @@ def build_portal(
             raise ClientError("bad decision filter")
         rows: list[_Row] = []
         orgs: set[str] = set()
+        unavailable: list[str] = []
         for node, log in logs.items():
-            everything = log.my_accesses(caller, limit=MAX_TIMELINE)
+            try:
+                everything = log.my_accesses(caller, limit=MAX_TIMELINE)
+            except TransportError:  # one node down does not hide the others' records
+                unavailable.append(node)
+                continue
             orgs.update(str(e.record["client"]) for e in everything if e.record.get("client"))
             rows.extend(
                 _row(node, e)
@@ -546,6 +552,7 @@ def build_portal(
             request,
             "access.html",
             rows=rows,
+            unavailable=unavailable,
             orgs=sorted(orgs),
             org=org,
             decision=decision,
@@ -669,6 +676,14 @@ def build_portal(
         rows: list[_Row] = []
         error: str | None = None
         truncated = False
+        unavailable: list[str] = []
+        sizes: dict[str, int | str] = {}
+        for node, log in logs.items():
+            try:
+                sizes[node] = log.size(caller)
+            except TransportError:  # one node down does not hide the others' logs
+                sizes[node] = "?"
+                unavailable.append(node)
         if searched:
             try:
                 query = EntryQuery(
@@ -682,6 +697,8 @@ def build_portal(
                 )
                 nodes = [params["node"]] if params["node"] else list(logs)
                 for node in nodes:
+                    if node in unavailable:
+                        continue
                     found, next_cursor = log_of(node).search(caller, query, limit=MAX_TIMELINE)
                     truncated = truncated or next_cursor is not None
                     rows.extend(_row(node, e) for e in found)
@@ -698,7 +715,8 @@ def build_portal(
             error=error,
             truncated=truncated,
             limit=MAX_TIMELINE,
-            sizes={node: log.size(caller) for node, log in logs.items()},
+            sizes=sizes,
+            unavailable=unavailable,
         )
 
     @app.get("/auditor/entry", name="auditor_entry")

@@ -290,6 +290,22 @@ def _citizen_and_auditor(world: World, b: Browser) -> None:
     assert world.portal.popen is not None
     assert _open_files_under(world.portal.popen.pid, world.settings.data_dir) == []
 
+    # The node goes down: the search page still answers and says which log is missing; a page
+    # that needs that node is a 502, not a 500.
+    world.cluster.procs[str(MACHIDA)].stop()
+    down = b.get("/auditor", search="1")
+    assert down.status_code == 200
+    assert (
+        f'role="status">次のノードに接続できないため、その記録は表示されていません: {MACHIDA}'
+        in (down.text)
+    )
+    assert b.get("/auditor/entry", node=str(MACHIDA), index=index).status_code == 502
+    b.post("/signout")
+    b.sign_in(world.citizen)
+    mine = b.get("/access")
+    assert mine.status_code == 200
+    assert f"その記録は表示されていません: {MACHIDA}" in mine.text
+
 
 def test_wrong_pinned_key_or_altered_entry_is_never_verified(world: World) -> None:
     issuer = DevIssuer.load(
