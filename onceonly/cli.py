@@ -280,6 +280,24 @@ def registry_add_service(
         _fail(exc)
 
 
+@registry_app.command("add-services")
+def registry_add_services(
+    from_file: Annotated[
+        Path, typer.Option("--from", help="a registries file (TOML, docs/adapters.md)")
+    ],
+    data_dir: DataDir = None,
+) -> None:
+    """Register every service a registries file declares, with its OpenAPI document."""
+    from adapters.config import load_registries
+    from adapters.factory import register_services
+
+    try:
+        for sid in register_services(_admin(_settings(data_dir)), load_registries(from_file)):
+            console.print(str(sid))
+    except OnceOnlyError as exc:
+        _fail(exc)
+
+
 @registry_app.command("grant")
 def registry_grant(client: str, service: str, data_dir: DataDir = None) -> None:
     """Let CLIENT call SERVICE (access right)."""
@@ -481,6 +499,12 @@ def node(
     member: Annotated[str, typer.Option(help="the member this node serves, e.g. JP/GOV/132098")],
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8101,
+    registries: Annotated[
+        Path | None,
+        typer.Option(
+            help="the registries this node serves (TOML; default data_dir/registries.toml)"
+        ),
+    ] = None,
     workers: Annotated[
         int,
         typer.Option(
@@ -497,7 +521,7 @@ def node(
     from onceonly.asgi import NODE_MEMBER_ENV
     from onceonly.wiring import build_node_parts
 
-    settings = _settings(data_dir)
+    settings = _settings(data_dir, registries_file=registries)
     mid = MemberId.parse(member)
     if workers == 1:
         application = create_node_app(settings, mid, build_node_parts(settings, mid))
@@ -506,6 +530,8 @@ def node(
     # Each worker builds its own app from the environment (onceonly.asgi.node_app).
     os.environ[NODE_MEMBER_ENV] = str(mid)
     os.environ["ONCEONLY_DATA_DIR"] = str(settings.data_dir.resolve())
+    if settings.registries_file is not None:
+        os.environ["ONCEONLY_REGISTRIES_FILE"] = str(settings.registries_file.resolve())
     uvicorn.run(
         "onceonly.asgi:node_app",
         factory=True,
@@ -587,12 +613,14 @@ def seed(
     """Fill the reference registries with realistic synthetic citizens of Machida (no real persons)."""
     from rich.progress import BarColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
 
-    from adapters.reference.registries import REFERENCE_REGISTRIES
+    from adapters.reference.registries import reference_registries
     from adapters.seed import seed as run_seed
     from onceonly.wiring import PSEUDONYMS, pseudonym_service, registry_database_url
 
     settings = _settings(data_dir)
-    urls = {r.subsystem: registry_database_url(settings, r.subsystem) for r in REFERENCE_REGISTRIES}
+    urls = {
+        r.subsystem: registry_database_url(settings, r.subsystem) for r in reference_registries()
+    }
     urls[PSEUDONYMS] = registry_database_url(settings, PSEUDONYMS)
     store = make_engine(urls[PSEUDONYMS])
     pseudonym_service(settings, store)  # migrates the pseudonym store
