@@ -332,3 +332,44 @@ def test_wrong_pinned_key_or_altered_entry_is_never_verified(world: World) -> No
         )
         assert altered.data != entry.data
         assert verify_proven(altered, right.verifier).outcome == "failed"
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's Chromium is not at /usr/bin/chromium")
+def test_chromium_signs_in_at_the_portal_process_and_verifies(world: World) -> None:
+    """Debian's Chromium (never a downloaded browser) against the portal process: the Secure
+    session cookie holds on http://127.0.0.1, the citizen approves the request and verifies an
+    access, the auditor verifies the same entry."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            p = browser.new_context().new_page()
+            p.set_default_timeout(15_000)
+            p.goto(world.portal.url + "/signin")
+            p.get_by_label("町田 一郎").check()
+            p.get_by_role("button", name="ログイン").click()
+            p.wait_for_selector("h1:has-text('わたしの同意')")
+            p.get_by_role("button", name="承認する").click()
+            p.wait_for_selector(".flash")
+            assert p.locator("[data-status='active']").count() == 1
+            p.get_by_role("link", name="わたしの情報の利用履歴").click()
+            p.wait_for_selector("ol.timeline")
+            p.locator("li.entry").first.get_by_role("button", name="検証").click()
+            p.wait_for_selector(".verification")
+            assert p.locator(".verification").get_attribute("data-outcome") == "ok"
+            p.get_by_role("button", name="ログアウト").click()
+            p.get_by_label("監査人").check()
+            p.get_by_role("button", name="ログイン").click()
+            p.wait_for_selector("h1:has-text('ログ検索')")
+            p.get_by_role("button", name="検索").click()
+            p.locator("a.entry-link").first.click()
+            p.wait_for_selector(".verification")
+            assert p.locator(".verification").get_attribute("data-outcome") == "ok"
+        finally:
+            browser.close()
