@@ -213,7 +213,11 @@ class RemoteLog:
     @staticmethod
     def _cursor(body: Any) -> int | None:
         value = body.get("next_cursor") if isinstance(body, dict) else None
-        return None if value is None else int(value)
+        if value is None:
+            return None
+        if not isinstance(value, str | int) or not str(value).isdigit():
+            raise TransportError("the node answered something unexpected")
+        return int(value)
 
     def my_accesses(self, caller: Caller, *, limit: int) -> list[LogRecord]:
         found: list[LogRecord] = []
@@ -308,7 +312,10 @@ class RemoteLog:
         try:
             return [
                 StoredCheckpoint(
-                    int(c["size"]), _b64(c["root"]), datetime.fromisoformat(c["time"]), c["note"]
+                    int(c["size"]),
+                    _b64(c["root"]),
+                    datetime.fromisoformat(c["time"]),
+                    str(c["note"]),
                 )
                 for c in body["checkpoints"]
             ]

@@ -81,3 +81,21 @@ def test_an_unreachable_node_is_a_transport_error() -> None:
     verifier = NoteSigner.generate("onceonly.test/n").verifier()
     with _client(handler) as http, pytest.raises(TransportError, match="cannot be reached"):
         RemoteLog(http, "http://node.test", verifier).my_accesses(CALLER, limit=10)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"accesses": [{"index": 0, "entry": {}}], "next_cursor": "soon"},
+        {"accesses": [{"index": "x", "entry": {}}], "next_cursor": None},
+        {"accesses": "none"},
+        ["not", "an", "object"],
+    ],
+)
+def test_a_malformed_answer_from_a_node_is_a_transport_error(body: object) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=body)
+
+    verifier = NoteSigner.generate("onceonly.test/n").verifier()
+    with _client(handler) as http, pytest.raises(TransportError, match="unexpected"):
+        RemoteLog(http, "http://node.test", verifier).my_accesses(CALLER, limit=10)
