@@ -3,6 +3,9 @@
 * ``init_instance``: the instance CA, the central server's signing key and the trust anchor (the
   central public key every node pins). Idempotent: existing keys are kept, never overwritten.
 * ``provision_subsystem``: a subsystem's signing key and its certificate, issued by the CA.
+* ``provision_sealing_key``: a subsystem's X25519 sealing key (made once, never replaced), whose
+  public half the registry publishes so the pseudonym translator can seal the subsystem's codes.
+* ``provision_translator_key``: the central pseudonym translator's token signing key.
 * ``issue_api_key``: a departmental system's API key for its node, shown once, stored hashed.
 """
 
@@ -24,6 +27,7 @@ from exchange.errors import ConfigurationError
 from exchange.identifiers import ClientId, parse_part
 from exchange.keystore import KeyStore
 from exchange.node.consumer import hash_api_key
+from exchange.sealing import SealingKey, SealingPublicKey
 from exchange.signing import (
     Algorithm,
     generate_private_key,
@@ -37,7 +41,9 @@ __all__ = [
     "API_KEY_BYTES",
     "init_instance",
     "issue_api_key",
+    "provision_sealing_key",
     "provision_subsystem",
+    "provision_translator_key",
     "revoke_api_keys",
 ]
 
@@ -82,6 +88,24 @@ def provision_subsystem(
     )
     cert_path.write_text(pem)
     return pem
+
+
+def provision_sealing_key(keys: KeyStore, subsystem: ClientId) -> SealingPublicKey:
+    """The subsystem's sealing public key, making the key pair the first time only."""
+    if keys.instance() != subsystem.member.instance:
+        raise ConfigurationError("subsystem belongs to another instance")
+    path = keys.subsystem_seal_key(subsystem)
+    if not path.exists():
+        SealingKey.generate().save(path)
+    return SealingKey.load(path).public_key
+
+
+def provision_translator_key(keys: KeyStore) -> str:
+    """The translator's token signing public key (PEM), making the key the first time only."""
+    keys.instance()  # the instance must exist
+    if not keys.translator_key.exists():
+        save_private_key(generate_private_key("EdDSA"), keys.translator_key)
+    return public_key_pem(load_private_key(keys.translator_key).public_key())
 
 
 def issue_api_key(engine: Engine, *, node: str, client: ClientId, now: datetime) -> str:

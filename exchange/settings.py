@@ -52,3 +52,9 @@ class Settings(BaseSettings):
     """Signs portal session cookies and CSRF tokens; unset means a random one per run."""
 
     checkpoint_interval_s: float = 30.0
+
+    pseudonyms: Literal["translator", "local"] = "local"
+    """How nodes learn the provider agency's code for a citizen (docs/pseudonyms.md):
+    ``translator`` asks the central pseudonym translator, which seals the provider's code to the
+    provider (no node holds another agency's codes); ``local`` translates through one shared
+    table every node can read — for comparison and benchmarks only, not for production."""

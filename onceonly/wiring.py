@@ -1,10 +1,11 @@
 """The composition root: which implementation sits behind each port (DESIGN "The parts").
 
 Only ``onceonly`` wires packages together. A node gets the registry adapters of the registries it
-hosts (each over its own database), the pseudonym service, the policy engine fed from the
+hosts (each over its own database), the pseudonym translator's client (or, in the comparison-only
+``local`` mode, the shared pseudonym table), the policy engine fed from the
 verified registry (``policies.feed``), the consent gate that follows the registry
 (``consent.registry_gate``) and the audit log (``audit.sink``); the central server gets the
-consent service's routes.
+consent service's routes and the pseudonym translator (docs/pseudonyms.md).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from adapters.aliases import AgencyAliases
 from adapters.pseudonyms import PseudonymService
 from adapters.reference.registries import REFERENCE_REGISTRIES
 from adapters.sql import SqlAdapter
+from adapters.translator import TRANSLATOR_LOG, PseudonymTranslator, build_translator_router
+from adapters.translator_client import HttpSubjectSealer
 from audit.api import build_router as build_audit_router
 from audit.checkpoint import NoteSigner
 from audit.log import TransparencyLog
@@ -39,7 +42,7 @@ from exchange.node.app import NodeParts, database_url
 from exchange.node_requests import verify_node_request
 from exchange.ports import CITIZEN_AGENCY, RegistryAdapter, SubjectTranslator
 from exchange.settings import Settings
-from exchange.signing import MemberSigner, load_private_key
+from exchange.signing import MemberSigner, TranslatorSigner, load_private_key
 from exchange.tokens import DevIssuer, Principal, TokenVerifier
 from policies.embedded import EmbeddedRegoEngine
 from policies.engine import engine_from_settings
@@ -57,6 +60,7 @@ __all__ = [
     "consent_issuer_key",
     "consent_service",
     "pseudonym_service",
+    "pseudonym_translator",
     "registry_database_url",
     "subjects_of",
     "token_verifier",
@@ -69,6 +73,7 @@ COMPONENT_BRANCHES: dict[str, tuple[str, ...]] = {
     "consent-audit": ("audit",),
     "procedures": ("procedures",),
     "registries": ("adapters",),
+    "translator-audit": ("audit",),
 }
 """Which packages' tables each component's database holds (each migrates only its own)."""
 PSEUDONYMS = "pseudonyms"
@@ -98,6 +103,23 @@ def pseudonym_service(settings: Settings, engine: Engine | None = None) -> Pseud
     return PseudonymService(engine, PSEUDONYM_AGENCIES)
 
 
+def pseudonym_translator(settings: Settings) -> PseudonymTranslator | None:
+    """The central translator over the pseudonym store, with its own key and transparency log;
+    None when the instance has no translator key (``onceonly registry set-translator``)."""
+    keys = KeyStore(settings.data_dir)
+    if not keys.translator_key.exists():
+        return None
+    subjects = AgencyAliases(pseudonym_service(settings), {ONE_STOP_CLIENT: CITIZEN_AGENCY})
+    audit_engine = make_engine(database_url(settings, "translator-audit"))
+    upgrade(audit_engine, COMPONENT_BRANCHES["translator-audit"])
+    log = audit_log(settings, audit_engine, TRANSLATOR_LOG)
+    return PseudonymTranslator(
+        subjects,
+        TranslatorSigner(load_private_key(keys.translator_key)),
+        LogSink(log, audit_engine),
+    )
+
+
 def audit_log(settings: Settings, engine: Engine, log_id: str) -> TransparencyLog:
     """A log with its own note key in the data directory; its origin names the instance and log."""
     origin = f"onceonly.example/{log_id}/audit"
@@ -106,11 +128,18 @@ def audit_log(settings: Settings, engine: Engine, log_id: str) -> TransparencyLo
     return TransparencyLog(engine, log_id=log_id, signer=signer)
 
 
-def subjects_of(pseudonyms: SubjectTranslator) -> Callable[[Principal], Collection[str]]:
-    """Every pseudonym a citizen is known by, so their "who accessed my data" view is complete."""
+def subjects_of(
+    pseudonyms: SubjectTranslator | None,
+) -> Callable[[Principal], Collection[str]]:
+    """Every pseudonym a citizen is known by, so their "who accessed my data" view is complete.
+
+    Without a shared table (translator mode) a node knows the citizen by their platform id only
+    (docs/pseudonyms.md, "What is left")."""
 
     def lookup(principal: Principal) -> Collection[str]:
         found = {principal.subject}
+        if pseudonyms is None:
+            return found
         for agency in PSEUDONYM_AGENCIES:
             if agency == CITIZEN_AGENCY:
                 continue
@@ -169,10 +198,20 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
             adapters[client] = reg.adapter(
                 registry_database_url(settings, reg.subsystem), db_work=settings.db_work
             )
-    pseudonym_engine = make_engine(registry_database_url(settings, PSEUDONYMS))
-    subjects = AgencyAliases(
-        pseudonym_service(settings, pseudonym_engine), {ONE_STOP_CLIENT: CITIZEN_AGENCY}
-    )
+    sealer: HttpSubjectSealer | None = None
+    subjects: AgencyAliases | None = None
+    pseudonym_engine: Engine | None = None
+    if settings.pseudonyms == "translator":
+        # No pseudonym store at this node: codes of other agencies never reach it.
+        sealer = HttpSubjectSealer(
+            {c: MemberSigner(load_private_key(keys.subsystem_key(c))) for c in hosted},
+            timeout_s=settings.exchange_timeout_s,
+        )
+    else:
+        pseudonym_engine = make_engine(registry_database_url(settings, PSEUDONYMS))
+        subjects = AgencyAliases(
+            pseudonym_service(settings, pseudonym_engine), {ONE_STOP_CLIENT: CITIZEN_AGENCY}
+        )
     gate = RegistryConsentGate(
         MemberSigner(load_private_key(keys.subsystem_key(hosted[0]))),
         hosted[0],
@@ -189,21 +228,28 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
                 await asyncio.to_thread(_publish, log, engine)
 
     feed = PolicyFeed(engine_from_settings(settings))
+    engines = (engine,) if pseudonym_engine is None else (engine, pseudonym_engine)
     return NodeParts(
         adapters=adapters,
         subjects=subjects,
+        sealer=sealer,
         policy=feed.engine,
         consent=gate,
         audit=LogSink(log, engine),
         routers=(build_audit_router(log, token_verifier(settings), subjects_of(subjects)),),
-        on_registry=(gate.on_registry, feed.on_registry),
+        on_registry=(
+            gate.on_registry,
+            feed.on_registry,
+            *((sealer.on_registry,) if sealer else ()),
+        ),
         background=(publish_checkpoints,),
         engine=engine,
-        inline=runs_inline(engine, pseudonym_engine, mode=settings.db_work)
+        inline=runs_inline(*engines, mode=settings.db_work)
         and isinstance(feed.engine, EmbeddedRegoEngine),
         closers=(
             *(a.aclose for a in adapters.values() if isinstance(a, SqlAdapter)),
-            lambda: asyncio.to_thread(pseudonym_engine.dispose),
+            *((lambda: asyncio.to_thread(pseudonym_engine.dispose),) if pseudonym_engine else ()),
+            *((sealer.aclose,) if sealer else ()),
             lambda: asyncio.to_thread(gate.close),
         ),
     )
@@ -217,7 +263,8 @@ def _publish(log: TransparencyLog, engine: Engine) -> None:
 def build_central_routers(
     settings: Settings, registry: Callable[[datetime], VerifiedRegistry]
 ) -> list[APIRouter]:
-    """The consent service (citizen API and the nodes' gate) beside the central server."""
+    """The consent service (citizen API and the nodes' gate) and the pseudonym translator beside
+    the central server."""
     service = consent_service(settings)
 
     async def authenticate_node(request: Request, body: bytes) -> ClientId:
@@ -235,9 +282,17 @@ def build_central_routers(
             max_skew_s=settings.max_clock_skew_s,
         )
 
-    return [
+    routers = [
         build_citizen_router(
             service, token_verifier(settings), authenticate_consumer=authenticate_node
         ),
         build_gate_router(service, authenticate_node),
     ]
+    translator = pseudonym_translator(settings)
+    if translator is not None:
+        routers.append(
+            build_translator_router(
+                translator, authenticate_node, registry, lambda: datetime.now(UTC)
+            )
+        )
+    return routers
