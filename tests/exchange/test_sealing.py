@@ -14,6 +14,8 @@ from exchange.sealing import SealingKey, SealingPublicKey, open_sealed, seal
 from exchange.signing import TranslatorSigner, TranslatorVerifier, generate_private_key
 from exchange.subject_token import (
     SealedSubject,
+    SubjectTokenClaims,
+    _signing_input,
     issue_subject_token,
     open_subject_token,
     peek_subject_token,
@@ -161,8 +163,6 @@ def test_a_sealed_part_moved_into_another_token_does_not_open() -> None:
     assert donor["claims"]["expires_at"] != target["claims"]["expires_at"]
     target["claims"]["sealed"] = donor["claims"]["sealed"]
     # Re-signed by the translator itself, the moved part still fails its associated data.
-    from exchange.subject_token import SubjectTokenClaims, _signing_input
-
     claims = SubjectTokenClaims.model_validate(target["claims"])
     target["signature"] = w.signer.sign_detached(_signing_input(claims))
     moved = base64.urlsafe_b64encode(json.dumps(target).encode()).decode()
