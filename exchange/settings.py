@@ -53,7 +53,7 @@ class Settings(BaseSettings):
 
     checkpoint_interval_s: float = 30.0
 
-    pseudonyms: Literal["translator", "local"] = "local"
+    pseudonyms: Literal["translator", "local"] = "translator"
     """How nodes learn the provider agency's code for a citizen (docs/pseudonyms.md):
     ``translator`` asks the central pseudonym translator, which seals the provider's code to the
     provider (no node holds another agency's codes); ``local`` translates through one shared

@@ -28,10 +28,13 @@ from exchange.node.app import database_url
 from exchange.provisioning import (
     init_instance,
     issue_api_key,
+    provision_sealing_key,
     provision_subsystem,
+    provision_translator_key,
     revoke_api_keys,
 )
 from exchange.registry_admin import RegistryAdmin
+from exchange.sealing import SealingPublicKey
 from exchange.settings import Settings
 from onceonly.wiring import COMPONENT_BRANCHES
 
@@ -109,15 +112,21 @@ def keys_init(
 
 @keys_app.command("member")
 def keys_member(subsystem: str, data_dir: DataDir = None) -> None:
-    """Make a subsystem's signing key and its CA-issued certificate; print the certificate path."""
+    """Make a subsystem's signing key, its CA-issued certificate and its sealing key pair (each
+    only once); print the certificate path and the sealing public key's file."""
     settings = _settings(data_dir)
+    keys = KeyStore(settings.data_dir)
     try:
         client = ClientId.parse(subsystem)
-        provision_subsystem(KeyStore(settings.data_dir), client, now=_now())
+        provision_subsystem(keys, client, now=_now())
+        seal_key = provision_sealing_key(keys, client)
     except OnceOnlyError as exc:
         _fail(exc)
         return
-    console.print(str(KeyStore(settings.data_dir).subsystem_cert(client)))
+    public = keys.subsystem_seal_key(client).with_suffix(".pub")
+    public.write_text(f"{seal_key}\n")
+    console.print(str(keys.subsystem_cert(client)))
+    console.print(str(public))
 
 
 def _client_node_engine(settings: Settings, client: str) -> tuple[ClientId, Engine]:
@@ -175,6 +184,9 @@ def registry_add_subsystem(
     cert: Annotated[
         Path | None, typer.Option(help="PEM certificate issued by `keys member`")
     ] = None,
+    seal_key: Annotated[
+        Path | None, typer.Option(help="sealing public key file written by `keys member` (.pub)")
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
     try:
@@ -183,6 +195,21 @@ def registry_add_subsystem(
         admin.add_subsystem(client, name=name)
         if cert is not None:
             admin.add_certificate(client, cert.read_text())
+        if seal_key is not None:
+            admin.set_seal_key(client, SealingPublicKey.parse(seal_key.read_text().strip()))
+    except OnceOnlyError as exc:
+        _fail(exc)
+
+
+@registry_app.command("set-translator")
+def registry_set_translator(
+    url: Annotated[str, typer.Option(help="base URL of the central server serving it")],
+    data_dir: DataDir = None,
+) -> None:
+    """Name the pseudonym translator (its token key is made in the data directory, once)."""
+    settings = _settings(data_dir)
+    try:
+        _admin(settings).set_translator(url, provision_translator_key(KeyStore(settings.data_dir)))
     except OnceOnlyError as exc:
         _fail(exc)
 
