@@ -23,7 +23,8 @@ A provider verifies (docs/protocol.md §3, step 9b):
   (T4) the sealed part opens with the provider's own key and this token's claims as associated
        data ...................................................... stops a sealed part moved
        between tokens, and tells a tampered one apart
-Every failure is one opaque ``VerificationError``.
+Every failure is one opaque ``VerificationError``. ``OpenedTokens`` remembers T1 and T4 for a
+token's exact text (a consumer reuses a token for its life), and runs T2 and T3 on every use.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from exchange.signing import TranslatorSigner, TranslatorVerifier
 
 __all__ = [
     "MAX_TOKEN_CHARS",
+    "OpenedTokens",
     "SealedSubject",
     "SubjectTokenClaims",
     "issue_subject_token",
@@ -149,21 +151,79 @@ def open_subject_token(
     max_skew_s: int,
 ) -> SealedSubject:
     """Steps (T1)–(T4); the sealed subject, or ``VerificationError`` (one opaque reason)."""
+    claims, subject = _verify_and_open(token, verifier, key)  # (T1), (T4)
+    _check_binding(claims, client, service, provider, now, max_skew_s)  # (T2), (T3)
+    return subject
+
+
+def _verify_and_open(
+    token: str, verifier: TranslatorVerifier, key: SealingKey
+) -> tuple[SubjectTokenClaims, SealedSubject]:
     try:
         parsed = _parse(token)
         claims = parsed.claims
         verifier.verify_detached(parsed.signature, _signing_input(claims))  # (T1)
-        if (claims.client, claims.service, claims.provider) != (client, service, provider):
-            raise VerificationError("wrong binding")  # (T2)
-        skew = timedelta(seconds=max_skew_s)
-        if claims.issued_at.tzinfo is None or claims.issued_at > now + skew:
-            raise VerificationError("from the future")  # (T3)
-        if claims.expires_at <= now:
-            raise VerificationError("expired")  # (T3)
         plain = key.open(claims.sealed, aad=claims.associated_data())  # (T4)
         subject = SealedSubject.model_validate_json(plain)
         if (subject.citizen is not None) != claims.citizen:
             raise VerificationError("sealed part disagrees with the claims")
-        return subject
+        return claims, subject
     except (OnceOnlyError, ValidationError, ValueError) as exc:
         raise VerificationError(_OPAQUE) from exc
+
+
+def _check_binding(
+    claims: SubjectTokenClaims,
+    client: str,
+    service: str,
+    provider: str,
+    now: datetime,
+    max_skew_s: int,
+) -> None:
+    # (T2) bound to this client, service and provider.
+    bound = (claims.client, claims.service, claims.provider) == (client, service, provider)
+    # (T3) current: not from the future (beyond the skew window), not expired.
+    skew = timedelta(seconds=max_skew_s)
+    fresh = claims.issued_at.tzinfo is not None and claims.issued_at <= now + skew
+    if not bound or not fresh or claims.expires_at <= now:
+        raise VerificationError(_OPAQUE)
+
+
+class OpenedTokens:
+    """A provider's memory of tokens it has verified and opened (T1, T4), by their exact text.
+
+    The same bytes verify and open the same way every time, so a consumer reusing a cached token
+    costs the provider only T2 and T3, which run on every use. Entries are keyed by the token and
+    the translator key's id (a new key in the registry is a new entry), kept until the token
+    expires, and dropped all at once when full."""
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self._max = max_entries
+        self._cache: dict[tuple[str, str], tuple[SubjectTokenClaims, SealedSubject]] = {}
+
+    def open(
+        self,
+        token: str,
+        *,
+        verifier: TranslatorVerifier,
+        key: SealingKey,
+        client: str,
+        service: str,
+        provider: str,
+        now: datetime,
+        max_skew_s: int,
+    ) -> SealedSubject:
+        """As ``open_subject_token``, answering T1 and T4 from memory for a token seen before."""
+        cache_key = (token, verifier.kid)
+        hit = self._cache.get(cache_key)
+        if hit is None:
+            hit = _verify_and_open(token, verifier, key)  # (T1), (T4)
+            if hit[0].provider == provider:  # only what this key was meant to open
+                if len(self._cache) >= self._max:
+                    self._cache.clear()
+                self._cache[cache_key] = hit
+        claims, subject = hit
+        if claims.expires_at <= now:
+            self._cache.pop(cache_key, None)
+        _check_binding(claims, client, service, provider, now, max_skew_s)  # (T2), (T3)
+        return subject

@@ -61,7 +61,7 @@ from exchange.ports import (
 from exchange.replay import ReplayGuard
 from exchange.sealing import SealingKey
 from exchange.signing import MemberSigner
-from exchange.subject_token import SealedSubject, open_subject_token
+from exchange.subject_token import OpenedTokens, SealedSubject
 from exchange.verification import VerifiedRequest, verify_request
 from exchange.web.problems import problem_document
 
@@ -140,6 +140,7 @@ class Provider:
         self._consent = consent
         self._subjects = subjects
         self._seal_keys = dict(seal_keys) if seal_keys is not None else None
+        self._opened = OpenedTokens()
         self._max_skew_s = max_skew_s
         self._clock = clock
         self._inline = inline
@@ -330,7 +331,7 @@ class Provider:
             raise ConfigurationError(f"no sealing key for {provider} at this node")
         registry = self._registry.current(now)
         try:
-            return open_subject_token(
+            return self._opened.open(
                 env.subject_token,
                 verifier=registry.translator_verifier,
                 key=key,

@@ -13,6 +13,7 @@ from exchange.errors import ConfigurationError, VerificationError
 from exchange.sealing import SealingKey, SealingPublicKey, open_sealed, seal
 from exchange.signing import TranslatorSigner, TranslatorVerifier, generate_private_key
 from exchange.subject_token import (
+    OpenedTokens,
     SealedSubject,
     SubjectTokenClaims,
     _signing_input,
@@ -168,3 +169,19 @@ def test_a_sealed_part_moved_into_another_token_does_not_open() -> None:
     moved = base64.urlsafe_b64encode(json.dumps(target).encode()).decode()
     with pytest.raises(VerificationError):
         w.open(moved)
+
+
+def test_a_remembered_token_is_still_checked_for_binding_and_expiry() -> None:
+    w = _World()
+    opened = OpenedTokens()
+    token = w.token(ttl_s=300)
+    args = {"verifier": w.verifier, "key": w.provider, "max_skew_s": 60}
+    good = {"client": CLIENT, "service": SERVICE, "provider": PROVIDER}
+    assert opened.open(token, now=NOW, **good, **args).subject == "R-0001"  # type: ignore[arg-type]
+    assert opened.open(token, now=NOW, **good, **args).subject == "R-0001"  # type: ignore[arg-type]
+    with pytest.raises(VerificationError):
+        opened.open(token, now=NOW, **{**good, "client": "JP/COM/9000000000002/gas"}, **args)  # type: ignore[arg-type]
+    with pytest.raises(VerificationError):
+        opened.open(token, now=NOW + timedelta(seconds=300), **good, **args)  # type: ignore[arg-type]
+    with pytest.raises(VerificationError):  # a forged token is never remembered as good
+        opened.open(_World().token(), now=NOW, **good, **args)  # type: ignore[arg-type]
