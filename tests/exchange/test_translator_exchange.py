@@ -19,7 +19,7 @@ from fastapi import Request
 from sqlalchemy import select
 
 from adapters.pseudonyms import PseudonymService
-from adapters.translator import PseudonymTranslator, build_translator_router
+from adapters.translator import TRANSLATOR_PATH, PseudonymTranslator, build_translator_router
 from adapters.translator_client import HttpSubjectSealer
 from audit.checkpoint import NoteSigner
 from audit.log import TransparencyLog
@@ -32,7 +32,7 @@ from exchange.identifiers import ClientId
 from exchange.keystore import KeyStore
 from exchange.node.app import NodeParts, create_node_app
 from exchange.node.central import create_central_app
-from exchange.node_requests import verify_node_request
+from exchange.node_requests import sign_node_request, verify_node_request
 from exchange.ports import CITIZEN_AGENCY, SubjectTokenRequest
 from exchange.provisioning import (
     init_instance,
@@ -314,3 +314,21 @@ def test_the_consumer_cannot_open_the_token(world: World) -> None:
                 now=datetime.now(UTC),
                 max_skew_s=60,
             )
+
+
+def test_the_translator_refuses_and_audits_unsigned_and_malformed_questions(world: World) -> None:
+    w = world
+    url = "http://central" + TRANSLATOR_PATH
+    body = json.dumps({"subject": "tax-1", "service": str(ADDRESS), "message_id": "m"}).encode()
+    unsigned = asyncio.run(w.transport.post(url, body, {}, timeout_s=5))
+    assert unsigned.status == 401
+    assert json.loads(unsigned.body)["code"] == "Client.Unauthenticated"
+    signer = MemberSigner(load_private_key(w.keys.subsystem_key(TAX)))
+    junk = b'{"subject": "tax-1"}'
+    headers = sign_node_request(signer, TAX, "POST", TRANSLATOR_PATH, junk, now=datetime.now(UTC))
+    malformed = asyncio.run(w.transport.post(url, junk, headers, timeout_s=5))
+    assert malformed.status == 400
+    first, second = _translator_entries(w)
+    assert (first["kind"], first.get("client")) == ("refusal", None)
+    assert "Client.Unauthenticated" in str(first["reason"])
+    assert (second["kind"], second["client"]) == ("refusal", str(TAX))
