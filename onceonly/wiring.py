@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,6 +66,8 @@ __all__ = [
     "subjects_of",
     "token_verifier",
 ]
+
+_log = logging.getLogger("onceonly.wiring")
 
 COMPONENT_BRANCHES: dict[str, tuple[str, ...]] = {
     "central": ("exchange",),
@@ -208,6 +211,10 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
             timeout_s=settings.exchange_timeout_s,
         )
     else:
+        _log.warning(
+            "ONCEONLY_PSEUDONYMS=local: this node reads the shared pseudonym table of every "
+            "agency; for comparison only, not for production (docs/pseudonyms.md)"
+        )
         pseudonym_engine = make_engine(registry_database_url(settings, PSEUDONYMS))
         subjects = AgencyAliases(
             pseudonym_service(settings, pseudonym_engine), {ONE_STOP_CLIENT: CITIZEN_AGENCY}
