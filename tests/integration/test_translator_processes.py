@@ -136,3 +136,33 @@ def test_exchange_through_the_translator_leaves_no_other_agencys_codes_at_the_no
     assert translator_log.count('"kind":"translation"') == 2  # tax (once: cached), gas
     assert '"stage":"translation"' in translator_log  # the refusal, audited
     assert codes[RESIDENTS] not in translator_log
+
+
+def test_local_mode_still_translates_through_the_shared_table_for_comparison(
+    tmp_path: Path,
+) -> None:
+    c, settings, keys = provisioned_cluster(
+        tmp_path / "data",
+        (MACHIDA,),
+        log=tmp_path / "processes.log",
+        citizens=10,
+        env={"ONCEONLY_PSEUDONYMS": "local"},
+    )
+    gen = running(c)
+    cl = next(gen)
+    try:
+        for p in cl.procs.values():
+            p.start()
+        codes = _codes(settings)
+        machida = cl.procs[str(MACHIDA)].url
+        ok = _get(machida, TAX, keys[TAX], codes[TAX], ADDRESS, "taxation")
+        assert ok.status_code == 200, ok.text
+        assert (
+            "local: this node reads the shared pseudonym table"
+            in (tmp_path / "processes.log").read_text()
+        )
+        assert not (settings.data_dir / "translator-audit.sqlite").exists() or (
+            '"kind":"translation"' not in _audit_text(settings.data_dir / "translator-audit.sqlite")
+        )
+    finally:
+        gen.close()
