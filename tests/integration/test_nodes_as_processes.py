@@ -17,7 +17,7 @@ from adapters.pseudonyms import PseudonymService
 from exchange.db import make_engine
 from exchange.identifiers import MemberId
 from exchange.settings import Settings
-from onceonly.wiring import PSEUDONYM_AGENCIES, PSEUDONYMS, registry_database_url
+from onceonly.wiring import PSEUDONYMS, registry_database_url
 from tests.integration.processes import Cluster, Proc, provisioned_cluster, running
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -62,7 +62,7 @@ def _gas_code(settings: Settings) -> str:
     """The gas company's own code for the first taxpayer (read from the translator's store)."""
     store = make_engine(registry_database_url(settings, PSEUDONYMS))
     try:
-        svc = PseudonymService(store, PSEUDONYM_AGENCIES)
+        svc = PseudonymService(store, (TAX, GAS_CLIENT))  # translate reads any agency
         return svc.translate(_subject(settings), TAX, GAS_CLIENT)
     finally:
         store.dispose()

@@ -15,7 +15,7 @@ from adapters.pseudonyms import PseudonymService
 from exchange.db import make_engine
 from exchange.identifiers import MemberId
 from exchange.settings import Settings
-from onceonly.wiring import PSEUDONYM_AGENCIES, PSEUDONYMS, registry_database_url
+from onceonly.wiring import PSEUDONYMS, registry_database_url
 from tests.integration.processes import Cluster, provisioned_cluster, running
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -56,7 +56,7 @@ def _codes(settings: Settings) -> dict[str, str]:
             code = conn.execute(
                 text("SELECT taxpayer_id FROM taxpayers ORDER BY taxpayer_id LIMIT 1")
             ).scalar_one()
-        svc = PseudonymService(store, PSEUDONYM_AGENCIES)
+        svc = PseudonymService(store, (TAX, GAS_CLIENT))  # translate reads any agency
         return {
             TAX: str(code),
             RESIDENTS: svc.translate(str(code), TAX, RESIDENTS),
