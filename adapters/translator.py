@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from exchange.central_config import VerifiedRegistry
 from exchange.errors import ClientError, OnceOnlyError, RefusalError
 from exchange.identifiers import ClientId, ServiceId, parse_part
+from exchange.node_requests import VerifiedNodeRequest
 from exchange.ports import CITIZEN_AGENCY, AuditEvent, AuditSink, SubjectTranslator
 from exchange.signing import TranslatorSigner
 from exchange.subject_token import SealedSubject, issue_subject_token
@@ -55,7 +56,7 @@ TRANSLATOR_LOG = "pseudonym-translator"
 TRANSLATOR_PATH = "/translator/v1/subject-tokens"
 MAX_REQUEST_BYTES = 4096
 
-NodeAuthenticator = Callable[[Request, bytes], Awaitable[ClientId]]
+NodeAuthenticator = Callable[[Request, bytes], Awaitable[VerifiedNodeRequest]]
 
 
 class _Wire(BaseModel):
@@ -199,7 +200,9 @@ def build_translator_router(
         client: ClientId | None = None
         try:
             body = await read_body(request, limit=MAX_REQUEST_BYTES)
-            client = await authenticate_node(request, body)  # (P1)
+            # (P1) A replay inside the skew window (N4 is not kept here) only re-issues a token
+            # for the same client and code, sealed to the same provider, and is audited again.
+            client = (await authenticate_node(request, body)).client
             try:
                 asked = TranslationRequest.model_validate_json(body)
             except ValidationError as exc:

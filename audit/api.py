@@ -32,6 +32,7 @@ from audit.log import (
 from exchange.errors import ClientError, NotFoundError
 from exchange.tokens import Principal, TokenVerifier
 from exchange.web.auth import bearer_principal
+from exchange.web.params import MAX_INT64
 
 __all__ = ["build_router", "describe_entry"]
 
@@ -178,7 +179,7 @@ def build_router(
         since: datetime | None = None,
         until: datetime | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
-        cursor: Annotated[int | None, Query(ge=0)] = None,
+        cursor: Annotated[int | None, Query(ge=0, le=MAX_INT64)] = None,
     ) -> dict[str, Any]:
         if decision is not None and decision not in DECISIONS:
             raise ClientError(f"decision must be one of {', '.join(sorted(DECISIONS))}")
@@ -199,7 +200,7 @@ def build_router(
 
     @router.get("/audit/entries/{index}")
     def get_entry(_: auditor, index: int) -> dict[str, Any]:
-        if index < 0:
+        if not 0 <= index <= MAX_INT64:  # no such entry, and no 64-bit SQL integer either
             raise NotFoundError(f"no entry {index}")
         entry = log.entry(index)
         cp = covering_checkpoint(index)
@@ -218,7 +219,9 @@ def build_router(
 
     @router.get("/audit/consistency")
     def consistency(
-        _: auditor, first: Annotated[int, Query(ge=0)], second: Annotated[int, Query(ge=0)]
+        _: auditor,
+        first: Annotated[int, Query(ge=0, le=MAX_INT64)],
+        second: Annotated[int, Query(ge=0, le=MAX_INT64)],
     ) -> dict[str, Any]:
         proof = log.consistency_proof(first, second)
         return {"first": first, "second": second, "proof": [_b64(h) for h in proof]}
@@ -226,8 +229,8 @@ def build_router(
     @router.get("/audit/export")
     def export(
         _: auditor,
-        start: Annotated[int, Query(ge=0)] = 0,
-        end: Annotated[int | None, Query(ge=0)] = None,
+        start: Annotated[int, Query(ge=0, le=MAX_INT64)] = 0,
+        end: Annotated[int | None, Query(ge=0, le=MAX_INT64)] = None,
     ) -> StreamingResponse:
         size = log.size()
         stop = size if end is None else end
@@ -246,7 +249,7 @@ def build_router(
     def my_accesses(
         principal: citizen,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
-        cursor: Annotated[int | None, Query(ge=0)] = None,
+        cursor: Annotated[int | None, Query(ge=0, le=MAX_INT64)] = None,
     ) -> dict[str, Any]:
         subjects = frozenset(subjects_of(principal) if subjects_of else {principal.subject})
         if not subjects:

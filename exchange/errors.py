@@ -7,7 +7,8 @@
     │   └── ReplayError        a message id seen before
     ├── RefusalError           a policy, an access right or a consent said no
     ├── ClientError            the calling system broke the protocol (bad header, unknown service)
-    │   └── AuthenticationError the calling system could not prove who it is
+    │   ├── AuthenticationError the calling system could not prove who it is
+    │   └── PayloadTooLargeError the request body is over the route's limit (413)
     ├── NotFoundError          the thing asked for does not exist (or is not the caller's)
     ├── ConflictError          the request clashes with the current state (illegal transition)
     ├── TransportError         a peer could not be reached or answered garbage at the HTTP level
@@ -26,6 +27,7 @@ __all__ = [
     "ConflictError",
     "NotFoundError",
     "OnceOnlyError",
+    "PayloadTooLargeError",
     "RefusalError",
     "ReplayError",
     "TransportError",
@@ -87,6 +89,13 @@ class AuthenticationError(ClientError):
 
     code = "Client.Unauthenticated"
     status = 401
+
+
+class PayloadTooLargeError(ClientError):
+    """The request body (declared or streamed) is larger than the route accepts."""
+
+    code = "Client.PayloadTooLarge"
+    status = 413
 
 
 class NotFoundError(OnceOnlyError):

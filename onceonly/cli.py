@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -27,11 +28,15 @@ from exchange.keystore import KeyStore
 from exchange.node.app import database_url
 from exchange.provisioning import (
     init_instance,
+    install_certificate,
     issue_api_key,
+    join_instance,
     provision_sealing_key,
     provision_subsystem,
     provision_translator_key,
+    request_subsystem,
     revoke_api_keys,
+    sign_request,
 )
 from exchange.registry_admin import RegistryAdmin
 from exchange.sealing import SealingPublicKey
@@ -127,6 +132,72 @@ def keys_member(subsystem: str, data_dir: DataDir = None) -> None:
     public.write_text(f"{seal_key}\n")
     console.print(str(keys.subsystem_cert(client)))
     console.print(str(public))
+
+
+@keys_app.command("join")
+def keys_join(
+    anchor: Annotated[
+        Path, typer.Option(help="the central server's public key (anchor.pem), got out of band")
+    ],
+    instance: Annotated[str, typer.Option(help="instance id, e.g. JP")] = "JP",
+    data_dir: DataDir = None,
+) -> None:
+    """An organisation's data directory pins the instance and the central server's key."""
+    settings = _settings(data_dir)
+    try:
+        created = join_instance(KeyStore(settings.data_dir), instance, anchor.read_text())
+    except OnceOnlyError as exc:
+        _fail(exc)
+        return
+    what = "pinned" if created else "already pinned"
+    console.print(
+        f"instance [bold]{instance}[/bold] and its trust anchor {what} in {settings.data_dir}"
+    )
+
+
+@keys_app.command("request")
+def keys_request(subsystem: str, data_dir: DataDir = None) -> None:
+    """Make a subsystem's signing key here and a certificate request for the central operator;
+    print the request's path (the private key stays in this data directory)."""
+    settings = _settings(data_dir)
+    try:
+        path = request_subsystem(KeyStore(settings.data_dir), ClientId.parse(subsystem))
+    except OnceOnlyError as exc:
+        _fail(exc)
+        return
+    console.print(str(path), soft_wrap=True)
+
+
+@keys_app.command("sign-request")
+def keys_sign_request(
+    request: Annotated[Path, typer.Argument(help="the organisation's certificate request (.csr)")],
+    out: Annotated[Path, typer.Option(help="where to write the issued certificate (PEM)")],
+    data_dir: DataDir = None,
+) -> None:
+    """Central operator: check a certificate request and issue its certificate with the CA."""
+    settings = _settings(data_dir)
+    try:
+        subsystem, pem = sign_request(KeyStore(settings.data_dir), request.read_text(), now=_now())
+    except OnceOnlyError as exc:
+        _fail(exc)
+        return
+    out.write_text(pem)
+    console.print(f"certificate for {subsystem} written to {out}", soft_wrap=True)
+
+
+@keys_app.command("install-cert")
+def keys_install_cert(
+    cert: Annotated[Path, typer.Argument(help="the certificate the central operator issued")],
+    data_dir: DataDir = None,
+) -> None:
+    """Put an issued certificate beside the subsystem key it certifies."""
+    settings = _settings(data_dir)
+    try:
+        subsystem = install_certificate(KeyStore(settings.data_dir), cert.read_text())
+    except OnceOnlyError as exc:
+        _fail(exc)
+        return
+    console.print(f"certificate installed for {subsystem}", soft_wrap=True)
 
 
 def _client_node_engine(settings: Settings, client: str) -> tuple[ClientId, Engine]:
@@ -231,6 +302,24 @@ def registry_add_service(
             purposes=_split(purposes),
             changes=changes,
         )
+    except OnceOnlyError as exc:
+        _fail(exc)
+
+
+@registry_app.command("add-services")
+def registry_add_services(
+    from_file: Annotated[
+        Path, typer.Option("--from", help="a registries file (TOML, docs/adapters.md)")
+    ],
+    data_dir: DataDir = None,
+) -> None:
+    """Register every service a registries file declares, with its OpenAPI document."""
+    from adapters.config import load_registries
+    from adapters.factory import register_services
+
+    try:
+        for sid in register_services(_admin(_settings(data_dir)), load_registries(from_file)):
+            console.print(str(sid))
     except OnceOnlyError as exc:
         _fail(exc)
 
@@ -434,18 +523,50 @@ def central(
 @app.command()
 def node(
     member: Annotated[str, typer.Option(help="the member this node serves, e.g. JP/GOV/132098")],
-    host: Annotated[str, typer.Option()] = "127.0.0.1",
-    port: Annotated[int, typer.Option()] = 8101,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8101,
+    registries: Annotated[
+        Path | None,
+        typer.Option(
+            help="the registries this node serves (TOML; default data_dir/registries.toml)"
+        ),
+    ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="worker processes sharing the socket, the keys and the database (use "
+            "PostgreSQL for more than one)",
+        ),
+    ] = 1,
     data_dir: DataDir = None,
 ) -> None:
     """Run one member's node (security server)."""
     from exchange.node.app import create_node_app
+    from onceonly.asgi import NODE_MEMBER_ENV
     from onceonly.wiring import build_node_parts
 
-    settings = _settings(data_dir)
+    settings = _settings(data_dir, registries_file=registries)
     mid = MemberId.parse(member)
-    application = create_node_app(settings, mid, build_node_parts(settings, mid))
-    uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)
+    if workers == 1:
+        application = create_node_app(settings, mid, build_node_parts(settings, mid))
+        uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)
+        return
+    # Each worker builds its own app from the environment (onceonly.asgi.node_app).
+    os.environ[NODE_MEMBER_ENV] = str(mid)
+    os.environ["ONCEONLY_DATA_DIR"] = str(settings.data_dir.resolve())
+    if settings.registries_file is not None:
+        os.environ["ONCEONLY_REGISTRIES_FILE"] = str(settings.registries_file.resolve())
+    uvicorn.run(
+        "onceonly.asgi:node_app",
+        factory=True,
+        workers=workers,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+    )
 
 
 @app.command()
@@ -483,12 +604,14 @@ def seed(
     """Fill the reference registries with realistic synthetic citizens of Machida (no real persons)."""
     from rich.progress import BarColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
 
-    from adapters.reference.registries import REFERENCE_REGISTRIES
+    from adapters.reference.registries import reference_registries
     from adapters.seed import seed as run_seed
     from onceonly.wiring import PSEUDONYMS, pseudonym_service, registry_database_url
 
     settings = _settings(data_dir)
-    urls = {r.subsystem: registry_database_url(settings, r.subsystem) for r in REFERENCE_REGISTRIES}
+    urls = {
+        r.subsystem: registry_database_url(settings, r.subsystem) for r in reference_registries()
+    }
     urls[PSEUDONYMS] = registry_database_url(settings, PSEUDONYMS)
     store = make_engine(urls[PSEUDONYMS])
     pseudonym_service(settings, store)  # migrates the pseudonym store

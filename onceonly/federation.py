@@ -2,7 +2,8 @@
 
 ``provision`` builds a complete instance in a data directory: the CA and central keys, a key and
 certificate for every reference subsystem, the central registry (members, subsystems, services as
-the adapters declare them, access rights and statutory bases), API keys for the departmental
+the shipped declaration ``adapters/reference/machida.toml`` gives them, with their OpenAPI, access
+rights and statutory bases), the nodes' registries file (a copy of that declaration), API keys for the departmental
 systems, and seeded synthetic registries. ``LocalFederation`` then serves the central server and
 one node per member on **one** loopback port, each app mounted under its own prefix
 (``/central``, ``/nodes/<member>``); node-to-node traffic still goes over real HTTP on loopback.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import socket
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -24,7 +26,8 @@ from sqlalchemy import text
 from starlette.routing import Mount
 
 from adapters.aliases import AgencyAliases
-from adapters.reference.registries import REFERENCE_REGISTRIES
+from adapters.factory import register_services
+from adapters.reference.registries import REFERENCE_FILE, reference_config, reference_registries
 from adapters.reference.rights import ONE_STOP, REFERENCE_RIGHTS
 from adapters.seed import seed
 from exchange.db import make_engine, upgrade
@@ -46,6 +49,7 @@ from exchange.settings import Settings
 from exchange.signing import MemberSigner, load_private_key
 from exchange.tokens import DevIssuer, Principal
 from exchange.web.problems import install_problem_handlers
+from exchange.web.redirects import RelativeRedirects
 from onceonly.wiring import (
     COMPONENT_BRANCHES,
     PSEUDONYMS,
@@ -54,7 +58,9 @@ from onceonly.wiring import (
     build_node_parts,
     consent_issuer_key,
     consent_service,
+    pseudonym_agencies,
     pseudonym_service,
+    registries_file,
     registry_database_url,
     subjects_of,
     token_verifier,
@@ -77,14 +83,14 @@ def member_prefix(member: MemberId) -> str:
 
 
 def _members() -> dict[MemberId, tuple[str, str]]:
-    out: dict[MemberId, tuple[str, str]] = {}
-    for reg in REFERENCE_REGISTRIES:
-        out[MemberId.parse(reg.member)] = (reg.member_name_ja, reg.member_name_en)
-    return out
+    return {
+        MemberId.parse(m): (decl.name_ja, decl.name_en)
+        for m, decl in reference_config().members.items()
+    }
 
 
 def _subsystems() -> list[tuple[ClientId, str]]:
-    subs = [(ClientId.parse(r.client_id), r.name_ja) for r in REFERENCE_REGISTRIES]
+    subs = [(r.client, r.name_ja) for r in reference_registries()]
     subs.append((ONE_STOP, "ワンストップ窓口"))
     return subs
 
@@ -127,19 +133,11 @@ def provision(
         admin.add_certificate(client, provision_subsystem(keys, client, now=now))
         admin.set_seal_key(client, provision_sealing_key(keys, client))
     progress("central registry: services, access rights, statutes")
-    for reg in REFERENCE_REGISTRIES:
-        provider = ClientId.parse(reg.client_id)
-        reg_engine = make_engine(registry_database_url(settings, reg.subsystem))
-        descriptions = reg.adapter(reg_engine).services()
-        reg_engine.dispose()
-        for desc in descriptions:
-            admin.add_service(
-                ServiceId(provider, desc.code, desc.version),
-                description=desc.description,
-                fields=desc.fields,
-                purposes=desc.purposes,
-                changes=desc.changes,
-            )
+    register_services(admin, reference_config())
+    nodes_file = registries_file(settings)
+    if not nodes_file.exists():  # the nodes serve the registries the reference declares
+        nodes_file.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(REFERENCE_FILE, nodes_file)
     for i, right in enumerate(REFERENCE_RIGHTS):
         client, service = ClientId.parse(right.client), ServiceId.parse(right.service)
         admin.grant(client, service)
@@ -182,7 +180,8 @@ def provision(
     if not marker.exists() and citizens > 0:
         progress(f"seeding {citizens} synthetic citizens into the registries")
         urls = {
-            r.subsystem: registry_database_url(settings, r.subsystem) for r in REFERENCE_REGISTRIES
+            r.subsystem: registry_database_url(settings, r.subsystem)
+            for r in reference_registries()
         }
         urls[PSEUDONYMS] = registry_database_url(settings, PSEUDONYMS)
         store = make_engine(urls[PSEUDONYMS])
@@ -243,6 +242,7 @@ class LocalFederation:
         self._nodes = nodes
         root.state.nodes = nodes
         root.state.central = central
+        root.add_middleware(RelativeRedirects)  # a forged Host never comes back in a Location
         root.router.routes.append(Mount("/central", app=central))
         for m, app in nodes.items():
             root.router.routes.append(Mount(member_prefix(m), app=app))
@@ -309,6 +309,7 @@ def one_stop_app(settings: Settings, node_url: str, api_key: str) -> FastAPI:
 
     app = FastAPI(title="onceonly one-stop desk", lifespan=lifespan, docs_url=None, redoc_url=None)
     install_problem_handlers(app)
+    app.add_middleware(RelativeRedirects)
     app.include_router(
         build_router(service, token_verifier(settings), clock=lambda: datetime.now(UTC))
     )
@@ -349,7 +350,7 @@ def portal_app(settings: Settings, desk: FastAPI | None, *, citizens: int = 5) -
         settings,
         consent=desk.state.consents if desk is not None else consent_service(settings),
         logs=logs,
-        subjects_of=_with_own_id(subjects_of(subjects)),
+        subjects_of=_with_own_id(subjects_of(subjects, pseudonym_agencies(settings))),
         issuer=issuer,
         verifier=issuer.verifier(),
         demo_citizens=demo,

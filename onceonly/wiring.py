@@ -1,8 +1,9 @@
 """The composition root: which implementation sits behind each port (DESIGN "The parts").
 
-Only ``onceonly`` wires packages together. A node gets the registry adapters of the registries it
-hosts (each over its own database), the pseudonym translator's client (or, in the comparison-only
-``local`` mode, the shared pseudonym table), the policy engine fed from the
+Only ``onceonly`` wires packages together. A node gets the registry adapters declared in its
+registries file (``registries_file``, ``adapters.config``) for the subsystems it hosts, the
+pseudonym translator's client (or, in the comparison-only ``local`` mode, the shared pseudonym
+table), the policy engine fed from the
 verified registry (``policies.feed``), the consent gate that follows the registry
 (``consent.registry_gate``) and the audit log (``audit.sink``); the central server gets the
 consent service's routes and the pseudonym translator (docs/pseudonyms.md).
@@ -13,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,8 +22,10 @@ from fastapi import APIRouter, Request
 from sqlalchemy import Engine
 
 from adapters.aliases import AgencyAliases
+from adapters.config import RegistriesConfig, load_registries
+from adapters.factory import build_adapters
+from adapters.http import HttpAdapter
 from adapters.pseudonyms import PseudonymService
-from adapters.reference.registries import REFERENCE_REGISTRIES
 from adapters.sql import SqlAdapter
 from adapters.translator import TRANSLATOR_LOG, PseudonymTranslator, build_translator_router
 from adapters.translator_client import HttpSubjectSealer
@@ -36,11 +39,11 @@ from consent.lifecycle import ConsentService
 from consent.registry_gate import RegistryConsentGate
 from exchange.central_config import VerifiedRegistry
 from exchange.db import make_engine, runs_inline, sqlite_writer_turn, upgrade
-from exchange.errors import OnceOnlyError
+from exchange.errors import ConfigurationError, OnceOnlyError
 from exchange.identifiers import ClientId, MemberId
 from exchange.keystore import KeyStore
 from exchange.node.app import NodeParts, database_url
-from exchange.node_requests import verify_node_request
+from exchange.node_requests import VerifiedNodeRequest, verify_node_request
 from exchange.ports import CITIZEN_AGENCY, RegistryAdapter, SubjectTranslator
 from exchange.settings import Settings
 from exchange.signing import MemberSigner, TranslatorSigner, load_private_key
@@ -54,14 +57,17 @@ __all__ = [
     "CONSENT_ISSUER",
     "CONSENT_LOG",
     "PSEUDONYMS",
-    "PSEUDONYM_AGENCIES",
+    "REGISTRIES_FILE",
     "audit_log",
     "build_central_routers",
     "build_node_parts",
     "consent_issuer_key",
     "consent_service",
+    "pseudonym_agencies",
     "pseudonym_service",
     "pseudonym_translator",
+    "registries_config",
+    "registries_file",
     "registry_database_url",
     "subjects_of",
     "token_verifier",
@@ -84,10 +90,25 @@ CONSENT_ISSUER = "onceonly-information-bank"
 CONSENT_LOG = "consent-service"
 ONE_STOP_CLIENT = "JP/GOV/132098/one-stop"
 """Machida's one-stop desk acts for the citizen and knows them by their own platform identity."""
-PSEUDONYM_AGENCIES: tuple[str, ...] = (
-    CITIZEN_AGENCY,
-    *(r.client_id for r in REFERENCE_REGISTRIES),
-)
+REGISTRIES_FILE = "registries.toml"
+"""The registries file in the data directory, when ``Settings.registries_file`` is unset."""
+
+
+def registries_file(settings: Settings) -> Path:
+    return settings.registries_file or settings.data_dir / REGISTRIES_FILE
+
+
+def registries_config(settings: Settings) -> RegistriesConfig:
+    """The registries this instance's nodes serve (none when there is no registries file)."""
+    path = registries_file(settings)
+    if settings.registries_file is None and not path.exists():
+        return RegistriesConfig()
+    return load_registries(path)
+
+
+def pseudonym_agencies(settings: Settings) -> tuple[str, ...]:
+    """The agencies a citizen has pseudonyms at: their own identity and every declared registry."""
+    return (CITIZEN_AGENCY, *(r.id for r in registries_config(settings).registries))
 
 
 def registry_database_url(settings: Settings, name: str) -> str:
@@ -103,7 +124,7 @@ def registry_database_url(settings: Settings, name: str) -> str:
 def pseudonym_service(settings: Settings, engine: Engine | None = None) -> PseudonymService:
     engine = engine or make_engine(registry_database_url(settings, PSEUDONYMS))
     upgrade(engine, COMPONENT_BRANCHES["registries"])
-    return PseudonymService(engine, PSEUDONYM_AGENCIES)
+    return PseudonymService(engine, pseudonym_agencies(settings))
 
 
 def pseudonym_translator(settings: Settings) -> PseudonymTranslator | None:
@@ -132,7 +153,7 @@ def audit_log(settings: Settings, engine: Engine, log_id: str) -> TransparencyLo
 
 
 def subjects_of(
-    pseudonyms: SubjectTranslator | None,
+    pseudonyms: SubjectTranslator | None, agencies: Sequence[str]
 ) -> Callable[[Principal], Collection[str]]:
     """Every pseudonym a citizen is known by, so their "who accessed my data" view is complete.
 
@@ -143,7 +164,7 @@ def subjects_of(
         found = {principal.subject}
         if pseudonyms is None:
             return found
-        for agency in PSEUDONYM_AGENCIES:
+        for agency in agencies:
             if agency == CITIZEN_AGENCY:
                 continue
             with contextlib.suppress(OnceOnlyError):
@@ -194,13 +215,19 @@ def consent_service(settings: Settings, engine: Engine | None = None) -> Consent
 def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
     keys = KeyStore(settings.data_dir)
     hosted = keys.hosted_subsystems(member)
-    adapters: dict[ClientId, RegistryAdapter] = {}
-    for reg in REFERENCE_REGISTRIES:
-        client = ClientId.parse(reg.client_id)
-        if client in hosted:
-            adapters[client] = reg.adapter(
-                registry_database_url(settings, reg.subsystem), db_work=settings.db_work
-            )
+    declared = registries_config(settings)
+    served = [r.client for r in declared.hosted_by(member)]
+    unkeyed = [str(c) for c in served if c not in hosted]
+    if unkeyed:
+        raise ConfigurationError(
+            f"registries declared without a subsystem key: {unkeyed}: run `onceonly keys member`"
+        )
+    adapters: dict[ClientId, RegistryAdapter] = build_adapters(
+        declared,
+        served,
+        default_dsn=lambda name: registry_database_url(settings, name),
+        db_work=settings.db_work,
+    )
     sealer: HttpSubjectSealer | None = None
     subjects: AgencyAliases | None = None
     pseudonym_engine: Engine | None = None
@@ -243,7 +270,13 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
         policy=feed.engine,
         consent=gate,
         audit=LogSink(log, engine),
-        routers=(build_audit_router(log, token_verifier(settings), subjects_of(subjects)),),
+        routers=(
+            build_audit_router(
+                log,
+                token_verifier(settings),
+                subjects_of(subjects, [c.id for c in declared.registries]),
+            ),
+        ),
         on_registry=(
             gate.on_registry,
             feed.on_registry,
@@ -254,7 +287,7 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
         inline=runs_inline(*engines, mode=settings.db_work)
         and isinstance(feed.engine, EmbeddedRegoEngine),
         closers=(
-            *(a.aclose for a in adapters.values() if isinstance(a, SqlAdapter)),
+            *(a.aclose for a in adapters.values() if isinstance(a, SqlAdapter | HttpAdapter)),
             *((lambda: asyncio.to_thread(pseudonym_engine.dispose),) if pseudonym_engine else ()),
             *((sealer.aclose,) if sealer else ()),
             lambda: asyncio.to_thread(gate.close),
@@ -274,7 +307,7 @@ def build_central_routers(
     the central server."""
     service = consent_service(settings)
 
-    async def authenticate_node(request: Request, body: bytes) -> ClientId:
+    async def authenticate_node(request: Request, body: bytes) -> VerifiedNodeRequest:
         root = request.scope.get("root_path", "")
         path = request.url.path
         path = path[len(root) :] if root and path.startswith(root) else path

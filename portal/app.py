@@ -26,7 +26,9 @@ thread pool; POST handlers hand their domain calls to it), so a portal mounted n
 one process does not stall their exchanges.
 
 Mounting: the lead mounts the app under ``/portal``; every URL is built with ``request.url_for``
-so it carries the mount's ``root_path``.
+so it carries the mount's ``root_path``, and made a path (``exchange.web.redirects.local_url``):
+no redirect or link carries the request's ``Host`` header back (host-header injection), and
+``RelativeRedirects`` does the same for the framework's own redirects (a trailing slash).
 """
 
 from __future__ import annotations
@@ -45,9 +47,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from jinja2 import Environment, FileSystemLoader, select_autoescape
+from jinja2 import Environment, FileSystemLoader, pass_context, select_autoescape
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import URL
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from audit import merkle
@@ -66,6 +69,7 @@ from exchange.errors import (
 )
 from exchange.settings import Settings
 from exchange.tokens import DevIssuer, Principal, TokenVerifier
+from exchange.web.redirects import RelativeRedirects, local_url
 from portal._session import SESSION_COOKIE, Session, SessionCodec, same_token
 from portal.chart import build_chart
 from portal.i18n import LANGS, Translator, pick_lang
@@ -253,11 +257,25 @@ def build_portal(
         autoescape=select_autoescape(default=True, default_for_string=True),
         auto_reload=False,
     )
+
+    @pass_context
+    def url_for(context: Mapping[str, Any], name: str, /, **path_params: Any) -> Any:
+        return local_url(context["request"], name, **path_params)
+
+    @pass_context
+    def here(context: Mapping[str, Any]) -> URL:
+        """This page's path and query, without the host (the language switch links to it)."""
+        url: URL = context["request"].url
+        return URL(url.path + (f"?{url.query}" if url.query else ""))
+
+    env.globals["url_for"] = url_for  # before Jinja2Templates, which only sets a default
+    env.globals["here"] = here
     templates = Jinja2Templates(env=env)
     citizens = {subject: name for subject, name in demo_citizens}
 
     app = FastAPI(title="onceonly portal", docs_url=None, redoc_url=None, openapi_url=None)
     app.mount("/static", StaticFiles(directory=str(_HERE / "static")), name="static")
+    app.add_middleware(RelativeRedirects)
 
     # --- per-request context -------------------------------------------------------------------
 
@@ -323,7 +341,7 @@ def build_portal(
         return form
 
     def redirect(request: Request, name: str, **query: str) -> RedirectResponse:
-        url = request.url_for(name)
+        url = local_url(request, name)
         if query:
             url = url.include_query_params(**query)
         return RedirectResponse(str(url), status_code=303)
@@ -627,7 +645,7 @@ def build_portal(
                 move_date=move_date,
             )
         return RedirectResponse(
-            str(request.url_for("procedure", procedure_id=view.id)), status_code=303
+            str(local_url(request, "procedure", procedure_id=view.id)), status_code=303
         )
 
     @app.get("/procedures/{procedure_id}", name="procedure")
@@ -656,7 +674,7 @@ def build_portal(
             desk().confirm, principal.subject, procedure_id, confirm, now=clock()
         )
         return RedirectResponse(
-            str(request.url_for("procedure", procedure_id=procedure_id)), status_code=303
+            str(local_url(request, "procedure", procedure_id=procedure_id)), status_code=303
         )
 
     # --- auditors ------------------------------------------------------------------------------

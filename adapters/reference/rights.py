@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from adapters.reference.registries import REFERENCE_REGISTRIES
+from adapters.reference.registries import (
+    ELECTRICITY_MEMBER,
+    GAS_MEMBER,
+    LAND_REGISTRY_MEMBER,
+    MACHIDA_MEMBER,
+)
 from exchange.identifiers import ClientId, MemberId
 
 __all__ = ["MACHIDA", "ONE_STOP", "REFERENCE_RIGHTS", "Right"]
@@ -33,20 +38,28 @@ class Right:
     fields: tuple[str, ...] | None = None
 
 
-def _svc(subsystem: str, code: str) -> str:
-    for reg in REFERENCE_REGISTRIES:
-        if reg.subsystem == subsystem:
-            return f"{reg.client_id}/{code}/v1"
-    raise KeyError(subsystem)
+_MEMBER_OF = {
+    "resident-registry": MACHIDA_MEMBER,
+    "municipal-tax": MACHIDA_MEMBER,
+    "national-health-insurance": MACHIDA_MEMBER,
+    "child-allowance": MACHIDA_MEMBER,
+    "water": MACHIDA_MEMBER,
+    "one-stop": MACHIDA_MEMBER,
+    "land-registry": LAND_REGISTRY_MEMBER,
+    "electricity": ELECTRICITY_MEMBER,
+    "gas": GAS_MEMBER,
+}
+"""Who runs each reference subsystem (as ``machida.toml`` declares; a test holds them equal).
+Not read from the declaration: these rights are module data, built at import, and reading a file
+is not an import-time job."""
 
 
 def _client(subsystem: str) -> str:
-    if subsystem == ONE_STOP.subsystem:
-        return str(ONE_STOP)
-    for reg in REFERENCE_REGISTRIES:
-        if reg.subsystem == subsystem:
-            return reg.client_id
-    raise KeyError(subsystem)
+    return f"{_MEMBER_OF[subsystem]}/{subsystem}"
+
+
+def _svc(subsystem: str, code: str) -> str:
+    return f"{_client(subsystem)}/{code}/v1"
 
 
 REFERENCE_RIGHTS: tuple[Right, ...] = (

@@ -39,11 +39,13 @@ from exchange.node.metrics import NodeMetrics
 from exchange.node.provider import Provider
 from exchange.node.registry_cache import RegistryCache
 from exchange.node.transport import AiohttpTransport
+from exchange.openapi import openapi_document
 from exchange.ports import (
     AuditSink,
     ConsentGate,
     PolicyDecider,
     RegistryAdapter,
+    ServiceDescription,
     SubjectSealer,
     SubjectTranslator,
     Transport,
@@ -84,7 +86,11 @@ class _ExchangeFastPath:
     Measured, the stack between the server and a route (error, telemetry, body-limit, exception
     and exit-stack middlewares, then routing) took about a sixth of a node's time per exchange.
     The handlers are the same as the app's routes; errors get the same problem+json responses
-    (``problem_for``); anything else passes through to the app untouched."""
+    (``problem_for``); anything else passes through to the app untouched.
+
+    It is also the one place where a refusal of these routes is audited whatever raised it — a
+    body over the limit, a bad API key on a metaservice, an unknown subsystem: ``refused`` records
+    every ``OnceOnlyError`` not yet recorded (docs/protocol.md §6, refusal classes)."""
 
     def __init__(
         self,
@@ -92,10 +98,12 @@ class _ExchangeFastPath:
         *,
         messages: Callable[[Request], Awaitable[Response]],
         r1: Callable[[Request], Awaitable[Response]],
+        refused: Callable[[Request, OnceOnlyError], Awaitable[None]],
     ) -> None:
         self._app = app
         self._messages = messages
         self._r1 = r1
+        self._refused = refused
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -110,10 +118,18 @@ class _ExchangeFastPath:
                 try:
                     response = await handler(request)
                 except Exception as exc:  # the same answers as the app's exception handlers
-                    response = problem_for(request, exc)
+                    response = await self._refusal(request, exc)
                 await response(scope, receive, send)
                 return
         await self._app(scope, receive, send)
+
+    async def _refusal(self, request: Request, exc: Exception) -> Response:
+        if isinstance(exc, OnceOnlyError) and not exc.audited:
+            try:
+                await self._refused(request, exc)
+            except Exception as audit_exc:  # no audit, no answer but a failure (fail closed)
+                return problem_for(request, audit_exc)
+        return problem_for(request, exc)
 
 
 def utc_now() -> datetime:
@@ -193,57 +209,31 @@ def _service_json(s: ServiceEntry) -> dict[str, Any]:
     }
 
 
-def _openapi(provider: ClientId, s: ServiceEntry) -> dict[str, Any]:
+def _openapi(s: ServiceEntry, adapter: RegistryAdapter | None) -> dict[str, Any]:
+    """The service's OpenAPI: as the central registry lists it; else generated from the
+    description of the adapter serving it here (real schemas); else from the registry entry
+    (field names, no types)."""
     if s.openapi:
         return dict(s.openapi)
     sid = ServiceId.parse(s.id)
-    base = f"/r1/{s.id}"
-    return {
-        "openapi": "3.1.0",
-        "info": {
-            "title": f"{provider} {sid.code}",
-            "version": sid.version or "1",
-            "description": s.description,
-        },
-        "paths": {
-            base: {
-                "get": {
-                    "parameters": [
-                        {
-                            "name": "X-Road-Client",
-                            "in": "header",
-                            "required": True,
-                            "schema": {"type": "string"},
-                        },
-                        {
-                            "name": "X-OnceOnly-Purpose",
-                            "in": "header",
-                            "required": True,
-                            "schema": {"type": "string", "enum": list(s.purposes) or None},
-                        },
-                        {
-                            "name": "X-OnceOnly-Subject",
-                            "in": "header",
-                            "schema": {"type": "string"},
-                        },
-                    ],
-                    "responses": {
-                        "200": {
-                            "description": "the allowed fields",
-                            "content": {
-                                "application/json": {
-                                    "schema": {
-                                        "type": "object",
-                                        "properties": {f: {} for f in s.fields},
-                                    }
-                                }
-                            },
-                        },
-                    },
-                }
-            }
-        },
-    }
+    described = next(
+        (
+            d
+            for d in (adapter.services() if adapter is not None else ())
+            if d.code == sid.code and d.version == sid.version
+        ),
+        None,
+    )
+    if described is None:
+        described = ServiceDescription(
+            code=sid.code,
+            version=sid.version,
+            description=s.description,
+            fields=s.fields,
+            purposes=s.purposes,
+            changes=s.changes,
+        )
+    return openapi_document(s.id, [(s.id, described)])
 
 
 def create_node_app(
@@ -364,22 +354,27 @@ def create_node_app(
         reg = registry.current(clock())
         return JSONResponse({"clients": [{"id": s.id, "name": s.name} for s in reg.clients()]})
 
+    def consumer_call(request: Request, body: bytes = b"") -> ConsumerCall:
+        path = _route_path(request.scope)[len("/r1/") :]
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        return ConsumerCall(request.method, path, request.url.query, headers, body)
+
+    async def refused(request: Request, exc: OnceOnlyError) -> None:
+        """Audits a refusal the exchange routes raised before their own audit step."""
+        if _route_path(request.scope) == "/x1/messages":
+            await provider.record_unverified(exc, clock())
+        else:
+            await consumer.record_refusal(consumer_call(request), exc)
+
     async def r1(request: Request) -> Response:
         started = time.perf_counter()
         path = _route_path(request.scope)[len("/r1/") :]
         parts_ = path.split("/")
         if len(parts_) == 5 and parts_[4] in METASERVICES:
             return await _metaservice(parts_, request)
-        headers = {k.lower(): v for k, v in request.headers.items()}
         try:
             result = await consumer.call(
-                ConsumerCall(
-                    request.method,
-                    path,
-                    request.url.query,
-                    headers,
-                    await read_body(request, limit=MAX_REQUEST_BYTES),
-                )
+                consumer_call(request, await read_body(request, limit=MAX_REQUEST_BYTES))
             )
         except OnceOnlyError:
             metrics.exchanges.labels("consumer", "error").inc()
@@ -390,7 +385,7 @@ def create_node_app(
 
     app.add_route("/x1/messages", messages, methods=["POST"])
     app.add_route("/r1/{path:path}", r1, methods=sorted(R1_METHODS))
-    app.add_middleware(_ExchangeFastPath, messages=messages, r1=r1)
+    app.add_middleware(_ExchangeFastPath, messages=messages, r1=r1, refused=refused)
 
     async def _metaservice(parts_: list[str], request: Request) -> Response:
         reg = registry.current(clock())
@@ -416,7 +411,7 @@ def create_node_app(
             if sid.code == code and (
                 request.query_params.get("serviceVersion") in (None, sid.version)
             ):
-                return JSONResponse(_openapi(provider_id, s))
+                return JSONResponse(_openapi(s, parts.adapters.get(provider_id)))
         raise ClientError("unknown serviceCode", code="Server.ServerProxy.UnknownService")
 
     @app.get("/healthz")

@@ -41,6 +41,7 @@ from exchange.errors import (
     ClientError,
     NotFoundError,
     OnceOnlyError,
+    PayloadTooLargeError,
     TransportError,
     VerificationError,
 )
@@ -96,6 +97,13 @@ class ProviderError(TransportError):
     """The provider answered with an unsigned error: it could not verify or serve our message."""
 
     code = "Server.ServerProxy.ProviderError"
+    status = 502
+
+
+class InvalidResponse(VerificationError):
+    """(C5) The provider's answer did not verify: not the departmental system's fault."""
+
+    code = "Server.ServerProxy.InvalidResponse"
     status = 502
 
 
@@ -204,12 +212,16 @@ class Consumer:
         try:
             return await self._call(call)
         except OnceOnlyError as exc:
-            if not exc.audited:
-                await self._record_refusal(call, exc)
+            await self.record_refusal(call, exc)
             raise
 
-    async def _record_refusal(self, call: ConsumerCall, exc: OnceOnlyError) -> None:
-        """A call refused before anything was sent is audited too (who tried what, and why)."""
+    async def record_refusal(self, call: ConsumerCall, exc: OnceOnlyError) -> None:
+        """A call refused before anything was sent is audited too (who tried what, and why): the
+        claimed client, the path and the purpose as sent (unverified, bounded), never the body.
+        Records ``exc`` once (``exc.audited``)."""
+        if exc.audited:
+            return
+        exc.audited = True
         await self._audit.record_async(
             AuditEvent(
                 time=self._clock(),
@@ -233,7 +245,7 @@ class Consumer:
         if method not in METHODS:
             raise ClientError("method not supported", code="Client.MethodNotAllowed")
         if len(call.body) > MAX_BODY_BYTES:
-            raise ClientError("body too large", code="Client.PayloadTooLarge")
+            raise PayloadTooLargeError("body too large")
         service, rest = self._resolve(call.path, now)  # (C2)
         purpose = h.get("x-onceonly-purpose", "").strip()
         if not purpose:
@@ -315,24 +327,25 @@ class Consumer:
                 max_skew_s=self._max_skew_s,
             )
         except OnceOnlyError as exc:
+            # What the departmental system is told is what is recorded (with the cause's detail).
+            refusal = (
+                InvalidResponse("the provider's response did not verify")
+                if isinstance(exc, VerificationError)
+                else exc
+            )
             await self._record(
                 envelope,
                 "refusal",
                 "error",
                 self._clock(),
                 sent_hash,
-                exc.status,
-                f"{exc.code}: {exc.detail}",
+                refusal.status,
+                f"{refusal.code}: {exc.detail}",
                 subject=own,
             )
-            exc.audited = True
-            if isinstance(exc, VerificationError):
-                wrapped = VerificationError(
-                    "the provider's response did not verify",
-                    code="Server.ServerProxy.InvalidResponse",
-                )
-                wrapped.audited = True
-                raise wrapped from exc
+            exc.audited = refusal.audited = True
+            if refusal is not exc:
+                raise refusal from exc
             raise
         env = verified.envelope
         decision: AuditDecision = "allow" if env.status < 400 else "deny"

@@ -160,7 +160,7 @@ class Provider:
                 max_skew_s=self._max_skew_s,
             )
         except OnceOnlyError as exc:
-            await self._record_unverified(exc, now)
+            await self.record_unverified(exc, now)
             detail = (
                 "message verification failed" if isinstance(exc, VerificationError) else exc.detail
             )
@@ -454,7 +454,12 @@ class Provider:
             )
         )
 
-    async def _record_unverified(self, exc: OnceOnlyError, now: datetime) -> None:
+    async def record_unverified(self, exc: OnceOnlyError, now: datetime) -> None:
+        """A message refused before it verified (steps 1–7, or its body over the limit): no
+        client, service or subject is recorded, since none of them is proven. Records once."""
+        if exc.audited:
+            return
+        exc.audited = True
         await self._audit.record_async(
             AuditEvent(
                 time=now,

@@ -195,3 +195,54 @@ def test_unknown_entry_is_404(client: TestClient, auditor: dict[str, str]) -> No
 def test_bad_citizen_paging_is_a_400(client: TestClient, issuer: DevIssuer) -> None:
     r = client.get("/me/accesses", params={"limit": "x"}, headers=_auth(issuer, ALICE, "citizen"))
     assert r.status_code == 400
+
+
+HUGE = str(2**64)
+"""Larger than any 64-bit SQL integer: once an OverflowError inside SQLite, answered 500."""
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "status"),
+    [
+        ("/audit/entries", {"cursor": HUGE}, 400),
+        ("/audit/entries", {"cursor": str(2**63)}, 400),
+        ("/audit/consistency", {"first": "0", "second": HUGE}, 400),
+        ("/audit/consistency", {"first": HUGE, "second": "1"}, 400),
+        ("/audit/export", {"start": HUGE}, 400),
+        ("/audit/export", {"end": HUGE}, 400),
+        (f"/audit/entries/{HUGE}", {}, 404),
+        (f"/audit/entries/{2**63}", {}, 404),
+        (f"/audit/entries/{2**63 - 1}", {}, 404),
+    ],
+)
+def test_integers_beyond_64_bits_are_problems_never_500(
+    client: TestClient, auditor: dict[str, str], path: str, params: dict[str, str], status: int
+) -> None:
+    r = client.get(path, params=params, headers=auditor)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+
+
+@pytest.mark.parametrize("cursor", [HUGE, "99999999999999999999", str(2**63)])
+def test_a_citizen_cursor_beyond_64_bits_is_a_400(
+    client: TestClient, issuer: DevIssuer, cursor: str
+) -> None:
+    r = client.get(
+        "/me/accesses", params={"cursor": cursor}, headers=_auth(issuer, ALICE, "citizen")
+    )
+    assert r.status_code == 400, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+
+
+def test_the_largest_64_bit_cursor_is_an_empty_page(
+    client: TestClient, issuer: DevIssuer, auditor: dict[str, str]
+) -> None:
+    largest = str(2**63 - 1)
+    citizen = client.get(
+        "/me/accesses", params={"cursor": largest}, headers=_auth(issuer, ALICE, "citizen")
+    )
+    assert citizen.status_code == 200, citizen.text
+    assert citizen.json()["accesses"] == []
+    auditor_page = client.get("/audit/entries", params={"cursor": largest}, headers=auditor)
+    assert auditor_page.status_code == 200, auditor_page.text
+    assert auditor_page.json()["entries"] == []

@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import uuid
 import warnings
 from collections.abc import Iterator, Mapping
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from consent.model import Consent
 from consent.remote import RemoteConsentGate
 from exchange.errors import AuthenticationError
 from exchange.identifiers import ClientId
+from exchange.node_requests import VerifiedNodeRequest
 from exchange.tokens import DevIssuer
 from exchange.web.problems import install_problem_handlers
 from tests.consent.conftest import GrantFn
@@ -38,19 +40,26 @@ OTHER_NODE = ClientId.parse("JP/GOV/131016/resident-registry")
 NODE_SECRETS = {str(PROVIDER_NODE): b"provider-secret", str(OTHER_NODE): b"other-secret"}
 
 
-async def authenticate_consumer(request: Request, body: bytes) -> ClientId:
+def _verified(client: ClientId) -> VerifiedNodeRequest:
+    """These simple authenticators sign no time, so they cannot tell a replay from a repeat:
+    every request gets an id of its own (replays are tested with real signed requests in
+    tests/consent/test_consent_refusals.py)."""
+    return VerifiedNodeRequest(client, str(uuid.uuid4()), datetime.now(UTC) + timedelta(minutes=1))
+
+
+async def authenticate_consumer(request: Request, body: bytes) -> VerifiedNodeRequest:
     """A real, if simple, consumer authenticator: a static API key per client."""
     client = CONSUMER_KEYS.get(request.headers.get("x-api-key", ""))
     if client is None:
         raise AuthenticationError("unknown API key")
-    return client
+    return _verified(client)
 
 
 def _mac(secret: bytes, method: str, path: str, body: bytes) -> str:
     return hmac.new(secret, f"{method}\n{path}\n".encode() + body, hashlib.sha256).hexdigest()
 
 
-async def authenticate_node(request: Request, body: bytes) -> ClientId:
+async def authenticate_node(request: Request, body: bytes) -> VerifiedNodeRequest:
     """A real, if simple, node authenticator: HMAC over method, path and body."""
     node = request.headers.get("x-node", "")
     secret = NODE_SECRETS.get(node)
@@ -59,7 +68,7 @@ async def authenticate_node(request: Request, body: bytes) -> ClientId:
         given, _mac(secret, request.method, request.url.path, body)
     ):
         raise AuthenticationError("node authentication failed")
-    return ClientId.parse(node)
+    return _verified(ClientId.parse(node))
 
 
 def signer_for(node: ClientId) -> Any:
@@ -224,7 +233,7 @@ def test_citizen_routes_need_a_valid_citizen_token(client: TestClient, issuer: D
         (b"{not json", 400),
         (b"[]", 400),
         (json.dumps({"subject": ALICE}).encode(), 400),
-        (b"x" * 70_000, 400),
+        (b"x" * 70_000, 413),
     ],
 )
 def test_bad_consent_requests_are_client_errors(

@@ -32,7 +32,7 @@ from exchange.identifiers import ClientId
 from exchange.keystore import KeyStore
 from exchange.node.app import NodeParts, create_node_app
 from exchange.node.central import create_central_app
-from exchange.node_requests import sign_node_request, verify_node_request
+from exchange.node_requests import VerifiedNodeRequest, sign_node_request, verify_node_request
 from exchange.ports import CITIZEN_AGENCY, SubjectTokenRequest
 from exchange.provisioning import (
     init_instance,
@@ -103,7 +103,7 @@ def world(tmp_path: Path, db_url: str) -> Iterator[World]:
     )
 
     def routers(view):  # type: ignore[no-untyped-def]
-        async def authenticate(request: Request, body: bytes) -> ClientId:
+        async def authenticate(request: Request, body: bytes) -> VerifiedNodeRequest:
             now = datetime.now(UTC)
             return verify_node_request(
                 view(now),

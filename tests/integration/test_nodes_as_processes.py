@@ -136,3 +136,49 @@ def test_central_registry_and_metrics_are_served(
     assert reg["document"]["serial"] >= 1
     metrics = httpx.get(c.procs[str(MACHIDA)].url + "/metrics", timeout=10)
     assert b"onceonly_exchanges_total" in metrics.content
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_node_with_two_workers_serves_exchanges_from_two_processes(
+    tmp_path: Path, db_url: str
+) -> None:
+    """``onceonly node --workers 2``: two worker processes share the socket, keys and database;
+    exchanges through them succeed and replays are refused across workers."""
+    c, settings, keys = provisioned_cluster(
+        tmp_path / "data",
+        (MACHIDA,),
+        log=tmp_path / "processes.log",
+        database_url=db_url if db_url.startswith("postgresql") else None,
+        citizens=10,
+    )
+    c.procs[str(MACHIDA)].args += ["--workers", "2"]
+    gen = running(c)
+    cl = next(gen)
+    try:
+        for p in cl.procs.values():
+            p.start()
+        machida = cl.procs[str(MACHIDA)]
+        assert machida.popen is not None
+        workers = [p for p in _children(machida.popen.pid) if p != machida.popen.pid]
+        assert len(workers) >= 2, workers
+        subject = _subject(settings)
+        for i in range(20):
+            r = _get(machida, TAX, keys[TAX], subject, **{"X-Road-Id": f"w-{i}"})
+            assert r.status_code == 200, r.text
+        replays = [
+            _get(machida, TAX, keys[TAX], subject, **{"X-Road-Id": f"w-{i}"}) for i in range(4)
+        ]
+        assert {r.status_code for r in replays} == {409}
+    finally:
+        gen.close()
