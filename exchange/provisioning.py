@@ -115,7 +115,9 @@ def provision_sealing_key(keys: KeyStore, subsystem: ClientId) -> SealingPublicK
     path = keys.subsystem_seal_key(subsystem)
     if not path.exists():
         SealingKey.generate().save(path)
-    return SealingKey.load(path).public_key
+    public = SealingKey.load(path).public_key
+    keys.subsystem_seal_public(subsystem).write_text(f"{public}\n")
+    return public
 
 
 def provision_translator_key(keys: KeyStore) -> str:
@@ -146,7 +148,9 @@ def join_instance(keys: KeyStore, instance: str, anchor_pem: str) -> bool:
 
 def request_subsystem(keys: KeyStore, subsystem: ClientId, *, alg: Algorithm = "EdDSA") -> Path:
     """Make the subsystem's key (kept if present) and write its certificate request beside it;
-    returns the request's path. The private key never leaves the data directory."""
+    returns the request's path. The private key never leaves the data directory. The subsystem's
+    sealing key is made here too (``provision_sealing_key``): its public half goes to the central
+    operator with the request."""
     if keys.instance() != subsystem.member.instance:
         raise ConfigurationError("subsystem belongs to another instance")
     key_path = keys.subsystem_key(subsystem)
@@ -157,6 +161,7 @@ def request_subsystem(keys: KeyStore, subsystem: ClientId, *, alg: Algorithm = "
         save_private_key(key, key_path)
     csr_path = key_path.with_suffix(".csr")
     csr_path.write_text(certificate_request_pem(certificate_request(key, subsystem)))
+    provision_sealing_key(keys, subsystem)
     return csr_path
 
 

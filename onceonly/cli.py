@@ -124,14 +124,12 @@ def keys_member(subsystem: str, data_dir: DataDir = None) -> None:
     try:
         client = ClientId.parse(subsystem)
         provision_subsystem(keys, client, now=_now())
-        seal_key = provision_sealing_key(keys, client)
+        provision_sealing_key(keys, client)  # writes the public half beside the key
     except OnceOnlyError as exc:
         _fail(exc)
         return
-    public = keys.subsystem_seal_key(client).with_suffix(".pub")
-    public.write_text(f"{seal_key}\n")
     console.print(str(keys.subsystem_cert(client)))
-    console.print(str(public))
+    console.print(str(keys.subsystem_seal_public(client)))
 
 
 @keys_app.command("join")
@@ -157,15 +155,19 @@ def keys_join(
 
 @keys_app.command("request")
 def keys_request(subsystem: str, data_dir: DataDir = None) -> None:
-    """Make a subsystem's signing key here and a certificate request for the central operator;
-    print the request's path (the private key stays in this data directory)."""
+    """Make a subsystem's signing and sealing keys here and a certificate request for the central
+    operator; print the request's path and the sealing public key's file (both go to the central
+    operator; the private keys stay in this data directory)."""
     settings = _settings(data_dir)
+    keys = KeyStore(settings.data_dir)
     try:
-        path = request_subsystem(KeyStore(settings.data_dir), ClientId.parse(subsystem))
+        client = ClientId.parse(subsystem)
+        path = request_subsystem(keys, client)
     except OnceOnlyError as exc:
         _fail(exc)
         return
     console.print(str(path), soft_wrap=True)
+    console.print(str(keys.subsystem_seal_public(client)), soft_wrap=True)
 
 
 @keys_app.command("sign-request")
