@@ -43,6 +43,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from consent.lifecycle import ConsentService
+from consent.metrics import ConsentMetrics
 from consent.model import (
     Consent,
     ConsentHistoryEvent,
@@ -138,10 +139,12 @@ def build_citizen_router(
     authenticate_consumer: Authenticator | None = None,
     clock: Callable[[], datetime] | None = None,
     prefix: str = "/consent/v1",
+    metrics: ConsentMetrics | None = None,
 ) -> APIRouter:
     """The citizen API, plus ``POST /consent-requests`` for consumers when an authenticator is
-    given."""
+    given. ``metrics`` counts the actions that change a consent."""
     now = clock or service.clock
+    counted = metrics or ConsentMetrics()
     router = APIRouter(prefix=prefix, tags=["consent"], route_class=_audited_route(service))
     Citizen = Annotated[Principal, Depends(bearer_principal(verifier, role="citizen"))]
 
@@ -185,15 +188,21 @@ def build_citizen_router(
 
     @router.post("/consents/{consent_id}/pause")
     def pause(consent_id: str, principal: Citizen) -> Consent:
-        return service.pause(principal.subject, consent_id, now=now())
+        done = service.pause(principal.subject, consent_id, now=now())
+        counted.action("pause")
+        return done
 
     @router.post("/consents/{consent_id}/resume")
     def resume(consent_id: str, principal: Citizen) -> Consent:
-        return service.resume(principal.subject, consent_id, now=now())
+        done = service.resume(principal.subject, consent_id, now=now())
+        counted.action("resume")
+        return done
 
     @router.post("/consents/{consent_id}/revoke")
     def revoke(consent_id: str, principal: Citizen) -> Consent:
-        return service.revoke(principal.subject, consent_id, now=now())
+        done = service.revoke(principal.subject, consent_id, now=now())
+        counted.action("revoke")
+        return done
 
     @router.get("/consent-requests")
     def list_requests(principal: Citizen) -> list[ConsentRequest]:
@@ -205,11 +214,15 @@ def build_citizen_router(
 
     @router.post("/consent-requests/{request_id}/approve")
     def approve(request_id: str, principal: Citizen) -> Consent:
-        return service.approve_request(principal.subject, request_id, now=now())
+        done = service.approve_request(principal.subject, request_id, now=now())
+        counted.action("approve")
+        return done
 
     @router.post("/consent-requests/{request_id}/decline")
     def decline(request_id: str, principal: Citizen) -> ConsentRequest:
-        return service.decline_request(principal.subject, request_id, now=now())
+        done = service.decline_request(principal.subject, request_id, now=now())
+        counted.action("decline")
+        return done
 
     if authenticate_consumer is not None:
         authenticate = authenticate_consumer
@@ -224,7 +237,9 @@ def build_citizen_router(
                 terms = ConsentRequestInput.model_validate_json(body)
             except ValidationError as exc:
                 raise ClientError(_first_error(exc)) from exc
-            return await run_in_threadpool(service.create_request, client, terms, now=now())
+            made = await run_in_threadpool(service.create_request, client, terms, now=now())
+            counted.action("request")
+            return made
 
     return router
 
@@ -244,9 +259,12 @@ def build_gate_router(
     *,
     clock: Callable[[], datetime] | None = None,
     prefix: str = "/consent/v1/gate",
+    metrics: ConsentMetrics | None = None,
 ) -> APIRouter:
-    """``POST /check`` and ``POST /use`` for provider nodes (``consent.remote`` is the client)."""
+    """``POST /check`` and ``POST /use`` for provider nodes (``consent.remote`` is the client);
+    ``metrics`` counts the answers."""
     now = clock or service.clock
+    counted = metrics or ConsentMetrics()
     router = APIRouter(prefix=prefix, tags=["consent-gate"], route_class=_audited_route(service))
 
     async def _query(request: Request, *, changes_state: bool) -> ConsentQuery:
@@ -291,12 +309,14 @@ def build_gate_router(
     async def check(request: Request) -> GateAnswer:
         query = await _query(request, changes_state=False)
         d = await run_in_threadpool(service.check, query)
+        counted.gate_answer("check", d.allow)
         return _answer(d.allow, d.consent_id, d.fields, d.reasons)
 
     @router.post("/use")
     async def use(request: Request) -> GateAnswer:
         query = await _query(request, changes_state=True)
         d = await run_in_threadpool(service.use, query)
+        counted.gate_answer("use", d.allow)
         return _answer(d.allow, d.consent_id, d.fields, d.reasons)
 
     return router

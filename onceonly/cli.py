@@ -512,13 +512,10 @@ def central(
     data_dir: DataDir = None,
 ) -> None:
     """Run the central server (serves the signed registry)."""
-    from exchange.node.central import create_central_app
-    from onceonly.wiring import build_central_routers
+    from onceonly.wiring import central_app
 
     settings = _settings(data_dir)
-    application = create_central_app(
-        settings, routers=lambda view: build_central_routers(settings, view)
-    )
+    application = central_app(settings)
     uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)
 
 

@@ -35,7 +35,6 @@ from exchange.errors import OnceOnlyError
 from exchange.identifiers import ClientId, MemberId, ServiceId
 from exchange.keystore import KeyStore
 from exchange.node.app import create_node_app, database_url
-from exchange.node.central import create_central_app
 from exchange.ports import CITIZEN_AGENCY
 from exchange.provisioning import (
     init_instance,
@@ -48,14 +47,16 @@ from exchange.registry_admin import RegistryAdmin
 from exchange.settings import Settings
 from exchange.signing import MemberSigner, load_private_key
 from exchange.tokens import DevIssuer, Principal
+from exchange.web.health import database_check, operations_router
+from exchange.web.metrics import ComponentMetrics
 from exchange.web.problems import install_problem_handlers
 from exchange.web.redirects import RelativeRedirects
 from onceonly.wiring import (
     COMPONENT_BRANCHES,
     PSEUDONYMS,
     audit_log,
-    build_central_routers,
     build_node_parts,
+    central_app,
     consent_issuer_key,
     consent_service,
     pseudonym_agencies,
@@ -217,9 +218,7 @@ class LocalFederation:
 
     def build_app(self) -> FastAPI:
         settings = self.settings.model_copy(update={"central_url": self.base_url + "/central"})
-        central = create_central_app(
-            settings, routers=lambda view: build_central_routers(settings, view)
-        )
+        central = central_app(settings)
         # Nodes fetch the registry from the central server on this same port, which accepts
         # connections only once every lifespan has started: they fetch after start (``serve``).
         nodes: dict[MemberId, FastAPI] = {
@@ -308,8 +307,12 @@ def one_stop_app(settings: Settings, node_url: str, api_key: str) -> FastAPI:
                 engine.dispose()
 
     app = FastAPI(title="onceonly one-stop desk", lifespan=lifespan, docs_url=None, redoc_url=None)
-    install_problem_handlers(app)
+    metrics = ComponentMetrics([runner.metrics])
+    install_problem_handlers(
+        app, on_database_unavailable=lambda: metrics.database_unavailable_at("request")
+    )
     app.add_middleware(RelativeRedirects)
+    app.include_router(operations_router(metrics, {"database": database_check(engine)}))
     app.include_router(
         build_router(service, token_verifier(settings), clock=lambda: datetime.now(UTC))
     )

@@ -18,7 +18,7 @@ from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, FastAPI, Request
 from sqlalchemy import Engine
 
 from adapters.aliases import AgencyAliases
@@ -36,6 +36,7 @@ from audit.sink import LogSink
 from consent.api import build_citizen_router, build_gate_router
 from consent.artefact import ConsentIssuerKey
 from consent.lifecycle import ConsentService
+from consent.metrics import ConsentMetrics
 from consent.registry_gate import RegistryConsentGate
 from exchange.central_config import VerifiedRegistry
 from exchange.db import make_engine, runs_inline, sqlite_writer_turn, upgrade
@@ -43,6 +44,7 @@ from exchange.errors import ConfigurationError, OnceOnlyError
 from exchange.identifiers import ClientId, MemberId
 from exchange.keystore import KeyStore
 from exchange.node.app import NodeParts, database_url
+from exchange.node.central import create_central_app
 from exchange.node_requests import VerifiedNodeRequest, verify_node_request
 from exchange.ports import CITIZEN_AGENCY, RegistryAdapter, SubjectTranslator
 from exchange.settings import Settings
@@ -61,6 +63,7 @@ __all__ = [
     "audit_log",
     "build_central_routers",
     "build_node_parts",
+    "central_app",
     "consent_issuer_key",
     "consent_service",
     "pseudonym_agencies",
@@ -301,10 +304,13 @@ def _publish(log: TransparencyLog, engine: Engine) -> None:
 
 
 def build_central_routers(
-    settings: Settings, registry: Callable[[datetime], VerifiedRegistry]
+    settings: Settings,
+    registry: Callable[[datetime], VerifiedRegistry],
+    metrics: ConsentMetrics | None = None,
 ) -> list[APIRouter]:
     """The consent service (citizen API and the nodes' gate) and the pseudonym translator beside
-    the central server."""
+    the central server; ``metrics`` (registered on the central server's ``/metrics``) counts the
+    consent service's work."""
     service = consent_service(settings)
 
     async def authenticate_node(request: Request, body: bytes) -> VerifiedNodeRequest:
@@ -324,9 +330,12 @@ def build_central_routers(
 
     routers = [
         build_citizen_router(
-            service, token_verifier(settings), authenticate_consumer=authenticate_node
+            service,
+            token_verifier(settings),
+            authenticate_consumer=authenticate_node,
+            metrics=metrics,
         ),
-        build_gate_router(service, authenticate_node),
+        build_gate_router(service, authenticate_node, metrics=metrics),
     ]
     translator = pseudonym_translator(settings)
     if translator is not None:
@@ -336,3 +345,13 @@ def build_central_routers(
             )
         )
     return routers
+
+
+def central_app(settings: Settings) -> FastAPI:
+    """The central server with the consent service beside it, its metrics on ``/metrics``."""
+    metrics = ConsentMetrics()
+    return create_central_app(
+        settings,
+        routers=lambda view: build_central_routers(settings, view, metrics),
+        collectors=[metrics],
+    )

@@ -9,13 +9,19 @@ and serves:
   systems (X-Road message protocol for REST, plus ``X-OnceOnly-*`` headers);
 * ``POST /x1/messages`` for other nodes (signed envelopes);
 * metaservices ``/listClients`` and ``/r1/{subsystem}/listMethods|allowedMethods|getOpenAPI``;
-* ``/healthz`` and ``/metrics``.
+* ``/healthz`` (liveness), ``/readyz`` (readiness: the database answers, the registry is valid)
+  and ``/metrics``.
+
+A database that cannot be used is answered 503 with ``Retry-After`` wherever it shows up — the
+exchange fast path, a route, the group commit writer — by the one mapping in
+``exchange.web.problems`` (``exchange.db.as_unavailable``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,11 +30,12 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from exchange.central_config import ServiceEntry
-from exchange.db import make_engine, runs_inline, upgrade
+from exchange.db import as_unavailable, make_engine, runs_inline, upgrade
 from exchange.errors import ClientError, ConfigurationError, OnceOnlyError
 from exchange.group_commit import GroupCommitSink
 from exchange.identifiers import ClientId, MemberId, ServiceId
@@ -60,6 +67,8 @@ from exchange.signing import (
     public_key_from_pem,
 )
 from exchange.web.body import read_body
+from exchange.web.health import database_check, readiness
+from exchange.web.metrics import CONTENT_TYPE
 from exchange.web.problems import install_problem_handlers, problem_for
 
 __all__ = ["NodeParts", "create_node_app", "database_url", "utc_now"]
@@ -69,6 +78,8 @@ MAX_REQUEST_BYTES = 10 * 1024 * 1024
 REPLAY_PRUNE_INTERVAL_S = 300.0
 STARTUP_REGISTRY_WAIT_S = 30.0
 
+
+_log = logging.getLogger("onceonly.node")
 
 R1_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 
@@ -132,6 +143,16 @@ class _ExchangeFastPath:
         return problem_for(request, exc)
 
 
+def _counted_as(exc: Exception) -> tuple[int, str]:
+    """The status and code an error is answered with (``exchange.web.problems``), for metrics."""
+    if isinstance(exc, OnceOnlyError):
+        return exc.status, exc.code
+    unavailable = as_unavailable(exc)
+    if unavailable is not None:
+        return unavailable.status, unavailable.code
+    return 500, "Server.Internal"
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -163,6 +184,8 @@ class NodeParts:
     """The node's database, when the composition root already opened it for its parts."""
     closers: Sequence[Callable[[], Awaitable[None]]] = ()
     """Run at shutdown: close adapters, dispose of the engines the parts opened."""
+    collectors: Sequence[Collector] = ()
+    """The parts' own metrics, exported on the node's ``/metrics``."""
     inline: bool = False
     """The parts' blocking work is local CPU work (SQLite, embedded policy): the provider runs
     its checks on the event loop rather than in a worker thread (``exchange.db.runs_inline``)."""
@@ -262,7 +285,7 @@ def create_node_app(
         transport=transport,
         cache_file=keys.registry_cache(member),
     )
-    metrics = NodeMetrics()
+    metrics = NodeMetrics(parts.collectors)
     registry.on_change(lambda _reg: metrics.registry_serial.inc())
     for listener in parts.on_registry:
         registry.on_change(listener)
@@ -306,7 +329,13 @@ def create_node_app(
     async def _prune_loop() -> None:
         while True:
             await asyncio.sleep(REPLAY_PRUNE_INTERVAL_S)
-            await asyncio.to_thread(replay.prune, now=clock())
+            try:
+                await asyncio.to_thread(replay.prune, now=clock())
+            except Exception as exc:  # the database is away: prune next time, never stop
+                if as_unavailable(exc) is None:
+                    raise
+                metrics.database_unavailable_at("background")
+                _log.warning("replay pruning skipped: the database is unavailable")
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -334,7 +363,9 @@ def create_node_app(
             engine.dispose()
 
     app = FastAPI(title=f"onceonly node {member}", lifespan=lifespan, docs_url=None, redoc_url=None)
-    install_problem_handlers(app)
+    install_problem_handlers(
+        app, on_database_unavailable=lambda: metrics.database_unavailable_at("request")
+    )
     app.state.registry = registry
     app.state.engine = engine
     app.state.member = member
@@ -344,8 +375,13 @@ def create_node_app(
     # too, so that another method on their paths is answered 405, not 404.
     async def messages(request: Request) -> Response:
         started = time.perf_counter()
-        answer = await provider.handle(await read_body(request, limit=MAX_REQUEST_BYTES))
-        metrics.exchanges.labels("provider", "ok" if answer.status == 200 else "refused").inc()
+        try:
+            answer = await provider.handle(await read_body(request, limit=MAX_REQUEST_BYTES))
+        except Exception as exc:  # counted here, answered by the one mapping (problem_for)
+            metrics.exchange("provider", *_counted_as(exc))
+            raise
+        # A signed refusal is HTTP 200 too: count what it stands for, not the HTTP status.
+        metrics.exchange("provider", answer.outcome, answer.error_code)
         metrics.latency.labels("provider").observe(time.perf_counter() - started)
         return Response(answer.body, status_code=answer.status, headers=dict(answer.headers))
 
@@ -376,10 +412,10 @@ def create_node_app(
             result = await consumer.call(
                 consumer_call(request, await read_body(request, limit=MAX_REQUEST_BYTES))
             )
-        except OnceOnlyError:
-            metrics.exchanges.labels("consumer", "error").inc()
+        except Exception as exc:  # counted here, answered by the one mapping (problem_for)
+            metrics.exchange("consumer", *_counted_as(exc))
             raise
-        metrics.exchanges.labels("consumer", "ok" if result.status < 400 else "refused").inc()
+        metrics.exchange("consumer", result.status, result.headers.get("x-road-error"))
         metrics.latency.labels("consumer").observe(time.perf_counter() - started)
         return Response(result.body, status_code=result.status, headers=result.headers)
 
@@ -431,9 +467,20 @@ def create_node_app(
             }
         )
 
+    def registry_check() -> None:
+        registry.current(clock())  # raises ConfigurationError when there is no valid copy
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """Readiness: the database answers a query and a valid registry is held."""
+        return await readiness(
+            {"database": database_check(engine), "registry": registry_check},
+            on_database_unavailable=lambda: metrics.database_unavailable_at("readiness"),
+        )
+
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+        return Response(await asyncio.to_thread(metrics.render), media_type=CONTENT_TYPE)
 
     for router in parts.routers:
         app.include_router(router)

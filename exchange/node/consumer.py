@@ -37,12 +37,14 @@ from exchange.envelope import (
     seal_request,
 )
 from exchange.errors import (
+    RETRY_AFTER_S,
     AuthenticationError,
     ClientError,
     NotFoundError,
     OnceOnlyError,
     PayloadTooLargeError,
     TransportError,
+    UnavailableError,
     VerificationError,
 )
 from exchange.group_commit import GroupCommitSink
@@ -69,6 +71,16 @@ API_KEY_CACHE_TTL_S = 5.0
 (``onceonly keys revoke-api-key``) stops working within this many seconds. Only keys that were
 found are cached; an unknown key is looked up every time."""
 API_KEY_CACHE_MAX = 4096
+MAX_RETRY_AFTER_S = 300
+"""A provider's (unsigned) ``Retry-After`` is passed on, but never more than this."""
+
+
+def _retry_after(headers: Mapping[str, str]) -> int:
+    """The provider's ``Retry-After`` in seconds, bounded; the default when absent or garbage."""
+    raw = headers.get("Retry-After") or headers.get("retry-after") or ""
+    if raw.isdigit() and len(raw) <= 6:
+        return max(1, min(int(raw), MAX_RETRY_AFTER_S))
+    return RETRY_AFTER_S
 
 
 def hash_api_key(key: str) -> str:
@@ -310,6 +322,12 @@ class Consumer:
             resp = await self._transport.post(
                 url, wire, {"content-type": "application/json"}, timeout_s=self._timeout_s
             )
+            if resp.status == 503:  # the provider node is there, but cannot serve for now
+                raise UnavailableError(
+                    "the provider node is unavailable; retry later",
+                    code="Server.ServerProxy.ProviderUnavailable",
+                    retry_after_s=_retry_after(resp.headers),
+                )
             if resp.status != 200:
                 code = (
                     resp.headers.get("X-Road-Error")
@@ -371,6 +389,8 @@ class Consumer:
         }
         if env.error_code:
             headers["x-road-error"] = env.error_code
+        if env.status == 503:  # the provider's registry or database is down for now
+            headers["retry-after"] = str(RETRY_AFTER_S)
         if env.basis:
             # HTTP header values are Latin-1: a statute's name may not be (RFC 3986 escaping).
             headers["x-onceonly-basis"] = quote(env.basis, safe=":/-_.@+")

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from exchange.canonical import sha256_b64
+from exchange.db import as_unavailable
 from exchange.envelope import (
     ResponseEnvelope,
     exchange_event,
@@ -73,8 +74,13 @@ PROBLEM_JSON = "application/problem+json"
 @dataclass(frozen=True, slots=True)
 class ProviderAnswer:
     status: int
+    """The HTTP status: 200 for every signed answer, refusals included."""
     body: bytes
     headers: Mapping[str, str]
+    outcome: int
+    """The status the answer stands for (inside the signed envelope for a signed one)."""
+    error_code: str | None = None
+    """The X-Road error code of a refusal or failure."""
 
 
 def filter_fields(data: JsonValue, allowed: frozenset[str]) -> JsonValue:
@@ -168,6 +174,8 @@ class Provider:
                 exc.status,
                 _problem(exc.status, exc.code, detail),
                 {"content-type": PROBLEM_JSON, "x-road-error": exc.code},
+                exc.status,
+                exc.code,
             )
         auth: _Authorized | None = None
         try:
@@ -186,6 +194,9 @@ class Provider:
             except OnceOnlyError:
                 raise
             except Exception as exc:  # a broken adapter is the provider's fault, not the caller's
+                unavailable = as_unavailable(exc)  # its database is down: retry later, 503
+                if unavailable is not None:
+                    raise unavailable from exc
                 raise UpstreamFailure("the registry behind this service failed") from exc
             error_code = None
             await self._record(
@@ -419,7 +430,7 @@ class Provider:
             error_code=error_code,
         )
         wire = seal(env, body, self._signers[req.service.provider])
-        return ProviderAnswer(200, wire, {"content-type": "application/json"})
+        return ProviderAnswer(200, wire, {"content-type": "application/json"}, status, error_code)
 
     # -- audit -----------------------------------------------------------------------------------
 

@@ -36,7 +36,7 @@ from exchange.ports import AuditEvent
 from exchange.signing import MemberSigner, load_private_key
 from exchange.store import MessageLogRow
 from exchange.tokens import DevIssuer
-from exchange.web.problems import install_problem_handlers
+from exchange.web.problems import install_problem_handlers, problem_response
 from tests.exchange._federation import (
     ADDRESS,
     GAS,
@@ -267,6 +267,18 @@ def _down(w: World) -> httpx.Response:
     return w.r1()
 
 
+def _provider_unavailable(w: World) -> httpx.Response:
+    """The provider node is there but its database is down: it answers 503, unsigned."""
+    unavailable = FastAPI()
+
+    @unavailable.post("/x1/messages")
+    async def messages() -> Any:
+        return problem_response(503, "Server.ServerProxy.DatabaseError", "down", retry_after_s=7)
+
+    w.fed.transport.apps["http://machida"] = unavailable
+    return w.r1()
+
+
 def _replayed_exchange(w: World) -> httpx.Response:
     assert w.r1(**{"X-Road-Id": "same-id"}).status_code == 200
     return w.r1(**{"X-Road-Id": "same-id"})
@@ -341,6 +353,9 @@ PROVOKE: dict[tuple[str, int, str], Callable[[World], Provoked]] = {
     ),
     ("consumer", 502, "Server.ServerProxy.ProviderError"): lambda w: _at_consumer(
         w, _revoked_signer(w), 502, "Server.ServerProxy.ProviderError"
+    ),
+    ("consumer", 503, "Server.ServerProxy.ProviderUnavailable"): lambda w: _at_consumer(
+        w, _provider_unavailable(w), 503, "Server.ServerProxy.ProviderUnavailable"
     ),
     ("consumer", 502, "Server.ServerProxy.InvalidResponse"): lambda w: _at_consumer(
         w, _tampered(w), 502, "Server.ServerProxy.InvalidResponse"

@@ -136,6 +136,16 @@ def test_central_registry_and_metrics_are_served(
     assert reg["document"]["serial"] >= 1
     metrics = httpx.get(c.procs[str(MACHIDA)].url + "/metrics", timeout=10)
     assert b"onceonly_exchanges_total" in metrics.content
+    assert b"process_cpu_seconds_total" in metrics.content
+    central = c.procs["central"].url
+    central_metrics = httpx.get(central + "/metrics", timeout=10).text
+    assert "onceonly_central_registry_served_total" in central_metrics
+    assert "onceonly_consent_gate_total" in central_metrics  # the consent service beside it
+    for url in (central, c.procs[str(MACHIDA)].url):
+        assert httpx.get(url + "/healthz", timeout=10).status_code == 200
+        ready = httpx.get(url + "/readyz", timeout=10)
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["checks"]["database"] == "ok"
 
 
 def _children(pid: int) -> list[int]:

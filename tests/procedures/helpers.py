@@ -37,14 +37,13 @@ from exchange.db import make_engine, upgrade
 from exchange.identifiers import MemberId
 from exchange.keystore import KeyStore
 from exchange.node.app import create_node_app
-from exchange.node.central import create_central_app
 from exchange.ports import CITIZEN_AGENCY
 from exchange.settings import Settings
 from exchange.signing import MemberSigner, load_private_key
 from onceonly.federation import provision
 from onceonly.wiring import (
-    build_central_routers,
     build_node_parts,
+    central_app,
     consent_service,
     registry_database_url,
 )
@@ -182,9 +181,7 @@ class Federation(RegistryLook):
 
     def _app(self, name: str) -> FastAPI:
         if name == "central":
-            return create_central_app(
-                self.settings, routers=lambda view: build_central_routers(self.settings, view)
-            )
+            return central_app(self.settings)
         member = MemberId.parse(name)
         return create_node_app(self.settings, member, build_node_parts(self.settings, member))
 
