@@ -26,7 +26,7 @@ from exchange.errors import (
     NotFoundError,
     OnceOnlyError,
     RefusalError,
-    TransportError,
+    UnavailableError,
 )
 from exchange.identifiers import ClientId
 from exchange.node_requests import sign_node_request
@@ -45,8 +45,9 @@ MAX_ANSWER_BYTES = 2 * MAX_TOKEN_CHARS
 _Key = tuple[str, str, str, bool]
 
 
-class TranslatorUnavailable(TransportError):
-    """The translator could not be reached or answered something that is not the protocol."""
+class TranslatorUnavailable(UnavailableError):
+    """The translator could not be reached or answered something that is not the protocol:
+    nothing was decided, the caller may retry (503 with ``Retry-After``)."""
 
     code = "Server.ServerProxy.TranslatorUnavailable"
     status = 503
