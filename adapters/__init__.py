@@ -4,6 +4,9 @@
 - ``adapters.sql``: ``SqlAdapter``, services from a department's own database by configuration;
 - ``adapters.http``: ``HttpAdapter``, forwarding to a departmental REST system;
 - ``adapters.pseudonyms``: ``PseudonymService``, per-agency subject identifiers (機関別符号);
+- ``adapters.translator``: ``PseudonymTranslator``, the central translator that seals the
+  provider's code to the provider; ``adapters.translator_client``: ``HttpSubjectSealer``, a
+  consumer node's client of it (docs/pseudonyms.md);
 - ``adapters.config``: the registries file (``load_registries``): what a node serves, declared;
 - ``adapters.factory``: ``build_adapters`` from a declaration, ``declared_services`` for the registry;
 - ``adapters.reference``: Machida city's reference registries (``machida.toml``);
@@ -30,13 +33,17 @@ from adapters.pseudonyms import PseudonymService
 from adapters.reference import create_registry_schema, reference_config, reference_registries
 from adapters.seed import SeedReport, seed
 from adapters.sql import ColumnField, SqlAdapter, SqlServiceConfig, SqlUpdate
+from adapters.translator import PseudonymTranslator
+from adapters.translator_client import HttpSubjectSealer
 
 __all__ = [
     "ColumnField",
     "HttpAdapter",
     "HttpRegistry",
     "HttpRoute",
+    "HttpSubjectSealer",
     "PseudonymService",
+    "PseudonymTranslator",
     "RegistriesConfig",
     "SeedReport",
     "ServiceSpec",

@@ -8,7 +8,9 @@
       central/central.key      the central server's registry signing key
       anchor.pem               the trust anchor: the central server's public key (for every node)
       dev-issuer.key           the development token issuer (demo only)
+      translator/translator.key  the pseudonym translator's token signing key (central side)
       members/<JP_GOV_132098>/<subsystem>.key  .pem   a subsystem's signing key and certificate
+      members/<JP_GOV_132098>/seal/<subsystem>.key  .pub   a subsystem's X25519 sealing key
       members/<JP_GOV_132098>/registry.json           the last good signed registry (node cache)
 
 Private keys are written 0600 by ``exchange.signing.save_private_key``.
@@ -58,6 +60,18 @@ class KeyStore:
 
     def subsystem_cert(self, subsystem: ClientId) -> Path:
         return self.member_dir(subsystem.member) / f"{subsystem.subsystem}.pem"
+
+    def subsystem_seal_key(self, subsystem: ClientId) -> Path:
+        """The subsystem's sealing key (its own folder, so it is never taken for a subsystem)."""
+        return self.member_dir(subsystem.member) / "seal" / f"{subsystem.subsystem}.key"
+
+    def subsystem_seal_public(self, subsystem: ClientId) -> Path:
+        """Its public half (base64url), for ``registry add-subsystem --seal-key``."""
+        return self.subsystem_seal_key(subsystem).with_suffix(".pub")
+
+    @property
+    def translator_key(self) -> Path:
+        return self.root / "translator" / "translator.key"
 
     def registry_cache(self, member: MemberId) -> Path:
         return self.member_dir(member) / "registry.json"

@@ -10,6 +10,9 @@
   (PKCS#10) — the private key never leaves; the central operator's ``sign_request`` checks the
   request and issues the certificate with the CA; ``install_certificate`` puts it beside the key
   after checking that it certifies that key.
+* ``provision_sealing_key``: a subsystem's X25519 sealing key (made once, never replaced), whose
+  public half the registry publishes so the pseudonym translator can seal the subsystem's codes.
+* ``provision_translator_key``: the central pseudonym translator's token signing key.
 * ``issue_api_key``: a departmental system's API key for its node, shown once, stored hashed.
 """
 
@@ -37,6 +40,7 @@ from exchange.errors import ConfigurationError
 from exchange.identifiers import ClientId, parse_part
 from exchange.keystore import KeyStore
 from exchange.node.consumer import hash_api_key
+from exchange.sealing import SealingKey, SealingPublicKey
 from exchange.signing import (
     Algorithm,
     generate_private_key,
@@ -53,7 +57,9 @@ __all__ = [
     "install_certificate",
     "issue_api_key",
     "join_instance",
+    "provision_sealing_key",
     "provision_subsystem",
+    "provision_translator_key",
     "request_subsystem",
     "revoke_api_keys",
     "sign_request",
@@ -102,6 +108,26 @@ def provision_subsystem(
     return pem
 
 
+def provision_sealing_key(keys: KeyStore, subsystem: ClientId) -> SealingPublicKey:
+    """The subsystem's sealing public key, making the key pair the first time only."""
+    if keys.instance() != subsystem.member.instance:
+        raise ConfigurationError("subsystem belongs to another instance")
+    path = keys.subsystem_seal_key(subsystem)
+    if not path.exists():
+        SealingKey.generate().save(path)
+    public = SealingKey.load(path).public_key
+    keys.subsystem_seal_public(subsystem).write_text(f"{public}\n")
+    return public
+
+
+def provision_translator_key(keys: KeyStore) -> str:
+    """The translator's token signing public key (PEM), making the key the first time only."""
+    keys.instance()  # the instance must exist
+    if not keys.translator_key.exists():
+        save_private_key(generate_private_key("EdDSA"), keys.translator_key)
+    return public_key_pem(load_private_key(keys.translator_key).public_key())
+
+
 def join_instance(keys: KeyStore, instance: str, anchor_pem: str) -> bool:
     """Pin ``instance`` and the central server's public key (the trust anchor, handed over out
     of band) in an organisation's own data directory; True if anything was written. Refuses to
@@ -122,7 +148,9 @@ def join_instance(keys: KeyStore, instance: str, anchor_pem: str) -> bool:
 
 def request_subsystem(keys: KeyStore, subsystem: ClientId, *, alg: Algorithm = "EdDSA") -> Path:
     """Make the subsystem's key (kept if present) and write its certificate request beside it;
-    returns the request's path. The private key never leaves the data directory."""
+    returns the request's path. The private key never leaves the data directory. The subsystem's
+    sealing key is made here too (``provision_sealing_key``): its public half goes to the central
+    operator with the request."""
     if keys.instance() != subsystem.member.instance:
         raise ConfigurationError("subsystem belongs to another instance")
     key_path = keys.subsystem_key(subsystem)
@@ -133,6 +161,7 @@ def request_subsystem(keys: KeyStore, subsystem: ClientId, *, alg: Algorithm = "
         save_private_key(key, key_path)
     csr_path = key_path.with_suffix(".csr")
     csr_path.write_text(certificate_request_pem(certificate_request(key, subsystem)))
+    provision_sealing_key(keys, subsystem)
     return csr_path
 
 

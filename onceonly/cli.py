@@ -32,12 +32,15 @@ from exchange.provisioning import (
     install_certificate,
     issue_api_key,
     join_instance,
+    provision_sealing_key,
     provision_subsystem,
+    provision_translator_key,
     request_subsystem,
     revoke_api_keys,
     sign_request,
 )
 from exchange.registry_admin import RegistryAdmin
+from exchange.sealing import SealingPublicKey
 from exchange.settings import Settings
 from onceonly.wiring import COMPONENT_BRANCHES
 
@@ -115,15 +118,19 @@ def keys_init(
 
 @keys_app.command("member")
 def keys_member(subsystem: str, data_dir: DataDir = None) -> None:
-    """Make a subsystem's signing key and its CA-issued certificate; print the certificate path."""
+    """Make a subsystem's signing key, its CA-issued certificate and its sealing key pair (each
+    only once); print the certificate path and the sealing public key's file."""
     settings = _settings(data_dir)
+    keys = KeyStore(settings.data_dir)
     try:
         client = ClientId.parse(subsystem)
-        provision_subsystem(KeyStore(settings.data_dir), client, now=_now())
+        provision_subsystem(keys, client, now=_now())
+        provision_sealing_key(keys, client)  # writes the public half beside the key
     except OnceOnlyError as exc:
         _fail(exc)
         return
-    console.print(str(KeyStore(settings.data_dir).subsystem_cert(client)))
+    console.print(str(keys.subsystem_cert(client)))
+    console.print(str(keys.subsystem_seal_public(client)))
 
 
 @keys_app.command("join")
@@ -149,15 +156,19 @@ def keys_join(
 
 @keys_app.command("request")
 def keys_request(subsystem: str, data_dir: DataDir = None) -> None:
-    """Make a subsystem's signing key here and a certificate request for the central operator;
-    print the request's path (the private key stays in this data directory)."""
+    """Make a subsystem's signing and sealing keys here and a certificate request for the central
+    operator; print the request's path and the sealing public key's file (both go to the central
+    operator; the private keys stay in this data directory)."""
     settings = _settings(data_dir)
+    keys = KeyStore(settings.data_dir)
     try:
-        path = request_subsystem(KeyStore(settings.data_dir), ClientId.parse(subsystem))
+        client = ClientId.parse(subsystem)
+        path = request_subsystem(keys, client)
     except OnceOnlyError as exc:
         _fail(exc)
         return
     console.print(str(path), soft_wrap=True)
+    console.print(str(keys.subsystem_seal_public(client)), soft_wrap=True)
 
 
 @keys_app.command("sign-request")
@@ -247,6 +258,9 @@ def registry_add_subsystem(
     cert: Annotated[
         Path | None, typer.Option(help="PEM certificate issued by `keys member`")
     ] = None,
+    seal_key: Annotated[
+        Path | None, typer.Option(help="sealing public key file written by `keys member` (.pub)")
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
     try:
@@ -255,6 +269,21 @@ def registry_add_subsystem(
         admin.add_subsystem(client, name=name)
         if cert is not None:
             admin.add_certificate(client, cert.read_text())
+        if seal_key is not None:
+            admin.set_seal_key(client, SealingPublicKey.parse(seal_key.read_text().strip()))
+    except OnceOnlyError as exc:
+        _fail(exc)
+
+
+@registry_app.command("set-translator")
+def registry_set_translator(
+    url: Annotated[str, typer.Option(help="base URL of the central server serving it")],
+    data_dir: DataDir = None,
+) -> None:
+    """Name the pseudonym translator (its token key is made in the data directory, once)."""
+    settings = _settings(data_dir)
+    try:
+        _admin(settings).set_translator(url, provision_translator_key(KeyStore(settings.data_dir)))
     except OnceOnlyError as exc:
         _fail(exc)
 

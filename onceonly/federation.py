@@ -36,7 +36,13 @@ from exchange.identifiers import ClientId, MemberId, ServiceId
 from exchange.keystore import KeyStore
 from exchange.node.app import create_node_app, database_url
 from exchange.ports import CITIZEN_AGENCY
-from exchange.provisioning import init_instance, issue_api_key, provision_subsystem
+from exchange.provisioning import (
+    init_instance,
+    issue_api_key,
+    provision_sealing_key,
+    provision_subsystem,
+    provision_translator_key,
+)
 from exchange.registry_admin import RegistryAdmin
 from exchange.settings import Settings
 from exchange.signing import MemberSigner, load_private_key
@@ -126,6 +132,7 @@ def provision(
     for client, name in _subsystems():
         admin.add_subsystem(client, name=name)
         admin.add_certificate(client, provision_subsystem(keys, client, now=now))
+        admin.set_seal_key(client, provision_sealing_key(keys, client))
     progress("central registry: services, access rights, statutes")
     register_services(admin, reference_config())
     nodes_file = registries_file(settings)
@@ -150,10 +157,11 @@ def provision(
                 title_ja=right.title_ja,
                 title_en=right.title_en,
             )
-    progress("consent service (information bank) and the development token issuer")
+    progress("consent service (information bank), pseudonym translator, development token issuer")
     admin.set_consent_service(
         central_url or base_url + "/central", consent_issuer_key(settings).public_key_pem()
     )
+    admin.set_translator(central_url or base_url + "/central", provision_translator_key(keys))
     DevIssuer.load_or_create(
         settings.data_dir, issuer=settings.jwt_issuer, audience=settings.jwt_audience
     )

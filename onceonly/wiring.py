@@ -2,16 +2,18 @@
 
 Only ``onceonly`` wires packages together. A node gets the registry adapters declared in its
 registries file (``registries_file``, ``adapters.config``) for the subsystems it hosts, the
-pseudonym service, the policy engine fed from the
+pseudonym translator's client (or, in the comparison-only ``local`` mode, the shared pseudonym
+table), the policy engine fed from the
 verified registry (``policies.feed``), the consent gate that follows the registry
 (``consent.registry_gate``) and the audit log (``audit.sink``); the central server gets the
-consent service's routes.
+consent service's routes and the pseudonym translator (docs/pseudonyms.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +27,8 @@ from adapters.factory import build_adapters
 from adapters.http import HttpAdapter
 from adapters.pseudonyms import PseudonymService
 from adapters.sql import SqlAdapter
+from adapters.translator import TRANSLATOR_LOG, PseudonymTranslator, build_translator_router
+from adapters.translator_client import HttpSubjectSealer
 from audit.api import build_router as build_audit_router
 from audit.checkpoint import NoteSigner
 from audit.log import TransparencyLog
@@ -44,7 +48,7 @@ from exchange.node.central import create_central_app
 from exchange.node_requests import VerifiedNodeRequest, verify_node_request
 from exchange.ports import CITIZEN_AGENCY, RegistryAdapter, SubjectTranslator
 from exchange.settings import Settings
-from exchange.signing import MemberSigner, load_private_key
+from exchange.signing import MemberSigner, TranslatorSigner, load_private_key
 from exchange.tokens import DevIssuer, Principal, TokenVerifier
 from policies.embedded import EmbeddedRegoEngine
 from policies.engine import engine_from_settings
@@ -64,12 +68,15 @@ __all__ = [
     "consent_service",
     "pseudonym_agencies",
     "pseudonym_service",
+    "pseudonym_translator",
     "registries_config",
     "registries_file",
     "registry_database_url",
     "subjects_of",
     "token_verifier",
 ]
+
+_log = logging.getLogger("onceonly.wiring")
 
 COMPONENT_BRANCHES: dict[str, tuple[str, ...]] = {
     "central": ("exchange",),
@@ -78,6 +85,7 @@ COMPONENT_BRANCHES: dict[str, tuple[str, ...]] = {
     "consent-audit": ("audit",),
     "procedures": ("procedures",),
     "registries": ("adapters",),
+    "translator-audit": ("audit",),
 }
 """Which packages' tables each component's database holds (each migrates only its own)."""
 PSEUDONYMS = "pseudonyms"
@@ -122,6 +130,23 @@ def pseudonym_service(settings: Settings, engine: Engine | None = None) -> Pseud
     return PseudonymService(engine, pseudonym_agencies(settings))
 
 
+def pseudonym_translator(settings: Settings) -> PseudonymTranslator | None:
+    """The central translator over the pseudonym store, with its own key and transparency log;
+    None when the instance has no translator key (``onceonly registry set-translator``)."""
+    keys = KeyStore(settings.data_dir)
+    if not keys.translator_key.exists():
+        return None
+    subjects = AgencyAliases(pseudonym_service(settings), {ONE_STOP_CLIENT: CITIZEN_AGENCY})
+    audit_engine = make_engine(database_url(settings, "translator-audit"))
+    upgrade(audit_engine, COMPONENT_BRANCHES["translator-audit"])
+    log = audit_log(settings, audit_engine, TRANSLATOR_LOG)
+    return PseudonymTranslator(
+        subjects,
+        TranslatorSigner(load_private_key(keys.translator_key)),
+        LogSink(log, audit_engine),
+    )
+
+
 def audit_log(settings: Settings, engine: Engine, log_id: str) -> TransparencyLog:
     """A log with its own note key in the data directory; its origin names the instance and log."""
     origin = f"onceonly.example/{log_id}/audit"
@@ -131,12 +156,17 @@ def audit_log(settings: Settings, engine: Engine, log_id: str) -> TransparencyLo
 
 
 def subjects_of(
-    pseudonyms: SubjectTranslator, agencies: Sequence[str]
+    pseudonyms: SubjectTranslator | None, agencies: Sequence[str]
 ) -> Callable[[Principal], Collection[str]]:
-    """Every pseudonym a citizen is known by, so their "who accessed my data" view is complete."""
+    """Every pseudonym a citizen is known by, so their "who accessed my data" view is complete.
+
+    Without a shared table (translator mode) a node knows the citizen by their platform id only
+    (docs/pseudonyms.md, "What is left")."""
 
     def lookup(principal: Principal) -> Collection[str]:
         found = {principal.subject}
+        if pseudonyms is None:
+            return found
         for agency in agencies:
             if agency == CITIZEN_AGENCY:
                 continue
@@ -201,10 +231,24 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
         default_dsn=lambda name: registry_database_url(settings, name),
         db_work=settings.db_work,
     )
-    pseudonym_engine = make_engine(registry_database_url(settings, PSEUDONYMS))
-    subjects = AgencyAliases(
-        pseudonym_service(settings, pseudonym_engine), {ONE_STOP_CLIENT: CITIZEN_AGENCY}
-    )
+    sealer: HttpSubjectSealer | None = None
+    subjects: AgencyAliases | None = None
+    pseudonym_engine: Engine | None = None
+    if settings.pseudonyms == "translator":
+        # No pseudonym store at this node: codes of other agencies never reach it.
+        sealer = HttpSubjectSealer(
+            {c: MemberSigner(load_private_key(keys.subsystem_key(c))) for c in hosted},
+            timeout_s=settings.exchange_timeout_s,
+        )
+    else:
+        _log.warning(
+            "ONCEONLY_PSEUDONYMS=local: this node reads the shared pseudonym table of every "
+            "agency; for comparison only, not for production (docs/pseudonyms.md)"
+        )
+        pseudonym_engine = make_engine(registry_database_url(settings, PSEUDONYMS))
+        subjects = AgencyAliases(
+            pseudonym_service(settings, pseudonym_engine), {ONE_STOP_CLIENT: CITIZEN_AGENCY}
+        )
     gate = RegistryConsentGate(
         MemberSigner(load_private_key(keys.subsystem_key(hosted[0]))),
         hosted[0],
@@ -221,9 +265,11 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
                 await asyncio.to_thread(_publish, log, engine)
 
     feed = PolicyFeed(engine_from_settings(settings))
+    engines = (engine,) if pseudonym_engine is None else (engine, pseudonym_engine)
     return NodeParts(
         adapters=adapters,
         subjects=subjects,
+        sealer=sealer,
         policy=feed.engine,
         consent=gate,
         audit=LogSink(log, engine),
@@ -234,14 +280,19 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
                 subjects_of(subjects, [c.id for c in declared.registries]),
             ),
         ),
-        on_registry=(gate.on_registry, feed.on_registry),
+        on_registry=(
+            gate.on_registry,
+            feed.on_registry,
+            *((sealer.on_registry,) if sealer else ()),
+        ),
         background=(publish_checkpoints,),
         engine=engine,
-        inline=runs_inline(engine, pseudonym_engine, mode=settings.db_work)
+        inline=runs_inline(*engines, mode=settings.db_work)
         and isinstance(feed.engine, EmbeddedRegoEngine),
         closers=(
             *(a.aclose for a in adapters.values() if isinstance(a, SqlAdapter | HttpAdapter)),
-            lambda: asyncio.to_thread(pseudonym_engine.dispose),
+            *((lambda: asyncio.to_thread(pseudonym_engine.dispose),) if pseudonym_engine else ()),
+            *((sealer.aclose,) if sealer else ()),
             lambda: asyncio.to_thread(gate.close),
         ),
     )
@@ -257,8 +308,9 @@ def build_central_routers(
     registry: Callable[[datetime], VerifiedRegistry],
     metrics: ConsentMetrics | None = None,
 ) -> list[APIRouter]:
-    """The consent service (citizen API and the nodes' gate) beside the central server;
-    ``metrics`` (registered on the central server's ``/metrics``) counts its work."""
+    """The consent service (citizen API and the nodes' gate) and the pseudonym translator beside
+    the central server; ``metrics`` (registered on the central server's ``/metrics``) counts the
+    consent service's work."""
     service = consent_service(settings)
 
     async def authenticate_node(request: Request, body: bytes) -> VerifiedNodeRequest:
@@ -276,7 +328,7 @@ def build_central_routers(
             max_skew_s=settings.max_clock_skew_s,
         )
 
-    return [
+    routers = [
         build_citizen_router(
             service,
             token_verifier(settings),
@@ -285,6 +337,14 @@ def build_central_routers(
         ),
         build_gate_router(service, authenticate_node, metrics=metrics),
     ]
+    translator = pseudonym_translator(settings)
+    if translator is not None:
+        routers.append(
+            build_translator_router(
+                translator, authenticate_node, registry, lambda: datetime.now(UTC)
+            )
+        )
+    return routers
 
 
 def central_app(settings: Settings) -> FastAPI:

@@ -53,10 +53,12 @@ from exchange.ports import (
     PolicyDecider,
     RegistryAdapter,
     ServiceDescription,
+    SubjectSealer,
     SubjectTranslator,
     Transport,
 )
 from exchange.replay import ReplayGuard
+from exchange.sealing import SealingKey
 from exchange.settings import Settings
 from exchange.signing import (
     CentralVerifier,
@@ -171,6 +173,10 @@ class NodeParts:
     consent: ConsentGate | None = None
     audit: AuditSink | None = None
     subjects: SubjectTranslator | None = None
+    """Translates plain subjects through a shared table (comparison only; docs/pseudonyms.md)."""
+    sealer: SubjectSealer | None = None
+    """The pseudonym translator: subjects leave sealed to the provider and arrive sealed, opened
+    with the hosted subsystems' own sealing keys (``KeyStore.subsystem_seal_key``)."""
     routers: Sequence[APIRouter] = ()
     on_registry: Sequence[Callable[[Any], None]] = ()
     background: Sequence[Callable[[], Any]] = ()
@@ -200,6 +206,17 @@ def _load_signers(keys: KeyStore, member: MemberId) -> dict[ClientId, MemberSign
     if not signers:
         raise ConfigurationError(f"no subsystem keys for {member}: run `onceonly keys member`")
     return signers
+
+
+def _load_seal_keys(
+    keys: KeyStore, signers: Mapping[ClientId, MemberSigner]
+) -> dict[ClientId, SealingKey]:
+    """The hosted subsystems' sealing keys (made by ``onceonly keys member``; never made here)."""
+    return {
+        c: SealingKey.load(keys.subsystem_seal_key(c))
+        for c in signers
+        if keys.subsystem_seal_key(c).exists()
+    }
 
 
 def _service_json(s: ServiceEntry) -> dict[str, Any]:
@@ -286,6 +303,7 @@ def create_node_app(
         policy=parts.policy,
         consent=parts.consent,
         subjects=parts.subjects,
+        seal_keys=_load_seal_keys(keys, signers) if parts.sealer is not None else None,
         max_skew_s=settings.max_clock_skew_s,
         clock=clock,
         inline=parts.inline and inline,
@@ -300,6 +318,7 @@ def create_node_app(
         max_skew_s=settings.max_clock_skew_s,
         timeout_s=settings.exchange_timeout_s,
         clock=clock,
+        sealer=parts.sealer,
     )
 
     async def _refresh_loop() -> None:

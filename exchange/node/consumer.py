@@ -4,6 +4,9 @@
      names, and that client must be hosted by this node ... stops anonymous or borrowed callers
 (C2) resolve the service in the verified registry; purpose header required ... stops calls
      without a declared purpose (purpose binding starts at the source)
+(C2b) with a pseudonym translator: exchange the caller's own code for the provider's, sealed to the
+     provider (``SubjectSealer``; cached per client, code and service) ... stops any node from
+     holding or learning another agency's codes (docs/pseudonyms.md)
 (C3) build the envelope, sign it with the client's key, record the request
 (C4) send it to the provider's node address from the registry
 (C5) verify the response (``exchange.verification.verify_response``) before anything of it is
@@ -47,7 +50,14 @@ from exchange.errors import (
 from exchange.group_commit import GroupCommitSink
 from exchange.identifiers import ClientId, ServiceId, parse_part
 from exchange.node.registry_cache import RegistryCache
-from exchange.ports import AuditDecision, AuditEvent, AuditKind, Transport
+from exchange.ports import (
+    AuditDecision,
+    AuditEvent,
+    AuditKind,
+    SubjectSealer,
+    SubjectTokenRequest,
+    Transport,
+)
 from exchange.signing import MemberSigner
 from exchange.store import ClientKeyRow
 from exchange.verification import verify_response
@@ -122,8 +132,10 @@ class Consumer:
         max_skew_s: int,
         timeout_s: float,
         clock: Callable[[], datetime],
+        sealer: SubjectSealer | None = None,
     ) -> None:
         self._node = node
+        self._sealer = sealer
         self._signers = dict(signers)
         self._registry = registry
         self._transport = transport
@@ -266,6 +278,17 @@ class Consumer:
         for value, what in ((subject, "subject"), (consent_id, "consent id")):
             if value is not None:
                 parse_part(value, what)
+        token = None
+        if subject is not None and self._sealer is not None:  # (C2b)
+            token = await self._sealer.seal_subject(
+                SubjectTokenRequest(
+                    client=client,
+                    subject=subject,
+                    service=service,
+                    citizen=consent_id is not None,
+                    message_id=message_id,
+                )
+            )
         try:
             envelope = RequestEnvelope(
                 message_id=message_id,
@@ -275,7 +298,8 @@ class Consumer:
                 method=method,
                 path=rest + (f"?{call.query}" if call.query else ""),
                 purpose=purpose,
-                subject=subject,
+                subject=None if token else subject,
+                subject_token=token,
                 consent_id=consent_id,
                 consent_artefact=h.get("x-onceonly-consent") or None,
                 user_id=h.get("x-road-userid") or None,
@@ -289,7 +313,8 @@ class Consumer:
             raise ClientError("invalid request headers", code="Client.BadRequest") from exc
         # (C3) sign and record.
         wire, sent_hash = seal_request(envelope, call.body, self._signers[client])
-        await self._record(envelope, "request", "info", now, sent_hash, None)
+        own = subject  # this agency's own code: what its audit log keeps
+        await self._record(envelope, "request", "info", now, sent_hash, None, subject=own)
         # (C4) send.
         registry = self._registry.current(now)
         url = registry.node_address(service.provider.member) + MESSAGE_PATH
@@ -334,6 +359,7 @@ class Consumer:
                 sent_hash,
                 refusal.status,
                 f"{refusal.code}: {exc.detail}",
+                subject=own,
             )
             exc.audited = refusal.audited = True
             if refusal is not exc:
@@ -351,6 +377,7 @@ class Consumer:
             env.error_code,
             env.basis,
             env.decision_id,
+            subject=own,
         )
         # (C6) answer the departmental system.
         headers = {
@@ -384,10 +411,13 @@ class Consumer:
         reason: str | None = None,
         basis: str | None = None,
         decision_id: str | None = None,
+        *,
+        subject: str | None = None,
     ) -> None:
         await self._audit.record_async(
             exchange_event(
                 env,
+                subject=subject,
                 node=self._node,
                 kind=kind,
                 decision=decision,

@@ -23,6 +23,7 @@ from exchange.provisioning import (
     request_subsystem,
     sign_request,
 )
+from exchange.sealing import SealingKey, SealingPublicKey
 
 NOW = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
 RESIDENTS = ClientId.parse("JP/GOV/132098/resident-registry")
@@ -122,3 +123,13 @@ def test_join_refuses_what_is_not_a_public_key(tmp_path: Path) -> None:
 def test_request_of_another_instance_is_refused(central: KeyStore, machida: KeyStore) -> None:
     with pytest.raises(ConfigurationError, match="another instance"):
         request_subsystem(machida, ClientId.parse("EE/GOV/70000591/population"))
+
+
+def test_request_makes_the_sealing_key_once_with_its_public_half(machida: KeyStore) -> None:
+    request_subsystem(machida, RESIDENTS)
+    public = machida.subsystem_seal_public(RESIDENTS).read_text().strip()
+    key = SealingKey.load(machida.subsystem_seal_key(RESIDENTS))
+    assert SealingPublicKey.parse(public) == key.public_key
+    request_subsystem(machida, RESIDENTS)
+    assert SealingKey.load(machida.subsystem_seal_key(RESIDENTS)).public_key == key.public_key
+    assert machida.hosted_subsystems(RESIDENTS.member) == [RESIDENTS]

@@ -225,6 +225,9 @@ def world(
         central_url="http://central",
         database_url=make_db_url(),
         registries_file=registries,
+        # The shared pseudonym table (comparison mode): this test is about declared registries;
+        # the translator's own end-to-end tests are tests/integration/test_translator_processes.py.
+        pseudonyms="local",
     )
     engine = make_engine(str(settings.database_url))
     admin = _central(engine, settings, registries, now)
