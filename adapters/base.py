@@ -24,20 +24,25 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from exchange.errors import ClientError, TransportError, VerificationError
+from exchange.openapi import openapi_document
 from exchange.ports import AdapterRequest, JsonValue, ServiceDescription
 
 __all__ = [
     "CHANGE_METHODS",
+    "FIELD_TYPES",
+    "FieldType",
     "Operation",
     "ServiceSpec",
     "UpstreamError",
     "UpstreamTimeout",
     "UpstreamUnavailable",
+    "build_spec",
     "json_dumps",
     "openapi_for",
     "parse_body",
@@ -48,7 +53,17 @@ __all__ = [
 
 Operation = Literal["read", "change"]
 CHANGE_METHODS = frozenset({"POST", "PUT", "PATCH"})
-OPENAPI_VERSION = "3.1.0"
+FieldType = Literal["string", "integer", "number", "boolean", "date", "datetime"]
+FIELD_TYPES: dict[str, type] = {
+    "string": str,
+    "integer": int,
+    "number": float,
+    "boolean": bool,
+    "date": date,
+    "datetime": datetime,
+}
+"""The JSON type of a declared data field, and the Python type its values validate as."""
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
 MAX_ERROR_DETAIL_CHARS = 300
 
 
@@ -115,6 +130,58 @@ class ServiceSpec:
             ),
             response_schema=self.response_schema(),
         )
+
+
+def build_spec(
+    *,
+    code: str,
+    version: str | None,
+    description: str,
+    fields: Mapping[str, tuple[FieldType, str | None]],
+    purposes: Sequence[str] = (),
+    change: Sequence[str] | None = None,
+    required: Sequence[str] = (),
+    many: bool = False,
+) -> ServiceSpec:
+    """A ``ServiceSpec`` from declared fields (name → (type, description)).
+
+    The answer model has every field, optional (data minimisation may drop any); a change
+    operation's body model has the fields in ``change``, those in ``required`` mandatory, and no
+    other key (``extra="forbid"``)."""
+    name = "".join(p.capitalize() for p in code.replace("_", "-").split("-"))
+    response_model = create_model(  # type: ignore[call-overload]
+        f"{name}Response",
+        __config__=_FROZEN,
+        **{
+            f: (FIELD_TYPES[t] | None, Field(default=None, description=d))
+            for f, (t, d) in fields.items()
+        },
+    )
+    request_model: type[BaseModel] | None = None
+    if change is not None:
+        request_model = create_model(  # type: ignore[call-overload]
+            f"{name}Request",
+            __config__=_FROZEN,
+            **{
+                f: (
+                    (FIELD_TYPES[fields[f][0]], Field(description=fields[f][1]))
+                    if f in required
+                    else (FIELD_TYPES[fields[f][0]] | None, Field(None, description=fields[f][1]))
+                )
+                for f in change
+            },
+        )
+    return ServiceSpec(
+        code=code,
+        version=version,
+        description=description,
+        fields=tuple(fields),
+        response_model=response_model,
+        request_model=request_model,
+        purposes=tuple(purposes),
+        operation="change" if change is not None else "read",
+        many=many,
+    )
 
 
 def resolve_service(specs: Mapping[str, ServiceSpec], request: AdapterRequest) -> ServiceSpec:
@@ -190,49 +257,13 @@ def _summarise(exc: ValidationError) -> str:
 
 def openapi_for(subsystem_id: str, services: Sequence[ServiceDescription]) -> dict[str, Any]:
     """An OpenAPI 3.1 document for one subsystem's services (X-Road REST: ``/r1/{service-id}``)."""
-    paths: dict[str, Any] = {}
-    for svc in services:
-        service_id = f"{subsystem_id}/{svc.code}" + (f"/{svc.version}" if svc.version else "")
-        op: dict[str, Any] = {
-            "operationId": svc.code + (f"-{svc.version}" if svc.version else ""),
-            "summary": svc.description,
-            "description": svc.description,
-            "x-onceonly-fields": list(svc.fields),
-            "x-onceonly-purposes": list(svc.purposes),
-            "x-onceonly-changes": svc.changes,
-            "responses": {
-                "200": {
-                    "description": "the registry's answer, restricted to the allowed fields",
-                    "content": {"application/json": {"schema": svc.response_schema or {}}},
-                },
-                "default": {
-                    "description": "an RFC 9457 problem",
-                    "content": {"application/problem+json": {"schema": {"type": "object"}}},
-                },
-            },
-        }
-        if svc.changes:
-            op["parameters"] = [
-                {
-                    "name": "Idempotency-Key",
-                    "in": "header",
-                    "required": True,
-                    "schema": {"type": "string"},
-                    "description": "a repeat with the same key returns the first result",
-                }
-            ]
-        if svc.request_schema is not None:
-            op["requestBody"] = {
-                "required": True,
-                "content": {"application/json": {"schema": dict(svc.request_schema)}},
-            }
-        method = "post" if svc.changes or svc.request_schema is not None else "get"
-        paths[f"/r1/{service_id}"] = {method: op}
-    return {
-        "openapi": OPENAPI_VERSION,
-        "info": {"title": subsystem_id, "version": "1"},
-        "paths": paths,
-    }
+    return openapi_document(
+        subsystem_id,
+        (
+            (f"{subsystem_id}/{svc.code}" + (f"/{svc.version}" if svc.version else ""), svc)
+            for svc in services
+        ),
+    )
 
 
 def json_dumps(data: JsonValue) -> str:

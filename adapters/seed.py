@@ -38,7 +38,7 @@ from adapters.reference._names import (
     TOWNS_BANCHI,
     TOWNS_CHOME,
 )
-from adapters.reference.registries import REFERENCE_REGISTRIES
+from adapters.reference.registries import reference_registries
 from adapters.reference.schema import REGISTRY_TABLES, create_registry_schema
 from adapters.store import PSEUDONYM_SUBJECTS_TABLE, PSEUDONYMS_TABLE
 from exchange.db import make_engine
@@ -102,8 +102,8 @@ class _Generator:
         self.rng = random.Random(seed)  # noqa: S311 (reproducible demo data, not secrets)
         self.as_of = as_of
         self.fiscal_year = as_of.year if as_of.month >= 4 else as_of.year - 1
-        self.agencies = (CITIZEN_AGENCY, *(r.client_id for r in REFERENCE_REGISTRIES))
-        self.by_subsystem = {r.subsystem: r.client_id for r in REFERENCE_REGISTRIES}
+        self.agencies = (CITIZEN_AGENCY, *(r.client_id for r in reference_registries()))
+        self.by_subsystem = {r.subsystem: r.client_id for r in reference_registries()}
         self.counters = {"insured": 0, "water": 0, "electricity": 0, "gas": 0, "property": 0}
         self.seed = seed
 

@@ -22,9 +22,9 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import (
     Boolean,
     Column,
@@ -47,7 +47,15 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.types import TypeEngine
 
-from adapters.base import ServiceSpec, json_dumps, parse_body, resolve_service, select_fields
+from adapters.base import (
+    FieldType,
+    ServiceSpec,
+    build_spec,
+    json_dumps,
+    parse_body,
+    resolve_service,
+    select_fields,
+)
 from adapters.store import IDEMPOTENCY_TABLE, ensure_idempotency_table
 from exchange.db import make_engine, run_blocking, runs_inline
 from exchange.errors import ClientError, ConfigurationError, ConflictError, NotFoundError
@@ -55,18 +63,9 @@ from exchange.ports import AdapterRequest, AdapterResponse, JsonValue, ServiceDe
 
 __all__ = ["ColumnField", "FieldType", "SqlAdapter", "SqlServiceConfig", "SqlUpdate"]
 
-FieldType = Literal["string", "integer", "number", "boolean", "date", "datetime"]
 MAX_IDEMPOTENCY_KEY_CHARS = 128
 MAX_PREPARED_READS = 64  # prepared SELECTs kept per service (one per distinct field set)
 
-_PY_TYPES: dict[str, type] = {
-    "string": str,
-    "integer": int,
-    "number": float,
-    "boolean": bool,
-    "date": date,
-    "datetime": datetime,
-}
 _SA_TYPES: dict[str, Callable[[], TypeEngine[Any]]] = {
     "string": String,
     "integer": Integer,
@@ -127,38 +126,14 @@ class SqlServiceConfig(BaseModel):
         return self
 
     def spec(self) -> ServiceSpec:
-        name = "".join(p.capitalize() for p in self.code.replace("_", "-").split("-"))
-        response_model = create_model(  # type: ignore[call-overload]
-            f"{name}Response",
-            __config__=_FROZEN,
-            **{
-                f: (_PY_TYPES[c.type] | None, Field(default=None, description=c.description))
-                for f, c in self.fields.items()
-            },
-        )
-        request_model: type[BaseModel] | None = None
-        if self.update is not None:
-            request_model = create_model(  # type: ignore[call-overload]
-                f"{name}Request",
-                __config__=_FROZEN,
-                **{
-                    f: (
-                        (_PY_TYPES[self.fields[f].type], ...)
-                        if f in self.update.required
-                        else (_PY_TYPES[self.fields[f].type] | None, None)
-                    )
-                    for f in self.update.fields
-                },
-            )
-        return ServiceSpec(
+        return build_spec(
             code=self.code,
             version=self.version,
             description=self.description,
-            fields=tuple(self.fields),
-            response_model=response_model,
-            request_model=request_model,
+            fields={f: (c.type, c.description) for f, c in self.fields.items()},
             purposes=self.purposes,
-            operation="change" if self.update is not None else "read",
+            change=self.update.fields if self.update is not None else None,
+            required=self.update.required if self.update is not None else (),
             many=self.many,
         )
 

@@ -11,6 +11,11 @@ median over the rounds. Prints throughput, p50 and p99 for both and the ratio b/
 object on the last line.
 
     python benchmarks/exchange.py [--quick] [--concurrency 32] [--seconds 10] [--repeat 3]
+                                  [--pseudonyms translator|local]
+
+``--pseudonyms`` picks how subjects are translated (docs/pseudonyms.md): through the central
+translator (default; one citizen is asked about, so the consumer's token cache answers after the
+first call — ``benchmarks/translator.py`` measures a miss) or the shared table (comparison only).
 
 With ``DATABASE_URL=postgresql://…`` the nodes and registries of (b) run on a throw-away
 PostgreSQL database created from it (and dropped at the end) instead of SQLite files.
@@ -39,9 +44,9 @@ from sqlalchemy import text  # noqa: E402
 from exchange.db import make_engine  # noqa: E402
 from exchange.identifiers import ClientId, MemberId, ServiceId  # noqa: E402
 from exchange.node.app import database_url  # noqa: E402
-from exchange.node.compose import pseudonym_service, registry_database_url  # noqa: E402
 from exchange.ports import CITIZEN_AGENCY  # noqa: E402
 from exchange.registry_admin import RegistryAdmin  # noqa: E402
+from onceonly.wiring import pseudonym_service, registry_database_url  # noqa: E402
 from tests.conftest import _create_pg_database  # noqa: E402
 from tests.integration.processes import Proc, free_port, provisioned_cluster  # noqa: E402
 
@@ -121,6 +126,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--repeat", type=int, default=None)
+    ap.add_argument("--pseudonyms", choices=("translator", "local"), default="translator")
     args = ap.parse_args()
     seconds = 3.0 if args.quick else args.seconds
     warmup = 1.0 if args.quick else 2.0
@@ -147,7 +153,12 @@ def main() -> None:
         if os.environ.get("DATABASE_URL"):
             pg_url, drop_database = _create_pg_database(os.environ["DATABASE_URL"])
         cluster, settings, api_keys = provisioned_cluster(
-            tmp / "data", (MACHIDA, LAND), log=log, database_url=pg_url, citizens=200
+            tmp / "data",
+            (MACHIDA, LAND),
+            log=log,
+            database_url=pg_url,
+            citizens=200,
+            env={"ONCEONLY_PSEUDONYMS": args.pseudonyms},
         )
         admin = RegistryAdmin(make_engine(database_url(settings, "central")))
         admin.grant(CONSUMER, SERVICE)
@@ -232,6 +243,7 @@ def main() -> None:
                 "seconds": seconds,
                 "rounds": repeat,
                 "database": "postgresql" if os.environ.get("DATABASE_URL") else "sqlite",
+                "pseudonyms": args.pseudonyms,
                 "bare_hop": baseline,
                 "signed_exchange": secure,
                 "throughput_ratio_b_over_a": ratio,

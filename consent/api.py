@@ -11,7 +11,12 @@ Issue 5 "API". Three audiences, three authentications, all injected (no import-t
 
 Routes only raise ``exchange.errors`` (problem+json is mapped centrally by
 ``exchange.web.problems``); bodies are bounded and parsed into wire models, so nothing a caller
-sends can produce a 500. Paths (under ``prefix``, default ``/consent/v1``)::
+sends can produce a 500. Every route is an ``_AuditedRoute``: whatever refuses a request — the
+authentication, the body limit, the validation, the lifecycle — the refusal is recorded in the
+consent service's log (``ConsentService.record_refusal``) before the problem goes out. A signed
+request that changes state (``POST /consent-requests``, ``POST /gate/use``) is remembered until its
+signature expires, so the same request again is refused as a replay (409
+``Server.ServerProxy.Replay``). Paths (under ``prefix``, default ``/consent/v1``)::
 
     GET  /consents                        GET  /consents/{id}
     GET  /consents/{id}/history           GET  /consents/{id}/uses
@@ -26,16 +31,19 @@ sends can produce a 500. Paths (under ``prefix``, default ``/consent/v1``)::
 # No ``from __future__ import annotations``: FastAPI must evaluate the route annotations, which
 # use dependencies built inside the router factories.
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from consent.lifecycle import ConsentService
+from consent.metrics import ConsentMetrics
 from consent.model import (
     Consent,
     ConsentHistoryEvent,
@@ -47,8 +55,9 @@ from consent.model import (
     Receipt,
 )
 from consent.receipt import render_receipt_html
-from exchange.errors import ClientError, RefusalError
+from exchange.errors import ClientError, OnceOnlyError, RefusalError
 from exchange.identifiers import ClientId, ServiceId
+from exchange.node_requests import VerifiedNodeRequest
 from exchange.ports import ConsentQuery
 from exchange.tokens import Principal, TokenVerifier
 from exchange.web.auth import bearer_principal
@@ -57,13 +66,70 @@ from exchange.web.body import read_body
 __all__ = ["MAX_BODY_BYTES", "Authenticator", "build_citizen_router", "build_gate_router"]
 
 MAX_BODY_BYTES = 64 * 1024
-Authenticator = Callable[[Request, bytes], Awaitable[ClientId]]
-"""Proves who sent a request from the request and its raw body (e.g. a signed request)."""
+Authenticator = Callable[[Request, bytes], Awaitable[VerifiedNodeRequest]]
+"""Proves who sent a request from the request and its raw body (a signed node request): the
+caller, the id of what it signed and until when that signature is valid."""
 _HTML_CSP = "default-src 'none'; style-src 'unsafe-inline'"
+_CALLER = "onceonly.consent.caller"
+"""Where a route leaves the verified caller for the refusal record (request-scoped state)."""
 
 
 async def _body(request: Request) -> bytes:
     return await read_body(request, limit=MAX_BODY_BYTES)
+
+
+def _audited_route(service: ConsentService) -> type[APIRoute]:
+    """A route class whose handler records every refusal it answers (docs/consent.md)."""
+
+    class _AuditedRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
+            route = f"{','.join(sorted(self.methods or ()))} {self.path}"
+
+            async def audited(request: Request) -> Response:
+                try:
+                    return await handler(request)
+                except RequestValidationError as exc:
+                    refusal: OnceOnlyError = ClientError("the request is not valid")
+                    await _record(request, refusal)
+                    raise exc
+                except OnceOnlyError as exc:
+                    await _record(request, exc)
+                    raise
+
+            async def _record(request: Request, exc: OnceOnlyError) -> None:
+                client = request.scope.get(_CALLER)
+                await run_in_threadpool(
+                    service.record_refusal,
+                    exc,
+                    route=route,
+                    client=str(client) if client is not None else None,
+                    now=service.clock(),
+                )
+
+            return audited
+
+    return _AuditedRoute
+
+
+async def _caller(
+    request: Request,
+    body: bytes,
+    authenticate: Authenticator,
+    service: ConsentService,
+    *,
+    changes_state: bool,
+    now: datetime,
+) -> ClientId:
+    """(N1)–(N3) by ``authenticate``; (N4) for a request that changes state: its id remembered
+    until its signature expires, a second one refused as a replay."""
+    verified = await authenticate(request, body)
+    request.scope[_CALLER] = verified.client
+    if changes_state:
+        await run_in_threadpool(
+            service.remember_request, verified.request_id, verified.valid_until, now=now
+        )
+    return verified.client
 
 
 def build_citizen_router(
@@ -73,11 +139,13 @@ def build_citizen_router(
     authenticate_consumer: Authenticator | None = None,
     clock: Callable[[], datetime] | None = None,
     prefix: str = "/consent/v1",
+    metrics: ConsentMetrics | None = None,
 ) -> APIRouter:
     """The citizen API, plus ``POST /consent-requests`` for consumers when an authenticator is
-    given."""
+    given. ``metrics`` counts the actions that change a consent."""
     now = clock or service.clock
-    router = APIRouter(prefix=prefix, tags=["consent"])
+    counted = metrics or ConsentMetrics()
+    router = APIRouter(prefix=prefix, tags=["consent"], route_class=_audited_route(service))
     Citizen = Annotated[Principal, Depends(bearer_principal(verifier, role="citizen"))]
 
     @router.get("/consents")
@@ -120,15 +188,21 @@ def build_citizen_router(
 
     @router.post("/consents/{consent_id}/pause")
     def pause(consent_id: str, principal: Citizen) -> Consent:
-        return service.pause(principal.subject, consent_id, now=now())
+        done = service.pause(principal.subject, consent_id, now=now())
+        counted.action("pause")
+        return done
 
     @router.post("/consents/{consent_id}/resume")
     def resume(consent_id: str, principal: Citizen) -> Consent:
-        return service.resume(principal.subject, consent_id, now=now())
+        done = service.resume(principal.subject, consent_id, now=now())
+        counted.action("resume")
+        return done
 
     @router.post("/consents/{consent_id}/revoke")
     def revoke(consent_id: str, principal: Citizen) -> Consent:
-        return service.revoke(principal.subject, consent_id, now=now())
+        done = service.revoke(principal.subject, consent_id, now=now())
+        counted.action("revoke")
+        return done
 
     @router.get("/consent-requests")
     def list_requests(principal: Citizen) -> list[ConsentRequest]:
@@ -140,11 +214,15 @@ def build_citizen_router(
 
     @router.post("/consent-requests/{request_id}/approve")
     def approve(request_id: str, principal: Citizen) -> Consent:
-        return service.approve_request(principal.subject, request_id, now=now())
+        done = service.approve_request(principal.subject, request_id, now=now())
+        counted.action("approve")
+        return done
 
     @router.post("/consent-requests/{request_id}/decline")
     def decline(request_id: str, principal: Citizen) -> ConsentRequest:
-        return service.decline_request(principal.subject, request_id, now=now())
+        done = service.decline_request(principal.subject, request_id, now=now())
+        counted.action("decline")
+        return done
 
     if authenticate_consumer is not None:
         authenticate = authenticate_consumer
@@ -152,12 +230,16 @@ def build_citizen_router(
         @router.post("/consent-requests", status_code=201)
         async def create_request(request: Request) -> ConsentRequest:
             body = await _body(request)
-            client = await authenticate(request, body)
+            client = await _caller(
+                request, body, authenticate, service, changes_state=True, now=now()
+            )
             try:
                 terms = ConsentRequestInput.model_validate_json(body)
             except ValidationError as exc:
                 raise ClientError(_first_error(exc)) from exc
-            return await run_in_threadpool(service.create_request, client, terms, now=now())
+            made = await run_in_threadpool(service.create_request, client, terms, now=now())
+            counted.action("request")
+            return made
 
     return router
 
@@ -177,14 +259,19 @@ def build_gate_router(
     *,
     clock: Callable[[], datetime] | None = None,
     prefix: str = "/consent/v1/gate",
+    metrics: ConsentMetrics | None = None,
 ) -> APIRouter:
-    """``POST /check`` and ``POST /use`` for provider nodes (``consent.remote`` is the client)."""
+    """``POST /check`` and ``POST /use`` for provider nodes (``consent.remote`` is the client);
+    ``metrics`` counts the answers."""
     now = clock or service.clock
-    router = APIRouter(prefix=prefix, tags=["consent-gate"])
+    counted = metrics or ConsentMetrics()
+    router = APIRouter(prefix=prefix, tags=["consent-gate"], route_class=_audited_route(service))
 
-    async def _query(request: Request) -> ConsentQuery:
+    async def _query(request: Request, *, changes_state: bool) -> ConsentQuery:
         body = await _body(request)
-        node = await authenticate_node(request, body)
+        node = await _caller(
+            request, body, authenticate_node, service, changes_state=changes_state, now=now()
+        )
         try:
             asked = GateRequest.model_validate_json(body)
         except ValidationError as exc:
@@ -220,14 +307,16 @@ def build_gate_router(
 
     @router.post("/check")
     async def check(request: Request) -> GateAnswer:
-        query = await _query(request)
+        query = await _query(request, changes_state=False)
         d = await run_in_threadpool(service.check, query)
+        counted.gate_answer("check", d.allow)
         return _answer(d.allow, d.consent_id, d.fields, d.reasons)
 
     @router.post("/use")
     async def use(request: Request) -> GateAnswer:
-        query = await _query(request)
+        query = await _query(request, changes_state=True)
         d = await run_in_threadpool(service.use, query)
+        counted.gate_answer("use", d.allow)
         return _answer(d.allow, d.consent_id, d.fields, d.reasons)
 
     return router

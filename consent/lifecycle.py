@@ -36,13 +36,14 @@ the next request. Gate steps:
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import Connection, Engine, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, Engine, delete, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from consent._match import scope_mismatch
@@ -71,12 +72,15 @@ from consent.store import (
     ConsentRequestRow,
     ConsentRow,
     ConsentUseRow,
+    SeenRequestRow,
 )
 from exchange.errors import (
     ClientError,
     ConflictError,
     NotFoundError,
+    OnceOnlyError,
     RefusalError,
+    ReplayError,
     VerificationError,
 )
 from exchange.identifiers import ClientId
@@ -87,6 +91,8 @@ __all__ = ["MAX_REQUEST_PENDING_S", "ConsentService", "utc_now"]
 MAX_REQUEST_PENDING_S = 30 * 24 * 3600
 """A request the citizen has not answered in 30 days expires."""
 MAX_LIST = 500
+SEEN_PRUNE_INTERVAL_S = 60
+"""How often the ids of signed requests whose time window has closed are deleted."""
 _NO_CONSENT = "no such consent"
 _NO_REQUEST = "no such consent request"
 _NO_RECEIPT = "no such receipt"
@@ -303,11 +309,62 @@ class ConsentService:
         self._receipts = receipts or ReceiptContext()
         self._require_artefact = require_artefact
         self._postgres = engine.dialect.name == "postgresql"
+        self._next_prune = datetime.min.replace(tzinfo=UTC)
         self.clock = clock
 
     @property
     def verifier(self) -> ConsentArtefactVerifier:
         return self._verifier
+
+    # --- callers' refusals and replays ---------------------------------------------------------
+
+    def record_refusal(
+        self, exc: OnceOnlyError, *, route: str, client: str | None, now: datetime
+    ) -> None:
+        """Audits a refusal of the HTTP API (``consent.api``): who (the verified caller, if any),
+        which route (its template, so no id of the request), the code and why — never a subject
+        or a body. Records ``exc`` once (``exc.audited``)."""
+        if exc.audited:
+            return
+        self._audit.record(
+            AuditEvent(
+                time=_aware(now),
+                node=self._node,
+                kind="refusal",
+                decision="deny",
+                client=client,
+                status=exc.status,
+                reason=f"{exc.code}: {exc.detail}"[:500],
+                extra={"stage": "consent-api", "route": route[:255]},
+            )
+        )
+        exc.audited = True
+
+    def remember_request(self, request_id: str, valid_until: datetime, *, now: datetime) -> None:
+        """Remembers a signed request that changes state until its signature expires, or raises
+        ``ReplayError`` if it was seen before: the database's primary key decides, so a replay
+        racing the original loses on every backend and across restarts. Forgotten ids are only
+        those the signature check would refuse anyway."""
+        now = _aware(now)
+        try:
+            with Session(self._engine) as session, session.begin():
+                session.add(SeenRequestRow(request_id=request_id, valid_until=valid_until))
+        except IntegrityError as exc:
+            raise ReplayError("this signed request was already used") from exc
+        self._forget_expired(now)
+
+    def _forget_expired(self, now: datetime) -> None:
+        """Housekeeping, at most once per ``SEEN_PRUNE_INTERVAL_S``, in a transaction of its own:
+        two replicas pruning at once may conflict on a lock, and the next round prunes instead."""
+        if now < self._next_prune:
+            return
+        self._next_prune = now + timedelta(seconds=SEEN_PRUNE_INTERVAL_S)
+        with (
+            contextlib.suppress(OperationalError),
+            Session(self._engine) as session,
+            session.begin(),
+        ):
+            session.execute(delete(SeenRequestRow).where(SeenRequestRow.valid_until < now))
 
     # --- consumer ------------------------------------------------------------------------------
 

@@ -10,7 +10,10 @@ database; provider nodes are separate processes. ``RemoteConsentGate`` implement
    not bother the service about an exchange the signed consent cannot cover;
 3. ask the consent service (``POST /consent/v1/gate/check|use``, signed by ``sign_request``) — the
    store's status wins: revocation, pause, expiry, spending, limits; nothing is cached;
-4. fail closed: unreachable, timed out, or an answer that is not the protocol → deny.
+4. fail closed: an answer that is not the protocol → deny; unreachable, timed out or a 5xx →
+   ``UnavailableError`` (503 with ``Retry-After``): nothing is released either way, and the
+   caller (a procedure step, a departmental system) learns that asking again later may succeed
+   instead of taking a refusal for the citizen's decision.
 
 Called from a worker thread (the port is synchronous), so it uses a sync ``httpx.Client`` with a
 timeout. Trust assumption: the consent service's TLS/URL come from the verified registry.
@@ -27,13 +30,14 @@ from pydantic import ValidationError
 from consent._match import scope_mismatch
 from consent.artefact import ConsentArtefactVerifier
 from consent.model import GateAnswer, GateRequest
-from exchange.errors import VerificationError
+from exchange.errors import UnavailableError, VerificationError
 from exchange.ports import ConsentDecision, ConsentQuery
 
-__all__ = ["DEFAULT_TIMEOUT_S", "GATE_PATH", "RemoteConsentGate"]
+__all__ = ["CONSENT_UNAVAILABLE", "DEFAULT_TIMEOUT_S", "GATE_PATH", "RemoteConsentGate"]
 
 DEFAULT_TIMEOUT_S = 2.0
 GATE_PATH = "/consent/v1/gate"
+CONSENT_UNAVAILABLE = "Server.ServerProxy.ConsentServiceUnavailable"
 MAX_ANSWER_BYTES = 64 * 1024
 SignRequest = Callable[[str, str, bytes], Mapping[str, str]]
 """``sign_request(method, path, body) -> headers`` proving this node to the consent service."""
@@ -123,8 +127,15 @@ class RemoteConsentGate:
             headers = {"content-type": "application/json", **self._sign("POST", path, body)}
             # The timeout is the client's own (set in __init__ when the client is ours).
             response = self._http.post(self._base + path, content=body, headers=headers)
-        except httpx.HTTPError:
-            return _deny(query, "the consent service could not be reached")  # (4)
+        except httpx.HTTPError as exc:
+            raise UnavailableError(
+                "the consent service could not be reached", code=CONSENT_UNAVAILABLE
+            ) from exc  # (4)
+        if response.status_code >= 500:
+            raise UnavailableError(
+                f"the consent service answered HTTP {response.status_code}",
+                code=CONSENT_UNAVAILABLE,
+            )
         if response.status_code != 200 or len(response.content) > MAX_ANSWER_BYTES:
             return _deny(query, f"the consent service answered HTTP {response.status_code}")
         try:

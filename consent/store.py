@@ -23,6 +23,7 @@ __all__ = [
     "ConsentRequestRow",
     "ConsentRow",
     "ConsentUseRow",
+    "SeenRequestRow",
     "UtcDateTime",
 ]
 
@@ -134,3 +135,15 @@ class ConsentReceiptRow(ConsentBase):
     action: Mapped[str] = mapped_column(String(16))
     issued_at: Mapped[datetime] = mapped_column(UtcDateTime)
     document: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class SeenRequestRow(ConsentBase):
+    """A signed request that changed state, remembered until its signature's time window closes:
+    the same signed request again is a replay (docs/consent.md "Replays")."""
+
+    __tablename__ = "consent_seen_requests"
+
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    """SHA-256 of what was signed (``exchange.node_requests``), not of the signature bytes: an
+    ECDSA signature can be re-encoded, what it signs cannot."""
+    valid_until: Mapped[datetime] = mapped_column(UtcDateTime, index=True)

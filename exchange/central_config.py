@@ -25,7 +25,16 @@ from exchange.canonical import canonical_json
 from exchange.certificates import load_certificate, verify_member_certificate
 from exchange.errors import ConfigurationError, NotFoundError, VerificationError
 from exchange.identifiers import ClientId, MemberId, ServiceId
-from exchange.signing import CentralSigner, CentralVerifier, MemberVerifier, PublicKey, key_id
+from exchange.sealing import SealingPublicKey
+from exchange.signing import (
+    CentralSigner,
+    CentralVerifier,
+    MemberVerifier,
+    PublicKey,
+    TranslatorVerifier,
+    key_id,
+    public_key_from_pem,
+)
 
 __all__ = [
     "AccessRightEntry",
@@ -36,6 +45,7 @@ __all__ = [
     "SignedRegistry",
     "StatuteEntry",
     "SubsystemEntry",
+    "TranslatorEntry",
     "VerifiedRegistry",
     "parse_unverified_registry",
     "sign_registry",
@@ -61,6 +71,9 @@ class SubsystemEntry(_Wire):
     id: str
     name: str = ""
     certificates: tuple[str, ...] = ()
+    seal_key: str | None = None
+    """The subsystem's X25519 sealing public key (base64url): the pseudonym translator seals the
+    subsystem's own code for a citizen to it (docs/pseudonyms.md)."""
 
 
 class ServiceEntry(_Wire):
@@ -97,6 +110,13 @@ class ConsentServiceEntry(_Wire):
     issuer_public_key: str
 
 
+class TranslatorEntry(_Wire):
+    """The central pseudonym translator: where consumer nodes ask, and the key its tokens carry."""
+
+    url: str
+    public_key: str
+
+
 class RegistryDocument(_Wire):
     instance: str
     serial: int = Field(ge=1)
@@ -111,6 +131,7 @@ class RegistryDocument(_Wire):
     statutes: tuple[StatuteEntry, ...] = ()
     revoked_certificates: tuple[str, ...] = ()
     consent_service: ConsentServiceEntry | None = None
+    translator: TranslatorEntry | None = None
 
     def signing_input(self) -> bytes:
         return canonical_json(self.model_dump(mode="json"))
@@ -285,3 +306,24 @@ class VerifiedRegistry:
             self._key_cache[cache_key] = (verifier, cert.not_valid_after_utc)
             return verifier
         raise VerificationError("no certificate for this key")
+
+    @cached_property
+    def translator_verifier(self) -> TranslatorVerifier:
+        """The translator's token key, as the verified registry names it (fail closed if none)."""
+        entry = self.document.translator
+        if entry is None:
+            raise ConfigurationError(
+                "the central registry names no pseudonym translator",
+                code="Server.ServerProxy.NoTranslator",
+            )
+        return TranslatorVerifier(public_key_from_pem(entry.public_key))
+
+    def seal_key(self, client: ClientId) -> SealingPublicKey:
+        """``client``'s sealing public key from the verified registry (fail closed if none)."""
+        entry = self._subsystems.get(str(client))
+        if entry is None or entry.seal_key is None:
+            raise ConfigurationError(
+                f"no sealing key for {client} in the central registry",
+                code="Server.ServerProxy.NoSealingKey",
+            )
+        return SealingPublicKey.parse(entry.seal_key)

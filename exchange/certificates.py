@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
-from exchange.errors import VerificationError
+from exchange.errors import ClientError, VerificationError
 from exchange.identifiers import ClientId
 from exchange.signing import PrivateKey, PublicKey
 
@@ -26,10 +26,15 @@ __all__ = [
     "DEFAULT_CA_VALIDITY",
     "DEFAULT_MEMBER_VALIDITY",
     "CertificateInfo",
+    "certificate_info",
     "certificate_pem",
+    "certificate_request",
+    "certificate_request_pem",
     "create_ca",
     "issue_member_certificate",
     "load_certificate",
+    "load_certificate_request",
+    "public_key_of",
     "verify_member_certificate",
 ]
 
@@ -124,6 +129,51 @@ def issue_member_certificate(
         )
         .sign(ca_key, _sign_alg(ca_key))
     )
+
+
+def certificate_request(key: PrivateKey, subsystem: ClientId) -> x509.CertificateSigningRequest:
+    """A PKCS#10 request for ``subsystem``'s certificate, signed by the key it certifies: the
+    organisation keeps its private key and sends only this to the central operator."""
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, str(subsystem)),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, str(subsystem.member)),
+        ]
+    )
+    return x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, _sign_alg(key))
+
+
+def certificate_request_pem(csr: x509.CertificateSigningRequest) -> str:
+    return csr.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+def load_certificate_request(pem: str) -> tuple[ClientId, PublicKey]:
+    """The subsystem a request names and its public key, once the request's own signature (proof
+    that its sender holds the private key) checks; ``VerificationError`` otherwise."""
+    try:
+        csr = x509.load_pem_x509_csr(pem.encode("ascii"))
+    except ValueError as exc:
+        raise VerificationError("unreadable certificate request") from exc
+    if not csr.is_signature_valid:
+        raise VerificationError("certificate request not signed by its own key")
+    cn = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(cn) != 1:
+        raise VerificationError("certificate request names no subsystem")
+    try:
+        subsystem = ClientId.parse(str(cn[0].value))
+    except ClientError as exc:
+        raise VerificationError("certificate request names no valid subsystem") from exc
+    key = csr.public_key()
+    if not isinstance(key, ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey):
+        raise VerificationError("unsupported key in certificate request")
+    return subsystem, key
+
+
+def public_key_of(cert: x509.Certificate) -> PublicKey:
+    key = cert.public_key()
+    if not isinstance(key, ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey):
+        raise VerificationError("unsupported member key")
+    return key
 
 
 def certificate_pem(cert: x509.Certificate) -> str:

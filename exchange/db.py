@@ -2,8 +2,10 @@
 
 SQLite (one file per component in the data directory) by default, PostgreSQL through
 ``DATABASE_URL``. Every package keeps its own tables (in its ``store.py``, prefixed with the
-package's name) and its own Alembic branch in ``<package>/migrations/versions``; ``upgrade()``
-applies all heads. On PostgreSQL an advisory lock serialises replicas that start at once.
+package's name) and its own Alembic branch (labelled with the package's name) in
+``<package>/migrations/versions``. Each component migrates only its own branches
+(``upgrade(engine, ("exchange", "audit"))`` for a node's database): a node's database holds no
+consent or procedure tables. On PostgreSQL an advisory lock serialises replicas that start at once.
 """
 
 from __future__ import annotations
@@ -11,19 +13,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import sqlite3
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
+from exchange.errors import DatabaseUnavailable
+
 __all__ = [
+    "DATABASE_ERRORS",
     "MIGRATING_PACKAGES",
+    "as_unavailable",
+    "check_database",
     "driver_cursor",
     "is_postgres",
     "make_engine",
@@ -82,6 +91,90 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
 
 _R = TypeVar("_R")
+
+# DB-API errors that say a statement or its data is wrong, not that the database is unusable.
+_SQLITE_NOT_UNAVAILABLE = (
+    sqlite3.IntegrityError,
+    sqlite3.ProgrammingError,
+    sqlite3.DataError,
+    sqlite3.NotSupportedError,
+)
+
+
+def _database_errors() -> tuple[type[Exception], ...]:
+    errors: list[type[Exception]] = [sa_exc.SQLAlchemyError, sqlite3.Error]
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        pass
+    else:
+        errors.append(psycopg.Error)
+    return tuple(errors)
+
+
+DATABASE_ERRORS = _database_errors()
+"""Every exception class a database call may raise (SQLAlchemy's, and the drivers' own)."""
+
+
+def _driver_unavailable(exc: BaseException) -> bool:
+    """A raw driver error (``driver_cursor`` work is not wrapped by SQLAlchemy)."""
+    if isinstance(exc, sqlite3.DatabaseError):
+        # OperationalError (locked, disk I/O, no such table) and the bare DatabaseError of a
+        # file that is not a database or is malformed.
+        return not isinstance(exc, _SQLITE_NOT_UNAVAILABLE)
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return False
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+
+
+def _is_unavailability(exc: BaseException) -> bool:
+    if isinstance(exc, sa_exc.DisconnectionError | sa_exc.TimeoutError):
+        return True  # the pool could not hand out a working connection in time
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        return _driver_unavailable(exc.orig) if exc.orig is not None else False
+    return _driver_unavailable(exc)
+
+
+def as_unavailable(exc: BaseException) -> DatabaseUnavailable | None:
+    """The one mapping of "the database cannot be used right now" (docs/operator.md "Faults").
+
+    Connection lost or terminated (``pg_terminate_backend``), server refusing connections, pool
+    exhausted, an unreadable or corrupted SQLite file: a ``DatabaseUnavailable`` (503 with
+    ``Retry-After``). Errors of a statement or its data (integrity, programming) are bugs or
+    conflicts and stay what they are (``None``). Looks through ``raise … from`` chains."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, DatabaseUnavailable):
+            return current
+        if _is_unavailability(current):
+            unavailable = DatabaseUnavailable("the database is unavailable; retry later")
+            unavailable.__cause__ = current
+            return unavailable
+        seen.add(id(current))
+        current = current.__cause__
+    return None
+
+
+def check_database(engine: Engine) -> None:
+    """A cheap query that proves the database answers (readiness); raises ``DatabaseUnavailable``.
+
+    On SQLite ``SELECT 1`` never reads the file, so the schema is read too: a corrupted file fails
+    here, not only on the next real request."""
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+            if engine.dialect.name == "sqlite":
+                conn.execute(text("SELECT count(*) FROM sqlite_master"))
+    except Exception as exc:
+        unavailable = as_unavailable(exc)
+        if unavailable is None:
+            raise
+        raise unavailable from exc
 
 
 def runs_inline(*engines: Engine, mode: str = "auto") -> bool:
@@ -164,15 +257,21 @@ def alembic_config(engine: Engine) -> Config:
     return cfg
 
 
-def upgrade(engine: Engine) -> None:
-    """Apply every package's migrations (``alembic upgrade heads``)."""
+def upgrade(engine: Engine, branches: Sequence[str] | None = None) -> None:
+    """Apply the named packages' migrations (``alembic upgrade <branch>@head`` each), or every
+    package's (``heads``) when ``branches`` is None: tools and tests that hold every table."""
     cfg = alembic_config(engine)
+    targets = ["heads"] if branches is None else [f"{b}@head" for b in branches]
+    unknown = set(branches or ()) - set(MIGRATING_PACKAGES)
+    if unknown:
+        raise ValueError(f"no migration branch named {sorted(unknown)}")
     if engine.dialect.name == "postgresql":
         with engine.connect() as conn:
             conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
             try:
                 cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "heads")
+                for target in targets:
+                    command.upgrade(cfg, target)
                 conn.commit()
             finally:
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATION_LOCK_KEY})
@@ -180,4 +279,5 @@ def upgrade(engine: Engine) -> None:
     else:
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "heads")
+            for target in targets:
+                command.upgrade(cfg, target)

@@ -30,6 +30,7 @@ from exchange.canonical import b64e, canonical_json, sha256_b64
 from exchange.errors import VerificationError
 from exchange.ports import AuditDecision, AuditEvent, AuditKind
 from exchange.signing import Signer
+from exchange.subject_token import MAX_TOKEN_CHARS
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -68,6 +69,9 @@ class RequestEnvelope(_Wire):
     path: str = Field(max_length=2048)
     purpose: str = Field(min_length=1, max_length=128)
     subject: str | None = Field(default=None, max_length=128)
+    subject_token: str | None = Field(default=None, max_length=MAX_TOKEN_CHARS)
+    """Instead of ``subject``: the provider's own code sealed to it by the pseudonym translator
+    (``exchange.subject_token``), opaque to the consumer."""
     consent_id: str | None = Field(default=None, max_length=128)
     consent_artefact: str | None = Field(default=None, max_length=16384)
     user_id: str | None = Field(default=None, max_length=SHORT)
@@ -202,8 +206,11 @@ def exchange_event(
     body_hash: str | None = None,
     basis: str | None = None,
     decision_id: str | None = None,
+    subject: str | None = None,
 ) -> AuditEvent:
-    """The audit record of one exchange step: who, what, why and the hashes — no personal data."""
+    """The audit record of one exchange step: who, what, why and the hashes — no personal data.
+
+    ``subject`` is the recording agency's own code when the envelope carries a sealed one."""
     return AuditEvent(
         time=time,
         node=node,
@@ -212,7 +219,7 @@ def exchange_event(
         client=env.client,
         service=env.service,
         purpose=env.purpose,
-        subject=env.subject,
+        subject=subject or env.subject,
         consent_id=env.consent_id,
         reason=reason,
         message_id=env.message_id,

@@ -7,11 +7,15 @@
     │   └── ReplayError        a message id seen before
     ├── RefusalError           a policy, an access right or a consent said no
     ├── ClientError            the calling system broke the protocol (bad header, unknown service)
-    │   └── AuthenticationError the calling system could not prove who it is
+    │   ├── AuthenticationError the calling system could not prove who it is
+    │   └── PayloadTooLargeError the request body is over the route's limit (413)
     ├── NotFoundError          the thing asked for does not exist (or is not the caller's)
     ├── ConflictError          the request clashes with the current state (illegal transition)
     ├── TransportError         a peer could not be reached or answered garbage at the HTTP level
-    └── ConfigurationError     this node is mis-configured (missing keys, expired registry)
+    ├── ConfigurationError     this node is mis-configured (missing keys, expired registry)
+    └── UnavailableError       a part this node depends on is down for now: retry later (503)
+        └── DatabaseUnavailable the node's own database cannot be used (connection lost,
+                                server refusing connections, unreadable file)
 
 Every error carries a stable ``code`` (X-Road style, dotted) that ``exchange.problems`` maps once to
 an RFC 9457 problem type. Packages subclass these; they never invent a parallel hierarchy.
@@ -20,17 +24,24 @@ an RFC 9457 problem type. Packages subclass these; they never invent a parallel 
 from __future__ import annotations
 
 __all__ = [
+    "RETRY_AFTER_S",
     "AuthenticationError",
     "ClientError",
     "ConfigurationError",
     "ConflictError",
+    "DatabaseUnavailable",
     "NotFoundError",
     "OnceOnlyError",
+    "PayloadTooLargeError",
     "RefusalError",
     "ReplayError",
     "TransportError",
+    "UnavailableError",
     "VerificationError",
 ]
+
+RETRY_AFTER_S = 5
+"""What a 503 tells the caller to wait before retrying (``Retry-After``, RFC 9110 §10.2.3)."""
 
 
 class OnceOnlyError(Exception):
@@ -89,6 +100,13 @@ class AuthenticationError(ClientError):
     status = 401
 
 
+class PayloadTooLargeError(ClientError):
+    """The request body (declared or streamed) is larger than the route accepts."""
+
+    code = "Client.PayloadTooLarge"
+    status = 413
+
+
 class NotFoundError(OnceOnlyError):
     """Unknown, or not the caller's: both look the same from outside (no existence oracle)."""
 
@@ -115,3 +133,24 @@ class ConfigurationError(OnceOnlyError):
 
     code = "Server.ServerProxy.Configuration"
     status = 503
+
+
+class UnavailableError(OnceOnlyError):
+    """Something this component depends on is unavailable for now; nothing was decided, and the
+    same request may succeed after ``retry_after_s`` (answered 503 with ``Retry-After``)."""
+
+    code = "Server.ServerProxy.Unavailable"
+    status = 503
+
+    def __init__(
+        self, detail: str, *, code: str | None = None, retry_after_s: int = RETRY_AFTER_S
+    ) -> None:
+        super().__init__(detail, code=code)
+        self.retry_after_s = retry_after_s
+
+
+class DatabaseUnavailable(UnavailableError):
+    """The component's database cannot be used: the connection was lost or refused, or the file
+    is unreadable. ``exchange.db.as_unavailable`` is the one place that recognises it."""
+
+    code = "Server.ServerProxy.DatabaseError"

@@ -7,10 +7,12 @@
       ca/ca.key  ca/ca.pem     the instance CA (central operator only)
       central/central.key      the central server's registry signing key
       anchor.pem               the trust anchor: the central server's public key (for every node)
-      dev-issuer.key           the development token issuer (demo and trials only)
+      dev-issuer.key  .pub     the development token issuer (demo and trials only)
       consent/issuer.key       the consent service's artefact signing key (central operator)
       audit/<JP_GOV_132098>.skey  audit/consent-service.skey   each transparency log's note key
+      translator/translator.key  the pseudonym translator's token signing key (central side)
       members/<JP_GOV_132098>/<subsystem>.key  .pem   a subsystem's signing key and certificate
+      members/<JP_GOV_132098>/seal/<subsystem>.key  .pub   a subsystem's X25519 sealing key
       members/<JP_GOV_132098>/registry.json           the last good signed registry (node cache)
 
 Private keys are written 0600 by ``exchange.signing.save_private_key``.
@@ -32,6 +34,7 @@ from exchange.errors import ConfigurationError
 from exchange.identifiers import ClientId, MemberId
 
 __all__ = [
+    "DEV_ISSUER_COMMAND",
     "INIT_COMMAND",
     "KeyStore",
     "MissingKeyError",
@@ -40,6 +43,8 @@ __all__ = [
 
 INIT_COMMAND = "onceonly keys init --instance <ID>"
 """What makes the CA, the central key, the anchor, and the consent service's keys."""
+DEV_ISSUER_COMMAND = "onceonly keys dev-issuer"
+"""What makes the development token issuer's key (demo and trials only)."""
 
 
 def member_command(member: MemberId | str) -> str:
@@ -91,6 +96,11 @@ class KeyStore:
         return self.root / "dev-issuer.key"
 
     @property
+    def dev_issuer_public(self) -> Path:
+        """Its public key (PEM), for ``ONCEONLY_JWT_PUBLIC_KEY_FILE`` of other data directories."""
+        return self.root / "dev-issuer.pub"
+
+    @property
     def consent_issuer_key(self) -> Path:
         return self.root / "consent" / "issuer.key"
 
@@ -112,6 +122,18 @@ class KeyStore:
 
     def subsystem_cert(self, subsystem: ClientId) -> Path:
         return self.member_dir(subsystem.member) / f"{subsystem.subsystem}.pem"
+
+    def subsystem_seal_key(self, subsystem: ClientId) -> Path:
+        """The subsystem's sealing key (its own folder, so it is never taken for a subsystem)."""
+        return self.member_dir(subsystem.member) / "seal" / f"{subsystem.subsystem}.key"
+
+    def subsystem_seal_public(self, subsystem: ClientId) -> Path:
+        """Its public half (base64url), for ``registry add-subsystem --seal-key``."""
+        return self.subsystem_seal_key(subsystem).with_suffix(".pub")
+
+    @property
+    def translator_key(self) -> Path:
+        return self.root / "translator" / "translator.key"
 
     def registry_cache(self, member: MemberId) -> Path:
         return self.member_dir(member) / "registry.json"

@@ -8,8 +8,11 @@ domain (``"onceonly-node-request"``), so a node request can never pass as an env
     X-OnceOnly-Node-Time:      RFC 3339 UTC
 
 The service verifies (N1) the client's certificate through the verified registry, (N2) the
-signature, (N3) the time within the clock-skew window. Replays inside the window are harmless for
-the gate: ``check`` has no side effect and ``use`` is idempotent per message id.
+signature, (N3) the time within the clock-skew window. A verified request comes back as a
+``VerifiedNodeRequest`` whose ``request_id`` is the SHA-256 of what was signed (the same for a
+replay, whatever encoding of the signature it carries) and whose ``valid_until`` is when (N3)
+starts refusing it: a service remembers the ids of requests that change state until then and
+refuses a second one (N4, docs/protocol.md §5) — a replay inside the window.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from exchange.canonical import canonical_json, sha256_b64
@@ -25,12 +29,23 @@ from exchange.errors import AuthenticationError, OnceOnlyError
 from exchange.identifiers import ClientId
 from exchange.signing import MemberSigner
 
-__all__ = ["sign_node_request", "verify_node_request"]
+__all__ = ["VerifiedNodeRequest", "sign_node_request", "verify_node_request"]
 
 DOMAIN = "onceonly-node-request"
 H_CLIENT = "x-onceonly-node-client"
 H_SIGNATURE = "x-onceonly-node-signature"
 H_TIME = "x-onceonly-node-time"
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedNodeRequest:
+    """A node request that passed (N1)–(N3)."""
+
+    client: ClientId
+    request_id: str
+    """SHA-256 (base64) of the signed payload: what a service remembers to refuse a replay."""
+    valid_until: datetime
+    """When (N3) stops accepting this request: how long its id must be remembered."""
 
 
 def _payload(client: str, method: str, path: str, body: bytes, time: str) -> bytes:
@@ -66,8 +81,8 @@ def verify_node_request(
     *,
     now: datetime,
     max_skew_s: int,
-) -> ClientId:
-    """The verified node subsystem, or ``AuthenticationError`` (one opaque reason)."""
+) -> VerifiedNodeRequest:
+    """The verified node request, or ``AuthenticationError`` (one opaque reason)."""
     h = {k.lower(): v for k, v in headers.items()}
     try:
         client = ClientId.parse(h.get(H_CLIENT, ""))
@@ -75,16 +90,16 @@ def verify_node_request(
         time = h[H_TIME]
         sent = datetime.fromisoformat(time)
         kid = _kid(signature)
+        payload = _payload(str(client), method, path, body, time)
         # (N1) + (N2)
-        registry.member_verifier(client, kid, now=now).verify_detached(
-            signature, _payload(str(client), method, path, body, time)
-        )
+        registry.member_verifier(client, kid, now=now).verify_detached(signature, payload)
     except (OnceOnlyError, KeyError, ValueError) as exc:
         raise AuthenticationError("node authentication failed") from exc
     # (N3)
-    if sent.tzinfo is None or abs(now - sent) > timedelta(seconds=max_skew_s):
+    window = timedelta(seconds=max_skew_s)
+    if sent.tzinfo is None or abs(now - sent) > window:
         raise AuthenticationError("node authentication failed")
-    return client
+    return VerifiedNodeRequest(client, sha256_b64(payload), sent + window)
 
 
 def _kid(jws: str) -> str:

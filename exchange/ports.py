@@ -32,6 +32,8 @@ __all__ = [
     "PolicyInput",
     "RegistryAdapter",
     "ServiceDescription",
+    "SubjectSealer",
+    "SubjectTokenRequest",
     "SubjectTranslator",
     "Transport",
     "TransportResponse",
@@ -137,6 +139,7 @@ AuditKind = Literal[
     "consent.used",
     "consent.expired",
     "procedure.step",
+    "translation",
 ]
 
 
@@ -239,6 +242,30 @@ class SubjectTranslator(Protocol):
 
 
 CITIZEN_AGENCY = "citizen"
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectTokenRequest:
+    """A consumer node's question to the pseudonym translator (docs/pseudonyms.md).
+
+    ``subject`` is the consumer agency's own code for the citizen; ``citizen`` asks for the
+    citizen's platform identity too (only when the request relies on a consent)."""
+
+    client: ClientId
+    subject: str
+    service: ServiceId
+    citizen: bool
+    message_id: str
+
+
+class SubjectSealer(Protocol):
+    """The provider's code for a citizen, sealed to the provider by the central translator.
+
+    Returns an opaque token (``exchange.subject_token``) the consumer cannot read. Raises
+    ``RefusalError`` without an access right, ``NotFoundError`` for an unknown code and
+    ``TransportError`` when the translator cannot be reached (fail closed)."""
+
+    async def seal_subject(self, request: SubjectTokenRequest) -> str: ...
 
 
 # --- transport ---------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ Trust assumption: whoever can write the central database is the central operator
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
@@ -22,12 +23,14 @@ from exchange.central_config import (
     SignedRegistry,
     StatuteEntry,
     SubsystemEntry,
+    TranslatorEntry,
     sign_registry,
 )
 from exchange.certificates import certificate_info, load_certificate
 from exchange.errors import ConflictError, NotFoundError
 from exchange.identifiers import ClientId, MemberId, ServiceId
-from exchange.signing import CentralSigner
+from exchange.sealing import SealingPublicKey
+from exchange.signing import CentralSigner, public_key_from_pem
 from exchange.store import (
     AccessRightRow,
     CertificateRow,
@@ -39,6 +42,12 @@ from exchange.store import (
 )
 
 __all__ = ["REGISTRY_VALIDITY", "RegistryAdmin"]
+
+
+def _seal_meta_key(subsystem: str) -> str:
+    """Sealing public keys live in the registry's key/value table, under a fixed-length key."""
+    return "seal:" + hashlib.sha256(subsystem.encode()).hexdigest()[:40]
+
 
 REGISTRY_VALIDITY = timedelta(seconds=600)
 """How long a signed registry stays valid (X-Road's default for global configuration)."""
@@ -227,6 +236,33 @@ class RegistryAdmin:
                     row.value = value
             self._bump(s)
 
+    def set_seal_key(self, subsystem: ClientId, seal_key: SealingPublicKey) -> None:
+        """Publish the subsystem's sealing public key (the translator seals its codes to it)."""
+        self._set_meta(_seal_meta_key(str(subsystem)), str(seal_key), must_exist=subsystem)
+
+    def set_translator(self, url: str, public_key_pem: str) -> None:
+        """Name the pseudonym translator and its token key (docs/pseudonyms.md)."""
+        public_key_from_pem(public_key_pem)  # refuse what nobody could verify with
+        with Session(self._engine) as s, s.begin():
+            for key, value in (("translator_url", url), ("translator_key", public_key_pem)):
+                self._put(s, key, value)
+            self._bump(s)
+
+    def _set_meta(self, key: str, value: str, *, must_exist: ClientId) -> None:
+        with Session(self._engine) as s, s.begin():
+            if s.get(SubsystemRow, str(must_exist)) is None:
+                raise NotFoundError(f"unknown subsystem {must_exist}")
+            self._put(s, key, value)
+            self._bump(s)
+
+    @staticmethod
+    def _put(session: Session, key: str, value: str) -> None:
+        row = session.get(RegistryMetaRow, key)
+        if row is None:
+            session.add(RegistryMetaRow(key=key, value=value))
+        else:
+            row.value = value
+
     # -- reading ---------------------------------------------------------------------------------
 
     def serial(self) -> int:
@@ -251,6 +287,11 @@ class RegistryAdmin:
                 consent = ConsentServiceEntry(
                     url=meta["consent_url"], issuer_public_key=meta["consent_key"]
                 )
+            translator = None
+            if "translator_url" in meta and "translator_key" in meta:
+                translator = TranslatorEntry(
+                    url=meta["translator_url"], public_key=meta["translator_key"]
+                )
             return RegistryDocument(
                 instance=instance,
                 serial=max(1, int(meta.get("serial", "1"))),
@@ -263,7 +304,12 @@ class RegistryAdmin:
                     for m in s.scalars(select(MemberRow).order_by(MemberRow.id))
                 ),
                 subsystems=tuple(
-                    SubsystemEntry(id=x.id, name=x.name, certificates=tuple(certs.get(x.id, ())))
+                    SubsystemEntry(
+                        id=x.id,
+                        name=x.name,
+                        certificates=tuple(certs.get(x.id, ())),
+                        seal_key=meta.get(_seal_meta_key(x.id)),
+                    )
                     for x in s.scalars(select(SubsystemRow).order_by(SubsystemRow.id))
                 ),
                 services=tuple(
@@ -305,6 +351,7 @@ class RegistryAdmin:
                 ),
                 revoked_certificates=tuple(sorted(revoked)),
                 consent_service=consent,
+                translator=translator,
             )
 
     def publish(

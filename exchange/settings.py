@@ -51,4 +51,14 @@ class Settings(BaseSettings):
     portal_secret: SecretStr | None = None
     """Signs portal session cookies and CSRF tokens; unset means a random one per run."""
 
+    registries_file: Path | None = None
+    """The registries a node serves, declared (TOML, docs/adapters.md); unset means
+    ``registries.toml`` in ``data_dir`` if there is one, else none (a consumer-only node)."""
+
     checkpoint_interval_s: float = 30.0
+
+    pseudonyms: Literal["translator", "local"] = "translator"
+    """How nodes learn the provider agency's code for a citizen (docs/pseudonyms.md):
+    ``translator`` asks the central pseudonym translator, which seals the provider's code to the
+    provider (no node holds another agency's codes); ``local`` translates through one shared
+    table every node can read — for comparison and benchmarks only, not for production."""

@@ -25,7 +25,7 @@ from typing import Any, Literal, Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, utils
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, utils, x25519
 
 from exchange.canonical import b64ud, b64ue
 from exchange.errors import ConfigurationError, VerificationError
@@ -39,6 +39,8 @@ __all__ = [
     "PrivateKey",
     "PublicKey",
     "Signer",
+    "TranslatorSigner",
+    "TranslatorVerifier",
     "Verifier",
     "generate_private_key",
     "key_id",
@@ -81,7 +83,7 @@ def generate_private_key(alg: Algorithm = "EdDSA") -> PrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def save_private_key(key: PrivateKey, path: Path) -> None:
+def save_private_key(key: PrivateKey | x25519.X25519PrivateKey, path: Path) -> None:
     """Write a PKCS#8 PEM readable by the owner only (created 0600, never world-readable)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     pem = key.private_bytes(
@@ -254,3 +256,17 @@ class CentralVerifier(_Verifier):
 
     def __init__(self, key: PublicKey) -> None:
         super().__init__(key, typ="onceonly-registry+jws")
+
+
+class TranslatorSigner(_Signer):
+    """The pseudonym translator's key: signs subject tokens only (docs/pseudonyms.md)."""
+
+    def __init__(self, key: PrivateKey) -> None:
+        super().__init__(key, typ="onceonly-subject-token+jws")
+
+
+class TranslatorVerifier(_Verifier):
+    """Verifies subject tokens with the translator key named in the verified registry."""
+
+    def __init__(self, key: PublicKey) -> None:
+        super().__init__(key, typ="onceonly-subject-token+jws")

@@ -43,6 +43,7 @@ from adapters.reference.registries import (
     LAND_REGISTRY_MEMBER,
     MACHIDA_MEMBER,
 )
+from adapters.reference.rights import ONE_STOP, REFERENCE_RIGHTS, Right
 from consent.model import (
     Consent,
     ConsentMode,
@@ -58,7 +59,6 @@ from exchange.errors import (
     RefusalError,
     TransportError,
 )
-from exchange.federation import ONE_STOP, REFERENCE_RIGHTS, Right
 from exchange.identifiers import ClientId
 from procedures.model import (
     AddressChangeInput,

@@ -29,8 +29,8 @@ from typing import Any, Literal
 
 import httpx
 
+from adapters.reference.rights import ONE_STOP
 from exchange.canonical import canonical_json
-from exchange.federation import ONE_STOP
 
 __all__ = [
     "ADDRESS_CHANGE_PURPOSE",

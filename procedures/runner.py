@@ -9,6 +9,10 @@ share them through the database:
      ``SELECT … FOR UPDATE SKIP LOCKED`` so replicas never wait on each other; SQLite: a guarded
      ``UPDATE … WHERE id = … AND <still claimable>`` whose row count says who won. A claim sets
      ``claimed_by``, ``lease_until`` and counts the attempt.
+(R1b) **heartbeat**: while a runner's steps are in flight it renews their leases every
+     ``HEARTBEAT_S`` (guarded like R3: only steps still ``running``, ``claimed_by`` it, on the same
+     attempt). A live slow step thus keeps its lease however long the exchange takes, and a
+     crashed runner's steps are free after at most ``LEASE_S`` — seconds, not minutes.
 (R2) **execute** the step as one signed exchange through the one-stop node, with the step's own
      ``Idempotency-Key``: if the same step is sent again (retry after a lost answer, a runner that
      crashed after sending), the registry answers with its first result and changes nothing twice.
@@ -35,6 +39,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -44,17 +50,20 @@ from typing import Any
 from sqlalchemy import Engine, and_, exists, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
+from adapters.reference.rights import ONE_STOP
 from exchange.canonical import canonical_json
-from exchange.federation import ONE_STOP
+from exchange.db import as_unavailable
 from exchange.ports import AuditEvent, AuditSink
 from exchange.signing import Signer
 from procedures.certificate import sign_certificate
+from procedures.metrics import RunnerMetrics
 from procedures.model import FINAL_STATES, ProcedureStatus, StepState
 from procedures.one_stop import ADDRESS_CHANGE_PURPOSE, ExchangeOutcome, OneStopClient
 from procedures.store import ProcedureRow, StepRow
 
 __all__ = [
     "BASE_BACKOFF_S",
+    "HEARTBEAT_S",
     "LEASE_S",
     "MAX_ATTEMPTS",
     "MAX_BACKOFF_S",
@@ -63,8 +72,11 @@ __all__ = [
     "backoff_s",
 ]
 
-LEASE_S = 60.0
-"""A claimed step not completed within this time is another runner's to take."""
+LEASE_S = 10.0
+"""A claimed step whose lease was not renewed within this time is another runner's to take."""
+HEARTBEAT_S = 3.0
+"""How often a runner renews the leases of its steps in flight (a third of the lease: two
+heartbeats may be lost to a slow database before a live step can be taken over)."""
 BASE_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 300.0
 MAX_ATTEMPTS = 40
@@ -72,6 +84,7 @@ MAX_ATTEMPTS = 40
 CLAIM_BATCH = 32
 IDLE_POLL_S = 0.5
 MAX_REASON_CHARS = 500
+_log = logging.getLogger("onceonly.procedures.runner")
 
 
 def backoff_s(
@@ -117,6 +130,8 @@ class ProcedureRunner:
         runner_id: str | None = None,
         audit: AuditSink | None = None,
         lease_s: float = LEASE_S,
+        heartbeat_s: float | None = None,
+        metrics: RunnerMetrics | None = None,
         base_backoff_s: float = BASE_BACKOFF_S,
         max_backoff_s: float = MAX_BACKOFF_S,
         max_attempts: int = MAX_ATTEMPTS,
@@ -129,6 +144,12 @@ class ProcedureRunner:
         self.runner_id = runner_id or f"runner-{uuid.uuid4().hex[:12]}"
         self._audit = audit
         self._lease = timedelta(seconds=lease_s)
+        self._heartbeat_s = (
+            heartbeat_s if heartbeat_s is not None else lease_s * HEARTBEAT_S / LEASE_S
+        )
+        if not 0 < self._heartbeat_s < lease_s:
+            raise ValueError("the heartbeat must be shorter than the lease")
+        self.metrics = metrics or RunnerMetrics(engine)
         self._base_backoff_s = base_backoff_s
         self._max_backoff_s = max_backoff_s
         self._max_attempts = max_attempts
@@ -163,15 +184,15 @@ class ProcedureRunner:
         lease_until = now + self._lease
         with Session(self._engine) as session, session.begin():
             query = (
-                select(StepRow.id)
+                select(StepRow.id, StepRow.state)
                 .where(self._claimable(now))
                 .order_by(StepRow.next_attempt_at, StepRow.seq)
                 .limit(self._batch)
             )
             if self._postgres:
                 query = query.with_for_update(skip_locked=True, of=StepRow)
-            ids = list(session.scalars(query).all())
-            for step_id in ids:
+            found = [(row.id, row.state) for row in session.execute(query).all()]
+            for step_id, state_before in found:
                 # The guard repeats the claim condition: on SQLite another runner may have won.
                 won = session.execute(
                     update(StepRow)
@@ -186,6 +207,9 @@ class ProcedureRunner:
                 )
                 if won.rowcount != 1:  # type: ignore[attr-defined]
                     continue
+                self.metrics.claimed.inc()
+                if state_before == StepState.RUNNING.value:  # its runner's lease ran out
+                    self.metrics.reclaimed.inc()
                 row = session.get(StepRow, step_id, populate_existing=True)
                 assert row is not None
                 proc = session.get(ProcedureRow, row.procedure_id)
@@ -209,6 +233,53 @@ class ProcedureRunner:
                     )
                 )
         return claimed
+
+    # (R1b) --------------------------------------------------------------------------------------
+
+    def renew(self, steps: Sequence[ClaimedStep], now: datetime) -> int:
+        """Extend the leases of ``steps`` that are still ours; returns how many were."""
+        renewed = 0
+        with Session(self._engine) as session, session.begin():
+            for step in steps:
+                result = session.execute(
+                    update(StepRow)
+                    .where(
+                        StepRow.id == step.id,
+                        StepRow.state == StepState.RUNNING.value,
+                        StepRow.claimed_by == self.runner_id,
+                        StepRow.attempts == step.attempt,
+                    )
+                    .values(lease_until=now + self._lease)
+                    .execution_options(synchronize_session=False)
+                )
+                renewed += result.rowcount  # type: ignore[attr-defined]
+        self.metrics.renewals.inc(renewed)
+        self.metrics.lost.inc(len(steps) - renewed)
+        return renewed
+
+    async def _heartbeat(self, in_flight: dict[str, ClaimedStep], base: datetime | None) -> None:
+        """Renew the leases of the steps in flight every ``heartbeat_s`` until cancelled.
+
+        ``base`` is the ``now`` of ``run_once`` when time is a parameter: the heartbeat then moves
+        on from it by the real time elapsed, so leases stay consistent with the claim."""
+        started = time.monotonic()
+        while True:
+            await asyncio.sleep(self._heartbeat_s)
+            steps = list(in_flight.values())
+            if not steps:
+                continue
+            now = (
+                base + timedelta(seconds=time.monotonic() - started)
+                if base is not None
+                else self._clock()
+            )
+            try:
+                await asyncio.to_thread(self.renew, steps, now)
+            except Exception as exc:  # keep beating: the database may be back before the lease ends
+                if as_unavailable(exc) is None:
+                    raise
+                self.metrics.database_unavailable.inc()
+                _log.warning("lease heartbeat failed: the database is unavailable")
 
     # (R2) ---------------------------------------------------------------------------------------
 
@@ -272,6 +343,7 @@ class ProcedureRunner:
                 .execution_options(synchronize_session=False)
             )
             if mine.rowcount != 1:  # type: ignore[attr-defined]
+                self.metrics.lost.inc()
                 return None  # our lease was taken over: the new owner decides
             if state is StepState.FAILED and step.order_group == 0:
                 session.execute(
@@ -288,6 +360,9 @@ class ProcedureRunner:
                     )
                     .execution_options(synchronize_session=False)
                 )
+        self.metrics.completed.labels(state.value).inc()
+        if state is StepState.PENDING:
+            self.metrics.retries.inc()
         self._record(step, state, outcome, now, values.get("last_error"))
         return state.value
 
@@ -361,8 +436,13 @@ class ProcedureRunner:
 
     # -- loops ------------------------------------------------------------------------------------
 
-    async def _process(self, step: ClaimedStep, now: datetime | None) -> None:
-        outcome = await self.execute(step)
+    async def _process(
+        self, step: ClaimedStep, now: datetime | None, in_flight: dict[str, ClaimedStep]
+    ) -> None:
+        try:
+            outcome = await self.execute(step)
+        finally:
+            in_flight.pop(step.id, None)  # its lease needs no more renewing
         at = now or self._clock()
         state = await asyncio.to_thread(self.complete, step, outcome, at)
         if state is not None and StepState(state) in FINAL_STATES:
@@ -371,13 +451,35 @@ class ProcedureRunner:
     async def run_once(self, now: datetime | None = None) -> int:
         """Claim the due steps and carry them out concurrently; returns how many were run."""
         steps = await asyncio.to_thread(self.claim, now or self._clock())
-        await asyncio.gather(*(self._process(s, now) for s in steps))
+        if not steps:
+            return 0
+        in_flight = {s.id: s for s in steps}
+        heartbeat = asyncio.create_task(self._heartbeat(in_flight, now))
+        try:
+            # Every step runs to its end (and keeps its heartbeat) even if another one fails.
+            results = await asyncio.gather(
+                *(self._process(s, now, in_flight) for s in steps), return_exceptions=True
+            )
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
         return len(steps)
 
     async def run_forever(self, stop: asyncio.Event, *, idle_s: float = IDLE_POLL_S) -> None:
         """Run until ``stop`` is set; waits ``idle_s`` between rounds that found nothing due."""
         while not stop.is_set():
-            ran = await self.run_once()
+            try:
+                ran = await self.run_once()
+            except Exception as exc:  # the database is away: wait and try again, never stop
+                if as_unavailable(exc) is None:
+                    raise
+                self.metrics.database_unavailable.inc()
+                _log.warning("runner round skipped: the database is unavailable")
+                ran = 0
             if ran == 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=idle_s)

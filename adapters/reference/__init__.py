@@ -1,4 +1,5 @@
-"""Reference registries of Machida city (東京都町田市): schemas and SQL adapter configurations."""
+"""Reference registries of Machida city (東京都町田市): their declaration (``machida.toml``) and
+the departments' table schemas."""
 
 from adapters.reference.registries import (
     ELECTRICITY_MEMBER,
@@ -6,8 +7,9 @@ from adapters.reference.registries import (
     LAND_REGISTRY_MEMBER,
     MACHIDA_LG_CODE,
     MACHIDA_MEMBER,
-    REFERENCE_REGISTRIES,
-    ReferenceRegistry,
+    REFERENCE_FILE,
+    reference_config,
+    reference_registries,
     registry,
 )
 from adapters.reference.schema import REGISTRY_TABLES, create_registry_schema
@@ -18,9 +20,10 @@ __all__ = [
     "LAND_REGISTRY_MEMBER",
     "MACHIDA_LG_CODE",
     "MACHIDA_MEMBER",
-    "REFERENCE_REGISTRIES",
+    "REFERENCE_FILE",
     "REGISTRY_TABLES",
-    "ReferenceRegistry",
     "create_registry_schema",
+    "reference_config",
+    "reference_registries",
     "registry",
 ]

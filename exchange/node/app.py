@@ -9,13 +9,19 @@ and serves:
   systems (X-Road message protocol for REST, plus ``X-OnceOnly-*`` headers);
 * ``POST /x1/messages`` for other nodes (signed envelopes);
 * metaservices ``/listClients`` and ``/r1/{subsystem}/listMethods|allowedMethods|getOpenAPI``;
-* ``/healthz`` and ``/metrics``.
+* ``/healthz`` (liveness), ``/readyz`` (readiness: the database answers, the registry is valid)
+  and ``/metrics``.
+
+A database that cannot be used is answered 503 with ``Retry-After`` wherever it shows up — the
+exchange fast path, a route, the group commit writer — by the one mapping in
+``exchange.web.problems`` (``exchange.db.as_unavailable``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,30 +30,35 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from exchange.central_config import ServiceEntry
-from exchange.db import make_engine, runs_inline, upgrade
+from exchange.db import as_unavailable, make_engine, runs_inline, upgrade
 from exchange.errors import ClientError, ConfigurationError, OnceOnlyError
 from exchange.group_commit import GroupCommitSink
 from exchange.identifiers import ClientId, MemberId, ServiceId
-from exchange.keystore import INIT_COMMAND, KeyStore
+from exchange.keystore import INIT_COMMAND, KeyStore, member_command
 from exchange.message_log import SqlMessageLog
 from exchange.node.consumer import Consumer, ConsumerCall
 from exchange.node.metrics import NodeMetrics
 from exchange.node.provider import Provider
 from exchange.node.registry_cache import RegistryCache
 from exchange.node.transport import AiohttpTransport
+from exchange.openapi import openapi_document
 from exchange.ports import (
     AuditSink,
     ConsentGate,
     PolicyDecider,
     RegistryAdapter,
+    ServiceDescription,
+    SubjectSealer,
     SubjectTranslator,
     Transport,
 )
 from exchange.replay import ReplayGuard
+from exchange.sealing import SealingKey
 from exchange.settings import Settings
 from exchange.signing import (
     CentralVerifier,
@@ -56,6 +67,8 @@ from exchange.signing import (
     public_key_from_pem,
 )
 from exchange.web.body import read_body
+from exchange.web.health import database_check, readiness
+from exchange.web.metrics import CONTENT_TYPE
 from exchange.web.problems import install_problem_handlers, problem_for
 
 __all__ = ["NodeParts", "create_node_app", "database_url", "utc_now"]
@@ -65,6 +78,8 @@ MAX_REQUEST_BYTES = 10 * 1024 * 1024
 REPLAY_PRUNE_INTERVAL_S = 300.0
 STARTUP_REGISTRY_WAIT_S = 30.0
 
+
+_log = logging.getLogger("onceonly.node")
 
 R1_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 
@@ -82,7 +97,11 @@ class _ExchangeFastPath:
     Measured, the stack between the server and a route (error, telemetry, body-limit, exception
     and exit-stack middlewares, then routing) took about a sixth of a node's time per exchange.
     The handlers are the same as the app's routes; errors get the same problem+json responses
-    (``problem_for``); anything else passes through to the app untouched."""
+    (``problem_for``); anything else passes through to the app untouched.
+
+    It is also the one place where a refusal of these routes is audited whatever raised it — a
+    body over the limit, a bad API key on a metaservice, an unknown subsystem: ``refused`` records
+    every ``OnceOnlyError`` not yet recorded (docs/protocol.md §6, refusal classes)."""
 
     def __init__(
         self,
@@ -90,10 +109,12 @@ class _ExchangeFastPath:
         *,
         messages: Callable[[Request], Awaitable[Response]],
         r1: Callable[[Request], Awaitable[Response]],
+        refused: Callable[[Request, OnceOnlyError], Awaitable[None]],
     ) -> None:
         self._app = app
         self._messages = messages
         self._r1 = r1
+        self._refused = refused
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -108,10 +129,28 @@ class _ExchangeFastPath:
                 try:
                     response = await handler(request)
                 except Exception as exc:  # the same answers as the app's exception handlers
-                    response = problem_for(request, exc)
+                    response = await self._refusal(request, exc)
                 await response(scope, receive, send)
                 return
         await self._app(scope, receive, send)
+
+    async def _refusal(self, request: Request, exc: Exception) -> Response:
+        if isinstance(exc, OnceOnlyError) and not exc.audited:
+            try:
+                await self._refused(request, exc)
+            except Exception as audit_exc:  # no audit, no answer but a failure (fail closed)
+                return problem_for(request, audit_exc)
+        return problem_for(request, exc)
+
+
+def _counted_as(exc: Exception) -> tuple[int, str]:
+    """The status and code an error is answered with (``exchange.web.problems``), for metrics."""
+    if isinstance(exc, OnceOnlyError):
+        return exc.status, exc.code
+    unavailable = as_unavailable(exc)
+    if unavailable is not None:
+        return unavailable.status, unavailable.code
+    return 500, "Server.Internal"
 
 
 def utc_now() -> datetime:
@@ -134,6 +173,10 @@ class NodeParts:
     consent: ConsentGate | None = None
     audit: AuditSink | None = None
     subjects: SubjectTranslator | None = None
+    """Translates plain subjects through a shared table (comparison only; docs/pseudonyms.md)."""
+    sealer: SubjectSealer | None = None
+    """The pseudonym translator: subjects leave sealed to the provider and arrive sealed, opened
+    with the hosted subsystems' own sealing keys (``KeyStore.subsystem_seal_key``)."""
     routers: Sequence[APIRouter] = ()
     on_registry: Sequence[Callable[[Any], None]] = ()
     background: Sequence[Callable[[], Any]] = ()
@@ -141,6 +184,8 @@ class NodeParts:
     """The node's database, when the composition root already opened it for its parts."""
     closers: Sequence[Callable[[], Awaitable[None]]] = ()
     """Run at shutdown: close adapters, dispose of the engines the parts opened."""
+    collectors: Sequence[Collector] = ()
+    """The parts' own metrics, exported on the node's ``/metrics``."""
     inline: bool = False
     """The parts' blocking work is local CPU work (SQLite, embedded policy): the provider runs
     its checks on the event loop rather than in a worker thread (``exchange.db.runs_inline``)."""
@@ -161,6 +206,21 @@ def _load_signers(keys: KeyStore, member: MemberId) -> dict[ClientId, MemberSign
     }
 
 
+def _load_seal_keys(
+    keys: KeyStore, signers: Mapping[ClientId, MemberSigner]
+) -> dict[ClientId, SealingKey]:
+    """The hosted subsystems' sealing keys (made by ``onceonly keys member`` or ``keys request``;
+    never made here): a hosted subsystem without one is a ``MissingKeyError`` at start."""
+    return {
+        c: SealingKey.load(
+            keys.require(
+                keys.subsystem_seal_key(c), f"sealing key of {c}", member_command(c.member)
+            )
+        )
+        for c in signers
+    }
+
+
 def _service_json(s: ServiceEntry) -> dict[str, Any]:
     sid = ServiceId.parse(s.id)
     return {
@@ -174,57 +234,31 @@ def _service_json(s: ServiceEntry) -> dict[str, Any]:
     }
 
 
-def _openapi(provider: ClientId, s: ServiceEntry) -> dict[str, Any]:
+def _openapi(s: ServiceEntry, adapter: RegistryAdapter | None) -> dict[str, Any]:
+    """The service's OpenAPI: as the central registry lists it; else generated from the
+    description of the adapter serving it here (real schemas); else from the registry entry
+    (field names, no types)."""
     if s.openapi:
         return dict(s.openapi)
     sid = ServiceId.parse(s.id)
-    base = f"/r1/{s.id}"
-    return {
-        "openapi": "3.1.0",
-        "info": {
-            "title": f"{provider} {sid.code}",
-            "version": sid.version or "1",
-            "description": s.description,
-        },
-        "paths": {
-            base: {
-                "get": {
-                    "parameters": [
-                        {
-                            "name": "X-Road-Client",
-                            "in": "header",
-                            "required": True,
-                            "schema": {"type": "string"},
-                        },
-                        {
-                            "name": "X-OnceOnly-Purpose",
-                            "in": "header",
-                            "required": True,
-                            "schema": {"type": "string", "enum": list(s.purposes) or None},
-                        },
-                        {
-                            "name": "X-OnceOnly-Subject",
-                            "in": "header",
-                            "schema": {"type": "string"},
-                        },
-                    ],
-                    "responses": {
-                        "200": {
-                            "description": "the allowed fields",
-                            "content": {
-                                "application/json": {
-                                    "schema": {
-                                        "type": "object",
-                                        "properties": {f: {} for f in s.fields},
-                                    }
-                                }
-                            },
-                        },
-                    },
-                }
-            }
-        },
-    }
+    described = next(
+        (
+            d
+            for d in (adapter.services() if adapter is not None else ())
+            if d.code == sid.code and d.version == sid.version
+        ),
+        None,
+    )
+    if described is None:
+        described = ServiceDescription(
+            code=sid.code,
+            version=sid.version,
+            description=s.description,
+            fields=s.fields,
+            purposes=s.purposes,
+            changes=s.changes,
+        )
+    return openapi_document(s.id, [(s.id, described)])
 
 
 def create_node_app(
@@ -245,7 +279,7 @@ def create_node_app(
         or parts.engine
         or make_engine(database_url(settings, f"node-{str(member).replace('/', '_')}"))
     )
-    upgrade(engine)
+    upgrade(engine, ("exchange",))  # the kernel migrates its own tables; the wiring adds others
     transport = transport or AiohttpTransport()
     registry = RegistryCache(
         anchor=anchor,
@@ -253,7 +287,7 @@ def create_node_app(
         transport=transport,
         cache_file=keys.registry_cache(member),
     )
-    metrics = NodeMetrics()
+    metrics = NodeMetrics(parts.collectors)
     registry.on_change(lambda _reg: metrics.registry_serial.inc())
     for listener in parts.on_registry:
         registry.on_change(listener)
@@ -271,6 +305,7 @@ def create_node_app(
         policy=parts.policy,
         consent=parts.consent,
         subjects=parts.subjects,
+        seal_keys=_load_seal_keys(keys, signers) if parts.sealer is not None else None,
         max_skew_s=settings.max_clock_skew_s,
         clock=clock,
         inline=parts.inline and inline,
@@ -285,6 +320,7 @@ def create_node_app(
         max_skew_s=settings.max_clock_skew_s,
         timeout_s=settings.exchange_timeout_s,
         clock=clock,
+        sealer=parts.sealer,
     )
 
     async def _refresh_loop() -> None:
@@ -295,7 +331,13 @@ def create_node_app(
     async def _prune_loop() -> None:
         while True:
             await asyncio.sleep(REPLAY_PRUNE_INTERVAL_S)
-            await asyncio.to_thread(replay.prune, now=clock())
+            try:
+                await asyncio.to_thread(replay.prune, now=clock())
+            except Exception as exc:  # the database is away: prune next time, never stop
+                if as_unavailable(exc) is None:
+                    raise
+                metrics.database_unavailable_at("background")
+                _log.warning("replay pruning skipped: the database is unavailable")
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -323,7 +365,9 @@ def create_node_app(
             engine.dispose()
 
     app = FastAPI(title=f"onceonly node {member}", lifespan=lifespan, docs_url=None, redoc_url=None)
-    install_problem_handlers(app)
+    install_problem_handlers(
+        app, on_database_unavailable=lambda: metrics.database_unavailable_at("request")
+    )
     app.state.registry = registry
     app.state.engine = engine
     app.state.member = member
@@ -333,8 +377,13 @@ def create_node_app(
     # too, so that another method on their paths is answered 405, not 404.
     async def messages(request: Request) -> Response:
         started = time.perf_counter()
-        answer = await provider.handle(await read_body(request, limit=MAX_REQUEST_BYTES))
-        metrics.exchanges.labels("provider", "ok" if answer.status == 200 else "refused").inc()
+        try:
+            answer = await provider.handle(await read_body(request, limit=MAX_REQUEST_BYTES))
+        except Exception as exc:  # counted here, answered by the one mapping (problem_for)
+            metrics.exchange("provider", *_counted_as(exc))
+            raise
+        # A signed refusal is HTTP 200 too: count what it stands for, not the HTTP status.
+        metrics.exchange("provider", answer.outcome, answer.error_code)
         metrics.latency.labels("provider").observe(time.perf_counter() - started)
         return Response(answer.body, status_code=answer.status, headers=dict(answer.headers))
 
@@ -343,33 +392,38 @@ def create_node_app(
         reg = registry.current(clock())
         return JSONResponse({"clients": [{"id": s.id, "name": s.name} for s in reg.clients()]})
 
+    def consumer_call(request: Request, body: bytes = b"") -> ConsumerCall:
+        path = _route_path(request.scope)[len("/r1/") :]
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        return ConsumerCall(request.method, path, request.url.query, headers, body)
+
+    async def refused(request: Request, exc: OnceOnlyError) -> None:
+        """Audits a refusal the exchange routes raised before their own audit step."""
+        if _route_path(request.scope) == "/x1/messages":
+            await provider.record_unverified(exc, clock())
+        else:
+            await consumer.record_refusal(consumer_call(request), exc)
+
     async def r1(request: Request) -> Response:
         started = time.perf_counter()
         path = _route_path(request.scope)[len("/r1/") :]
         parts_ = path.split("/")
         if len(parts_) == 5 and parts_[4] in METASERVICES:
             return await _metaservice(parts_, request)
-        headers = {k.lower(): v for k, v in request.headers.items()}
         try:
             result = await consumer.call(
-                ConsumerCall(
-                    request.method,
-                    path,
-                    request.url.query,
-                    headers,
-                    await read_body(request, limit=MAX_REQUEST_BYTES),
-                )
+                consumer_call(request, await read_body(request, limit=MAX_REQUEST_BYTES))
             )
-        except OnceOnlyError:
-            metrics.exchanges.labels("consumer", "error").inc()
+        except Exception as exc:  # counted here, answered by the one mapping (problem_for)
+            metrics.exchange("consumer", *_counted_as(exc))
             raise
-        metrics.exchanges.labels("consumer", "ok" if result.status < 400 else "refused").inc()
+        metrics.exchange("consumer", result.status, result.headers.get("x-road-error"))
         metrics.latency.labels("consumer").observe(time.perf_counter() - started)
         return Response(result.body, status_code=result.status, headers=result.headers)
 
     app.add_route("/x1/messages", messages, methods=["POST"])
     app.add_route("/r1/{path:path}", r1, methods=sorted(R1_METHODS))
-    app.add_middleware(_ExchangeFastPath, messages=messages, r1=r1)
+    app.add_middleware(_ExchangeFastPath, messages=messages, r1=r1, refused=refused)
 
     async def _metaservice(parts_: list[str], request: Request) -> Response:
         reg = registry.current(clock())
@@ -395,7 +449,7 @@ def create_node_app(
             if sid.code == code and (
                 request.query_params.get("serviceVersion") in (None, sid.version)
             ):
-                return JSONResponse(_openapi(provider_id, s))
+                return JSONResponse(_openapi(s, parts.adapters.get(provider_id)))
         raise ClientError("unknown serviceCode", code="Server.ServerProxy.UnknownService")
 
     @app.get("/healthz")
@@ -415,9 +469,20 @@ def create_node_app(
             }
         )
 
+    def registry_check() -> None:
+        registry.current(clock())  # raises ConfigurationError when there is no valid copy
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """Readiness: the database answers a query and a valid registry is held."""
+        return await readiness(
+            {"database": database_check(engine), "registry": registry_check},
+            on_database_unavailable=lambda: metrics.database_unavailable_at("readiness"),
+        )
+
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+        return Response(await asyncio.to_thread(metrics.render), media_type=CONTENT_TYPE)
 
     for router in parts.routers:
         app.include_router(router)

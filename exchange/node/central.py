@@ -3,6 +3,10 @@
 ``GET /registry`` answers the current signed document. It is re-signed when the registry's serial
 changes (every ``onceonly registry …`` change bumps it) and when the cached copy has used half its
 validity, so nodes refreshing every minute never hold an expired one while the central server is up.
+
+``/healthz`` is liveness (no database), ``/readyz`` readiness (the database answers), ``/metrics``
+the process, registry and database-unavailability metrics plus the collectors of the routers
+served beside it (the consent service's).
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
+from prometheus_client import Counter
+from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 
 from exchange.central_config import SignedRegistry, VerifiedRegistry
@@ -24,6 +30,8 @@ from exchange.node.app import database_url, utc_now
 from exchange.registry_admin import REGISTRY_VALIDITY, RegistryAdmin
 from exchange.settings import Settings
 from exchange.signing import CentralSigner, load_private_key
+from exchange.web.health import database_check, operations_router
+from exchange.web.metrics import ComponentMetrics
 from exchange.web.problems import install_problem_handlers
 
 __all__ = ["RegistryPublisher", "create_central_app"]
@@ -40,8 +48,10 @@ class RegistryPublisher:
         instance: str,
         ca_pem: str,
         central_url: str,
+        on_signed: Callable[[], None] | None = None,
     ) -> None:
         self._admin = admin
+        self._on_signed = on_signed
         self._signer = signer
         self._instance = instance
         self._ca_pem = ca_pem
@@ -50,6 +60,12 @@ class RegistryPublisher:
         self._cached: SignedRegistry | None = None
         self._cached_bytes = b""
         self._verified: VerifiedRegistry | None = None
+
+    @property
+    def cached_serial(self) -> int | None:
+        """The serial of the document last signed, without asking the database."""
+        with self._lock:
+            return self._cached.document.serial if self._cached else None
 
     def verified(self, now: datetime) -> VerifiedRegistry:
         """The central server's own view (its own document: nothing to verify against)."""
@@ -78,6 +94,8 @@ class RegistryPublisher:
                     now=now,
                 )
                 self._cached_bytes = self._cached.to_bytes()
+                if self._on_signed is not None:
+                    self._on_signed()
             return self._cached_bytes
 
 
@@ -86,6 +104,7 @@ def create_central_app(
     *,
     engine: Engine | None = None,
     routers: Callable[[Callable[[datetime], VerifiedRegistry]], Sequence[APIRouter]] | None = None,
+    collectors: Sequence[Collector] = (),
     clock: Callable[[], datetime] = utc_now,
 ) -> FastAPI:
     keys = KeyStore(settings.data_dir)
@@ -98,27 +117,45 @@ def create_central_app(
         load_private_key(keys.require(keys.central_key, "central signing key", INIT_COMMAND))
     )
     engine = engine or make_engine(database_url(settings, "central"))
-    upgrade(engine)
+    upgrade(engine, ("exchange",))  # the kernel migrates its own tables; the wiring adds others
+    metrics = ComponentMetrics(collectors)
+    served = Counter(
+        "onceonly_central_registry_served_total",
+        "Signed registry documents served to nodes",
+        registry=metrics.registry,
+    )
+    signed = Counter(
+        "onceonly_central_registry_signed_total",
+        "Times the registry was signed (serial changed or half its validity used)",
+        registry=metrics.registry,
+    )
     publisher = RegistryPublisher(
         RegistryAdmin(engine),
         signer,
         instance=instance,
         ca_pem=ca_pem,
         central_url=settings.central_url,
+        on_signed=signed.inc,
     )
     app = FastAPI(title="onceonly central server", docs_url=None, redoc_url=None)
-    install_problem_handlers(app)
+    install_problem_handlers(
+        app, on_database_unavailable=lambda: metrics.database_unavailable_at("request")
+    )
     app.state.engine = engine
 
     @app.get("/registry")
     async def registry() -> Response:
         body = await asyncio.to_thread(publisher.current, clock())
+        served.inc()
         return Response(body, media_type="application/json", headers={"cache-control": "no-store"})
 
-    @app.get("/healthz")
-    async def healthz() -> JSONResponse:
-        serial = await asyncio.to_thread(RegistryAdmin(engine).serial)
-        return JSONResponse({"status": "ok", "instance": instance, "registry_serial": serial})
+    app.include_router(
+        operations_router(
+            metrics,
+            {"database": database_check(engine)},
+            liveness=lambda: {"instance": instance, "registry_serial": publisher.cached_serial},
+        )
+    )
 
     for router in routers(publisher.verified) if routers else ():
         app.include_router(router)

@@ -4,6 +4,9 @@
      names, and that client must be hosted by this node ... stops anonymous or borrowed callers
 (C2) resolve the service in the verified registry; purpose header required ... stops calls
      without a declared purpose (purpose binding starts at the source)
+(C2b) with a pseudonym translator: exchange the caller's own code for the provider's, sealed to the
+     provider (``SubjectSealer``; cached per client, code and service) ... stops any node from
+     holding or learning another agency's codes (docs/pseudonyms.md)
 (C3) build the envelope, sign it with the client's key, record the request
 (C4) send it to the provider's node address from the registry
 (C5) verify the response (``exchange.verification.verify_response``) before anything of it is
@@ -34,17 +37,27 @@ from exchange.envelope import (
     seal_request,
 )
 from exchange.errors import (
+    RETRY_AFTER_S,
     AuthenticationError,
     ClientError,
     NotFoundError,
     OnceOnlyError,
+    PayloadTooLargeError,
     TransportError,
+    UnavailableError,
     VerificationError,
 )
 from exchange.group_commit import GroupCommitSink
 from exchange.identifiers import ClientId, ServiceId, parse_part
 from exchange.node.registry_cache import RegistryCache
-from exchange.ports import AuditDecision, AuditEvent, AuditKind, Transport
+from exchange.ports import (
+    AuditDecision,
+    AuditEvent,
+    AuditKind,
+    SubjectSealer,
+    SubjectTokenRequest,
+    Transport,
+)
 from exchange.signing import MemberSigner
 from exchange.store import ClientKeyRow
 from exchange.verification import verify_response
@@ -58,6 +71,16 @@ API_KEY_CACHE_TTL_S = 5.0
 (``onceonly keys revoke-api-key``) stops working within this many seconds. Only keys that were
 found are cached; an unknown key is looked up every time."""
 API_KEY_CACHE_MAX = 4096
+MAX_RETRY_AFTER_S = 300
+"""A provider's (unsigned) ``Retry-After`` is passed on, but never more than this."""
+
+
+def _retry_after(headers: Mapping[str, str]) -> int:
+    """The provider's ``Retry-After`` in seconds, bounded; the default when absent or garbage."""
+    raw = headers.get("Retry-After") or headers.get("retry-after") or ""
+    if raw.isdigit() and len(raw) <= 6:
+        return max(1, min(int(raw), MAX_RETRY_AFTER_S))
+    return RETRY_AFTER_S
 
 
 def hash_api_key(key: str) -> str:
@@ -89,6 +112,13 @@ class ProviderError(TransportError):
     status = 502
 
 
+class InvalidResponse(VerificationError):
+    """(C5) The provider's answer did not verify: not the departmental system's fault."""
+
+    code = "Server.ServerProxy.InvalidResponse"
+    status = 502
+
+
 class Consumer:
     def __init__(
         self,
@@ -102,8 +132,10 @@ class Consumer:
         max_skew_s: int,
         timeout_s: float,
         clock: Callable[[], datetime],
+        sealer: SubjectSealer | None = None,
     ) -> None:
         self._node = node
+        self._sealer = sealer
         self._signers = dict(signers)
         self._registry = registry
         self._transport = transport
@@ -192,12 +224,16 @@ class Consumer:
         try:
             return await self._call(call)
         except OnceOnlyError as exc:
-            if not exc.audited:
-                await self._record_refusal(call, exc)
+            await self.record_refusal(call, exc)
             raise
 
-    async def _record_refusal(self, call: ConsumerCall, exc: OnceOnlyError) -> None:
-        """A call refused before anything was sent is audited too (who tried what, and why)."""
+    async def record_refusal(self, call: ConsumerCall, exc: OnceOnlyError) -> None:
+        """A call refused before anything was sent is audited too (who tried what, and why): the
+        claimed client, the path and the purpose as sent (unverified, bounded), never the body.
+        Records ``exc`` once (``exc.audited``)."""
+        if exc.audited:
+            return
+        exc.audited = True
         await self._audit.record_async(
             AuditEvent(
                 time=self._clock(),
@@ -221,7 +257,7 @@ class Consumer:
         if method not in METHODS:
             raise ClientError("method not supported", code="Client.MethodNotAllowed")
         if len(call.body) > MAX_BODY_BYTES:
-            raise ClientError("body too large", code="Client.PayloadTooLarge")
+            raise PayloadTooLargeError("body too large")
         service, rest = self._resolve(call.path, now)  # (C2)
         purpose = h.get("x-onceonly-purpose", "").strip()
         if not purpose:
@@ -242,6 +278,17 @@ class Consumer:
         for value, what in ((subject, "subject"), (consent_id, "consent id")):
             if value is not None:
                 parse_part(value, what)
+        token = None
+        if subject is not None and self._sealer is not None:  # (C2b)
+            token = await self._sealer.seal_subject(
+                SubjectTokenRequest(
+                    client=client,
+                    subject=subject,
+                    service=service,
+                    citizen=consent_id is not None,
+                    message_id=message_id,
+                )
+            )
         try:
             envelope = RequestEnvelope(
                 message_id=message_id,
@@ -251,7 +298,8 @@ class Consumer:
                 method=method,
                 path=rest + (f"?{call.query}" if call.query else ""),
                 purpose=purpose,
-                subject=subject,
+                subject=None if token else subject,
+                subject_token=token,
                 consent_id=consent_id,
                 consent_artefact=h.get("x-onceonly-consent") or None,
                 user_id=h.get("x-road-userid") or None,
@@ -265,7 +313,8 @@ class Consumer:
             raise ClientError("invalid request headers", code="Client.BadRequest") from exc
         # (C3) sign and record.
         wire, sent_hash = seal_request(envelope, call.body, self._signers[client])
-        await self._record(envelope, "request", "info", now, sent_hash, None)
+        own = subject  # this agency's own code: what its audit log keeps
+        await self._record(envelope, "request", "info", now, sent_hash, None, subject=own)
         # (C4) send.
         registry = self._registry.current(now)
         url = registry.node_address(service.provider.member) + MESSAGE_PATH
@@ -273,6 +322,12 @@ class Consumer:
             resp = await self._transport.post(
                 url, wire, {"content-type": "application/json"}, timeout_s=self._timeout_s
             )
+            if resp.status == 503:  # the provider node is there, but cannot serve for now
+                raise UnavailableError(
+                    "the provider node is unavailable; retry later",
+                    code="Server.ServerProxy.ProviderUnavailable",
+                    retry_after_s=_retry_after(resp.headers),
+                )
             if resp.status != 200:
                 code = (
                     resp.headers.get("X-Road-Error")
@@ -290,23 +345,25 @@ class Consumer:
                 max_skew_s=self._max_skew_s,
             )
         except OnceOnlyError as exc:
+            # What the departmental system is told is what is recorded (with the cause's detail).
+            refusal = (
+                InvalidResponse("the provider's response did not verify")
+                if isinstance(exc, VerificationError)
+                else exc
+            )
             await self._record(
                 envelope,
                 "refusal",
                 "error",
                 self._clock(),
                 sent_hash,
-                exc.status,
-                f"{exc.code}: {exc.detail}",
+                refusal.status,
+                f"{refusal.code}: {exc.detail}",
+                subject=own,
             )
-            exc.audited = True
-            if isinstance(exc, VerificationError):
-                wrapped = VerificationError(
-                    "the provider's response did not verify",
-                    code="Server.ServerProxy.InvalidResponse",
-                )
-                wrapped.audited = True
-                raise wrapped from exc
+            exc.audited = refusal.audited = True
+            if refusal is not exc:
+                raise refusal from exc
             raise
         env = verified.envelope
         decision: AuditDecision = "allow" if env.status < 400 else "deny"
@@ -320,6 +377,7 @@ class Consumer:
             env.error_code,
             env.basis,
             env.decision_id,
+            subject=own,
         )
         # (C6) answer the departmental system.
         headers = {
@@ -331,6 +389,8 @@ class Consumer:
         }
         if env.error_code:
             headers["x-road-error"] = env.error_code
+        if env.status == 503:  # the provider's registry or database is down for now
+            headers["retry-after"] = str(RETRY_AFTER_S)
         if env.basis:
             # HTTP header values are Latin-1: a statute's name may not be (RFC 3986 escaping).
             headers["x-onceonly-basis"] = quote(env.basis, safe=":/-_.@+")
@@ -351,10 +411,13 @@ class Consumer:
         reason: str | None = None,
         basis: str | None = None,
         decision_id: str | None = None,
+        *,
+        subject: str | None = None,
     ) -> None:
         await self._audit.record_async(
             exchange_event(
                 env,
+                subject=subject,
                 node=self._node,
                 kind=kind,
                 decision=decision,

@@ -1,19 +1,53 @@
-"""Prometheus metrics of one node (``GET /metrics``), on a registry of its own per app."""
+"""Prometheus metrics of one node (``GET /metrics``), on a registry of its own per app.
+
+On top of what every component exports (``exchange.web.metrics.ComponentMetrics``), a node counts
+its exchanges by side, decision and X-Road error code. Label values that come from peers (X-Road error codes) are bounded: anything that does not
+look like a code is counted as ``other``, so a peer cannot blow up the series count.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+import re
+from collections.abc import Sequence
+from typing import Literal
 
-__all__ = ["NodeMetrics"]
+from prometheus_client import Counter, Histogram
+from prometheus_client.registry import Collector
+
+from exchange.web.metrics import ComponentMetrics
+
+__all__ = ["ComponentMetrics", "NodeMetrics", "decision_of", "metric_code"]
+
+_CODE = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:\.[A-Za-z][A-Za-z0-9]*){0,5}")
+MAX_CODE_CHARS = 80
+Decision = Literal["allow", "deny", "error"]
 
 
-class NodeMetrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+def metric_code(code: str | None) -> str:
+    """An X-Road error code as a label value (``""`` for none, ``other`` for garbage)."""
+    if not code:
+        return ""
+    if len(code) > MAX_CODE_CHARS or not _CODE.fullmatch(code):
+        return "other"
+    return code
+
+
+def decision_of(status: int) -> Decision:
+    """How an answer counts: 5xx is an error of some part, 4xx a refusal, the rest allowed."""
+    if status >= 500:
+        return "error"
+    return "deny" if status >= 400 else "allow"
+
+
+class NodeMetrics(ComponentMetrics):
+    """A node's metrics: exchanges by side, decision and X-Road error code."""
+
+    def __init__(self, collectors: Sequence[Collector] = ()) -> None:
+        super().__init__(collectors)
         self.exchanges = Counter(
             "onceonly_exchanges_total",
-            "Exchanges handled, by side and outcome",
-            ["side", "outcome"],
+            "Exchanges handled, by side, decision (allow, deny, error) and X-Road error code",
+            ["side", "decision", "code"],
             registry=self.registry,
         )
         self.latency = Histogram(
@@ -29,5 +63,7 @@ class NodeMetrics:
             registry=self.registry,
         )
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def exchange(
+        self, side: Literal["provider", "consumer"], status: int, code: str | None
+    ) -> None:
+        self.exchanges.labels(side, decision_of(status), metric_code(code)).inc()

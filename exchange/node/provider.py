@@ -3,6 +3,8 @@
 Steps 1–7 are ``exchange.verification.verify_request``; here:
   (8)  replay protection ......................... ``exchange.replay``
   (9)  access right from the verified registry ... deny by default (X-Road)
+  (9b) the subject as this agency knows it: opened from the translator's sealed token (steps
+       T1–T4 of ``exchange.subject_token``), or translated locally in the comparison-only mode
   (10) consent check, if the request names one ... ``ConsentGate.check`` (no side effect)
   (11) policy decision: purpose, legal basis, fields (``PolicyDecider``)
   (12) consent use, when consent is the basis .... ``ConsentGate.use`` (atomic: one-time spent once)
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from exchange.canonical import sha256_b64
+from exchange.db import as_unavailable
 from exchange.envelope import (
     ResponseEnvelope,
     exchange_event,
@@ -29,6 +32,7 @@ from exchange.envelope import (
     seal,
 )
 from exchange.errors import (
+    ClientError,
     ConfigurationError,
     NotFoundError,
     OnceOnlyError,
@@ -56,7 +60,9 @@ from exchange.ports import (
     SubjectTranslator,
 )
 from exchange.replay import ReplayGuard
+from exchange.sealing import SealingKey
 from exchange.signing import MemberSigner
+from exchange.subject_token import OpenedTokens, SealedSubject
 from exchange.verification import VerifiedRequest, verify_request
 from exchange.web.problems import problem_document
 
@@ -68,8 +74,13 @@ PROBLEM_JSON = "application/problem+json"
 @dataclass(frozen=True, slots=True)
 class ProviderAnswer:
     status: int
+    """The HTTP status: 200 for every signed answer, refusals included."""
     body: bytes
     headers: Mapping[str, str]
+    outcome: int
+    """The status the answer stands for (inside the signed envelope for a signed one)."""
+    error_code: str | None = None
+    """The X-Road error code of a refusal or failure."""
 
 
 def filter_fields(data: JsonValue, allowed: frozenset[str]) -> JsonValue:
@@ -116,10 +127,14 @@ class Provider:
         policy: PolicyDecider | None,
         consent: ConsentGate | None,
         subjects: SubjectTranslator | None = None,
+        seal_keys: Mapping[ClientId, SealingKey] | None = None,
         max_skew_s: int,
         clock: Callable[[], datetime],
         inline: bool = False,
     ) -> None:
+        """``seal_keys``: subjects arrive sealed by the pseudonym translator, opened with the
+        hosted subsystem's own key; a plain subject is then refused. Without them, ``subjects``
+        translates plain ones (the shared-table mode, for comparison only)."""
         self._node = node
         self._signers = dict(signers)
         self._hosted = frozenset(self._signers)
@@ -130,6 +145,8 @@ class Provider:
         self._policy = policy
         self._consent = consent
         self._subjects = subjects
+        self._seal_keys = dict(seal_keys) if seal_keys is not None else None
+        self._opened = OpenedTokens()
         self._max_skew_s = max_skew_s
         self._clock = clock
         self._inline = inline
@@ -149,7 +166,7 @@ class Provider:
                 max_skew_s=self._max_skew_s,
             )
         except OnceOnlyError as exc:
-            await self._record_unverified(exc, now)
+            await self.record_unverified(exc, now)
             detail = (
                 "message verification failed" if isinstance(exc, VerificationError) else exc.detail
             )
@@ -157,6 +174,8 @@ class Provider:
                 exc.status,
                 _problem(exc.status, exc.code, detail),
                 {"content-type": PROBLEM_JSON, "x-road-error": exc.code},
+                exc.status,
+                exc.code,
             )
         auth: _Authorized | None = None
         try:
@@ -175,6 +194,9 @@ class Provider:
             except OnceOnlyError:
                 raise
             except Exception as exc:  # a broken adapter is the provider's fault, not the caller's
+                unavailable = as_unavailable(exc)  # its database is down: retry later, 503
+                if unavailable is not None:
+                    raise unavailable from exc
                 raise UpstreamFailure("the registry behind this service failed") from exc
             error_code = None
             await self._record(
@@ -186,6 +208,7 @@ class Provider:
                 body_hash=sha256_b64(body),
                 basis=auth.basis,
                 decision_id=auth.decision_id,
+                subject=auth.local_subject,
             )
         except OnceOnlyError as exc:
             auth = None
@@ -221,7 +244,11 @@ class Provider:
                 f"unknown fields requested: {', '.join(sorted(unknown))}", code="Client.BadRequest"
             )
         # (9b) the subject, as this agency knows it: no master id crosses agencies.
-        local_subject = self._translate(env.subject, str(req.client), str(req.service.provider))
+        sealed = self._open_subject(req, now)
+        if sealed is not None:
+            local_subject: str | None = sealed.subject
+        else:
+            local_subject = self._translate(env.subject, str(req.client), str(req.service.provider))
         # (10) consent, checked without side effects.
         consent: ConsentDecision | None = None
         query: ConsentQuery | None = None
@@ -231,7 +258,7 @@ class Provider:
             query = ConsentQuery(
                 consent_id=env.consent_id,
                 artefact=env.consent_artefact,
-                subject=self._translate(env.subject, str(req.client), CITIZEN_AGENCY),
+                subject=self._citizen(env.subject, sealed, req),
                 client=req.client,
                 service=req.service,
                 purpose=env.purpose,
@@ -258,7 +285,7 @@ class Provider:
                     client=req.client,
                     service=req.service,
                     purpose=env.purpose,
-                    subject=env.subject,
+                    subject=local_subject,
                     now=now,
                     requested_fields=requested,
                     consent=consent,
@@ -290,6 +317,59 @@ class Provider:
                     reasons=used.reasons,
                 )
         return _Authorized(local_subject, frozenset(fields), basis, decision_id)
+
+    def _open_subject(self, req: VerifiedRequest, now: datetime) -> SealedSubject | None:
+        """(9b) with the translator: steps T1–T4 (``exchange.subject_token``) on the token."""
+        env = req.envelope
+        if self._seal_keys is None:
+            if env.subject_token is not None:
+                raise ClientError(
+                    "this node takes no sealed subjects", code="Client.SubjectTokenNotAccepted"
+                )
+            return None
+        if env.subject is not None:
+            # A plain code would be the consumer's own: it means nothing here, and accepting it
+            # would invite consumers to guess this agency's codes.
+            raise ClientError(
+                "subjects travel sealed by the pseudonym translator",
+                code="Client.PlainSubjectRefused",
+            )
+        if env.subject_token is None:
+            return None
+        provider = req.service.provider
+        key = self._seal_keys.get(provider)
+        if key is None:
+            raise ConfigurationError(f"no sealing key for {provider} at this node")
+        registry = self._registry.current(now)
+        try:
+            return self._opened.open(
+                env.subject_token,
+                verifier=registry.translator_verifier,
+                key=key,
+                client=str(req.client),
+                service=str(req.service),
+                provider=str(provider),
+                now=now,
+                max_skew_s=self._max_skew_s,
+            )
+        except VerificationError as exc:
+            raise VerificationError(
+                "the subject token did not verify", code="Server.ServerProxy.InvalidSubjectToken"
+            ) from exc
+
+    def _citizen(
+        self, subject: str | None, sealed: SealedSubject | None, req: VerifiedRequest
+    ) -> str | None:
+        """The citizen's platform identity, for the consent check only."""
+        if sealed is None:
+            return self._translate(subject, str(req.client), CITIZEN_AGENCY)
+        if sealed.citizen is None:
+            raise RefusalError(
+                "the subject token carries no citizen identity for a consent check",
+                code="Server.ServerProxy.ConsentRefused",
+                reasons=("no citizen identity in the subject token",),
+            )
+        return sealed.citizen
 
     def _translate(self, subject: str | None, from_agency: str, to_agency: str) -> str | None:
         if subject is None or self._subjects is None:
@@ -350,7 +430,7 @@ class Provider:
             error_code=error_code,
         )
         wire = seal(env, body, self._signers[req.service.provider])
-        return ProviderAnswer(200, wire, {"content-type": "application/json"})
+        return ProviderAnswer(200, wire, {"content-type": "application/json"}, status, error_code)
 
     # -- audit -----------------------------------------------------------------------------------
 
@@ -366,10 +446,12 @@ class Provider:
         body_hash: str | None = None,
         basis: str | None = None,
         decision_id: str | None = None,
+        subject: str | None = None,
     ) -> None:
         await self._audit.record_async(
             exchange_event(
                 req.envelope,
+                subject=subject,
                 node=self._node,
                 kind=kind,
                 decision=decision,
@@ -383,7 +465,12 @@ class Provider:
             )
         )
 
-    async def _record_unverified(self, exc: OnceOnlyError, now: datetime) -> None:
+    async def record_unverified(self, exc: OnceOnlyError, now: datetime) -> None:
+        """A message refused before it verified (steps 1–7, or its body over the limit): no
+        client, service or subject is recorded, since none of them is proven. Records once."""
+        if exc.audited:
+            return
+        exc.audited = True
         await self._audit.record_async(
             AuditEvent(
                 time=now,

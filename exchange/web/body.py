@@ -4,21 +4,23 @@ from __future__ import annotations
 
 from fastapi import Request
 
-from exchange.errors import ClientError
+from exchange.errors import PayloadTooLargeError
 
 __all__ = ["read_body"]
 
 
 async def read_body(request: Request, *, limit: int) -> bytes:
-    """The body, or ``Client.PayloadTooLarge`` as soon as it (declared or streamed) exceeds ``limit``."""
+    """The body, or ``PayloadTooLargeError`` (413 ``Client.PayloadTooLarge``) as soon as it
+    (declared or streamed) exceeds ``limit``. The caller records the refusal: it raises inside
+    the audited path of every route that reads a body."""
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise ClientError("request body too large", code="Client.PayloadTooLarge")
+        raise PayloadTooLargeError("request body too large")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise ClientError("request body too large", code="Client.PayloadTooLarge")
+            raise PayloadTooLargeError("request body too large")
         chunks.append(chunk)
     return b"".join(chunks)

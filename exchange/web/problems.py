@@ -5,12 +5,19 @@ stable ``type`` URI derived from its X-Road style code and an ``X-Road-Error`` h
 failures go out with one opaque detail. Anything unexpected is logged server-side with an error id
 and answered as an opaque 500 carrying only that id: no stack trace ever leaves the process.
 Validation errors of FastAPI (a caller's bad JSON/query) become 400 ``Client.BadRequest``.
+
+Infrastructure faults are 503 with ``Retry-After``: every ``UnavailableError``, and any error that
+``exchange.db.as_unavailable`` recognises as the database being unusable (a terminated
+connection, a server refusing connections, a corrupted SQLite file) wherever it was raised — a
+route, the node's exchange fast path, the group commit writer. Each such answer calls the app's
+``on_database_unavailable`` hook (the metrics count it).
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -18,7 +25,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from exchange.errors import OnceOnlyError, VerificationError
+from exchange.db import DATABASE_ERRORS, as_unavailable
+from exchange.errors import (
+    RETRY_AFTER_S,
+    DatabaseUnavailable,
+    OnceOnlyError,
+    UnavailableError,
+    VerificationError,
+)
 
 __all__ = [
     "PROBLEM_BASE",
@@ -86,13 +100,35 @@ def problem_response(
     *,
     instance: str | None = None,
     extra: dict[str, Any] | None = None,
+    retry_after_s: int | None = None,
 ) -> JSONResponse:
+    """The problem as a response; a 503 always says when to retry (``Retry-After``)."""
+    headers = {"X-Road-Error": code}
+    if status == 503:
+        headers["Retry-After"] = str(retry_after_s or RETRY_AFTER_S)
     return JSONResponse(
         problem_document(status, code, detail, instance=instance, extra=extra),
         status_code=status,
         media_type=PROBLEM_MEDIA_TYPE,
-        headers={"X-Road-Error": code},
+        headers=headers,
     )
+
+
+def _note_database_unavailable(request: Request) -> None:
+    app = request.scope.get("app")
+    hook: Callable[[], None] | None = getattr(
+        getattr(app, "state", None), "on_database_unavailable", None
+    )
+    if hook is not None:
+        hook()
+
+
+def _cause_summary(cause: BaseException) -> str:
+    """The driver's error class and first line: never SQLAlchemy's text, which quotes the statement
+    and its parameters (personal data)."""
+    orig = getattr(cause, "orig", None) or cause
+    lines = str(orig).splitlines()
+    return f"{type(orig).__name__}: {lines[0][:200] if lines else ''}"
 
 
 def _onceonly_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -105,11 +141,27 @@ def _onceonly_handler(request: Request, exc: Exception) -> JSONResponse:
         extra["reasons"] = list(reasons)
     if exc.status >= 500:
         error_id = str(uuid.uuid4())
+        cause = exc.__cause__
         _log.warning(
-            "%s %s: %s (error id %s)", request.method, request.url.path, exc.code, error_id
+            "%s %s: %s (error id %s)%s",
+            request.method,
+            request.url.path,
+            exc.code,
+            error_id,
+            f" caused by {_cause_summary(cause)}" if cause else "",
         )
         extra["error_id"] = error_id
-    return problem_response(exc.status, exc.code, detail, instance=request.url.path, extra=extra)
+    if isinstance(exc, DatabaseUnavailable):
+        _note_database_unavailable(request)
+    retry_after = exc.retry_after_s if isinstance(exc, UnavailableError) else None
+    return problem_response(
+        exc.status,
+        exc.code,
+        detail,
+        instance=request.url.path,
+        extra=extra,
+        retry_after_s=retry_after,
+    )
 
 
 def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -137,6 +189,9 @@ def _http_handler(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _unexpected_handler(request: Request, exc: Exception) -> JSONResponse:
+    unavailable = as_unavailable(exc)
+    if unavailable is not None:
+        return _onceonly_handler(request, unavailable)
     error_id = str(uuid.uuid4())
     _log.exception("unexpected error %s on %s %s", error_id, request.method, request.url.path)
     return problem_response(
@@ -158,8 +213,17 @@ def problem_for(request: Request, exc: Exception) -> JSONResponse:
     return _unexpected_handler(request, exc)
 
 
-def install_problem_handlers(app: FastAPI) -> None:
+def install_problem_handlers(
+    app: FastAPI, *, on_database_unavailable: Callable[[], None] | None = None
+) -> None:
+    """Map every error of ``app`` once; ``on_database_unavailable`` is called per 503 that the
+    database caused (for the metrics)."""
+    app.state.on_database_unavailable = on_database_unavailable
     app.add_exception_handler(OnceOnlyError, _onceonly_handler)
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_handler)
+    # Database errors get their own entry: the catch-all below is Starlette's last resort, which
+    # answers and then re-raises into the server; a database outage is an expected answer.
+    for database_error in DATABASE_ERRORS:
+        app.add_exception_handler(database_error, _unexpected_handler)
     app.add_exception_handler(Exception, _unexpected_handler)

@@ -9,22 +9,31 @@ import adapters.reference
 def test_adapters_exports_its_public_names() -> None:
     assert sorted(adapters.__all__) == sorted(
         [
-            "REFERENCE_REGISTRIES",
             "ColumnField",
             "HttpAdapter",
+            "HttpRegistry",
             "HttpRoute",
+            "HttpSubjectSealer",
             "PseudonymService",
-            "ReferenceRegistry",
+            "PseudonymTranslator",
+            "RegistriesConfig",
             "SeedReport",
             "ServiceSpec",
             "SqlAdapter",
+            "SqlRegistry",
             "SqlServiceConfig",
             "SqlUpdate",
             "UpstreamError",
             "UpstreamTimeout",
             "UpstreamUnavailable",
+            "build_adapters",
             "create_registry_schema",
+            "declared_services",
+            "load_registries",
             "openapi_for",
+            "parse_registries",
+            "reference_config",
+            "reference_registries",
             "seed",
         ]
     )
@@ -33,7 +42,7 @@ def test_adapters_exports_its_public_names() -> None:
 
 
 def test_reference_registries_have_stable_distinct_ids() -> None:
-    ids = [r.client_id for r in adapters.REFERENCE_REGISTRIES]
+    ids = [r.client_id for r in adapters.reference_registries()]
     assert len(set(ids)) == len(ids) == 8
     assert "JP/GOV/132098/resident-registry" in ids
     assert "JP/GOV/000001/land-registry" in ids

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import date
-from pathlib import Path
 
 import httpx
 import pytest
@@ -27,11 +24,10 @@ from exchange.errors import (
 )
 from exchange.identifiers import ClientId, ServiceId
 from exchange.ports import AdapterRequest, AdapterResponse, RegistryAdapter
+from tests.adapters import upstream_server
 
 pytestmark = pytest.mark.integration
 
-SERVER = Path(__file__).with_name("upstream_server.py")
-STARTUP_S = 10.0
 PROVIDER = "JP/GOV/132098/resident-registry"
 CLIENT = ClientId.parse("JP/GOV/132098/water")
 
@@ -84,27 +80,8 @@ ROUTES = [
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[str]:
-    proc = subprocess.Popen(
-        [sys.executable, str(SERVER)], stdout=subprocess.PIPE, text=True, bufsize=1
-    )
-    try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + STARTUP_S
-        line = proc.stdout.readline()
-        assert line.strip().isdigit(), "upstream did not report its port"
-        url = f"http://127.0.0.1:{int(line)}"
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(f"{url}/hits/none", timeout=1.0)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.05)
+    with upstream_server.running() as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=5)
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 def _request(

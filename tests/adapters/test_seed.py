@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from adapters.pseudonyms import PseudonymService
-from adapters.reference import REFERENCE_REGISTRIES, REGISTRY_TABLES, registry
+from adapters.reference import REGISTRY_TABLES, reference_registries, registry
 from adapters.seed import PSEUDONYMS, seed
 from adapters.store import PSEUDONYMS_TABLE
 from exchange.db import make_engine, upgrade
@@ -60,7 +60,7 @@ def test_same_seed_gives_identical_data_and_another_seed_differs(
     assert a == b
     assert a["resident-registry"] != c["resident-registry"]
     assert len(a["resident-registry"]) == CITIZENS
-    assert len(a[PSEUDONYMS]) == CITIZENS * (len(REFERENCE_REGISTRIES) + 1)  # + CITIZEN_AGENCY
+    assert len(a[PSEUDONYMS]) == CITIZENS * (len(reference_registries()) + 1)  # + CITIZEN_AGENCY
 
 
 def test_seed_reports_rows_and_progress(make_db_url: Callable[[], str]) -> None:
@@ -75,7 +75,7 @@ def test_seed_reports_rows_and_progress(make_db_url: Callable[[], str]) -> None:
     assert 0 < report.households <= CITIZENS
     assert report.rows["water"] == report.households  # one water contract per household
     assert 0 < report.rows["municipal-tax"] < CITIZENS
-    assert report.total_rows > CITIZENS * len(REFERENCE_REGISTRIES)
+    assert report.total_rows > CITIZENS * len(reference_registries())
 
 
 def test_seeded_residents_look_like_machida_residents(make_db_url: Callable[[], str]) -> None:
@@ -115,7 +115,7 @@ def test_seeded_registries_are_served_by_their_adapters_under_pseudonyms(
     engine = make_engine(url)
     rr, tax = registry("resident-registry"), registry("municipal-tax")
     pseudonyms = PseudonymService(
-        engine, [CITIZEN_AGENCY, *(r.client_id for r in REFERENCE_REGISTRIES)]
+        engine, [CITIZEN_AGENCY, *(r.client_id for r in reference_registries())]
     )
     with engine.connect() as conn:
         tax_ids = [

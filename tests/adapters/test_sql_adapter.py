@@ -128,7 +128,9 @@ def test_openapi_document_lists_every_service_with_its_schemas(adapter: SqlAdapt
     assert doc["openapi"].startswith("3.1")
     change = doc["paths"][f"/r1/{RR.client_id}/address-change/v1"]["post"]
     assert change["requestBody"]["content"]["application/json"]["schema"]["title"]
-    assert change["parameters"][0]["name"] == "Idempotency-Key"
+    key = next(p for p in change["parameters"] if p["name"] == "Idempotency-Key")
+    assert key["in"] == "header"
+    assert key["required"] is True
     assert "get" in doc["paths"][f"/r1/{RR.client_id}/person/v1"]
 
 

@@ -6,18 +6,25 @@ Prints its port on the first line of stdout, then serves until killed. Behaviour
 ``/broken/{id}`` always 500; ``/flaky/{id}`` 500 twice per id, then the person;
 ``POST /flaky-post/{id}`` 500 once per id; ``POST /persons/{id}/address`` changes the address,
 deduplicated by ``Idempotency-Key`` (400 without one); ``/hits/{path}`` how often a path was hit;
-``/changes/{id}`` how many changes were applied; ``/teapot/{id}`` 418; ``/forbidden/{id}`` 403.
+``/changes/{id}`` how many changes were applied; ``/teapot/{id}`` 418; ``/forbidden/{id}`` 403;
+``/credentials/{id}`` a person whose name and address are the ``X-Api-Key`` and ``Authorization``
+headers received.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 SLOW_S = 2.0
+STARTUP_S = 10.0
 _lock = threading.Lock()
 _hits: Counter[str] = Counter()
 _changes: Counter[str] = Counter()
@@ -78,6 +85,15 @@ class Handler(BaseHTTPRequestHandler):
                 self._json(503, {"title": "try again"})
             else:
                 self._json(200, _person(pid))
+        elif kind == "credentials":
+            self._json(
+                200,
+                {
+                    "name": self.headers.get("X-Api-Key", ""),
+                    "address": self.headers.get("Authorization", ""),
+                    "birth_date": "1980-04-01",
+                },
+            )
         elif kind == "teapot":
             self._json(418, {"title": "teapot"})
         elif kind == "forbidden":
@@ -120,6 +136,34 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, answer)
             return
         self._json(404, {"title": "no such route"})
+
+
+@contextlib.contextmanager
+def running() -> Iterator[str]:
+    """This server as a child process on 127.0.0.1; yields its base URL, stops it on exit."""
+    import httpx
+
+    proc = subprocess.Popen(
+        [sys.executable, __file__], stdout=subprocess.PIPE, text=True, bufsize=1
+    )
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + STARTUP_S
+        line = proc.stdout.readline()
+        assert line.strip().isdigit(), "upstream did not report its port"
+        url = f"http://127.0.0.1:{int(line)}"
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"{url}/hits/none", timeout=1.0)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=5)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def main() -> None:

@@ -195,3 +195,93 @@ def test_unknown_entry_is_404(client: TestClient, auditor: dict[str, str]) -> No
 def test_bad_citizen_paging_is_a_400(client: TestClient, issuer: DevIssuer) -> None:
     r = client.get("/me/accesses", params={"limit": "x"}, headers=_auth(issuer, ALICE, "citizen"))
     assert r.status_code == 400
+
+
+def test_citizen_fetches_one_of_their_entries_with_a_proof_and_its_checkpoint(
+    client: TestClient, issuer: DevIssuer, log: TransparencyLog
+) -> None:
+    r = client.get("/me/accesses/1", headers=_auth(issuer, ALICE, "citizen"))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["index"] == 1
+    assert body["entry"]["subject"] == ALICE
+    assert "JP/GOV/132098 (tax)" in body["text"]["en"]
+    cp = verify_checkpoint(body["checkpoint"], log.verifier())
+    assert body["checkpoint_time"].startswith("2026-11-24")  # the API's clock published it
+    proof = [base64.b64decode(h) for h in body["inclusion_proof"]]
+    assert merkle.verify_inclusion(base64.b64decode(body["leaf_hash"]), 1, cp.size, proof, cp.root)
+
+
+def test_another_citizens_entry_is_the_same_404_as_an_unknown_one(
+    client: TestClient, issuer: DevIssuer
+) -> None:
+    alice = _auth(issuer, ALICE, "citizen")
+    bobs = client.get("/me/accesses/0", headers=alice)  # entry 0 is Bob's
+    unknown = client.get("/me/accesses/999", headers=alice)
+    negative = client.get("/me/accesses/-1", headers=alice)
+    huge = client.get(f"/me/accesses/{2**64}", headers=alice)  # beyond any 64-bit SQL integer
+    answers = (bobs, unknown, negative, huge)
+    assert {r.status_code for r in answers} == {404}
+    strip = [{k: v for k, v in r.json().items() if k != "instance"} for r in answers]
+    assert strip[0] == strip[1] == strip[2] == strip[3]
+    assert client.get("/me/accesses/1").status_code == 401
+
+
+def test_auditor_reads_the_log_size_and_citizens_cannot(
+    client: TestClient, auditor: dict[str, str], issuer: DevIssuer
+) -> None:
+    assert client.get("/audit/size", headers=auditor).json() == {"size": 13}
+    assert client.get("/audit/size", headers=_auth(issuer, ALICE, "citizen")).status_code == 403
+    entry = client.get("/audit/entries/3", headers=auditor).json()
+    assert entry["checkpoint_time"].startswith("2026-11-24")
+
+
+HUGE = str(2**64)
+"""Larger than any 64-bit SQL integer: once an OverflowError inside SQLite, answered 500."""
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "status"),
+    [
+        ("/audit/entries", {"cursor": HUGE}, 400),
+        ("/audit/entries", {"cursor": str(2**63)}, 400),
+        ("/audit/consistency", {"first": "0", "second": HUGE}, 400),
+        ("/audit/consistency", {"first": HUGE, "second": "1"}, 400),
+        ("/audit/export", {"start": HUGE}, 400),
+        ("/audit/export", {"end": HUGE}, 400),
+        (f"/audit/entries/{HUGE}", {}, 404),
+        (f"/audit/entries/{2**63}", {}, 404),
+        (f"/audit/entries/{2**63 - 1}", {}, 404),
+    ],
+)
+def test_integers_beyond_64_bits_are_problems_never_500(
+    client: TestClient, auditor: dict[str, str], path: str, params: dict[str, str], status: int
+) -> None:
+    r = client.get(path, params=params, headers=auditor)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+
+
+@pytest.mark.parametrize("cursor", [HUGE, "99999999999999999999", str(2**63)])
+def test_a_citizen_cursor_beyond_64_bits_is_a_400(
+    client: TestClient, issuer: DevIssuer, cursor: str
+) -> None:
+    r = client.get(
+        "/me/accesses", params={"cursor": cursor}, headers=_auth(issuer, ALICE, "citizen")
+    )
+    assert r.status_code == 400, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+
+
+def test_the_largest_64_bit_cursor_is_an_empty_page(
+    client: TestClient, issuer: DevIssuer, auditor: dict[str, str]
+) -> None:
+    largest = str(2**63 - 1)
+    citizen = client.get(
+        "/me/accesses", params={"cursor": largest}, headers=_auth(issuer, ALICE, "citizen")
+    )
+    assert citizen.status_code == 200, citizen.text
+    assert citizen.json()["accesses"] == []
+    auditor_page = client.get("/audit/entries", params={"cursor": largest}, headers=auditor)
+    assert auditor_page.status_code == 200, auditor_page.text
+    assert auditor_page.json()["entries"] == []

@@ -5,22 +5,26 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import uuid
 import warnings
 from collections.abc import Iterator, Mapping
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from consent.api import build_citizen_router, build_gate_router
 from consent.lifecycle import ConsentService
+from consent.metrics import ConsentMetrics
 from consent.model import Consent
-from consent.remote import RemoteConsentGate
-from exchange.errors import AuthenticationError
+from consent.remote import CONSENT_UNAVAILABLE, RemoteConsentGate
+from exchange.errors import AuthenticationError, UnavailableError
 from exchange.identifiers import ClientId
+from exchange.node_requests import VerifiedNodeRequest
 from exchange.tokens import DevIssuer
 from exchange.web.problems import install_problem_handlers
 from tests.consent.conftest import GrantFn
@@ -38,19 +42,26 @@ OTHER_NODE = ClientId.parse("JP/GOV/131016/resident-registry")
 NODE_SECRETS = {str(PROVIDER_NODE): b"provider-secret", str(OTHER_NODE): b"other-secret"}
 
 
-async def authenticate_consumer(request: Request, body: bytes) -> ClientId:
+def _verified(client: ClientId) -> VerifiedNodeRequest:
+    """These simple authenticators sign no time, so they cannot tell a replay from a repeat:
+    every request gets an id of its own (replays are tested with real signed requests in
+    tests/consent/test_consent_refusals.py)."""
+    return VerifiedNodeRequest(client, str(uuid.uuid4()), datetime.now(UTC) + timedelta(minutes=1))
+
+
+async def authenticate_consumer(request: Request, body: bytes) -> VerifiedNodeRequest:
     """A real, if simple, consumer authenticator: a static API key per client."""
     client = CONSUMER_KEYS.get(request.headers.get("x-api-key", ""))
     if client is None:
         raise AuthenticationError("unknown API key")
-    return client
+    return _verified(client)
 
 
 def _mac(secret: bytes, method: str, path: str, body: bytes) -> str:
     return hmac.new(secret, f"{method}\n{path}\n".encode() + body, hashlib.sha256).hexdigest()
 
 
-async def authenticate_node(request: Request, body: bytes) -> ClientId:
+async def authenticate_node(request: Request, body: bytes) -> VerifiedNodeRequest:
     """A real, if simple, node authenticator: HMAC over method, path and body."""
     node = request.headers.get("x-node", "")
     secret = NODE_SECRETS.get(node)
@@ -59,7 +70,7 @@ async def authenticate_node(request: Request, body: bytes) -> ClientId:
         given, _mac(secret, request.method, request.url.path, body)
     ):
         raise AuthenticationError("node authentication failed")
-    return ClientId.parse(node)
+    return _verified(ClientId.parse(node))
 
 
 def signer_for(node: ClientId) -> Any:
@@ -78,15 +89,25 @@ def issuer(tmp_path: Path) -> DevIssuer:
 
 
 @pytest.fixture
-def client(service: ConsentService, issuer: DevIssuer) -> Iterator[TestClient]:
+def metrics() -> ConsentMetrics:
+    return ConsentMetrics()
+
+
+@pytest.fixture
+def client(
+    service: ConsentService, issuer: DevIssuer, metrics: ConsentMetrics
+) -> Iterator[TestClient]:
     app = FastAPI()
     install_problem_handlers(app)
     app.include_router(
         build_citizen_router(
-            service, issuer.verifier(), authenticate_consumer=authenticate_consumer
+            service,
+            issuer.verifier(),
+            authenticate_consumer=authenticate_consumer,
+            metrics=metrics,
         )
     )
-    app.include_router(build_gate_router(service, authenticate_node))
+    app.include_router(build_gate_router(service, authenticate_node, metrics=metrics))
     with TestClient(app) as tc:
         yield tc
 
@@ -224,7 +245,7 @@ def test_citizen_routes_need_a_valid_citizen_token(client: TestClient, issuer: D
         (b"{not json", 400),
         (b"[]", 400),
         (json.dumps({"subject": ALICE}).encode(), 400),
-        (b"x" * 70_000, 400),
+        (b"x" * 70_000, 413),
     ],
 )
 def test_bad_consent_requests_are_client_errors(
@@ -381,7 +402,7 @@ def test_gate_routes_refuse_unauthenticated_and_malformed_calls(client: TestClie
     assert_problem(client.post(f"{API}/gate/use", content=body, headers=headers), 400)
 
 
-def test_the_remote_gate_fails_closed_when_the_service_is_unreachable(
+def test_the_remote_gate_fails_closed_and_retryable_when_the_service_is_unreachable(
     service: ConsentService, grant: GrantFn, audit: ListAudit
 ) -> None:
     consent = grant()
@@ -389,8 +410,63 @@ def test_the_remote_gate_fails_closed_when_the_service_is_unreachable(
         "http://127.0.0.1:9", signer_for(PROVIDER_NODE), service.verifier, timeout_s=0.5
     )
     try:
-        decision = gate.use(query(consent, now=T0 + timedelta(seconds=1)))
+        with pytest.raises(UnavailableError) as info:
+            gate.use(query(consent, now=T0 + timedelta(seconds=1)))
     finally:
         gate.close()
-    assert not decision
-    assert decision.reasons == ("the consent service could not be reached",)
+    assert info.value.status == 503
+    assert info.value.code == CONSENT_UNAVAILABLE
+    assert info.value.detail == "the consent service could not be reached"
+    assert service.uses(ALICE, consent.id, now=T0 + timedelta(seconds=2)) == []
+
+
+def test_the_remote_gate_takes_a_5xx_for_unavailable_never_for_an_answer(
+    service: ConsentService, grant: GrantFn
+) -> None:
+    """A gateway in front of the service that fails answers 502 (with a body that would allow)."""
+    consent = grant()
+    gateway = FastAPI()
+
+    @gateway.post(f"{API}/gate/use")
+    async def broken() -> JSONResponse:
+        return JSONResponse({"allow": True, "consent_id": consent.id, "fields": []}, 502)
+
+    with TestClient(gateway) as http:
+        gate = RemoteConsentGate(
+            str(http.base_url), signer_for(PROVIDER_NODE), service.verifier, http_client=http
+        )
+        with pytest.raises(UnavailableError, match="HTTP 502"):
+            gate.use(query(consent, now=T0 + timedelta(seconds=1)))
+
+
+def _counts(metrics: ConsentMetrics) -> dict[tuple[str, ...], float]:
+    return {
+        (sample.name, *sample.labels.values()): sample.value
+        for family in metrics.collect()
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    }
+
+
+def test_gate_answers_and_citizen_actions_are_counted(
+    client: TestClient,
+    service: ConsentService,
+    issuer: DevIssuer,
+    grant: GrantFn,
+    metrics: ConsentMetrics,
+) -> None:
+    consent = grant()
+    gate = remote(client, service)
+    assert gate.check(query(consent, now=T0))
+    assert gate.use(query(consent, now=T0))
+    assert not gate.use(query(consent, now=T0))  # one-time consent: spent
+    created = ask(client)
+    alice = auth(issuer, ALICE)
+    approved = client.post(f"{API}/consent-requests/{created.json()['id']}/approve", headers=alice)
+    client.post(f"{API}/consents/{approved.json()['id']}/revoke", headers=alice)
+    counts = _counts(metrics)
+    assert counts[("onceonly_consent_gate_total", "check", "allow")] == 1
+    assert counts[("onceonly_consent_gate_total", "use", "allow")] == 1
+    assert counts[("onceonly_consent_gate_total", "use", "deny")] == 1
+    for action in ("request", "approve", "revoke"):
+        assert counts[("onceonly_consent_actions_total", action)] == 1

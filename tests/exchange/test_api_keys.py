@@ -74,7 +74,7 @@ def test_a_cached_key_still_belongs_to_its_own_client_only(tmp_path: Path) -> No
 def test_the_cli_issues_and_revokes_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
-    from exchange.cli import app
+    from onceonly.cli import app
 
     monkeypatch.setenv("ONCEONLY_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.delenv("DATABASE_URL", raising=False)

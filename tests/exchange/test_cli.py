@@ -16,7 +16,7 @@ import pytest
 import typer.main
 from typer.testing import CliRunner
 
-from exchange.cli import app
+from onceonly.cli import app
 
 REPO = Path(__file__).parents[2]
 MACHIDA = "JP/GOV/132098"
@@ -54,7 +54,7 @@ def _start(data_dir: Path, *args: str) -> tuple[int, str]:
     env |= {"ONCEONLY_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO)}
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "exchange", *args, "--port", "0"],
+            [sys.executable, "-m", "onceonly", *args, "--port", "0"],
             capture_output=True,
             text=True,
             cwd=REPO,
@@ -222,7 +222,7 @@ def test_serve_prints_every_api_key_whole_at_80_columns(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "exchange",
+            "onceonly",
             "serve",
             "--port",
             "0",
@@ -252,3 +252,117 @@ def test_serve_prints_every_api_key_whole_at_80_columns(tmp_path: Path) -> None:
         proc.stdout.close()
     assert len(keys) == 9, keys
     assert all(re.fullmatch(r"    oo_[A-Za-z0-9_-]{43}", k) for k in keys), keys
+
+
+def test_a_node_with_workers_whose_key_is_missing_refuses_before_any_worker_starts(
+    data_dir: Path,
+) -> None:
+    _provision(data_dir)
+    log_key = data_dir / "audit" / "JP_GOV_132098.skey"
+    log_key.unlink()
+    code, output = _start(data_dir, "node", "--member", MACHIDA, "--workers", "2")
+    assert code == 2
+    line = _one_line_error(output)
+    assert str(log_key) in line
+    assert not log_key.exists()
+
+
+def test_a_node_whose_sealing_key_is_missing_refuses_to_start_and_makes_none(
+    data_dir: Path,
+) -> None:
+    _provision(data_dir)
+    assert _cli("keys", "dev-issuer")[0] == 0
+    seal_key = data_dir / "members" / "JP_GOV_132098" / "seal" / "resident-registry.key"
+    seal_key.unlink()
+    code, output = _start(data_dir, "node", "--member", MACHIDA)
+    assert code == 2
+    line = _one_line_error(output)
+    assert str(seal_key) in line
+    assert f"onceonly keys member {MACHIDA}/<SUBSYSTEM>" in line
+    assert not seal_key.exists()
+
+
+def test_set_translator_makes_the_translator_log_key_once_and_audit_key_reads_it(
+    data_dir: Path,
+) -> None:
+    _provision(data_dir)
+    assert _cli("registry", "set-translator", "--url", "http://127.0.0.1:8100")[0] == 0
+    made = {
+        p: p.read_bytes()
+        for p in (
+            data_dir / "translator" / "translator.key",
+            data_dir / "audit" / "pseudonym-translator.skey",
+        )
+    }
+    assert _cli("registry", "set-translator", "--url", "http://127.0.0.1:8100")[0] == 0
+    assert {p: p.read_bytes() for p in made} == made
+    code, output = _cli("audit", "key", "pseudonym-translator")
+    assert code == 0
+    assert output.startswith("onceonly.example/pseudonym-translator/audit+")
+
+
+@pytest.mark.parametrize("key", ["translator/translator.key", "audit/pseudonym-translator.skey"])
+def test_central_whose_registry_names_a_translator_refuses_without_its_keys(
+    data_dir: Path, key: str
+) -> None:
+    _provision(data_dir)
+    assert _cli("keys", "dev-issuer")[0] == 0
+    assert _cli("registry", "set-translator", "--url", "http://127.0.0.1:8100")[0] == 0
+    (data_dir / key).unlink()
+    code, output = _start(data_dir, "central")
+    assert code == 2
+    line = _one_line_error(output)
+    assert str(data_dir / key) in line
+    assert "onceonly registry set-translator" in line
+    assert not (data_dir / key).exists()
+
+
+def test_the_portal_without_its_development_issuer_key_names_the_command(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from audit.checkpoint import NoteSigner
+
+    for name in ("SECRET_FILE", "CONSENT_URL", "NODES", "PORT", "CONFIG"):
+        monkeypatch.delenv(f"ONCEONLY_PORTAL_{name}", raising=False)
+    monkeypatch.setenv("ONCEONLY_PORTAL_SECRET", "s" * 40)
+    missing = tmp_path / "dev-issuer.key"
+    config = tmp_path / "portal.toml"
+    config.write_text(
+        'consent_url = "http://127.0.0.1:8100/"\n'
+        f'dev_issuer_key_file = "{missing}"\n'
+        'host = "127.0.0.1"\n'
+        "[[nodes]]\n"
+        f'member = "{MACHIDA}"\n'
+        'url = "http://127.0.0.1:8101"\n'
+        f'log_key = "{NoteSigner.generate(f"onceonly.example/{MACHIDA}/audit").vkey()}"\n'
+    )
+    # The key is loaded after the port is bound: a free port, so the key is what is refused.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code, output = _cli("portal", "--config", str(config), "--port", str(port))
+    assert code == 2
+    line = _one_line_error(output)
+    assert str(missing) in line
+    assert "onceonly keys dev-issuer" in line
+    assert not missing.exists()
+
+
+def test_an_unknown_database_component_is_one_line_naming_the_known_ones(data_dir: Path) -> None:
+    code, output = _cli("db", "upgrade", "--component", "nodes")
+    assert code == 2
+    line = _one_line_error(output)
+    assert "'nodes'" in line
+    assert "translator-audit" in line
+
+
+def test_dev_issuer_writes_its_public_key_for_components_in_other_data_directories(
+    data_dir: Path,
+) -> None:
+    from exchange.tokens import DEV_ISSUER_KEY, DevIssuer
+
+    code, output = _cli("keys", "dev-issuer")
+    assert code == 0
+    assert output.split() == [str(data_dir / "dev-issuer.key"), str(data_dir / "dev-issuer.pub")]
+    issuer = DevIssuer.load(data_dir / DEV_ISSUER_KEY, issuer="onceonly-dev", audience="onceonly")
+    assert (data_dir / "dev-issuer.pub").read_bytes() == issuer.public_key_pem()

@@ -1,5 +1,5 @@
 """Real processes on loopback for integration tests: the central server and nodes, each a
-``python -m exchange …`` uvicorn process, started, health-checked and stopped with bounds."""
+``python -m onceonly …`` uvicorn process, started, health-checked and stopped with bounds."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import httpx
 
-from exchange.federation import provision
 from exchange.identifiers import MemberId
 from exchange.settings import Settings
+from onceonly.federation import provision
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
@@ -45,7 +45,7 @@ class Proc:
     def start(self) -> Proc:
         with self.log.open("ab") as fh:  # the child keeps its own copy of the descriptor
             self.popen = subprocess.Popen(
-                [sys.executable, "-m", "exchange", *self.args, "--port", str(self.port)],
+                [sys.executable, "-m", "onceonly", *self.args, "--port", str(self.port)],
                 env={**os.environ, **self.env},
                 stdout=fh,
                 stderr=subprocess.STDOUT,

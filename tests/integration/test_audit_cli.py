@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from exchange.db import make_engine
-from exchange.node.compose import audit_log
-from exchange.tokens import DevIssuer
+from exchange.tokens import DEV_ISSUER_KEY, DevIssuer
+from onceonly.wiring import audit_log
 from tests.integration.test_nodes_as_processes import (  # noqa: F401 (fixture)
     ADDRESS,
     MACHIDA,
@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if k != "ONCEONLY_AUDIT_TOKEN"}
     return subprocess.run(
-        [sys.executable, "-m", "exchange", "audit", "verify", *args],
+        [sys.executable, "-m", "onceonly", "audit", "verify", *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -110,7 +110,9 @@ def test_verify_from_a_node_takes_the_token_from_the_environment_or_a_file(  # t
     url = c.procs[str(MACHIDA)].url
     vkey = exported[2]
     token = DevIssuer.load(
-        settings.data_dir, issuer=settings.jwt_issuer, audience=settings.jwt_audience
+        settings.data_dir / DEV_ISSUER_KEY,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
     ).issue("a1", roles=("auditor",))
     without = _cli("--node", url, "--key", vkey)
     assert without.returncode == 2

@@ -6,13 +6,14 @@ from __future__ import annotations
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import MetaData
+from sqlalchemy import MetaData, inspect
 
 from adapters.store import AdaptersBase
 from audit.store import AuditBase
 from consent.store import ConsentBase
 from exchange.db import make_engine, upgrade
 from exchange.store import Base
+from onceonly.wiring import COMPONENT_BRANCHES
 from procedures.store import ProceduresBase
 
 PACKAGES = {
@@ -42,3 +43,16 @@ def test_models_match_the_migrated_schema(package: str, db_url: str) -> None:
         if not (d[0] == "remove_index" and getattr(d[1].table, "name", None) not in ours)
     ]
     assert ours_diff == []
+
+
+@pytest.mark.parametrize("component", sorted(COMPONENT_BRANCHES))
+def test_each_component_database_holds_only_its_own_tables(component: str, db_url: str) -> None:
+    """A node's database has no consent or procedure tables; the consent service's none of the
+    exchange's; each component migrates its own packages' branches and nothing else."""
+    engine = make_engine(db_url)
+    upgrade(engine, COMPONENT_BRANCHES[component])
+    with engine.connect() as conn:
+        tables = set(inspect(conn).get_table_names()) - {"alembic_version"}
+    engine.dispose()
+    expected = set().union(*(PACKAGES[b].tables for b in COMPONENT_BRANCHES[component]))
+    assert tables == expected

@@ -52,7 +52,7 @@ def test_sign_in_page_is_japanese_by_default_with_strict_security_headers(world:
         assert "SameSite=lax" in cookie
         assert "Path=/portal" in cookie
         # Every URL is relative to the mount point.
-        assert 'href="https://portal.test/portal/static/portal.css"' in r.text
+        assert 'href="/portal/static/portal.css"' in r.text
         css = await c.get("/static/portal.css")
         assert css.status_code == 200
         assert "text/css" in css.headers["content-type"]
@@ -65,7 +65,7 @@ def test_anonymous_visitor_is_sent_to_sign_in(world: World) -> None:
         for path in ("/consents", "/access", "/auditor", "/auditor/checkpoints"):
             r = await c.get(path)
             assert r.status_code == 303
-            assert r.headers["location"].startswith("https://portal.test/portal/signin")
+            assert r.headers["location"].startswith("/portal/signin")
 
     run(world, scenario)
 
@@ -133,7 +133,7 @@ def test_citizen_sees_consents_pending_request_and_revokes_after_confirmation(wo
         assert "撤回しますか" in confirm.text
         r = await c.post(f"/consents/{cid}/revoke")
         assert r.status_code == 303
-        page = await c.get(r.headers["location"].removeprefix("https://portal.test/portal"))
+        page = await c.get(r.headers["location"].removeprefix("/portal"))
         assert "同意を撤回しました" in page.text
         assert re.search(rf'id="consent-{cid}" data-status="revoked"', page.text)
         assert world.consent.get_consent(ALICE, cid, now=world.now).status is ConsentStatus.REVOKED
@@ -293,7 +293,7 @@ def test_auditor_searches_opens_entry_exports_and_sees_history_and_chart(world: 
         )
         assert "secret-org" in r.text
         assert "JP/GOV/132098/water-bureau" not in r.text
-        link = re.search(r'class="entry-link" href="https://portal.test/portal([^"]+)"', r.text)
+        link = re.search(r'class="entry-link" href="/portal([^"]+)"', r.text)
         assert link
         entry = await c.get(link.group(1).replace("&amp;", "&"))
         assert entry.status_code == 200
@@ -354,12 +354,63 @@ def test_language_switch_on_a_page_answering_a_post_links_to_a_page_that_exists(
         await c.sign_in(ALICE)
         own = entry_index(world, "ps-alice")
         r = await c.post("/access/verify", {"node": NODE, "index": str(own)})
-        link = re.search(
-            r'href="https://portal.test/portal([^"]*)"[^>]*class="lang-switch"', r.text
-        )
+        link = re.search(r'href="/portal([^"]*)"[^>]*class="lang-switch"', r.text)
         assert link
         target = await c.get(link.group(1).replace("&amp;", "&"))
         assert target.status_code == 303  # home, which sends the citizen to their consents
         assert "oo_portal_lang=en" in target.headers["set-cookie"]
 
     run(world, scenario)
+
+
+EVIL = {"host": "evil.example"}
+"""A forged Host header: nothing the portal sends back may point there."""
+
+
+def test_a_forged_host_header_never_comes_back_in_a_redirect_or_a_link(world: World) -> None:
+    async def scenario(c: PortalClient) -> None:
+        home = await c.get("/", headers=EVIL)
+        assert home.status_code == 303
+        assert home.headers["location"] == "/portal/signin"
+        slash = await c.get("/auditor/", headers=EVIL)  # the framework's trailing-slash redirect
+        assert slash.status_code in (307, 308)
+        assert slash.headers["location"] == "/portal/auditor"
+        signin = await c.get("/signin", headers=EVIL)
+        assert signin.status_code == 200
+        assert "evil.example" not in signin.text
+        await c.sign_in(ALICE)
+        for path in ("/consents", "/access", "/procedures"):
+            page = await c.get(path, headers=EVIL)
+            assert "evil.example" not in page.text, path
+            assert "evil.example" not in page.headers.get("location", ""), path
+        cid = world.alice_consent.id
+        await c.get(f"/consents/{cid}/revoke", headers=EVIL)
+        revoked = await c.http.post(
+            f"/portal/consents/{cid}/revoke", data={"csrf": c.csrf}, headers=EVIL
+        )
+        assert revoked.status_code == 303
+        assert revoked.headers["location"].startswith("/portal/")
+
+    run(world, scenario)
+
+
+def test_integers_beyond_64_bits_in_auditor_pages_are_400_pages_never_500(world: World) -> None:
+    huge = str(2**64)
+
+    async def scenario(c: PortalClient) -> None:
+        await c.sign_in("auditor")
+        for path, params in (
+            ("/auditor/entry", {"node": NODE, "index": huge}),
+            ("/auditor/export", {"node": NODE, "start": huge}),
+            ("/auditor/export", {"node": NODE, "end": huge}),
+        ):
+            r = await c.get(path, params=params)
+            assert r.status_code == 400, (path, params, r.status_code)
+
+    async def citizen(c: PortalClient) -> None:
+        await c.sign_in(ALICE)
+        r = await c.post("/access/verify", {"node": NODE, "index": huge})
+        assert r.status_code == 400
+
+    run(world, scenario)
+    run(world, citizen)

@@ -1,6 +1,6 @@
 """A real federation for the procedures tests: the central server (with the consent service) and
 one node per member, each a uvicorn server on its own loopback port of one background event loop
-(real HTTP between nodes), composed exactly as deployed (``exchange.node.compose``): provisioned
+(real HTTP between nodes), composed exactly as deployed (``onceonly.wiring``): provisioned
 keys and registry, seeded registries, pseudonyms, policies, the consent gate, the audit log.
 
 Each member's node can be stopped and started again (a provider that is down). The multi-process
@@ -31,22 +31,22 @@ from adapters.reference.registries import (
     LAND_REGISTRY_MEMBER,
     MACHIDA_MEMBER,
 )
+from adapters.reference.rights import ONE_STOP
 from consent.lifecycle import ConsentService
 from exchange.db import make_engine, upgrade
-from exchange.federation import ONE_STOP, provision
 from exchange.identifiers import MemberId
 from exchange.keystore import KeyStore
 from exchange.node.app import create_node_app
-from exchange.node.central import create_central_app
-from exchange.node.compose import (
-    build_central_routers,
-    build_node_parts,
-    consent_service,
-    registry_database_url,
-)
 from exchange.ports import CITIZEN_AGENCY
 from exchange.settings import Settings
 from exchange.signing import MemberSigner, load_private_key
+from onceonly.federation import provision
+from onceonly.wiring import (
+    build_node_parts,
+    central_app,
+    consent_service,
+    registry_database_url,
+)
 from procedures.address_change import AddressChangeService
 from procedures.one_stop import OneStopClient
 from procedures.runner import ProcedureRunner
@@ -181,9 +181,7 @@ class Federation(RegistryLook):
 
     def _app(self, name: str) -> FastAPI:
         if name == "central":
-            return create_central_app(
-                self.settings, routers=lambda view: build_central_routers(self.settings, view)
-            )
+            return central_app(self.settings)
         member = MemberId.parse(name)
         return create_node_app(self.settings, member, build_node_parts(self.settings, member))
 

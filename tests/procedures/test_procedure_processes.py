@@ -1,5 +1,5 @@
-"""The address change across real processes: ``python -m exchange central`` (with the consent
-service) and one ``python -m exchange node`` per member, composed exactly as deployed. The
+"""The address change across real processes: ``python -m onceonly central`` (with the consent
+service) and one ``python -m onceonly node`` per member, composed exactly as deployed. The
 one-stop desk uses the same consent store as the central consent service; one provider's node
 is stopped during the run and started again."""
 
@@ -12,12 +12,12 @@ from typing import Any, Literal
 
 import pytest
 
+from adapters.reference.rights import ONE_STOP
 from exchange.db import make_engine, upgrade
-from exchange.federation import ONE_STOP
 from exchange.keystore import KeyStore
-from exchange.node.compose import consent_service
 from exchange.settings import Settings
 from exchange.signing import MemberSigner, load_private_key
+from onceonly.wiring import consent_service
 from procedures.address_change import AddressChangeService
 from procedures.model import AddressChangeInput, ConfirmInput, StepState
 from procedures.one_stop import OneStopClient

@@ -17,6 +17,15 @@ depends_on = None
 
 
 def upgrade() -> None:
+    # A department database shared with the platform may already hold the SQL adapter's
+    # idempotency table (``adapters.store.ensure_idempotency_table`` creates it where the adapter
+    # reads): the same columns, so it is kept as it is.
+    if not sa.inspect(op.get_bind()).has_table("adapters_idempotency"):
+        _idempotency_table()
+    _pseudonym_tables()
+
+
+def _idempotency_table() -> None:
     op.create_table(
         "adapters_idempotency",
         sa.Column("client", sa.String(255), primary_key=True),
@@ -28,6 +37,9 @@ def upgrade() -> None:
         sa.Column("response", sa.Text(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     )
+
+
+def _pseudonym_tables() -> None:
     op.create_table(
         "adapters_pseudonym_subjects",
         sa.Column("id", sa.String(32), primary_key=True),

@@ -1,9 +1,10 @@
 """The ``onceonly`` command line (typer + rich).
 
-``demo`` and ``serve`` run the reference federation locally on SQLite; ``central`` and ``node``
-run one component each for real deployments; ``keys``, ``registry`` and ``db`` manage an instance.
-Settings come from ``ONCEONLY_*`` environment variables (``exchange.settings.Settings``); options
-here override the data directory and the database. Nothing happens at import time.
+``demo`` and ``serve`` run the reference federation locally on SQLite; ``central``, ``node`` and
+``portal`` run one component each for real deployments; ``keys``, ``registry`` and ``db`` manage
+an instance. Settings come from ``ONCEONLY_*`` environment variables
+(``exchange.settings.Settings``; the portal's own ``ONCEONLY_PORTAL_*``, ``portal.settings``);
+options here override the data directory and the database. Nothing happens at import time.
 
 Errors have one path (``_OneLineErrors``): an ``OnceOnlyError`` (a missing key, a port in use, a
 bad identifier …) or an ``OSError`` becomes one line on stderr and exit code 2, never a traceback.
@@ -37,12 +38,20 @@ from exchange.keystore import KeyStore
 from exchange.node.app import database_url
 from exchange.provisioning import (
     init_instance,
+    install_certificate,
     issue_api_key,
+    join_instance,
+    provision_sealing_key,
     provision_subsystem,
+    provision_translator_key,
+    request_subsystem,
     revoke_api_keys,
+    sign_request,
 )
 from exchange.registry_admin import RegistryAdmin
+from exchange.sealing import SealingPublicKey
 from exchange.settings import Settings
+from onceonly.wiring import COMPONENT_BRANCHES, provision_audit_key, provision_consent_keys
 
 __all__ = ["AUDIT_TOKEN_ENV", "app", "main"]
 
@@ -104,7 +113,7 @@ def _now() -> datetime:
 
 def _admin(settings: Settings) -> RegistryAdmin:
     engine = make_engine(database_url(settings, "central"))
-    upgrade(engine)
+    upgrade(engine, COMPONENT_BRANCHES["central"])
     return RegistryAdmin(engine)
 
 
@@ -138,8 +147,6 @@ def keys_init(
 ) -> None:
     """Create the instance CA, the central signing key, the trust anchor and the consent
     service's keys (idempotent: existing keys are kept, never replaced)."""
-    from exchange.node.compose import provision_consent_keys
-
     settings = _settings(data_dir)
     keys = KeyStore(settings.data_dir)
     created = init_instance(keys, instance, now=_now())
@@ -153,14 +160,21 @@ def keys_init(
 
 @keys_app.command("member")
 def keys_member(subsystem: Subsystem, data_dir: DataDir = None) -> None:
-    """Make a subsystem's signing key and its CA-issued certificate, and the member's audit log
-    key if it has none; print the certificate path."""
-    from exchange.node.compose import provision_audit_key
-
+    """Make a subsystem's signing key, its CA-issued certificate and its sealing key pair (each
+    only once), and the member's audit log key if it has none; print the certificate path and
+    the sealing public key's file."""
     settings = _settings(data_dir)
     client = ClientId.parse(subsystem)
     keys = KeyStore(settings.data_dir)
     provision_subsystem(keys, client, now=_now())
+    provision_sealing_key(keys, client)  # writes the public half beside the key
+    _member_audit_key(settings, client)
+    console.print(str(keys.subsystem_cert(client)), soft_wrap=True)
+    console.print(str(keys.subsystem_seal_public(client)), soft_wrap=True)
+
+
+def _member_audit_key(settings: Settings, client: ClientId) -> None:
+    """The member's audit log key, made if it has none (its node refuses to start without)."""
     made = provision_audit_key(settings, str(client.member))
     if made is not None:
         err.print(
@@ -168,27 +182,87 @@ def keys_member(subsystem: Subsystem, data_dir: DataDir = None) -> None:
             f"(`onceonly audit key {client.member}`)",
             soft_wrap=True,
         )
-    console.print(str(keys.subsystem_cert(client)), soft_wrap=True)
 
 
 @keys_app.command("dev-issuer")
 def keys_dev_issuer(data_dir: DataDir = None) -> None:
     """Make the development token issuer's key (trials only; in production set
-    ONCEONLY_JWT_PUBLIC_KEY_FILE to your identity provider's public key instead)."""
+    ONCEONLY_JWT_PUBLIC_KEY_FILE to your identity provider's public key instead) and write its
+    public key beside it, for components in other data directories (their
+    ONCEONLY_JWT_PUBLIC_KEY_FILE); print both paths."""
     from exchange.tokens import DevIssuer
 
     settings = _settings(data_dir)
-    DevIssuer.load_or_create(
+    issuer = DevIssuer.load_or_create(
         settings.data_dir, issuer=settings.jwt_issuer, audience=settings.jwt_audience
     )
-    console.print(str(KeyStore(settings.data_dir).dev_issuer_key), soft_wrap=True)
+    keys = KeyStore(settings.data_dir)
+    keys.dev_issuer_public.write_bytes(issuer.public_key_pem())
+    console.print(str(keys.dev_issuer_key), soft_wrap=True)
+    console.print(str(keys.dev_issuer_public), soft_wrap=True)
+
+
+@keys_app.command("join")
+def keys_join(
+    anchor: Annotated[
+        Path, typer.Option(help="the central server's public key (anchor.pem), got out of band")
+    ],
+    instance: Annotated[str, typer.Option(help="instance id, e.g. JP")] = "JP",
+    data_dir: DataDir = None,
+) -> None:
+    """An organisation's data directory pins the instance and the central server's key."""
+    settings = _settings(data_dir)
+    created = join_instance(KeyStore(settings.data_dir), instance, anchor.read_text())
+    what = "pinned" if created else "already pinned"
+    console.print(
+        f"instance [bold]{instance}[/bold] and its trust anchor {what} in {settings.data_dir}"
+    )
+
+
+@keys_app.command("request")
+def keys_request(subsystem: Subsystem, data_dir: DataDir = None) -> None:
+    """Make a subsystem's signing and sealing keys here (and the member's audit log key if it has
+    none) and a certificate request for the central operator; print the request's path and the
+    sealing public key's file (both go to the central operator; the private keys stay in this
+    data directory)."""
+    settings = _settings(data_dir)
+    keys = KeyStore(settings.data_dir)
+    client = ClientId.parse(subsystem)
+    path = request_subsystem(keys, client)
+    _member_audit_key(settings, client)
+    console.print(str(path), soft_wrap=True)
+    console.print(str(keys.subsystem_seal_public(client)), soft_wrap=True)
+
+
+@keys_app.command("sign-request")
+def keys_sign_request(
+    request: Annotated[Path, typer.Argument(help="the organisation's certificate request (.csr)")],
+    out: Annotated[Path, typer.Option(help="where to write the issued certificate (PEM)")],
+    data_dir: DataDir = None,
+) -> None:
+    """Central operator: check a certificate request and issue its certificate with the CA."""
+    settings = _settings(data_dir)
+    subsystem, pem = sign_request(KeyStore(settings.data_dir), request.read_text(), now=_now())
+    out.write_text(pem)
+    console.print(f"certificate for {subsystem} written to {out}", soft_wrap=True)
+
+
+@keys_app.command("install-cert")
+def keys_install_cert(
+    cert: Annotated[Path, typer.Argument(help="the certificate the central operator issued")],
+    data_dir: DataDir = None,
+) -> None:
+    """Put an issued certificate beside the subsystem key it certifies."""
+    settings = _settings(data_dir)
+    subsystem = install_certificate(KeyStore(settings.data_dir), cert.read_text())
+    console.print(f"certificate installed for {subsystem}", soft_wrap=True)
 
 
 def _client_node_engine(settings: Settings, client: str) -> tuple[ClientId, Engine]:
     """CLIENT parsed, and its member's node database (migrated)."""
     cid = ClientId.parse(client)
     engine = make_engine(database_url(settings, f"node-{str(cid.member).replace('/', '_')}"))
-    upgrade(engine)
+    upgrade(engine, COMPONENT_BRANCHES["node"])
     return cid, engine
 
 
@@ -235,15 +309,46 @@ def registry_add_subsystem(
     cert: Annotated[
         Path | None, typer.Option(help="PEM certificate issued by `keys member`")
     ] = None,
+    seal_key: Annotated[
+        Path | None, typer.Option(help="sealing public key file written by `keys member` (.pub)")
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
-    """Add a member's subsystem, with the certificate its node signs with."""
+    """Add a member's subsystem, with the certificate its node signs with and the sealing
+    public key the pseudonym translator seals its codes to."""
     client = ClientId.parse(subsystem)
-    pem = cert.read_text() if cert is not None else None  # before any change to the registry
+    # Both files are read before any change to the registry.
+    pem = cert.read_text() if cert is not None else None
+    seal = SealingPublicKey.parse(seal_key.read_text().strip()) if seal_key is not None else None
     admin = _admin(_settings(data_dir))
     admin.add_subsystem(client, name=name)
     if pem is not None:
         admin.add_certificate(client, pem)
+    if seal is not None:
+        admin.set_seal_key(client, seal)
+
+
+@registry_app.command("set-translator")
+def registry_set_translator(
+    url: Annotated[
+        str, typer.Option(help="base URL of the central server serving it", show_default=False)
+    ],
+    data_dir: DataDir = None,
+) -> None:
+    """Name the pseudonym translator; its token key and its audit log key are made in the data
+    directory the first time (never replaced), and the central server loads them at start."""
+    from adapters.translator import TRANSLATOR_LOG
+
+    settings = _settings(data_dir)
+    public_key = provision_translator_key(KeyStore(settings.data_dir))
+    made = provision_audit_key(settings, TRANSLATOR_LOG)
+    _admin(settings).set_translator(url, public_key)
+    if made is not None:
+        err.print(
+            f"created the audit log key {made}: give auditors its public key "
+            f"(`onceonly audit key {TRANSLATOR_LOG}`)",
+            soft_wrap=True,
+        )
 
 
 @registry_app.command("add-service")
@@ -263,6 +368,21 @@ def registry_add_service(
         purposes=_split(purposes),
         changes=changes,
     )
+
+
+@registry_app.command("add-services")
+def registry_add_services(
+    from_file: Annotated[
+        Path, typer.Option("--from", help="a registries file (TOML, docs/adapters.md)")
+    ],
+    data_dir: DataDir = None,
+) -> None:
+    """Register every service a registries file declares, with its OpenAPI document."""
+    from adapters.config import load_registries
+    from adapters.factory import register_services
+
+    for sid in register_services(_admin(_settings(data_dir)), load_registries(from_file)):
+        console.print(str(sid), soft_wrap=True)
 
 
 @registry_app.command("grant")
@@ -347,13 +467,24 @@ def registry_show(
 @db_app.command("upgrade")
 def db_upgrade(
     component: Annotated[
-        str, typer.Option(help="central, or node-<INSTANCE_CLASS_CODE>")
+        str,
+        typer.Option(
+            help="central, node-<INSTANCE_CLASS_CODE>, consent, consent-audit, procedures, "
+            "registries or translator-audit"
+        ),
     ] = "central",
     data_dir: DataDir = None,
 ) -> None:
-    """Apply every package's migrations to a component's database."""
+    """Apply a component's own migrations to its database (each component has its own tables)."""
     settings = _settings(data_dir)
-    upgrade(make_engine(database_url(settings, component)))
+    kind = "node" if component.startswith("node-") else component
+    if kind not in COMPONENT_BRANCHES:
+        raise ClientError(
+            f"no component named {component!r} (one of: node-<MEMBER>, "
+            + ", ".join(sorted(k for k in COMPONENT_BRANCHES if k != "node"))
+            + ")"
+        )
+    upgrade(make_engine(database_url(settings, component)), COMPONENT_BRANCHES[kind])
     console.print(f"{component}: up to date")
 
 
@@ -363,16 +494,20 @@ def db_upgrade(
 @audit_app.command("key")
 def audit_key(
     log_id: Annotated[
-        str, typer.Argument(help="a member id, or consent-service", show_default=False)
+        str,
+        typer.Argument(
+            help="a member id, consent-service or pseudonym-translator", show_default=False
+        ),
     ],
     data_dir: DataDir = None,
 ) -> None:
     """Print a log's public note key (vkey), to hand to auditors out of band.
 
     Only reads the key: a log that has no key here is an error, never a new key."""
-    from exchange.node.compose import CONSENT_LOG, audit_log
+    from adapters.translator import TRANSLATOR_LOG
+    from onceonly.wiring import CONSENT_LOG, audit_log
 
-    if log_id != CONSENT_LOG:
+    if log_id not in (CONSENT_LOG, TRANSLATOR_LOG):
         log_id = str(MemberId.parse(log_id))
     settings = _settings(data_dir)
     console.print(audit_log(settings, make_engine("sqlite://"), log_id).vkey(), soft_wrap=True)
@@ -481,11 +616,26 @@ Host = Annotated[str, typer.Option(help="the address to listen on")]
 def _run(host: str, port: int, build: Callable[[], FastAPI]) -> None:
     """Bind first, so that a port in use fails (one line, exit 2) before keys and databases are
     touched; then build the app and serve it on that socket."""
-    from exchange.federation import free_socket
+    from onceonly.federation import free_socket
 
     with free_socket(host, port) as sock:
         config = uvicorn.Config(build(), log_level="warning", access_log=False)
         uvicorn.Server(config).run(sockets=[sock])
+
+
+def _run_workers(host: str, port: int, factory: str, workers: int) -> None:
+    """``workers`` processes, each building its app with ``factory``, on one socket bound here
+    first (a port in use is one line, exit 2, as in ``_run``)."""
+    from uvicorn.supervisors import Multiprocess
+
+    from onceonly.federation import free_socket
+
+    with free_socket(host, port) as sock:
+        sock.set_inheritable(True)
+        config = uvicorn.Config(
+            factory, factory=True, workers=workers, log_level="warning", access_log=False
+        )
+        Multiprocess(config, sockets=[sock]).run()
 
 
 @app.command()
@@ -494,18 +644,12 @@ def central(
     port: Annotated[int, typer.Option(help="the port to listen on")] = 8100,
     data_dir: DataDir = None,
 ) -> None:
-    """Run the central server (serves the signed registry and the consent service)."""
-    from exchange.node.central import create_central_app
-    from exchange.node.compose import build_central_routers
+    """Run the central server (serves the signed registry, the consent service and the
+    pseudonym translator)."""
+    from onceonly.wiring import central_app
 
     settings = _settings(data_dir)
-    _run(
-        host,
-        port,
-        lambda: create_central_app(
-            settings, routers=lambda view: build_central_routers(settings, view)
-        ),
-    )
+    _run(host, port, lambda: central_app(settings))
 
 
 @app.command()
@@ -516,15 +660,73 @@ def node(
     ],
     host: Host = "127.0.0.1",
     port: Annotated[int, typer.Option(help="the port to listen on")] = 8101,
+    registries: Annotated[
+        Path | None,
+        typer.Option(
+            help="the registries this node serves (TOML; default data_dir/registries.toml)"
+        ),
+    ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="worker processes sharing the socket, the keys and the database (use "
+            "PostgreSQL for more than one)",
+        ),
+    ] = 1,
     data_dir: DataDir = None,
 ) -> None:
     """Run one member's node (security server)."""
     from exchange.node.app import create_node_app
-    from exchange.node.compose import build_node_parts
+    from onceonly.asgi import NODE_MEMBER_ENV
+    from onceonly.wiring import build_node_parts, require_node_keys
 
-    settings = _settings(data_dir)
+    settings = _settings(data_dir, registries_file=registries)
     mid = MemberId.parse(member)
-    _run(host, port, lambda: create_node_app(settings, mid, build_node_parts(settings, mid)))
+    if workers == 1:
+        _run(host, port, lambda: create_node_app(settings, mid, build_node_parts(settings, mid)))
+        return
+    # Each worker builds its own app from the environment (onceonly.asgi.node_app); the keys are
+    # checked here first, so that a missing one is one line before any worker starts.
+    require_node_keys(settings, mid)
+    os.environ[NODE_MEMBER_ENV] = str(mid)
+    os.environ["ONCEONLY_DATA_DIR"] = str(settings.data_dir.resolve())
+    if settings.registries_file is not None:
+        os.environ["ONCEONLY_REGISTRIES_FILE"] = str(settings.registries_file.resolve())
+    _run_workers(host, port, "onceonly.asgi:node_app", workers)
+
+
+@app.command()
+def portal(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="ONCEONLY_PORTAL_CONFIG",
+            help="TOML settings (consent_url, nodes, desk_url, ...); ONCEONLY_PORTAL_* wins",
+        ),
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option(help="the address to listen on (default from the settings)")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="the port to listen on (default from the settings)")
+    ] = None,
+) -> None:
+    """Run the citizens' and auditors' portal on its own: it calls the consent service, the
+    nodes and the one-stop desk over HTTP and opens no database (docs/portal.md)."""
+    from onceonly.federation import free_socket
+    from portal.remote import create_portal_app
+    from portal.settings import load_portal_settings
+
+    settings = load_portal_settings(config, host=host, port=port)
+    with free_socket(settings.host, settings.port) as sock:
+        application, close = create_portal_app(settings)
+        try:
+            config_ = uvicorn.Config(application, log_level="warning", access_log=False)
+            uvicorn.Server(config_).run(sockets=[sock])
+        finally:
+            close()
 
 
 @app.command()
@@ -536,7 +738,7 @@ def demo(
     citizens: Annotated[int, typer.Option(help="synthetic citizens to seed")] = 200,
 ) -> None:
     """A scripted tour: start a local federation, make signed exchanges, show the results, stop."""
-    from exchange.demo import run_demo
+    from onceonly.demo import run_demo
 
     raise typer.Exit(asyncio.run(run_demo(console, data_dir=data_dir, citizens=citizens)))
 
@@ -548,7 +750,7 @@ def serve(
     data_dir: DataDir = None,
 ) -> None:
     """Run the reference federation on one port and leave it running (Ctrl-C stops it)."""
-    from exchange.demo import run_serve
+    from onceonly.demo import run_serve
 
     asyncio.run(run_serve(console, _settings(data_dir), port=port, citizens=citizens))
 
@@ -562,12 +764,14 @@ def seed(
     """Fill the reference registries with realistic synthetic citizens of Machida (no real persons)."""
     from rich.progress import BarColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
 
-    from adapters.reference.registries import REFERENCE_REGISTRIES
+    from adapters.reference.registries import reference_registries
     from adapters.seed import seed as run_seed
-    from exchange.node.compose import PSEUDONYMS, pseudonym_service, registry_database_url
+    from onceonly.wiring import PSEUDONYMS, pseudonym_service, registry_database_url
 
     settings = _settings(data_dir)
-    urls = {r.subsystem: registry_database_url(settings, r.subsystem) for r in REFERENCE_REGISTRIES}
+    urls = {
+        r.subsystem: registry_database_url(settings, r.subsystem) for r in reference_registries()
+    }
     urls[PSEUDONYMS] = registry_database_url(settings, PSEUDONYMS)
     store = make_engine(urls[PSEUDONYMS])
     pseudonym_service(settings, store)  # migrates the pseudonym store

@@ -2,7 +2,8 @@
 
 ``provision`` builds a complete instance in a data directory: the CA and central keys, a key and
 certificate for every reference subsystem, the central registry (members, subsystems, services as
-the adapters declare them, access rights and statutory bases), API keys for the departmental
+the shipped declaration ``adapters/reference/machida.toml`` gives them, with their OpenAPI, access
+rights and statutory bases), the nodes' registries file (a copy of that declaration), API keys for the departmental
 systems, and seeded synthetic registries. ``LocalFederation`` then serves the central server and
 one node per member on **one** loopback port, each app mounted under its own prefix
 (``/central``, ``/nodes/<member>``); node-to-node traffic still goes over real HTTP on loopback.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import socket
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -23,42 +25,53 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from starlette.routing import Mount
 
-from adapters.reference.registries import REFERENCE_REGISTRIES
+from adapters.aliases import AgencyAliases
+from adapters.factory import register_services
+from adapters.reference.registries import REFERENCE_FILE, reference_config, reference_registries
+from adapters.reference.rights import ONE_STOP, REFERENCE_RIGHTS
 from adapters.seed import seed
+from adapters.translator import TRANSLATOR_LOG
 from exchange.db import make_engine, upgrade
 from exchange.errors import ConfigurationError, OnceOnlyError
 from exchange.identifiers import ClientId, MemberId, ServiceId
 from exchange.keystore import KeyStore
 from exchange.node.app import create_node_app, database_url
-from exchange.node.central import create_central_app
-from exchange.node.compose import (
+from exchange.ports import CITIZEN_AGENCY
+from exchange.provisioning import (
+    init_instance,
+    issue_api_key,
+    provision_sealing_key,
+    provision_subsystem,
+    provision_translator_key,
+)
+from exchange.registry_admin import RegistryAdmin
+from exchange.settings import Settings
+from exchange.signing import MemberSigner, load_private_key
+from exchange.tokens import DEV_ISSUER_KEY, DevIssuer, Principal
+from exchange.web.health import database_check, operations_router
+from exchange.web.metrics import ComponentMetrics
+from exchange.web.problems import install_problem_handlers
+from exchange.web.redirects import RelativeRedirects
+from onceonly.wiring import (
+    COMPONENT_BRANCHES,
     PSEUDONYMS,
-    AgencyAliases,
     audit_log,
-    build_central_routers,
     build_node_parts,
+    central_app,
     consent_issuer_key,
     consent_service,
     provision_audit_key,
     provision_consent_keys,
+    pseudonym_agencies,
     pseudonym_service,
+    registries_file,
     registry_database_url,
     subjects_of,
     token_verifier,
 )
-from exchange.ports import CITIZEN_AGENCY
-from exchange.provisioning import init_instance, issue_api_key, provision_subsystem
-from exchange.registry_admin import RegistryAdmin
-from exchange.settings import Settings
-from exchange.signing import MemberSigner, load_private_key
-from exchange.tokens import DevIssuer, Principal
-from exchange.web.problems import install_problem_handlers
 
 __all__ = [
-    "ONE_STOP",
-    "REFERENCE_RIGHTS",
     "LocalFederation",
-    "Right",
     "member_prefix",
     "one_stop_app",
     "portal_app",
@@ -66,119 +79,7 @@ __all__ = [
 ]
 
 INSTANCE = "JP"
-MACHIDA = MemberId.parse("JP/GOV/132098")
-ONE_STOP = ClientId(MACHIDA, "one-stop")
 RESIDENTS_AGENCY = "JP/GOV/132098/resident-registry"
-"""Machida's one-stop service desk: a consumer-only subsystem that runs procedures."""
-
-
-@dataclass(frozen=True, slots=True)
-class Right:
-    """An access right, and the statute that makes it an exchange without consent (if any)."""
-
-    client: str
-    service: str
-    purposes: tuple[str, ...] = ()
-    statute: str | None = None
-    title_ja: str = ""
-    title_en: str = ""
-    fields: tuple[str, ...] | None = None
-
-
-def _svc(subsystem: str, code: str) -> str:
-    for reg in REFERENCE_REGISTRIES:
-        if reg.subsystem == subsystem:
-            return f"{reg.client_id}/{code}/v1"
-    raise KeyError(subsystem)
-
-
-def _client(subsystem: str) -> str:
-    if subsystem == ONE_STOP.subsystem:
-        return str(ONE_STOP)
-    for reg in REFERENCE_REGISTRIES:
-        if reg.subsystem == subsystem:
-            return reg.client_id
-    raise KeyError(subsystem)
-
-
-REFERENCE_RIGHTS: tuple[Right, ...] = (
-    # Tax division reads residence for assessment (地方税法 第294条: taxed where domiciled on 1 Jan).
-    Right(
-        _client("municipal-tax"),
-        _svc("resident-registry", "address"),
-        ("taxation",),
-        "jp-local-tax-act/art294",
-        "地方税法 第294条（住所の認定）",
-        "Local Tax Act art. 294 (domicile)",
-    ),
-    Right(
-        _client("municipal-tax"),
-        _svc("resident-registry", "person"),
-        ("taxation",),
-        "jp-local-tax-act/art294",
-        "地方税法 第294条",
-        "Local Tax Act art. 294",
-        ("name", "name_kana", "birth_date"),
-    ),
-    # NHI and child allowance check residence for eligibility.
-    Right(
-        _client("national-health-insurance"),
-        _svc("resident-registry", "address"),
-        ("benefit-eligibility",),
-        "jp-national-health-insurance-act/art5",
-        "国民健康保険法 第5条（被保険者）",
-        "National Health Insurance Act art. 5",
-    ),
-    Right(
-        _client("child-allowance"),
-        _svc("resident-registry", "person"),
-        ("benefit-eligibility",),
-        "jp-child-allowance-act/art4",
-        "児童手当法 第4条（支給要件）",
-        "Child Allowance Act art. 4",
-    ),
-    Right(
-        _client("child-allowance"),
-        _svc("municipal-tax", "taxpayer"),
-        ("benefit-eligibility",),
-        "jp-my-number-act/art19-8",
-        "番号利用法 第19条第8号（情報提供ネットワーク）",
-        "My Number Act art. 19(8)",
-        ("fiscal_year", "taxable_income_yen"),
-    ),
-    # The one-stop desk: the address change (住民基本台帳法 第23条, 第24条の2 for the moving
-    # one-stop service) reads the registries concerned and notifies the public ones by statute.
-    *(
-        Right(
-            str(ONE_STOP),
-            _svc(sub, code),
-            ("address-change",),
-            "jp-basic-resident-registration-act/art24-2",
-            "住民基本台帳法 第24条の2（転出届の特例）",
-            "Basic Resident Registration Act art. 24-2",
-        )
-        for sub, code in (
-            ("resident-registry", "person"),
-            ("resident-registry", "address"),
-            ("resident-registry", "address-change"),
-            ("municipal-tax", "address-notification"),
-            ("national-health-insurance", "enrolment"),
-            ("national-health-insurance", "address-notification"),
-            ("child-allowance", "recipient"),
-            ("child-allowance", "address-notification"),
-            ("water", "contract"),
-            ("water", "supply-address-change"),
-            ("land-registry", "property"),
-        )
-    ),
-    # Private utilities: an access right, but no statute — the citizen's consent is the basis.
-    *(
-        Right(str(ONE_STOP), _svc(sub, code), ("address-change",))
-        for sub in ("electricity", "gas")
-        for code in ("contract", "supply-address-change")
-    ),
-    Right(_client("gas"), _svc("resident-registry", "address"), ("address-change",)),
-)
 
 
 def member_prefix(member: MemberId) -> str:
@@ -186,14 +87,14 @@ def member_prefix(member: MemberId) -> str:
 
 
 def _members() -> dict[MemberId, tuple[str, str]]:
-    out: dict[MemberId, tuple[str, str]] = {}
-    for reg in REFERENCE_REGISTRIES:
-        out[MemberId.parse(reg.member)] = (reg.member_name_ja, reg.member_name_en)
-    return out
+    return {
+        MemberId.parse(m): (decl.name_ja, decl.name_en)
+        for m, decl in reference_config().members.items()
+    }
 
 
 def _subsystems() -> list[tuple[ClientId, str]]:
-    subs = [(ClientId.parse(r.client_id), r.name_ja) for r in REFERENCE_REGISTRIES]
+    subs = [(r.client, r.name_ja) for r in reference_registries()]
     subs.append((ONE_STOP, "ワンストップ窓口"))
     return subs
 
@@ -222,13 +123,14 @@ def provision(
     ``addresses`` gives each member's node its own base URL instead (one process per node)."""
     now = datetime.now(UTC)
     keys = KeyStore(settings.data_dir)
-    progress("keys: instance CA, central signing key, consent and audit log keys")
+    progress("keys: instance CA, central signing key, consent, translator and audit log keys")
     init_instance(keys, INSTANCE, now=now)
     provision_consent_keys(settings)
+    provision_audit_key(settings, TRANSLATOR_LOG)
     for member in _members():
         provision_audit_key(settings, str(member))
     central_engine = make_engine(database_url(settings, "central"))
-    upgrade(central_engine)
+    upgrade(central_engine, COMPONENT_BRANCHES["central"])
     admin = RegistryAdmin(central_engine)
     progress("central registry: members, subsystems, certificates")
     for member, (name_ja, name_en) in _members().items():
@@ -237,20 +139,13 @@ def provision(
     for client, name in _subsystems():
         admin.add_subsystem(client, name=name)
         admin.add_certificate(client, provision_subsystem(keys, client, now=now))
+        admin.set_seal_key(client, provision_sealing_key(keys, client))
     progress("central registry: services, access rights, statutes")
-    for reg in REFERENCE_REGISTRIES:
-        provider = ClientId.parse(reg.client_id)
-        reg_engine = make_engine(registry_database_url(settings, reg.subsystem))
-        descriptions = reg.adapter(reg_engine).services()
-        reg_engine.dispose()
-        for desc in descriptions:
-            admin.add_service(
-                ServiceId(provider, desc.code, desc.version),
-                description=desc.description,
-                fields=desc.fields,
-                purposes=desc.purposes,
-                changes=desc.changes,
-            )
+    register_services(admin, reference_config())
+    nodes_file = registries_file(settings)
+    if not nodes_file.exists():  # the nodes serve the registries the reference declares
+        nodes_file.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(REFERENCE_FILE, nodes_file)
     for i, right in enumerate(REFERENCE_RIGHTS):
         client, service = ClientId.parse(right.client), ServiceId.parse(right.service)
         admin.grant(client, service)
@@ -269,10 +164,11 @@ def provision(
                 title_ja=right.title_ja,
                 title_en=right.title_en,
             )
-    progress("consent service (information bank) and the development token issuer")
+    progress("consent service (information bank), pseudonym translator, development token issuer")
     admin.set_consent_service(
         central_url or base_url + "/central", consent_issuer_key(settings).public_key_pem()
     )
+    admin.set_translator(central_url or base_url + "/central", provision_translator_key(keys))
     DevIssuer.load_or_create(
         settings.data_dir, issuer=settings.jwt_issuer, audience=settings.jwt_audience
     )
@@ -281,7 +177,7 @@ def provision(
     progress("API keys for the departmental systems")
     for member in {c.member for c, _ in _subsystems()}:
         engine = make_engine(database_url(settings, f"node-{str(member).replace('/', '_')}"))
-        upgrade(engine)
+        upgrade(engine, COMPONENT_BRANCHES["node"])
         for client, _ in _subsystems():
             if client.member == member:
                 out.api_keys[str(client)] = issue_api_key(
@@ -292,7 +188,8 @@ def provision(
     if not marker.exists() and citizens > 0:
         progress(f"seeding {citizens} synthetic citizens into the registries")
         urls = {
-            r.subsystem: registry_database_url(settings, r.subsystem) for r in REFERENCE_REGISTRIES
+            r.subsystem: registry_database_url(settings, r.subsystem)
+            for r in reference_registries()
         }
         urls[PSEUDONYMS] = registry_database_url(settings, PSEUDONYMS)
         store = make_engine(urls[PSEUDONYMS])
@@ -333,9 +230,7 @@ class LocalFederation:
 
     def build_app(self) -> FastAPI:
         settings = self.settings.model_copy(update={"central_url": self.base_url + "/central"})
-        central = create_central_app(
-            settings, routers=lambda view: build_central_routers(settings, view)
-        )
+        central = central_app(settings)
         # Nodes fetch the registry from the central server on this same port, which accepts
         # connections only once every lifespan has started: they fetch after start (``serve``).
         nodes: dict[MemberId, FastAPI] = {
@@ -358,6 +253,7 @@ class LocalFederation:
         self._nodes = nodes
         root.state.nodes = nodes
         root.state.central = central
+        root.add_middleware(RelativeRedirects)  # a forged Host never comes back in a Location
         root.router.routes.append(Mount("/central", app=central))
         for m, app in nodes.items():
             root.router.routes.append(Mount(member_prefix(m), app=app))
@@ -402,7 +298,7 @@ def one_stop_app(settings: Settings, node_url: str, api_key: str) -> FastAPI:
     from procedures.runner import ProcedureRunner
 
     engine = make_engine(database_url(settings, "procedures"))
-    upgrade(engine)
+    upgrade(engine, COMPONENT_BRANCHES["procedures"])
     keys = KeyStore(settings.data_dir)
     signer = MemberSigner(load_private_key(keys.subsystem_key(ONE_STOP)))
     client = OneStopClient(node_url, api_key)
@@ -423,7 +319,12 @@ def one_stop_app(settings: Settings, node_url: str, api_key: str) -> FastAPI:
                 engine.dispose()
 
     app = FastAPI(title="onceonly one-stop desk", lifespan=lifespan, docs_url=None, redoc_url=None)
-    install_problem_handlers(app)
+    metrics = ComponentMetrics([runner.metrics])
+    install_problem_handlers(
+        app, on_database_unavailable=lambda: metrics.database_unavailable_at("request")
+    )
+    app.add_middleware(RelativeRedirects)
+    app.include_router(operations_router(metrics, {"database": database_check(engine)}))
     app.include_router(
         build_router(service, token_verifier(settings), clock=lambda: datetime.now(UTC))
     )
@@ -433,13 +334,15 @@ def one_stop_app(settings: Settings, node_url: str, api_key: str) -> FastAPI:
 
 
 def portal_app(settings: Settings, desk: FastAPI | None, *, citizens: int = 5) -> FastAPI:
-    """The citizens' and auditors' portal over the local federation's services and logs."""
+    """The citizens' and auditors' portal over the local federation's services and logs, in
+    this process (``onceonly portal`` runs it apart, over HTTP: ``portal.remote``)."""
     from portal import build_portal
+    from portal.local import LocalConsent, LocalDesk, local_logs
 
     logs = {}
     for member in _members():
         engine = make_engine(database_url(settings, f"node-{str(member).replace('/', '_')}"))
-        upgrade(engine)
+        upgrade(engine, COMPONENT_BRANCHES["node"])
         logs[str(member)] = audit_log(settings, engine, str(member))
     pseudonyms = pseudonym_service(settings)
     residents = make_engine(registry_database_url(settings, "resident-registry"))
@@ -457,18 +360,21 @@ def portal_app(settings: Settings, desk: FastAPI | None, *, citizens: int = 5) -
             )
             demo.append((citizen, str(name)))
     issuer = DevIssuer.load(
-        settings.data_dir, issuer=settings.jwt_issuer, audience=settings.jwt_audience
+        settings.data_dir / DEV_ISSUER_KEY,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
     )
     subjects = AgencyAliases(pseudonyms, {})
     return build_portal(
         settings,
-        consent=desk.state.consents if desk is not None else consent_service(settings),
-        logs=logs,
-        subjects_of=_with_own_id(subjects_of(subjects)),
+        consent=LocalConsent(
+            desk.state.consents if desk is not None else consent_service(settings)
+        ),
+        logs=local_logs(logs, _with_own_id(subjects_of(subjects, pseudonym_agencies(settings)))),
         issuer=issuer,
         verifier=issuer.verifier(),
         demo_citizens=demo,
-        procedures=desk.state.procedures if desk is not None else None,
+        procedures=LocalDesk(desk.state.procedures) if desk is not None else None,
         # The local federation speaks plain HTTP on loopback (Chromium keeps Secure cookies
         # for http://127.0.0.1 too, other browsers may not): Secure stays on.
     )

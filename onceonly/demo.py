@@ -23,10 +23,18 @@ from rich.table import Table
 from sqlalchemy import text
 from starlette.routing import Mount
 
+from adapters.reference.rights import ONE_STOP
 from audit.verify import verify_export
 from exchange.db import make_engine
-from exchange.federation import (
-    ONE_STOP,
+from exchange.identifiers import ClientId
+from exchange.keystore import KeyStore
+from exchange.node.app import database_url
+from exchange.node_requests import sign_node_request
+from exchange.ports import CITIZEN_AGENCY
+from exchange.settings import Settings
+from exchange.signing import MemberSigner, load_private_key
+from exchange.tokens import DEV_ISSUER_KEY, DevIssuer
+from onceonly.federation import (
     LocalFederation,
     Provisioned,
     free_socket,
@@ -35,20 +43,12 @@ from exchange.federation import (
     portal_app,
     provision,
 )
-from exchange.identifiers import ClientId
-from exchange.keystore import KeyStore
-from exchange.node.app import database_url
-from exchange.node.compose import (
+from onceonly.wiring import (
     audit_log,
     consent_service,
     pseudonym_service,
     registry_database_url,
 )
-from exchange.node_requests import sign_node_request
-from exchange.ports import CITIZEN_AGENCY
-from exchange.settings import Settings
-from exchange.signing import MemberSigner, load_private_key
-from exchange.tokens import DevIssuer
 from procedures.demo import demo_address_change
 
 __all__ = ["print_api_keys", "run_demo", "run_serve"]
@@ -142,7 +142,9 @@ async def _grant_consent(
     r = await client.post(f"{base}/central{path}", content=body, headers=headers)
     r.raise_for_status()
     token = DevIssuer.load(
-        settings.data_dir, issuer=settings.jwt_issuer, audience=settings.jwt_audience
+        settings.data_dir / DEV_ISSUER_KEY,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
     ).issue(citizen, roles=("citizen",))
     approved = await client.post(
         f"{base}/central/consent/v1/consent-requests/{r.json()['id']}/approve",
@@ -206,7 +208,9 @@ async def _audit_tour(
 ) -> int:
     """An auditor verifies Machida's log offline; the citizen reads who accessed their data."""
     issuer = DevIssuer.load(
-        settings.data_dir, issuer=settings.jwt_issuer, audience=settings.jwt_audience
+        settings.data_dir / DEV_ISSUER_KEY,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
     )
     auditor = {"authorization": f"Bearer {issuer.issue('auditor-1', roles=('auditor',))}"}
     node = f"{base}{member_prefix(RESIDENTS.member)}"

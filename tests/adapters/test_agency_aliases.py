@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from adapters.aliases import AgencyAliases
 from exchange.errors import NotFoundError
-from exchange.node.compose import AgencyAliases
 from exchange.ports import CITIZEN_AGENCY
 
 

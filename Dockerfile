@@ -1,0 +1,27 @@
+# onceonly: one image for every component (central, node, portal, desk, runner); the command
+# chooses the component, e.g. `onceonly node --member JP/GOV/132098 --host 0.0.0.0 --port 8101`.
+# Keys and SQLite files live in the data directory, a volume: never baked into the image.
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    ONCEONLY_DATA_DIR=/data
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY onceonly ./onceonly
+COPY exchange ./exchange
+COPY adapters ./adapters
+COPY policies ./policies
+COPY consent ./consent
+COPY audit ./audit
+COPY procedures ./procedures
+COPY portal ./portal
+RUN pip install --no-compile . \
+ && useradd --system --uid 10001 --home-dir /data --create-home onceonly
+
+USER onceonly
+VOLUME ["/data"]
+ENTRYPOINT ["onceonly"]
+CMD ["--help"]

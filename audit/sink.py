@@ -1,0 +1,32 @@
+"""The transparency log behind the kernel's ``AuditSink`` port (DESIGN "Audit").
+
+Batched appends, one writer at a time on SQLite (``sqlite_writer_turn``); each batch is one
+transaction of the log, so an exchange's records are committed before its answer leaves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import Engine
+
+from audit.log import TransparencyLog
+from exchange.db import sqlite_writer_turn
+from exchange.ports import AuditEvent
+
+__all__ = ["LogSink"]
+
+
+class LogSink:
+    """The transparency log as the node's audit sink (batched appends, one writer at a time)."""
+
+    def __init__(self, log: TransparencyLog, engine: Engine) -> None:
+        self.log = log
+        self._engine = engine
+
+    def record(self, event: AuditEvent) -> None:
+        self.record_many([event])
+
+    def record_many(self, events: Sequence[AuditEvent]) -> None:
+        with sqlite_writer_turn(self._engine):
+            self.log.append_many(events)
