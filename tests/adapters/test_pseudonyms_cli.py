@@ -96,3 +96,38 @@ def test_enrol_refuses_an_agency_that_is_not_a_subsystem_id(
     )
     assert result.exit_code == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_enrol_with_own_codes_registers_the_agencys_identifiers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ONCEONLY_DATA_DIR", str(tmp_path / "central"))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    keys = tmp_path / "keys.txt"
+    keys.write_text("R-0001\nR-0002\n")
+    runner = CliRunner()
+    own = runner.invoke(
+        app,
+        [
+            "pseudonyms",
+            "enrol",
+            RESIDENTS,
+            "--own-codes",
+            "--citizen-keys",
+            str(keys),
+            "--out",
+            str(tmp_path / "r.tsv"),
+        ],
+    )
+    assert own.exit_code == 0, own.output
+    assert _codes(tmp_path / "r.tsv") == {"R-0001": "R-0001", "R-0002": "R-0002"}
+    runner.invoke(
+        app,
+        ["pseudonyms", "enrol", TAX, "--citizen-keys", str(keys), "--out", str(tmp_path / "t.tsv")],
+    )
+    taxes = _codes(tmp_path / "t.tsv")
+    settings = Settings(data_dir=tmp_path / "central")
+    store = PseudonymService(make_engine(registry_database_url(settings, PSEUDONYMS)), (TAX,))
+    assert store.translate(taxes["R-0001"], from_agency=TAX, to_agency=RESIDENTS) == "R-0001"
+    citizen = store.translate("R-0001", from_agency=RESIDENTS, to_agency="citizen")
+    assert citizen != "R-0001"
