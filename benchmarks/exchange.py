@@ -94,13 +94,27 @@ async def load(
     }
 
 
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux ``/proc``; 0 elsewhere)."""
+def _stat(pid: int) -> list[str]:
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return []
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and its child processes (``--workers``) so far
+    (Linux ``/proc``; 0 elsewhere)."""
+    pids = [pid] + [
+        int(d.name)
+        for d in Path("/proc").glob("[0-9]*")
+        if (f := _stat(int(d.name))) and int(f[1]) == pid
+    ]
+    total = 0.0
+    for p in pids:
+        fields = _stat(p)
+        if fields:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def _round(pids: dict[str, int], run: Any) -> dict[str, Any]:
@@ -127,6 +141,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--repeat", type=int, default=None)
     ap.add_argument("--pseudonyms", choices=("translator", "local"), default="translator")
+    ap.add_argument("--workers", type=int, default=1, help="worker processes per node (--workers)")
     args = ap.parse_args()
     seconds = 3.0 if args.quick else args.seconds
     warmup = 1.0 if args.quick else 2.0
@@ -180,6 +195,8 @@ def main() -> None:
         )
         subject = pseudonyms.translate(citizen, from_agency=CITIZEN_AGENCY, to_agency=str(CONSUMER))
         nodes = [cluster.procs["central"], cluster.procs[str(MACHIDA)], cluster.procs[str(LAND)]]
+        for p in nodes[1:]:
+            p.args += ["--workers", str(args.workers)]
         for p in nodes:
             p.start()
         headers = {
@@ -244,6 +261,7 @@ def main() -> None:
                 "rounds": repeat,
                 "database": "postgresql" if os.environ.get("DATABASE_URL") else "sqlite",
                 "pseudonyms": args.pseudonyms,
+                "workers_per_node": args.workers,
                 "bare_hop": baseline,
                 "signed_exchange": secure,
                 "throughput_ratio_b_over_a": ratio,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import json
 import shutil
 import socket
@@ -21,7 +22,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sqlalchemy import text
 from starlette.routing import Mount
 
@@ -259,6 +261,12 @@ class LocalFederation:
             root.router.routes.append(Mount(member_prefix(m), app=app))
         for mount in self._extra:
             root.router.routes.append(mount)
+        root.add_api_route(
+            "/",
+            _index_route([m.path for m in self._extra]),
+            methods=["GET"],
+            include_in_schema=False,
+        )
         return root
 
     async def serve(
@@ -285,6 +293,60 @@ class LocalFederation:
     def stop(self) -> None:
         if self._server is not None:
             self._server.should_exit = True
+
+
+_EXTRA_TITLES = {
+    "/portal": ("ポータル（市民・監査人）", "Portal (citizens and auditors)"),
+    "/one-stop": ("ワンストップ窓口 API", "One-stop desk API"),
+}
+
+
+def _index_route(extra_paths: Iterable[str]) -> Callable[[Request], Response]:
+    """``GET /`` of the local federation: what runs here, with links, leading to the portal.
+
+    JSON for a caller that asks for it (``Accept: application/json``), else a small ja/en page.
+    Links are paths only: a forged Host header never reaches them."""
+    parts: list[dict[str, str]] = [
+        {
+            "path": p + "/",
+            "ja": _EXTRA_TITLES.get(p, (p, p))[0],
+            "en": _EXTRA_TITLES.get(p, (p, p))[1],
+        }
+        for p in sorted(extra_paths, key=lambda p: p != "/portal")  # the portal leads
+    ]
+    parts.append(
+        {
+            "path": "/central/registry",
+            "ja": "中央サーバ（署名済みレジストリ）",
+            "en": "Central server (signed registry)",
+        }
+    )
+    parts += [
+        {
+            "path": member_prefix(m) + "/listClients",
+            "ja": f"{ja} のノード（{m}）",
+            "en": f"{en} node ({m})",
+        }
+        for m, (ja, en) in _members().items()
+    ]
+    items = "".join(
+        f'<li><a href="{html.escape(x["path"])}">{html.escape(x["ja"])}</a>'
+        f' / <span lang="en">{html.escape(x["en"])}</span></li>'
+        for x in parts
+    )
+    page = (
+        '<!doctype html><html lang="ja"><meta charset="utf-8">'
+        "<title>onceonly</title><h1>onceonly</h1>"
+        '<p>ここで動いているもの / <span lang="en">What runs here</span></p>'
+        f"<ul>{items}</ul></html>"
+    )
+
+    def index(request: Request) -> Response:
+        if "application/json" in request.headers.get("accept", ""):
+            return JSONResponse({"components": parts})
+        return HTMLResponse(page)
+
+    return index
 
 
 def one_stop_app(settings: Settings, node_url: str, api_key: str) -> FastAPI:
