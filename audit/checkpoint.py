@@ -162,17 +162,31 @@ class NoteSigner:
         return cls(name, ed25519.Ed25519PrivateKey.generate())
 
     @classmethod
-    def load_or_create(cls, path: Path, name: str) -> NoteSigner:
-        """The log key kept in ``path`` (Go ``skey`` text, mode 0600), made on first use.
+    def create(cls, path: Path, name: str) -> NoteSigner:
+        """Provisioning only: a new log key written to ``path`` (Go ``skey`` text, mode 0600).
+
+        Refuses to replace a key that exists: checkpoints it signed are pinned by auditors."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError as exc:
+            raise ConfigurationError(f"a log key already exists in {path}") from exc
+        signer = cls.generate(name)
+        with os.fdopen(fd, "w", encoding="ascii") as out:
+            out.write(signer.skey() + "\n")
+        return signer
+
+    @classmethod
+    def load(cls, path: Path, name: str) -> NoteSigner:
+        """The log key kept in ``path``; never made here (a missing key is an error).
 
         Refuses a stored key whose name is not ``name``: a log must not silently change origin.
         """
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w", encoding="ascii") as out:
-                out.write(cls.generate(name).skey() + "\n")
-        signer = cls.from_skey(path.read_text(encoding="ascii").strip())
+        try:
+            text = path.read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigurationError(f"cannot read the log key {path}") from exc
+        signer = cls.from_skey(text.strip())
         if signer.name != name:
             raise ConfigurationError(f"the log key in {path} is for {signer.name!r}, not {name!r}")
         return signer

@@ -14,6 +14,8 @@ Concurrency and crashes: the entry rows, their nodes and the new head are writte
 transaction that first locks the log's head row (PostgreSQL ``SELECT … FOR UPDATE``; SQLite
 ``BEGIN IMMEDIATE``), so writers in any number of threads, processes or replicas append in one
 total order and the tree never forks; a writer killed at any point leaves the last committed log.
+Checkpoints are read, signed and stored under the same lock, so replicas sharing one database and
+one log key store checkpoints whose sizes never decrease.
 
 Trust assumption: this process trusts its own database; auditors trust only signed checkpoints
 and proofs, and verify exports offline with ``audit.verify``.
@@ -470,23 +472,60 @@ class TransparencyLog:
 
     def sign_checkpoint(self, now: datetime) -> StoredCheckpoint:
         """Sign the current head as a checkpoint and store it in the history."""
-        size, root = self.head()
-        note = sign_checkpoint(Checkpoint(self.origin, size, root), self._signer)
-        with self._engine.begin() as conn:
-            conn.execute(
-                insert(CheckpointRow).values(
-                    log_id=self.log_id, size=size, root=root, time_us=_time_us(now), note=note
-                )
-            )
-        return StoredCheckpoint(size, root, now.astimezone(UTC), note)
+        return self._store_checkpoint(now, only_if_grown=False)
 
     def publish_checkpoint(self, now: datetime) -> StoredCheckpoint:
         """What the node runs on an interval: sign a new checkpoint if the log grew since the
         latest one (or none exists), else return the latest."""
-        latest = self.latest_checkpoint()
-        if latest is not None and latest.size == self.size():
-            return latest
-        return self.sign_checkpoint(now)
+        return self._store_checkpoint(now, only_if_grown=True)
+
+    def _store_checkpoint(self, now: datetime, *, only_if_grown: bool) -> StoredCheckpoint:
+        """Read the head, sign it and store the checkpoint in ONE transaction holding the head's
+        write lock (as ``append_many`` does): replicas sharing the database and the log key
+        store checkpoints in the order of the sizes they sign, so the stored history never goes
+        back to a smaller tree (a slower replica cannot store size 5 after another stored 7)."""
+        when = _time_us(now)
+        self._ensure_head()
+        with self._engine.connect() as conn:
+            conn.begin()
+            self._begin_write(conn)
+            found = conn.execute(
+                select(HeadRow.size, HeadRow.root)
+                .where(HeadRow.log_id == self.log_id)
+                .with_for_update()  # PostgreSQL; SQLite's BEGIN IMMEDIATE locked the file
+            ).first()
+            if found is None:
+                raise LogIntegrityError("the log has no head row")
+            size, root = int(found[0]), bytes(found[1])
+            latest = self._latest(conn)
+            if latest is not None and latest.size > size:
+                # never store a smaller tree after a larger one: a head behind the latest
+                # checkpoint means a damaged database, not a reason to contradict what was signed
+                raise LogIntegrityError("the log head is behind its latest checkpoint")
+            if latest is not None and only_if_grown and latest.size == size:
+                conn.rollback()
+                return latest
+            note = sign_checkpoint(Checkpoint(self.origin, size, root), self._signer)
+            conn.execute(
+                insert(CheckpointRow).values(
+                    log_id=self.log_id, size=size, root=root, time_us=when, note=note
+                )
+            )
+            conn.commit()
+        return StoredCheckpoint(size, root, now.astimezone(UTC), note)
+
+    def _latest(self, conn: Connection) -> StoredCheckpoint | None:
+        row = conn.execute(
+            select(
+                CheckpointRow.size, CheckpointRow.root, CheckpointRow.time_us, CheckpointRow.note
+            )
+            .where(CheckpointRow.log_id == self.log_id)
+            .order_by(CheckpointRow.id.desc())
+            .limit(1)
+        ).first()
+        if row is None:
+            return None
+        return StoredCheckpoint(row[0], row[1], _EPOCH + row[2] * _US, row[3])
 
     def latest_checkpoint(self) -> StoredCheckpoint | None:
         found = self.checkpoints(limit=1)

@@ -176,11 +176,22 @@ class ConsentIssuerKey:
         return cls(key, issuer=issuer)
 
     @classmethod
-    def load_or_create(cls, path: Path, *, issuer: str) -> ConsentIssuerKey:
-        """Load the PEM at ``path``, creating it (mode 0600) on first start."""
-        if not path.exists():
-            save_private_key(ed25519.Ed25519PrivateKey.generate(), path)
-        return cls.from_pem(path.read_bytes(), issuer=issuer)
+    def create(cls, path: Path, *, issuer: str) -> ConsentIssuerKey:
+        """Provisioning only: a new key written to ``path`` (PEM, mode 0600). Refuses to replace
+        a key that exists: the registry publishes its public key and artefacts carry its kid."""
+        if path.exists():
+            raise ConfigurationError(f"a consent issuer key already exists in {path}")
+        save_private_key(ed25519.Ed25519PrivateKey.generate(), path)
+        return cls.load(path, issuer=issuer)
+
+    @classmethod
+    def load(cls, path: Path, *, issuer: str) -> ConsentIssuerKey:
+        """The PEM at ``path``; never made here (a missing key is an error)."""
+        try:
+            pem = path.read_bytes()
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read the consent issuer key {path}") from exc
+        return cls.from_pem(pem, issuer=issuer)
 
     def private_key_pem(self) -> bytes:
         return self._key.private_bytes(

@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     jwt_audience: str = "onceonly"
     jwt_public_key_file: Path | None = None
     """PEM public key of the citizens'/auditors' token issuer; unset means the development
-    issuer's key in ``data_dir`` (created by ``onceonly keys init``)."""
+    issuer's key in ``data_dir`` (created by ``onceonly keys dev-issuer``, never at start)."""
 
     portal_secret: SecretStr | None = None
     """Signs portal session cookies and CSRF tokens; unset means a random one per run."""

@@ -1,9 +1,9 @@
 """Bearer tokens for citizens and auditors (JWT, EdDSA), and the development issuer.
 
 DESIGN "Trust": citizens and auditors authenticate with JWTs from a configurable issuer; the demo
-ships a development issuer whose key is generated into the data directory. Every decode pins the
-algorithm, audience, issuer, required claims and a small leeway (style rule 15) and fails with one
-opaque ``AuthenticationError``.
+ships a development issuer whose key ``onceonly keys dev-issuer`` makes in the data directory.
+Every decode pins the algorithm, audience, issuer, required claims and a small leeway (style rule
+15) and fails with one opaque ``AuthenticationError``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from exchange.errors import AuthenticationError, ConfigurationError
+from exchange.keystore import DEV_ISSUER_COMMAND, MissingKeyError
 from exchange.signing import load_private_key, save_private_key
 
 __all__ = ["DEV_ISSUER_KEY", "DevIssuer", "Principal", "TokenVerifier"]
@@ -89,6 +90,8 @@ class DevIssuer:
 
     @classmethod
     def load_or_create(cls, data_dir: Path, *, issuer: str, audience: str) -> DevIssuer:
+        """Provisioning (``onceonly keys dev-issuer``, the demo, tests): the key in ``data_dir``,
+        made if missing. Serving components use ``load``: they never make a key."""
         path = data_dir / DEV_ISSUER_KEY
         if not path.exists():
             save_private_key(ed25519.Ed25519PrivateKey.generate(), path)
@@ -96,9 +99,12 @@ class DevIssuer:
 
     @classmethod
     def load(cls, path: Path, *, issuer: str, audience: str) -> DevIssuer:
-        """The issuer whose key is in ``path``; a missing file is an error (never made here)."""
+        """The issuer whose key is in ``path``; a missing file is ``MissingKeyError`` naming the
+        command that makes it (never made here)."""
         if not path.is_file():
-            raise ConfigurationError(f"no development issuer key at {path}")
+            raise MissingKeyError(
+                "development token issuer key", path.absolute(), DEV_ISSUER_COMMAND
+            )
         key = load_private_key(path)
         if not isinstance(key, ed25519.Ed25519PrivateKey):
             raise ConfigurationError("development issuer key must be Ed25519")

@@ -5,6 +5,11 @@
 an instance. Settings come from ``ONCEONLY_*`` environment variables
 (``exchange.settings.Settings``; the portal's own ``ONCEONLY_PORTAL_*``, ``portal.settings``);
 options here override the data directory and the database. Nothing happens at import time.
+
+Errors have one path (``_OneLineErrors``): an ``OnceOnlyError`` (a missing key, a port in use, a
+bad identifier …) or an ``OSError`` becomes one line on stderr and exit code 2, never a traceback.
+Secrets are never taken as argument values (they would show in ``ps`` and shell history): the
+auditor token comes from ``ONCEONLY_AUDIT_TOKEN`` or ``--token-file``.
 """
 
 from __future__ import annotations
@@ -12,18 +17,22 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+import typer.core
 import uvicorn
+from fastapi import FastAPI
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import Engine
 
 from exchange.db import make_engine, upgrade
-from exchange.errors import OnceOnlyError
+from exchange.errors import ClientError, ConfigurationError, OnceOnlyError, TransportError
 from exchange.identifiers import ClientId, MemberId, ServiceId
 from exchange.keystore import KeyStore
 from exchange.node.app import database_url
@@ -42,13 +51,35 @@ from exchange.provisioning import (
 from exchange.registry_admin import RegistryAdmin
 from exchange.sealing import SealingPublicKey
 from exchange.settings import Settings
-from onceonly.wiring import COMPONENT_BRANCHES
+from onceonly.wiring import COMPONENT_BRANCHES, provision_audit_key, provision_consent_keys
 
-__all__ = ["app", "main"]
+__all__ = ["AUDIT_TOKEN_ENV", "app", "main"]
+
+AUDIT_TOKEN_ENV = "ONCEONLY_AUDIT_TOKEN"  # noqa: S105 (the variable's name, not a secret)
+err = Console(stderr=True)
+
+
+class _OneLineErrors(typer.core.TyperGroup):
+    """The CLI's one error path: what an operator can fix is one line on stderr and exit 2."""
+
+    def invoke(self, ctx: Any) -> Any:  # typer's Context base lives in its private ``_click``
+        try:
+            return super().invoke(ctx)
+        except OnceOnlyError as exc:
+            err.print(f"[red]error[/red] ({exc.code}): {escape(exc.detail)}", soft_wrap=True)
+        except OSError as exc:
+            where = f" ({exc.filename})" if exc.filename else ""
+            err.print(
+                f"[red]error[/red]: {escape(str(exc.strerror or exc))}{where}", soft_wrap=True
+            )
+        raise typer.Exit(2)
+
 
 app = typer.Typer(
+    cls=_OneLineErrors,
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_show_locals=False,  # a traceback must never print keys or tokens
     help="onceonly: once-only data exchange for municipalities",
 )
 keys_app = typer.Typer(no_args_is_help=True, help="Keys and certificates (into the data directory)")
@@ -66,7 +97,6 @@ pseudonyms_app = typer.Typer(
 )
 app.add_typer(pseudonyms_app, name="pseudonyms")
 console = Console()
-err = Console(stderr=True)
 
 DataDir = Annotated[
     Path | None, typer.Option("--data-dir", help="defaults to ONCEONLY_DATA_DIR or ./.onceonly")
@@ -85,11 +115,6 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _fail(exc: OnceOnlyError) -> None:
-    err.print(f"[red]error[/red] ({exc.code}): {exc.detail}")
-    raise typer.Exit(2)
-
-
 def _admin(settings: Settings) -> RegistryAdmin:
     engine = make_engine(database_url(settings, "central"))
     upgrade(engine, COMPONENT_BRANCHES["central"])
@@ -102,39 +127,83 @@ def _split(values: str) -> list[str]:
 
 # --- keys ----------------------------------------------------------------------------------------
 
+Subsystem = Annotated[
+    str, typer.Argument(help="a subsystem id INSTANCE/CLASS/MEMBER/SUBSYSTEM", show_default=False)
+]
+Client = Annotated[
+    str,
+    typer.Argument(
+        help="the calling subsystem INSTANCE/CLASS/MEMBER/SUBSYSTEM", show_default=False
+    ),
+]
+Service = Annotated[
+    str,
+    typer.Argument(
+        help="a service id INSTANCE/CLASS/MEMBER/SUBSYSTEM/SERVICE[/VERSION]", show_default=False
+    ),
+]
+
 
 @keys_app.command("init")
 def keys_init(
     instance: Annotated[str, typer.Option(help="instance id, e.g. JP")] = "JP",
     data_dir: DataDir = None,
 ) -> None:
-    """Create the instance CA, the central signing key and the trust anchor (idempotent)."""
+    """Create the instance CA, the central signing key, the trust anchor and the consent
+    service's keys (idempotent: existing keys are kept, never replaced)."""
     settings = _settings(data_dir)
-    try:
-        created = init_instance(KeyStore(settings.data_dir), instance, now=_now())
-    except OnceOnlyError as exc:
-        _fail(exc)
-        return
-    what = "created" if created else "already present"
+    keys = KeyStore(settings.data_dir)
+    created = init_instance(keys, instance, now=_now())
+    made = provision_consent_keys(settings)
+    what = "created" if created or made else "already present"
     console.print(f"instance [bold]{instance}[/bold] keys {what} in {settings.data_dir}")
-    console.print(f"trust anchor for nodes: {KeyStore(settings.data_dir).anchor}")
+    for path in made:
+        console.print(f"created {path}", soft_wrap=True)
+    console.print(f"trust anchor for nodes: {keys.anchor}", soft_wrap=True)
 
 
 @keys_app.command("member")
-def keys_member(subsystem: str, data_dir: DataDir = None) -> None:
+def keys_member(subsystem: Subsystem, data_dir: DataDir = None) -> None:
     """Make a subsystem's signing key, its CA-issued certificate and its sealing key pair (each
-    only once); print the certificate path and the sealing public key's file."""
+    only once), and the member's audit log key if it has none; print the certificate path and
+    the sealing public key's file."""
     settings = _settings(data_dir)
+    client = ClientId.parse(subsystem)
     keys = KeyStore(settings.data_dir)
-    try:
-        client = ClientId.parse(subsystem)
-        provision_subsystem(keys, client, now=_now())
-        provision_sealing_key(keys, client)  # writes the public half beside the key
-    except OnceOnlyError as exc:
-        _fail(exc)
-        return
-    console.print(str(keys.subsystem_cert(client)))
-    console.print(str(keys.subsystem_seal_public(client)))
+    provision_subsystem(keys, client, now=_now())
+    provision_sealing_key(keys, client)  # writes the public half beside the key
+    _member_audit_key(settings, client)
+    console.print(str(keys.subsystem_cert(client)), soft_wrap=True)
+    console.print(str(keys.subsystem_seal_public(client)), soft_wrap=True)
+
+
+def _member_audit_key(settings: Settings, client: ClientId) -> None:
+    """The member's audit log key, made if it has none (its node refuses to start without)."""
+    made = provision_audit_key(settings, str(client.member))
+    if made is not None:
+        err.print(
+            f"created the audit log key {made}: give auditors its public key "
+            f"(`onceonly audit key {client.member}`)",
+            soft_wrap=True,
+        )
+
+
+@keys_app.command("dev-issuer")
+def keys_dev_issuer(data_dir: DataDir = None) -> None:
+    """Make the development token issuer's key (trials only; in production set
+    ONCEONLY_JWT_PUBLIC_KEY_FILE to your identity provider's public key instead) and write its
+    public key beside it, for components in other data directories (their
+    ONCEONLY_JWT_PUBLIC_KEY_FILE); print both paths."""
+    from exchange.tokens import DevIssuer
+
+    settings = _settings(data_dir)
+    issuer = DevIssuer.load_or_create(
+        settings.data_dir, issuer=settings.jwt_issuer, audience=settings.jwt_audience
+    )
+    keys = KeyStore(settings.data_dir)
+    keys.dev_issuer_public.write_bytes(issuer.public_key_pem())
+    console.print(str(keys.dev_issuer_key), soft_wrap=True)
+    console.print(str(keys.dev_issuer_public), soft_wrap=True)
 
 
 @keys_app.command("join")
@@ -147,11 +216,7 @@ def keys_join(
 ) -> None:
     """An organisation's data directory pins the instance and the central server's key."""
     settings = _settings(data_dir)
-    try:
-        created = join_instance(KeyStore(settings.data_dir), instance, anchor.read_text())
-    except OnceOnlyError as exc:
-        _fail(exc)
-        return
+    created = join_instance(KeyStore(settings.data_dir), instance, anchor.read_text())
     what = "pinned" if created else "already pinned"
     console.print(
         f"instance [bold]{instance}[/bold] and its trust anchor {what} in {settings.data_dir}"
@@ -159,18 +224,16 @@ def keys_join(
 
 
 @keys_app.command("request")
-def keys_request(subsystem: str, data_dir: DataDir = None) -> None:
-    """Make a subsystem's signing and sealing keys here and a certificate request for the central
-    operator; print the request's path and the sealing public key's file (both go to the central
-    operator; the private keys stay in this data directory)."""
+def keys_request(subsystem: Subsystem, data_dir: DataDir = None) -> None:
+    """Make a subsystem's signing and sealing keys here (and the member's audit log key if it has
+    none) and a certificate request for the central operator; print the request's path and the
+    sealing public key's file (both go to the central operator; the private keys stay in this
+    data directory)."""
     settings = _settings(data_dir)
     keys = KeyStore(settings.data_dir)
-    try:
-        client = ClientId.parse(subsystem)
-        path = request_subsystem(keys, client)
-    except OnceOnlyError as exc:
-        _fail(exc)
-        return
+    client = ClientId.parse(subsystem)
+    path = request_subsystem(keys, client)
+    _member_audit_key(settings, client)
     console.print(str(path), soft_wrap=True)
     console.print(str(keys.subsystem_seal_public(client)), soft_wrap=True)
 
@@ -183,11 +246,7 @@ def keys_sign_request(
 ) -> None:
     """Central operator: check a certificate request and issue its certificate with the CA."""
     settings = _settings(data_dir)
-    try:
-        subsystem, pem = sign_request(KeyStore(settings.data_dir), request.read_text(), now=_now())
-    except OnceOnlyError as exc:
-        _fail(exc)
-        return
+    subsystem, pem = sign_request(KeyStore(settings.data_dir), request.read_text(), now=_now())
     out.write_text(pem)
     console.print(f"certificate for {subsystem} written to {out}", soft_wrap=True)
 
@@ -199,11 +258,7 @@ def keys_install_cert(
 ) -> None:
     """Put an issued certificate beside the subsystem key it certifies."""
     settings = _settings(data_dir)
-    try:
-        subsystem = install_certificate(KeyStore(settings.data_dir), cert.read_text())
-    except OnceOnlyError as exc:
-        _fail(exc)
-        return
+    subsystem = install_certificate(KeyStore(settings.data_dir), cert.read_text())
     console.print(f"certificate installed for {subsystem}", soft_wrap=True)
 
 
@@ -216,24 +271,20 @@ def _client_node_engine(settings: Settings, client: str) -> tuple[ClientId, Engi
 
 
 @keys_app.command("api-key")
-def keys_api_key(client: str, data_dir: DataDir = None) -> None:
+def keys_api_key(client: Client, data_dir: DataDir = None) -> None:
     """Issue an API key for a departmental system calling its node as CLIENT (shown once)."""
-    try:
-        cid, engine = _client_node_engine(_settings(data_dir), client)
-        console.print(issue_api_key(engine, node=str(cid.member), client=cid, now=_now()))
-    except OnceOnlyError as exc:
-        _fail(exc)
+    cid, engine = _client_node_engine(_settings(data_dir), client)
+    console.print(
+        issue_api_key(engine, node=str(cid.member), client=cid, now=_now()), soft_wrap=True
+    )
 
 
 @keys_app.command("revoke-api-key")
-def keys_revoke_api_key(client: str, data_dir: DataDir = None) -> None:
+def keys_revoke_api_key(client: Client, data_dir: DataDir = None) -> None:
     """Revoke every API key of CLIENT at its node (a running node stops accepting them within 5 s)."""
-    try:
-        cid, engine = _client_node_engine(_settings(data_dir), client)
-        count = revoke_api_keys(engine, node=str(cid.member), client=cid)
-        console.print(f"revoked {count} API key(s) of {cid}")
-    except OnceOnlyError as exc:
-        _fail(exc)
+    cid, engine = _client_node_engine(_settings(data_dir), client)
+    count = revoke_api_keys(engine, node=str(cid.member), client=cid)
+    console.print(f"revoked {count} API key(s) of {cid}")
 
 
 # --- registry ------------------------------------------------------------------------------------
@@ -241,24 +292,24 @@ def keys_revoke_api_key(client: str, data_dir: DataDir = None) -> None:
 
 @registry_app.command("add-member")
 def registry_add_member(
-    member: str,
-    name: Annotated[str, typer.Option()],
-    name_en: Annotated[str, typer.Option()] = "",
+    member: Annotated[
+        str, typer.Argument(help="a member id INSTANCE/CLASS/MEMBER", show_default=False)
+    ],
+    name: Annotated[str, typer.Option(help="the member's name (Japanese)", show_default=False)],
+    name_en: Annotated[str, typer.Option(help="the member's name in English")] = "",
     address: Annotated[str | None, typer.Option(help="base URL of the member's node")] = None,
     data_dir: DataDir = None,
 ) -> None:
-    try:
-        _admin(_settings(data_dir)).add_member(
-            MemberId.parse(member), name, name_en=name_en, address=address
-        )
-    except OnceOnlyError as exc:
-        _fail(exc)
+    """Add a member organisation (or update its names and node address)."""
+    _admin(_settings(data_dir)).add_member(
+        MemberId.parse(member), name, name_en=name_en, address=address
+    )
 
 
 @registry_app.command("add-subsystem")
 def registry_add_subsystem(
-    subsystem: str,
-    name: Annotated[str, typer.Option()] = "",
+    subsystem: Subsystem,
+    name: Annotated[str, typer.Option(help="the subsystem's display name")] = "",
     cert: Annotated[
         Path | None, typer.Option(help="PEM certificate issued by `keys member`")
     ] = None,
@@ -267,50 +318,60 @@ def registry_add_subsystem(
     ] = None,
     data_dir: DataDir = None,
 ) -> None:
-    try:
-        admin = _admin(_settings(data_dir))
-        client = ClientId.parse(subsystem)
-        admin.add_subsystem(client, name=name)
-        if cert is not None:
-            admin.add_certificate(client, cert.read_text())
-        if seal_key is not None:
-            admin.set_seal_key(client, SealingPublicKey.parse(seal_key.read_text().strip()))
-    except OnceOnlyError as exc:
-        _fail(exc)
+    """Add a member's subsystem, with the certificate its node signs with and the sealing
+    public key the pseudonym translator seals its codes to."""
+    client = ClientId.parse(subsystem)
+    # Both files are read before any change to the registry.
+    pem = cert.read_text() if cert is not None else None
+    seal = SealingPublicKey.parse(seal_key.read_text().strip()) if seal_key is not None else None
+    admin = _admin(_settings(data_dir))
+    admin.add_subsystem(client, name=name)
+    if pem is not None:
+        admin.add_certificate(client, pem)
+    if seal is not None:
+        admin.set_seal_key(client, seal)
 
 
 @registry_app.command("set-translator")
 def registry_set_translator(
-    url: Annotated[str, typer.Option(help="base URL of the central server serving it")],
+    url: Annotated[
+        str, typer.Option(help="base URL of the central server serving it", show_default=False)
+    ],
     data_dir: DataDir = None,
 ) -> None:
-    """Name the pseudonym translator (its token key is made in the data directory, once)."""
+    """Name the pseudonym translator; its token key and its audit log key are made in the data
+    directory the first time (never replaced), and the central server loads them at start."""
+    from adapters.translator import TRANSLATOR_LOG
+
     settings = _settings(data_dir)
-    try:
-        _admin(settings).set_translator(url, provision_translator_key(KeyStore(settings.data_dir)))
-    except OnceOnlyError as exc:
-        _fail(exc)
+    public_key = provision_translator_key(KeyStore(settings.data_dir))
+    made = provision_audit_key(settings, TRANSLATOR_LOG)
+    _admin(settings).set_translator(url, public_key)
+    if made is not None:
+        err.print(
+            f"created the audit log key {made}: give auditors its public key "
+            f"(`onceonly audit key {TRANSLATOR_LOG}`)",
+            soft_wrap=True,
+        )
 
 
 @registry_app.command("add-service")
 def registry_add_service(
-    service: str,
-    fields: Annotated[str, typer.Option(help="comma-separated data fields")],
-    purposes: Annotated[str, typer.Option(help="comma-separated purposes")],
-    description: Annotated[str, typer.Option()] = "",
+    service: Service,
+    fields: Annotated[str, typer.Option(help="comma-separated data fields", show_default=False)],
+    purposes: Annotated[str, typer.Option(help="comma-separated purposes", show_default=False)],
+    description: Annotated[str, typer.Option(help="what the service returns or changes")] = "",
     changes: Annotated[bool, typer.Option(help="the service changes the registry")] = False,
     data_dir: DataDir = None,
 ) -> None:
-    try:
-        _admin(_settings(data_dir)).add_service(
-            ServiceId.parse(service),
-            description=description,
-            fields=_split(fields),
-            purposes=_split(purposes),
-            changes=changes,
-        )
-    except OnceOnlyError as exc:
-        _fail(exc)
+    """Add a service a subsystem provides: its fields and the purposes it may be used for."""
+    _admin(_settings(data_dir)).add_service(
+        ServiceId.parse(service),
+        description=description,
+        fields=_split(fields),
+        purposes=_split(purposes),
+        changes=changes,
+    )
 
 
 @registry_app.command("add-services")
@@ -324,85 +385,80 @@ def registry_add_services(
     from adapters.config import load_registries
     from adapters.factory import register_services
 
-    try:
-        for sid in register_services(_admin(_settings(data_dir)), load_registries(from_file)):
-            console.print(str(sid))
-    except OnceOnlyError as exc:
-        _fail(exc)
+    for sid in register_services(_admin(_settings(data_dir)), load_registries(from_file)):
+        console.print(str(sid), soft_wrap=True)
 
 
 @registry_app.command("grant")
-def registry_grant(client: str, service: str, data_dir: DataDir = None) -> None:
+def registry_grant(client: Client, service: Service, data_dir: DataDir = None) -> None:
     """Let CLIENT call SERVICE (access right)."""
-    try:
-        _admin(_settings(data_dir)).grant(ClientId.parse(client), ServiceId.parse(service))
-    except OnceOnlyError as exc:
-        _fail(exc)
+    _admin(_settings(data_dir)).grant(ClientId.parse(client), ServiceId.parse(service))
 
 
 @registry_app.command("revoke-right")
-def registry_revoke_right(client: str, service: str, data_dir: DataDir = None) -> None:
-    try:
-        _admin(_settings(data_dir)).revoke_right(ClientId.parse(client), ServiceId.parse(service))
-    except OnceOnlyError as exc:
-        _fail(exc)
+def registry_revoke_right(client: Client, service: Service, data_dir: DataDir = None) -> None:
+    """Take back CLIENT's access right to SERVICE."""
+    _admin(_settings(data_dir)).revoke_right(ClientId.parse(client), ServiceId.parse(service))
 
 
 @registry_app.command("revoke-cert")
-def registry_revoke_cert(fingerprint_or_serial: str, data_dir: DataDir = None) -> None:
-    try:
-        _admin(_settings(data_dir)).revoke_certificate(fingerprint_or_serial)
-    except OnceOnlyError as exc:
-        _fail(exc)
+def registry_revoke_cert(
+    fingerprint_or_serial: Annotated[
+        str,
+        typer.Argument(help="the certificate's SHA-256 fingerprint or serial", show_default=False),
+    ],
+    data_dir: DataDir = None,
+) -> None:
+    """Revoke a subsystem certificate: nodes refuse its signatures from the next registry on."""
+    _admin(_settings(data_dir)).revoke_certificate(fingerprint_or_serial)
 
 
 @registry_app.command("add-statute")
 def registry_add_statute(
-    statute_id: str,
-    service: Annotated[str, typer.Option()],
-    client: Annotated[str, typer.Option()],
-    purposes: Annotated[str, typer.Option()],
-    fields: Annotated[str, typer.Option()],
-    ordinance: Annotated[str, typer.Option()],
-    title_ja: Annotated[str, typer.Option()] = "",
-    title_en: Annotated[str, typer.Option()] = "",
+    statute_id: Annotated[
+        str, typer.Argument(help="an id of your choosing for this basis", show_default=False)
+    ],
+    service: Annotated[str, typer.Option(help="the service id", show_default=False)],
+    client: Annotated[str, typer.Option(help="the calling subsystem id", show_default=False)],
+    purposes: Annotated[str, typer.Option(help="comma-separated purposes", show_default=False)],
+    fields: Annotated[str, typer.Option(help="comma-separated fields", show_default=False)],
+    ordinance: Annotated[
+        str, typer.Option(help="the statute's reference, e.g. jp-local-tax-act/art294")
+    ],
+    title_ja: Annotated[str, typer.Option(help="the statute's title (Japanese)")] = "",
+    title_en: Annotated[str, typer.Option(help="the statute's title in English")] = "",
     data_dir: DataDir = None,
 ) -> None:
     """A statutory basis: CLIENT may get FIELDS of SERVICE for PURPOSES without consent."""
-    try:
-        _admin(_settings(data_dir)).add_statute(
-            statute_id,
-            service=ServiceId.parse(service),
-            client=ClientId.parse(client),
-            purposes=_split(purposes),
-            fields=_split(fields),
-            ordinance=ordinance,
-            title_ja=title_ja,
-            title_en=title_en,
-        )
-    except OnceOnlyError as exc:
-        _fail(exc)
+    _admin(_settings(data_dir)).add_statute(
+        statute_id,
+        service=ServiceId.parse(service),
+        client=ClientId.parse(client),
+        purposes=_split(purposes),
+        fields=_split(fields),
+        ordinance=ordinance,
+        title_ja=title_ja,
+        title_en=title_en,
+    )
 
 
 @registry_app.command("show")
 def registry_show(
-    as_json: Annotated[bool, typer.Option("--json")] = False, data_dir: DataDir = None
+    as_json: Annotated[bool, typer.Option("--json", help="print the document as JSON")] = False,
+    data_dir: DataDir = None,
 ) -> None:
+    """Show the registry's services and who may call them (or the whole document as JSON)."""
     settings = _settings(data_dir)
     keys = KeyStore(settings.data_dir)
-    try:
-        doc = _admin(settings).document(
-            instance=keys.instance(), ca_pem="", central_url=settings.central_url, now=_now()
-        )
-    except OnceOnlyError as exc:
-        _fail(exc)
-        return
+    doc = _admin(settings).document(
+        instance=keys.instance(), ca_pem="", central_url=settings.central_url, now=_now()
+    )
     if as_json:
         console.print_json(json.dumps(doc.model_dump(mode="json", exclude={"ca_certificate"})))
         return
     table = Table(title=f"registry {doc.instance}, serial {doc.serial}")
     for col in ("service", "fields", "purposes", "clients"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for s in doc.services:
         clients = [r.client for r in doc.access_rights if r.service == s.id]
         table.add_row(s.id, ", ".join(s.fields), ", ".join(s.purposes), "\n".join(clients))
@@ -417,7 +473,8 @@ def db_upgrade(
     component: Annotated[
         str,
         typer.Option(
-            help="central, node-<INSTANCE_CLASS_CODE>, consent, consent-audit or procedures"
+            help="central, node-<INSTANCE_CLASS_CODE>, consent, consent-audit, procedures, "
+            "registries or translator-audit"
         ),
     ] = "central",
     data_dir: DataDir = None,
@@ -426,8 +483,11 @@ def db_upgrade(
     settings = _settings(data_dir)
     kind = "node" if component.startswith("node-") else component
     if kind not in COMPONENT_BRANCHES:
-        err.print(f"[red]error[/red]: no component named {component!r}")
-        raise typer.Exit(2)
+        raise ClientError(
+            f"no component named {component!r} (one of: node-<MEMBER>, "
+            + ", ".join(sorted(k for k in COMPONENT_BRANCHES if k != "node"))
+            + ")"
+        )
     upgrade(make_engine(database_url(settings, component)), COMPONENT_BRANCHES[kind])
     console.print(f"{component}: up to date")
 
@@ -467,11 +527,7 @@ def pseudonyms_enrol(
     from onceonly.wiring import PSEUDONYMS, registry_database_url
 
     settings = _settings(data_dir)
-    try:
-        client = ClientId.parse(agency)
-    except OnceOnlyError as exc:
-        _fail(exc)
-        return
+    client = ClientId.parse(agency)
     keys = [k.strip() for k in citizen_keys.read_text(encoding="utf-8").splitlines() if k.strip()]
     engine = make_engine(registry_database_url(settings, PSEUDONYMS))
     upgrade(engine, COMPONENT_BRANCHES["registries"])
@@ -494,28 +550,83 @@ def pseudonyms_enrol(
 
 @audit_app.command("key")
 def audit_key(
-    log_id: Annotated[str, typer.Argument(help="a member id, or consent-service")],
+    log_id: Annotated[
+        str,
+        typer.Argument(
+            help="a member id, consent-service or pseudonym-translator", show_default=False
+        ),
+    ],
     data_dir: DataDir = None,
 ) -> None:
-    """Print a log's public note key (vkey), to hand to auditors out of band."""
-    from onceonly.wiring import audit_log
+    """Print a log's public note key (vkey), to hand to auditors out of band.
 
+    Only reads the key: a log that has no key here is an error, never a new key."""
+    from adapters.translator import TRANSLATOR_LOG
+    from onceonly.wiring import CONSENT_LOG, audit_log
+
+    if log_id not in (CONSENT_LOG, TRANSLATOR_LOG):
+        log_id = str(MemberId.parse(log_id))
     settings = _settings(data_dir)
-    engine = make_engine("sqlite://")
-    console.print(audit_log(settings, engine, log_id).vkey(), soft_wrap=True)
+    console.print(audit_log(settings, make_engine("sqlite://"), log_id).vkey(), soft_wrap=True)
+
+
+def _audit_token(token_file: Path | None) -> str | None:
+    """The auditor's bearer token: from ``--token-file`` or ``ONCEONLY_AUDIT_TOKEN``, never from
+    an argument value (which other users see in ``ps`` and the shell keeps in its history)."""
+    if token_file is not None:
+        token = token_file.read_text().strip()
+        if not token:
+            raise ConfigurationError(f"the token file {token_file} is empty")
+        return token
+    return os.environ.get(AUDIT_TOKEN_ENV) or None
+
+
+def _fetch_log(node: str, token: str | None) -> tuple[str, list[str]]:
+    """A node's latest checkpoint and its export (JSON Lines)."""
+    import httpx
+
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    base = node.rstrip("/")
+    try:
+        with httpx.Client(timeout=120) as client:
+            cp = client.get(f"{base}/audit/checkpoint", headers=headers)
+            cp.raise_for_status()
+            ex = client.get(f"{base}/audit/export", headers=headers)
+            ex.raise_for_status()
+    except httpx.HTTPStatusError as exc:
+        raise TransportError(
+            f"{exc.request.url} answered {exc.response.status_code}"
+            + (
+                f": set {AUDIT_TOKEN_ENV} or --token-file"
+                if exc.response.status_code == 401
+                else ""
+            )
+        ) from exc
+    except httpx.HTTPError as exc:
+        raise TransportError(f"cannot fetch the log from {base}: {exc}") from exc
+    return cp.text, ex.text.splitlines()
 
 
 @audit_app.command("verify")
 def audit_verify(
     key: Annotated[
-        str, typer.Option(help="the log's vkey (from `onceonly audit key`), obtained out of band")
+        str,
+        typer.Option(
+            help="the log's vkey (from `onceonly audit key`), obtained out of band",
+            show_default=False,
+        ),
     ],
     checkpoint: Annotated[Path | None, typer.Option(help="a signed checkpoint file")] = None,
     export: Annotated[Path | None, typer.Option(help="the log exported as JSON Lines")] = None,
     node: Annotated[
         str | None, typer.Option(help="fetch checkpoint and export from this node URL")
     ] = None,
-    token: Annotated[str | None, typer.Option(help="auditor bearer token for --node")] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            help=f"a file holding the auditor bearer token for --node (or set {AUDIT_TOKEN_ENV})"
+        ),
+    ] = None,
     earlier: Annotated[
         Path | None, typer.Option(help="a checkpoint saved before: must be consistent")
     ] = None,
@@ -523,25 +634,15 @@ def audit_verify(
 ) -> None:
     """Verify a log offline: every checkpoint signature, the root over every entry, consistency
     with an earlier checkpoint; name the first bad entry. Exit 0 only when all holds."""
-    import httpx
-
     from audit.verify import verify_export
 
     if node:
-        headers = {"authorization": f"Bearer {token}"} if token else {}
-        with httpx.Client(timeout=120) as client:
-            cp = client.get(f"{node.rstrip('/')}/audit/checkpoint", headers=headers)
-            cp.raise_for_status()
-            checkpoint_text = cp.text
-            ex = client.get(f"{node.rstrip('/')}/audit/export", headers=headers)
-            ex.raise_for_status()
-            lines = ex.text.splitlines()
+        checkpoint_text, lines = _fetch_log(node, _audit_token(token_file))
     elif checkpoint and export:
         checkpoint_text = checkpoint.read_text()
         lines = export.read_text().splitlines()
     else:
-        err.print("give --checkpoint and --export, or --node")
-        raise typer.Exit(2)
+        raise ClientError("give --checkpoint and --export, or --node")
     report = verify_export(
         checkpoint_text, lines, key, earlier_checkpoint=earlier.read_text() if earlier else None
     )
@@ -560,32 +661,62 @@ def audit_verify(
     )
     err.print(f"[red]NOT verified[/red]{where}")
     for reason in report.reasons:
-        err.print(f"  - {reason}")
+        err.print(f"  - {escape(reason)}", soft_wrap=True)
     raise typer.Exit(1)
 
 
 # --- components ----------------------------------------------------------------------------------
 
+Host = Annotated[str, typer.Option(help="the address to listen on")]
+
+
+def _run(host: str, port: int, build: Callable[[], FastAPI]) -> None:
+    """Bind first, so that a port in use fails (one line, exit 2) before keys and databases are
+    touched; then build the app and serve it on that socket."""
+    from onceonly.federation import free_socket
+
+    with free_socket(host, port) as sock:
+        config = uvicorn.Config(build(), log_level="warning", access_log=False)
+        uvicorn.Server(config).run(sockets=[sock])
+
+
+def _run_workers(host: str, port: int, factory: str, workers: int) -> None:
+    """``workers`` processes, each building its app with ``factory``, on one socket bound here
+    first (a port in use is one line, exit 2, as in ``_run``)."""
+    from uvicorn.supervisors import Multiprocess
+
+    from onceonly.federation import free_socket
+
+    with free_socket(host, port) as sock:
+        sock.set_inheritable(True)
+        config = uvicorn.Config(
+            factory, factory=True, workers=workers, log_level="warning", access_log=False
+        )
+        Multiprocess(config, sockets=[sock]).run()
+
 
 @app.command()
 def central(
-    host: Annotated[str, typer.Option()] = "127.0.0.1",
-    port: Annotated[int, typer.Option()] = 8100,
+    host: Host = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="the port to listen on")] = 8100,
     data_dir: DataDir = None,
 ) -> None:
-    """Run the central server (serves the signed registry)."""
+    """Run the central server (serves the signed registry, the consent service and the
+    pseudonym translator)."""
     from onceonly.wiring import central_app
 
     settings = _settings(data_dir)
-    application = central_app(settings)
-    uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)
+    _run(host, port, lambda: central_app(settings))
 
 
 @app.command()
 def node(
-    member: Annotated[str, typer.Option(help="the member this node serves, e.g. JP/GOV/132098")],
-    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port to listen on")] = 8101,
+    member: Annotated[
+        str,
+        typer.Option(help="the member this node serves, e.g. JP/GOV/132098", show_default=False),
+    ],
+    host: Host = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="the port to listen on")] = 8101,
     registries: Annotated[
         Path | None,
         typer.Option(
@@ -606,28 +737,21 @@ def node(
     """Run one member's node (security server)."""
     from exchange.node.app import create_node_app
     from onceonly.asgi import NODE_MEMBER_ENV
-    from onceonly.wiring import build_node_parts
+    from onceonly.wiring import build_node_parts, require_node_keys
 
     settings = _settings(data_dir, registries_file=registries)
     mid = MemberId.parse(member)
     if workers == 1:
-        application = create_node_app(settings, mid, build_node_parts(settings, mid))
-        uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)
+        _run(host, port, lambda: create_node_app(settings, mid, build_node_parts(settings, mid)))
         return
-    # Each worker builds its own app from the environment (onceonly.asgi.node_app).
+    # Each worker builds its own app from the environment (onceonly.asgi.node_app); the keys are
+    # checked here first, so that a missing one is one line before any worker starts.
+    require_node_keys(settings, mid)
     os.environ[NODE_MEMBER_ENV] = str(mid)
     os.environ["ONCEONLY_DATA_DIR"] = str(settings.data_dir.resolve())
     if settings.registries_file is not None:
         os.environ["ONCEONLY_REGISTRIES_FILE"] = str(settings.registries_file.resolve())
-    uvicorn.run(
-        "onceonly.asgi:node_app",
-        factory=True,
-        workers=workers,
-        host=host,
-        port=port,
-        log_level="warning",
-        access_log=False,
-    )
+    _run_workers(host, port, "onceonly.asgi:node_app", workers)
 
 
 @app.command()
@@ -639,30 +763,27 @@ def portal(
             help="TOML settings (consent_url, nodes, desk_url, ...); ONCEONLY_PORTAL_* wins",
         ),
     ] = None,
-    host: Annotated[str | None, typer.Option(help="address to listen on")] = None,
-    port: Annotated[int | None, typer.Option(help="port to listen on")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="the address to listen on (default from the settings)")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="the port to listen on (default from the settings)")
+    ] = None,
 ) -> None:
     """Run the citizens' and auditors' portal on its own: it calls the consent service, the
     nodes and the one-stop desk over HTTP and opens no database (docs/portal.md)."""
+    from onceonly.federation import free_socket
     from portal.remote import create_portal_app
     from portal.settings import load_portal_settings
 
-    try:
-        settings = load_portal_settings(config, host=host, port=port)
+    settings = load_portal_settings(config, host=host, port=port)
+    with free_socket(settings.host, settings.port) as sock:
         application, close = create_portal_app(settings)
-    except OnceOnlyError as exc:
-        _fail(exc)
-        return
-    try:
-        uvicorn.run(
-            application,
-            host=settings.host,
-            port=settings.port,
-            log_level="warning",
-            access_log=False,
-        )
-    finally:
-        close()
+        try:
+            config_ = uvicorn.Config(application, log_level="warning", access_log=False)
+            uvicorn.Server(config_).run(sockets=[sock])
+        finally:
+            close()
 
 
 @app.command()
@@ -681,8 +802,8 @@ def demo(
 
 @app.command()
 def serve(
-    port: Annotated[int, typer.Option()] = 8000,
-    citizens: Annotated[int, typer.Option()] = 1000,
+    port: Annotated[int, typer.Option(help="the loopback port to serve everything on")] = 8000,
+    citizens: Annotated[int, typer.Option(help="synthetic citizens to seed")] = 1000,
     data_dir: DataDir = None,
 ) -> None:
     """Run the reference federation on one port and leave it running (Ctrl-C stops it)."""

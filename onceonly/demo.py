@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import text
 from starlette.routing import Mount
@@ -32,7 +33,7 @@ from exchange.node_requests import sign_node_request
 from exchange.ports import CITIZEN_AGENCY
 from exchange.settings import Settings
 from exchange.signing import MemberSigner, load_private_key
-from exchange.tokens import DevIssuer
+from exchange.tokens import DEV_ISSUER_KEY, DevIssuer
 from onceonly.federation import (
     LocalFederation,
     Provisioned,
@@ -50,7 +51,7 @@ from onceonly.wiring import (
 )
 from procedures.demo import demo_address_change
 
-__all__ = ["run_demo", "run_serve"]
+__all__ = ["print_api_keys", "run_demo", "run_serve"]
 
 RESIDENTS = ClientId.parse("JP/GOV/132098/resident-registry")
 TAX = ClientId.parse("JP/GOV/132098/municipal-tax")
@@ -140,8 +141,10 @@ async def _grant_consent(
     }
     r = await client.post(f"{base}/central{path}", content=body, headers=headers)
     r.raise_for_status()
-    token = DevIssuer.load_or_create(
-        settings.data_dir, issuer=settings.jwt_issuer, audience=settings.jwt_audience
+    token = DevIssuer.load(
+        settings.data_dir / DEV_ISSUER_KEY,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
     ).issue(citizen, roles=("citizen",))
     approved = await client.post(
         f"{base}/central/consent/v1/consent-requests/{r.json()['id']}/approve",
@@ -204,8 +207,10 @@ async def _audit_tour(
     console: Console, client: httpx.AsyncClient, settings: Settings, base: str, consent: Granted
 ) -> int:
     """An auditor verifies Machida's log offline; the citizen reads who accessed their data."""
-    issuer = DevIssuer.load_or_create(
-        settings.data_dir, issuer=settings.jwt_issuer, audience=settings.jwt_audience
+    issuer = DevIssuer.load(
+        settings.data_dir / DEV_ISSUER_KEY,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
     )
     auditor = {"authorization": f"Bearer {issuer.issue('auditor-1', roles=('auditor',))}"}
     node = f"{base}{member_prefix(RESIDENTS.member)}"
@@ -358,6 +363,16 @@ async def run_demo(console: Console, *, data_dir: Path | None, citizens: int) ->
     return 1
 
 
+def print_api_keys(console: Console, base_url: str, api_keys: dict[str, str]) -> None:
+    """The departmental systems' API keys, shown once: one line each, never cut or wrapped to
+    the terminal's width (a table would cut a key at 80 columns)."""
+    console.print("API keys of the departmental systems (shown once):")
+    for client, key in sorted(api_keys.items()):
+        node = base_url + member_prefix(ClientId.parse(client).member)
+        console.print(f"  {escape(client)}  node {node}", soft_wrap=True, highlight=False)
+        console.print(f"    {key}", soft_wrap=True, highlight=False, markup=False)
+
+
 async def run_serve(console: Console, settings: Settings, *, port: int, citizens: int) -> None:
     sock = free_socket(port=port)
     host, bound = sock.getsockname()[:2]
@@ -378,12 +393,5 @@ async def run_serve(console: Console, settings: Settings, *, port: int, citizens
     await started.wait()
     console.print(f"onceonly is running on {federation.base_url} (Ctrl-C stops it)")
     console.print(f"portal (citizens and auditors): {federation.base_url}/portal/")
-    table = Table(title="API keys of the departmental systems (shown once)")
-    table.add_column("client")
-    table.add_column("node")
-    table.add_column("API key")
-    for client, key in sorted(fed.api_keys.items()):
-        cid = ClientId.parse(client)
-        table.add_row(client, federation.base_url + member_prefix(cid.member), key)
-    console.print(table)
+    print_api_keys(console, federation.base_url, fed.api_keys)
     await server

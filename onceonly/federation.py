@@ -32,8 +32,9 @@ from adapters.factory import register_services
 from adapters.reference.registries import REFERENCE_FILE, reference_config, reference_registries
 from adapters.reference.rights import ONE_STOP, REFERENCE_RIGHTS
 from adapters.seed import seed
+from adapters.translator import TRANSLATOR_LOG
 from exchange.db import make_engine, upgrade
-from exchange.errors import OnceOnlyError
+from exchange.errors import ConfigurationError, OnceOnlyError
 from exchange.identifiers import ClientId, MemberId, ServiceId
 from exchange.keystore import KeyStore
 from exchange.node.app import create_node_app, database_url
@@ -48,7 +49,7 @@ from exchange.provisioning import (
 from exchange.registry_admin import RegistryAdmin
 from exchange.settings import Settings
 from exchange.signing import MemberSigner, load_private_key
-from exchange.tokens import DevIssuer, Principal
+from exchange.tokens import DEV_ISSUER_KEY, DevIssuer, Principal
 from exchange.web.health import database_check, operations_router
 from exchange.web.metrics import ComponentMetrics
 from exchange.web.problems import install_problem_handlers
@@ -61,6 +62,8 @@ from onceonly.wiring import (
     central_app,
     consent_issuer_key,
     consent_service,
+    provision_audit_key,
+    provision_consent_keys,
     pseudonym_agencies,
     pseudonym_service,
     registries_file,
@@ -122,8 +125,12 @@ def provision(
     ``addresses`` gives each member's node its own base URL instead (one process per node)."""
     now = datetime.now(UTC)
     keys = KeyStore(settings.data_dir)
-    progress("keys: instance CA and central signing key")
+    progress("keys: instance CA, central signing key, consent, translator and audit log keys")
     init_instance(keys, INSTANCE, now=now)
+    provision_consent_keys(settings)
+    provision_audit_key(settings, TRANSLATOR_LOG)
+    for member in _members():
+        provision_audit_key(settings, str(member))
     central_engine = make_engine(database_url(settings, "central"))
     upgrade(central_engine, COMPONENT_BRANCHES["central"])
     admin = RegistryAdmin(central_engine)
@@ -197,10 +204,15 @@ def provision(
 
 
 def free_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A listening socket; a port in use (or an address not ours) is a ``ConfigurationError``."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(128)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise ConfigurationError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     return sock
 
 
@@ -409,8 +421,10 @@ def portal_app(settings: Settings, desk: FastAPI | None, *, citizens: int = 5) -
                 str(resident_id), from_agency=RESIDENTS_AGENCY, to_agency=CITIZEN_AGENCY
             )
             demo.append((citizen, str(name)))
-    issuer = DevIssuer.load_or_create(
-        settings.data_dir, issuer=settings.jwt_issuer, audience=settings.jwt_audience
+    issuer = DevIssuer.load(
+        settings.data_dir / DEV_ISSUER_KEY,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
     )
     subjects = AgencyAliases(pseudonyms, {})
     return build_portal(

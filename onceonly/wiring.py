@@ -42,7 +42,7 @@ from exchange.central_config import VerifiedRegistry
 from exchange.db import make_engine, runs_inline, sqlite_writer_turn, upgrade
 from exchange.errors import ConfigurationError, OnceOnlyError
 from exchange.identifiers import ClientId, MemberId
-from exchange.keystore import KeyStore
+from exchange.keystore import DEV_ISSUER_COMMAND, INIT_COMMAND, KeyStore, member_command
 from exchange.node.app import NodeParts, database_url
 from exchange.node.central import create_central_app
 from exchange.node_requests import VerifiedNodeRequest, verify_node_request
@@ -66,12 +66,15 @@ __all__ = [
     "central_app",
     "consent_issuer_key",
     "consent_service",
+    "provision_audit_key",
+    "provision_consent_keys",
     "pseudonym_agencies",
     "pseudonym_service",
     "pseudonym_translator",
     "registries_config",
     "registries_file",
     "registry_database_url",
+    "require_node_keys",
     "subjects_of",
     "token_verifier",
 ]
@@ -93,6 +96,8 @@ CONSENT_ISSUER = "onceonly-information-bank"
 CONSENT_LOG = "consent-service"
 ONE_STOP_CLIENT = "JP/GOV/132098/one-stop"
 """Machida's one-stop desk acts for the citizen and knows them by their own platform identity."""
+TRANSLATOR_COMMAND = "onceonly registry set-translator <URL>"
+"""What makes the pseudonym translator's token key and its audit log key (central operator)."""
 REGISTRIES_FILE = "registries.toml"
 """The registries file in the data directory, when ``Settings.registries_file`` is unset."""
 
@@ -130,11 +135,18 @@ def pseudonym_service(settings: Settings, engine: Engine | None = None) -> Pseud
     return PseudonymService(engine, pseudonym_agencies(settings))
 
 
-def pseudonym_translator(settings: Settings) -> PseudonymTranslator | None:
+def pseudonym_translator(
+    settings: Settings, registry: VerifiedRegistry | None = None
+) -> PseudonymTranslator | None:
     """The central translator over the pseudonym store, with its own key and transparency log;
-    None when the instance has no translator key (``onceonly registry set-translator``)."""
+    None when the instance has no translator key (``onceonly registry set-translator`` makes it).
+
+    The key is only loaded: when ``registry`` names a translator, a missing key is a
+    ``MissingKeyError`` (nodes would be sent to a translator that cannot sign)."""
     keys = KeyStore(settings.data_dir)
     if not keys.translator_key.exists():
+        if registry is not None and registry.document.translator is not None:
+            keys.require(keys.translator_key, "pseudonym translator key", TRANSLATOR_COMMAND)
         return None
     subjects = AgencyAliases(pseudonym_service(settings), {ONE_STOP_CLIENT: CITIZEN_AGENCY})
     audit_engine = make_engine(database_url(settings, "translator-audit"))
@@ -147,12 +159,55 @@ def pseudonym_translator(settings: Settings) -> PseudonymTranslator | None:
     )
 
 
+def _audit_origin(log_id: str) -> str:
+    return f"onceonly.example/{log_id}/audit"
+
+
+def _audit_key_command(log_id: str) -> str:
+    if log_id == CONSENT_LOG:
+        return INIT_COMMAND
+    if log_id == TRANSLATOR_LOG:
+        return TRANSLATOR_COMMAND
+    return member_command(log_id)
+
+
 def audit_log(settings: Settings, engine: Engine, log_id: str) -> TransparencyLog:
-    """A log with its own note key in the data directory; its origin names the instance and log."""
-    origin = f"onceonly.example/{log_id}/audit"
-    slug = log_id.replace("/", "_")
-    signer = NoteSigner.load_or_create(settings.data_dir / "audit" / f"{slug}.skey", origin)
-    return TransparencyLog(engine, log_id=log_id, signer=signer)
+    """A log with its own note key in the data directory; its origin names the instance and log.
+
+    The key is only loaded: one made here would be a key no auditor pinned."""
+    keys = KeyStore(settings.data_dir)
+    path = keys.require(
+        keys.audit_key(log_id), f"audit log key of {log_id}", _audit_key_command(log_id)
+    )
+    return TransparencyLog(
+        engine, log_id=log_id, signer=NoteSigner.load(path, _audit_origin(log_id))
+    )
+
+
+def provision_audit_key(settings: Settings, log_id: str) -> Path | None:
+    """Provisioning: make a log's note key if it is missing; returns its path if it was made.
+
+    An existing key is kept (and checked to be this log's)."""
+    path = KeyStore(settings.data_dir).audit_key(log_id)
+    if path.exists():
+        NoteSigner.load(path, _audit_origin(log_id))
+        return None
+    NoteSigner.create(path, _audit_origin(log_id))
+    return path
+
+
+def provision_consent_keys(settings: Settings) -> list[Path]:
+    """Provisioning for the central operator (``keys init``): the consent service's artefact
+    key and its audit log key, each made only if missing; returns the paths made."""
+    keys = KeyStore(settings.data_dir)
+    made: list[Path] = []
+    if not keys.consent_issuer_key.exists():
+        ConsentIssuerKey.create(keys.consent_issuer_key, issuer=CONSENT_ISSUER)
+        made.append(keys.consent_issuer_key)
+    log_key = provision_audit_key(settings, CONSENT_LOG)
+    if log_key is not None:
+        made.append(log_key)
+    return made
 
 
 def subjects_of(
@@ -182,23 +237,33 @@ def subjects_of(
 
 
 def token_verifier(settings: Settings) -> TokenVerifier:
-    """Citizens' and auditors' tokens: the configured issuer's key, or the development issuer's."""
+    """Citizens' and auditors' tokens: the configured issuer's key, or the development issuer's
+    (made by ``onceonly keys dev-issuer``, never here)."""
     if settings.jwt_public_key_file is not None:
-        return TokenVerifier(
-            settings.jwt_public_key_file.read_bytes(),
-            issuer=settings.jwt_issuer,
-            audience=settings.jwt_audience,
-        )
-    return DevIssuer.load_or_create(
-        settings.data_dir, issuer=settings.jwt_issuer, audience=settings.jwt_audience
+        try:
+            pem = settings.jwt_public_key_file.read_bytes()
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot read ONCEONLY_JWT_PUBLIC_KEY_FILE {settings.jwt_public_key_file}"
+            ) from exc
+        return TokenVerifier(pem, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+    keys = KeyStore(settings.data_dir)
+    path = keys.require(
+        keys.dev_issuer_key,
+        "token issuer key",
+        DEV_ISSUER_COMMAND,
+        alternative="set ONCEONLY_JWT_PUBLIC_KEY_FILE to your identity provider's key",
+    )
+    return DevIssuer.load(
+        path, issuer=settings.jwt_issuer, audience=settings.jwt_audience
     ).verifier()
 
 
 def consent_issuer_key(settings: Settings) -> ConsentIssuerKey:
-    """The information bank's artefact signing key (made at first use, in the data directory)."""
-    return ConsentIssuerKey.load_or_create(
-        settings.data_dir / "consent" / "issuer.key", issuer=CONSENT_ISSUER
-    )
+    """The information bank's artefact signing key (made by ``onceonly keys init``)."""
+    keys = KeyStore(settings.data_dir)
+    path = keys.require(keys.consent_issuer_key, "consent issuer key", INIT_COMMAND)
+    return ConsentIssuerKey.load(path, issuer=CONSENT_ISSUER)
 
 
 def consent_service(settings: Settings, engine: Engine | None = None) -> ConsentService:
@@ -215,16 +280,41 @@ def consent_service(settings: Settings, engine: Engine | None = None) -> Consent
     )
 
 
-def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
+def require_node_keys(settings: Settings, member: MemberId) -> None:
+    """What ``build_node_parts`` and ``create_node_app`` load, checked without opening a
+    database: a missing key (or a bad registries file) is one error before any worker process
+    starts (a worker that cannot build its app would be restarted over and over)."""
     keys = KeyStore(settings.data_dir)
-    hosted = keys.hosted_subsystems(member)
+    keys.require(keys.anchor, "trust anchor", INIT_COMMAND)
+    hosted = _served_registries(settings, member, keys)[0]
+    if settings.pseudonyms == "translator":
+        for client in hosted:
+            keys.require(
+                keys.subsystem_seal_key(client), f"sealing key of {client}", member_command(member)
+            )
+    keys.require(keys.audit_key(str(member)), f"audit log key of {member}", member_command(member))
+    token_verifier(settings)
+
+
+def _served_registries(
+    settings: Settings, member: MemberId, keys: KeyStore
+) -> tuple[list[ClientId], RegistriesConfig, list[ClientId]]:
+    """The member's hosted subsystems, the registries file, and the registries this node serves
+    (each must have its subsystem key here)."""
+    hosted = keys.require_hosted_subsystems(member)
     declared = registries_config(settings)
     served = [r.client for r in declared.hosted_by(member)]
     unkeyed = [str(c) for c in served if c not in hosted]
     if unkeyed:
         raise ConfigurationError(
-            f"registries declared without a subsystem key: {unkeyed}: run `onceonly keys member`"
+            f"registries declared without a subsystem key: {unkeyed}: run `{member_command(member)}`"
         )
+    return hosted, declared, served
+
+
+def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
+    keys = KeyStore(settings.data_dir)
+    hosted, declared, served = _served_registries(settings, member, keys)
     adapters: dict[ClientId, RegistryAdapter] = build_adapters(
         declared,
         served,
@@ -337,7 +427,10 @@ def build_central_routers(
         ),
         build_gate_router(service, authenticate_node, metrics=metrics),
     ]
-    translator = pseudonym_translator(settings)
+    view: VerifiedRegistry | None = None
+    with contextlib.suppress(OnceOnlyError):  # no registry yet: nothing names a translator
+        view = registry(datetime.now(UTC))
+    translator = pseudonym_translator(settings, view)
     if translator is not None:
         routers.append(
             build_translator_router(

@@ -39,7 +39,7 @@ from exchange.db import as_unavailable, make_engine, runs_inline, upgrade
 from exchange.errors import ClientError, ConfigurationError, OnceOnlyError
 from exchange.group_commit import GroupCommitSink
 from exchange.identifiers import ClientId, MemberId, ServiceId
-from exchange.keystore import KeyStore
+from exchange.keystore import INIT_COMMAND, KeyStore, member_command
 from exchange.message_log import SqlMessageLog
 from exchange.node.consumer import Consumer, ConsumerCall
 from exchange.node.metrics import NodeMetrics
@@ -192,30 +192,32 @@ class NodeParts:
 
 
 def _load_anchor(keys: KeyStore) -> CentralVerifier:
+    path = keys.require(keys.anchor, "trust anchor", INIT_COMMAND)
     try:
-        return CentralVerifier(public_key_from_pem(keys.anchor.read_text()))
+        return CentralVerifier(public_key_from_pem(path.read_text()))
     except OSError as exc:
-        raise ConfigurationError("no trust anchor: run `onceonly keys init` first") from exc
+        raise ConfigurationError(f"cannot read the trust anchor {path}") from exc
 
 
 def _load_signers(keys: KeyStore, member: MemberId) -> dict[ClientId, MemberSigner]:
-    signers = {
+    return {
         c: MemberSigner(load_private_key(keys.subsystem_key(c)))
-        for c in keys.hosted_subsystems(member)
+        for c in keys.require_hosted_subsystems(member)
     }
-    if not signers:
-        raise ConfigurationError(f"no subsystem keys for {member}: run `onceonly keys member`")
-    return signers
 
 
 def _load_seal_keys(
     keys: KeyStore, signers: Mapping[ClientId, MemberSigner]
 ) -> dict[ClientId, SealingKey]:
-    """The hosted subsystems' sealing keys (made by ``onceonly keys member``; never made here)."""
+    """The hosted subsystems' sealing keys (made by ``onceonly keys member`` or ``keys request``;
+    never made here): a hosted subsystem without one is a ``MissingKeyError`` at start."""
     return {
-        c: SealingKey.load(keys.subsystem_seal_key(c))
+        c: SealingKey.load(
+            keys.require(
+                keys.subsystem_seal_key(c), f"sealing key of {c}", member_command(c.member)
+            )
+        )
         for c in signers
-        if keys.subsystem_seal_key(c).exists()
     }
 
 

@@ -25,7 +25,7 @@ from sqlalchemy import Engine
 from exchange.central_config import SignedRegistry, VerifiedRegistry
 from exchange.db import make_engine, upgrade
 from exchange.errors import ConfigurationError
-from exchange.keystore import KeyStore
+from exchange.keystore import INIT_COMMAND, KeyStore
 from exchange.node.app import database_url, utc_now
 from exchange.registry_admin import REGISTRY_VALIDITY, RegistryAdmin
 from exchange.settings import Settings
@@ -110,10 +110,12 @@ def create_central_app(
     keys = KeyStore(settings.data_dir)
     instance = keys.instance()
     try:
-        ca_pem = keys.ca_cert.read_text()
+        ca_pem = keys.require(keys.ca_cert, "instance CA", INIT_COMMAND).read_text()
     except OSError as exc:
-        raise ConfigurationError("no instance CA: run `onceonly keys init` first") from exc
-    signer = CentralSigner(load_private_key(keys.central_key))
+        raise ConfigurationError(f"cannot read the instance CA {keys.ca_cert}") from exc
+    signer = CentralSigner(
+        load_private_key(keys.require(keys.central_key, "central signing key", INIT_COMMAND))
+    )
     engine = engine or make_engine(database_url(settings, "central"))
     upgrade(engine, ("exchange",))  # the kernel migrates its own tables; the wiring adds others
     metrics = ComponentMetrics(collectors)

@@ -1,7 +1,8 @@
 """A writer process for the concurrency and crash tests (not a test module).
 
-``python audit_writer.py URL LOG_ID COUNT SKEY [BATCH]``: appends COUNT events (forever if COUNT
-is 0), BATCH at a time, printing "ready" once the first append committed.
+``python audit_writer.py URL LOG_ID COUNT SKEY [BATCH] [publish]``: appends COUNT events (forever
+if COUNT is 0), BATCH at a time, printing "ready" once the first append committed; with
+``publish``, publishes a checkpoint after every batch (as a node replica does on its interval).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from exchange.ports import AuditEvent
 def main() -> None:
     url, log_id, count, skey = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     batch = int(sys.argv[5]) if len(sys.argv) > 5 else 1
+    publish = len(sys.argv) > 6 and sys.argv[6] == "publish"
     log = TransparencyLog(make_engine(url), log_id=log_id, signer=NoteSigner.from_skey(skey))
     done = 0
     while count == 0 or done < count:
@@ -34,6 +36,8 @@ def main() -> None:
             for k in range(n)
         ]
         log.append_many(events)
+        if publish:
+            log.publish_checkpoint(datetime.now(UTC))
         if done == 0:
             print("ready", flush=True)
         done += n

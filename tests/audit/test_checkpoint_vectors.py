@@ -164,9 +164,24 @@ def test_generated_log_key_signs_checkpoints_its_verifier_accepts() -> None:
 
 def test_log_key_is_created_once_with_private_permissions_and_reloaded(tmp_path: Path) -> None:
     path = tmp_path / "keys" / "audit-log.skey"
-    first = NoteSigner.load_or_create(path, "example.org/log")
+    first = NoteSigner.create(path, "example.org/log")
     assert path.stat().st_mode & 0o777 == 0o600
-    again = NoteSigner.load_or_create(path, "example.org/log")
+    again = NoteSigner.load(path, "example.org/log")
     assert again.vkey() == first.vkey()
     with pytest.raises(ConfigurationError):
-        NoteSigner.load_or_create(path, "example.org/another-log")
+        NoteSigner.load(path, "example.org/another-log")
+
+
+def test_an_existing_log_key_is_never_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "audit-log.skey"
+    first = NoteSigner.create(path, "example.org/log")
+    with pytest.raises(ConfigurationError):
+        NoteSigner.create(path, "example.org/log")
+    assert NoteSigner.load(path, "example.org/log").vkey() == first.vkey()
+
+
+def test_a_missing_log_key_is_an_error_not_a_new_key(tmp_path: Path) -> None:
+    path = tmp_path / "audit-log.skey"
+    with pytest.raises(ConfigurationError):
+        NoteSigner.load(path, "example.org/log")
+    assert not path.exists()

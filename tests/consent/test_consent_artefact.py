@@ -16,7 +16,7 @@ from consent.artefact import (
 )
 from consent.lifecycle import ConsentService
 from exchange.canonical import b64ud, b64ue, canonical_json
-from exchange.errors import VerificationError
+from exchange.errors import ConfigurationError, VerificationError
 from exchange.signing import MemberSigner, MemberVerifier, load_private_key
 from tests import vectors
 from tests.consent.conftest import GrantFn
@@ -128,3 +128,19 @@ def test_a_consent_key_can_never_verify_an_envelope_nor_the_reverse(tmp_path: Pa
     with pytest.raises(VerificationError):
         member_verifier.verify_detached(f"{h}..{s}", b64ud(p))
     assert not hasattr(ConsentArtefactVerifier, "verify_detached")
+
+
+def test_issuer_key_is_created_once_and_never_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "consent" / "issuer.key"
+    made = ConsentIssuerKey.create(path, issuer="JP/GOV/consent-bank")
+    assert path.stat().st_mode & 0o777 == 0o600
+    with pytest.raises(ConfigurationError):
+        ConsentIssuerKey.create(path, issuer="JP/GOV/consent-bank")
+    assert ConsentIssuerKey.load(path, issuer="JP/GOV/consent-bank").kid == made.kid
+
+
+def test_a_missing_issuer_key_is_an_error_not_a_new_key(tmp_path: Path) -> None:
+    path = tmp_path / "issuer.key"
+    with pytest.raises(ConfigurationError):
+        ConsentIssuerKey.load(path, issuer="JP/GOV/consent-bank")
+    assert not path.exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import httpx
 import pytest
 
 from exchange.db import make_engine
-from exchange.tokens import DevIssuer
+from exchange.tokens import DEV_ISSUER_KEY, DevIssuer
 from onceonly.wiring import audit_log
 from tests.integration.test_nodes_as_processes import (  # noqa: F401 (fixture)
     ADDRESS,
@@ -24,13 +25,15 @@ from tests.integration.test_nodes_as_processes import (  # noqa: F401 (fixture)
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if k != "ONCEONLY_AUDIT_TOKEN"}
     return subprocess.run(
         [sys.executable, "-m", "onceonly", "audit", "verify", *args],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
+        env={**base, **(env or {})},
     )
 
 
@@ -96,3 +99,30 @@ def test_dropped_entry_fails(exported: tuple[Path, Path, str]) -> None:
     result = _cli("--checkpoint", str(cp), "--export", str(ex), "--key", vkey)
     assert result.returncode == 1
     assert "NOT verified" in result.stderr
+
+
+def test_verify_from_a_node_takes_the_token_from_the_environment_or_a_file(  # type: ignore[no-untyped-def]
+    cluster,  # noqa: F811
+    exported: tuple[Path, Path, str],
+    tmp_path: Path,
+) -> None:
+    c, _keys, settings = cluster
+    url = c.procs[str(MACHIDA)].url
+    vkey = exported[2]
+    token = DevIssuer.load(
+        settings.data_dir / DEV_ISSUER_KEY,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+    ).issue("a1", roles=("auditor",))
+    without = _cli("--node", url, "--key", vkey)
+    assert without.returncode == 2
+    assert "401" in without.stderr
+    assert "ONCEONLY_AUDIT_TOKEN" in without.stderr
+    from_env = _cli("--node", url, "--key", vkey, env={"ONCEONLY_AUDIT_TOKEN": token})
+    assert from_env.returncode == 0, from_env.stderr
+    assert "verified" in from_env.stdout
+    token_file = tmp_path / "auditor.token"
+    token_file.write_text(token + "\n")
+    from_file = _cli("--node", url, "--key", vkey, "--token-file", str(token_file))
+    assert from_file.returncode == 0, from_file.stderr
+    assert token not in " ".join(from_file.args)

@@ -37,7 +37,8 @@ from exchange.provisioning import init_instance, issue_api_key, provision_subsys
 from exchange.registry_admin import RegistryAdmin
 from exchange.settings import Settings
 from exchange.signing import CentralSigner, load_private_key
-from onceonly.wiring import build_node_parts, pseudonym_service
+from exchange.tokens import DevIssuer
+from onceonly.wiring import build_node_parts, provision_audit_key, pseudonym_service
 from tests.adapters import upstream_server
 from tests.exchange._federation import AsgiTransport
 
@@ -164,6 +165,11 @@ def _library_database(url: str) -> None:
 def _central(engine: Engine, settings: Settings, registries: Path, now: datetime) -> RegistryAdmin:
     keys = KeyStore(settings.data_dir)
     init_instance(keys, "JP", now=now)
+    for member in {LIBRARY.member, DESK.member}:  # keys are made by provisioning, never at start
+        provision_audit_key(settings, str(member))
+    DevIssuer.load_or_create(
+        settings.data_dir, issuer=settings.jwt_issuer, audience=settings.jwt_audience
+    )
     upgrade(engine)
     admin = RegistryAdmin(engine)
     admin.add_member(LIBRARY.member, "町田市", address="http://machida")

@@ -1,0 +1,138 @@
+"""Replicas of one node share one database and one log key: the checkpoints they store never go
+back to a smaller tree, whether they publish from threads or from separate processes."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+
+from audit.checkpoint import NoteSigner
+from audit.log import LogIntegrityError, TransparencyLog
+from audit.store import CheckpointRow, HeadRow
+from exchange.db import make_engine, upgrade
+from tests.audit.audit_factories import ORIGIN, make_event
+
+WRITER = Path(__file__).parent / "audit_writer.py"
+REPO = Path(__file__).parents[2]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """One database for every replica: a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'shared.sqlite'}"
+    else:
+        url = request.getfixturevalue("pg_url")
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    return url
+
+
+def _stored_sizes(url: str, log_id: str) -> list[int]:
+    """Checkpoint sizes in the order they were stored (the history's order)."""
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        sizes = conn.execute(
+            select(CheckpointRow.size)
+            .where(CheckpointRow.log_id == log_id)
+            .order_by(CheckpointRow.id)
+        ).scalars()
+        out = list(sizes)
+    engine.dispose()
+    return out
+
+
+def _never_decrease(sizes: list[int]) -> bool:
+    return all(a <= b for a, b in itertools.pairwise(sizes))
+
+
+@pytest.fixture
+def replicas(shared_url: str) -> Iterator[list[TransparencyLog]]:
+    """Four replicas of one node's log: one database, one log key, an engine each."""
+    signer = NoteSigner.generate(ORIGIN)
+    engines = [make_engine(shared_url) for _ in range(4)]
+    yield [TransparencyLog(e, log_id="node-a", signer=signer) for e in engines]
+    for engine in engines:
+        engine.dispose()
+
+
+def test_replica_threads_publishing_checkpoints_never_store_a_smaller_tree(
+    shared_url: str, replicas: list[TransparencyLog]
+) -> None:
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(replicas))
+
+    def replica(r: int, log: TransparencyLog) -> None:
+        try:
+            start.wait()
+            for k in range(40):
+                log.append(make_event(r * 1000 + k))
+                log.sign_checkpoint(datetime.now(UTC))
+                log.publish_checkpoint(datetime.now(UTC))
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=replica, args=(r, log)) for r, log in enumerate(replicas)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    sizes = _stored_sizes(shared_url, "node-a")
+    assert len(sizes) >= 40
+    assert _never_decrease(sizes), sizes
+    assert sizes[-1] == 160
+    latest = replicas[0].latest_checkpoint()
+    assert latest is not None
+    assert latest.size == 160
+
+
+def _publisher(url: str, skey: str, count: int) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, str(WRITER), url, "node-a", str(count), skey, "1", "publish"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env=env,
+    )
+
+
+@pytest.mark.integration
+def test_replica_processes_publishing_checkpoints_never_store_a_smaller_tree(
+    shared_url: str,
+) -> None:
+    signer = NoteSigner.generate(ORIGIN)
+    procs = [_publisher(shared_url, signer.skey(), 40) for _ in range(3)]
+    for p in procs:
+        p.communicate(timeout=120)
+        assert p.returncode == 0
+    sizes = _stored_sizes(shared_url, "node-a")
+    assert len(sizes) >= 3
+    assert _never_decrease(sizes), sizes
+    assert sizes[-1] == 120
+
+
+def test_a_head_behind_the_latest_checkpoint_is_refused_not_signed(
+    shared_url: str, replicas: list[TransparencyLog]
+) -> None:
+    log = replicas[0]
+    log.append_many([make_event(i) for i in range(3)])
+    log.sign_checkpoint(datetime.now(UTC))
+    engine = make_engine(shared_url)
+    with engine.begin() as conn:  # a damaged database, made on purpose
+        conn.execute(update(HeadRow).where(HeadRow.log_id == "node-a").values(size=1))
+    engine.dispose()
+    with pytest.raises(LogIntegrityError):
+        log.publish_checkpoint(datetime.now(UTC))
+    assert _stored_sizes(shared_url, "node-a") == [3]
