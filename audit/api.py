@@ -3,7 +3,16 @@
 Auditors (JWT with the ``auditor`` role) search entries, fetch an entry with its inclusion proof,
 the latest and past checkpoints, consistency proofs, and exports (JSON Lines) to verify offline.
 Citizens (JWT with the ``citizen`` role) see every entry whose subject is one of *their* subject
-ids, in plain Japanese and English, each with its inclusion proof against a signed checkpoint.
+ids, in plain Japanese and English, each with its inclusion proof against a signed checkpoint,
+and one such entry by its index (the portal's "verify"; another citizen's index is a 404, like an
+unknown one). Paths::
+
+    GET /audit/entries[?subject&client&service&purpose&decision&since&until&limit&cursor]
+    GET /audit/entries/{index}       GET /audit/size
+    GET /audit/checkpoint            GET /audit/checkpoints[?limit]
+    GET /audit/consistency?first&second
+    GET /audit/export[?start&end]
+    GET /me/accesses[?limit&cursor]  GET /me/accesses/{index}
 
 Trust assumption: the token verifier has authenticated the caller; a citizen's subjects come from
 their token (or ``subjects_of``), never from the request, so one citizen can never ask for
@@ -131,6 +140,10 @@ def _checkpoint_json(cp: StoredCheckpoint) -> dict[str, Any]:
     return {"size": cp.size, "root": _b64(cp.root), "time": cp.time.isoformat(), "note": cp.note}
 
 
+def _checkpoint_ref(cp: StoredCheckpoint) -> dict[str, Any]:
+    return {"checkpoint": cp.note, "checkpoint_time": cp.time.isoformat()}
+
+
 def _aware(value: datetime | None, name: str) -> datetime | None:
     if value is not None and value.tzinfo is None:
         raise ClientError(f"{name} must carry a timezone (e.g. 2026-11-23T09:00:00Z)")
@@ -204,7 +217,11 @@ def build_router(
             raise NotFoundError(f"no entry {index}")
         entry = log.entry(index)
         cp = covering_checkpoint(index)
-        return with_proof(entry, cp) | {"checkpoint": cp.note}
+        return with_proof(entry, cp) | _checkpoint_ref(cp)
+
+    @router.get("/audit/size")
+    def size(_: auditor) -> dict[str, int]:
+        return {"size": log.size()}
 
     @router.get("/audit/checkpoint", response_class=PlainTextResponse)
     def latest_checkpoint(_: auditor) -> PlainTextResponse:
@@ -245,13 +262,30 @@ def build_router(
 
         return StreamingResponse(lines(), media_type="application/jsonl")
 
+    def own_subjects(principal: Principal) -> frozenset[str]:
+        return frozenset(subjects_of(principal) if subjects_of else {principal.subject})
+
+    @router.get("/me/accesses/{index}")
+    def my_access(principal: citizen, index: int) -> dict[str, Any]:
+        if not 0 <= index <= MAX_INT64:  # no such entry, and no 64-bit SQL integer either
+            raise NotFoundError("no such entry")
+        try:
+            entry = log.entry(index)
+        except NotFoundError:
+            raise NotFoundError("no such entry") from None
+        # Another citizen's entry is answered exactly like an unknown one (no oracle).
+        if entry.record.get("subject") not in own_subjects(principal):
+            raise NotFoundError("no such entry")
+        cp = covering_checkpoint(index)
+        return describe_entry(entry.record) | with_proof(entry, cp) | _checkpoint_ref(cp)
+
     @router.get("/me/accesses")
     def my_accesses(
         principal: citizen,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
         cursor: Annotated[int | None, Query(ge=0, le=MAX_INT64)] = None,
     ) -> dict[str, Any]:
-        subjects = frozenset(subjects_of(principal) if subjects_of else {principal.subject})
+        subjects = own_subjects(principal)
         if not subjects:
             return {"accesses": [], "next_cursor": None, "checkpoint": None}
         page = log.search(EntryQuery(subjects=subjects), limit=limit, cursor=cursor)

@@ -92,6 +92,13 @@ class DevIssuer:
         path = data_dir / DEV_ISSUER_KEY
         if not path.exists():
             save_private_key(ed25519.Ed25519PrivateKey.generate(), path)
+        return cls.load(path, issuer=issuer, audience=audience)
+
+    @classmethod
+    def load(cls, path: Path, *, issuer: str, audience: str) -> DevIssuer:
+        """The issuer whose key is in ``path``; a missing file is an error (never made here)."""
+        if not path.is_file():
+            raise ConfigurationError(f"no development issuer key at {path}")
         key = load_private_key(path)
         if not isinstance(key, ed25519.Ed25519PrivateKey):
             raise ConfigurationError("development issuer key must be Ed25519")

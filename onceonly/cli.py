@@ -1,9 +1,10 @@
 """The ``onceonly`` command line (typer + rich).
 
-``demo`` and ``serve`` run the reference federation locally on SQLite; ``central`` and ``node``
-run one component each for real deployments; ``keys``, ``registry`` and ``db`` manage an instance.
-Settings come from ``ONCEONLY_*`` environment variables (``exchange.settings.Settings``); options
-here override the data directory and the database. Nothing happens at import time.
+``demo`` and ``serve`` run the reference federation locally on SQLite; ``central``, ``node`` and
+``portal`` run one component each for real deployments; ``keys``, ``registry`` and ``db`` manage
+an instance. Settings come from ``ONCEONLY_*`` environment variables
+(``exchange.settings.Settings``; the portal's own ``ONCEONLY_PORTAL_*``, ``portal.settings``);
+options here override the data directory and the database. Nothing happens at import time.
 """
 
 from __future__ import annotations
@@ -566,6 +567,41 @@ def node(
         log_level="warning",
         access_log=False,
     )
+
+
+@app.command()
+def portal(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="ONCEONLY_PORTAL_CONFIG",
+            help="TOML settings (consent_url, nodes, desk_url, ...); ONCEONLY_PORTAL_* wins",
+        ),
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="address to listen on")] = None,
+    port: Annotated[int | None, typer.Option(help="port to listen on")] = None,
+) -> None:
+    """Run the citizens' and auditors' portal on its own: it calls the consent service, the
+    nodes and the one-stop desk over HTTP and opens no database (docs/portal.md)."""
+    from portal.remote import create_portal_app
+    from portal.settings import load_portal_settings
+
+    try:
+        settings = load_portal_settings(config, host=host, port=port)
+        application, close = create_portal_app(settings)
+    except OnceOnlyError as exc:
+        _fail(exc)
+        return
+    try:
+        uvicorn.run(
+            application,
+            host=settings.host,
+            port=settings.port,
+            log_level="warning",
+            access_log=False,
+        )
+    finally:
+        close()
 
 
 @app.command()

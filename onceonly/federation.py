@@ -322,8 +322,10 @@ def one_stop_app(settings: Settings, node_url: str, api_key: str) -> FastAPI:
 
 
 def portal_app(settings: Settings, desk: FastAPI | None, *, citizens: int = 5) -> FastAPI:
-    """The citizens' and auditors' portal over the local federation's services and logs."""
+    """The citizens' and auditors' portal over the local federation's services and logs, in
+    this process (``onceonly portal`` runs it apart, over HTTP: ``portal.remote``)."""
     from portal import build_portal
+    from portal.local import LocalConsent, LocalDesk, local_logs
 
     logs = {}
     for member in _members():
@@ -351,13 +353,14 @@ def portal_app(settings: Settings, desk: FastAPI | None, *, citizens: int = 5) -
     subjects = AgencyAliases(pseudonyms, {})
     return build_portal(
         settings,
-        consent=desk.state.consents if desk is not None else consent_service(settings),
-        logs=logs,
-        subjects_of=_with_own_id(subjects_of(subjects, pseudonym_agencies(settings))),
+        consent=LocalConsent(
+            desk.state.consents if desk is not None else consent_service(settings)
+        ),
+        logs=local_logs(logs, _with_own_id(subjects_of(subjects, pseudonym_agencies(settings)))),
         issuer=issuer,
         verifier=issuer.verifier(),
         demo_citizens=demo,
-        procedures=desk.state.procedures if desk is not None else None,
+        procedures=LocalDesk(desk.state.procedures) if desk is not None else None,
         # The local federation speaks plain HTTP on loopback (Chromium keeps Secure cookies
         # for http://127.0.0.1 too, other browsers may not): Secure stays on.
     )

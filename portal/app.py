@@ -2,28 +2,29 @@
 (log search, entries with proofs, export, checkpoint history, chart), in Japanese and English.
 
 Issue 8. Progressive enhancement: every essential action is a plain HTML form (GET for reads,
-POST for changes) that works without JavaScript. The domain services are called in-process:
-``consent.lifecycle.ConsentService`` with the signed-in citizen's own subject, and each node's
-``audit.log.TransparencyLog``. "Verify" is done server-side: the entry's leaf hash is recomputed
-from its bytes, the latest checkpoint's signature is checked with the log's key
-(``audit.checkpoint.verify_checkpoint``) and the inclusion proof against its root
-(``audit.merkle.verify_inclusion``).
+POST for changes) that works without JavaScript. The services sit behind ports
+(``portal.ports``): the consent service, each node's access log and the one-stop desk, either in
+this process (``portal.local``, ``onceonly serve``) or over their HTTP APIs with the signed-in
+person's bearer token (``portal.remote``, ``onceonly portal``). "Verify" is done here, whatever
+the backend: the entry's leaf hash is recomputed from its bytes, the checkpoint's signature is
+checked with the log key the portal pins (``audit.checkpoint.verify_checkpoint``) and the
+inclusion proof against its root (``audit.merkle.verify_inclusion``).
 
 Security (issue 8 "Quality"):
 1. session: one HMAC-signed cookie (``portal._session``), ``HttpOnly; Secure; SameSite=Lax``; the
    bearer token in it is verified on every request — stops forged or stale sessions;
 2. CSRF: every POST carries the session's token, compared in constant time — stops cross-site
    form posts (SameSite is the second layer);
-3. isolation: consents are read through ``ConsentService`` with the principal's subject (others'
-   ids are "not found" there), and a log entry is shown to a citizen only if its subject is one of
-   ``subjects_of(principal)`` — anything else is the same 404 as an unknown id (no oracle);
+3. isolation: consents and log entries are read as the signed-in principal (their subject
+   in-process, their token over HTTP); the owning service answers "not found" for another
+   person's ids, the same 404 as an unknown id (no oracle);
 4. headers: a strict Content-Security-Policy, ``X-Content-Type-Options: nosniff``,
    ``Referrer-Policy: same-origin``, ``X-Frame-Options: DENY``;
 5. templates autoescape everything; consumer-supplied text (purposes) is never trusted markup.
 
-Concurrency: database work never runs on the event loop (pages are sync routes, run in the
-thread pool; POST handlers hand their domain calls to it), so a portal mounted next to nodes in
-one process does not stall their exchanges.
+Concurrency: backend calls (database work or blocking HTTP) never run on the event loop (pages
+are sync routes, run in the thread pool; POST handlers hand their calls to it), so a portal
+mounted next to nodes in one process does not stall their exchanges.
 
 Mounting: the lead mounts the app under ``/portal``; every URL is built with ``request.url_for``
 so it carries the mount's ``root_path``, and made a path (``exchange.web.redirects.local_url``):
@@ -35,9 +36,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 import secrets
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -48,15 +50,14 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response, Streamin
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, pass_context, select_autoescape
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import URL
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from audit import merkle
-from audit.checkpoint import NoteError, verify_checkpoint
-from audit.log import MAX_PAGE_SIZE, EntryQuery, LogEntry, TransparencyLog
-from consent.lifecycle import ConsentService
+from audit.checkpoint import NoteError, NoteVerifier, verify_checkpoint
+from audit.log import MAX_PAGE_SIZE, EntryQuery, TransparencyLog
 from consent.model import ConsentStatus
 from consent.receipt import render_receipt_html
 from exchange.errors import (
@@ -66,24 +67,27 @@ from exchange.errors import (
     NotFoundError,
     OnceOnlyError,
     RefusalError,
+    TransportError,
 )
-from exchange.settings import Settings
 from exchange.tokens import DevIssuer, Principal, TokenVerifier
 from exchange.web.redirects import RelativeRedirects, local_url
 from portal._session import SESSION_COOKIE, Session, SessionCodec, same_token
 from portal.chart import build_chart
 from portal.i18n import LANGS, Translator, pick_lang
-from procedures.model import AddressChangeInput, ConfirmInput, ProcedureView
+from portal.local import proven
+from portal.ports import AccessLog, Caller, ConsentBackend, LogRecord, ProcedureDesk, ProvenEntry
+from procedures.model import AddressChangeInput, ConfirmInput
 
 __all__ = [
     "CSP",
     "MAX_CHART_ENTRIES",
     "MAX_TIMELINE",
     "SESSION_LIFETIME_S",
-    "AddressChangeDesk",
+    "PortalSecret",
     "build_portal",
     "utc_now",
     "verify_entry",
+    "verify_proven",
 ]
 
 CSP = (
@@ -108,25 +112,12 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class AddressChangeDesk(Protocol):
-    """What the portal needs of ``procedures.address_change.AddressChangeService``."""
+class PortalSecret(Protocol):
+    """The settings the portal app reads: the session secret (``exchange.settings.Settings``
+    in ``onceonly serve``, ``portal.settings.PortalSettings`` in ``onceonly portal``)."""
 
-    async def start(
-        self,
-        subject: str,
-        data: AddressChangeInput,
-        *,
-        now: datetime,
-        submission_key: str | None = None,
-    ) -> ProcedureView: ...
-
-    def get(self, procedure_id: str, *, subject: str | None) -> ProcedureView: ...
-
-    def list_for(self, subject: str) -> list[ProcedureView]: ...
-
-    def confirm(
-        self, subject: str, procedure_id: str, decisions: ConfirmInput, *, now: datetime
-    ) -> ProcedureView: ...
+    @property
+    def portal_secret(self) -> SecretStr | None: ...
 
 
 class _SignInRequired(Exception):
@@ -170,38 +161,55 @@ def _parse_time(text: object) -> datetime | None:
         return None
 
 
-def _row(node: str, entry: LogEntry) -> _Row:
+def _row(node: str, entry: LogRecord) -> _Row:
     record = entry.record
     return _Row(node, entry.index, record, _parse_time(record.get("time")))
 
 
-def verify_entry(log: TransparencyLog, index: int) -> _Verification:
-    """Check entry ``index`` against the latest signed checkpoint (RFC 9162 §2.1.3.2).
+def _proven_row(node: str, entry: ProvenEntry) -> _Row:
+    """The row shown beside a verification is parsed from the very bytes that were verified."""
+    try:
+        record = json.loads(entry.data)
+    except ValueError:
+        record = None
+    return _row(node, LogRecord(entry.index, record if isinstance(record, dict) else {}))
 
-    1. recompute the leaf hash from the stored bytes — stops an entry edited in the database;
-    2. verify the checkpoint's signature with the log's key — stops a forged checkpoint;
+
+def verify_proven(entry: ProvenEntry, verifier: NoteVerifier) -> _Verification:
+    """Check an entry against the signed checkpoint it came with (RFC 9162 §2.1.3.2).
+
+    1. recompute the leaf hash from the entry's bytes — stops an entry edited in the database;
+    2. verify the checkpoint's signature with the pinned log key — stops a forged checkpoint
+       (and, over HTTP, a node that answers with another log's checkpoint);
     3. verify the inclusion proof of the leaf under the checkpoint's root — stops a log that
        shows one thing to the citizen and signs another.
     """
-    entry = log.entry(index)
     leaf = merkle.leaf_hash(entry.data)  # (1)
-    stored = log.latest_checkpoint()
-    if stored is None or stored.size <= index:
+    if entry.checkpoint is None:
         return _Verification("pending", leaf_hash=_b64(leaf))
     try:
-        checkpoint = verify_checkpoint(stored.note, log.verifier())  # (2)
+        checkpoint = verify_checkpoint(entry.checkpoint, verifier)  # (2)
     except NoteError:
-        return _Verification("bad_checkpoint", leaf_hash=_b64(leaf), note=stored.note)
-    proof = log.inclusion_proof(index, checkpoint.size)
-    ok = merkle.verify_inclusion(leaf, index, checkpoint.size, proof, checkpoint.root)  # (3)
+        return _Verification("bad_checkpoint", leaf_hash=_b64(leaf), note=entry.checkpoint)
+    if checkpoint.size <= entry.index:
+        return _Verification("pending", leaf_hash=_b64(leaf))
+    ok = merkle.verify_inclusion(  # (3)
+        leaf, entry.index, checkpoint.size, entry.proof, checkpoint.root
+    )
     return _Verification(
         "ok" if ok else "failed",
         size=checkpoint.size,
-        time=stored.time,
-        proof=tuple(_b64(p) for p in proof),
+        time=entry.checkpoint_time,
+        proof=tuple(_b64(p) for p in entry.proof),
         leaf_hash=_b64(leaf),
-        note=stored.note,
+        note=entry.checkpoint,
     )
+
+
+def verify_entry(log: TransparencyLog, index: int) -> _Verification:
+    """``verify_proven`` for entry ``index`` of a log in this process, against its latest
+    checkpoint and its own key."""
+    return verify_proven(proven(log, index), log.verifier())
 
 
 def _field(form: Mapping[str, Any], name: str) -> str:
@@ -230,22 +238,22 @@ def _query_time(value: str | None) -> datetime | None:
 
 
 def build_portal(
-    settings: Settings,
+    settings: PortalSecret,
     *,
-    consent: ConsentService,
-    logs: Mapping[str, TransparencyLog],
-    subjects_of: Callable[[Principal], Collection[str]],
+    consent: ConsentBackend,
+    logs: Mapping[str, AccessLog],
     issuer: DevIssuer | None,
     verifier: TokenVerifier,
     demo_citizens: Sequence[tuple[str, str]] = (),
-    procedures: AddressChangeDesk | None = None,
+    procedures: ProcedureDesk | None = None,
     clock: Callable[[], datetime] = utc_now,
     secure_cookies: bool = True,
+    public_origin: str | None = None,
 ) -> FastAPI:
-    """The portal app. ``logs`` maps a node's member id to its transparency log;
-    ``subjects_of`` gives the pseudonyms under which a citizen appears in those logs;
-    ``demo_citizens`` lists ``(subject, display name)`` offered on the development sign-in page
-    (only when ``issuer`` is given)."""
+    """The portal app. ``logs`` maps a node's member id to its access log (``portal.local`` or
+    ``portal.remote``); ``demo_citizens`` lists ``(subject, display name)`` offered on the
+    development sign-in page (only when ``issuer`` is given); with ``public_origin``, a POST
+    whose ``Origin`` header names another origin is refused like one without the CSRF token."""
     secret = (
         settings.portal_secret.get_secret_value().encode()
         if settings.portal_secret is not None
@@ -317,25 +325,32 @@ def build_portal(
         response: HTMLResponse = templates.TemplateResponse(request, name, base, status_code=status)
         return response
 
-    def citizen(request: Request) -> Principal:
+    def signed_in(request: Request) -> Caller:
         principal = principal_of(request)
-        if principal is None:
+        token = session_of(request).token
+        if principal is None or token is None:
             raise _SignInRequired
-        if "citizen" not in principal.roles:
-            raise RefusalError("citizens only")
-        return principal
+        return Caller(principal, token)
 
-    def auditor(request: Request) -> Principal:
-        principal = principal_of(request)
-        if principal is None:
-            raise _SignInRequired
-        if not principal.is_auditor:
+    def citizen(request: Request) -> Caller:
+        caller = signed_in(request)
+        if "citizen" not in caller.principal.roles:
+            raise RefusalError("citizens only")
+        return caller
+
+    def auditor(request: Request) -> Caller:
+        caller = signed_in(request)
+        if not caller.principal.is_auditor:
             raise RefusalError("auditors only")
-        return principal
+        return caller
 
     async def checked_form(request: Request) -> Mapping[str, Any]:
+        # (2) CSRF: the Origin browsers send, when the portal knows its own (defence in depth) ...
+        origin = request.headers.get("origin")
+        if public_origin is not None and origin is not None and origin != public_origin:
+            raise _CsrfError
         form = await request.form()
-        # (2) CSRF: the session-bound token, compared in constant time.
+        # ... and the session-bound token, compared in constant time.
         if not same_token(session_of(request).csrf, _field(form, "csrf")):
             raise _CsrfError
         return form
@@ -346,7 +361,7 @@ def build_portal(
             url = url.include_query_params(**query)
         return RedirectResponse(str(url), status_code=303)
 
-    def log_of(node: str) -> TransparencyLog:
+    def log_of(node: str) -> AccessLog:
         log = logs.get(node)
         if log is None:
             raise NotFoundError("no such record")
@@ -472,23 +487,16 @@ def build_portal(
 
     @app.get("/consents", name="consents")
     def consents_page(request: Request) -> HTMLResponse:
-        principal = citizen(request)
-        now = clock()
-        items = consent.list_consents(principal.subject, now=now)
-        requests = [
-            r
-            for r in consent.list_requests(principal.subject, now=now)
-            if r.status.value == "pending"
-        ]
+        caller = citizen(request)
+        items = consent.list_consents(caller)
+        requests = [r for r in consent.list_requests(caller) if r.status.value == "pending"]
         return render(request, "consents.html", consents=items, requests=requests)
 
     def _consent_action(verb: str) -> Callable[[Request, str], Any]:
         async def action(request: Request, consent_id: str) -> Response:
-            principal = citizen(request)
+            caller = citizen(request)
             await checked_form(request)
-            await run_in_threadpool(
-                getattr(consent, verb), principal.subject, consent_id, now=clock()
-            )
+            await run_in_threadpool(getattr(consent, verb), caller, consent_id)
             return redirect(request, "consents", done=verb + "d")  # paused, resumed, revoked
 
         return action
@@ -498,8 +506,7 @@ def build_portal(
 
     @app.get("/consents/{consent_id}/revoke", name="consent_revoke_confirm")
     def revoke_confirm(request: Request, consent_id: str) -> HTMLResponse:
-        principal = citizen(request)
-        item = consent.get_consent(principal.subject, consent_id, now=clock())
+        item = consent.get_consent(citizen(request), consent_id)
         if item.status not in (ConsentStatus.ACTIVE, ConsentStatus.PAUSED):
             raise ConflictError("this consent cannot be revoked")
         return render(request, "revoke.html", consent=item)
@@ -508,21 +515,19 @@ def build_portal(
 
     @app.post("/requests/{request_id}/{verb}", name="request_answer")
     async def answer_request(request: Request, request_id: str, verb: str) -> Response:
-        principal = citizen(request)
+        caller = citizen(request)
         await checked_form(request)
-        now = clock()
         if verb == "approve":
-            await run_in_threadpool(consent.approve_request, principal.subject, request_id, now=now)
+            await run_in_threadpool(consent.approve_request, caller, request_id)
             return redirect(request, "consents", done="approved")
         if verb == "decline":
-            await run_in_threadpool(consent.decline_request, principal.subject, request_id, now=now)
+            await run_in_threadpool(consent.decline_request, caller, request_id)
             return redirect(request, "consents", done="declined")
         raise NotFoundError("no such action")
 
     @app.get("/consents/{consent_id}/receipt", name="consent_receipt")
     def receipt(request: Request, consent_id: str) -> Response:
-        principal = citizen(request)
-        receipts = consent.receipts(principal.subject, consent_id, now=clock())
+        receipts = consent.receipts(citizen(request), consent_id)
         if not receipts:
             raise NotFoundError("no receipt")
         html = render_receipt_html(receipts[-1])
@@ -537,38 +542,35 @@ def build_portal(
 
     # --- citizens: who accessed my data --------------------------------------------------------
 
-    def own_subjects(principal: Principal) -> frozenset[str]:
-        return frozenset(subjects_of(principal))
-
     @app.get("/access", name="access")
     def access_page(request: Request) -> HTMLResponse:
-        principal = citizen(request)
-        subjects = own_subjects(principal)
+        caller = citizen(request)
         org = request.query_params.get("org") or None
         decision = request.query_params.get("decision") or None
         if decision not in (None, "allow", "deny", "error", "info"):
             raise ClientError("bad decision filter")
         rows: list[_Row] = []
         orgs: set[str] = set()
-        if subjects:
-            for node, log in logs.items():
-                everything = log.search(EntryQuery(subjects=subjects), limit=MAX_TIMELINE)
-                orgs.update(
-                    str(e.record["client"]) for e in everything.entries if e.record.get("client")
-                )
-                if org is None and decision is None:
-                    page = everything
-                else:
-                    page = log.search(
-                        EntryQuery(subjects=subjects, client=org, decision=decision),
-                        limit=MAX_TIMELINE,
-                    )
-                rows.extend(_row(node, e) for e in page.entries)
+        unavailable: list[str] = []
+        for node, log in logs.items():
+            try:
+                everything = log.my_accesses(caller, limit=MAX_TIMELINE)
+            except TransportError:  # one node down does not hide the others' records
+                unavailable.append(node)
+                continue
+            orgs.update(str(e.record["client"]) for e in everything if e.record.get("client"))
+            rows.extend(
+                _row(node, e)
+                for e in everything
+                if (org is None or e.record.get("client") == org)
+                and (decision is None or e.record.get("decision") == decision)
+            )
         rows.sort(key=lambda r: (r.time or datetime.min.replace(tzinfo=UTC), r.index), reverse=True)
         return render(
             request,
             "access.html",
             rows=rows,
+            unavailable=unavailable,
             orgs=sorted(orgs),
             org=org,
             decision=decision,
@@ -576,24 +578,22 @@ def build_portal(
 
     @app.post("/access/verify", name="access_verify")
     async def access_verify(request: Request) -> HTMLResponse:
-        principal = citizen(request)
+        caller = citizen(request)
         form = await checked_form(request)
         node = _field(form, "node")
         index = _int(_field(form, "index"))
         log = log_of(node)
         if index is None:
             raise NotFoundError("no such record")
-        entry = await run_in_threadpool(log.entry, index)
         # (3) isolation: another citizen's entry is "not found", like an unknown one.
-        if entry.record.get("subject") not in own_subjects(principal):
-            raise NotFoundError("no such record")
-        result = await run_in_threadpool(verify_entry, log, index)
-        return render(request, "verify.html", row=_row(node, entry), result=result)
+        entry = await run_in_threadpool(log.my_entry, caller, index)
+        result = verify_proven(entry, log.verifier)
+        return render(request, "verify.html", row=_proven_row(node, entry), result=result)
 
     def procedures_form(
-        request: Request, principal: Principal, status: int = 200, **context: Any
+        request: Request, caller: Caller, status: int = 200, **context: Any
     ) -> HTMLResponse:
-        mine = procedures.list_for(principal.subject) if procedures is not None else []
+        mine = procedures.list_for(caller) if procedures is not None else []
         defaults: dict[str, Any] = {"move_date": clock().date().isoformat(), "address": ""}
         defaults.update(context)
         return render(
@@ -609,14 +609,14 @@ def build_portal(
     def procedures_page(request: Request) -> HTMLResponse:
         return procedures_form(request, citizen(request))
 
-    def desk() -> AddressChangeDesk:
+    def desk() -> ProcedureDesk:
         if procedures is None:
             raise NotFoundError("no procedures here")
         return procedures
 
     @app.post("/procedures", name="procedure_start")
     async def procedure_start(request: Request) -> Response:
-        principal = citizen(request)
+        caller = citizen(request)
         form = await checked_form(request)
         service = desk()
         address = _field(form, "address")
@@ -629,16 +629,13 @@ def build_portal(
             except (ValueError, ValidationError) as exc:
                 raise ClientError("give a valid move date and address") from exc
             view = await service.start(
-                principal.subject,
-                data,
-                now=clock(),
-                submission_key=_field(form, "submission") or None,
+                caller, data, submission_key=_field(form, "submission") or None
             )
         except ClientError as exc:
             return await run_in_threadpool(
                 procedures_form,
                 request,
-                principal,
+                caller,
                 400,
                 error=exc.detail,
                 address=address,
@@ -650,8 +647,7 @@ def build_portal(
 
     @app.get("/procedures/{procedure_id}", name="procedure")
     def procedure_page(request: Request, procedure_id: str) -> HTMLResponse:
-        principal = citizen(request)
-        view = desk().get(procedure_id, subject=principal.subject)
+        view = desk().get(citizen(request), procedure_id)
         lang = translator(request).lang
         names = {r.recipient: (r.name_ja if lang == "ja" else r.name_en) for r in view.recipients}
         return render(
@@ -660,7 +656,7 @@ def build_portal(
 
     @app.post("/procedures/{procedure_id}/confirm", name="procedure_confirm")
     async def procedure_confirm(request: Request, procedure_id: str) -> Response:
-        principal = citizen(request)
+        caller = citizen(request)
         form = await checked_form(request)
         decisions: dict[str, str] = {}
         for key in form:
@@ -670,9 +666,7 @@ def build_portal(
             confirm = ConfirmInput.model_validate({"consents": decisions})
         except ValidationError as exc:
             raise ClientError("approve or decline each consent") from exc
-        await run_in_threadpool(
-            desk().confirm, principal.subject, procedure_id, confirm, now=clock()
-        )
+        await run_in_threadpool(desk().confirm, caller, procedure_id, confirm)
         return RedirectResponse(
             str(local_url(request, "procedure", procedure_id=procedure_id)), status_code=303
         )
@@ -681,7 +675,7 @@ def build_portal(
 
     @app.get("/auditor", name="auditor_search")
     def auditor_search(request: Request) -> HTMLResponse:
-        auditor(request)
+        caller = auditor(request)
         q = request.query_params
         params = {
             k: (q.get(k) or "").strip()[:MAX_FORM_FIELD]
@@ -700,6 +694,14 @@ def build_portal(
         rows: list[_Row] = []
         error: str | None = None
         truncated = False
+        unavailable: list[str] = []
+        sizes: dict[str, int | str] = {}
+        for node, log in logs.items():
+            try:
+                sizes[node] = log.size(caller)
+            except TransportError:  # one node down does not hide the others' logs
+                sizes[node] = "?"
+                unavailable.append(node)
         if searched:
             try:
                 query = EntryQuery(
@@ -713,9 +715,11 @@ def build_portal(
                 )
                 nodes = [params["node"]] if params["node"] else list(logs)
                 for node in nodes:
-                    page = log_of(node).search(query, limit=MAX_TIMELINE)
-                    truncated = truncated or page.next_cursor is not None
-                    rows.extend(_row(node, e) for e in page.entries)
+                    if node in unavailable:
+                        continue
+                    found, next_cursor = log_of(node).search(caller, query, limit=MAX_TIMELINE)
+                    truncated = truncated or next_cursor is not None
+                    rows.extend(_row(node, e) for e in found)
             except ClientError as exc:
                 error = exc.detail
         rows.sort(key=lambda r: (r.time or datetime.min.replace(tzinfo=UTC), r.index), reverse=True)
@@ -729,39 +733,40 @@ def build_portal(
             error=error,
             truncated=truncated,
             limit=MAX_TIMELINE,
-            sizes={node: log.size() for node, log in logs.items()},
+            sizes=sizes,
+            unavailable=unavailable,
         )
 
     @app.get("/auditor/entry", name="auditor_entry")
     def auditor_entry(request: Request) -> HTMLResponse:
-        auditor(request)
+        caller = auditor(request)
         node = request.query_params.get("node") or ""
         index = _int(request.query_params.get("index"))
         log = log_of(node)
         if index is None:
             raise NotFoundError("no such record")
-        entry = log.entry(index)
-        result = verify_entry(log, index)
+        entry = log.entry(caller, index)
+        result = verify_proven(entry, log.verifier)
         return render(
             request,
             "entry.html",
-            row=_row(node, entry),
+            row=_proven_row(node, entry),
             data=entry.data.decode("utf-8", errors="replace"),
             result=result,
         )
 
     @app.get("/auditor/export", name="auditor_export")
     def auditor_export(request: Request) -> Response:
-        auditor(request)
+        caller = auditor(request)
         node = request.query_params.get("node") or ""
         log = log_of(node)
-        size = log.size()
+        size = log.size(caller)
         start = _int(request.query_params.get("start"), default=0) or 0
         end = _int(request.query_params.get("end"), default=size)
         end = size if end is None else min(end, size)
         if start > end:
             raise ClientError("bad export range")
-        lines = log.export(start, end)
+        lines = log.export(caller, start, end)
 
         def body() -> Iterator[bytes]:
             for line in lines:
@@ -776,23 +781,24 @@ def build_portal(
 
     @app.get("/auditor/checkpoints", name="auditor_checkpoints")
     def auditor_checkpoints(request: Request) -> HTMLResponse:
-        auditor(request)
+        caller = auditor(request)
         nodes = list(logs)
         node = request.query_params.get("node") or (nodes[0] if nodes else "")
         history: list[dict[str, Any]] = []
         if node:
             log = log_of(node)
-            stored = log.checkpoints(limit=MAX_CHECKPOINT_HISTORY)  # newest first
+            stored = log.checkpoints(caller, limit=MAX_CHECKPOINT_HISTORY)  # newest first
             for i, cp in enumerate(stored):
                 try:
-                    verify_checkpoint(cp.note, log.verifier())
-                    signed = True
+                    signed_cp = verify_checkpoint(cp.note, log.verifier)
+                    # The size and root shown must be the ones the signature covers.
+                    signed = (signed_cp.size, signed_cp.root) == (cp.size, cp.root)
                 except NoteError:
                     signed = False
                 consistent: bool | None = None
                 if i + 1 < len(stored):
                     older = stored[i + 1]
-                    proof = log.consistency_proof(older.size, cp.size)
+                    proof = log.consistency_proof(caller, older.size, cp.size)
                     consistent = merkle.verify_consistency(
                         older.size, cp.size, older.root, cp.root, proof
                     )
@@ -803,15 +809,14 @@ def build_portal(
 
     @app.get("/auditor/chart", name="auditor_chart")
     def auditor_chart(request: Request) -> HTMLResponse:
-        auditor(request)
+        caller = auditor(request)
         t = translator(request)
         records: list[Mapping[str, Any]] = []
         for log in logs.values():
             cursor: int | None = 0
             while cursor is not None and len(records) < MAX_CHART_ENTRIES:
-                page = log.search(EntryQuery(), limit=MAX_PAGE_SIZE, cursor=cursor)
-                records.extend(e.record for e in page.entries)
-                cursor = page.next_cursor
+                found, cursor = log.search(caller, EntryQuery(), limit=MAX_PAGE_SIZE, cursor=cursor)
+                records.extend(e.record for e in found)
         chart = build_chart(records, label=lambda **kw: t("chart.label", **kw))
         return render(request, "chart.html", chart=chart)
 

@@ -197,6 +197,45 @@ def test_bad_citizen_paging_is_a_400(client: TestClient, issuer: DevIssuer) -> N
     assert r.status_code == 400
 
 
+def test_citizen_fetches_one_of_their_entries_with_a_proof_and_its_checkpoint(
+    client: TestClient, issuer: DevIssuer, log: TransparencyLog
+) -> None:
+    r = client.get("/me/accesses/1", headers=_auth(issuer, ALICE, "citizen"))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["index"] == 1
+    assert body["entry"]["subject"] == ALICE
+    assert "JP/GOV/132098 (tax)" in body["text"]["en"]
+    cp = verify_checkpoint(body["checkpoint"], log.verifier())
+    assert body["checkpoint_time"].startswith("2026-11-24")  # the API's clock published it
+    proof = [base64.b64decode(h) for h in body["inclusion_proof"]]
+    assert merkle.verify_inclusion(base64.b64decode(body["leaf_hash"]), 1, cp.size, proof, cp.root)
+
+
+def test_another_citizens_entry_is_the_same_404_as_an_unknown_one(
+    client: TestClient, issuer: DevIssuer
+) -> None:
+    alice = _auth(issuer, ALICE, "citizen")
+    bobs = client.get("/me/accesses/0", headers=alice)  # entry 0 is Bob's
+    unknown = client.get("/me/accesses/999", headers=alice)
+    negative = client.get("/me/accesses/-1", headers=alice)
+    huge = client.get(f"/me/accesses/{2**64}", headers=alice)  # beyond any 64-bit SQL integer
+    answers = (bobs, unknown, negative, huge)
+    assert {r.status_code for r in answers} == {404}
+    strip = [{k: v for k, v in r.json().items() if k != "instance"} for r in answers]
+    assert strip[0] == strip[1] == strip[2] == strip[3]
+    assert client.get("/me/accesses/1").status_code == 401
+
+
+def test_auditor_reads_the_log_size_and_citizens_cannot(
+    client: TestClient, auditor: dict[str, str], issuer: DevIssuer
+) -> None:
+    assert client.get("/audit/size", headers=auditor).json() == {"size": 13}
+    assert client.get("/audit/size", headers=_auth(issuer, ALICE, "citizen")).status_code == 403
+    entry = client.get("/audit/entries/3", headers=auditor).json()
+    assert entry["checkpoint_time"].startswith("2026-11-24")
+
+
 HUGE = str(2**64)
 """Larger than any 64-bit SQL integer: once an OverflowError inside SQLite, answered 500."""
 

@@ -26,6 +26,7 @@ from exchange.ports import AuditEvent
 from exchange.settings import Settings
 from exchange.tokens import DevIssuer, Principal
 from portal import build_portal
+from portal.local import LocalConsent, local_logs
 from tests.consent.consent_factories import ALICE, BOB, POWER, request_input
 
 NODE = "JP/GOV/132098"
@@ -145,9 +146,8 @@ def build_world(db_url: str, log_db_url: str, tmp_path: Path) -> World:
     settings = Settings(portal_secret=SecretStr(SECRET), data_dir=tmp_path)
     portal = build_portal(
         settings,
-        consent=service,
-        logs=logs,
-        subjects_of=subjects_of,
+        consent=LocalConsent(service),
+        logs=local_logs(logs, subjects_of),
         issuer=issuer,
         verifier=issuer.verifier(),
         demo_citizens=DEMO_CITIZENS,

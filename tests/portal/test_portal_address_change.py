@@ -1,16 +1,21 @@
 """The address change through the portal, against a running federation (real nodes on loopback,
 the real one-stop desk and runner): start, preview, consent for the private companies, confirm,
-and the status page that refreshes itself until every step is final."""
+and the status page that refreshes itself until every step is final. The portal reaches the desk
+in-process (``onceonly serve``) or over the desk's HTTP API (``onceonly portal``)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
-from collections.abc import Iterator
+import socket
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
+from fastapi import FastAPI
 from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.routing import Mount
@@ -20,7 +25,13 @@ from audit.log import TransparencyLog
 from exchange.db import make_engine, upgrade
 from exchange.settings import Settings
 from exchange.tokens import DevIssuer
+from exchange.web.problems import install_problem_handlers
 from portal import build_portal
+from portal.local import LocalConsent, LocalDesk, local_logs
+from portal.ports import ProcedureDesk
+from portal.remote import RemoteDesk
+from procedures.address_change import AddressChangeService
+from procedures.api import build_router
 from tests.procedures.helpers import Federation, running_federation, utc_now
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -35,8 +46,35 @@ def federation(tmp_path: Path, db_url: str) -> Iterator[Federation]:
     yield from running_federation(tmp_path, db_url)
 
 
+@contextlib.asynccontextmanager
+async def desk_for(
+    how: str, service: AddressChangeService, issuer: DevIssuer
+) -> AsyncIterator[ProcedureDesk]:
+    """The desk in-process, or its procedures API served on 127.0.0.1 by uvicorn on this loop."""
+    if how == "in-process":
+        yield LocalDesk(service)
+        return
+    api = FastAPI()
+    install_problem_handlers(api)
+    api.include_router(build_router(service, issuer.verifier(), clock=utc_now))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(api, log_level="error", access_log=False))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:  # noqa: ASYNC110 (uvicorn has no event)
+        await asyncio.sleep(0.02)
+    try:
+        with httpx.Client(timeout=20) as http:
+            yield RemoteDesk(http, f"http://127.0.0.1:{sock.getsockname()[1]}")
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+@pytest.mark.parametrize("desk", ["in-process", "over-http"])
 def test_citizen_runs_an_address_change_and_watches_it_finish(
-    federation: Federation, tmp_path: Path
+    federation: Federation, tmp_path: Path, desk: str
 ) -> None:
     fed = federation
     citizen = fed.citizens_in(["resident-registry", "water", "electricity", "gas"])[0]
@@ -48,16 +86,18 @@ def test_citizen_runs_an_address_change_and_watches_it_finish(
     log = TransparencyLog(log_engine, log_id="n", signer=NoteSigner.generate("onceonly.test/n"))
 
     async def scenario() -> None:
-        async with fed.client() as one_stop:
+        async with (
+            fed.client() as one_stop,
+            desk_for(desk, fed.service(one_stop), issuer) as procedures,
+        ):
             portal = build_portal(
                 Settings(portal_secret=SecretStr("x" * 32), data_dir=tmp_path),
-                consent=fed.consents,
-                logs={"n": log},
-                subjects_of=lambda p: {p.subject},
+                consent=LocalConsent(fed.consents),
+                logs=local_logs({"n": log}, lambda p: {p.subject}),
                 issuer=issuer,
                 verifier=issuer.verifier(),
                 demo_citizens=[(citizen, "市民"), (other, "別の市民")],
-                procedures=fed.service(one_stop),
+                procedures=procedures,
             )
             app = Starlette(routes=[Mount("/portal", app=portal)])
             async with httpx.AsyncClient(

@@ -24,6 +24,7 @@ from exchange.ports import ConsentQuery
 from exchange.settings import Settings
 from exchange.tokens import DevIssuer
 from portal import build_portal
+from portal.local import LocalConsent, LocalDesk, local_logs
 from tests.consent.consent_factories import ALICE
 from tests.portal.live_server import serve
 from tests.portal.portal_world import NODE, World, exchange_event
@@ -203,13 +204,12 @@ def test_citizen_runs_an_address_change_and_watches_it_finish(
     one_stop = fed.client()
     portal = build_portal(
         Settings(portal_secret=SecretStr("y" * 32), data_dir=tmp_path),
-        consent=fed.consents,
-        logs={"n": log},
-        subjects_of=lambda p: {p.subject},
+        consent=LocalConsent(fed.consents),
+        logs=local_logs({"n": log}, lambda p: {p.subject}),
         issuer=issuer,
         verifier=issuer.verifier(),
         demo_citizens=[(citizen, "山田 花子")],
-        procedures=fed.service(one_stop),
+        procedures=LocalDesk(fed.service(one_stop)),
     )
     app = Starlette(routes=[Mount("/portal", app=portal)])
     stop = asyncio.Event()

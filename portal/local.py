@@ -1,0 +1,153 @@
+"""The portal's ports over in-process services (``onceonly serve``, the demo and the tests).
+
+Trust assumption: the services run in this process, so the caller's subject is passed to them
+directly; isolation is theirs (``ConsentService`` answers "not found" for another subject's ids)
+and, for the logs, ``subjects_of`` (the pseudonyms a citizen is known by) decides which entries
+are the caller's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterator, Mapping
+from datetime import datetime
+
+from audit.checkpoint import NoteVerifier
+from audit.log import EntryQuery, StoredCheckpoint, TransparencyLog
+from consent.lifecycle import ConsentService, utc_now
+from consent.model import Consent, ConsentRequest, Receipt
+from exchange.errors import NotFoundError
+from exchange.tokens import Principal
+from portal.ports import Caller, LogRecord, ProvenEntry
+from procedures.address_change import AddressChangeService
+from procedures.model import AddressChangeInput, ConfirmInput, ProcedureView
+
+__all__ = ["LocalConsent", "LocalDesk", "LocalLog", "local_logs", "proven"]
+
+Clock = Callable[[], datetime]
+
+
+class LocalConsent:
+    """``portal.ports.ConsentBackend`` over a ``ConsentService`` in this process."""
+
+    def __init__(self, service: ConsentService, *, clock: Clock = utc_now) -> None:
+        self._service = service
+        self._clock = clock
+
+    def list_consents(self, caller: Caller) -> list[Consent]:
+        return self._service.list_consents(caller.subject, now=self._clock())
+
+    def get_consent(self, caller: Caller, consent_id: str) -> Consent:
+        return self._service.get_consent(caller.subject, consent_id, now=self._clock())
+
+    def list_requests(self, caller: Caller) -> list[ConsentRequest]:
+        return self._service.list_requests(caller.subject, now=self._clock())
+
+    def approve_request(self, caller: Caller, request_id: str) -> Consent:
+        return self._service.approve_request(caller.subject, request_id, now=self._clock())
+
+    def decline_request(self, caller: Caller, request_id: str) -> ConsentRequest:
+        return self._service.decline_request(caller.subject, request_id, now=self._clock())
+
+    def pause(self, caller: Caller, consent_id: str) -> Consent:
+        return self._service.pause(caller.subject, consent_id, now=self._clock())
+
+    def resume(self, caller: Caller, consent_id: str) -> Consent:
+        return self._service.resume(caller.subject, consent_id, now=self._clock())
+
+    def revoke(self, caller: Caller, consent_id: str) -> Consent:
+        return self._service.revoke(caller.subject, consent_id, now=self._clock())
+
+    def receipts(self, caller: Caller, consent_id: str) -> list[Receipt]:
+        return self._service.receipts(caller.subject, consent_id, now=self._clock())
+
+
+def proven(log: TransparencyLog, index: int) -> ProvenEntry:
+    """Entry ``index`` with its proof against the log's latest checkpoint, if one covers it."""
+    entry = log.entry(index)
+    stored = log.latest_checkpoint()
+    if stored is None or stored.size <= index:
+        return ProvenEntry(index, entry.data)
+    proof = log.inclusion_proof(index, stored.size)
+    return ProvenEntry(index, entry.data, tuple(proof), stored.note, stored.time)
+
+
+class LocalLog:
+    """``portal.ports.AccessLog`` over a ``TransparencyLog`` in this process."""
+
+    def __init__(
+        self, log: TransparencyLog, subjects_of: Callable[[Principal], Collection[str]]
+    ) -> None:
+        self._log = log
+        self._subjects_of = subjects_of
+
+    @property
+    def verifier(self) -> NoteVerifier:
+        return self._log.verifier()
+
+    def _subjects(self, caller: Caller) -> frozenset[str]:
+        return frozenset(self._subjects_of(caller.principal))
+
+    def my_accesses(self, caller: Caller, *, limit: int) -> list[LogRecord]:
+        subjects = self._subjects(caller)
+        if not subjects:
+            return []
+        page = self._log.search(EntryQuery(subjects=subjects), limit=limit)
+        return [LogRecord(e.index, e.record) for e in page.entries]
+
+    def my_entry(self, caller: Caller, index: int) -> ProvenEntry:
+        entry = self._log.entry(index)
+        # Another citizen's entry is "not found", like an unknown one (no oracle).
+        if entry.record.get("subject") not in self._subjects(caller):
+            raise NotFoundError("no such record")
+        return proven(self._log, index)
+
+    def search(
+        self, caller: Caller, query: EntryQuery, *, limit: int, cursor: int | None = None
+    ) -> tuple[list[LogRecord], int | None]:
+        page = self._log.search(query, limit=limit, cursor=cursor)
+        return [LogRecord(e.index, e.record) for e in page.entries], page.next_cursor
+
+    def entry(self, caller: Caller, index: int) -> ProvenEntry:
+        return proven(self._log, index)
+
+    def size(self, caller: Caller) -> int:
+        return self._log.size()
+
+    def export(self, caller: Caller, start: int, end: int) -> Iterator[str]:
+        return self._log.export(start, end)
+
+    def checkpoints(self, caller: Caller, *, limit: int) -> list[StoredCheckpoint]:
+        return self._log.checkpoints(limit=limit)
+
+    def consistency_proof(self, caller: Caller, first: int, second: int) -> list[bytes]:
+        return self._log.consistency_proof(first, second)
+
+
+def local_logs(
+    logs: Mapping[str, TransparencyLog], subjects_of: Callable[[Principal], Collection[str]]
+) -> dict[str, LocalLog]:
+    return {node: LocalLog(log, subjects_of) for node, log in logs.items()}
+
+
+class LocalDesk:
+    """``portal.ports.ProcedureDesk`` over an ``AddressChangeService`` in this process."""
+
+    def __init__(self, service: AddressChangeService, *, clock: Clock = utc_now) -> None:
+        self._service = service
+        self._clock = clock
+
+    async def start(
+        self, caller: Caller, data: AddressChangeInput, *, submission_key: str | None = None
+    ) -> ProcedureView:
+        return await self._service.start(
+            caller.subject, data, now=self._clock(), submission_key=submission_key
+        )
+
+    def get(self, caller: Caller, procedure_id: str) -> ProcedureView:
+        return self._service.get(procedure_id, subject=caller.subject)
+
+    def list_for(self, caller: Caller) -> list[ProcedureView]:
+        return self._service.list_for(caller.subject)
+
+    def confirm(self, caller: Caller, procedure_id: str, decisions: ConfirmInput) -> ProcedureView:
+        return self._service.confirm(caller.subject, procedure_id, decisions, now=self._clock())

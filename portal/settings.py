@@ -1,0 +1,173 @@
+"""Settings of the portal run on its own (``onceonly portal``): where the services are, the log
+keys it pins, its session secret. It opens no database and reads no other component's files.
+
+Read from ``ONCEONLY_PORTAL_*`` environment variables and, optionally, a TOML file
+(``--config``/``ONCEONLY_PORTAL_CONFIG``); the environment wins over the file. Example::
+
+    consent_url = "https://central.example"        # the consent service's citizen API
+    desk_url = "https://one-stop.example"          # optional: the one-stop desk
+    public_origin = "https://portal.example"       # POSTs from any other origin are refused
+    dev_issuer_key_file = "/srv/onceonly/dev-issuer.key"   # the demo's sign-in
+
+    [[nodes]]
+    member = "JP/GOV/132098"
+    url = "https://node.machida.example"
+    log_key = "onceonly.example/JP/GOV/132098/audit+1a2b3c4d+AbC…"   # onceonly audit key
+
+Trust assumption: the operator writes these; the log keys are pinned here, so a node cannot
+swap the key its checkpoints are verified with. The session secret comes from the environment or
+a file, never a command-line argument (argument lists are visible to every local user).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from audit.checkpoint import NoteError, NoteVerifier
+from exchange.errors import ConfigurationError
+
+__all__ = ["DemoCitizen", "NodeSettings", "PortalSettings", "load_portal_settings"]
+
+MIN_SECRET_BYTES = 16
+
+
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must be an http:// or https:// URL")
+    return value.rstrip("/")
+
+
+class NodeSettings(BaseModel):
+    """One node whose access log the portal shows."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    member: str = Field(min_length=1)
+    url: str
+    log_key: str
+    """The log's note verifier key (``onceonly audit key MEMBER``)."""
+
+    _check_url = field_validator("url")(_http_url)
+
+    @field_validator("log_key")
+    @classmethod
+    def _parse_key(cls, value: str) -> str:
+        try:
+            NoteVerifier.from_vkey(value)
+        except (ConfigurationError, NoteError) as exc:
+            raise ValueError(f"not a log verifier key ({exc.detail})") from exc
+        return value
+
+    def verifier(self) -> NoteVerifier:
+        return NoteVerifier.from_vkey(self.log_key)
+
+
+class DemoCitizen(BaseModel):
+    """A person offered on the development sign-in page."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    subject: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+
+
+class PortalSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ONCEONLY_PORTAL_", extra="forbid")
+
+    consent_url: str
+    """Base URL of the consent service (the central server), without ``/consent/v1``."""
+    nodes: list[NodeSettings] = Field(min_length=1)
+    desk_url: str | None = None
+    """Base URL of the one-stop desk (its ``/procedures`` API); unset hides procedures."""
+    public_origin: str | None = None
+    """The origin citizens reach the portal at; a POST from another ``Origin`` is refused."""
+    secret: SecretStr | None = None
+    secret_file: Path | None = None
+    """Signs session cookies: ``ONCEONLY_PORTAL_SECRET`` or a file holding it (one is needed)."""
+    dev_issuer_key_file: Path | None = None
+    """The development issuer's key: the demo's sign-in mints tokens with it."""
+    token_public_key_file: Path | None = None
+    """A real issuer's PEM public key, when sign-in happens elsewhere (no development sign-in)."""
+    jwt_issuer: str = "onceonly-dev"
+    jwt_audience: str = "onceonly"
+    demo_citizens: list[DemoCitizen] = []
+    host: str = "127.0.0.1"
+    port: int = Field(default=8300, ge=1, le=65535)
+    timeout_s: float = Field(default=10.0, gt=0, le=120)
+
+    _check_consent = field_validator("consent_url")(_http_url)
+
+    @field_validator("desk_url", "public_origin")
+    @classmethod
+    def _optional_url(cls, value: str | None) -> str | None:
+        return None if value is None else _http_url(value)
+
+    @property
+    def portal_secret(self) -> SecretStr:
+        """The session secret (``portal.app.PortalSecret``); an error if none is configured."""
+        if self.secret is not None:
+            value = self.secret.get_secret_value()
+        elif self.secret_file is not None:
+            try:
+                value = self.secret_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigurationError(f"cannot read the portal secret file {exc}") from exc
+        else:
+            raise ConfigurationError(
+                "set ONCEONLY_PORTAL_SECRET or ONCEONLY_PORTAL_SECRET_FILE (the session secret)"
+            )
+        if len(value.encode()) < MIN_SECRET_BYTES:
+            raise ConfigurationError(f"the portal secret must be at least {MIN_SECRET_BYTES} bytes")
+        return SecretStr(value)
+
+
+def load_portal_settings(config: Path | None = None, **overrides: Any) -> PortalSettings:
+    """The settings from the environment over ``config`` (TOML), with ``overrides`` (CLI options
+    that are not ``None``) on top. Any problem is one ``ConfigurationError`` line."""
+    if config is not None and not config.is_file():
+        raise ConfigurationError(f"no portal config file at {config}")
+
+    class _FromFile(PortalSettings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
+            if config is not None:
+                sources += (TomlConfigSettingsSource(settings_cls, toml_file=config),)
+            return sources
+
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        loaded = _FromFile(**given)
+    except ValidationError as exc:
+        raise ConfigurationError(f"portal settings: {_first_error(exc)}") from None
+    except ValueError as exc:  # a TOML syntax error
+        raise ConfigurationError(f"portal config {config}: {exc}") from None
+    settings: PortalSettings = loaded
+    settings.portal_secret  # noqa: B018 (fail at start, not at the first request)
+    if settings.dev_issuer_key_file is None and settings.token_public_key_file is None:
+        raise ConfigurationError(
+            "set dev_issuer_key_file (development sign-in) or token_public_key_file"
+        )
+    return settings
+
+
+def _first_error(exc: ValidationError) -> str:
+    first = exc.errors(include_url=False, include_input=False)[0]
+    where = ".".join(str(p) for p in first.get("loc", ())) or "settings"
+    return f"{where}: {first.get('msg', 'invalid')}"
