@@ -61,6 +61,10 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(registry_app, name="registry")
 app.add_typer(db_app, name="db")
 app.add_typer(audit_app, name="audit")
+pseudonyms_app = typer.Typer(
+    no_args_is_help=True, help="The pseudonym translator's store (central operator)"
+)
+app.add_typer(pseudonyms_app, name="pseudonyms")
 console = Console()
 err = Console(stderr=True)
 
@@ -429,6 +433,63 @@ def db_upgrade(
 
 
 # --- audit ---------------------------------------------------------------------------------------
+
+
+@pseudonyms_app.command("enrol")
+def pseudonyms_enrol(
+    agency: Annotated[
+        str,
+        typer.Argument(
+            help="the subsystem whose codes to issue, e.g. JP/GOV/132098/resident-registry"
+        ),
+    ],
+    citizen_keys: Annotated[
+        Path,
+        typer.Option(help="one citizen key a line (the identifier the operator and agency share)"),
+    ],
+    out: Annotated[
+        Path, typer.Option(help="where to write 'citizen key<TAB>code' lines for the agency (0600)")
+    ],
+    own_codes: Annotated[
+        bool,
+        typer.Option(
+            help="the agency keeps its own identifiers (e.g. the resident registry's 住民票コード):"
+            " each citizen key is registered as its code instead of issuing a new one"
+        ),
+    ] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Issue AGENCY's codes (機関別符号) for citizens at the translator, or register the agency's
+    own identifiers as its codes (idempotent: a citizen who has a code keeps it). The file goes to
+    that agency only: it holds its own codes, no other's."""
+    from adapters.pseudonyms import PseudonymService
+    from exchange.ports import CITIZEN_AGENCY
+    from onceonly.wiring import PSEUDONYMS, registry_database_url
+
+    settings = _settings(data_dir)
+    try:
+        client = ClientId.parse(agency)
+    except OnceOnlyError as exc:
+        _fail(exc)
+        return
+    keys = [k.strip() for k in citizen_keys.read_text(encoding="utf-8").splitlines() if k.strip()]
+    engine = make_engine(registry_database_url(settings, PSEUDONYMS))
+    upgrade(engine, COMPONENT_BRANCHES["registries"])
+    issue = PseudonymService(engine, (CITIZEN_AGENCY, str(client)))
+    citizens = PseudonymService(engine, (CITIZEN_AGENCY,))
+
+    def code_of(key: str) -> str:
+        if not own_codes:
+            return issue.enrol(key)[str(client)]
+        citizens.enrol(key)  # a platform identity of its own, never the agency's identifier
+        kept = PseudonymService(engine, (str(client),), token=lambda: key)
+        return kept.enrol(key)[str(client)]
+
+    lines = [f"{k}\t{code_of(k)}\n" for k in keys]
+    engine.dispose()
+    out.touch(mode=0o600)
+    out.write_text("".join(lines), encoding="utf-8")
+    console.print(f"{len(lines)} codes of {client} written to {out}", soft_wrap=True)
 
 
 @audit_app.command("key")

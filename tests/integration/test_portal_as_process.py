@@ -155,6 +155,8 @@ def world(tmp_path: Path, db_url: str) -> Iterator[World]:
         log=tmp_path / "processes.log",
         database_url=db_url if db_url.startswith("postgresql") else None,
         citizens=20,
+        # Translator mode (the default): the node finds the citizen's entries recorded under its
+        # agencies' codes by asking the translator with the citizen's token (docs/pseudonyms.md).
     )
     gen = running(cluster)
     c = next(gen)
