@@ -31,7 +31,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from exchange.central_config import VerifiedRegistry
-from exchange.errors import ClientError, OnceOnlyError, RefusalError
+from exchange.errors import ClientError, NotFoundError, OnceOnlyError, RefusalError
 from exchange.identifiers import ClientId, ServiceId, parse_part
 from exchange.node_requests import VerifiedNodeRequest
 from exchange.ports import CITIZEN_AGENCY, AuditEvent, AuditSink, SubjectTranslator
@@ -40,9 +40,12 @@ from exchange.subject_token import SealedSubject, issue_subject_token
 from exchange.web.body import read_body
 
 __all__ = [
+    "CITIZEN_CODES_PATH",
     "TOKEN_TTL",
     "TRANSLATOR_LOG",
     "TRANSLATOR_PATH",
+    "CitizenCodesAnswer",
+    "CitizenCodesRequest",
     "PseudonymTranslator",
     "TranslationAnswer",
     "TranslationRequest",
@@ -54,7 +57,11 @@ TOKEN_TTL = timedelta(seconds=300)
 until shortly before then; the provider still checks the access right on every exchange."""
 TRANSLATOR_LOG = "pseudonym-translator"
 TRANSLATOR_PATH = "/translator/v1/subject-tokens"
+CITIZEN_CODES_PATH = "/translator/v1/citizen-codes"
+"""A node, showing a citizen's own token, asks for that citizen's codes at its member's agencies
+(for the citizen's "who accessed my data" view at that node; docs/pseudonyms.md)."""
 MAX_REQUEST_BYTES = 4096
+MAX_CODES_REQUEST_BYTES = 16 * 1024
 
 NodeAuthenticator = Callable[[Request, bytes], Awaitable[VerifiedNodeRequest]]
 
@@ -72,6 +79,15 @@ class TranslationRequest(_Wire):
 
 class TranslationAnswer(_Wire):
     token: str
+
+
+class CitizenCodesRequest(_Wire):
+    token: str = Field(min_length=1, max_length=8192)
+    """The citizen's own bearer token, as the node verified it."""
+
+
+class CitizenCodesAnswer(_Wire):
+    codes: tuple[str, ...]
 
 
 class PseudonymTranslator:
@@ -160,6 +176,36 @@ class PseudonymTranslator:
             ttl=self._ttl,
         )
 
+    def citizen_codes(
+        self, client: ClientId, citizen: str, *, registry: VerifiedRegistry, now: datetime
+    ) -> tuple[str, ...]:
+        """The citizen's codes at the agencies of ``client``'s member (the node asking), shown
+        only to a node that presents the citizen's own token; audited."""
+        codes: list[str] = []
+        for entry in registry.clients():
+            agency = ClientId.parse(entry.id)
+            if agency.member != client.member:
+                continue
+            try:
+                code = self._subjects.translate(
+                    citizen, from_agency=CITIZEN_AGENCY, to_agency=str(agency)
+                )
+            except NotFoundError:
+                continue
+            codes.append(code)
+        self._audit.record(
+            AuditEvent(
+                time=now,
+                node=self._node,
+                kind="translation",
+                decision="allow",
+                client=str(client),
+                subject=citizen,
+                extra={"stage": "citizen-view"},
+            )
+        )
+        return tuple(sorted(set(codes)))
+
     def record_refusal(
         self,
         now: datetime,
@@ -190,7 +236,10 @@ def build_translator_router(
     authenticate_node: NodeAuthenticator,
     registry: Callable[[datetime], VerifiedRegistry],
     clock: Callable[[], datetime],
+    citizen_of: Callable[[str], str] | None = None,
 ) -> APIRouter:
+    """``citizen_of`` verifies a citizen's token and returns their platform identity; without it
+    the citizen-codes route is not served."""
     """``POST /translator/v1/subject-tokens`` for consumer nodes (``adapters.translator_client``)."""
     router = APIRouter(tags=["pseudonym-translator"])
 
@@ -216,5 +265,28 @@ def build_translator_router(
             translator.translate, client, asked, registry=registry(now), now=now
         )
         return JSONResponse(TranslationAnswer(token=token).model_dump())
+
+    if citizen_of is not None:
+
+        @router.post(CITIZEN_CODES_PATH, response_model=CitizenCodesAnswer)
+        async def citizen_codes(request: Request) -> JSONResponse:
+            now = clock()
+            client: ClientId | None = None
+            try:
+                body = await read_body(request, limit=MAX_CODES_REQUEST_BYTES)
+                client = (await authenticate_node(request, body)).client  # (P1)
+                try:
+                    asked = CitizenCodesRequest.model_validate_json(body)
+                except ValidationError as exc:
+                    raise ClientError("the request is not valid") from exc
+                citizen = citizen_of(asked.token)  # AuthenticationError: refused, audited
+            except OnceOnlyError as exc:
+                who = str(client) if client else None
+                await asyncio.to_thread(translator.record_refusal, now, exc, client=who)
+                raise
+            codes = await asyncio.to_thread(
+                translator.citizen_codes, client, citizen, registry=registry(now), now=now
+            )
+            return JSONResponse(CitizenCodesAnswer(codes=codes).model_dump(mode="json"))
 
     return router

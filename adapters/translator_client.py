@@ -12,13 +12,20 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime, timedelta
 
 import httpx
 from pydantic import ValidationError
 
-from adapters.translator import TRANSLATOR_PATH, TranslationAnswer, TranslationRequest
+from adapters.translator import (
+    CITIZEN_CODES_PATH,
+    TRANSLATOR_PATH,
+    CitizenCodesAnswer,
+    CitizenCodesRequest,
+    TranslationAnswer,
+    TranslationRequest,
+)
 from exchange.central_config import VerifiedRegistry
 from exchange.errors import (
     ClientError,
@@ -33,8 +40,15 @@ from exchange.node_requests import sign_node_request
 from exchange.ports import SubjectTokenRequest
 from exchange.signing import MemberSigner
 from exchange.subject_token import MAX_TOKEN_CHARS, peek_subject_token
+from exchange.tokens import Principal
 
-__all__ = ["MAX_CACHED_TOKENS", "REFRESH_MARGIN", "HttpSubjectSealer", "TranslatorUnavailable"]
+__all__ = [
+    "MAX_CACHED_TOKENS",
+    "REFRESH_MARGIN",
+    "HttpCitizenCodes",
+    "HttpSubjectSealer",
+    "TranslatorUnavailable",
+]
 
 REFRESH_MARGIN = timedelta(seconds=90)
 """A cached token is used until this long before it expires (more than the clock-skew window,
@@ -154,3 +168,60 @@ class HttpSubjectSealer:
         if status == 401:
             raise ConfigurationError("the translator did not accept this node's signature")
         raise TranslatorUnavailable(f"the pseudonym translator answered HTTP {status}")
+
+
+class HttpCitizenCodes:
+    """A node's "who accessed my data" view without a pseudonym table: the citizen's codes at
+    this member's agencies, asked of the translator with the citizen's own token (so a node learns
+    a citizen's codes only while that citizen is asking). Showing less is the safe failure: when
+    the translator cannot answer, the view holds the citizen's platform identity only."""
+
+    def __init__(
+        self,
+        signer: MemberSigner,
+        client: ClientId,
+        *,
+        timeout_s: float,
+        http_client: httpx.Client | None = None,
+    ) -> None:
+        self._signer = signer
+        self._client = client
+        self._http = http_client or httpx.Client(timeout=timeout_s, follow_redirects=False)
+        self._lock = threading.Lock()
+        self._url: str | None = None
+
+    def on_registry(self, registry: VerifiedRegistry) -> None:
+        entry = registry.document.translator
+        with self._lock:
+            self._url = entry.url.rstrip("/") if entry is not None else None
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __call__(self, principal: Principal) -> Collection[str]:
+        found = {principal.subject}
+        with self._lock:
+            url = self._url
+        if url is None or not principal.token:
+            return found
+        body = json.dumps(
+            CitizenCodesRequest(token=principal.token).model_dump(), separators=(",", ":")
+        ).encode()
+        headers = {
+            "content-type": "application/json",
+            **sign_node_request(
+                self._signer,
+                self._client,
+                "POST",
+                CITIZEN_CODES_PATH,
+                body,
+                now=datetime.now(UTC),
+            ),
+        }
+        try:
+            response = self._http.post(url + CITIZEN_CODES_PATH, content=body, headers=headers)
+            if response.status_code == 200 and len(response.content) <= MAX_ANSWER_BYTES * 16:
+                found.update(CitizenCodesAnswer.model_validate_json(response.content).codes)
+        except (httpx.HTTPError, ValidationError):
+            pass
+        return found

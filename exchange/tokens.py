@@ -9,7 +9,7 @@ Every decode pins the algorithm, audience, issuer, required claims and a small l
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -36,6 +36,9 @@ class Principal:
     subject: str
     roles: frozenset[str]
     name: str | None = None
+    token: str = field(default="", repr=False, compare=False)
+    """The verified token itself, for a service that must show the caller's authority to another
+    (a node asking the pseudonym translator for this citizen's codes at its own agencies)."""
 
     @property
     def is_auditor(self) -> bool:
@@ -73,7 +76,9 @@ class TokenVerifier:
             if not isinstance(sub, str) or not sub:
                 raise AuthenticationError("invalid token")
             name = claims.get("name")
-            return Principal(sub, frozenset(roles), name if isinstance(name, str) else None)
+            return Principal(
+                sub, frozenset(roles), name if isinstance(name, str) else None, token=token
+            )
         except AuthenticationError:
             raise
         except (jwt.PyJWTError, KeyError, TypeError) as exc:

@@ -28,7 +28,7 @@ from adapters.http import HttpAdapter
 from adapters.pseudonyms import PseudonymService
 from adapters.sql import SqlAdapter
 from adapters.translator import TRANSLATOR_LOG, PseudonymTranslator, build_translator_router
-from adapters.translator_client import HttpSubjectSealer
+from adapters.translator_client import HttpCitizenCodes, HttpSubjectSealer
 from audit.api import build_router as build_audit_router
 from audit.checkpoint import NoteSigner
 from audit.log import TransparencyLog
@@ -322,12 +322,18 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
         db_work=settings.db_work,
     )
     sealer: HttpSubjectSealer | None = None
+    citizen_codes: HttpCitizenCodes | None = None
     subjects: AgencyAliases | None = None
     pseudonym_engine: Engine | None = None
     if settings.pseudonyms == "translator":
         # No pseudonym store at this node: codes of other agencies never reach it.
         sealer = HttpSubjectSealer(
             {c: MemberSigner(load_private_key(keys.subsystem_key(c))) for c in hosted},
+            timeout_s=settings.exchange_timeout_s,
+        )
+        citizen_codes = HttpCitizenCodes(
+            MemberSigner(load_private_key(keys.subsystem_key(hosted[0]))),
+            hosted[0],
             timeout_s=settings.exchange_timeout_s,
         )
     else:
@@ -367,13 +373,14 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
             build_audit_router(
                 log,
                 token_verifier(settings),
-                subjects_of(subjects, [c.id for c in declared.registries]),
+                citizen_codes or subjects_of(subjects, [c.id for c in declared.registries]),
             ),
         ),
         on_registry=(
             gate.on_registry,
             feed.on_registry,
             *((sealer.on_registry,) if sealer else ()),
+            *((citizen_codes.on_registry,) if citizen_codes else ()),
         ),
         background=(publish_checkpoints,),
         engine=engine,
@@ -383,6 +390,7 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
             *(a.aclose for a in adapters.values() if isinstance(a, SqlAdapter | HttpAdapter)),
             *((lambda: asyncio.to_thread(pseudonym_engine.dispose),) if pseudonym_engine else ()),
             *((sealer.aclose,) if sealer else ()),
+            *((lambda: asyncio.to_thread(citizen_codes.close),) if citizen_codes else ()),
             lambda: asyncio.to_thread(gate.close),
         ),
     )
@@ -432,9 +440,14 @@ def build_central_routers(
         view = registry(datetime.now(UTC))
     translator = pseudonym_translator(settings, view)
     if translator is not None:
+        citizens = token_verifier(settings)
         routers.append(
             build_translator_router(
-                translator, authenticate_node, registry, lambda: datetime.now(UTC)
+                translator,
+                authenticate_node,
+                registry,
+                lambda: datetime.now(UTC),
+                citizen_of=lambda token: citizens.verify(token).subject,
             )
         )
     return routers

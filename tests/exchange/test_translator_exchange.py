@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,7 +21,7 @@ from sqlalchemy import select
 
 from adapters.pseudonyms import PseudonymService
 from adapters.translator import TRANSLATOR_PATH, PseudonymTranslator, build_translator_router
-from adapters.translator_client import HttpSubjectSealer
+from adapters.translator_client import HttpCitizenCodes, HttpSubjectSealer
 from audit.checkpoint import NoteSigner
 from audit.log import TransparencyLog
 from audit.sink import LogSink
@@ -47,6 +48,7 @@ from exchange.settings import Settings
 from exchange.signing import CentralSigner, MemberSigner, TranslatorSigner, load_private_key
 from exchange.store import MessageLogRow
 from exchange.subject_token import SealedSubject, issue_subject_token, open_subject_token
+from exchange.tokens import DevIssuer, Principal
 from tests.exchange._federation import (
     ADDRESS,
     GAS,
@@ -56,6 +58,10 @@ from tests.exchange._federation import (
     ResidentsAdapter,
     node_client,
 )
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)  # TestClient prefers httpx2 (not a dependency)
+    from fastapi.testclient import TestClient
 
 CODES = {CITIZEN_AGENCY: "C-1", str(RESIDENTS): "sub-1", str(TAX): "tax-1", str(GAS): "gas-1"}
 
@@ -71,6 +77,7 @@ class World:
     translator_log: TransparencyLog
     transport: AsgiTransport
     engine: object
+    central: object
 
 
 @pytest.fixture
@@ -102,6 +109,8 @@ def world(tmp_path: Path, db_url: str) -> Iterator[World]:
         LogSink(log, engine),
     )
 
+    citizens = DevIssuer.load_or_create(keys.root, issuer="t", audience="t").verifier()
+
     def routers(view):  # type: ignore[no-untyped-def]
         async def authenticate(request: Request, body: bytes) -> VerifiedNodeRequest:
             now = datetime.now(UTC)
@@ -115,7 +124,15 @@ def world(tmp_path: Path, db_url: str) -> Iterator[World]:
                 max_skew_s=60,
             )
 
-        return [build_translator_router(translator, authenticate, view, lambda: datetime.now(UTC))]
+        return [
+            build_translator_router(
+                translator,
+                authenticate,
+                view,
+                lambda: datetime.now(UTC),
+                citizen_of=lambda token: citizens.verify(token).subject,
+            )
+        ]
 
     central = create_central_app(settings, engine=engine, routers=routers)
     transport = AsgiTransport()
@@ -141,7 +158,7 @@ def world(tmp_path: Path, db_url: str) -> Iterator[World]:
         nodes[str(member)] = app
         sealers[str(member)] = sealer
     api_keys = {c: issue_api_key(engine, node=str(c.member), client=c, now=now) for c in (TAX, GAS)}
-    w = World(keys, admin, adapter, nodes, sealers, api_keys, log, transport, engine)
+    w = World(keys, admin, adapter, nodes, sealers, api_keys, log, transport, engine, central)
     _refresh(w)
     yield w
     engine.dispose()
@@ -332,3 +349,31 @@ def test_the_translator_refuses_and_audits_unsigned_and_malformed_questions(worl
     assert (first["kind"], first.get("client")) == ("refusal", None)
     assert "Client.Unauthenticated" in str(first["reason"])
     assert (second["kind"], second["client"]) == ("refusal", str(TAX))
+
+
+def test_a_node_learns_a_citizens_codes_at_its_own_member_only_with_their_token(
+    world: World,
+) -> None:
+    w = world
+    issuer = DevIssuer.load_or_create(w.keys.root, issuer="t", audience="t")
+    codes = HttpCitizenCodes(
+        MemberSigner(load_private_key(w.keys.subsystem_key(TAX))),
+        TAX,
+        timeout_s=5,
+        http_client=TestClient(w.central),  # type: ignore[arg-type]
+    )
+    registry = w.nodes[str(TAX.member)].state.registry.current(datetime.now(UTC))  # type: ignore[attr-defined]
+    codes.on_registry(registry)
+    citizen = issuer.verifier().verify(issuer.issue("C-1"))
+    assert set(codes(citizen)) == {"C-1", "sub-1", "tax-1"}  # Machida's agencies, not gas's
+    forged = Principal("C-1", frozenset({"citizen"}), token="not-a-token")
+    assert set(codes(forged)) == {"C-1"}  # showing less is the safe failure
+    allowed, refused = _translator_entries(w)
+    assert (allowed["kind"], allowed["subject"], allowed["client"]) == (
+        "translation",
+        "C-1",
+        str(TAX),
+    )
+    assert refused["kind"] == "refusal"
+    assert "Client.Unauthenticated" in str(refused["reason"])
+    codes.close()

@@ -155,12 +155,8 @@ def world(tmp_path: Path, db_url: str) -> Iterator[World]:
         log=tmp_path / "processes.log",
         database_url=db_url if db_url.startswith("postgresql") else None,
         citizens=20,
-        # KNOWN GAP (docs/pseudonyms.md "What is left"): in translator mode a node's
-        # /me/accesses knows the citizen by their platform identity only, so a portal reading
-        # the nodes over HTTP finds none of the entries recorded under an agency's code. This
-        # test proves the portal's HTTP mechanics; it runs the nodes in the comparison mode
-        # until the node-side citizen view asks the translator with the citizen's token.
-        env={"ONCEONLY_PSEUDONYMS": "local"},
+        # Translator mode (the default): the node finds the citizen's entries recorded under its
+        # agencies' codes by asking the translator with the citizen's token (docs/pseudonyms.md).
     )
     gen = running(cluster)
     c = next(gen)
