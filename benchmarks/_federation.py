@@ -54,7 +54,7 @@ class TwoNodes:
 
 
 def start_two_nodes(
-    tmp: Path, *, citizens: int = 200, env: dict[str, str] | None = None
+    tmp: Path, *, citizens: int = 200, env: dict[str, str] | None = None, workers: int = 1
 ) -> TwoNodes:
     """Provision, start and return the two nodes (PostgreSQL when ``DATABASE_URL`` is set)."""
     pg_url, drop = None, None
@@ -101,6 +101,8 @@ def start_two_nodes(
         },
         _drop=drop,
     )
+    for p in (nodes.provider, nodes.consumer):
+        p.args += ["--workers", str(workers)]
     try:
         for p in nodes.procs:
             p.start()

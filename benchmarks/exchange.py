@@ -39,21 +39,10 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import text  # noqa: E402
 
-from exchange.db import make_engine  # noqa: E402
-from exchange.identifiers import ClientId, MemberId, ServiceId  # noqa: E402
-from exchange.node.app import database_url  # noqa: E402
-from exchange.ports import CITIZEN_AGENCY  # noqa: E402
-from exchange.registry_admin import RegistryAdmin  # noqa: E402
-from onceonly.wiring import pseudonym_service, registry_database_url  # noqa: E402
-from tests.conftest import _create_pg_database  # noqa: E402
-from tests.integration.processes import Proc, free_port, provisioned_cluster  # noqa: E402
+from _federation import TwoNodes, start_two_nodes  # noqa: E402
 
-MACHIDA = MemberId.parse("JP/GOV/132098")
-LAND = MemberId.parse("JP/GOV/000001")
-CONSUMER = ClientId.parse("JP/GOV/000001/land-registry")
-SERVICE = ServiceId.parse("JP/GOV/132098/resident-registry/address/v1")
+from tests.integration.processes import Proc, free_port  # noqa: E402
 
 
 async def load(
@@ -160,58 +149,19 @@ def main() -> None:
         _uvicorn(backend, "_hop:backend"),
         _uvicorn(hop, "_hop:forwarder"),
     ]
-    nodes: list[Proc] = []
-    drop_database = None
+    fed: TwoNodes | None = None
     try:
         # (b) the signed exchange between two nodes
-        pg_url = None
-        if os.environ.get("DATABASE_URL"):
-            pg_url, drop_database = _create_pg_database(os.environ["DATABASE_URL"])
-        cluster, settings, api_keys = provisioned_cluster(
-            tmp / "data",
-            (MACHIDA, LAND),
-            log=log,
-            database_url=pg_url,
-            citizens=200,
-            env={"ONCEONLY_PSEUDONYMS": args.pseudonyms},
+        fed = start_two_nodes(
+            tmp, env={"ONCEONLY_PSEUDONYMS": args.pseudonyms}, workers=args.workers
         )
-        admin = RegistryAdmin(make_engine(database_url(settings, "central")))
-        admin.grant(CONSUMER, SERVICE)
-        admin.add_statute(
-            "bench-1",
-            service=SERVICE,
-            client=CONSUMER,
-            purposes=("taxation",),
-            fields=("address", "moved_in_on"),
-            ordinance="jp-benchmark/art1",
-        )
-        engine = make_engine(registry_database_url(settings, "resident-registry"))
-        with engine.connect() as conn:
-            resident = conn.execute(text("SELECT resident_id FROM residents LIMIT 1")).scalar_one()
-        engine.dispose()
-        pseudonyms = pseudonym_service(settings)
-        citizen = pseudonyms.translate(
-            resident, from_agency="JP/GOV/132098/resident-registry", to_agency=CITIZEN_AGENCY
-        )
-        subject = pseudonyms.translate(citizen, from_agency=CITIZEN_AGENCY, to_agency=str(CONSUMER))
-        nodes = [cluster.procs["central"], cluster.procs[str(MACHIDA)], cluster.procs[str(LAND)]]
-        for p in nodes[1:]:
-            p.args += ["--workers", str(args.workers)]
-        for p in nodes:
-            p.start()
-        headers = {
-            "X-Road-Client": str(CONSUMER),
-            "X-OnceOnly-Api-Key": api_keys[str(CONSUMER)],
-            "X-OnceOnly-Purpose": "taxation",
-            "X-OnceOnly-Subject": subject,
-            "X-OnceOnly-Fields": "address,moved_in_on",
-        }
+        headers = fed.headers
         runs_a: list[dict[str, float]] = []
         runs_b: list[dict[str, float]] = []
         pids_a = {"forwarder": procs_a[1].pid, "backend": procs_a[0].pid}
         pids_b = {
-            "consumer_node": nodes[2].popen.pid,  # type: ignore[union-attr]
-            "provider_node": nodes[1].popen.pid,  # type: ignore[union-attr]
+            "consumer_node": fed.consumer.popen.pid,  # type: ignore[union-attr]
+            "provider_node": fed.provider.popen.pid,  # type: ignore[union-attr]
         }
         for _ in range(repeat):
             runs_a.append(
@@ -230,7 +180,7 @@ def main() -> None:
                 _round(
                     pids_b,
                     load(
-                        f"{nodes[2].url}/r1/{SERVICE}",
+                        fed.url,
                         headers,
                         concurrency=args.concurrency,
                         seconds=seconds,
@@ -239,13 +189,11 @@ def main() -> None:
                 )
             )
     finally:
-        for p in nodes:
-            p.stop()
+        if fed is not None:
+            fed.stop()
         for q in procs_a:
             q.terminate()
             q.wait(10)
-        if drop_database is not None:
-            drop_database()
     baseline, secure = _median_run(runs_a), _median_run(runs_b)
     ratio = (
         round(secure["throughput_rps"] / baseline["throughput_rps"], 3)
