@@ -605,6 +605,36 @@ def portal(
 
 
 @app.command()
+def desk(
+    host: Annotated[str | None, typer.Option(help="address to listen on")] = None,
+    port: Annotated[int | None, typer.Option(help="port to listen on")] = None,
+) -> None:
+    """Run the one-stop desk on its own: procedures database only, everything else over HTTP
+    (settings ONCEONLY_DESK_*, docs/operator.md)."""
+    from onceonly.desk import run_desk
+
+    try:
+        run_desk(host=host, port=port)
+    except OnceOnlyError as exc:
+        _fail(exc)
+
+
+@app.command()
+def runner(
+    host: Annotated[str | None, typer.Option(help="address to listen on (health, metrics)")] = None,
+    port: Annotated[int | None, typer.Option(help="port to listen on")] = None,
+) -> None:
+    """Run a procedure runner; several may share one PostgreSQL database (settings
+    ONCEONLY_RUNNER_*, docs/operator.md)."""
+    from onceonly.desk import run_runner
+
+    try:
+        run_runner(host=host, port=port)
+    except OnceOnlyError as exc:
+        _fail(exc)
+
+
+@app.command()
 def demo(
     data_dir: Annotated[
         Path | None,

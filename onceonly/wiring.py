@@ -328,16 +328,18 @@ def build_central_routers(
             max_skew_s=settings.max_clock_skew_s,
         )
 
+    translator = pseudonym_translator(settings)
     routers = [
         build_citizen_router(
             service,
             token_verifier(settings),
             authenticate_consumer=authenticate_node,
+            # Consumers may name the citizen by their own code: the translator beside it resolves.
+            resolve_subject=translator.citizen_of if translator is not None else None,
             metrics=metrics,
         ),
         build_gate_router(service, authenticate_node, metrics=metrics),
     ]
-    translator = pseudonym_translator(settings)
     if translator is not None:
         routers.append(
             build_translator_router(
