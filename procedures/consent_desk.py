@@ -6,7 +6,7 @@
 
   - a consent **request** goes through the desk's own node, ``POST /platform/v1/consent-requests``
     with the one-stop subsystem's API key (the node signs it to the consent service; the desk
-    holds no private key — docs/protocol.md §7);
+    holds no private key — docs/protocol.md §5);
   - the citizen's **approval or refusal** goes to the consent service's citizen API
     (``POST /consent/v1/consent-requests/{id}/approve|decline``) with the signed-in citizen's own
     bearer token, forwarded from the desk request: the consent service authorises the citizen

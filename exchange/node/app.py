@@ -9,7 +9,7 @@ and serves:
   systems (X-Road message protocol for REST, plus ``X-OnceOnly-*`` headers);
 * ``POST /x1/messages`` for other nodes (signed envelopes);
 * ``POST /platform/v1/consent-requests`` for departmental systems: a consent request signed by
-  the node to the consent service (``exchange.node.platform``, docs/protocol.md §7);
+  the node to the consent service (``exchange.node.platform``, docs/protocol.md §5);
 * metaservices ``/listClients`` and ``/r1/{subsystem}/listMethods|allowedMethods|getOpenAPI``;
 * ``/healthz`` (liveness), ``/readyz`` (readiness: the database answers, the registry is valid)
   and ``/metrics``.

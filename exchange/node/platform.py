@@ -1,4 +1,4 @@
-"""A departmental system's consent request, made through its own node (docs/protocol.md §7).
+"""A departmental system's consent request, made through its own node (docs/protocol.md §5).
 
 Departmental systems hold an API key, never a subsystem's private key. To ask a citizen for a
 consent they call their own node, which signs the request to the consent service named in the
