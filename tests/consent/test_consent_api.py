@@ -22,7 +22,7 @@ from consent.lifecycle import ConsentService
 from consent.metrics import ConsentMetrics
 from consent.model import Consent
 from consent.remote import CONSENT_UNAVAILABLE, RemoteConsentGate
-from exchange.errors import AuthenticationError, NotFoundError, UnavailableError
+from exchange.errors import AuthenticationError, ClientError, NotFoundError, UnavailableError
 from exchange.identifiers import ClientId
 from exchange.node_requests import VerifiedNodeRequest
 from exchange.tokens import DevIssuer
@@ -508,3 +508,12 @@ def test_a_consumers_own_pseudonym_is_resolved_and_the_answer_keeps_its_code(
         assert [r["id"] for r in mine] == [made.json()["id"]]
         assert mine[0]["subject"] == ALICE
         assert_problem(ask(tc, subject="gas-code-2", subject_agency="client"), 404)
+
+
+def test_the_service_never_stores_a_request_naming_a_consumers_unresolved_code(
+    service: ConsentService,
+) -> None:
+    terms = request_input(subject="gas-code-1", subject_agency="client")
+    with pytest.raises(ClientError):
+        service.create_request(GAS, terms, now=T0)
+    assert service.list_requests("gas-code-1", now=T0) == []
