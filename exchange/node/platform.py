@@ -85,9 +85,9 @@ class ConsentRequestForwarder:
             _check_body(body, client)
             status, answer, media = await self._forward(client, body, now)  # (Q3)
         except OnceOnlyError as exc:
-            await self._audit(now, headers, client, "refusal", "deny", exc.status, exc)
+            await self._audit(now, headers, client, exc.status, exc)
             raise
-        await self._audit(now, headers, client, "request", "allow", status, None)
+        await self._audit(now, headers, client, status, None)
         return Response(answer, status_code=status, media_type=media)  # (Q4)
 
     async def _forward(
@@ -126,29 +126,28 @@ class ConsentRequestForwarder:
         now: datetime,
         headers: Mapping[str, str],
         client: ClientId | None,
-        kind: str,
-        decision: str,
         status: int,
-        exc: OnceOnlyError | None,
+        refusal: OnceOnlyError | None,
     ) -> None:
-        if exc is not None and exc.audited:
+        """One entry per call: passed on (``request``/``allow``) or refused here."""
+        if refusal is not None and refusal.audited:
             return
         claimed = str(client) if client else headers.get("x-road-client", "")[:255] or None
         await self._record(
             AuditEvent(
                 time=now,
                 node=self._node,
-                kind="refusal" if kind == "refusal" else "request",
-                decision="deny" if decision == "deny" else "allow",
+                kind="request" if refusal is None else "refusal",
+                decision="allow" if refusal is None else "deny",
                 client=claimed,
                 service=CONSENT_SERVICE_PATH,
                 status=status,
-                reason=f"{exc.code}: {exc.detail}"[:500] if exc is not None else None,
+                reason=None if refusal is None else f"{refusal.code}: {refusal.detail}"[:500],
                 extra={"stage": "consent-request"},
             )
         )
-        if exc is not None:
-            exc.audited = True
+        if refusal is not None:
+            refusal.audited = True
 
 
 def _check_body(body: bytes, client: ClientId) -> None:
