@@ -206,6 +206,44 @@ class PseudonymTranslator:
         )
         return tuple(sorted(set(codes)))
 
+    def citizen_of(self, client: ClientId, subject: str, now: datetime) -> str:
+        """The citizen's own id for ``client``'s pseudonym ``subject`` — for the consent service
+        beside it, when a consumer asks for a consent naming the citizen by its own code
+        (docs/consent.md "Requests through the node"). Audited like a translation; an unknown
+        code is one ``NotFoundError`` (no existence oracle), audited as a refusal."""
+        try:
+            parse_part(subject, "subject")
+            citizen = self._subjects.translate(
+                subject, from_agency=str(client), to_agency=CITIZEN_AGENCY
+            )
+        except OnceOnlyError as exc:
+            self._audit.record(
+                AuditEvent(
+                    time=now,
+                    node=self._node,
+                    kind="refusal",
+                    decision="deny",
+                    client=str(client),
+                    subject=subject[:128],
+                    status=exc.status,
+                    reason=f"{exc.code}: {exc.detail}"[:500],
+                    extra={"stage": "consent-request"},
+                )
+            )
+            raise
+        self._audit.record(
+            AuditEvent(
+                time=now,
+                node=self._node,
+                kind="translation",
+                decision="allow",
+                client=str(client),
+                subject=subject,
+                extra={"citizen": "yes", "stage": "consent-request"},
+            )
+        )
+        return citizen
+
     def record_refusal(
         self,
         now: datetime,

@@ -63,10 +63,19 @@ from exchange.tokens import Principal, TokenVerifier
 from exchange.web.auth import bearer_principal
 from exchange.web.body import read_body
 
-__all__ = ["MAX_BODY_BYTES", "Authenticator", "build_citizen_router", "build_gate_router"]
+__all__ = [
+    "MAX_BODY_BYTES",
+    "Authenticator",
+    "ResolveSubject",
+    "build_citizen_router",
+    "build_gate_router",
+]
 
 MAX_BODY_BYTES = 64 * 1024
 Authenticator = Callable[[Request, bytes], Awaitable[VerifiedNodeRequest]]
+ResolveSubject = Callable[[ClientId, str, datetime], str]
+"""``resolve(client, code, now) -> citizen id``: a consumer's own pseudonym of a citizen, resolved
+centrally (the pseudonym translator; ``NotFoundError`` for a code it does not know)."""
 """Proves who sent a request from the request and its raw body (a signed node request): the
 caller, the id of what it signed and until when that signature is valid."""
 _HTML_CSP = "default-src 'none'; style-src 'unsafe-inline'"
@@ -137,12 +146,14 @@ def build_citizen_router(
     verifier: TokenVerifier,
     *,
     authenticate_consumer: Authenticator | None = None,
+    resolve_subject: ResolveSubject | None = None,
     clock: Callable[[], datetime] | None = None,
     prefix: str = "/consent/v1",
     metrics: ConsentMetrics | None = None,
 ) -> APIRouter:
     """The citizen API, plus ``POST /consent-requests`` for consumers when an authenticator is
-    given. ``metrics`` counts the actions that change a consent."""
+    given; ``resolve_subject`` lets consumers name the citizen by their own pseudonym
+    (``subject_agency = "client"``). ``metrics`` counts the actions that change a consent."""
     now = clock or service.clock
     counted = metrics or ConsentMetrics()
     router = APIRouter(prefix=prefix, tags=["consent"], route_class=_audited_route(service))
@@ -237,11 +248,32 @@ def build_citizen_router(
                 terms = ConsentRequestInput.model_validate_json(body)
             except ValidationError as exc:
                 raise ClientError(_first_error(exc)) from exc
+            own_code = terms.subject
+            if terms.subject_agency == "client":
+                terms = await _resolved(terms, client, resolve_subject, now())
             made = await run_in_threadpool(service.create_request, client, terms, now=now())
             counted.action("request")
-            return made
+            # The consumer gets its own code back, never the citizen's platform id.
+            return made.model_copy(update={"subject": own_code})
 
     return router
+
+
+async def _resolved(
+    terms: ConsentRequestInput,
+    client: ClientId,
+    resolve: ResolveSubject | None,
+    now: datetime,
+) -> ConsentRequestInput:
+    """The request with the consumer's code replaced by the citizen's id (refused when this
+    consent service has no translator to ask, or the translator does not know the code)."""
+    if resolve is None:
+        raise ClientError(
+            "this consent service cannot resolve consumers' pseudonyms: name the citizen",
+            code="Client.SubjectAgencyUnsupported",
+        )
+    citizen = await run_in_threadpool(resolve, client, terms.subject, now)
+    return terms.model_copy(update={"subject": citizen, "subject_agency": "citizen"})
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -377,6 +377,13 @@ class ConsentService:
             raise RefusalError(
                 "a consumer can only ask for consents given to itself", code="Client.Forbidden"
             )
+        if terms.subject_agency != "citizen":
+            # A consumer's own code must be resolved to the citizen first (consent.api does, with
+            # the translator): never store a request the citizen could not find.
+            raise ClientError(
+                "the citizen is not named: resolve the consumer's pseudonym first",
+                code="Client.SubjectAgencyUnsupported",
+            )
         valid_from = terms.valid_from.replace(microsecond=0)
         valid_until = terms.valid_until.replace(microsecond=0)
         if valid_until <= now or valid_until <= valid_from:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -184,7 +184,15 @@ class _Terms(_Wire):
 
 
 class ConsentRequestInput(_Terms):
-    """What a consumer sends to ask for a consent (its own client id must match ``client``)."""
+    """What a consumer sends to ask for a consent (its own client id must match ``client``).
+
+    ``subject_agency`` says whose code ``subject`` is: ``"citizen"`` (default) — the citizen's own
+    platform id, as the one-stop desk knows them; ``"client"`` — the consumer's own pseudonym of
+    the citizen, which the consent service resolves to the citizen through the central
+    pseudonym translator (docs/consent.md "Requests through the node"). The stored request and
+    what the citizen sees name the citizen; the answer to the consumer keeps its own code."""
+
+    subject_agency: Literal["citizen", "client"] = "citizen"
 
 
 class ConsentRequest(_Terms):

@@ -787,6 +787,30 @@ def portal(
 
 
 @app.command()
+def desk(
+    host: Annotated[str | None, typer.Option(help="address to listen on")] = None,
+    port: Annotated[int | None, typer.Option(help="port to listen on")] = None,
+) -> None:
+    """Run the one-stop desk on its own: procedures database only, everything else over HTTP
+    (settings ONCEONLY_DESK_*, docs/operator.md)."""
+    from onceonly.desk import run_desk
+
+    run_desk(host=host, port=port)  # errors: the one CLI error path (one line, exit 2)
+
+
+@app.command()
+def runner(
+    host: Annotated[str | None, typer.Option(help="address to listen on (health, metrics)")] = None,
+    port: Annotated[int | None, typer.Option(help="port to listen on")] = None,
+) -> None:
+    """Run a procedure runner; several may share one PostgreSQL database (settings
+    ONCEONLY_RUNNER_*, docs/operator.md)."""
+    from onceonly.desk import run_runner
+
+    run_runner(host=host, port=port)  # errors: the one CLI error path (one line, exit 2)
+
+
+@app.command()
 def demo(
     data_dir: Annotated[
         Path | None,

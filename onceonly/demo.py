@@ -49,6 +49,7 @@ from onceonly.wiring import (
     pseudonym_service,
     registry_database_url,
 )
+from procedures.consent_desk import LocalConsentDesk
 from procedures.demo import demo_address_change
 
 __all__ = ["print_api_keys", "run_demo", "run_serve"]
@@ -174,7 +175,7 @@ async def _address_change(
     run = await demo_address_change(
         f"{base}{member_prefix(ONE_STOP.member)}",
         fed.api_keys[str(ONE_STOP)],
-        consent_service(settings),
+        LocalConsentDesk(consent_service(settings)),
         citizen,
         db_url=database_url(settings, "procedures"),
         signer=MemberSigner(load_private_key(keys.subsystem_key(ONE_STOP))),

@@ -356,6 +356,7 @@ def one_stop_app(settings: Settings, node_url: str, api_key: str) -> FastAPI:
     runner resumes pending steps after a restart (they are rows in the database)."""
     from procedures.address_change import AddressChangeService
     from procedures.api import build_router
+    from procedures.consent_desk import LocalConsentDesk
     from procedures.one_stop import OneStopClient
     from procedures.runner import ProcedureRunner
 
@@ -365,7 +366,7 @@ def one_stop_app(settings: Settings, node_url: str, api_key: str) -> FastAPI:
     signer = MemberSigner(load_private_key(keys.subsystem_key(ONE_STOP)))
     client = OneStopClient(node_url, api_key)
     consents = consent_service(settings)
-    service = AddressChangeService(engine, client, consents)
+    service = AddressChangeService(engine, client, LocalConsentDesk(consents))
     runner = ProcedureRunner(engine, client, signer)
     stop = asyncio.Event()
 

@@ -426,19 +426,21 @@ def build_central_routers(
             max_skew_s=settings.max_clock_skew_s,
         )
 
+    view: VerifiedRegistry | None = None
+    with contextlib.suppress(OnceOnlyError):  # no registry yet: nothing names a translator
+        view = registry(datetime.now(UTC))
+    translator = pseudonym_translator(settings, view)
     routers = [
         build_citizen_router(
             service,
             token_verifier(settings),
             authenticate_consumer=authenticate_node,
+            # Consumers may name the citizen by their own code: the translator beside it resolves.
+            resolve_subject=translator.citizen_of if translator is not None else None,
             metrics=metrics,
         ),
         build_gate_router(service, authenticate_node, metrics=metrics),
     ]
-    view: VerifiedRegistry | None = None
-    with contextlib.suppress(OnceOnlyError):  # no registry yet: nothing names a translator
-        view = registry(datetime.now(UTC))
-    translator = pseudonym_translator(settings, view)
     if translator is not None:
         citizens = token_verifier(settings)
         routers.append(

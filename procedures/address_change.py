@@ -218,16 +218,20 @@ def _statute(service: str) -> Right | None:
 
 
 class ConsentDesk(Protocol):
-    """What the preview needs of the consent service (``consent.ConsentService`` has it)."""
+    """What the preview and the confirmation need of the consent service
+    (``procedures.consent_desk``: in-process or over HTTP). ``token`` is the signed-in citizen's
+    bearer token, forwarded when the citizen's decision goes to the consent service over HTTP."""
 
     def create_request(
         self, client: ClientId, terms: ConsentRequestInput, *, now: datetime
     ) -> ConsentRequest: ...
 
-    def approve_request(self, subject: str, request_id: str, *, now: datetime) -> Consent: ...
+    def approve_request(
+        self, subject: str, request_id: str, *, now: datetime, token: str | None
+    ) -> Consent: ...
 
     def decline_request(
-        self, subject: str, request_id: str, *, now: datetime
+        self, subject: str, request_id: str, *, now: datetime, token: str | None
     ) -> ConsentRequest: ...
 
 
@@ -593,9 +597,16 @@ class AddressChangeService:
     # -- confirm --------------------------------------------------------------------------------
 
     def confirm(
-        self, subject: str, procedure_id: str, decisions: ConfirmInput, *, now: datetime
+        self,
+        subject: str,
+        procedure_id: str,
+        decisions: ConfirmInput,
+        *,
+        now: datetime,
+        token: str | None = None,
     ) -> ProcedureView:
-        """Record the consent decisions and write the steps; a second call changes nothing."""
+        """Record the consent decisions and write the steps; a second call changes nothing.
+        ``token`` is the citizen's bearer token, for a consent service reached over HTTP."""
         with Session(self._engine) as session:
             row, _ = self._load(session, procedure_id, subject)
             if row.status != ProcedureStatus.PREVIEWED.value:
@@ -621,10 +632,12 @@ class AddressChangeService:
                     continue
                 if decisions.consents[p.recipient] == "approve":
                     granted[p.recipient] = self._consents.approve_request(
-                        subject, p.consent_request_id, now=now
+                        subject, p.consent_request_id, now=now, token=token
                     )
                 else:
-                    self._consents.decline_request(subject, p.consent_request_id, now=now)
+                    self._consents.decline_request(
+                        subject, p.consent_request_id, now=now, token=token
+                    )
         except ConflictError:
             # A simultaneous confirmation decided first: answer with its result.
             with Session(self._engine) as session:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header
+from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -90,13 +90,19 @@ def build_router(
         )
 
     @router.post("/{procedure_id}/confirm", response_model=ProcedureView)
-    async def confirm(procedure_id: str, decisions: ConfirmInput, principal: Caller) -> Any:
+    async def confirm(
+        procedure_id: str, decisions: ConfirmInput, principal: Caller, request: Request
+    ) -> Any:
+        # The citizen's own token goes on with their consent decisions (a consent service over
+        # HTTP authorises them itself); it was verified above.
+        token = request.headers.get("authorization", "").partition(" ")[2].strip()
         return await run_in_threadpool(
             service.confirm,
             _citizen_of(principal),
             procedure_id[: MAX_ID_CHARS + 1],
             decisions,
             now=clock(),
+            token=token or None,
         )
 
     @router.get("/{procedure_id}/certificate")

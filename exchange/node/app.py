@@ -8,6 +8,8 @@ and serves:
 * ``/r1/{INSTANCE}/{CLASS}/{MEMBER}/{SUBSYSTEM}/{SERVICE}[/{VERSION}]/{path}`` for departmental
   systems (X-Road message protocol for REST, plus ``X-OnceOnly-*`` headers);
 * ``POST /x1/messages`` for other nodes (signed envelopes);
+* ``POST /platform/v1/consent-requests`` for departmental systems: a consent request signed by
+  the node to the consent service (``exchange.node.platform``, docs/protocol.md §5);
 * metaservices ``/listClients`` and ``/r1/{subsystem}/listMethods|allowedMethods|getOpenAPI``;
 * ``/healthz`` (liveness), ``/readyz`` (readiness: the database answers, the registry is valid)
   and ``/metrics``.
@@ -43,6 +45,7 @@ from exchange.keystore import INIT_COMMAND, KeyStore, member_command
 from exchange.message_log import SqlMessageLog
 from exchange.node.consumer import Consumer, ConsumerCall
 from exchange.node.metrics import NodeMetrics
+from exchange.node.platform import CONSENT_REQUESTS_ROUTE, ConsentRequestForwarder
 from exchange.node.provider import Provider
 from exchange.node.registry_cache import RegistryCache
 from exchange.node.transport import AiohttpTransport
@@ -424,6 +427,17 @@ def create_node_app(
     app.add_route("/x1/messages", messages, methods=["POST"])
     app.add_route("/r1/{path:path}", r1, methods=sorted(R1_METHODS))
     app.add_middleware(_ExchangeFastPath, messages=messages, r1=r1, refused=refused)
+    consent_requests = ConsentRequestForwarder(
+        node=node_id,
+        signers=signers,
+        registry=registry,
+        transport=transport,
+        authenticate=consumer.authenticate_async,
+        record=audit.record_async,
+        clock=clock,
+        timeout_s=settings.exchange_timeout_s,
+    )
+    app.add_route(CONSENT_REQUESTS_ROUTE, consent_requests.handle, methods=["POST"])
 
     async def _metaservice(parts_: list[str], request: Request) -> Response:
         reg = registry.current(clock())

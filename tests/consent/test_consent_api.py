@@ -22,7 +22,7 @@ from consent.lifecycle import ConsentService
 from consent.metrics import ConsentMetrics
 from consent.model import Consent
 from consent.remote import CONSENT_UNAVAILABLE, RemoteConsentGate
-from exchange.errors import AuthenticationError, UnavailableError
+from exchange.errors import AuthenticationError, ClientError, NotFoundError, UnavailableError
 from exchange.identifiers import ClientId
 from exchange.node_requests import VerifiedNodeRequest
 from exchange.tokens import DevIssuer
@@ -470,3 +470,50 @@ def test_gate_answers_and_citizen_actions_are_counted(
     assert counts[("onceonly_consent_gate_total", "use", "deny")] == 1
     for action in ("request", "approve", "revoke"):
         assert counts[("onceonly_consent_actions_total", action)] == 1
+
+
+def test_a_consumers_own_pseudonym_is_refused_without_a_translator_to_resolve_it(
+    client: TestClient,
+) -> None:
+    problem = assert_problem(ask(client, subject="gas-code-1", subject_agency="client"), 400)
+    assert problem["code"] == "Client.SubjectAgencyUnsupported"
+
+
+def test_a_consumers_own_pseudonym_is_resolved_and_the_answer_keeps_its_code(
+    service: ConsentService, issuer: DevIssuer
+) -> None:
+    codes = {(str(GAS), "gas-code-1"): ALICE}
+
+    def resolve(client: ClientId, code: str, _now: datetime) -> str:
+        found = codes.get((str(client), code))
+        if found is None:
+            raise NotFoundError("unknown pseudonym")
+        return found
+
+    app = FastAPI()
+    install_problem_handlers(app)
+    app.include_router(
+        build_citizen_router(
+            service,
+            issuer.verifier(),
+            authenticate_consumer=authenticate_consumer,
+            resolve_subject=resolve,
+        )
+    )
+    with TestClient(app) as tc:
+        made = ask(tc, subject="gas-code-1", subject_agency="client")
+        assert made.status_code == 201, made.text
+        assert made.json()["subject"] == "gas-code-1"
+        mine = tc.get(f"{API}/consent-requests", headers=auth(issuer, ALICE)).json()
+        assert [r["id"] for r in mine] == [made.json()["id"]]
+        assert mine[0]["subject"] == ALICE
+        assert_problem(ask(tc, subject="gas-code-2", subject_agency="client"), 404)
+
+
+def test_the_service_never_stores_a_request_naming_a_consumers_unresolved_code(
+    service: ConsentService,
+) -> None:
+    terms = request_input(subject="gas-code-1", subject_agency="client")
+    with pytest.raises(ClientError):
+        service.create_request(GAS, terms, now=T0)
+    assert service.list_requests("gas-code-1", now=T0) == []

@@ -294,6 +294,20 @@ def _replayed_consent_request(w: World) -> httpx.Response:
     return w.consent_app.post(f"{CONSENT}/consent-requests", content=body, headers=headers)
 
 
+def _consent_request_via_node(w: World, *, client: ClientId) -> httpx.Response:
+    """Q1–Q3 at TAX's node (``/platform/v1/consent-requests``); this federation's registry names
+    no consent service, so a request that passes Q2 is answered 503."""
+    body = json.loads(request_terms())
+    body["client"] = str(client)
+    return w.node(
+        TAX.member,
+        "POST",
+        "/platform/v1/consent-requests",
+        headers={"X-Road-Client": str(TAX), "X-OnceOnly-Api-Key": w.fed.api_keys[TAX]},
+        content=json.dumps(body).encode(),
+    )
+
+
 def _illegal_transition(w: World) -> httpx.Response:
     body = request_terms()
     created = w.consent_app.post(
@@ -359,6 +373,15 @@ PROVOKE: dict[tuple[str, int, str], Callable[[World], Provoked]] = {
     ),
     ("consumer", 502, "Server.ServerProxy.InvalidResponse"): lambda w: _at_consumer(
         w, _tampered(w), 502, "Server.ServerProxy.InvalidResponse"
+    ),
+    ("consumer", 403, "Client.Forbidden"): lambda w: _at_consumer(
+        w, _consent_request_via_node(w, client=GAS), 403, "Client.Forbidden"
+    ),
+    ("consumer", 503, "Server.ServerProxy.ConsentServiceUnavailable"): lambda w: _at_consumer(
+        w,
+        _consent_request_via_node(w, client=TAX),
+        503,
+        "Server.ServerProxy.ConsentServiceUnavailable",
     ),
     ("metaservice", 401, "Client.Unauthenticated"): lambda w: _at_consumer(
         w,

@@ -48,6 +48,7 @@ from onceonly.wiring import (
     registry_database_url,
 )
 from procedures.address_change import AddressChangeService
+from procedures.consent_desk import LocalConsentDesk
 from procedures.one_stop import OneStopClient
 from procedures.runner import ProcedureRunner
 
@@ -234,7 +235,7 @@ class Federation(RegistryLook):
         return OneStopClient(self.one_stop_url, self.api_keys[str(ONE_STOP)])
 
     def service(self, client: OneStopClient) -> AddressChangeService:
-        return AddressChangeService(self.procedures_engine, client, self.consents)
+        return AddressChangeService(self.procedures_engine, client, LocalConsentDesk(self.consents))
 
     def runner(self, client: OneStopClient, **kwargs: Any) -> ProcedureRunner:
         kwargs.setdefault("base_backoff_s", 0.05)

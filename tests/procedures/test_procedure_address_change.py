@@ -23,6 +23,7 @@ from exchange.web.problems import install_problem_handlers
 from procedures.address_change import AddressChangeService
 from procedures.api import build_router
 from procedures.certificate import verify_certificate
+from procedures.consent_desk import LocalConsentDesk
 from procedures.demo import demo_address_change
 from procedures.model import AddressChangeInput, ConfirmInput, ProcedureView, StepState
 from procedures.runner import ProcedureRunner
@@ -450,7 +451,7 @@ def test_demo_runs_one_address_change_end_to_end_and_reports_every_step(
         demo_address_change(
             fed.one_stop_url,
             fed.api_keys["JP/GOV/132098/one-stop"],
-            fed.consents,
+            LocalConsentDesk(fed.consents),
             citizen,
             db_url=str(fed.procedures_engine.url.render_as_string(hide_password=False)),
             signer=fed.signer,

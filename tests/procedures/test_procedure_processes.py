@@ -19,6 +19,7 @@ from exchange.settings import Settings
 from exchange.signing import MemberSigner, load_private_key
 from onceonly.wiring import consent_service
 from procedures.address_change import AddressChangeService
+from procedures.consent_desk import LocalConsentDesk
 from procedures.model import AddressChangeInput, ConfirmInput, StepState
 from procedures.one_stop import OneStopClient
 from procedures.runner import ProcedureRunner
@@ -65,7 +66,7 @@ def test_address_change_across_node_processes_waits_for_a_stopped_provider(
 
     async def scenario() -> Any:
         async with OneStopClient(machida.url, keys[str(ONE_STOP)]) as client:
-            service = AddressChangeService(engine, client, consents)
+            service = AddressChangeService(engine, client, LocalConsentDesk(consents))
             view = await service.start(
                 citizen,
                 AddressChangeInput(move_date=utc_now().date(), address=NEW_ADDRESS),
