@@ -116,8 +116,9 @@ def provisioned_cluster(
         central_url=central,
     )
     proc_env = {"ONCEONLY_DATA_DIR": str(data_dir), "ONCEONLY_CENTRAL_URL": central, **(env or {})}
-    if database_url:
-        proc_env["DATABASE_URL"] = database_url
+    # The processes use the cluster's database, never one the test runner's environment names
+    # (an empty DATABASE_URL is SQLite in the data directory).
+    proc_env["DATABASE_URL"] = database_url or ""
     cluster = Cluster()
     cluster.procs["central"] = Proc("central", ["central"], proc_env, ports["central"], log)
     for m in members:

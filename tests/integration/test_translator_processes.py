@@ -31,6 +31,7 @@ PERSON = f"{RESIDENTS}/person/v1"
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[tuple[Cluster, dict[str, str], Settings]]:
+    # On SQLite whatever DATABASE_URL the run has: the test inspects each component's own file.
     c, settings, api_keys = provisioned_cluster(
         tmp_path / "data",
         (MACHIDA, GAS),
