@@ -84,14 +84,20 @@ def generate_private_key(alg: Algorithm = "EdDSA") -> PrivateKey:
 
 
 def save_private_key(key: PrivateKey | x25519.X25519PrivateKey, path: Path) -> None:
-    """Write a PKCS#8 PEM readable by the owner only (created 0600, never world-readable)."""
+    """Write a PKCS#8 PEM readable by the owner only (created 0600, never world-readable).
+
+    Never replaces a key: an existing file is a ``ConfigurationError`` (a key that others pinned
+    or that signed a log must not be silently swapped; rotation is a deliberate, separate act)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError as exc:
+        raise ConfigurationError(f"{path} already holds a key; it is never replaced") from exc
     with os.fdopen(fd, "wb") as fh:
         fh.write(pem)
 

@@ -133,3 +133,15 @@ def test_request_makes_the_sealing_key_once_with_its_public_half(machida: KeySto
     request_subsystem(machida, RESIDENTS)
     assert SealingKey.load(machida.subsystem_seal_key(RESIDENTS)).public_key == key.public_key
     assert machida.hosted_subsystems(RESIDENTS.member) == [RESIDENTS]
+
+
+def test_a_private_key_file_is_never_replaced(tmp_path: Path) -> None:
+    from exchange.signing import generate_private_key, save_private_key
+
+    path = tmp_path / "k.key"
+    save_private_key(generate_private_key("EdDSA"), path)
+    before = path.read_bytes()
+    with pytest.raises(ConfigurationError, match="never replaced"):
+        save_private_key(generate_private_key("EdDSA"), path)
+    assert path.read_bytes() == before
+    assert path.stat().st_mode & 0o777 == 0o600
