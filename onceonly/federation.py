@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 from starlette.routing import Mount
 
 from adapters.aliases import AgencyAliases
@@ -410,11 +410,14 @@ def portal_app(settings: Settings, desk: FastAPI | None, *, citizens: int = 5) -
     pseudonyms = pseudonym_service(settings)
     residents = make_engine(registry_database_url(settings, "resident-registry"))
     demo: list[tuple[str, str]] = []
+    rows: list[tuple[object, object]] = []
     with residents.connect() as conn:
-        rows = conn.execute(
-            text("SELECT resident_id, name FROM residents ORDER BY resident_id LIMIT :n"),
-            {"n": citizens},
-        ).all()
+        if inspect(conn).has_table("residents"):  # an instance served without synthetic citizens
+            found = conn.execute(
+                text("SELECT resident_id, name FROM residents ORDER BY resident_id LIMIT :n"),
+                {"n": citizens},
+            )
+            rows = [(r[0], r[1]) for r in found]
     residents.dispose()
     for resident_id, name in rows:
         with contextlib.suppress(OnceOnlyError):

@@ -23,7 +23,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 START_TIMEOUT_S = 120.0
 
 
-def test_the_root_of_serve_lists_every_component_with_working_links(tmp_path: Path) -> None:
+@pytest.mark.parametrize("citizens", [10, 0])  # 0: an instance without synthetic citizens
+def test_the_root_of_serve_lists_every_component_with_working_links(
+    tmp_path: Path, citizens: int
+) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"} | {"COLUMNS": "200"}
@@ -38,7 +41,7 @@ def test_the_root_of_serve_lists_every_component_with_working_links(tmp_path: Pa
                 "--port",
                 str(port),
                 "--citizens",
-                "10",
+                str(citizens),
                 "--data-dir",
                 str(tmp_path / "data"),
             ],
