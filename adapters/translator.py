@@ -121,18 +121,13 @@ class PseudonymTranslator:
         except OnceOnlyError as exc:
             self.record_refusal(now, exc, client=str(client), asked=asked)
             raise
-        self._audit.record(
-            AuditEvent(
-                time=now,
-                node=self._node,
-                kind="translation",
-                decision="allow",
-                client=str(client),
-                service=asked.service,
-                subject=asked.subject,
-                message_id=asked.message_id,
-                extra={"citizen": "yes" if asked.citizen else "no"},
-            )
+        self._allowed(
+            now,
+            client,
+            subject=asked.subject,
+            extra={"citizen": "yes" if asked.citizen else "no"},
+            service=asked.service,
+            message_id=asked.message_id,
         )
         return token
 
@@ -193,17 +188,7 @@ class PseudonymTranslator:
             except NotFoundError:
                 continue
             codes.append(code)
-        self._audit.record(
-            AuditEvent(
-                time=now,
-                node=self._node,
-                kind="translation",
-                decision="allow",
-                client=str(client),
-                subject=citizen,
-                extra={"stage": "citizen-view"},
-            )
-        )
+        self._allowed(now, client, subject=citizen, extra={"stage": "citizen-view"})
         return tuple(sorted(set(codes)))
 
     def citizen_of(self, client: ClientId, subject: str, now: datetime) -> str:
@@ -217,20 +202,26 @@ class PseudonymTranslator:
                 subject, from_agency=str(client), to_agency=CITIZEN_AGENCY
             )
         except OnceOnlyError as exc:
-            self._audit.record(
-                AuditEvent(
-                    time=now,
-                    node=self._node,
-                    kind="refusal",
-                    decision="deny",
-                    client=str(client),
-                    subject=subject[:128],
-                    status=exc.status,
-                    reason=f"{exc.code}: {exc.detail}"[:500],
-                    extra={"stage": "consent-request"},
-                )
+            self.record_refusal(
+                now, exc, client=str(client), subject=subject[:128], stage="consent-request"
             )
             raise
+        self._allowed(
+            now, client, subject=subject, extra={"citizen": "yes", "stage": "consent-request"}
+        )
+        return citizen
+
+    def _allowed(
+        self,
+        now: datetime,
+        client: ClientId,
+        *,
+        subject: str,
+        extra: dict[str, str],
+        service: str | None = None,
+        message_id: str | None = None,
+    ) -> None:
+        """One answered question, in the translator's log (the one shape of its allow records)."""
         self._audit.record(
             AuditEvent(
                 time=now,
@@ -238,11 +229,12 @@ class PseudonymTranslator:
                 kind="translation",
                 decision="allow",
                 client=str(client),
+                service=service,
                 subject=subject,
-                extra={"citizen": "yes", "stage": "consent-request"},
+                message_id=message_id,
+                extra=extra,
             )
         )
-        return citizen
 
     def record_refusal(
         self,
@@ -251,6 +243,8 @@ class PseudonymTranslator:
         *,
         client: str | None = None,
         asked: TranslationRequest | None = None,
+        subject: str | None = None,
+        stage: str = "translation",
     ) -> None:
         self._audit.record(
             AuditEvent(
@@ -260,11 +254,11 @@ class PseudonymTranslator:
                 decision="deny",
                 client=client,
                 service=asked.service if asked else None,
-                subject=asked.subject if asked else None,
+                subject=asked.subject if asked else subject,
                 message_id=asked.message_id if asked else None,
                 status=exc.status,
                 reason=f"{exc.code}: {exc.detail}"[:500],
-                extra={"stage": "translation"},
+                extra={"stage": stage},
             )
         )
 
@@ -276,9 +270,10 @@ def build_translator_router(
     clock: Callable[[], datetime],
     citizen_of: Callable[[str], str] | None = None,
 ) -> APIRouter:
-    """``citizen_of`` verifies a citizen's token and returns their platform identity; without it
-    the citizen-codes route is not served."""
-    """``POST /translator/v1/subject-tokens`` for consumer nodes (``adapters.translator_client``)."""
+    """``POST /translator/v1/subject-tokens`` for consumer nodes (``adapters.translator_client``).
+
+    ``citizen_of`` verifies a citizen's token and returns their platform identity; without it the
+    citizen-codes route is not served."""
     router = APIRouter(tags=["pseudonym-translator"])
 
     @router.post(TRANSLATOR_PATH, response_model=TranslationAnswer)
