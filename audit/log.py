@@ -36,6 +36,7 @@ from sqlalchemy.exc import IntegrityError
 
 from audit import merkle
 from audit.checkpoint import Checkpoint, NoteSigner, NoteVerifier, sign_checkpoint
+from audit.columns import INDEX_COLUMNS, column_mismatch, columns_json, index_columns
 from audit.store import CheckpointRow, EntryRow, HeadRow, NodeRow, node_key
 from exchange.canonical import canonical_json
 from exchange.db import driver_cursor
@@ -63,7 +64,8 @@ _T = TypeVar("_T")
 
 
 class LogIntegrityError(OnceOnlyError):
-    """The stored tree is missing a node it must have: the database was damaged or edited."""
+    """The stored log contradicts itself (a tree node missing, an entry's search columns not those
+    of its signed bytes): the database was damaged or edited."""
 
     code = "Server.Audit.Integrity"
     status = 500
@@ -174,6 +176,27 @@ _APPEND_SQL = _AppendSql(
 )
 
 
+_COLUMNS = tuple(getattr(EntryRow, name) for name in INDEX_COLUMNS)
+
+
+def _checked(row: Sequence[Any]) -> LogEntry:
+    """A stored row as a ``LogEntry``, once its search columns are shown to be those of its bytes.
+
+    A row whose columns disagree (an operator re-pointed ``subject``, say) is never answered from:
+    it is an integrity failure naming the entry."""
+    idx, data, leaf = row[0], bytes(row[1]), bytes(row[2])
+    try:
+        record = json.loads(data)
+    except ValueError:
+        record = None
+    bad = column_mismatch(record, row[3:]) if isinstance(record, dict) else "data"
+    if bad is not None:
+        raise LogIntegrityError(
+            f"entry {idx}: its stored {bad} is not the one its signed bytes hold"
+        )
+    return LogEntry(idx, data, leaf)
+
+
 @functools.cache
 def _append_sql(paramstyle: str, dialect: str) -> _AppendSql:
     """The append path's SQL (constants above) in a driver's positional parameter style."""
@@ -268,20 +291,10 @@ class TransparencyLog:
         return list(range(n, n + len(prepared)))
 
     def _prepare(self, event: AuditEvent) -> _Prepared:
-        data = entry_bytes(event)
-        columns = (
-            _time_us(event.time),
-            event.node,
-            event.kind,
-            event.decision,
-            event.client,
-            event.service,
-            event.purpose,
-            event.subject,
-            event.consent_id,
-            event.message_id,
-        )
-        return _Prepared(data, merkle.leaf_hash(data), columns)
+        record = entry_record(event)
+        data = canonical_json(record)
+        # the searchable copies come from the record itself (audit.columns), never separately
+        return _Prepared(data, merkle.leaf_hash(data), index_columns(record))
 
     def _begin_write(self, conn: Connection) -> None:
         if conn.dialect.name == "sqlite":
@@ -388,13 +401,13 @@ class TransparencyLog:
     def entry(self, index: int) -> LogEntry:
         with self._engine.connect() as conn:
             row = conn.execute(
-                select(EntryRow.idx, EntryRow.data, EntryRow.leaf_hash).where(
+                select(EntryRow.idx, EntryRow.data, EntryRow.leaf_hash, *_COLUMNS).where(
                     EntryRow.log_id == self.log_id, EntryRow.idx == index
                 )
             ).first()
         if row is None:
             raise NotFoundError(f"no entry {index}")
-        return LogEntry(row[0], row[1], row[2])
+        return _checked(row)
 
     def search(
         self, query: EntryQuery, *, limit: int = 100, cursor: int | None = None
@@ -403,7 +416,7 @@ class TransparencyLog:
         ``next_cursor`` back to continue."""
         if not 1 <= limit <= MAX_PAGE_SIZE:
             raise ClientError(f"limit must be between 1 and {MAX_PAGE_SIZE}")
-        stmt = select(EntryRow.idx, EntryRow.data, EntryRow.leaf_hash).where(
+        stmt = select(EntryRow.idx, EntryRow.data, EntryRow.leaf_hash, *_COLUMNS).where(
             EntryRow.log_id == self.log_id
         )
         if query.subjects is not None:
@@ -429,15 +442,19 @@ class TransparencyLog:
         stmt = stmt.order_by(EntryRow.idx).limit(limit + 1)
         with self._engine.connect() as conn:
             rows = conn.execute(stmt).all()
-        entries = tuple(LogEntry(r[0], r[1], r[2]) for r in rows[:limit])
+        # every row answered is checked: its columns matched the filter, its bytes must agree
+        entries = tuple(_checked(r) for r in rows[:limit])
         return EntryPage(entries, rows[limit][0] if len(rows) > limit else None)
 
     def export(self, start: int = 0, end: int | None = None) -> Iterator[str]:
         """Entries ``[start, end)`` as JSON Lines (no trailing newline on each line):
-        ``{"index": i, "leaf_hash": <base64, from the stored tree>, "entry": {...}}``.
+        ``{"index": i, "leaf_hash": <base64, from the stored tree>, "columns": {<the stored
+        search columns>}, "entry": {...}}``.
 
         The leaf hash is read from the tree nodes, not the entry row, so that an entry row edited
-        in the database shows up as a mismatch at its own index (see ``audit.verify``)."""
+        in the database shows up as a mismatch at its own index, and the search columns are the
+        stored ones, so that a column rewritten apart from its entry shows up too (see
+        ``audit.verify``)."""
         end = self.size() if end is None else end
         if not 0 <= start <= end:
             raise ClientError("bad export range")
@@ -446,7 +463,7 @@ class TransparencyLog:
             stop = min(pos + EXPORT_CHUNK, end)
             with self._engine.connect() as conn:
                 rows = conn.execute(
-                    select(EntryRow.idx, EntryRow.data)
+                    select(EntryRow.idx, EntryRow.data, *_COLUMNS)
                     .where(EntryRow.log_id == self.log_id, EntryRow.idx >= pos, EntryRow.idx < stop)
                     .order_by(EntryRow.idx)
                 ).all()
@@ -461,11 +478,12 @@ class TransparencyLog:
                     )
                     if key % 64 == 0
                 }
-            for idx, data in rows:
+            for idx, data, *stored in rows:
                 lh = leaves.get(idx)
                 lh_json = json.dumps(base64.b64encode(lh).decode()) if lh else "null"
+                cols = json.dumps(columns_json(stored), separators=(",", ":"))
                 text = data.decode("utf-8", errors="replace")
-                yield f'{{"index":{idx},"leaf_hash":{lh_json},"entry":{text}}}'
+                yield f'{{"index":{idx},"leaf_hash":{lh_json},"columns":{cols},"entry":{text}}}'
             pos = stop
 
     # --- checkpoints ---------------------------------------------------------------------------

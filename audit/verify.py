@@ -13,11 +13,14 @@ operator and are untrusted. The steps, each labelled in the code:
    entry inserted by renumbering.
 4. Each entry's leaf hash is recomputed from its canonical JSON (RFC 8785) — stops an edited
    entry whose stored hash was left alone.
-5. The root recomputed over the first ``size`` entries equals the checkpoint's root — stops any
+5. The search columns the export carries (``audit.columns``: subject, client, time, …) are the ones
+   the entry's bytes imply — stops an entry re-pointed in the database (its ``subject`` rewritten,
+   say) to hide it from a citizen's view or an auditor's search while every proof still checks.
+6. The root recomputed over the first ``size`` entries equals the checkpoint's root — stops any
    change, insertion, deletion or reordering at all (the decisive check).
-6. Consistency: the root over the first ``earlier.size`` entries equals the earlier checkpoint's
+7. Consistency: the root over the first ``earlier.size`` entries equals the earlier checkpoint's
    root — stops a log that rewrote history between two checkpoints (a fork).
-7. Localisation, only when 5 failed: if the leaf hashes the export carries (read from the stored
+8. Localisation, only when 6 failed: if the leaf hashes the export carries (read from the stored
    tree) hash up to the signed root, they are authentic, and the first entry whose recomputed hash
    differs is the first bad entry. If they do not, the tree itself was rewritten and the report
    says so, naming the first entry that disagrees with its stored hash when there is one.
@@ -35,6 +38,7 @@ from typing import Any
 
 from audit import merkle
 from audit.checkpoint import Checkpoint, NoteError, NoteVerifier, verify_checkpoint
+from audit.columns import INDEX_COLUMNS, column_mismatch
 from exchange.canonical import canonical_json
 from exchange.errors import ConfigurationError
 
@@ -97,25 +101,51 @@ def _canonical(value: Any) -> bytes:
 
 
 _LINE_PREFIX = re.compile(
-    r'\{"index":(0|[1-9][0-9]{0,18}),"leaf_hash":(?:"([A-Za-z0-9+/=]{0,64})"|null),"entry":'
+    r'\{"index":(0|[1-9][0-9]{0,18}),"leaf_hash":(?:"([A-Za-z0-9+/=]{0,64})"|null),'
 )
+_COLUMNS_KEY = '"columns":'
+_ENTRY_KEY = '"entry":'
+_DECODER = json.JSONDecoder()
 
 
-def _parse_line(line: str) -> tuple[int, str | None, dict[str, Any], str | None] | None:
-    """``(index, exact entry text or None, entry, stored leaf hash)``, or None if unreadable.
+@dataclass(frozen=True, slots=True)
+class _Line:
+    index: int
+    raw_entry: str | None  # the entry's exact text when the line is in the form export writes
+    entry: dict[str, Any]
+    stored_hash: str | None
+    columns: dict[str, Any] | None  # the stored search columns, when the export carries them
 
-    Lines in the exact form ``TransparencyLog.export`` writes yield the entry's text as written,
-    which is checked to be a JSON object on its own (so what is hashed is what a reader sees).
-    """
+
+def _parse_exact(line: str) -> _Line | None:
+    """The line in the exact form ``TransparencyLog.export`` writes, keeping the entry's text as
+    written (checked to be a JSON object on its own, so what is hashed is what a reader sees)."""
     m = _LINE_PREFIX.match(line)
-    if m is not None and line.endswith("}"):
-        raw = line[m.end() : -1]
-        try:
-            entry = json.loads(raw)
-        except ValueError:
-            entry = None
-        if isinstance(entry, dict):
-            return int(m[1]), raw, entry, m[2]
+    if m is None or not line.endswith("}"):
+        return None
+    pos, columns = m.end(), None
+    try:
+        if line.startswith(_COLUMNS_KEY, pos):
+            columns, pos = _DECODER.raw_decode(line, pos + len(_COLUMNS_KEY))
+            if not line.startswith(",", pos):
+                return None
+            pos += 1
+        if not line.startswith(_ENTRY_KEY, pos):
+            return None
+        raw = line[pos + len(_ENTRY_KEY) : -1]
+        entry = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(entry, dict) or not (columns is None or isinstance(columns, dict)):
+        return None
+    return _Line(int(m[1]), raw, entry, m[2], columns)
+
+
+def _parse_line(line: str) -> _Line | None:
+    """One export line, or None if unreadable."""
+    exact = _parse_exact(line)
+    if exact is not None:
+        return exact
     try:
         obj = json.loads(line)
     except ValueError:
@@ -123,9 +153,20 @@ def _parse_line(line: str) -> tuple[int, str | None, dict[str, Any], str | None]
     if not isinstance(obj, dict):
         return None
     index, entry, stored = obj.get("index"), obj.get("entry"), obj.get("leaf_hash")
+    columns = obj.get("columns")
     if type(index) is not int or not isinstance(entry, dict):
         return None
-    return index, None, entry, stored if isinstance(stored, str) else None
+    if columns is not None and not isinstance(columns, dict):
+        return None
+    return _Line(index, None, entry, stored if isinstance(stored, str) else None, columns)
+
+
+def _stored_columns(columns: dict[str, Any]) -> tuple[Any, ...]:
+    """An export line's columns in ``INDEX_COLUMNS`` order (a missing one reads as absent)."""
+    return tuple(columns.get(name, _MISSING) for name in INDEX_COLUMNS)
+
+
+_MISSING = object()
 
 
 def _fail(
@@ -168,11 +209,13 @@ def verify_export(
             return _fail(cp, 0, None, "the earlier checkpoint is larger than the new one: rollback")
 
     recomputed = _Tree()
-    claimed: list[bytes] = []  # hashed into a root only if step 5 fails
+    claimed: list[bytes] = []  # hashed into a root only if step 6 fails
     earlier_root: bytes | None = merkle.EMPTY_ROOT if earlier and earlier.size == 0 else None
     first_mismatch: int | None = None
     claimed_complete = True
     extra = 0
+    unchecked_columns = 0
+    column_bad: tuple[int, str] | None = None
     for position, raw in enumerate(export_lines):
         line = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
         if not line.strip():
@@ -181,7 +224,12 @@ def verify_export(
         parsed = _parse_line(line.rstrip("\r\n"))
         if parsed is None:
             return _fail(cp, position, recomputed.size, f"entry {recomputed.size}: unreadable line")
-        index, raw_entry, entry, stored = parsed
+        index, raw_entry, entry, stored = (
+            parsed.index,
+            parsed.raw_entry,
+            parsed.entry,
+            parsed.stored_hash,
+        )
         if index != recomputed.size + extra:
             what = "missing" if index > recomputed.size + extra else "out of order or duplicated"
             at = recomputed.size + extra
@@ -208,6 +256,13 @@ def verify_export(
             claimed.append(stored_hash)
             if stored_hash != leaf and first_mismatch is None:
                 first_mismatch = index
+        # (5) the stored search columns are those the entry's bytes imply
+        if parsed.columns is None:
+            unchecked_columns += 1
+        elif column_bad is None:
+            name = column_mismatch(entry, _stored_columns(parsed.columns))
+            if name is not None:
+                column_bad = (index, name)
         recomputed.push(leaf)
         if earlier is not None and recomputed.size == earlier.size:
             earlier_root = recomputed.root()
@@ -215,9 +270,9 @@ def verify_export(
     n = recomputed.size
     if n < cp.size:
         return _fail(cp, n, n, f"the export ends at {n}: entry {n} and later are missing")
-    # (5) the recomputed root is the signed root
+    # (6) the recomputed root is the signed root
     if recomputed.root() != cp.root:
-        # (7) localise
+        # (8) localise
         if (
             claimed_complete
             and len(claimed) == n
@@ -237,7 +292,7 @@ def verify_export(
         else:
             reasons.append("the stored tree was rewritten too; the bad entry cannot be located")
         return _fail(cp, n, first_mismatch, *reasons)
-    # (6) consistent with the earlier checkpoint
+    # (7) consistent with the earlier checkpoint
     if earlier is not None and earlier_root != earlier.root:
         return _fail(
             cp,
@@ -246,7 +301,16 @@ def verify_export(
             f"not consistent with the earlier checkpoint of size {earlier.size}: history was "
             "rewritten",
         )
+    if column_bad is not None:
+        at, name = column_bad
+        return _fail(
+            cp, n, at, f"entry {at}: its stored {name} is not the one its signed bytes hold"
+        )
     reasons = [f"{n} entries verified against the checkpoint of size {cp.size}"]
+    if unchecked_columns:
+        reasons.append(
+            f"{unchecked_columns} entries carried no search columns: those were not checked"
+        )
     if earlier is not None:
         reasons.append(f"consistent with the earlier checkpoint of size {earlier.size}")
     if extra:
