@@ -34,9 +34,16 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from audit import merkle
-from audit.checkpoint import Checkpoint, NoteSigner, NoteVerifier, sign_checkpoint
+from audit import merkle, subject_map
+from audit.checkpoint import (
+    Checkpoint,
+    NoteSigner,
+    NoteVerifier,
+    sign_checkpoint,
+    verify_checkpoint,
+)
 from audit.columns import INDEX_COLUMNS, column_mismatch, columns_json, index_columns
+from audit.completeness import MAP_EXTENSION, SubjectProof, map_root_of
 from audit.store import CheckpointRow, EntryRow, HeadRow, NodeRow, node_key
 from exchange.canonical import canonical_json
 from exchange.db import driver_cursor
@@ -57,6 +64,7 @@ __all__ = [
 ]
 
 MAX_PAGE_SIZE = 1000
+_PROOF_ATTEMPTS = 5
 EXPORT_CHUNK = 5000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
@@ -523,7 +531,14 @@ class TransparencyLog:
             if latest is not None and only_if_grown and latest.size == size:
                 conn.rollback()
                 return latest
-            note = sign_checkpoint(Checkpoint(self.origin, size, root), self._signer)
+            # the subject map (audit.completeness) advances in the same transaction, so every
+            # checkpoint commits to exactly the entries about each subject up to its size
+            try:
+                map_root = subject_map.advance(conn, self.log_id, self.origin, size)
+            except subject_map.MapIntegrityError as exc:
+                raise LogIntegrityError(str(exc)) from exc
+            extension = f"{MAP_EXTENSION} {base64.b64encode(map_root).decode()}"
+            note = sign_checkpoint(Checkpoint(self.origin, size, root, (extension,)), self._signer)
             conn.execute(
                 insert(CheckpointRow).values(
                     log_id=self.log_id, size=size, root=root, time_us=when, note=note
@@ -544,6 +559,25 @@ class TransparencyLog:
         if row is None:
             return None
         return StoredCheckpoint(row[0], row[1], _EPOCH + row[2] * _US, row[3])
+
+    def completeness(
+        self, subjects: Iterable[str], now: datetime
+    ) -> tuple[StoredCheckpoint, list[SubjectProof]]:
+        """Proofs that the entries about each of ``subjects`` up to the latest checkpoint (signed
+        now if the log grew) are exactly those the log holds (``audit.completeness``).
+
+        Only the latest map is stored, so a checkpoint signed by another replica between reading
+        the checkpoint and reading the map would give a proof against the wrong root: each proof
+        is checked against the checkpoint's root here, and the read is retried when one fails."""
+        wanted = sorted(set(subjects))
+        for _ in range(_PROOF_ATTEMPTS):
+            cp = self.publish_checkpoint(now)
+            root = map_root_of(verify_checkpoint(cp.note, self.verifier()))
+            with self._engine.connect() as conn:
+                read = [subject_map.read_proof(conn, self.log_id, self.origin, s) for s in wanted]
+            if all(subject_map.proof_root(p, own, self.origin) == root for p, own in read):
+                return cp, [p for p, _ in read]
+        raise LogIntegrityError("the subject map does not match the latest checkpoint")
 
     def latest_checkpoint(self) -> StoredCheckpoint | None:
         found = self.checkpoints(limit=1)

@@ -14,6 +14,10 @@ Layout (see ``docs/audit.md``):
   never changes once written, so the root and any proof for any size are assembled from
   O(log n) stored hashes, and an append writes O(log n) rows (amortised 2).
 - ``audit_checkpoints``: every signed checkpoint the log published, in order.
+- ``audit_subject_maps``, ``audit_subject_members``, ``audit_subject_nodes``: the subject map each
+  checkpoint commits to (``audit.completeness``): per log the size it covers and its root; one
+  slot per subject key (a hash) with its count and chain; the non-empty nodes by heap number.
+  Unlike ``audit_nodes`` these are overwritten as the map advances (only the latest map is kept).
 
 Trust assumption: the database is the operator's, so it is *not* trusted by auditors; it is
 trusted by this process to hold what this process wrote (crash consistency comes from writing
@@ -25,7 +29,17 @@ from __future__ import annotations
 from sqlalchemy import BigInteger, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["AuditBase", "CheckpointRow", "EntryRow", "HeadRow", "NodeRow", "node_key"]
+__all__ = [
+    "AuditBase",
+    "CheckpointRow",
+    "EntryRow",
+    "HeadRow",
+    "NodeRow",
+    "SubjectMapRow",
+    "SubjectMemberRow",
+    "SubjectNodeRow",
+    "node_key",
+]
 
 MAX_LOG_ID_LEN = 200
 MAX_FIELD_LEN = 255
@@ -97,3 +111,33 @@ class CheckpointRow(AuditBase):
     root: Mapped[bytes] = mapped_column(LargeBinary(32), nullable=False)
     time_us: Mapped[int] = mapped_column(BigInteger, nullable=False)
     note: Mapped[str] = mapped_column(Text, nullable=False)
+
+
+class SubjectMapRow(AuditBase):
+    """The subject map of a log (``audit.completeness``): up to which log size it covers, its root."""
+
+    __tablename__ = "audit_subject_maps"
+    log_id: Mapped[str] = mapped_column(String(MAX_LOG_ID_LEN), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    root: Mapped[bytes] = mapped_column(LargeBinary(32), nullable=False)
+
+
+class SubjectMemberRow(AuditBase):
+    """One subject's slot in the map: its key (a hash, no pseudonym), count and chain."""
+
+    __tablename__ = "audit_subject_members"
+    __table_args__ = (Index("ix_audit_subject_members_bucket", "log_id", "bucket"),)
+    log_id: Mapped[str] = mapped_column(String(MAX_LOG_ID_LEN), primary_key=True)
+    key: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    bucket: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    count: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    chain: Mapped[bytes] = mapped_column(LargeBinary(32), nullable=False)
+
+
+class SubjectNodeRow(AuditBase):
+    """A non-empty node of the subject map, by heap number (root 1; bucket b is 2^depth + b)."""
+
+    __tablename__ = "audit_subject_nodes"
+    log_id: Mapped[str] = mapped_column(String(MAX_LOG_ID_LEN), primary_key=True)
+    node_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    hash: Mapped[bytes] = mapped_column(LargeBinary(32), nullable=False)

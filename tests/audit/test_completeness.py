@@ -1,0 +1,186 @@
+"""Completeness proofs (issue #15, item 2): a citizen proves they were shown every entry about them.
+
+The log is real (SQLite or PostgreSQL); each tamper edits the database directly after a checkpoint
+committed to the subject map — delete a row, re-point a row's subject column, rewrite an entry's
+bytes (to another subject, or in place) — and the affected citizen's proof fails while an
+untouched citizen's still holds; ``audit verify`` fails on the same tampers.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import text
+
+from audit import merkle
+from audit.checkpoint import NoteSigner
+from audit.completeness import (
+    MAP_DEPTH,
+    CompletenessError,
+    Member,
+    SubjectProof,
+    bucket_of,
+    subject_key,
+    verify_record,
+)
+from audit.log import EntryQuery, LogIntegrityError, TransparencyLog, entry_bytes
+from audit.verify import verify_export
+from tests.audit.audit_factories import T0, make_event
+
+ALICE, BOB, CAROL = "ps-alice", "ps-bob", "ps-carol"
+SIZE = 30
+
+
+def _subject(i: int) -> str | None:
+    return (ALICE, BOB, CAROL, None)[i % 4]
+
+
+@pytest.fixture
+def log(log: TransparencyLog) -> TransparencyLog:
+    log.append_many([make_event(i, subject=_subject(i)) for i in range(SIZE)])
+    log.sign_checkpoint(T0 + timedelta(hours=1))
+    return log
+
+
+def _record(log: TransparencyLog, *subjects: str) -> tuple[str, list[SubjectProof], list]:  # type: ignore[type-arg]
+    """What the citizen API hands out: the proofs, then every entry the search finds."""
+    cp, proofs = log.completeness(subjects, T0 + timedelta(hours=2))
+    page = log.search(EntryQuery(subjects=frozenset(subjects)), limit=1000)
+    return cp.note, proofs, [(e.index, e.record) for e in page.entries]
+
+
+def _check(log: TransparencyLog, *subjects: str) -> None:
+    note, proofs, entries = _record(log, *subjects)
+    verify_record(note, log.verifier(), proofs, entries)
+
+
+def _sql(log: TransparencyLog, statement: str, **params: object) -> None:
+    with log._engine.begin() as conn:
+        conn.execute(text(statement), params)
+
+
+def _alice_index() -> int:
+    return 8  # 8 % 4 == 0: about ps-alice
+
+
+def test_an_untouched_log_proves_every_citizen_complete(log: TransparencyLog) -> None:
+    _check(log, ALICE)
+    _check(log, BOB, CAROL)
+    _check(log, "ps-nobody")  # no entries: the proof shows the slot is empty
+
+
+def test_the_checkpoint_signs_the_subject_map(log: TransparencyLog) -> None:
+    note, _, _ = _record(log, ALICE)
+    assert "\nsubjects " in note.split("\n\n")[0]
+
+
+def test_proofs_follow_the_log_as_it_grows(log: TransparencyLog) -> None:
+    log.append_many([make_event(SIZE + i, subject=ALICE) for i in range(5)])
+    note, proofs, entries = _record(log, ALICE)
+    assert len(entries) == SIZE // 4 + 1 + 5
+    verify_record(note, log.verifier(), proofs, entries)
+
+
+def test_a_hidden_entry_fails_the_proof(log: TransparencyLog) -> None:
+    note, proofs, entries = _record(log, ALICE)
+    with pytest.raises(CompletenessError, match="not all the entries"):
+        verify_record(note, log.verifier(), proofs, entries[:-1])
+
+
+def test_an_entry_about_someone_else_cannot_be_slipped_in(log: TransparencyLog) -> None:
+    note, proofs, entries = _record(log, ALICE)
+    bob = log.search(EntryQuery(subjects=frozenset({BOB})), limit=1).entries[0]
+    with pytest.raises(CompletenessError, match="not about any of the subjects"):
+        verify_record(note, log.verifier(), proofs, [*entries, (bob.index, bob.record)])
+
+
+def test_a_deleted_row_fails_the_citizens_proof_and_audit_verify(log: TransparencyLog) -> None:
+    cp = log.latest_checkpoint()
+    assert cp is not None
+    _sql(log, "DELETE FROM audit_entries WHERE idx = :i", i=_alice_index())
+    with pytest.raises(CompletenessError):
+        _check(log, ALICE)
+    _check(log, BOB)
+    assert not verify_export(cp.note, log.export(), log.vkey())
+
+
+def test_a_re_pointed_subject_column_fails_the_citizens_proof_and_audit_verify(
+    log: TransparencyLog,
+) -> None:
+    cp = log.latest_checkpoint()
+    assert cp is not None
+    _sql(log, "UPDATE audit_entries SET subject = :s WHERE idx = :i", s=BOB, i=_alice_index())
+    with pytest.raises(CompletenessError):
+        _check(log, ALICE)
+    with pytest.raises(LogIntegrityError, match=f"entry {_alice_index()}"):
+        _check(log, BOB)
+    assert not verify_export(cp.note, log.export(), log.vkey())
+
+
+@pytest.mark.parametrize("to", [BOB, ALICE], ids=["to-another-subject", "in-place"])
+def test_a_rewritten_entry_fails_the_proofs_and_audit_verify(log: TransparencyLog, to: str) -> None:
+    cp = log.latest_checkpoint()
+    assert cp is not None
+    i = _alice_index()
+    forged = entry_bytes(make_event(i, subject=to, client="JP/GOV/000000/forged"))
+    _sql(
+        log,
+        "UPDATE audit_entries SET data = :d, leaf_hash = :h, subject = :s, client = :c "
+        "WHERE idx = :i",
+        d=forged,
+        h=merkle.leaf_hash(forged),
+        s=to,
+        c="JP/GOV/000000/forged",
+        i=i,
+    )
+    with pytest.raises(CompletenessError):
+        _check(log, to)
+    assert not verify_export(cp.note, log.export(), log.vkey())
+
+
+def test_a_proof_under_another_log_key_is_refused(log: TransparencyLog) -> None:
+    note, proofs, entries = _record(log, ALICE)
+    other = NoteSigner.generate(log.origin).verifier()
+    with pytest.raises(CompletenessError, match="pinned log key"):
+        verify_record(note, other, proofs, entries)
+
+
+def test_a_proof_with_an_invented_bucket_member_is_refused(log: TransparencyLog) -> None:
+    note, proofs, entries = _record(log, ALICE)
+    key = subject_key(log.origin, ALICE)
+    stranger = Member(key[:4] + bytes(28), 3, bytes(32))
+    assert bucket_of(stranger.key) == bucket_of(key)
+    forged = SubjectProof(ALICE, (*proofs[0].others, stranger), proofs[0].siblings)
+    with pytest.raises(CompletenessError):
+        verify_record(note, log.verifier(), [forged], entries)
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda p: {**p, "siblings": p["siblings"][:-1]},
+        lambda p: {**p, "siblings": ["not base64!"] * MAP_DEPTH},
+        lambda p: {**p, "others": [{"key": "AA==", "count": 1, "chain": "AA=="}]},
+        lambda p: {**p, "subject": 7},
+        lambda p: [],
+    ],
+    ids=["short", "not-base64", "bad-member", "bad-subject", "not-an-object"],
+)
+def test_a_malformed_proof_is_a_clean_refusal(log: TransparencyLog, mangle: object) -> None:
+    note, proofs, entries = _record(log, ALICE)
+    mangled = mangle(json.loads(json.dumps(proofs[0].to_json())))  # type: ignore[operator]
+
+    def parse_and_verify() -> None:
+        verify_record(note, log.verifier(), [SubjectProof.from_json(mangled)], entries)
+
+    with pytest.raises(CompletenessError):
+        parse_and_verify()
+
+
+def test_the_map_holds_no_pseudonym(log: TransparencyLog) -> None:
+    with log._engine.connect() as conn:
+        rows = conn.execute(text("SELECT key FROM audit_subject_members")).all()
+    assert len(rows) == 3
+    assert all(ALICE.encode() not in bytes(r[0]) for r in rows)
