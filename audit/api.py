@@ -4,6 +4,8 @@ Auditors (JWT with the ``auditor`` role) search entries, fetch an entry with its
 the latest and past checkpoints, consistency proofs, and exports (JSON Lines) to verify offline.
 Citizens (JWT with the ``citizen`` role) see every entry whose subject is one of *their* subject
 ids, in plain Japanese and English, each with its inclusion proof against a signed checkpoint,
+and (on the first page) a completeness proof per subject (``audit.completeness``) that these are
+all the entries about them up to a signed checkpoint,
 and one such entry by its index (the portal's "verify"; another citizen's index is a 404, like an
 unknown one). Paths::
 
@@ -287,7 +289,17 @@ def build_router(
     ) -> dict[str, Any]:
         subjects = own_subjects(principal)
         if not subjects:
-            return {"accesses": [], "next_cursor": None, "checkpoint": None}
+            return {"accesses": [], "next_cursor": None, "checkpoint": None, "completeness": None}
+        # The completeness proof comes first, so every entry it covers is already in the log
+        # when the search runs (later entries are simply beyond its checkpoint).
+        completeness = None
+        if cursor is None:
+            proven_cp, proofs = log.completeness(subjects, now())
+            completeness = {
+                "checkpoint": proven_cp.note,
+                "tree_size": proven_cp.size,
+                "proofs": [p.to_json() for p in proofs],
+            }
         page = log.search(EntryQuery(subjects=subjects), limit=limit, cursor=cursor)
         cp = covering_checkpoint(page.entries[-1].index) if page.entries else None
         accesses = [
@@ -298,6 +310,7 @@ def build_router(
             "next_cursor": None if page.next_cursor is None else str(page.next_cursor),
             "checkpoint": cp.note if cp else None,
             "log_key": log.vkey(),
+            "completeness": completeness,
         }
 
     return router

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from audit import merkle
 from audit.api import build_router
 from audit.checkpoint import verify_checkpoint
+from audit.completeness import CompletenessError, SubjectProof, verify_record
 from audit.log import TransparencyLog
 from audit.verify import verify_export
 from exchange.tokens import DevIssuer, Principal
@@ -285,3 +286,35 @@ def test_the_largest_64_bit_cursor_is_an_empty_page(
     auditor_page = client.get("/audit/entries", params={"cursor": largest}, headers=auditor)
     assert auditor_page.status_code == 200, auditor_page.text
     assert auditor_page.json()["entries"] == []
+
+
+def _whole_record(client: TestClient, headers: dict[str, str]) -> tuple[dict, list]:  # type: ignore[type-arg]
+    """Every page of /me/accesses (two at a time) and the first page's completeness proof."""
+    first = client.get("/me/accesses", params={"limit": 2}, headers=headers).json()
+    entries = [(a["index"], a["entry"]) for a in first["accesses"]]
+    cursor = first["next_cursor"]
+    while cursor is not None:
+        page = client.get(
+            "/me/accesses", params={"limit": 2, "cursor": cursor}, headers=headers
+        ).json()
+        assert page["completeness"] is None  # the proof comes once, with the first page
+        entries += [(a["index"], a["entry"]) for a in page["accesses"]]
+        cursor = page["next_cursor"]
+    return first["completeness"], entries
+
+
+def test_citizen_proves_their_paged_record_complete_and_a_deleted_row_breaks_it(
+    client: TestClient, issuer: DevIssuer, log: TransparencyLog
+) -> None:
+    alice = _auth(issuer, ALICE, "citizen")
+    completeness, entries = _whole_record(client, alice)
+    proofs = [SubjectProof.from_json(p) for p in completeness["proofs"]]
+    assert {p.subject for p in proofs} == {ALICE, f"{ALICE}-alias"}
+    cp = verify_record(completeness["checkpoint"], log.verifier(), proofs, entries)
+    assert cp.size == completeness["tree_size"] == 13
+    with log._engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM audit_entries WHERE idx = 4")
+    completeness, entries = _whole_record(client, alice)
+    proofs = [SubjectProof.from_json(p) for p in completeness["proofs"]]
+    with pytest.raises(CompletenessError):
+        verify_record(completeness["checkpoint"], log.verifier(), proofs, entries)
