@@ -57,6 +57,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from audit import merkle
 from audit.checkpoint import NoteError, NoteVerifier, verify_checkpoint
+from audit.completeness import CompletenessError, SubjectProof, verify_record
 from audit.log import MAX_PAGE_SIZE, EntryQuery, TransparencyLog
 from consent.model import ConsentStatus
 from consent.receipt import render_receipt_html
@@ -75,7 +76,15 @@ from portal._session import SESSION_COOKIE, Session, SessionCodec, same_token
 from portal.chart import build_chart
 from portal.i18n import LANGS, Translator, pick_lang
 from portal.local import proven
-from portal.ports import AccessLog, Caller, ConsentBackend, LogRecord, ProcedureDesk, ProvenEntry
+from portal.ports import (
+    AccessLog,
+    Caller,
+    CitizenRecord,
+    ConsentBackend,
+    LogRecord,
+    ProcedureDesk,
+    ProvenEntry,
+)
 from procedures.model import AddressChangeInput, ConfirmInput
 
 __all__ = [
@@ -173,6 +182,40 @@ def _proven_row(node: str, entry: ProvenEntry) -> _Row:
     except ValueError:
         record = None
     return _row(node, LogRecord(entry.index, record if isinstance(record, dict) else {}))
+
+
+@dataclass(frozen=True, slots=True)
+class _Completeness:
+    """Whether one node's record of the caller is proven complete: ``ok`` (up to checkpoint
+    ``size``, ``entries`` of them), ``failed`` (with the reason), ``truncated`` (more entries than
+    the portal reads), or ``none`` (the node knows no subject of the caller)."""
+
+    node: str
+    status: str
+    size: int | None = None
+    entries: int = 0
+    reason: str | None = None
+
+
+def verify_complete(node: str, record: CitizenRecord, verifier: NoteVerifier) -> _Completeness:
+    """Check that ``record`` is every entry about the caller up to a checkpoint signed by the
+    pinned log key (``audit.completeness.verify_record``: the checkpoint's signature, each
+    entry's leaf hash from its bytes, each subject's slot in the signed subject map)."""
+    if record.truncated:
+        return _Completeness(node, "truncated", entries=len(record.records))
+    if record.completeness is None:
+        return _Completeness(node, "none")
+    try:
+        note = record.completeness["checkpoint"]
+        raw = record.completeness["proofs"]
+        if not isinstance(note, str) or not isinstance(raw, list):
+            raise CompletenessError("the node sent no usable completeness proof")
+        proofs = [SubjectProof.from_json(p) for p in raw]
+        cp = verify_record(note, verifier, proofs, [(r.index, r.record) for r in record.records])
+    except (CompletenessError, KeyError, TypeError) as exc:
+        return _Completeness(node, "failed", reason=str(exc))
+    covered = sum(1 for r in record.records if r.index < cp.size)
+    return _Completeness(node, "ok", size=cp.size, entries=covered)
 
 
 def verify_proven(entry: ProvenEntry, verifier: NoteVerifier) -> _Verification:
@@ -552,12 +595,15 @@ def build_portal(
         rows: list[_Row] = []
         orgs: set[str] = set()
         unavailable: list[str] = []
+        completeness: list[_Completeness] = []
         for node, log in logs.items():
             try:
-                everything = log.my_accesses(caller, limit=MAX_TIMELINE)
+                mine = log.my_record(caller, limit=MAX_TIMELINE)
             except TransportError:  # one node down does not hide the others' records
                 unavailable.append(node)
                 continue
+            completeness.append(verify_complete(node, mine, log.verifier))
+            everything = mine.records
             orgs.update(str(e.record["client"]) for e in everything if e.record.get("client"))
             rows.extend(
                 _row(node, e)
@@ -570,6 +616,7 @@ def build_portal(
             request,
             "access.html",
             rows=rows,
+            completeness=completeness,
             unavailable=unavailable,
             orgs=sorted(orgs),
             org=org,

@@ -17,7 +17,7 @@ from consent.lifecycle import ConsentService, utc_now
 from consent.model import Consent, ConsentRequest, Receipt
 from exchange.errors import NotFoundError
 from exchange.tokens import Principal
-from portal.ports import Caller, LogRecord, ProvenEntry
+from portal.ports import Caller, CitizenRecord, LogRecord, ProvenEntry
 from procedures.address_change import AddressChangeService
 from procedures.model import AddressChangeInput, ConfirmInput, ProcedureView
 
@@ -87,12 +87,18 @@ class LocalLog:
     def _subjects(self, caller: Caller) -> frozenset[str]:
         return frozenset(self._subjects_of(caller.principal))
 
-    def my_accesses(self, caller: Caller, *, limit: int) -> list[LogRecord]:
+    def my_record(self, caller: Caller, *, limit: int) -> CitizenRecord:
         subjects = self._subjects(caller)
         if not subjects:
-            return []
+            return CitizenRecord([], None)
+        cp, proofs = self._log.completeness(subjects, utc_now())
         page = self._log.search(EntryQuery(subjects=subjects), limit=limit)
-        return [LogRecord(e.index, e.record) for e in page.entries]
+        completeness = {"checkpoint": cp.note, "proofs": [p.to_json() for p in proofs]}
+        return CitizenRecord(
+            [LogRecord(e.index, e.record) for e in page.entries],
+            completeness,
+            truncated=page.next_cursor is not None,
+        )
 
     def my_entry(self, caller: Caller, index: int) -> ProvenEntry:
         entry = self._log.entry(index)

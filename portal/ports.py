@@ -55,6 +55,20 @@ class LogRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class CitizenRecord:
+    """Everything one node's log holds about the caller, as the node sent it (unverified).
+
+    ``completeness`` is the node's ``/me/accesses`` completeness object (a signed checkpoint and
+    one proof per subject; ``audit.completeness``) or None when the caller has no subject there;
+    ``truncated`` is true when there were more entries than the portal reads, so the record
+    cannot be proven complete."""
+
+    records: list[LogRecord]
+    completeness: Mapping[str, Any] | None
+    truncated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class ProvenEntry:
     """An entry's exact leaf bytes with an inclusion proof and the checkpoint it is against
     (``None`` while no checkpoint covers it yet)."""
@@ -96,8 +110,8 @@ class AccessLog(Protocol):
         """The log's key as the portal pins it (never one the node hands out)."""
         ...
 
-    def my_accesses(self, caller: Caller, *, limit: int) -> list[LogRecord]:
-        """Entries about the caller, oldest first, at most ``limit``."""
+    def my_record(self, caller: Caller, *, limit: int) -> CitizenRecord:
+        """Entries about the caller, oldest first, at most ``limit``, with the completeness proof."""
         ...
 
     def my_entry(self, caller: Caller, index: int) -> ProvenEntry:

@@ -46,7 +46,7 @@ from exchange.errors import (
     TransportError,
 )
 from exchange.tokens import DevIssuer, TokenVerifier
-from portal.ports import Caller, LogRecord, ProvenEntry
+from portal.ports import Caller, CitizenRecord, LogRecord, ProvenEntry
 from portal.settings import PortalSettings
 from procedures.model import AddressChangeInput, ConfirmInput, ProcedureView
 
@@ -219,19 +219,23 @@ class RemoteLog:
             raise TransportError("the node answered something unexpected")
         return int(value)
 
-    def my_accesses(self, caller: Caller, *, limit: int) -> list[LogRecord]:
+    def my_record(self, caller: Caller, *, limit: int) -> CitizenRecord:
         found: list[LogRecord] = []
         cursor: int | None = None
+        completeness: Any = None
         while len(found) < limit:
             params: dict[str, Any] = {"limit": min(limit - len(found), MAX_PAGE_SIZE)}
             if cursor is not None:
                 params["cursor"] = cursor
             body = self._api.json("GET", "/me/accesses", caller, params=params)
+            if cursor is None:  # the proof comes with the first page
+                completeness = body.get("completeness") if isinstance(body, dict) else None
             found += self._records(body, "accesses")
             cursor = self._cursor(body)
             if cursor is None:
                 break
-        return found
+        proof = completeness if isinstance(completeness, dict) else None
+        return CitizenRecord(found, proof, truncated=cursor is not None)
 
     def _proven(self, index: int, body: Any) -> ProvenEntry:
         """The entry as the node sent it, bound to the index that was asked for: the proof is

@@ -242,6 +242,7 @@ def _citizen_and_auditor(world: World, b: Browser) -> None:
 
     access = b.get("/access")
     assert access.status_code == 200, access.text
+    assert f'data-node="{MACHIDA}" data-status="ok"' in access.text  # proven complete over HTTP
     forms = _VERIFY_FORM.findall(access.text)
     assert forms, access.text
     node, index = forms[0]

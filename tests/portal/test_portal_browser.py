@@ -136,6 +136,12 @@ def test_citizen_revokes_a_consent_and_sees_the_next_exchange_refused_and_verifi
 
     p.get_by_role("link", name="わたしの情報の利用履歴").click()
     p.wait_for_selector("ol.timeline")
+    # Every node's record of Alice is proven complete against its signed subject map.
+    statuses = p.locator("ul.completeness li")
+    assert statuses.count() >= 1
+    for i in range(statuses.count()):
+        assert statuses.nth(i).get_attribute("data-status") == "ok"
+    assert "検証しました" in statuses.first.inner_text()
     # The revocation itself (an "info" entry) and the refused exchange are both in the timeline.
     assert p.locator("li.entry[data-decision='info']", has_text=cid).count() >= 1
     first = p.locator("li.entry[data-decision='deny']", has_text=cid).first

@@ -8,6 +8,8 @@ import json
 import re
 from collections.abc import Awaitable, Callable
 
+from sqlalchemy import text
+
 from audit.log import EntryQuery
 from consent.model import ConsentStatus
 from portal.app import CSP
@@ -209,6 +211,34 @@ def test_who_accessed_my_data_shows_only_own_entries_and_filters(world: World) -
         water = await c.get("/access", params={"org": "JP/GOV/132098/water-bureau"})
         assert water.text.count('class="entry"') == 2
         assert (await c.get("/access", params={"decision": "maybe"})).status_code == 400
+
+    run(world, scenario)
+
+
+def test_the_access_page_proves_each_nodes_record_complete(world: World) -> None:
+    async def scenario(c: PortalClient) -> None:
+        await c.sign_in(ALICE)
+        r = await c.get("/access")
+        assert f'data-node="{NODE}" data-status="ok"' in r.text
+        assert 'data-status="failed"' not in r.text
+        assert "までのあなたに関する記録がすべて表示されていることを検証しました" in r.text
+        english = await c.get("/access", params={"lang": "en"})
+        assert re.search(r"complete up to checkpoint \d+, verified", english.text)
+
+    run(world, scenario)
+
+
+def test_a_record_with_a_row_deleted_is_not_proven_complete(world: World) -> None:
+    world.log.sign_checkpoint(world.now)  # the map commits to Alice's entries
+    own = entry_index(world, "ps-alice")
+    with world.log._engine.begin() as conn:
+        conn.execute(text("DELETE FROM audit_entries WHERE idx = :i"), {"i": own})
+
+    async def scenario(c: PortalClient) -> None:
+        await c.sign_in(ALICE)
+        r = await c.get("/access")
+        assert f'data-node="{NODE}" data-status="failed"' in r.text
+        assert "記録がすべて表示されていることを確認できませんでした" in r.text
 
     run(world, scenario)
 

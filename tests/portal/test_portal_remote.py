@@ -80,7 +80,7 @@ def test_an_unreachable_node_is_a_transport_error() -> None:
 
     verifier = NoteSigner.generate("onceonly.test/n").verifier()
     with _client(handler) as http, pytest.raises(TransportError, match="cannot be reached"):
-        RemoteLog(http, "http://node.test", verifier).my_accesses(CALLER, limit=10)
+        RemoteLog(http, "http://node.test", verifier).my_record(CALLER, limit=10)
 
 
 @pytest.mark.parametrize(
@@ -98,4 +98,4 @@ def test_a_malformed_answer_from_a_node_is_a_transport_error(body: object) -> No
 
     verifier = NoteSigner.generate("onceonly.test/n").verifier()
     with _client(handler) as http, pytest.raises(TransportError, match="unexpected"):
-        RemoteLog(http, "http://node.test", verifier).my_accesses(CALLER, limit=10)
+        RemoteLog(http, "http://node.test", verifier).my_record(CALLER, limit=10)
