@@ -665,6 +665,44 @@ def audit_verify(
     raise typer.Exit(1)
 
 
+@audit_app.command("verify-record")
+def audit_verify_record(
+    record: Annotated[
+        Path, typer.Argument(help="the record file the portal's access page downloads (JSON)")
+    ],
+    key: Annotated[
+        str,
+        typer.Option(
+            help="the node log's vkey (from `onceonly audit key`), obtained out of band",
+            show_default=False,
+        ),
+    ],
+) -> None:
+    """Verify a citizen's record offline: the checkpoint is signed by the pinned log key and the
+    record holds every entry about the citizen up to it (completeness proof). Exit 0 only then."""
+    from audit.checkpoint import NoteVerifier
+    from audit.completeness import CompletenessError, SubjectProof, verify_record
+
+    try:
+        data = json.loads(record.read_text())
+        completeness = data["completeness"]
+        proofs = [SubjectProof.from_json(p) for p in completeness["proofs"]]
+        entries = [(int(a["index"]), dict(a["entry"])) for a in data["accesses"]]
+        note = completeness["checkpoint"]
+    except (ValueError, KeyError, TypeError, CompletenessError) as exc:
+        raise ClientError(f"{record} is not a record file from the portal") from exc
+    try:
+        cp = verify_record(str(note), NoteVerifier.from_vkey(key), proofs, entries)
+    except CompletenessError as exc:
+        err.print(f"[red]NOT verified[/red]: {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    covered = sum(1 for index, _ in entries if index < cp.size)
+    console.print(
+        f"[green]verified[/green]: complete up to checkpoint {cp.size} — {covered} entries about "
+        f"you, none missing ({len(proofs)} subject ids)"
+    )
+
+
 # --- components ----------------------------------------------------------------------------------
 
 Host = Annotated[str, typer.Option(help="the address to listen on")]

@@ -623,6 +623,26 @@ def build_portal(
             decision=decision,
         )
 
+    @app.get("/access/record", name="access_record")
+    def access_record(request: Request) -> Response:
+        """One node's whole record of the caller with its completeness proof, as a file the
+        citizen keeps and checks offline (``onceonly audit verify-record``)."""
+        caller = citizen(request)
+        node = request.query_params.get("node") or ""
+        mine = log_of(node).my_record(caller, limit=MAX_TIMELINE)
+        body = {
+            "node": node,
+            "completeness": mine.completeness,
+            "truncated": mine.truncated,
+            "accesses": [{"index": r.index, "entry": r.record} for r in mine.records],
+        }
+        name = re.sub(r"[^A-Za-z0-9.-]+", "-", node).strip("-") or "node"
+        return Response(
+            json.dumps(body, ensure_ascii=False, indent=1),
+            media_type="application/json",
+            headers={"Content-Disposition": f'attachment; filename="record-{name}.json"'},
+        )
+
     @app.post("/access/verify", name="access_verify")
     async def access_verify(request: Request) -> HTMLResponse:
         caller = citizen(request)

@@ -7,11 +7,14 @@ import asyncio
 import json
 import re
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from sqlalchemy import text
+from typer.testing import CliRunner
 
 from audit.log import EntryQuery
 from consent.model import ConsentStatus
+from onceonly import cli
 from portal.app import CSP
 from portal.i18n import format_datetime
 from tests.consent.consent_factories import ALICE, BOB
@@ -226,6 +229,36 @@ def test_the_access_page_proves_each_nodes_record_complete(world: World) -> None
         assert re.search(r"complete up to checkpoint \d+, verified", english.text)
 
     run(world, scenario)
+
+
+def test_a_downloaded_record_verifies_offline_with_the_cli_and_a_trimmed_one_does_not(
+    world: World, tmp_path: Path
+) -> None:
+    files: dict[str, bytes] = {}
+
+    async def scenario(c: PortalClient) -> None:
+        await c.sign_in(ALICE)
+        r = await c.get("/access/record", params={"node": NODE})
+        assert r.status_code == 200
+        assert r.headers["content-disposition"].startswith("attachment;")
+        files["record"] = r.content
+
+    run(world, scenario)
+    record = json.loads(files["record"])
+    assert record["accesses"]
+    proven = {p["subject"] for p in record["completeness"]["proofs"]}
+    assert "ps-bob" not in proven
+    assert {a["entry"]["subject"] for a in record["accesses"]} <= proven
+    whole, trimmed = tmp_path / "record.json", tmp_path / "trimmed.json"
+    whole.write_bytes(files["record"])
+    trimmed.write_text(json.dumps(record | {"accesses": record["accesses"][1:]}))
+    key = world.log.vkey()
+    ok = CliRunner().invoke(cli.app, ["audit", "verify-record", "--key", key, str(whole)])
+    assert ok.exit_code == 0, ok.output
+    assert "verified: complete up to checkpoint" in ok.output
+    bad = CliRunner().invoke(cli.app, ["audit", "verify-record", "--key", key, str(trimmed)])
+    assert bad.exit_code == 1
+    assert "NOT verified" in bad.output
 
 
 def test_a_record_with_a_row_deleted_is_not_proven_complete(world: World) -> None:
