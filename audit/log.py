@@ -533,10 +533,7 @@ class TransparencyLog:
                 return latest
             # the subject map (audit.completeness) advances in the same transaction, so every
             # checkpoint commits to exactly the entries about each subject up to its size
-            try:
-                map_root = subject_map.advance(conn, self.log_id, self.origin, size)
-            except subject_map.MapIntegrityError as exc:
-                raise LogIntegrityError(str(exc)) from exc
+            map_root = self._advance_subject_map(conn, size)
             extension = f"{MAP_EXTENSION} {base64.b64encode(map_root).decode()}"
             note = sign_checkpoint(Checkpoint(self.origin, size, root, (extension,)), self._signer)
             conn.execute(
@@ -546,6 +543,13 @@ class TransparencyLog:
             )
             conn.commit()
         return StoredCheckpoint(size, root, now.astimezone(UTC), note)
+
+    def _advance_subject_map(self, conn: Connection, size: int) -> bytes:
+        """The subject map's root at ``size`` (``audit.subject_map.advance``, same transaction)."""
+        try:
+            return subject_map.advance(conn, self.log_id, self.origin, size)
+        except subject_map.MapIntegrityError as exc:
+            raise LogIntegrityError(str(exc)) from exc
 
     def _latest(self, conn: Connection) -> StoredCheckpoint | None:
         row = conn.execute(

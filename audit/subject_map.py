@@ -19,8 +19,9 @@ the signed root and check every proof themselves (``audit.completeness.verify_co
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, delete, insert, select
 
@@ -37,7 +38,8 @@ from audit.completeness import (
     fold,
     subject_key,
 )
-from audit.store import EntryRow, SubjectMapRow, SubjectMemberRow, SubjectNodeRow
+from audit.store import EntryRow, SubjectMapRow, SubjectMemberRow
+from exchange.db import driver_cursor
 
 __all__ = [
     "EMPTY_MAP_ROOT",
@@ -54,6 +56,7 @@ EMPTY_MAP_ROOT = _EMPTY[MAP_DEPTH]
 _LEAF_BASE = 1 << MAP_DEPTH
 _BATCH = 500  # keys per IN list
 _READ_CHUNK = 5000  # entries read per query while advancing
+_T = TypeVar("_T")
 
 
 class MapIntegrityError(Exception):
@@ -66,9 +69,51 @@ class MapState:
     root: bytes
 
 
-def _chunks(items: Sequence[object], n: int = _BATCH) -> Iterator[Sequence[object]]:
+def _chunks(items: Sequence[_T], n: int = _BATCH) -> Iterator[Sequence[_T]]:
     for start in range(0, len(items), n):
         yield items[start : start + n]
+
+
+class _Sql:
+    """Fixed SQL straight to the driver (as ``audit.log``'s append path): SQLAlchemy's
+    per-statement compilation of large ``IN`` lists cost more than the statements."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+
+    def _sql(self, text: str) -> str:
+        return text.replace("?", self._mark)
+
+    def select_in(self, sql: str, log_id: str, values: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """``sql`` ends in ``IN``; the list is appended, ``_BATCH`` values at a time."""
+        rows: list[tuple[Any, ...]] = []
+        with driver_cursor(self._conn) as cur:
+            for chunk in _chunks(values):
+                marks = ", ".join(self._mark for _ in chunk)
+                cur.execute(f"{self._sql(sql)} ({marks})", (log_id, *chunk))
+                rows += cur.fetchall()
+        return rows
+
+    def upsert(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        if rows:
+            with driver_cursor(self._conn) as cur:
+                cur.executemany(self._sql(sql), rows)
+
+
+_SELECT_MEMBERS = "SELECT key, count, chain FROM audit_subject_members WHERE log_id = ? AND key IN"
+_SELECT_BUCKETS = (
+    "SELECT key, bucket, count, chain FROM audit_subject_members WHERE log_id = ? AND bucket IN"
+)
+_SELECT_NODES = "SELECT node_id, hash FROM audit_subject_nodes WHERE log_id = ? AND node_id IN"
+_UPSERT_NODES = (
+    "INSERT INTO audit_subject_nodes (log_id, node_id, hash) VALUES (?, ?, ?) "
+    "ON CONFLICT (log_id, node_id) DO UPDATE SET hash = excluded.hash"
+)
+_UPSERT_MEMBERS = (
+    "INSERT INTO audit_subject_members (log_id, key, bucket, count, chain) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (log_id, key) DO UPDATE SET count = excluded.count, chain = excluded.chain"
+)
 
 
 def map_state(conn: Connection, log_id: str) -> MapState:
@@ -87,22 +132,15 @@ def _subject_of(data: bytes) -> str | None:
     return subject if isinstance(subject, str) else None
 
 
-def _load_members(conn: Connection, log_id: str, keys: Iterable[bytes]) -> dict[bytes, Member]:
-    out: dict[bytes, Member] = {}
-    for chunk in _chunks(list(keys)):
-        for key, count, chain in conn.execute(
-            select(SubjectMemberRow.key, SubjectMemberRow.count, SubjectMemberRow.chain).where(
-                SubjectMemberRow.log_id == log_id, SubjectMemberRow.key.in_(chunk)
-            )
-        ):
-            out[bytes(key)] = Member(bytes(key), int(count), bytes(chain))
-    return out
+def _member(key: Any, count: Any, chain: Any) -> Member:
+    return Member(bytes(key), int(count), bytes(chain))
 
 
 def _extend_chains(
     conn: Connection, log_id: str, origin: str, start: int, size: int
 ) -> dict[bytes, Member]:
     """Every subject with entries in ``[start, size)``, with its chain extended over them."""
+    sql = _Sql(conn)
     members: dict[bytes, Member] = {}
     pos = start
     while pos < size:
@@ -115,8 +153,9 @@ def _extend_chains(
         if [int(r[0]) for r in rows] != list(range(pos, stop)):
             raise MapIntegrityError(f"entries between {pos} and {stop} are missing")
         found = [(int(i), bytes(d), _subject_of(bytes(d))) for i, d in rows]
-        keys = {subject_key(origin, s) for _, _, s in found if s is not None}
-        members.update(_load_members(conn, log_id, keys - members.keys()))
+        keys = {subject_key(origin, s) for _, _, s in found if s is not None} - members.keys()
+        for row in sql.select_in(_SELECT_MEMBERS, log_id, sorted(keys)):
+            members[bytes(row[0])] = _member(*row)
         for index, data, subject in found:
             if subject is None:
                 continue
@@ -129,87 +168,35 @@ def _extend_chains(
 
 
 def _bucket_members(
-    conn: Connection, log_id: str, changed: dict[bytes, Member]
+    sql: _Sql, log_id: str, changed: dict[bytes, Member]
 ) -> dict[int, list[Member]]:
     buckets: dict[int, list[Member]] = {}
     for member in changed.values():
         buckets.setdefault(bucket_of(member.key), []).append(member)
-    for chunk in _chunks(sorted(buckets)):
-        for key, bucket, count, chain in conn.execute(
-            select(
-                SubjectMemberRow.key,
-                SubjectMemberRow.bucket,
-                SubjectMemberRow.count,
-                SubjectMemberRow.chain,
-            ).where(SubjectMemberRow.log_id == log_id, SubjectMemberRow.bucket.in_(chunk))
-        ):
-            if bytes(key) not in changed:
-                buckets[int(bucket)].append(Member(bytes(key), int(count), bytes(chain)))
+    for key, bucket, count, chain in sql.select_in(_SELECT_BUCKETS, log_id, sorted(buckets)):
+        if bytes(key) not in changed:
+            buckets[int(bucket)].append(_member(key, count, chain))
     return buckets
 
 
-def _load_nodes(conn: Connection, log_id: str, ids: Iterable[int]) -> dict[int, bytes]:
-    out: dict[int, bytes] = {}
-    for chunk in _chunks(sorted(ids)):
-        for node_id, h in conn.execute(
-            select(SubjectNodeRow.node_id, SubjectNodeRow.hash).where(
-                SubjectNodeRow.log_id == log_id, SubjectNodeRow.node_id.in_(chunk)
-            )
-        ):
-            out[int(node_id)] = bytes(h)
-    return out
+def _rehash(sql: _Sql, log_id: str, buckets: dict[int, list[Member]]) -> bytes:
+    """Rewrite the touched buckets and every node above them; return the new root.
 
-
-def _write_nodes(conn: Connection, log_id: str, nodes: dict[int, bytes]) -> None:
-    for chunk in _chunks(sorted(nodes)):
-        conn.execute(
-            delete(SubjectNodeRow).where(
-                SubjectNodeRow.log_id == log_id, SubjectNodeRow.node_id.in_(chunk)
-            )
-        )
-    conn.execute(
-        insert(SubjectNodeRow),
-        [{"log_id": log_id, "node_id": i, "hash": h} for i, h in nodes.items()],
-    )
-
-
-def _write_members(conn: Connection, log_id: str, changed: dict[bytes, Member]) -> None:
-    for chunk in _chunks(sorted(changed)):
-        conn.execute(
-            delete(SubjectMemberRow).where(
-                SubjectMemberRow.log_id == log_id, SubjectMemberRow.key.in_(chunk)
-            )
-        )
-    conn.execute(
-        insert(SubjectMemberRow),
-        [
-            {
-                "log_id": log_id,
-                "key": m.key,
-                "bucket": bucket_of(m.key),
-                "count": m.count,
-                "chain": m.chain,
-            }
-            for m in changed.values()
-        ],
-    )
-
-
-def _rehash(conn: Connection, log_id: str, buckets: dict[int, list[Member]]) -> bytes:
-    """Rewrite the touched buckets and every node above them; return the new root."""
+    The nodes on the touched paths are recomputed; every sibling off those paths is read in one
+    batch before any hashing (a missing one is an empty subtree)."""
+    paths = {(_LEAF_BASE + b) >> h for b in buckets for h in range(MAP_DEPTH + 1)}
+    siblings = sorted({node ^ 1 for node in paths if node > 1} - paths)
+    known = {int(i): bytes(h) for i, h in sql.select_in(_SELECT_NODES, log_id, siblings)}
     level = {_LEAF_BASE + b: bucket_hash(members) for b, members in buckets.items()}
-    written = dict(level)
+    known.update(level)
     for height in range(MAP_DEPTH):
-        parents = {node >> 1 for node in level}
-        missing = {c for p in parents for c in (2 * p, 2 * p + 1)} - level.keys()
-        known = {**_load_nodes(conn, log_id, missing), **level}
         empty = _EMPTY[height]
         level = {
             p: merkle.node_hash(known.get(2 * p, empty), known.get(2 * p + 1, empty))
-            for p in parents
+            for p in {node >> 1 for node in level}
         }
-        written.update(level)
-    _write_nodes(conn, log_id, written)
+        known.update(level)
+    sql.upsert(_UPSERT_NODES, [(log_id, node, known[node]) for node in sorted(paths)])
     return level[1]
 
 
@@ -223,9 +210,13 @@ def advance(conn: Connection, log_id: str, origin: str, size: int) -> bytes:
     changed = _extend_chains(conn, log_id, origin, state.size, size)
     root = state.root
     if changed:
-        buckets = _bucket_members(conn, log_id, changed)
-        _write_members(conn, log_id, changed)
-        root = _rehash(conn, log_id, buckets)
+        sql = _Sql(conn)
+        buckets = _bucket_members(sql, log_id, changed)
+        sql.upsert(
+            _UPSERT_MEMBERS,
+            [(log_id, m.key, bucket_of(m.key), m.count, m.chain) for m in changed.values()],
+        )
+        root = _rehash(sql, log_id, buckets)
     conn.execute(delete(SubjectMapRow).where(SubjectMapRow.log_id == log_id))
     conn.execute(insert(SubjectMapRow).values(log_id=log_id, size=size, root=root))
     return root
@@ -254,7 +245,7 @@ def read_proof(
     ]
     own = next((m for m in members if m.key == key), None)
     path = [((_LEAF_BASE + bucket) >> h) ^ 1 for h in range(MAP_DEPTH)]
-    stored = _load_nodes(conn, log_id, path)
+    stored = {int(i): bytes(h) for i, h in _Sql(conn).select_in(_SELECT_NODES, log_id, path)}
     siblings = tuple(stored.get(node, _EMPTY[h]) for h, node in enumerate(path))
     others = tuple(m for m in members if m.key != key)
     return SubjectProof(subject, others, siblings), own

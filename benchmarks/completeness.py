@@ -1,0 +1,227 @@
+"""Benchmark of completeness proofs (issue #15): a log of 10^6 entries about 10^5 citizens.
+
+Measured, each on SQLite and (when DATABASE_URL is set) on a throw-away PostgreSQL database:
+- the first checkpoint over the whole log, which builds the subject map from every entry;
+- a citizen's completeness proof as ``GET /me/accesses`` makes it (``TransparencyLog.completeness``:
+  latest checkpoint, the subject's bucket and 32 siblings, checked before it is sent): p50/p99
+  and its size as JSON;
+- the citizen's own check (``verify_record`` over their entries): p50/p99;
+- appends with the index vs without, in the same run: rounds of 500 entries — one batch, or 500
+  single appends as exchanges make them — each followed by a checkpoint, on two fresh logs in the
+  same database, one of which skips the map (a subclass used only here); ratio with / without;
+- ``audit verify`` of the whole log: export plus verification.
+
+    .venv/bin/python benchmarks/completeness.py [--quick]
+
+``--quick`` scales to 10^5 entries and 10^4 citizens. Progress goes to stderr; the last line on
+stdout is one JSON object.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as ``python benchmarks/completeness.py``, this directory is sys.path[0], and its audit.py
+# would shadow the ``audit`` package measured here.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+
+import argparse
+import json
+import os
+import random
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, create_engine, text
+from sqlalchemy.engine import make_url
+
+from audit.checkpoint import NoteSigner
+from audit.completeness import verify_record
+from audit.log import EntryQuery, TransparencyLog
+from audit.subject_map import EMPTY_MAP_ROOT
+from audit.verify import verify_export
+from exchange.db import is_postgres, make_engine, normalise_url, upgrade
+from exchange.ports import AuditEvent
+
+T0 = datetime(2026, 12, 2, tzinfo=UTC)
+FILL_BATCH = 10_000
+PROOF_SAMPLES = 1000
+CITIZEN_SAMPLES = 200
+ROUNDS = 10
+ROUND_BATCH = 500
+PROOF_P99_TARGET_MS = 5.0
+APPEND_RATIO_TARGET = 0.7
+
+
+class _NoMapLog(TransparencyLog):
+    """The baseline only: checkpoints that commit to no subject map."""
+
+    def _advance_subject_map(self, conn: Connection, size: int) -> bytes:
+        return EMPTY_MAP_ROOT
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _event(i: int, citizens: int) -> AuditEvent:
+    return AuditEvent(
+        time=T0 + timedelta(milliseconds=i),
+        node="JP/GOV/132098/resident-registry",
+        kind="request" if i % 7 else "refusal",
+        decision="allow" if i % 7 else "deny",
+        client=f"JP/GOV/132098/dept-{i % 13}",
+        service="JP/GOV/132098/resident-registry/address",
+        purpose="tax-assessment",
+        subject=f"ps-{(i * 7919) % citizens:08d}",
+        message_id=f"m-{i:010d}",
+        basis="地方税法第294条",
+    )
+
+
+def _events(start: int, n: int, citizens: int) -> Iterator[AuditEvent]:
+    return (_event(i, citizens) for i in range(start, start + n))
+
+
+def _stats_ms(samples_s: list[float]) -> dict[str, float]:
+    ms = sorted(s * 1000 for s in samples_s)
+    p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
+    return {"median_ms": round(statistics.median(ms), 3), "p99_ms": round(p99, 3)}
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def _appends(log: TransparencyLog, start: int, citizens: int, *, batched: bool) -> float:
+    """One round: a 500-entry batch (or 500 single appends, one transaction each, as exchanges
+    append), then a checkpoint; the seconds it took."""
+    t = time.perf_counter()
+    if batched:
+        log.append_many(_events(start, ROUND_BATCH, citizens))
+    else:
+        for event in _events(start, ROUND_BATCH, citizens):
+            log.append(event)
+    log.publish_checkpoint(T0 + timedelta(days=1, seconds=start))
+    return time.perf_counter() - t
+
+
+def _append_ratio(engine: Any, signer: NoteSigner, citizens: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"target_ratio": APPEND_RATIO_TARGET}
+    for mode in ("batched", "single"):
+        with_map = TransparencyLog(engine, log_id=f"with-map-{mode}", signer=signer)
+        without = _NoMapLog(engine, log_id=f"without-map-{mode}", signer=signer)
+        spent = {"with": 0.0, "without": 0.0}
+        for r in range(ROUNDS):  # interleaved, so drift on the machine hits both alike
+            start = r * ROUND_BATCH
+            spent["with"] += _appends(with_map, start, citizens, batched=mode == "batched")
+            spent["without"] += _appends(without, start, citizens, batched=mode == "batched")
+        n = ROUNDS * ROUND_BATCH
+        rate = {k: round(n / v) for k, v in spent.items()}
+        out[mode] = {
+            "entries_per_s_with_index": rate["with"],
+            "entries_per_s_without_index": rate["without"],
+            "ratio": round(rate["with"] / rate["without"], 3),
+        }
+    return out
+
+
+def _proofs(log: TransparencyLog, citizens: int) -> dict[str, Any]:
+    rng = random.Random(7)
+    now = T0 + timedelta(days=1)
+    samples, sizes = [], []
+    for _ in range(PROOF_SAMPLES):
+        subject = f"ps-{rng.randrange(citizens):08d}"
+        t = time.perf_counter()
+        cp, proofs = log.completeness([subject], now)
+        samples.append(time.perf_counter() - t)
+        sizes.append(len(json.dumps([p.to_json() for p in proofs])))
+    checks = []
+    for _ in range(CITIZEN_SAMPLES):
+        subject = f"ps-{rng.randrange(citizens):08d}"
+        cp, proofs = log.completeness([subject], now)
+        page = log.search(EntryQuery(subjects=frozenset({subject})), limit=1000)
+        entries = [(e.index, e.record) for e in page.entries]
+        t = time.perf_counter()
+        verify_record(cp.note, log.verifier(), proofs, entries)
+        checks.append(time.perf_counter() - t)
+    stats = _stats_ms(samples)
+    return {
+        "proof": stats | {"target_p99_ms": PROOF_P99_TARGET_MS},
+        "proof_json_bytes_mean": round(statistics.mean(sizes)),
+        "citizen_verify": _stats_ms(checks),
+    }
+
+
+def bench_backend(name: str, url: str, n: int, citizens: int) -> dict[str, Any]:
+    engine = make_engine(url)
+    upgrade(engine)
+    signer = NoteSigner.generate("bench.onceonly.example/completeness")
+    log = TransparencyLog(engine, log_id="big", signer=signer)
+    out: dict[str, Any] = {"entries": n, "citizens": citizens}
+    fill = 0.0
+    for start in range(0, n, FILL_BATCH):
+        fill += _timed(lambda s=start: log.append_many(_events(s, FILL_BATCH, citizens)))  # type: ignore[misc]
+    out["fill_entries_per_s"] = round(n / fill)
+    _log(f"{name}: filled {n} entries in {fill:.1f} s")
+    out["first_checkpoint_s"] = round(
+        _timed(lambda: log.sign_checkpoint(T0 + timedelta(days=1))), 2
+    )
+    _log(f"{name}: first checkpoint (map over every entry) {out['first_checkpoint_s']} s")
+    out |= _proofs(log, citizens)
+    _log(f"{name}: proofs {out['proof']}")
+    out["appends"] = _append_ratio(engine, signer, citizens)
+    _log(f"{name}: appends {out['appends']}")
+    cp = log.latest_checkpoint()
+    assert cp is not None
+    t = time.perf_counter()
+    report = verify_export(cp.note, log.export(0, cp.size), log.vkey())
+    out["audit_verify_s"] = round(time.perf_counter() - t, 2)
+    out["audit_verify_ok"] = bool(report)
+    _log(f"{name}: audit verify {out['audit_verify_s']} s ({report.reasons[0]})")
+    engine.dispose()
+    return out
+
+
+def _on_postgres(pg: str, run: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
+    admin_url = make_url(normalise_url(pg))
+    db = f"oo_bench_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{db}"'))
+    try:
+        return run(admin_url.set(database=db).render_as_string(hide_password=False))
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="10^5 entries, 10^4 citizens")
+    args = parser.parse_args()
+    n, citizens = (10**5, 10**4) if args.quick else (10**6, 10**5)
+    out: dict[str, Any] = {"benchmark": "completeness", "quick": args.quick}
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{Path(tmp) / 'bench.sqlite'}"
+        out["sqlite"] = bench_backend("sqlite", url, n, citizens)
+    pg = os.environ.get("DATABASE_URL")
+    if pg and is_postgres(pg):
+        out["postgresql"] = _on_postgres(pg, lambda u: bench_backend("postgresql", u, n, citizens))
+    else:
+        out["postgresql"] = "skipped: DATABASE_URL not set"
+    print(json.dumps(out, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()
