@@ -38,7 +38,7 @@ from typing import Any
 
 from audit import merkle
 from audit.checkpoint import Checkpoint, NoteError, NoteVerifier, verify_checkpoint
-from audit.columns import INDEX_COLUMNS, column_mismatch
+from audit.columns import INDEX_COLUMNS, column_mismatch, columns_json, index_columns
 from exchange.canonical import canonical_json
 from exchange.errors import ConfigurationError
 
@@ -259,10 +259,9 @@ def verify_export(
         # (5) the stored search columns are those the entry's bytes imply
         if parsed.columns is None:
             unchecked_columns += 1
-        elif column_bad is None:
+        elif column_bad is None and parsed.columns != columns_json(index_columns(entry)):
             name = column_mismatch(entry, _stored_columns(parsed.columns))
-            if name is not None:
-                column_bad = (index, name)
+            column_bad = (index, name or "columns")
         recomputed.push(leaf)
         if earlier is not None and recomputed.size == earlier.size:
             earlier_root = recomputed.root()
