@@ -1,8 +1,9 @@
 """The consent log like any other log (issue 15 item 4), against a real central server process:
 it publishes signed checkpoints by itself, serves inclusion and consistency proofs, `onceonly
 audit verify` verifies it online and offline (docs/consent.md's block, run verbatim), a citizen
-sees only their own consent history with proofs, refusals of its routes are in it, and a signed
-receipt verifies offline while altered copies do not."""
+sees only their own consent history, each entry with its proof and the whole proven complete,
+refusals of its routes are in it, and a signed receipt verifies offline while altered copies do
+not."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from sqlalchemy import Engine
 
 from audit import merkle
 from audit.checkpoint import NoteVerifier, verify_checkpoint
+from audit.completeness import SubjectProof, verify_record
 from consent.model import Consent
 from exchange.canonical import canonical_json
 from exchange.identifiers import ClientId
@@ -161,6 +163,15 @@ def test_a_citizen_sees_only_their_consent_history_each_entry_with_a_proof(
         assert merkle.verify_inclusion(
             leaf, access["index"], checkpoint.size, proof, checkpoint.root
         )
+    # ... and the history is proven complete up to a checkpoint signed by the consent log key.
+    completeness = body["completeness"]
+    proven = verify_record(
+        completeness["checkpoint"],
+        NoteVerifier.from_vkey(body["log_key"]),
+        [SubjectProof.from_json(p) for p in completeness["proofs"]],
+        [(a["index"], a["entry"]) for a in body["accesses"]],
+    )
+    assert proven.size >= len(body["accesses"])
     other = central.bearer(OTHER, "citizen")
     assert httpx.get(f"{central.url}{LOG}/me/accesses", headers=other).json()["accesses"] == []
     first = body["accesses"][0]["index"]
