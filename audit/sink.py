@@ -2,15 +2,17 @@
 
 Batched appends, one writer at a time on SQLite (``sqlite_writer_turn``); each batch is one
 transaction of the log, so an exchange's records are committed before its answer leaves.
+Checkpoints published through the sink take the same turn.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from sqlalchemy import Engine
 
-from audit.log import TransparencyLog
+from audit.log import StoredCheckpoint, TransparencyLog
 from exchange.db import sqlite_writer_turn
 from exchange.ports import AuditEvent
 
@@ -30,3 +32,9 @@ class LogSink:
     def record_many(self, events: Sequence[AuditEvent]) -> None:
         with sqlite_writer_turn(self._engine):
             self.log.append_many(events)
+
+    def publish_checkpoint(self, now: datetime) -> StoredCheckpoint:
+        """A new signed checkpoint if the log grew (``TransparencyLog.publish_checkpoint``), taking
+        the same writer turn as appends."""
+        with sqlite_writer_turn(self._engine):
+            return self.log.publish_checkpoint(now)

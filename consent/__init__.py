@@ -3,13 +3,19 @@ artefacts the provider verifies itself and the consent store confirms on every e
 
 Modules: ``model`` (wire models), ``store`` (rows; Alembic branch ``consent``), ``lifecycle``
 (``ConsentService``: requests, grant, pause/resume/revoke, expiry and spending, history, uses, and
-the ``exchange.ports.ConsentGate``), ``artefact`` (the JWS, ``ConsentIssuerKey`` /
-``ConsentArtefactVerifier``), ``receipt`` (ISO/IEC TS 27560 / Kantara receipts, JSON and HTML),
-``remote`` (``RemoteConsentGate`` for provider nodes), ``api`` (``build_citizen_router``,
-``build_gate_router``; imports FastAPI, so it is not re-exported here).
+the ``exchange.ports.ConsentGate``), ``artefact`` (the JWS of artefacts and receipts,
+``ConsentIssuerKey`` / ``ConsentArtefactVerifier`` / ``ConsentReceiptVerifier``), ``receipt``
+(signed receipts: the Kantara form beside the ISO/IEC TS 27560 record, JSON, JWS and HTML),
+``iso27560`` (that record), ``remote`` (``RemoteConsentGate`` for provider nodes), ``api``
+(``build_citizen_router``, ``build_gate_router``; imports FastAPI, so it is not re-exported here).
 """
 
-from consent.artefact import ConsentArtefactClaims, ConsentArtefactVerifier, ConsentIssuerKey
+from consent.artefact import (
+    ConsentArtefactClaims,
+    ConsentArtefactVerifier,
+    ConsentIssuerKey,
+    ConsentReceiptVerifier,
+)
 from consent.lifecycle import ConsentService
 from consent.model import (
     Consent,
@@ -34,6 +40,7 @@ __all__ = [
     "ConsentHistoryEvent",
     "ConsentIssuerKey",
     "ConsentMode",
+    "ConsentReceiptVerifier",
     "ConsentRequest",
     "ConsentRequestInput",
     "ConsentRequestStatus",

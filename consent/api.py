@@ -20,12 +20,14 @@ signature expires, so the same request again is refused as a replay (409
 
     GET  /consents                        GET  /consents/{id}
     GET  /consents/{id}/history           GET  /consents/{id}/uses
-    GET  /consents/{id}/receipts          GET  /consents/{id}/receipts/{rid}[?format=html]
+    GET  /consents/{id}/receipts          GET  /consents/{id}/receipts/{rid}[?format=html|jws]
+    GET  /keys                            (public: the JWK Set receipts are verified with)
     POST /consents/{id}/pause|resume|revoke
     GET  /consent-requests                GET  /consent-requests/{id}
     POST /consent-requests/{id}/approve|decline
     POST /consent-requests                (consumer)
     POST /gate/check                      POST /gate/use   (provider node)
+    /log/audit/…, /log/me/accesses…       (the consent log: ``build_consent_log_router``)
 """
 
 # No ``from __future__ import annotations``: FastAPI must evaluate the route annotations, which
@@ -55,7 +57,7 @@ from consent.model import (
     Receipt,
 )
 from consent.receipt import render_receipt_html
-from exchange.errors import ClientError, OnceOnlyError, RefusalError
+from exchange.errors import ClientError, NotFoundError, OnceOnlyError, RefusalError
 from exchange.identifiers import ClientId, ServiceId
 from exchange.node_requests import VerifiedNodeRequest
 from exchange.ports import ConsentQuery
@@ -64,14 +66,18 @@ from exchange.web.auth import bearer_principal
 from exchange.web.body import read_body
 
 __all__ = [
+    "JWS_MEDIA_TYPE",
     "MAX_BODY_BYTES",
     "Authenticator",
     "ResolveSubject",
     "build_citizen_router",
+    "build_consent_log_router",
     "build_gate_router",
 ]
 
 MAX_BODY_BYTES = 64 * 1024
+JWS_MEDIA_TYPE = "application/jose"
+"""RFC 7515 §9.2.1: the compact serialisation of a JWS."""
 Authenticator = Callable[[Request, bytes], Awaitable[VerifiedNodeRequest]]
 ResolveSubject = Callable[[ClientId, str, datetime], str]
 """``resolve(client, code, now) -> citizen id``: a consumer's own pseudonym of a citizen, resolved
@@ -184,9 +190,19 @@ def build_citizen_router(
         consent_id: str,
         receipt_id: str,
         principal: Citizen,
-        format: Annotated[Literal["json", "html"], Query()] = "json",
+        format: Annotated[Literal["json", "html", "jws"], Query()] = "json",
     ) -> Response:
         found = service.receipt(principal.subject, consent_id, receipt_id, now=now())
+        if format == "jws":
+            if found.jws is None:
+                raise NotFoundError("this receipt was issued before receipts were signed")
+            return Response(
+                found.jws,
+                media_type=JWS_MEDIA_TYPE,
+                headers={
+                    "Content-Disposition": f'attachment; filename="consent-receipt-{found.id}.jws"'
+                },
+            )
         if format == "html":
             return HTMLResponse(
                 render_receipt_html(found),
@@ -196,6 +212,15 @@ def build_citizen_router(
                 },
             )
         return JSONResponse(found.model_dump(mode="json"))
+
+    @router.get("/keys")
+    def keys() -> JSONResponse:
+        """The consent service's public keys (JWK Set): anyone verifies receipts offline."""
+        return JSONResponse(
+            service.receipt_verifier.jwks(),
+            media_type="application/jwk-set+json",
+            headers={"Cache-Control": "public, max-age=300"},
+        )
 
     @router.post("/consents/{consent_id}/pause")
     def pause(consent_id: str, principal: Citizen) -> Consent:
@@ -351,4 +376,32 @@ def build_gate_router(
         counted.gate_answer("use", d.allow)
         return _answer(d.allow, d.consent_id, d.fields, d.reasons)
 
+    return router
+
+
+def build_consent_log_router(
+    service: ConsentService, log_routes: APIRouter, *, prefix: str = "/consent/v1/log"
+) -> APIRouter:
+    """The consent service's own transparency log, served like every node's (issue 15 item 4):
+    ``log_routes`` is ``audit.api.build_router`` over the log this service records into (the
+    composition root builds it: this package does not import ``audit``), re-mounted under
+    ``prefix`` with every route an audited one, so its refusals land in the consent log too.
+
+    Auditors: ``{prefix}/audit/checkpoint``, ``/audit/export``, ``/audit/entries[/{index}]``,
+    ``/audit/checkpoints``, ``/audit/consistency`` (``onceonly audit verify --node
+    https://central.example{prefix}``); citizens: ``{prefix}/me/accesses[/{index}]``, their own
+    consent history with inclusion proofs against a signed checkpoint."""
+    router = APIRouter(prefix=prefix, tags=["consent-log"], route_class=_audited_route(service))
+    for route in log_routes.routes:
+        if not isinstance(route, APIRoute):
+            raise TypeError(f"only API routes can be re-mounted, not {route!r}")
+        router.add_api_route(
+            route.path,
+            route.endpoint,
+            methods=sorted(route.methods or ()),
+            name=route.name,
+            response_model=route.response_model,
+            response_class=route.response_class,
+            status_code=route.status_code,
+        )
     return router

@@ -21,6 +21,12 @@ Verification steps (``ConsentArtefactVerifier.verify``), each failing with one o
 6. the Ed25519 signature over ``header.payload`` verifies — stops forgery and alteration;
 7. the payload parses as ``ConsentArtefactClaims`` — stops malformed claims.
 
+Receipts (``consent.receipt``) are signed with the same key as compact JWS of their own type
+(``onceonly-consent-receipt+jws``), so a receipt can never pass as an artefact nor the reverse;
+``ConsentReceiptVerifier`` (its own type) checks them offline with the public key the consent
+service publishes (``jwks()``, served at ``GET /consent/v1/keys``) — the same steps 1-6, then
+(7') the payload is a JSON object holding the Kantara form and the ISO/IEC TS 27560 record.
+
 Only this module (and ``exchange/signing.py``) may import ``cryptography`` (rule 14).
 """
 
@@ -28,8 +34,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -42,17 +50,23 @@ from exchange.signing import key_id, save_private_key
 
 __all__ = [
     "ARTEFACT_TYP",
+    "RECEIPT_TYP",
     "ConsentArtefactClaims",
     "ConsentArtefactVerifier",
     "ConsentIssuerKey",
+    "ConsentReceiptVerifier",
     "sign_compact",
     "verify_compact",
 ]
 
 ARTEFACT_TYP = "onceonly-consent+jws"
+RECEIPT_TYP = "onceonly-consent-receipt+jws"
 ALG = "EdDSA"
 MAX_ARTEFACT_BYTES = 16 * 1024
+MAX_RECEIPT_BYTES = 1024 * 1024
+"""A receipt carries the consent's whole event history: bounded, but far above an artefact."""
 _OPAQUE = "consent artefact verification failed"
+_OPAQUE_RECEIPT = "consent receipt verification failed"
 _B64U = re.compile(r"^[A-Za-z0-9_-]*$")
 
 
@@ -104,7 +118,11 @@ def sign_compact(key: ConsentIssuerKey, protected_header: bytes, payload: bytes)
 
 
 def verify_compact(
-    public_key_raw: bytes, compact: str, *, required_header: dict[str, str]
+    public_key_raw: bytes,
+    compact: str,
+    *,
+    required_header: dict[str, str],
+    max_bytes: int = MAX_ARTEFACT_BYTES,
 ) -> bytes:
     """Verify a compact EdDSA JWS whose protected header is exactly ``required_header``.
 
@@ -118,7 +136,7 @@ def verify_compact(
     except ValueError as exc:
         raise ConfigurationError("unusable Ed25519 public key") from exc
     # (1) shape: three strict base64url parts, bounded — parser confusion
-    if len(compact) > MAX_ARTEFACT_BYTES:
+    if len(compact) > max_bytes:
         raise VerificationError(_OPAQUE)
     parts = compact.split(".")
     if len(parts) != 3:
@@ -213,6 +231,15 @@ class ConsentIssuerKey:
     def verifier(self) -> ConsentArtefactVerifier:
         return ConsentArtefactVerifier.from_pem(self.public_key_pem())
 
+    def receipt_verifier(self) -> ConsentReceiptVerifier:
+        return ConsentReceiptVerifier.from_pem(self.public_key_pem())
+
+    def sign_receipt(self, document: Mapping[str, Any]) -> str:
+        """A receipt as a compact JWS: header ``{alg, kid, typ: onceonly-consent-receipt+jws}``
+        and the receipt document, both RFC 8785 canonical JSON."""
+        header = canonical_json({"alg": ALG, "kid": self.kid, "typ": RECEIPT_TYP})
+        return sign_compact(self, header, canonical_json(dict(document)))
+
     def sign_claims(self, claims: ConsentArtefactClaims) -> str:
         """The artefact: header ``{alg, kid, typ}`` and claims, both RFC 8785 canonical JSON."""
         header = canonical_json({"alg": ALG, "kid": self.kid, "typ": ARTEFACT_TYP})
@@ -256,3 +283,98 @@ class ConsentArtefactVerifier:
             return ConsentArtefactClaims.model_validate_json(payload)
         except ValidationError as exc:
             raise VerificationError(_OPAQUE) from exc
+
+
+def _raw_public(key: ed25519.Ed25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def _jwk_key(jwk: object) -> ed25519.Ed25519PublicKey:
+    """An Ed25519 public key from an RFC 8037 OKP JWK; its ``kid``, if any, must be ours."""
+    if not isinstance(jwk, dict) or jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519":
+        raise ConfigurationError("not an Ed25519 JWK (kty OKP, crv Ed25519)")
+    x = jwk.get("x")
+    if not isinstance(x, str) or not _B64U.match(x):
+        raise ConfigurationError("the JWK has no base64url x")
+    try:
+        key = ed25519.Ed25519PublicKey.from_public_bytes(b64ud(x))
+    except ValueError as exc:
+        raise ConfigurationError("unusable Ed25519 public key in the JWK") from exc
+    if "kid" in jwk and jwk["kid"] != key_id(key):
+        raise ConfigurationError("the JWK's kid is not the id of its key")
+    return key
+
+
+class ConsentReceiptVerifier:
+    """Verifies signed consent receipts offline with the consent service's public key(s).
+
+    A separate type from ``ConsentArtefactVerifier`` (another ``typ``): a receipt is evidence for
+    the citizen, never a permission a provider acts on."""
+
+    def __init__(self, keys: Sequence[ed25519.Ed25519PublicKey]) -> None:
+        if not keys:
+            raise ConfigurationError("a receipt verifier needs at least one key")
+        self._keys = {key_id(k): _raw_public(k) for k in keys}
+
+    @classmethod
+    def from_pem(cls, pem: str) -> ConsentReceiptVerifier:
+        try:
+            key = serialization.load_pem_public_key(pem.encode("ascii"))
+        except (ValueError, UnicodeEncodeError) as exc:
+            raise ConfigurationError("unusable consent service public key") from exc
+        if not isinstance(key, ed25519.Ed25519PublicKey):
+            raise ConfigurationError("the consent service public key must be Ed25519")
+        return cls([key])
+
+    @classmethod
+    def from_jwks(cls, jwks: object) -> ConsentReceiptVerifier:
+        """From a JWK Set (RFC 7517 §5) as ``GET /consent/v1/keys`` serves it."""
+        keys = jwks.get("keys") if isinstance(jwks, dict) else None
+        if not isinstance(keys, list) or not keys:
+            raise ConfigurationError("not a JWK Set with keys")
+        return cls([_jwk_key(k) for k in keys])
+
+    def jwks(self) -> dict[str, Any]:
+        """The public keys as a JWK Set (RFC 7517, OKP per RFC 8037), to publish."""
+        return {
+            "keys": [
+                {"kty": "OKP", "crv": "Ed25519", "x": b64ue(raw), "kid": kid}
+                | {"alg": ALG, "use": "sig"}
+                for kid, raw in sorted(self._keys.items())
+            ]
+        }
+
+    def verify(self, jws: str) -> dict[str, Any]:
+        """Steps 1-6 with the receipt's ``typ``, then (7') the payload is a receipt document;
+        returns it or raises one opaque ``VerificationError``."""
+        kid = _unverified_kid(jws)
+        raw = self._keys.get(kid or "")
+        if kid is None or raw is None:  # (5) a key we do not hold: another domain's, a forgery
+            raise VerificationError(_OPAQUE_RECEIPT)
+        try:
+            payload = verify_compact(
+                raw,
+                jws,
+                required_header={"alg": ALG, "kid": kid, "typ": RECEIPT_TYP},
+                max_bytes=MAX_RECEIPT_BYTES,
+            )
+            document = json.loads(payload)
+        except (VerificationError, ValueError, UnicodeDecodeError) as exc:
+            raise VerificationError(_OPAQUE_RECEIPT) from exc
+        # (7') the document: the Kantara form beside the ISO/IEC TS 27560 record
+        if not isinstance(document, dict) or not all(
+            isinstance(document.get(k), dict) for k in ("kantara", "iso27560")
+        ):
+            raise VerificationError(_OPAQUE_RECEIPT)
+        return document
+
+
+def _unverified_kid(jws: str) -> str | None:
+    """The ``kid`` a compact JWS claims, only to choose the key (the header is then pinned)."""
+    head = jws[:MAX_RECEIPT_BYTES].split(".", 1)[0]
+    try:
+        header = json.loads(_b64u_part(head))
+    except (VerificationError, ValueError, UnicodeDecodeError):
+        return None
+    kid = header.get("kid") if isinstance(header, dict) else None
+    return kid if isinstance(kid, str) else None

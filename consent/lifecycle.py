@@ -3,7 +3,7 @@
 Issue 5 "The consent" and "API". A consumer asks (``create_request``); the citizen approves
 (→ a consent is granted and its signed artefact issued) or declines; the citizen pauses, resumes
 and revokes; expiry and one-time spending happen by themselves. Every grant and change adds a
-history event and a receipt and yields an ``AuditEvent`` through the injected ``AuditSink`` in the
+history event and a signed receipt and yields an ``AuditEvent`` through the injected ``AuditSink`` in the
 same transaction (if the audit cannot be written, the change does not happen: fail closed).
 
 State machine (anything else raises ``ConflictError`` naming the consent and its status)::
@@ -51,7 +51,9 @@ from consent.artefact import (
     ConsentArtefactClaims,
     ConsentArtefactVerifier,
     ConsentIssuerKey,
+    ConsentReceiptVerifier,
 )
+from consent.iso27560 import RecordEvent
 from consent.model import (
     Consent,
     ConsentHistoryEvent,
@@ -304,6 +306,7 @@ class ConsentService:
         self._engine = engine
         self._key = issuer_key
         self._verifier: ConsentArtefactVerifier = issuer_key.verifier()
+        self._receipt_verifier = issuer_key.receipt_verifier()
         self._audit = audit
         self._node = node
         self._receipts = receipts or ReceiptContext()
@@ -315,6 +318,11 @@ class ConsentService:
     @property
     def verifier(self) -> ConsentArtefactVerifier:
         return self._verifier
+
+    @property
+    def receipt_verifier(self) -> ConsentReceiptVerifier:
+        """Verifies this service's signed receipts; its ``jwks()`` is what the service publishes."""
+        return self._receipt_verifier
 
     # --- callers' refusals and replays ---------------------------------------------------------
 
@@ -580,8 +588,19 @@ class ConsentService:
         message_id: str | None = None,
     ) -> None:
         consent = _consent(row, ConsentStatus(row.status))
+        earlier = session.execute(
+            select(ConsentHistoryRow.at, ConsentHistoryRow.action, ConsentHistoryRow.actor)
+            .where(ConsentHistoryRow.consent_id == row.id)
+            .order_by(ConsentHistoryRow.id)
+        ).all()
         receipt = build_receipt(
-            consent, action, receipt_id=str(uuid.uuid4()), issued_at=now, context=self._receipts
+            consent,
+            action,
+            receipt_id=str(uuid.uuid4()),
+            issued_at=now,
+            context=self._receipts,
+            earlier=[RecordEvent(at, HistoryAction(a), who) for at, a, who in earlier],
+            actor=actor,
         )
         session.add(
             ConsentReceiptRow(
@@ -590,6 +609,7 @@ class ConsentService:
                 action=action.value,
                 issued_at=now,
                 document=receipt.document,
+                jws=self._key.sign_receipt(receipt.document),  # issue 15 item 5
             )
         )
         session.add(
@@ -738,6 +758,7 @@ class ConsentService:
             action=HistoryAction(row.action),
             issued_at=row.issued_at,
             document=row.document,
+            jws=row.jws,
         )
 
     # --- the gate (exchange.ports.ConsentGate) -------------------------------------------------

@@ -243,13 +243,16 @@ class ConsentUse(_Wire):
 
 
 class Receipt(_Wire):
-    """A consent receipt (ISO/IEC TS 27560 / Kantara CR v1.1 fields) for one grant or change."""
+    """A consent receipt for one grant or change: ``document`` holds the Kantara CR v1.1 form
+    (``kantara``) and the ISO/IEC TS 27560 record (``iso27560``); ``jws`` is the document signed
+    by the consent service (``None`` only for receipts issued before receipts were signed)."""
 
     id: str
     consent_id: str
     action: HistoryAction
     issued_at: AwareDatetime
     document: dict[str, Any]
+    jws: str | None = None
 
 
 class GateRequest(_Wire):

@@ -1,13 +1,21 @@
-"""Consent receipts (ISO/IEC TS 27560:2023, Kantara Consent Receipt Specification v1.1).
+"""Consent receipts: the Kantara Consent Receipt v1.1 form beside the ISO/IEC TS 27560:2023 record.
 
-Issue 5: the citizen gets a receipt for each grant and each change of a consent, as JSON and as a
-page they can save. The JSON uses the Kantara CR v1.1 field names (``version``, ``jurisdiction``,
-``consentTimestamp``, ``collectionMethod``, ``consentReceiptID``, ``piiPrincipalId``,
-``piiControllers``, ``policyUrl``, ``services[].purposes[]`` with ``purposeCategory``,
-``consentType``, ``piiCategory``, ``primaryPurpose``, ``termination``, ``thirdPartyDisclosure``,
-``thirdPartyName``, then ``sensitive`` and ``spiCat``), plus one extension object ``onceonly`` with
-what TS 27560 records beyond v1.1 (the event, status, mode, window, retention, legal text version,
-the purpose in both languages).
+Issue 5 and issue 15 item 5: the citizen gets a receipt for each grant and each change of a
+consent. Its document holds two standard forms side by side, each complete and without private
+extensions:
+
+* ``kantara`` — the Kantara CR v1.1 fields (``version``, ``jurisdiction``, ``consentTimestamp``,
+  ``collectionMethod``, ``consentReceiptID``, ``language``, ``piiPrincipalId``,
+  ``piiControllers``, ``policyUrl``, ``services[].purposes[]`` with ``purposeCategory``,
+  ``consentType``, ``piiCategory``, ``primaryPurpose``, ``termination``, ``thirdPartyDisclosure``,
+  ``thirdPartyName``, then ``sensitive`` and ``spiCat``);
+* ``iso27560`` — the full TS 27560 consent record (``consent.iso27560``): header, processing,
+  parties and every event so far.
+
+The consent service signs the document as a compact JWS (``ConsentIssuerKey.sign_receipt``,
+``typ`` ``onceonly-consent-receipt+jws``); anyone verifies it offline with the service's published
+key (``ConsentReceiptVerifier``, ``onceonly consent verify-receipt``). The receipt is served as
+JSON (with its ``jws``), as the bare JWS, and as a page the citizen can save.
 
 Trust assumption: the receipt is built from a consent the store holds; the HTML page is rendered by
 Jinja2 with autoescaping on, so no consent text (which came from a consumer) can inject markup.
@@ -15,7 +23,7 @@ Jinja2 with autoescaping on, so no consent text (which came from a consumer) can
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -23,9 +31,16 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from consent.iso27560 import RecordEvent, RecordParties, build_record
 from consent.model import Consent, HistoryAction, Receipt
 
-__all__ = ["KANTARA_VERSION", "ReceiptContext", "build_receipt", "render_receipt_html"]
+__all__ = [
+    "KANTARA_VERSION",
+    "ReceiptContext",
+    "build_receipt",
+    "receipt_document",
+    "render_receipt_html",
+]
 
 KANTARA_VERSION = "KI-CR-v1.1.0"
 _TEMPLATES = Path(__file__).parent / "templates"
@@ -39,9 +54,31 @@ class ReceiptContext:
     language: str = "ja"
     policy_url: str = "https://onceonly.example/consent/policy"
     collection_method: str = "citizen portal: approval of a consumer's consent request"
+    bank_id: str = "onceonly-information-bank"
     bank_name: str = "onceonly information bank (情報銀行)"
+    bank_address: str = "onceonly central operator, see https://onceonly.example/consent/policy"
+    withdrawal_method: str = (
+        "citizen portal (同意の管理 / consents: revoke) or "
+        "POST /consent/v1/consents/{id}/revoke with the citizen's token"
+    )
     controller_names: Mapping[str, str] = field(default_factory=dict)
-    """Display names of consumers by client id; the client id itself is used otherwise."""
+    """Display names of consumers (and provider members) by id; the id itself otherwise."""
+    party_addresses: Mapping[str, str] = field(default_factory=dict)
+    """Postal addresses of parties by id; otherwise the record names their registry entry."""
+
+    def parties(self) -> RecordParties:
+        return RecordParties(
+            bank_id=self.bank_id,
+            bank_name=self.bank_name,
+            bank_address=self.bank_address,
+            policy_url=self.policy_url,
+            language=self.language,
+            jurisdiction=self.jurisdiction,
+            collection_method=self.collection_method,
+            withdrawal_method=self.withdrawal_method,
+            controller_names=self.controller_names,
+            party_addresses=self.party_addresses,
+        )
 
 
 def _termination(consent: Consent) -> str:
@@ -52,15 +89,9 @@ def _termination(consent: Consent) -> str:
     return f"{limit}on revocation, or at {until}, whichever comes first"
 
 
-def build_receipt(
-    consent: Consent,
-    action: HistoryAction,
-    *,
-    receipt_id: str,
-    issued_at: datetime,
-    context: ReceiptContext,
-) -> Receipt:
-    """The receipt for ``action`` on ``consent`` as it stands after the action."""
+def _kantara(
+    consent: Consent, receipt_id: str, issued_at: datetime, context: ReceiptContext
+) -> dict[str, Any]:
     controller = context.controller_names.get(consent.client, consent.client)
     purpose = {
         "purpose": consent.purpose.text_en,
@@ -72,7 +103,7 @@ def build_receipt(
         "thirdPartyDisclosure": True,
         "thirdPartyName": controller,
     }
-    document: dict[str, Any] = {
+    return {
         "version": KANTARA_VERSION,
         "jurisdiction": context.jurisdiction,
         "consentTimestamp": int(issued_at.timestamp()),
@@ -92,22 +123,26 @@ def build_receipt(
         "services": [{"service": s, "purposes": [purpose]} for s in consent.services],
         "sensitive": False,
         "spiCat": [],
-        "onceonly": {
-            "consentId": consent.id,
-            "event": action.value,
-            "consentStatus": consent.status.value,
-            "mode": consent.mode.value,
-            "maxUses": consent.max_uses,
-            "minIntervalSeconds": consent.min_interval_s,
-            "validFrom": consent.valid_from.isoformat(),
-            "validUntil": consent.valid_until.isoformat(),
-            "dataRetentionDays": consent.data_retention_days,
-            "legalTextVersion": consent.legal_text_version,
-            "purposeCode": consent.purpose.code,
-            "purposeTextJa": consent.purpose.text_ja,
-            "purposeTextEn": consent.purpose.text_en,
-            "informationBank": context.bank_name,
-        },
+    }
+
+
+def build_receipt(
+    consent: Consent,
+    action: HistoryAction,
+    *,
+    receipt_id: str,
+    issued_at: datetime,
+    context: ReceiptContext,
+    earlier: Sequence[RecordEvent] = (),
+    actor: str = "system",
+) -> Receipt:
+    """The (unsigned) receipt for ``action`` by ``actor`` on ``consent`` as it stands after the
+    action; ``earlier`` are the consent's events before it, oldest first (the TS 27560 record
+    lists them all)."""
+    events = [*earlier, RecordEvent(issued_at, action, actor)]
+    document: dict[str, Any] = {
+        "kantara": _kantara(consent, receipt_id, issued_at, context),
+        "iso27560": build_record(consent, events, receipt_id=receipt_id, parties=context.parties()),
     }
     return Receipt(
         id=receipt_id,
@@ -118,6 +153,15 @@ def build_receipt(
     )
 
 
+def receipt_document(document: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored document in today's shape: one written before receipts carried the TS 27560
+    record (Kantara fields at the top, a private ``onceonly`` object) keeps its Kantara form and
+    has no record."""
+    if "kantara" in document:
+        return dict(document)
+    return {"kantara": {k: v for k, v in document.items() if k != "onceonly"}, "iso27560": None}
+
+
 def _environment() -> Environment:
     return Environment(
         loader=FileSystemLoader(str(_TEMPLATES)),
@@ -126,7 +170,14 @@ def _environment() -> Environment:
     )
 
 
-def render_receipt_html(receipt: Receipt) -> str:
-    """A self-contained printable page (no external resources) in Japanese and English."""
+def render_receipt_html(receipt: Receipt, *, jws_url: str | None = None) -> str:
+    """A self-contained printable page (no external resources) in Japanese and English, with the
+    signed form (the JWS, and ``jws_url`` to download it when given)."""
     template = _environment().get_template("receipt.html")
-    return template.render(receipt=receipt, doc=receipt.document, ext=receipt.document["onceonly"])
+    document = receipt_document(receipt.document)
+    return template.render(
+        receipt=receipt,
+        kantara=document["kantara"],
+        record=document["iso27560"],
+        jws_url=jws_url,
+    )

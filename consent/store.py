@@ -135,6 +135,8 @@ class ConsentReceiptRow(ConsentBase):
     action: Mapped[str] = mapped_column(String(16))
     issued_at: Mapped[datetime] = mapped_column(UtcDateTime)
     document: Mapped[dict[str, Any]] = mapped_column(JSON)
+    jws: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """The document signed by the consent service (compact JWS); NULL before consent_0004."""
 
 
 class SeenRequestRow(ConsentBase):

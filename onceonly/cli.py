@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import typer.core
@@ -52,6 +52,9 @@ from exchange.registry_admin import RegistryAdmin
 from exchange.sealing import SealingPublicKey
 from exchange.settings import Settings
 from onceonly.wiring import COMPONENT_BRANCHES, provision_audit_key, provision_consent_keys
+
+if TYPE_CHECKING:
+    from consent.artefact import ConsentReceiptVerifier
 
 __all__ = ["AUDIT_TOKEN_ENV", "app", "main"]
 
@@ -96,6 +99,10 @@ pseudonyms_app = typer.Typer(
     no_args_is_help=True, help="The pseudonym translator's store (central operator)"
 )
 app.add_typer(pseudonyms_app, name="pseudonyms")
+consent_app = typer.Typer(
+    no_args_is_help=True, help="The consent service: its public key, signed receipts offline"
+)
+app.add_typer(consent_app, name="consent")
 console = Console()
 
 DataDir = Annotated[
@@ -700,6 +707,84 @@ def audit_verify_record(
     console.print(
         f"[green]verified[/green]: complete up to checkpoint {cp.size} — {covered} entries about "
         f"you, none missing ({len(proofs)} subject ids)"
+    )
+
+
+# --- consent ------------------------------------------------------------------------------------
+
+
+@consent_app.command("key")
+def consent_key(data_dir: DataDir = None) -> None:
+    """Print the consent service's public key as a JWK Set (what GET /consent/v1/keys serves),
+    to publish or hand out. Only reads the key: a missing key is an error, never a new key."""
+    from onceonly.wiring import consent_issuer_key
+
+    jwks = consent_issuer_key(_settings(data_dir)).receipt_verifier().jwks()
+    typer.echo(json.dumps(jwks, indent=2))
+
+
+def _receipt_jws(text: str) -> str:
+    """The compact JWS in a receipt file: the JWS itself (``?format=jws``) or the receipt as
+    JSON with its ``jws`` (``GET …/receipts/{id}``)."""
+    text = text.strip()
+    if not text.startswith("{"):
+        return text
+    try:
+        jws = json.loads(text).get("jws")
+    except (ValueError, AttributeError) as exc:
+        raise ClientError("the receipt file is neither a JWS nor a receipt as JSON") from exc
+    if not isinstance(jws, str):
+        raise ClientError("the receipt carries no signature (issued before receipts were signed)")
+    return jws
+
+
+def _receipt_verifier(key: Path) -> ConsentReceiptVerifier:
+    from consent.artefact import ConsentReceiptVerifier
+
+    text = key.read_text(encoding="utf-8")
+    if text.lstrip().startswith("-----BEGIN"):
+        return ConsentReceiptVerifier.from_pem(text)
+    try:
+        return ConsentReceiptVerifier.from_jwks(json.loads(text))
+    except ValueError as exc:
+        raise ClientError(f"{key} is neither a PEM public key nor a JWK Set") from exc
+
+
+@consent_app.command("verify-receipt")
+def consent_verify_receipt(
+    receipt: Annotated[
+        Path,
+        typer.Argument(
+            help="the signed receipt: its JWS (?format=jws) or the receipt JSON", show_default=False
+        ),
+    ],
+    key: Annotated[
+        Path,
+        typer.Option(
+            help="the consent service's public key: a JWK Set (GET /consent/v1/keys, "
+            "`onceonly consent key`) or a PEM",
+            show_default=False,
+        ),
+    ],
+) -> None:
+    """Verify a consent receipt offline with the consent service's public key alone; print what
+    it records. Exit 0 only when the signature holds."""
+    from exchange.errors import VerificationError
+
+    verifier = _receipt_verifier(key)
+    try:
+        document = verifier.verify(_receipt_jws(receipt.read_text(encoding="utf-8")))
+    except VerificationError:
+        err.print("[red]NOT verified[/red]: the signature does not hold for this key")
+        raise typer.Exit(1) from None
+    record = document["iso27560"]
+    events = record.get("events") or [{}]
+    console.print(
+        f"[green]verified[/green]: receipt {escape(str(record.get('receipt_id')))} of consent "
+        f"{escape(str(record.get('record_id')))} ({escape(str(events[-1].get('event_state')))} "
+        f"at {escape(str(events[-1].get('event_time')))}), ISO/IEC TS 27560 and Kantara CR "
+        f"{escape(str(document['kantara'].get('version')))}",
+        soft_wrap=True,
     )
 
 

@@ -61,6 +61,7 @@ from onceonly.wiring import (
     build_node_parts,
     central_app,
     consent_issuer_key,
+    consent_log,
     consent_service,
     provision_audit_key,
     provision_consent_keys,
@@ -400,7 +401,7 @@ def portal_app(settings: Settings, desk: FastAPI | None, *, citizens: int = 5) -
     """The citizens' and auditors' portal over the local federation's services and logs, in
     this process (``onceonly portal`` runs it apart, over HTTP: ``portal.remote``)."""
     from portal import build_portal
-    from portal.local import LocalConsent, LocalDesk, local_logs
+    from portal.local import LocalConsent, LocalDesk, LocalLog, local_logs
 
     logs = {}
     for member in _members():
@@ -431,11 +432,14 @@ def portal_app(settings: Settings, desk: FastAPI | None, *, citizens: int = 5) -
         audience=settings.jwt_audience,
     )
     subjects = AgencyAliases(pseudonyms, {})
+    consents = consent_log(settings)
     return build_portal(
         settings,
         consent=LocalConsent(
-            desk.state.consents if desk is not None else consent_service(settings)
+            desk.state.consents if desk is not None else consent_service(settings, audit=consents)
         ),
+        # The consent service's own log: the citizen's consent history, each entry with its proof.
+        consent_log=LocalLog(consents.log, lambda principal: {principal.subject}),
         logs=local_logs(logs, _with_own_id(subjects_of(subjects, pseudonym_agencies(settings)))),
         issuer=issuer,
         verifier=issuer.verifier(),

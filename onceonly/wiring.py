@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from sqlalchemy import Engine
@@ -33,13 +34,13 @@ from audit.api import build_router as build_audit_router
 from audit.checkpoint import NoteSigner
 from audit.log import TransparencyLog
 from audit.sink import LogSink
-from consent.api import build_citizen_router, build_gate_router
+from consent.api import build_citizen_router, build_consent_log_router, build_gate_router
 from consent.artefact import ConsentIssuerKey
 from consent.lifecycle import ConsentService
 from consent.metrics import ConsentMetrics
 from consent.registry_gate import RegistryConsentGate
 from exchange.central_config import VerifiedRegistry
-from exchange.db import make_engine, runs_inline, sqlite_writer_turn, upgrade
+from exchange.db import as_unavailable, make_engine, runs_inline, upgrade
 from exchange.errors import ConfigurationError, OnceOnlyError
 from exchange.identifiers import ClientId, MemberId
 from exchange.keystore import DEV_ISSUER_COMMAND, INIT_COMMAND, KeyStore, member_command
@@ -64,7 +65,9 @@ __all__ = [
     "build_central_routers",
     "build_node_parts",
     "central_app",
+    "checkpoint_publisher",
     "consent_issuer_key",
+    "consent_log",
     "consent_service",
     "provision_audit_key",
     "provision_consent_keys",
@@ -266,18 +269,49 @@ def consent_issuer_key(settings: Settings) -> ConsentIssuerKey:
     return ConsentIssuerKey.load(path, issuer=CONSENT_ISSUER)
 
 
-def consent_service(settings: Settings, engine: Engine | None = None) -> ConsentService:
+def consent_log(settings: Settings) -> LogSink:
+    """The consent service's transparency log (grants, changes, uses, refusals) with its own key
+    (``audit/consent-service.skey``, made by ``onceonly keys init``, only loaded here), in a
+    database of its own: on SQLite the service's writes and the log's never wait on each other."""
+    audit_engine = make_engine(database_url(settings, "consent-audit"))
+    upgrade(audit_engine, COMPONENT_BRANCHES["consent-audit"])
+    return LogSink(audit_log(settings, audit_engine, CONSENT_LOG), audit_engine)
+
+
+def consent_service(
+    settings: Settings, engine: Engine | None = None, *, audit: LogSink | None = None
+) -> ConsentService:
+    """The consent service; it records each change inside its own transaction (fail closed) into
+    ``audit`` (default: ``consent_log(settings)``)."""
     engine = engine or make_engine(database_url(settings, "consent"))
     upgrade(engine, COMPONENT_BRANCHES["consent"])
     key = consent_issuer_key(settings)
-    # The service records each change inside its own transaction (fail closed); the log lives in
-    # a database of its own so that, on SQLite, the two writers never wait on each other.
-    audit_engine = make_engine(database_url(settings, "consent-audit"))
-    upgrade(audit_engine, COMPONENT_BRANCHES["consent-audit"])
-    log = audit_log(settings, audit_engine, CONSENT_LOG)
     return ConsentService(
-        engine, issuer_key=key, audit=LogSink(log, audit_engine), node=CONSENT_LOG
+        engine, issuer_key=key, audit=audit or consent_log(settings), node=CONSENT_LOG
     )
+
+
+def checkpoint_publisher(
+    sink: LogSink, interval_s: float
+) -> Callable[[], Coroutine[Any, Any, None]]:
+    """A background job: every ``interval_s``, a signed checkpoint if the log grew. A database
+    that cannot be used skips a round (the next one publishes), never ends the job."""
+
+    async def publish() -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await asyncio.to_thread(sink.publish_checkpoint, datetime.now(UTC))
+            except OnceOnlyError:
+                continue
+            except Exception as exc:
+                if as_unavailable(exc) is None:
+                    raise
+                _log.warning(
+                    "checkpoint skipped: the database of log %s is unavailable", sink.log.log_id
+                )
+
+    return publish
 
 
 def require_node_keys(settings: Settings, member: MemberId) -> None:
@@ -353,12 +387,7 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
     engine = make_engine(database_url(settings, f"node-{str(member).replace('/', '_')}"))
     upgrade(engine, COMPONENT_BRANCHES["node"])
     log = audit_log(settings, engine, str(member))
-
-    async def publish_checkpoints() -> None:
-        while True:
-            await asyncio.sleep(settings.checkpoint_interval_s)
-            with contextlib.suppress(OnceOnlyError):
-                await asyncio.to_thread(_publish, log, engine)
+    sink = LogSink(log, engine)
 
     feed = PolicyFeed(engine_from_settings(settings))
     engines = (engine,) if pseudonym_engine is None else (engine, pseudonym_engine)
@@ -368,7 +397,7 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
         sealer=sealer,
         policy=feed.engine,
         consent=gate,
-        audit=LogSink(log, engine),
+        audit=sink,
         routers=(
             build_audit_router(
                 log,
@@ -382,7 +411,7 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
             *((sealer.on_registry,) if sealer else ()),
             *((citizen_codes.on_registry,) if citizen_codes else ()),
         ),
-        background=(publish_checkpoints,),
+        background=(checkpoint_publisher(sink, settings.checkpoint_interval_s),),
         engine=engine,
         inline=runs_inline(*engines, mode=settings.db_work)
         and isinstance(feed.engine, EmbeddedRegoEngine),
@@ -396,20 +425,19 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
     )
 
 
-def _publish(log: TransparencyLog, engine: Engine) -> None:
-    with sqlite_writer_turn(engine):
-        log.publish_checkpoint(datetime.now(UTC))
-
-
 def build_central_routers(
     settings: Settings,
     registry: Callable[[datetime], VerifiedRegistry],
     metrics: ConsentMetrics | None = None,
+    *,
+    log: LogSink | None = None,
 ) -> list[APIRouter]:
-    """The consent service (citizen API and the nodes' gate) and the pseudonym translator beside
-    the central server; ``metrics`` (registered on the central server's ``/metrics``) counts the
-    consent service's work."""
-    service = consent_service(settings)
+    """The consent service (citizen API, the nodes' gate, its public keys and its own log for
+    auditors and citizens) and the pseudonym translator beside the central server; ``metrics``
+    (registered on the central server's ``/metrics``) counts the consent service's work; ``log``
+    is the consent log (default: ``consent_log(settings)``)."""
+    log = log or consent_log(settings)
+    service = consent_service(settings, audit=log)
 
     async def authenticate_node(request: Request, body: bytes) -> VerifiedNodeRequest:
         root = request.scope.get("root_path", "")
@@ -430,36 +458,44 @@ def build_central_routers(
     with contextlib.suppress(OnceOnlyError):  # no registry yet: nothing names a translator
         view = registry(datetime.now(UTC))
     translator = pseudonym_translator(settings, view)
+    tokens = token_verifier(settings)
     routers = [
         build_citizen_router(
             service,
-            token_verifier(settings),
+            tokens,
             authenticate_consumer=authenticate_node,
             # Consumers may name the citizen by their own code: the translator beside it resolves.
             resolve_subject=translator.citizen_of if translator is not None else None,
             metrics=metrics,
         ),
         build_gate_router(service, authenticate_node, metrics=metrics),
+        # The consent log like any node's: auditors verify it, citizens see their history.
+        build_consent_log_router(service, build_audit_router(log.log, tokens)),
     ]
     if translator is not None:
-        citizens = token_verifier(settings)
         routers.append(
             build_translator_router(
                 translator,
                 authenticate_node,
                 registry,
                 lambda: datetime.now(UTC),
-                citizen_of=lambda token: citizens.verify(token).subject,
+                citizen_of=lambda token: tokens.verify(token).subject,
             )
         )
     return routers
 
 
 def central_app(settings: Settings) -> FastAPI:
-    """The central server with the consent service beside it, its metrics on ``/metrics``."""
+    """The central server with the consent service beside it, its metrics on ``/metrics``, and
+    the consent log's checkpoints published every ``checkpoint_interval_s``."""
     metrics = ConsentMetrics()
-    return create_central_app(
-        settings,
-        routers=lambda view: build_central_routers(settings, view, metrics),
-        collectors=[metrics],
-    )
+    jobs: list[Callable[[], Coroutine[Any, Any, None]]] = []
+
+    def routers(view: Callable[[datetime], VerifiedRegistry]) -> list[APIRouter]:
+        # Built once the kernel's own keys are checked (a missing instance is named first); the
+        # publisher joins ``jobs`` before the app starts, which is when they are read.
+        log = consent_log(settings)
+        jobs.append(checkpoint_publisher(log, settings.checkpoint_interval_s))
+        return build_central_routers(settings, view, metrics, log=log)
+
+    return create_central_app(settings, routers=routers, collectors=[metrics], background=jobs)

@@ -81,6 +81,7 @@ from portal.ports import (
     Caller,
     CitizenRecord,
     ConsentBackend,
+    ConsentLog,
     LogRecord,
     ProcedureDesk,
     ProvenEntry,
@@ -109,6 +110,8 @@ LANG_COOKIE_MAX_AGE_S = 365 * 24 * 3600
 MAX_TIMELINE = 200
 """Entries per log shown in one timeline or search page."""
 MAX_CHART_ENTRIES = 20_000
+CONSENT_LOG_NAME = "consent-service"
+"""The consent log's name on the consent history page (its log id)."""
 MAX_CHECKPOINT_HISTORY = 50
 MAX_FORM_FIELD = 256
 PROCEDURE_REFRESH_S = 3
@@ -292,11 +295,13 @@ def build_portal(
     clock: Callable[[], datetime] = utc_now,
     secure_cookies: bool = True,
     public_origin: str | None = None,
+    consent_log: ConsentLog | None = None,
 ) -> FastAPI:
     """The portal app. ``logs`` maps a node's member id to its access log (``portal.local`` or
     ``portal.remote``); ``demo_citizens`` lists ``(subject, display name)`` offered on the
     development sign-in page (only when ``issuer`` is given); with ``public_origin``, a POST
-    whose ``Origin`` header names another origin is refused like one without the CSRF token."""
+    whose ``Origin`` header names another origin is refused like one without the CSRF token;
+    ``consent_log`` (the consent service's log, its key pinned) adds the consent history page."""
     secret = (
         settings.portal_secret.get_secret_value().encode()
         if settings.portal_secret is not None
@@ -362,6 +367,7 @@ def build_portal(
                 else None
             ),
             "procedures_available": procedures is not None,
+            "consent_history_available": consent_log is not None,
             "flash": request.query_params.get("done"),
         }
         base.update(context)
@@ -547,6 +553,28 @@ def build_portal(
     app.post("/consents/{consent_id}/pause", name="consent_pause")(_consent_action("pause"))
     app.post("/consents/{consent_id}/resume", name="consent_resume")(_consent_action("resume"))
 
+    @app.get("/consents/history", name="consent_history")
+    def consent_history_page(request: Request) -> HTMLResponse:
+        """Every change and use of the caller's consents, from the consent log, each with its
+        proof checked here against the pinned consent log key (``verify_proven``)."""
+        caller = citizen(request)
+        if consent_log is None:
+            raise NotFoundError("no consent log is configured")
+        # The completeness proof first: a checkpoint it signs covers every entry listed after.
+        complete = verify_complete(
+            CONSENT_LOG_NAME,
+            consent_log.my_record(caller, limit=MAX_TIMELINE),
+            consent_log.verifier,
+        )
+        entries = consent_log.my_proven_entries(caller, limit=MAX_TIMELINE)
+        rows = [
+            (_proven_row(CONSENT_LOG_NAME, e), verify_proven(e, consent_log.verifier))
+            for e in entries
+        ]
+        rows.sort(key=lambda r: (r[0].time or datetime.min.replace(tzinfo=UTC), r[0].index))
+        rows.reverse()
+        return render(request, "consent_history.html", rows=rows, completeness=[complete])
+
     @app.get("/consents/{consent_id}/revoke", name="consent_revoke_confirm")
     def revoke_confirm(request: Request, consent_id: str) -> HTMLResponse:
         item = consent.get_consent(citizen(request), consent_id)
@@ -573,7 +601,8 @@ def build_portal(
         receipts = consent.receipts(citizen(request), consent_id)
         if not receipts:
             raise NotFoundError("no receipt")
-        html = render_receipt_html(receipts[-1])
+        jws_url = local_url(request, "consent_receipt_jws", consent_id=consent_id)
+        html = render_receipt_html(receipts[-1], jws_url=str(jws_url))
         # The receipt is a self-contained page with one inline <style>: allow exactly that style
         # by its hash, nothing else (CSP level 2 hash source).
         hashes = " ".join(
@@ -582,6 +611,23 @@ def build_portal(
         )
         csp = CSP.replace("style-src 'self'", f"style-src 'self' {hashes}".rstrip())
         return HTMLResponse(html, headers={"Content-Security-Policy": csp})
+
+    @app.get("/consents/{consent_id}/receipt.jws", name="consent_receipt_jws")
+    def receipt_jws(request: Request, consent_id: str) -> Response:
+        """The latest receipt as the consent service signed it (verify it offline with
+        ``onceonly consent verify-receipt``)."""
+        receipts = consent.receipts(citizen(request), consent_id)
+        if not receipts or receipts[-1].jws is None:
+            raise NotFoundError("no signed receipt")
+        return Response(
+            receipts[-1].jws,
+            media_type="application/jose",
+            headers={
+                "Content-Disposition": (
+                    f'attachment; filename="consent-receipt-{receipts[-1].id}.jws"'
+                )
+            },
+        )
 
     # --- citizens: who accessed my data --------------------------------------------------------
 

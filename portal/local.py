@@ -72,7 +72,8 @@ def proven(log: TransparencyLog, index: int) -> ProvenEntry:
 
 
 class LocalLog:
-    """``portal.ports.AccessLog`` over a ``TransparencyLog`` in this process."""
+    """``portal.ports.AccessLog`` (and ``ConsentLog``) over a ``TransparencyLog`` in this
+    process."""
 
     def __init__(
         self, log: TransparencyLog, subjects_of: Callable[[Principal], Collection[str]]
@@ -99,6 +100,15 @@ class LocalLog:
             completeness,
             truncated=page.next_cursor is not None,
         )
+
+    def my_proven_entries(self, caller: Caller, *, limit: int) -> list[ProvenEntry]:
+        """``portal.ports.ConsentLog``: the caller's entries, each against the latest checkpoint
+        (pending while none covers it yet)."""
+        subjects = self._subjects(caller)
+        if not subjects:
+            return []
+        page = self._log.search(EntryQuery(subjects=subjects), limit=limit)
+        return [proven(self._log, e.index) for e in page.entries]
 
     def my_entry(self, caller: Caller, index: int) -> ProvenEntry:
         entry = self._log.entry(index)

@@ -1,5 +1,5 @@
-"""What the portal needs of the services behind it: the consent service, each node's access log
-and the one-stop desk (issue 13 "No component opens another component's database").
+"""What the portal needs of the services behind it: the consent service and its log, each node's
+access log and the one-stop desk (issue 13 "No component opens another component's database").
 
 Each port has two implementations: in-process (``portal.local``: ``onceonly serve`` and the
 tests) and over HTTP (``portal.remote``: ``onceonly portal``, which opens no database). Every call
@@ -28,6 +28,7 @@ __all__ = [
     "AccessLog",
     "Caller",
     "ConsentBackend",
+    "ConsentLog",
     "LogRecord",
     "ProcedureDesk",
     "ProvenEntry",
@@ -137,6 +138,25 @@ class AccessLog(Protocol):
         ...
 
     def consistency_proof(self, caller: Caller, first: int, second: int) -> list[bytes]: ...
+
+
+class ConsentLog(Protocol):
+    """The consent service's own transparency log (``/consent/v1/log``, audit/api.py's routes):
+    the citizen's consent history — grants, changes, uses, refusals — each with its proof."""
+
+    @property
+    def verifier(self) -> NoteVerifier:
+        """The consent log's key as the portal pins it (``onceonly audit key consent-service``)."""
+        ...
+
+    def my_proven_entries(self, caller: Caller, *, limit: int) -> list[ProvenEntry]:
+        """Entries about the caller, oldest first, at most ``limit``, each with its inclusion
+        proof and the signed checkpoint it is against (unverified: the portal checks them)."""
+        ...
+
+    def my_record(self, caller: Caller, *, limit: int) -> CitizenRecord:
+        """The caller's entries with the log's completeness proof (as ``AccessLog.my_record``)."""
+        ...
 
 
 class ProcedureDesk(Protocol):

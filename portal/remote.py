@@ -2,7 +2,7 @@
 
 * consent: the consent service's citizen API (``consent/api.py``, ``/consent/v1/…``);
 * access logs: each node's citizen and auditor routes (``audit/api.py``, ``/me/accesses…``,
-  ``/audit/…``);
+  ``/audit/…``), and the consent service's own log under ``/consent/v1/log`` (the same routes);
 * procedures: the one-stop desk's API (``procedures/api.py``, ``/procedures…``).
 
 Every call forwards the signed-in person's bearer token, so each service applies its own
@@ -194,7 +194,8 @@ def _b64(text: Any) -> bytes:
 
 
 class RemoteLog:
-    """``portal.ports.AccessLog`` over one node's audit and citizen routes."""
+    """``portal.ports.AccessLog`` (and ``ConsentLog``) over one log's audit and citizen routes:
+    a node's, or the consent service's at ``{consent_url}/consent/v1/log``."""
 
     def __init__(self, http: httpx.Client, base_url: str, verifier: NoteVerifier) -> None:
         self._api = _Service(http, base_url, "node")
@@ -236,6 +237,27 @@ class RemoteLog:
                 break
         proof = completeness if isinstance(completeness, dict) else None
         return CitizenRecord(found, proof, truncated=cursor is not None)
+
+    def my_proven_entries(self, caller: Caller, *, limit: int) -> list[ProvenEntry]:
+        found: list[ProvenEntry] = []
+        cursor: int | None = None
+        while len(found) < limit:
+            params: dict[str, Any] = {"limit": min(limit - len(found), MAX_PAGE_SIZE)}
+            if cursor is not None:
+                params["cursor"] = cursor
+            body = self._api.json("GET", "/me/accesses", caller, params=params)
+            try:
+                checkpoint = body.get("checkpoint")
+                found += [
+                    self._proven(int(e["index"]), e | {"checkpoint": checkpoint})
+                    for e in body["accesses"]
+                ]
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise TransportError("the node answered something unexpected") from exc
+            cursor = self._cursor(body)
+            if cursor is None:
+                break
+        return found
 
     def _proven(self, index: int, body: Any) -> ProvenEntry:
         """The entry as the node sent it, bound to the index that was asked for: the proof is
@@ -394,9 +416,15 @@ def create_portal_app(settings: PortalSettings) -> tuple[FastAPI, Callable[[], N
         verifier = issuer.verifier()
     else:  # load_portal_settings refuses this; a programming error otherwise
         raise ConfigurationError("no token verifier configured")
+    consent_log_key = settings.consent_log_verifier()
     app = build_portal(
         settings,
         consent=RemoteConsent(http, settings.consent_url),
+        consent_log=(
+            RemoteLog(http, settings.consent_url + "/consent/v1/log", consent_log_key)
+            if consent_log_key is not None
+            else None
+        ),
         logs={n.member: RemoteLog(http, n.url, n.verifier()) for n in settings.nodes},
         issuer=issuer,
         verifier=verifier,

@@ -9,6 +9,8 @@ Read from ``ONCEONLY_PORTAL_*`` environment variables and, optionally, a TOML fi
     public_origin = "https://portal.example"       # POSTs from any other origin are refused
     dev_issuer_key_file = "/srv/onceonly/dev-issuer.key"   # the demo's sign-in
 
+    consent_log_key = "onceonly.example/consent-service/audit+…"   # onceonly audit key consent-service
+
     [[nodes]]
     member = "JP/GOV/132098"
     url = "https://node.machida.example"
@@ -85,6 +87,9 @@ class PortalSettings(BaseSettings):
 
     consent_url: str
     """Base URL of the consent service (the central server), without ``/consent/v1``."""
+    consent_log_key: str | None = None
+    """The consent log's note verifier key (``onceonly audit key consent-service``): pinned, it
+    turns on the citizen's consent history page (``/consent/v1/log``), each entry verified."""
     nodes: list[NodeSettings] = Field(min_length=1)
     desk_url: str | None = None
     """Base URL of the one-stop desk (its ``/procedures`` API); unset hides procedures."""
@@ -105,6 +110,16 @@ class PortalSettings(BaseSettings):
     timeout_s: float = Field(default=10.0, gt=0, le=120)
 
     _check_consent = field_validator("consent_url")(_http_url)
+
+    @field_validator("consent_log_key")
+    @classmethod
+    def _parse_consent_log_key(cls, value: str | None) -> str | None:
+        return None if value is None else NodeSettings._parse_key(value)
+
+    def consent_log_verifier(self) -> NoteVerifier | None:
+        return (
+            None if self.consent_log_key is None else NoteVerifier.from_vkey(self.consent_log_key)
+        )
 
     @field_validator("desk_url", "public_origin")
     @classmethod

@@ -6,15 +6,18 @@ validity, so nodes refreshing every minute never hold an expired one while the c
 
 ``/healthz`` is liveness (no database), ``/readyz`` readiness (the database answers), ``/metrics``
 the process, registry and database-unavailability metrics plus the collectors of the routers
-served beside it (the consent service's).
+served beside it (the consent service's). ``background`` jobs of those routers (the consent log's
+checkpoint publisher) run while the app does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from datetime import datetime
+from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import Response
@@ -106,6 +109,7 @@ def create_central_app(
     routers: Callable[[Callable[[datetime], VerifiedRegistry]], Sequence[APIRouter]] | None = None,
     collectors: Sequence[Collector] = (),
     clock: Callable[[], datetime] = utc_now,
+    background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
 ) -> FastAPI:
     keys = KeyStore(settings.data_dir)
     instance = keys.instance()
@@ -137,7 +141,18 @@ def create_central_app(
         central_url=settings.central_url,
         on_signed=signed.inc,
     )
-    app = FastAPI(title="onceonly central server", docs_url=None, redoc_url=None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        tasks = [asyncio.create_task(job()) for job in background]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    app = FastAPI(title="onceonly central server", lifespan=lifespan, docs_url=None, redoc_url=None)
     install_problem_handlers(
         app, on_database_unavailable=lambda: metrics.database_unavailable_at("request")
     )

@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from consent.api import build_citizen_router, build_gate_router
+from consent.artefact import ConsentReceiptVerifier
 from consent.lifecycle import ConsentService
 from consent.metrics import ConsentMetrics
 from consent.model import Consent
@@ -155,7 +156,7 @@ def test_a_citizen_approves_a_request_and_manages_the_consent(
     assert client.get(f"{API}/consents/{cid}/uses", headers=alice).json() == []
     receipts = client.get(f"{API}/consents/{cid}/receipts", headers=alice).json()
     assert len(receipts) == 4
-    assert receipts[0]["document"]["version"] == "KI-CR-v1.1.0"
+    assert receipts[0]["document"]["kantara"]["version"] == "KI-CR-v1.1.0"
 
 
 def test_receipts_are_served_as_json_and_as_a_printable_escaped_page(
@@ -167,7 +168,8 @@ def test_receipts_are_served_as_json_and_as_a_printable_escaped_page(
     (receipt,) = client.get(f"{API}/consents/{consent.id}/receipts", headers=alice).json()
     url = f"{API}/consents/{consent.id}/receipts/{receipt['id']}"
     as_json = client.get(url, headers=alice).json()
-    doc = as_json["document"]
+    doc = as_json["document"]["kantara"]
+    assert set(as_json["document"]) == {"kantara", "iso27560"}  # no private extension
     for name in (
         "version",
         "jurisdiction",
@@ -194,7 +196,29 @@ def test_receipts_are_served_as_json_and_as_a_printable_escaped_page(
     assert "&lt;script&gt;" in page.text
     assert "同意レシート" in page.text
     assert "Consent receipt" in page.text
+    assert "JWS" in page.text
+    assert as_json["jws"] in page.text  # the printable page carries the signed form
     assert_problem(client.get(url, params={"format": "pdf"}, headers=alice), 400)
+
+
+def test_a_receipt_is_served_as_a_jws_that_verifies_with_the_published_keys_alone(
+    client: TestClient, issuer: DevIssuer, grant: GrantFn
+) -> None:
+    consent = grant()
+    alice = auth(issuer, ALICE)
+    (receipt,) = client.get(f"{API}/consents/{consent.id}/receipts", headers=alice).json()
+    url = f"{API}/consents/{consent.id}/receipts/{receipt['id']}"
+    signed = client.get(url, params={"format": "jws"}, headers=alice)
+    assert signed.status_code == 200
+    assert signed.headers["content-type"].startswith("application/jose")
+    assert signed.text == receipt["jws"]
+    keys = client.get(f"{API}/keys")  # public: no token
+    assert keys.status_code == 200
+    assert keys.headers["content-type"].startswith("application/jwk-set+json")
+    verified = ConsentReceiptVerifier.from_jwks(keys.json()).verify(signed.text)
+    assert verified == receipt["document"]
+    assert verified["iso27560"]["record_id"] == consent.id
+    assert verified["kantara"]["consentReceiptID"] == receipt["id"]
 
 
 def test_a_citizen_cannot_see_or_change_another_citizens_consents(

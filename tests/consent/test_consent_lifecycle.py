@@ -188,7 +188,7 @@ def test_every_grant_and_change_has_a_receipt(service: ConsentService, grant: Gr
     history = service.history(ALICE, consent.id, now=LATER)
     assert [h.receipt_id for h in history] == [r.id for r in receipts]
     one = service.receipt(ALICE, consent.id, receipts[1].id, now=LATER)
-    assert one.document["onceonly"]["consentStatus"] == "paused"
+    assert one.document["iso27560"]["consent_status"] == "paused"
     with pytest.raises(NotFoundError):
         service.receipt(BOB, consent.id, receipts[1].id, now=LATER)
 

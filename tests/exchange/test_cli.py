@@ -3,6 +3,7 @@ no secrets as argument values, help on every command and option, API keys printe
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -16,6 +17,7 @@ import pytest
 import typer.main
 from typer.testing import CliRunner
 
+from consent.artefact import ConsentIssuerKey
 from onceonly.cli import app
 
 REPO = Path(__file__).parents[2]
@@ -178,6 +180,21 @@ def test_audit_key_of_a_log_that_does_not_exist_is_refused_and_makes_no_key(
     code, output = _cli("audit", "key", MACHIDA)
     assert code == 0
     assert output.startswith(f"onceonly.example/{MACHIDA}/audit+")
+
+
+def test_consent_key_prints_the_published_key_set_and_never_makes_a_key(data_dir: Path) -> None:
+    code, output = _cli("consent", "key")
+    assert code == 2
+    assert "onceonly keys init" in _one_line_error(output)
+    assert not (data_dir / "consent" / "issuer.key").exists()
+    _provision(data_dir)
+    code, output = _cli("consent", "key")
+    assert code == 0
+    issuer = ConsentIssuerKey.load(data_dir / "consent" / "issuer.key", issuer="x")
+    assert json.loads(output) == issuer.receipt_verifier().jwks()
+    (jwk,) = json.loads(output)["keys"]
+    assert jwk["kid"] == issuer.kid
+    assert "d" not in jwk  # the public half only
 
 
 def test_audit_verify_takes_no_secret_as_an_argument_value(data_dir: Path) -> None:

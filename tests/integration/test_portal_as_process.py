@@ -25,6 +25,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from audit.checkpoint import NoteSigner, NoteVerifier
+from consent.artefact import ConsentReceiptVerifier
 from consent.model import Consent, ConsentStatus
 from exchange.db import make_engine
 from exchange.identifiers import ClientId, MemberId
@@ -45,6 +46,7 @@ TAX = "JP/GOV/132098/municipal-tax"
 ADDRESS = "JP/GOV/132098/resident-registry/address/v1"
 SECRET = "portal-process-secret-0123456789"
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+_HISTORY_ROW = re.compile(r'<tr class="history-entry" data-index="(\d+)" data-outcome="(\w+)">')
 _VERIFY_FORM = re.compile(
     r'name="node" value="([^"]+)">\s*<input type="hidden" name="index" value="(\d+)"'
 )
@@ -134,9 +136,12 @@ def _log_key(data_dir: Path, member: str) -> str:
     return out.stdout.strip()
 
 
-def _portal_config(path: Path, *, settings: Settings, node: Proc, key: str, citizen: str) -> None:
+def _portal_config(
+    path: Path, *, settings: Settings, node: Proc, key: str, consent_key: str, citizen: str
+) -> None:
     path.write_text(
         f'consent_url = "{settings.central_url}"\n'
+        f'consent_log_key = "{consent_key}"\n'
         f'dev_issuer_key_file = "{settings.data_dir / "dev-issuer.key"}"\n'
         f'demo_citizens = [{{ subject = "{citizen}", name = "町田 一郎" }}]\n'
         "[[nodes]]\n"
@@ -179,7 +184,12 @@ def world(tmp_path: Path, db_url: str) -> Iterator[World]:
     _dispose_engines()  # the test's own pools; the portal and the services have theirs
     config = tmp_path / "portal.toml"
     _portal_config(
-        config, settings=settings, node=node, key=_log_key(data, str(MACHIDA)), citizen=citizen
+        config,
+        settings=settings,
+        node=node,
+        key=_log_key(data, str(MACHIDA)),
+        consent_key=_log_key(data, "consent-service"),
+        citizen=citizen,
     )
     port = free_port()
     portal = Proc(
@@ -264,6 +274,23 @@ def _citizen_and_auditor(world: World, b: Browser) -> None:
     receipt = b.get(f"/consents/{consent.id}/receipt")
     assert receipt.status_code == 200
     assert consent.id in receipt.text
+    # The signed receipt downloads and verifies with the consent service's published key alone.
+    signed = b.get(f"/consents/{consent.id}/receipt.jws")
+    assert signed.status_code == 200
+    assert f"/consents/{consent.id}/receipt.jws" in receipt.text
+    jwks = httpx.get(f"{world.settings.central_url}/consent/v1/keys", timeout=20).json()
+    document = ConsentReceiptVerifier.from_jwks(jwks).verify(signed.text)
+    assert document["iso27560"]["record_id"] == consent.id
+    assert document["iso27560"]["events"][-1]["event_state"] == "consent_withdrawn"
+    # The consent history: the grant and the revocation from the consent log, each verified
+    # by the portal against the consent log key it pins.
+    history = b.get("/consents/history")
+    assert history.status_code == 200, history.text
+    rows = _HISTORY_ROW.findall(history.text)
+    assert len(rows) >= 2, history.text
+    assert {outcome for _, outcome in rows} == {"ok"}
+    assert "同意の付与" in history.text
+    assert "同意の撤回" in history.text
 
     # A POST from another origin is refused even with the right CSRF token.
     foreign = b.http.post(

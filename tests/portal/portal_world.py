@@ -1,6 +1,7 @@
 """Builds a real portal world for the tests (not a test module): a migrated database, a consent
-service whose audit sink is the node's transparency log, exchanges appended for two citizens, a
-signed checkpoint, the development issuer, and the portal mounted under ``/portal``."""
+service whose audit sink is its own transparency log (the consent log), exchanges appended for two
+citizens in the node logs, signed checkpoints, the development issuer, and the portal mounted under
+``/portal``."""
 
 from __future__ import annotations
 
@@ -26,10 +27,11 @@ from exchange.ports import AuditEvent
 from exchange.settings import Settings
 from exchange.tokens import DevIssuer, Principal
 from portal import build_portal
-from portal.local import LocalConsent, local_logs
+from portal.local import LocalConsent, LocalLog, local_logs
 from tests.consent.consent_factories import ALICE, BOB, POWER, request_input
 
 NODE = "JP/GOV/132098"
+CONSENT_LOG = "consent-service"
 PRIVATE_NODE = "JP/COM/0100001"
 TAX = "JP/GOV/132098/tax"
 WATER = "JP/GOV/132098/water-bureau"
@@ -71,6 +73,7 @@ class World:
     portal: FastAPI
     consent: ConsentService
     logs: dict[str, TransparencyLog]
+    consent_log: TransparencyLog
     issuer: DevIssuer
     alice_consent: Consent
     alice_second: Consent
@@ -98,8 +101,16 @@ def build_world(db_url: str, log_db_url: str, tmp_path: Path) -> World:
     private = TransparencyLog(
         log_engine, log_id=PRIVATE_NODE, signer=NoteSigner.generate(f"onceonly.test/{PRIVATE_NODE}")
     )
+    consent_log = TransparencyLog(
+        log_engine,
+        log_id=CONSENT_LOG,
+        signer=NoteSigner.generate(f"onceonly.test/{CONSENT_LOG}/audit"),
+    )
     service = ConsentService(
-        engine, issuer_key=ConsentIssuerKey.generate(issuer="JP/GOV/consent-bank"), audit=log
+        engine,
+        issuer_key=ConsentIssuerKey.generate(issuer="JP/GOV/consent-bank"),
+        audit=consent_log,
+        node=CONSENT_LOG,
     )
     window = {
         "valid_from": (now - timedelta(hours=1)).isoformat(),
@@ -136,7 +147,7 @@ def build_world(db_url: str, log_db_url: str, tmp_path: Path) -> World:
             node=f"{PRIVATE_NODE}/power-billing",
         )
     )
-    for each in (log, private):
+    for each in (log, private, consent_log):
         each.sign_checkpoint(now - timedelta(minutes=2))
     # A second checkpoint after more entries, so the history has a consistency check.
     log.append(exchange_event(start + timedelta(days=2, hours=1), "ps-alice"))
@@ -151,6 +162,7 @@ def build_world(db_url: str, log_db_url: str, tmp_path: Path) -> World:
         issuer=issuer,
         verifier=issuer.verifier(),
         demo_citizens=DEMO_CITIZENS,
+        consent_log=LocalLog(consent_log, lambda p: {p.subject}),
     )
     root = Starlette(routes=[Mount("/portal", app=portal)])
     return World(
@@ -158,6 +170,7 @@ def build_world(db_url: str, log_db_url: str, tmp_path: Path) -> World:
         portal,
         service,
         logs,
+        consent_log,
         issuer,
         alice_consent,
         alice_second,
