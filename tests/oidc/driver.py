@@ -13,7 +13,9 @@ import httpx
 MAX_HOPS = 12
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 _ACTION = re.compile(r'<form method="post" action="([^"]+)"')
-_LOGOUT_FORM = re.compile(r'<form[^>]*id="op.logoutForm"[^>]*action="([^"]+)"[^>]*>(.*?)</form>', re.S)
+# The provider's logout form: its confirmation page ("Yes, sign me out"), or the page that sends
+# itself when there is nothing to confirm.
+_LOGOUT_FORM = re.compile(r'<form[^>]*action="([^"]*/session/end/confirm)"[^>]*>(.*?)</form>', re.S)
 _HIDDEN = re.compile(r'<input type="hidden" name="([^"]+)" value="([^"]*)"')
 
 
@@ -50,14 +52,18 @@ class PortalSession:
         return {"Cookie": "; ".join(f"{k}={v}" for k, v in self.cookies.items())}
 
     def get(self, path: str, **params: Any) -> httpx.Response:
-        return self._keep(self.http.get(path, params=params, headers=self._headers()))
+        # (httpx drops a query already in ``path`` when given ``params``, even empty ones)
+        query = {"params": params} if params else {}
+        return self._keep(self.http.get(path, headers=self._headers(), **query))
 
     def post(self, path: str, **form: str) -> httpx.Response:
         form.setdefault("csrf", self.csrf)
         headers = self._headers() | {"Origin": self.portal}
         return self._keep(self.http.post(path, data=form, headers=headers))
 
-    def follow(self, response: httpx.Response, login: str = "", password: str = "") -> httpx.Response:
+    def follow(
+        self, response: httpx.Response, login: str = "", password: str = ""
+    ) -> httpx.Response:
         """Follows redirects across the portal and the provider, filling in the provider's
         login page (``login``/``password``) and its consent page, until the portal answers
         with something that is not a redirect to the provider; returns the last portal answer

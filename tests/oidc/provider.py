@@ -73,7 +73,9 @@ class Provider:
     def sign(self, claims: dict[str, Any], header: dict[str, Any] | None = None) -> str:
         """``claims`` signed with the provider's current key (RS256, ``typ: at+jwt``)."""
         r = httpx.post(
-            f"{self.issuer}/__test/sign", json={"claims": claims, "header": header or {}}, timeout=30
+            f"{self.issuer}/__test/sign",
+            json={"claims": claims, "header": header or {}},
+            timeout=30,
         )
         r.raise_for_status()
         return str(r.json()["token"])
@@ -117,7 +119,7 @@ def start_provider(
         )
     )
     log = workdir / f"{name}.log"
-    with log.open("ab") as out:
+    with log.open("wb") as out:
         popen = subprocess.Popen(
             ["node", str(SCRIPT), str(config)], cwd=HERE, stdout=out, stderr=subprocess.STDOUT
         )

@@ -163,7 +163,8 @@ def test_signin_at_a_provider_is_read_from_the_file_and_its_secret_from_the_envi
     assert settings.signin is not None
     assert settings.signin.client_id == "onceonly-portal"
     secret = settings.signin.secret()
-    assert secret is not None and secret.get_secret_value() == "client-secret-from-env"
+    assert secret is not None
+    assert secret.get_secret_value() == "client-secret-from-env"
     assert settings.jwt_role_map == {"onceonly-auditor": "auditor"}
     assert settings.claim_mapping().citizen_claim == "citizen_id"
 
