@@ -141,6 +141,16 @@ def _load(kind: type[_OneStopSettings], overrides: dict[str, Any]) -> Any:
 def load_desk_settings(**overrides: Any) -> DeskSettings:
     """From ``ONCEONLY_DESK_*`` with the non-``None`` ``overrides`` (CLI options) on top."""
     settings: DeskSettings = _load(DeskSettings, overrides)
+    if settings.oidc_issuer is None and settings.token_public_key_file is None:
+        raise ConfigurationError(
+            "ONCEONLY_DESK_* settings: set ONCEONLY_DESK_OIDC_ISSUER (the citizens' OpenID "
+            "Connect provider) or ONCEONLY_DESK_TOKEN_PUBLIC_KEY_FILE"
+        )
+    if settings.oidc_issuer is not None and settings.token_public_key_file is not None:
+        raise ConfigurationError(
+            "ONCEONLY_DESK_* settings: configure one token issuer, not OIDC_ISSUER and "
+            "TOKEN_PUBLIC_KEY_FILE"
+        )
     return settings
 
 

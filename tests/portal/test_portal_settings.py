@@ -4,6 +4,7 @@ problem a one-line error."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -190,3 +191,25 @@ def test_incomplete_signin_settings_are_one_line_errors(
         load_portal_settings(_with(config, text))
     assert message in caught.value.detail
     assert "\n" not in caught.value.detail
+
+
+def test_the_provider_example_of_docs_portal_md_is_a_valid_configuration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator's example in docs/portal.md ("Sign-in at an OpenID Connect provider") loads
+    as it stands, but for its two files (made here) and its shortened log key."""
+    doc = (Path(__file__).parents[2] / "docs" / "portal.md").read_text()
+    section = doc.split("## Sign-in at an OpenID Connect provider", 1)[1]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    secret = tmp_path / "portal-client-secret"
+    secret.write_text("client-secret\n")
+    example = example.replace("/etc/onceonly/portal-client-secret", str(secret))
+    example = re.sub(r'log_key = ".*"', f'log_key = "{_vkey()}"', example)
+    config = tmp_path / "portal.toml"
+    config.write_text(example)
+    monkeypatch.setenv("ONCEONLY_PORTAL_SECRET", SECRET)
+    settings = load_portal_settings(config)
+    assert settings.signin is not None
+    assert settings.oidc_issuer == "https://idp.example.lg.jp/realms/citizens"
+    assert settings.claim_mapping().role_map == {"onceonly-auditor": "auditor"}
+    assert settings.dev_issuer_key_file is None
