@@ -57,7 +57,8 @@ LEEWAY_S = 30
 MAX_TOKEN_LIFETIME_S = 12 * 3600
 MAX_TOKEN_BYTES = 16 * 1024
 DEV_ISSUER_KEY = "dev-issuer.key"
-KNOWN_ROLES = frozenset({"citizen", "auditor"})
+KNOWN_ROLES = frozenset({"citizen", "auditor", "staff"})
+"""Roles onceonly knows: citizens, auditors, and counter staff of the one-stop desk."""
 _REQUIRED = ["exp", "iat", "iss", "aud", "sub"]
 _ASYMMETRIC = frozenset(
     {"EdDSA", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"}
