@@ -43,7 +43,7 @@ class TokenIssuer(BaseModel):
     jwt_roles_claim: str = "roles"
     jwt_role_map: dict[str, str] = Field(default_factory=dict)
     """The provider's role values to onceonly's roles (``{"onceonly-auditor": "auditor"}``)."""
-    jwks_min_refetch_s: float = Field(default=10.0, ge=0, le=3600)
+    jwks_min_refetch_s: float = Field(default=10.0, ge=1, le=3600)
     """An unknown ``kid`` refetches the provider's keys at most once per this interval."""
 
     def claim_mapping(self) -> ClaimMapping:

@@ -28,6 +28,9 @@ ISSUER = "https://idp.example"
 AUDIENCE = "https://api.onceonly.example"
 CLIENT = "onceonly-portal"
 NOW = datetime.now(UTC).replace(microsecond=0)
+LIFETIME_S = 6 * 3600
+"""Good tokens' lifetime: PyJWT checks ``exp`` against the real clock too, and a loaded run may
+reach these tests long after ``NOW`` was taken."""
 
 
 class ProviderKeys:
@@ -72,7 +75,7 @@ def claims(**over: Any) -> dict[str, Any]:
         "aud": AUDIENCE,
         "sub": "account-1",
         "iat": now,
-        "exp": now + 600,
+        "exp": now + LIFETIME_S,
         "citizen_id": "citizen-0001",
         "roles": [],
     }

@@ -139,7 +139,10 @@ def world(tmp_path: Path, db_url: str) -> Iterator[OidcWorld]:
         env=env,
     )
     taxpayer = _taxpayer(settings)
-    citizen = pseudonym_service(settings).translate(
+    # The services the test opens itself are kept until their pools are closed below (a pool
+    # collected with a connection open is a ResourceWarning, an error here).
+    pseudonyms = pseudonym_service(settings)
+    citizen = pseudonyms.translate(
         taxpayer, from_agency="JP/GOV/132098/municipal-tax", to_agency=CITIZEN_AGENCY
     )
     person = Account(CITIZEN.login, CITIZEN.password, {"citizen_id": citizen, "name": "町田 花子"})
@@ -166,10 +169,10 @@ def world(tmp_path: Path, db_url: str) -> Iterator[OidcWorld]:
             valid_from=(now - timedelta(hours=1)).isoformat(),
             valid_until=(now + timedelta(days=30)).isoformat(),
         )
-        request = consent_service(settings).create_request(
-            ClientId.parse(terms.client), terms, now=now
-        )
+        consents = consent_service(settings)
+        request = consents.create_request(ClientId.parse(terms.client), terms, now=now)
         _dispose_engines()
+        del pseudonyms, consents
         key = _log_key(data, str(MACHIDA))
 
         def start_portal(index: int = 0, **extra: Any) -> Proc:
