@@ -205,4 +205,4 @@ server.listen(config.port ?? 0, '127.0.0.1', () => {
   handler = buildProvider(issuer).callback();
   process.stdout.write(`listening ${issuer}\n`);
 });
-for (const signal of ['SIGTERM', 'SIGINT']) process.on(signal, () => server.close(() => process.exit(0)));
+for (const signal of ['SIGTERM', 'SIGINT']) process.on(signal, () => { server.closeAllConnections(); process.exit(0); });
