@@ -10,13 +10,83 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings"]
+from exchange.errors import ConfigurationError
+from exchange.oidc import JwksKeys
+from exchange.tokens import ClaimMapping, StaticKey, TokenVerifier
+
+__all__ = ["Settings", "TokenIssuer"]
 
 
-class Settings(BaseSettings):
+class TokenIssuer(BaseModel):
+    """Where citizens' and auditors' tokens come from, and how their claims are read: the
+    fields every component that verifies those tokens shares (``Settings``, the one-stop desk's
+    and the portal's settings). Trust assumption: the operator names the issuer; its keys are
+    fetched from it (``oidc_issuer``) or pinned in a file.
+    """
+
+    jwt_issuer: str = "onceonly-dev"
+    """The ``iss`` of citizens' and auditors' tokens (with ``oidc_issuer``, that one instead)."""
+    jwt_audience: str = "onceonly"
+    """The ``aud`` the services accept: the API's resource identifier at the provider."""
+    oidc_issuer: str | None = None
+    """An OpenID Connect provider's issuer URL: tokens are verified with the keys of its JWKS
+    (``jwks_uri`` of its discovery document), refetched when a token names an unknown key."""
+    jwt_algorithms: list[str] = Field(default_factory=lambda: ["RS256"])
+    """The algorithms pinned for ``oidc_issuer``'s tokens (a ``PEM`` key is always EdDSA)."""
+    jwt_typ: str | None = "at+jwt"
+    """The ``typ`` header the provider's access tokens carry (RFC 9068); empty: not checked."""
+    jwt_citizen_claim: str | None = None
+    """The claim holding the citizen id (unset: ``sub`` is the citizen id)."""
+    jwt_roles_claim: str = "roles"
+    jwt_role_map: dict[str, str] = Field(default_factory=dict)
+    """The provider's role values to onceonly's roles (``{"onceonly-auditor": "auditor"}``)."""
+    jwks_min_refetch_s: float = Field(default=10.0, ge=1, le=3600)
+    """An unknown ``kid`` refetches the provider's keys at most once per this interval."""
+
+    def claim_mapping(self) -> ClaimMapping:
+        return ClaimMapping(
+            citizen_claim=self.jwt_citizen_claim or None,
+            roles_claim=self.jwt_roles_claim,
+            role_map=self.jwt_role_map,
+        )
+
+    def external_verifier(
+        self, public_key_file: Path | None, *, timeout_s: float, what: str
+    ) -> TokenVerifier | None:
+        """The verifier of the provider (``oidc_issuer``) or of the pinned key in
+        ``public_key_file`` (``what`` names that setting); both is an error, neither ``None``."""
+        if self.oidc_issuer is not None and public_key_file is not None:
+            raise ConfigurationError(f"configure one token issuer, not OIDC_ISSUER and {what}")
+        if self.oidc_issuer is not None:
+            keys = JwksKeys.from_issuer(
+                self.oidc_issuer, timeout_s=timeout_s, min_refetch_s=self.jwks_min_refetch_s
+            )
+            return TokenVerifier(
+                keys,
+                issuer=self.oidc_issuer,
+                audience=self.jwt_audience,
+                algorithms=self.jwt_algorithms,
+                token_type=self.jwt_typ or None,
+                claims=self.claim_mapping(),
+            )
+        if public_key_file is None:
+            return None
+        try:
+            pem = public_key_file.read_bytes()
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read {what} {public_key_file}") from exc
+        return TokenVerifier(
+            StaticKey(pem),
+            issuer=self.jwt_issuer,
+            audience=self.jwt_audience,
+            claims=self.claim_mapping(),
+        )
+
+
+class Settings(BaseSettings, TokenIssuer):
     model_config = SettingsConfigDict(env_prefix="ONCEONLY_", extra="ignore")
 
     data_dir: Path = Path(".onceonly")
@@ -42,11 +112,11 @@ class Settings(BaseSettings):
     opa_url: str | None = None
     opa_timeout_s: float = 0.5
 
-    jwt_issuer: str = "onceonly-dev"
-    jwt_audience: str = "onceonly"
     jwt_public_key_file: Path | None = None
-    """PEM public key of the citizens'/auditors' token issuer; unset means the development
-    issuer's key in ``data_dir`` (created by ``onceonly keys dev-issuer``, never at start)."""
+    """One pinned Ed25519 PEM public key of the token issuer (EdDSA tokens)."""
+    allow_dev_issuer: bool = False
+    """Trust the development issuer's key in ``data_dir`` when no other issuer is configured.
+    Only the demo (``onceonly demo``/``serve``) or this explicit flag enables it."""
 
     portal_secret: SecretStr | None = None
     """Signs portal session cookies and CSRF tokens; unset means a random one per run."""

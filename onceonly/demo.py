@@ -37,6 +37,7 @@ from exchange.tokens import DEV_ISSUER_KEY, DevIssuer
 from onceonly.federation import (
     LocalFederation,
     Provisioned,
+    demo_settings,
     free_socket,
     member_prefix,
     one_stop_app,
@@ -242,7 +243,7 @@ async def run_demo(console: Console, *, data_dir: Path | None, citizens: int) ->
             data_dir = Path(
                 stack.enter_context(tempfile.TemporaryDirectory(prefix="onceonly-demo-"))
             )
-        settings = Settings(data_dir=data_dir, database_url=None)
+        settings = demo_settings(Settings(data_dir=data_dir, database_url=None))
         sock = free_socket()
         federation = LocalFederation(settings, sock)
         console.rule("[bold]onceonly demo[/bold] — Machida city's once-only exchange")
@@ -375,6 +376,7 @@ def print_api_keys(console: Console, base_url: str, api_keys: dict[str, str]) ->
 
 
 async def run_serve(console: Console, settings: Settings, *, port: int, citizens: int) -> None:
+    settings = demo_settings(settings)
     sock = free_socket(port=port)
     host, bound = sock.getsockname()[:2]
     base = f"http://{host}:{bound}"

@@ -37,8 +37,8 @@ from sqlalchemy import Engine
 from adapters.reference.rights import ONE_STOP
 from exchange.db import make_engine, upgrade
 from exchange.errors import ConfigurationError
+from exchange.settings import TokenIssuer
 from exchange.signing import MemberSigner, load_private_key
-from exchange.tokens import TokenVerifier
 from exchange.web.health import database_check, operations_router
 from exchange.web.metrics import ComponentMetrics
 from exchange.web.problems import install_problem_handlers
@@ -101,15 +101,13 @@ class _OneStopSettings(BaseSettings):
         return value
 
 
-class DeskSettings(_OneStopSettings):
+class DeskSettings(_OneStopSettings, TokenIssuer):
     model_config = SettingsConfigDict(env_prefix="ONCEONLY_DESK_", extra="forbid")
 
     consent_url: str
     """Base URL of the consent service's citizen API (the central server), for decisions."""
-    token_public_key_file: Path
-    """The PEM public key of the citizens' token issuer."""
-    jwt_issuer: str = "onceonly-dev"
-    jwt_audience: str = "onceonly"
+    token_public_key_file: Path | None = None
+    """The PEM public key of the citizens' token issuer (or ``OIDC_ISSUER``: the provider's)."""
     port: int = Field(default=8400, ge=1, le=65535)
 
     _check_consent = field_validator("consent_url")(_http_url)
@@ -143,6 +141,16 @@ def _load(kind: type[_OneStopSettings], overrides: dict[str, Any]) -> Any:
 def load_desk_settings(**overrides: Any) -> DeskSettings:
     """From ``ONCEONLY_DESK_*`` with the non-``None`` ``overrides`` (CLI options) on top."""
     settings: DeskSettings = _load(DeskSettings, overrides)
+    if settings.oidc_issuer is None and settings.token_public_key_file is None:
+        raise ConfigurationError(
+            "ONCEONLY_DESK_* settings: set ONCEONLY_DESK_OIDC_ISSUER (the citizens' OpenID "
+            "Connect provider) or ONCEONLY_DESK_TOKEN_PUBLIC_KEY_FILE"
+        )
+    if settings.oidc_issuer is not None and settings.token_public_key_file is not None:
+        raise ConfigurationError(
+            "ONCEONLY_DESK_* settings: configure one token issuer, not OIDC_ISSUER and "
+            "TOKEN_PUBLIC_KEY_FILE"
+        )
     return settings
 
 
@@ -169,11 +177,16 @@ def _app(title: str, lifespan: Callable[[FastAPI], Any], metrics: ComponentMetri
 
 def create_desk_app(settings: DeskSettings) -> FastAPI:
     """The citizens' procedures API over the desk's node and the consent service."""
-    try:
-        public_key = settings.token_public_key_file.read_bytes()
-    except OSError as exc:
-        raise ConfigurationError(f"cannot read the token public key ({exc.strerror})") from exc
-    verifier = TokenVerifier(public_key, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+    verifier = settings.external_verifier(
+        settings.token_public_key_file,
+        timeout_s=settings.timeout_s,
+        what="ONCEONLY_DESK_TOKEN_PUBLIC_KEY_FILE",
+    )
+    if verifier is None:
+        raise ConfigurationError(
+            "set ONCEONLY_DESK_OIDC_ISSUER or ONCEONLY_DESK_TOKEN_PUBLIC_KEY_FILE (the citizens' "
+            "token issuer)"
+        )
     engine = _procedures_engine(settings.database_url)
     client = OneStopClient(
         settings.node_url, settings.key, client_id=settings.client, timeout_s=settings.timeout_s

@@ -75,6 +75,7 @@ from onceonly.wiring import (
 
 __all__ = [
     "LocalFederation",
+    "demo_settings",
     "member_prefix",
     "one_stop_app",
     "portal_app",
@@ -217,13 +218,21 @@ def free_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     return sock
 
 
+def demo_settings(settings: Settings) -> Settings:
+    """The settings of the demo (``onceonly demo``/``serve``): it trusts the development issuer,
+    and only it — the one place besides ``ONCEONLY_ALLOW_DEV_ISSUER`` that enables it."""
+    return settings.model_copy(
+        update={"allow_dev_issuer": True, "oidc_issuer": None, "jwt_public_key_file": None}
+    )
+
+
 class LocalFederation:
     """The central server and every member's node, mounted on one loopback port."""
 
     def __init__(
         self, settings: Settings, sock: socket.socket, extra_mounts: Iterable[Mount] = ()
     ) -> None:
-        self.settings = settings
+        self.settings = demo_settings(settings)
         self.sock = sock
         host, port = sock.getsockname()[:2]
         self.base_url = f"http://{host}:{port}"
@@ -390,7 +399,9 @@ def one_stop_app(settings: Settings, node_url: str, api_key: str) -> FastAPI:
     app.add_middleware(RelativeRedirects)
     app.include_router(operations_router(metrics, {"database": database_check(engine)}))
     app.include_router(
-        build_router(service, token_verifier(settings), clock=lambda: datetime.now(UTC))
+        build_router(
+            service, token_verifier(demo_settings(settings)), clock=lambda: datetime.now(UTC)
+        )
     )
     app.state.procedures = service
     app.state.consents = consents

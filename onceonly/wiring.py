@@ -240,22 +240,34 @@ def subjects_of(
 
 
 def token_verifier(settings: Settings) -> TokenVerifier:
-    """Citizens' and auditors' tokens: the configured issuer's key, or the development issuer's
-    (made by ``onceonly keys dev-issuer``, never here)."""
-    if settings.jwt_public_key_file is not None:
-        try:
-            pem = settings.jwt_public_key_file.read_bytes()
-        except OSError as exc:
+    """Citizens' and auditors' tokens, from exactly one issuer: the OpenID Connect provider
+    (``ONCEONLY_OIDC_ISSUER``, keys from its JWKS), one pinned key
+    (``ONCEONLY_JWT_PUBLIC_KEY_FILE``), or — only with ``ONCEONLY_ALLOW_DEV_ISSUER`` (the demo
+    sets it) — the development issuer's key in the data directory (made by ``onceonly keys
+    dev-issuer``, never here). Nothing configured is an error, never a silent fallback."""
+    external = settings.external_verifier(
+        settings.jwt_public_key_file,
+        timeout_s=settings.exchange_timeout_s,
+        what="ONCEONLY_JWT_PUBLIC_KEY_FILE",
+    )
+    if external is not None:
+        if settings.allow_dev_issuer:
             raise ConfigurationError(
-                f"cannot read ONCEONLY_JWT_PUBLIC_KEY_FILE {settings.jwt_public_key_file}"
-            ) from exc
-        return TokenVerifier(pem, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+                "configure one token issuer: ONCEONLY_ALLOW_DEV_ISSUER is set beside a real one"
+            )
+        return external
+    if not settings.allow_dev_issuer:
+        raise ConfigurationError(
+            "no token issuer: set ONCEONLY_OIDC_ISSUER (your identity provider) or "
+            "ONCEONLY_JWT_PUBLIC_KEY_FILE; the development issuer is for trials only and needs "
+            "ONCEONLY_ALLOW_DEV_ISSUER=true"
+        )
     keys = KeyStore(settings.data_dir)
     path = keys.require(
         keys.dev_issuer_key,
         "token issuer key",
         DEV_ISSUER_COMMAND,
-        alternative="set ONCEONLY_JWT_PUBLIC_KEY_FILE to your identity provider's key",
+        alternative="set ONCEONLY_OIDC_ISSUER to your identity provider",
     )
     return DevIssuer.load(
         path, issuer=settings.jwt_issuer, audience=settings.jwt_audience

@@ -37,6 +37,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import re
 import secrets
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -64,6 +65,7 @@ from consent.receipt import render_receipt_html
 from exchange.errors import (
     AuthenticationError,
     ClientError,
+    ConfigurationError,
     ConflictError,
     NotFoundError,
     OnceOnlyError,
@@ -72,10 +74,17 @@ from exchange.errors import (
 )
 from exchange.tokens import DevIssuer, Principal, TokenVerifier
 from exchange.web.redirects import RelativeRedirects, local_url
-from portal._session import SESSION_COOKIE, Session, SessionCodec, same_token
+from portal._session import (
+    PENDING_COOKIE,
+    SESSION_COOKIE,
+    Session,
+    SessionCodec,
+    same_token,
+)
 from portal.chart import build_chart
 from portal.i18n import LANGS, Translator, pick_lang
 from portal.local import proven
+from portal.oidc import MAX_SIGNIN_S, OidcSignIn, SignedIn
 from portal.ports import (
     AccessLog,
     Caller,
@@ -92,6 +101,7 @@ __all__ = [
     "CSP",
     "MAX_CHART_ENTRIES",
     "MAX_TIMELINE",
+    "REAUTH_MAX_AGE_S",
     "SESSION_LIFETIME_S",
     "PortalSecret",
     "build_portal",
@@ -106,6 +116,10 @@ CSP = (
 )
 LANG_COOKIE = "oo_portal_lang"
 SESSION_LIFETIME_S = 3600
+"""A session ends this long after sign-in, whatever its token says."""
+REAUTH_MAX_AGE_S = 300
+"""Granting a consent needs an authentication at most this old."""
+_LOCAL_PATH = re.compile(r"^/(?!/)[A-Za-z0-9._~/-]{0,200}$")
 LANG_COOKIE_MAX_AGE_S = 365 * 24 * 3600
 MAX_TIMELINE = 200
 """Entries per log shown in one timeline or search page."""
@@ -117,6 +131,7 @@ MAX_FORM_FIELD = 256
 PROCEDURE_REFRESH_S = 3
 """The live status page of a running procedure reloads itself (meta refresh, no JavaScript)."""
 _HERE = Path(__file__).parent
+_log = logging.getLogger("onceonly.portal")
 _STYLE = re.compile(r"<style>(.*?)</style>", re.S)
 
 
@@ -138,6 +153,15 @@ class _SignInRequired(Exception):
 
 class _CsrfError(Exception):
     """A POST without the session's CSRF token."""
+
+
+class _ReauthRequired(Exception):
+    """A sensitive action with an authentication older than ``reauth_max_age_s``; answered
+    with a page that sends the person to authenticate again, then back to ``next_path``."""
+
+    def __init__(self, next_path: str) -> None:
+        super().__init__(next_path)
+        self.next_path = next_path
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,12 +320,25 @@ def build_portal(
     secure_cookies: bool = True,
     public_origin: str | None = None,
     consent_log: ConsentLog | None = None,
+    signin: OidcSignIn | None = None,
+    session_lifetime_s: int = SESSION_LIFETIME_S,
+    reauth_max_age_s: int = REAUTH_MAX_AGE_S,
 ) -> FastAPI:
     """The portal app. ``logs`` maps a node's member id to its access log (``portal.local`` or
     ``portal.remote``); ``demo_citizens`` lists ``(subject, display name)`` offered on the
     development sign-in page (only when ``issuer`` is given); with ``public_origin``, a POST
     whose ``Origin`` header names another origin is refused like one without the CSRF token;
-    ``consent_log`` (the consent service's log, its key pinned) adds the consent history page."""
+    ``consent_log`` (the consent service's log, its key pinned) adds the consent history page.
+    ``signin`` signs people in at an OpenID Connect provider (``portal.oidc``); with it the
+    development issuer is refused. A session lasts at most ``session_lifetime_s``; granting a
+    consent needs an authentication at most ``reauth_max_age_s`` old."""
+    if signin is not None and issuer is not None:
+        raise ConfigurationError("configure one sign-in: the development issuer or a provider")
+    # Sign-out leads to the provider's logout page: the form may go there (CSP form-action
+    # applies to the redirect after a form is sent).
+    csp = (
+        CSP.replace("form-action 'self'", f"form-action 'self' {signin.origin}") if signin else CSP
+    )
     secret = (
         settings.portal_secret.get_secret_value().encode()
         if settings.portal_secret is not None
@@ -340,13 +377,31 @@ def build_portal(
         return session
 
     def principal_of(request: Request) -> Principal | None:
-        token = session_of(request).token
-        if token is None:
-            return None
-        try:
-            return verifier.verify(token, now=clock())
-        except AuthenticationError:
-            return None
+        """(1) the session's principal: its token verified now, within the session's lifetime.
+        Cached per request (the token does not change within one)."""
+        if hasattr(request.state, "principal"):
+            cached: Principal | None = request.state.principal
+            return cached
+        session = session_of(request)
+        principal: Principal | None = None
+        now = clock().timestamp()
+        started = session.started
+        if session.token is not None and started is not None:
+            try:
+                if 0 <= now - started <= session_lifetime_s:
+                    principal = verifier.verify(session.token, now=clock())
+            except AuthenticationError:
+                principal = None
+        request.state.principal = principal
+        return principal
+
+    def require_fresh_authentication(request: Request, next_path: str) -> None:
+        """A sensitive action (granting a consent): the person authenticated at most
+        ``reauth_max_age_s`` ago, else they are sent to authenticate again (max_age,
+        prompt=login at the provider) — stops a left-open session from granting consents."""
+        auth_time = session_of(request).auth_time
+        if auth_time is None or clock().timestamp() - auth_time > reauth_max_age_s:
+            raise _ReauthRequired(next_path)
 
     def translator(request: Request) -> Translator:
         t: Translator = request.state.t
@@ -368,6 +423,7 @@ def build_portal(
             ),
             "procedures_available": procedures is not None,
             "consent_history_available": consent_log is not None,
+            "dev_signin": principal is not None and session_of(request).via == "dev",
             "flash": request.query_params.get("done"),
         }
         base.update(context)
@@ -432,7 +488,7 @@ def build_portal(
             response.set_cookie(
                 SESSION_COOKIE,
                 codec.encode(final),
-                max_age=SESSION_LIFETIME_S,
+                max_age=session_lifetime_s,
                 path=request.scope.get("root_path") or "/",
                 httponly=True,
                 secure=secure_cookies,
@@ -449,7 +505,7 @@ def build_portal(
                 samesite="lax",
             )
         headers = response.headers
-        headers.setdefault("Content-Security-Policy", CSP)
+        headers.setdefault("Content-Security-Policy", csp)
         headers["X-Content-Type-Options"] = "nosniff"
         headers["Referrer-Policy"] = "same-origin"
         headers["X-Frame-Options"] = "DENY"
@@ -502,16 +558,21 @@ def build_portal(
 
     @app.get("/signin", name="signin_page")
     def signin_page(request: Request) -> HTMLResponse:
+        q = request.query_params
         return render(
             request,
             "signin.html",
             citizens=list(demo_citizens),
             dev=issuer is not None,
-            required=request.query_params.get("next") == "1",
+            oidc=signin is not None,
+            required=q.get("next") == "1",
+            reauth=q.get("reauth") == "1",
+            failed=q.get("failed") == "1",
+            signed_out=q.get("signed_out") == "1",
         )
 
     @app.post("/signin", name="signin")
-    async def signin(request: Request) -> Response:
+    async def signin_dev(request: Request) -> Response:
         form = await checked_form(request)
         if issuer is None:
             raise RefusalError("development sign-in is off")
@@ -523,14 +584,94 @@ def build_portal(
             token = issuer.issue(who, roles=("citizen",), name=citizens[who], now=now)
         else:
             raise ClientError("unknown demo account")
-        request.state.session = Session.fresh(token)  # new CSRF token at sign-in
+        at = int(now.timestamp())
+        # A new CSRF token at sign-in (stops session fixation).
+        request.state.session = Session.fresh(token, auth_time=at, started=at, via="dev")
         return redirect(request, "home")
+
+    # --- sign-in at the OpenID Connect provider (portal.oidc) --------------------------------
+
+    def oidc() -> OidcSignIn:
+        if signin is None:
+            raise NotFoundError("no identity provider is configured")
+        return signin
+
+    def pending_cookie(response: Response, request: Request, value: str, max_age: int) -> None:
+        response.set_cookie(
+            PENDING_COOKIE,
+            value,
+            max_age=max_age,
+            path=request.scope.get("root_path") or "/",
+            httponly=True,
+            secure=secure_cookies,
+            samesite="lax",  # the provider's redirect back is a top-level GET: Lax sends it
+        )
+
+    @app.get("/signin/oidc", name="signin_oidc")
+    def signin_oidc(request: Request) -> Response:
+        """(S1) to the provider, with state, nonce and the PKCE challenge."""
+        client = oidc()
+        next_path = request.query_params.get("next") or str(local_url(request, "home"))
+        if not _LOCAL_PATH.match(next_path):  # only a path of this site: no open redirect
+            next_path = str(local_url(request, "home"))
+        reauth = request.query_params.get("reauth") == "1"
+        url, pending = client.begin(next_path=next_path, reauth=reauth, now=clock())
+        response = RedirectResponse(url, status_code=303)
+        pending_cookie(response, request, codec.encode_pending(pending), MAX_SIGNIN_S)
+        return response
+
+    @app.get("/signin/callback", name="signin_callback")
+    def signin_callback(request: Request) -> Response:
+        """(S2)–(S5) back from the provider: the session holds the verified access token."""
+        client = oidc()
+        q = request.query_params
+        pending = codec.decode_pending(request.cookies.get(PENDING_COOKIE))
+        code, state = q.get("code"), q.get("state")
+        # RFC 9207: a provider that names itself in the response must name the expected one
+        # (stops a mix-up between providers).
+        iss_ok = q.get("iss") in (None, client.issuer)
+        done: SignedIn | None = None
+        if pending is not None and code and state and iss_ok and not q.get("error"):
+            try:
+                done = client.finish(pending, code=code, state=state, now=clock())
+            except AuthenticationError as exc:
+                _log.warning("portal sign-in refused: %s", exc.detail)
+        if done is None or pending is None:
+            response: Response = redirect(request, "signin_page", failed="1")
+        else:
+            at = int(clock().timestamp())
+            request.state.session = Session.fresh(
+                done.access_token, auth_time=done.auth_time, started=at, via="oidc"
+            )
+            target = pending.next
+            if pending.reauth:
+                target += ("&" if "?" in target else "?") + "done=reauthenticated"
+            response = RedirectResponse(target, status_code=303)
+        response.delete_cookie(PENDING_COOKIE, path=request.scope.get("root_path") or "/")
+        return response
 
     @app.post("/signout", name="signout")
     async def signout(request: Request) -> Response:
         await checked_form(request)
+        via = session_of(request).via
         request.state.session = Session.fresh()
-        return redirect(request, "signin_page")
+        if via == "oidc" and signin is not None:
+            # RP-initiated logout: the provider ends its session too, then sends the person
+            # back to the sign-in page.
+            url = await run_in_threadpool(signin.logout_url)
+            if url is not None:
+                return RedirectResponse(url, status_code=303)
+        return redirect(request, "signin_page", signed_out="1")
+
+    @app.exception_handler(_ReauthRequired)
+    async def _reauth(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, _ReauthRequired)
+        if signin is None:  # the development sign-in: sign in again on its page
+            return redirect(request, "signin_page", reauth="1")
+        start = local_url(request, "signin_oidc").include_query_params(
+            reauth="1", next=exc.next_path
+        )
+        return render(request, "reauth.html", start=start)
 
     # --- citizens: consents --------------------------------------------------------------------
 
@@ -543,7 +684,7 @@ def build_portal(
 
     def _consent_action(verb: str) -> Callable[[Request, str], Any]:
         async def action(request: Request, consent_id: str) -> Response:
-            caller = citizen(request)
+            caller = await run_in_threadpool(citizen, request)
             await checked_form(request)
             await run_in_threadpool(getattr(consent, verb), caller, consent_id)
             return redirect(request, "consents", done=verb + "d")  # paused, resumed, revoked
@@ -586,9 +727,11 @@ def build_portal(
 
     @app.post("/requests/{request_id}/{verb}", name="request_answer")
     async def answer_request(request: Request, request_id: str, verb: str) -> Response:
-        caller = citizen(request)
+        caller = await run_in_threadpool(citizen, request)
         await checked_form(request)
         if verb == "approve":
+            # Granting a consent (every consent goes to a private company) is sensitive.
+            require_fresh_authentication(request, str(local_url(request, "consents")))
             await run_in_threadpool(consent.approve_request, caller, request_id)
             return redirect(request, "consents", done="approved")
         if verb == "decline":
@@ -609,8 +752,8 @@ def build_portal(
             "'sha256-" + _b64(hashlib.sha256(m.group(1).encode()).digest()) + "'"
             for m in _STYLE.finditer(html)
         )
-        csp = CSP.replace("style-src 'self'", f"style-src 'self' {hashes}".rstrip())
-        return HTMLResponse(html, headers={"Content-Security-Policy": csp})
+        page_csp = csp.replace("style-src 'self'", f"style-src 'self' {hashes}".rstrip())
+        return HTMLResponse(html, headers={"Content-Security-Policy": page_csp})
 
     @app.get("/consents/{consent_id}/receipt.jws", name="consent_receipt_jws")
     def receipt_jws(request: Request, consent_id: str) -> Response:
@@ -691,7 +834,7 @@ def build_portal(
 
     @app.post("/access/verify", name="access_verify")
     async def access_verify(request: Request) -> HTMLResponse:
-        caller = citizen(request)
+        caller = await run_in_threadpool(citizen, request)
         form = await checked_form(request)
         node = _field(form, "node")
         index = _int(_field(form, "index"))
@@ -729,7 +872,7 @@ def build_portal(
 
     @app.post("/procedures", name="procedure_start")
     async def procedure_start(request: Request) -> Response:
-        caller = citizen(request)
+        caller = await run_in_threadpool(citizen, request)
         form = await checked_form(request)
         service = desk()
         address = _field(form, "address")
@@ -769,7 +912,7 @@ def build_portal(
 
     @app.post("/procedures/{procedure_id}/confirm", name="procedure_confirm")
     async def procedure_confirm(request: Request, procedure_id: str) -> Response:
-        caller = citizen(request)
+        caller = await run_in_threadpool(citizen, request)
         form = await checked_form(request)
         decisions: dict[str, str] = {}
         for key in form:
@@ -779,6 +922,10 @@ def build_portal(
             confirm = ConfirmInput.model_validate({"consents": decisions})
         except ValidationError as exc:
             raise ClientError("approve or decline each consent") from exc
+        if "approve" in decisions.values():  # a consent granted to a private company
+            require_fresh_authentication(
+                request, str(local_url(request, "procedure", procedure_id=procedure_id))
+            )
         await run_in_threadpool(desk().confirm, caller, procedure_id, confirm)
         return RedirectResponse(
             str(local_url(request, "procedure", procedure_id=procedure_id)), status_code=303

@@ -25,6 +25,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 from fastapi import FastAPI
@@ -45,7 +46,9 @@ from exchange.errors import (
     RefusalError,
     TransportError,
 )
+from exchange.oidc import JwksKeys
 from exchange.tokens import DevIssuer, TokenVerifier
+from portal.oidc import OidcSignIn
 from portal.ports import Caller, CitizenRecord, LogRecord, ProvenEntry
 from portal.settings import PortalSettings
 from procedures.model import AddressChangeInput, ConfirmInput, ProcedureView
@@ -401,22 +404,22 @@ def create_portal_app(settings: PortalSettings) -> tuple[FastAPI, Callable[[], N
     http = httpx.Client(timeout=settings.timeout_s, follow_redirects=False)
     issuer: DevIssuer | None = None
     if settings.dev_issuer_key_file is not None:
+        if not settings.allow_dev_issuer:  # load_portal_settings refuses this too
+            raise ConfigurationError("dev_issuer_key_file needs allow_dev_issuer = true")
         issuer = DevIssuer.load(
             settings.dev_issuer_key_file,
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
         )
-    if settings.token_public_key_file is not None:
-        try:
-            pem = settings.token_public_key_file.read_bytes()
-        except OSError as exc:
-            raise ConfigurationError(f"cannot read the token public key: {exc}") from exc
-        verifier = TokenVerifier(pem, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
-    elif issuer is not None:
+    verifier = settings.external_verifier(
+        settings.token_public_key_file, timeout_s=settings.timeout_s, what="token_public_key_file"
+    )
+    if verifier is None and issuer is not None:
         verifier = issuer.verifier()
-    else:  # load_portal_settings refuses this; a programming error otherwise
+    if verifier is None:  # load_portal_settings refuses this; a programming error otherwise
         raise ConfigurationError("no token verifier configured")
     consent_log_key = settings.consent_log_verifier()
+    signin = _signin(settings, verifier, http)
     app = build_portal(
         settings,
         consent=RemoteConsent(http, settings.consent_url),
@@ -431,6 +434,10 @@ def create_portal_app(settings: PortalSettings) -> tuple[FastAPI, Callable[[], N
         demo_citizens=[(c.subject, c.name) for c in settings.demo_citizens],
         procedures=RemoteDesk(http, settings.desk_url) if settings.desk_url else None,
         public_origin=settings.public_origin,
+        signin=signin,
+        session_lifetime_s=settings.session_lifetime_s,
+        reauth_max_age_s=settings.reauth_max_age_s,
+        secure_cookies=_secure_cookies(settings.public_origin),
     )
 
     @app.get("/healthz", include_in_schema=False)
@@ -438,3 +445,39 @@ def create_portal_app(settings: PortalSettings) -> tuple[FastAPI, Callable[[], N
         return JSONResponse({"status": "ok"})
 
     return app, http.close
+
+
+def _secure_cookies(public_origin: str | None) -> bool:
+    """``Secure`` cookies, except for a plain-HTTP origin that is not loopback (browsers keep
+    ``Secure`` cookies of http://127.0.0.1 and http://localhost, and of nothing else over HTTP)."""
+    if public_origin is None or public_origin.startswith("https://"):
+        return True
+    host = urlsplit(public_origin).hostname or ""
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+def _signin(
+    settings: PortalSettings, verifier: TokenVerifier, http: httpx.Client
+) -> OidcSignIn | None:
+    """The client at the provider, when ``[signin]`` is configured."""
+    conf = settings.signin
+    if conf is None or settings.oidc_issuer is None:
+        return None
+    origin = settings.public_origin or ""
+    return OidcSignIn(
+        issuer=settings.oidc_issuer,
+        client_id=conf.client_id,
+        client_secret=conf.secret(),
+        redirect_uri=conf.redirect_uri or f"{origin}/signin/callback",
+        post_logout_redirect_uri=conf.post_logout_redirect_uri or f"{origin}/signin",
+        scopes=conf.scopes,
+        resource=conf.resource,
+        id_token_algorithms=conf.id_token_algorithms,
+        keys=JwksKeys.from_issuer(
+            settings.oidc_issuer,
+            timeout_s=settings.timeout_s,
+            min_refetch_s=settings.jwks_min_refetch_s,
+        ),
+        api=verifier,
+        http=http,
+    )

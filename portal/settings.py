@@ -7,7 +7,14 @@ Read from ``ONCEONLY_PORTAL_*`` environment variables and, optionally, a TOML fi
     consent_url = "https://central.example"        # the consent service's citizen API
     desk_url = "https://one-stop.example"          # optional: the one-stop desk
     public_origin = "https://portal.example"       # POSTs from any other origin are refused
-    dev_issuer_key_file = "/srv/onceonly/dev-issuer.key"   # the demo's sign-in
+    oidc_issuer = "https://idp.example"            # sign-in at this OpenID Connect provider
+    jwt_audience = "https://api.onceonly.example"  # the access tokens' audience (the services)
+    jwt_citizen_claim = "citizen_id"               # the claim with the citizen id
+    jwt_role_map = { "onceonly-auditor" = "auditor" }
+
+    [signin]                                       # the portal's client at the provider
+    client_id = "onceonly-portal"
+    client_secret_file = "/etc/onceonly/portal-client-secret"
 
     consent_log_key = "onceonly.example/consent-service/audit+…"   # onceonly audit key consent-service
 
@@ -36,8 +43,15 @@ from pydantic_settings import (
 
 from audit.checkpoint import NoteError, NoteVerifier
 from exchange.errors import ConfigurationError
+from exchange.settings import TokenIssuer
 
-__all__ = ["DemoCitizen", "NodeSettings", "PortalSettings", "load_portal_settings"]
+__all__ = [
+    "DemoCitizen",
+    "NodeSettings",
+    "PortalSettings",
+    "SignInSettings",
+    "load_portal_settings",
+]
 
 MIN_SECRET_BYTES = 16
 
@@ -73,6 +87,46 @@ class NodeSettings(BaseModel):
         return NoteVerifier.from_vkey(self.log_key)
 
 
+class SignInSettings(BaseModel):
+    """The portal's client at the OpenID Connect provider (``[signin]`` of the file, or
+    ``ONCEONLY_PORTAL_SIGNIN__CLIENT_ID`` and so on)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    client_id: str = Field(min_length=1)
+    client_secret: SecretStr | None = None
+    client_secret_file: Path | None = None
+    """A confidential client's secret (``client_secret_basic``); neither: a public client,
+    bound by PKCE alone."""
+    scopes: list[str] = ["openid"]
+    resource: str | None = None
+    """RFC 8707 resource indicator sent with the request: the services' API at the provider."""
+    id_token_algorithms: list[str] = Field(default_factory=lambda: ["RS256"], min_length=1)
+    """The ID tokens' ``alg``, pinned for this provider."""
+    redirect_uri: str | None = None
+    """Default: ``{public_origin}/signin/callback`` (register it at the provider)."""
+    post_logout_redirect_uri: str | None = None
+    """Default: ``{public_origin}/signin`` (register it at the provider)."""
+
+    @field_validator("redirect_uri", "post_logout_redirect_uri")
+    @classmethod
+    def _optional_url(cls, value: str | None) -> str | None:
+        return None if value is None else _http_url(value)
+
+    def secret(self) -> SecretStr | None:
+        if self.client_secret is not None:
+            return self.client_secret
+        if self.client_secret_file is None:
+            return None
+        try:
+            value = self.client_secret_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read the client secret file {exc}") from exc
+        if not value:
+            raise ConfigurationError("the client secret file is empty")
+        return SecretStr(value)
+
+
 class DemoCitizen(BaseModel):
     """A person offered on the development sign-in page."""
 
@@ -82,8 +136,10 @@ class DemoCitizen(BaseModel):
     name: str = Field(min_length=1)
 
 
-class PortalSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ONCEONLY_PORTAL_", extra="forbid")
+class PortalSettings(BaseSettings, TokenIssuer):
+    model_config = SettingsConfigDict(
+        env_prefix="ONCEONLY_PORTAL_", extra="forbid", env_nested_delimiter="__"
+    )
 
     consent_url: str
     """Base URL of the consent service (the central server), without ``/consent/v1``."""
@@ -98,12 +154,20 @@ class PortalSettings(BaseSettings):
     secret: SecretStr | None = None
     secret_file: Path | None = None
     """Signs session cookies: ``ONCEONLY_PORTAL_SECRET`` or a file holding it (one is needed)."""
+    signin: SignInSettings | None = None
+    """Sign-in at the OpenID Connect provider ``oidc_issuer`` (the token settings of
+    ``exchange.settings.TokenIssuer`` say how its access tokens are verified)."""
+    session_lifetime_s: int = Field(default=3600, ge=60, le=12 * 3600)
+    """A session ends this long after sign-in, whatever its token says."""
+    reauth_max_age_s: int = Field(default=300, ge=0, le=3600)
+    """Granting a consent needs an authentication at most this old (else: sign in again)."""
     dev_issuer_key_file: Path | None = None
-    """The development issuer's key: the demo's sign-in mints tokens with it."""
+    """The development issuer's key: the demo's sign-in mints tokens with it. Needs
+    ``allow_dev_issuer``."""
+    allow_dev_issuer: bool = False
+    """The explicit development flag: without it, ``dev_issuer_key_file`` is refused."""
     token_public_key_file: Path | None = None
     """A real issuer's PEM public key, when sign-in happens elsewhere (no development sign-in)."""
-    jwt_issuer: str = "onceonly-dev"
-    jwt_audience: str = "onceonly"
     demo_citizens: list[DemoCitizen] = []
     host: str = "127.0.0.1"
     port: int = Field(default=8300, ge=1, le=65535)
@@ -175,11 +239,41 @@ def load_portal_settings(config: Path | None = None, **overrides: Any) -> Portal
         raise ConfigurationError(f"portal config {config}: {exc}") from None
     settings: PortalSettings = loaded
     settings.portal_secret  # noqa: B018 (fail at start, not at the first request)
-    if settings.dev_issuer_key_file is None and settings.token_public_key_file is None:
-        raise ConfigurationError(
-            "set dev_issuer_key_file (development sign-in) or token_public_key_file"
-        )
+    _check_issuers(settings)
     return settings
+
+
+def _check_issuers(settings: PortalSettings) -> None:
+    """Exactly one way to sign in; the development issuer only with its explicit flag."""
+    if settings.dev_issuer_key_file is not None:
+        if not settings.allow_dev_issuer:
+            raise ConfigurationError(
+                "dev_issuer_key_file is the demo's sign-in: it needs allow_dev_issuer = true "
+                "(development only; real sign-in is [signin] with oidc_issuer)"
+            )
+        if settings.oidc_issuer is not None or settings.signin is not None:
+            raise ConfigurationError(
+                "configure one sign-in: the development issuer or the OpenID Connect provider"
+            )
+    elif settings.allow_dev_issuer:
+        raise ConfigurationError("allow_dev_issuer is set but dev_issuer_key_file is not")
+    if settings.signin is not None:
+        if settings.oidc_issuer is None:
+            raise ConfigurationError("[signin] needs oidc_issuer (the provider's issuer URL)")
+        if settings.public_origin is None and settings.signin.redirect_uri is None:
+            raise ConfigurationError("[signin] needs public_origin (or signin.redirect_uri)")
+        settings.signin.secret()  # a missing secret file fails at start
+    if settings.oidc_issuer is not None and settings.token_public_key_file is not None:
+        raise ConfigurationError("configure one token issuer: oidc_issuer or token_public_key_file")
+    if (
+        settings.dev_issuer_key_file is None
+        and settings.token_public_key_file is None
+        and settings.oidc_issuer is None
+    ):
+        raise ConfigurationError(
+            "set oidc_issuer with [signin] (sign-in at your identity provider), "
+            "token_public_key_file, or dev_issuer_key_file with allow_dev_issuer (the demo's)"
+        )
 
 
 def _first_error(exc: ValidationError) -> str:

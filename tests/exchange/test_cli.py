@@ -140,15 +140,43 @@ def test_central_whose_key_is_missing_refuses_to_start_and_makes_none(
     assert not (data_dir / key).exists()
 
 
-def test_without_a_token_issuer_the_central_server_names_both_ways_to_get_one(
+def test_without_a_token_issuer_the_central_server_names_the_ways_to_get_one(
     data_dir: Path,
 ) -> None:
     _provision(data_dir)
     code, output = _start(data_dir, "central")
     assert code == 2
     line = _one_line_error(output)
-    assert "onceonly keys dev-issuer" in line
+    assert "ONCEONLY_OIDC_ISSUER" in line
     assert "ONCEONLY_JWT_PUBLIC_KEY_FILE" in line
+    assert "ONCEONLY_ALLOW_DEV_ISSUER=true" in line
+    assert not (data_dir / "dev-issuer.key").exists()
+
+
+def test_a_development_issuer_key_in_the_data_dir_is_refused_without_the_explicit_flag(
+    data_dir: Path,
+) -> None:
+    """The accident the flag stops: a non-demo deployment whose data directory happens to hold
+    the development issuer's key (``keys dev-issuer`` for a trial) must not trust it."""
+    _provision(data_dir)
+    code, output = _cli("keys", "dev-issuer", "--data-dir", str(data_dir))
+    assert code == 0, output
+    for args in (("central",), ("node", "--member", MACHIDA)):
+        code, output = _start(data_dir, *args)
+        assert code == 2
+        assert "ONCEONLY_ALLOW_DEV_ISSUER=true" in _one_line_error(output)
+
+
+def test_with_the_flag_a_missing_development_key_names_the_command_that_makes_it(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _provision(data_dir)
+    monkeypatch.setenv("ONCEONLY_ALLOW_DEV_ISSUER", "true")
+    code, output = _start(data_dir, "central")
+    assert code == 2
+    line = _one_line_error(output)
+    assert "onceonly keys dev-issuer" in line
+    assert "ONCEONLY_OIDC_ISSUER" in line
     assert not (data_dir / "dev-issuer.key").exists()
 
 
@@ -285,10 +313,11 @@ def test_a_node_with_workers_whose_key_is_missing_refuses_before_any_worker_star
 
 
 def test_a_node_whose_sealing_key_is_missing_refuses_to_start_and_makes_none(
-    data_dir: Path,
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _provision(data_dir)
     assert _cli("keys", "dev-issuer")[0] == 0
+    monkeypatch.setenv("ONCEONLY_ALLOW_DEV_ISSUER", "true")
     seal_key = data_dir / "members" / "JP_GOV_132098" / "seal" / "resident-registry.key"
     seal_key.unlink()
     code, output = _start(data_dir, "node", "--member", MACHIDA)
@@ -320,10 +349,11 @@ def test_set_translator_makes_the_translator_log_key_once_and_audit_key_reads_it
 
 @pytest.mark.parametrize("key", ["translator/translator.key", "audit/pseudonym-translator.skey"])
 def test_central_whose_registry_names_a_translator_refuses_without_its_keys(
-    data_dir: Path, key: str
+    data_dir: Path, key: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _provision(data_dir)
     assert _cli("keys", "dev-issuer")[0] == 0
+    monkeypatch.setenv("ONCEONLY_ALLOW_DEV_ISSUER", "true")
     assert _cli("registry", "set-translator", "--url", "http://127.0.0.1:8100")[0] == 0
     (data_dir / key).unlink()
     code, output = _start(data_dir, "central")
@@ -347,6 +377,7 @@ def test_the_portal_without_its_development_issuer_key_names_the_command(
     config.write_text(
         'consent_url = "http://127.0.0.1:8100/"\n'
         f'dev_issuer_key_file = "{missing}"\n'
+        "allow_dev_issuer = true\n"
         'host = "127.0.0.1"\n'
         "[[nodes]]\n"
         f'member = "{MACHIDA}"\n'

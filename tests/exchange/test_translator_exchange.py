@@ -85,7 +85,12 @@ def world(tmp_path: Path, db_url: str) -> Iterator[World]:
     now = datetime.now(UTC)
     keys = KeyStore(tmp_path / "data")
     init_instance(keys, "JP", now=now)
-    settings = Settings(data_dir=keys.root, central_url="http://central", database_url=db_url)
+    settings = Settings(
+        data_dir=keys.root,
+        central_url="http://central",
+        database_url=db_url,
+        allow_dev_issuer=True,  # the tests' citizens sign in with the development issuer
+    )
     engine = make_engine(db_url)
     upgrade(engine)
     admin = RegistryAdmin(engine)

@@ -115,7 +115,13 @@ def provisioned_cluster(
         addresses={m: f"http://127.0.0.1:{ports[str(m)]}" for m in members},
         central_url=central,
     )
-    proc_env = {"ONCEONLY_DATA_DIR": str(data_dir), "ONCEONLY_CENTRAL_URL": central, **(env or {})}
+    proc_env = {
+        "ONCEONLY_DATA_DIR": str(data_dir),
+        "ONCEONLY_CENTRAL_URL": central,
+        # The tests' citizens sign in with the development issuer unless ``env`` names another.
+        "ONCEONLY_ALLOW_DEV_ISSUER": "true",
+        **(env or {}),
+    }
     # The processes use the cluster's database, never one the test runner's environment names
     # (an empty DATABASE_URL is SQLite in the data directory).
     proc_env["DATABASE_URL"] = database_url or ""

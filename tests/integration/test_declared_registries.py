@@ -234,6 +234,7 @@ def world(
         # The shared pseudonym table (comparison mode): this test is about declared registries;
         # the translator's own end-to-end tests are tests/integration/test_translator_processes.py.
         pseudonyms="local",
+        allow_dev_issuer=True,  # the tests' citizens sign in with the development issuer
     )
     engine = make_engine(str(settings.database_url))
     admin = _central(engine, settings, registries, now)

@@ -143,6 +143,7 @@ def _portal_config(
         f'consent_url = "{settings.central_url}"\n'
         f'consent_log_key = "{consent_key}"\n'
         f'dev_issuer_key_file = "{settings.data_dir / "dev-issuer.key"}"\n'
+        "allow_dev_issuer = true\n"
         f'demo_citizens = [{{ subject = "{citizen}", name = "町田 一郎" }}]\n'
         "[[nodes]]\n"
         f'member = "{MACHIDA}"\n'

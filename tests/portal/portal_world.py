@@ -86,9 +86,10 @@ class World:
         return self.logs[NODE]
 
 
-def build_world(db_url: str, log_db_url: str, tmp_path: Path) -> World:
+def build_world(db_url: str, log_db_url: str, tmp_path: Path, **portal: Any) -> World:
     """``log_db_url`` is another database: the consent service writes its audit event inside
-    its own transaction, which SQLite's single writer cannot share with the log's."""
+    its own transaction, which SQLite's single writer cannot share with the log's. ``portal``
+    goes to ``build_portal`` (a clock, a session lifetime, …)."""
     engine = make_engine(db_url)
     upgrade(engine)
     log_engine = make_engine(log_db_url)
@@ -155,7 +156,7 @@ def build_world(db_url: str, log_db_url: str, tmp_path: Path) -> World:
     issuer = DevIssuer.load_or_create(tmp_path, issuer="onceonly-dev", audience="onceonly")
     logs = {NODE: log, PRIVATE_NODE: private}
     settings = Settings(portal_secret=SecretStr(SECRET), data_dir=tmp_path)
-    portal = build_portal(
+    app = build_portal(
         settings,
         consent=LocalConsent(service),
         logs=local_logs(logs, subjects_of),
@@ -163,11 +164,12 @@ def build_world(db_url: str, log_db_url: str, tmp_path: Path) -> World:
         verifier=issuer.verifier(),
         demo_citizens=DEMO_CITIZENS,
         consent_log=LocalLog(consent_log, lambda p: {p.subject}),
+        **portal,
     )
-    root = Starlette(routes=[Mount("/portal", app=portal)])
+    root = Starlette(routes=[Mount("/portal", app=app)])
     return World(
         root,
-        portal,
+        app,
         service,
         logs,
         consent_log,

@@ -4,6 +4,7 @@ problem a one-line error."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,7 @@ def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path.write_text(
         'consent_url = "http://127.0.0.1:8100/"\n'
         'dev_issuer_key_file = "/srv/dev-issuer.key"\n'
+        "allow_dev_issuer = true\n"
         "port = 8400\n"
         "[[nodes]]\n"
         'member = "JP/GOV/132098"\n'
@@ -104,3 +106,110 @@ def test_the_command_fails_in_one_line_without_settings_and_takes_no_secret_opti
     refused = runner.invoke(app, ["portal", "--secret", SECRET])
     assert refused.exit_code != 0
     assert "No such option" in refused.output
+
+
+def _with(config: Path, text: str) -> Path:
+    """``config`` without its development sign-in, plus ``text`` (TOML keys, then tables)."""
+    lines = [
+        line
+        for line in config.read_text().splitlines()
+        if not line.startswith(("dev_issuer_key_file", "allow_dev_issuer"))
+    ]
+    top, tables = text.split("---") if "---" in text else (text, "")
+    path = config.with_name("portal-variant.toml")
+    path.write_text(top + "\n".join(lines) + "\n" + tables)
+    return path
+
+
+def test_a_development_issuer_key_without_the_explicit_flag_is_refused(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The development issuer cannot be enabled by accident: its key file alone is refused."""
+    monkeypatch.setenv("ONCEONLY_PORTAL_SECRET", SECRET)
+    variant = _with(config, 'dev_issuer_key_file = "/srv/dev-issuer.key"\n')
+    with pytest.raises(ConfigurationError, match="allow_dev_issuer = true"):
+        load_portal_settings(variant)
+    monkeypatch.setenv("ONCEONLY_PORTAL_ALLOW_DEV_ISSUER", "false")
+    with pytest.raises(ConfigurationError, match="allow_dev_issuer = true"):
+        load_portal_settings(config)
+
+
+def test_the_development_issuer_beside_a_provider_is_refused(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ONCEONLY_PORTAL_SECRET", SECRET)
+    monkeypatch.setenv("ONCEONLY_PORTAL_OIDC_ISSUER", "https://idp.example")
+    with pytest.raises(ConfigurationError, match="configure one sign-in"):
+        load_portal_settings(config)
+
+
+def test_signin_at_a_provider_is_read_from_the_file_and_its_secret_from_the_environment(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ONCEONLY_PORTAL_SECRET", SECRET)
+    monkeypatch.setenv("ONCEONLY_PORTAL_SIGNIN__CLIENT_SECRET", "client-secret-from-env")
+    variant = _with(
+        config,
+        'oidc_issuer = "https://idp.example/realms/citizens"\n'
+        'public_origin = "https://portal.example"\n'
+        'jwt_audience = "https://api.onceonly.example"\n'
+        'jwt_citizen_claim = "citizen_id"\n'
+        'jwt_role_map = { "onceonly-auditor" = "auditor" }\n'
+        "---"
+        "[signin]\n"
+        'client_id = "onceonly-portal"\n'
+        'scopes = ["openid", "onceonly"]\n',
+    )
+    settings = load_portal_settings(variant)
+    assert settings.signin is not None
+    assert settings.signin.client_id == "onceonly-portal"
+    secret = settings.signin.secret()
+    assert secret is not None
+    assert secret.get_secret_value() == "client-secret-from-env"
+    assert settings.jwt_role_map == {"onceonly-auditor": "auditor"}
+    assert settings.claim_mapping().citizen_claim == "citizen_id"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('---[signin]\nclient_id = "p"\n', "needs oidc_issuer"),
+        ('oidc_issuer = "https://idp.example"\n---[signin]\nclient_id = "p"\n', "public_origin"),
+        (
+            'oidc_issuer = "https://idp.example"\npublic_origin = "https://p.example"\n'
+            '---[signin]\nclient_id = "p"\nclient_secret_file = "/nowhere/secret"\n',
+            "cannot read the client secret file",
+        ),
+        ("", "set oidc_issuer with [signin]"),
+    ],
+)
+def test_incomplete_signin_settings_are_one_line_errors(
+    config: Path, monkeypatch: pytest.MonkeyPatch, text: str, message: str
+) -> None:
+    monkeypatch.setenv("ONCEONLY_PORTAL_SECRET", SECRET)
+    with pytest.raises(ConfigurationError) as caught:
+        load_portal_settings(_with(config, text))
+    assert message in caught.value.detail
+    assert "\n" not in caught.value.detail
+
+
+def test_the_provider_example_of_docs_portal_md_is_a_valid_configuration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator's example in docs/portal.md ("Sign-in at an OpenID Connect provider") loads
+    as it stands, but for its two files (made here) and its shortened log key."""
+    doc = (Path(__file__).parents[2] / "docs" / "portal.md").read_text()
+    section = doc.split("## Sign-in at an OpenID Connect provider", 1)[1]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    secret = tmp_path / "portal-client-secret"
+    secret.write_text("client-secret\n")
+    example = example.replace("/etc/onceonly/portal-client-secret", str(secret))
+    example = re.sub(r'log_key = ".*"', f'log_key = "{_vkey()}"', example)
+    config = tmp_path / "portal.toml"
+    config.write_text(example)
+    monkeypatch.setenv("ONCEONLY_PORTAL_SECRET", SECRET)
+    settings = load_portal_settings(config)
+    assert settings.signin is not None
+    assert settings.oidc_issuer == "https://idp.example.lg.jp/realms/citizens"
+    assert settings.claim_mapping().role_map == {"onceonly-auditor": "auditor"}
+    assert settings.dev_issuer_key_file is None

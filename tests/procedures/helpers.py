@@ -276,6 +276,7 @@ def start_federation(tmp_path: Path, db_url: str, *, citizens: int = 60) -> Fede
         database_url=db_url if postgres else None,
         central_url=f"http://127.0.0.1:{ports['central']}",
         registry_refresh_s=3600,
+        allow_dev_issuer=True,  # the tests' citizens sign in with the development issuer
     )
     fed = provision(
         settings,

@@ -70,3 +70,20 @@ def test_the_desk_decides_nothing_for_a_citizen_without_their_token() -> None:
             desk.approve_request("citizen-1", "../consents/x/revoke", now=NOW, token="t")
     finally:
         desk.close()
+
+
+def test_the_desk_needs_exactly_one_token_issuer(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _desk_env(monkeypatch, tmp_path)
+    monkeypatch.setenv("ONCEONLY_DESK_API_KEY", "secret-key")
+    monkeypatch.setenv("ONCEONLY_DESK_OIDC_ISSUER", "https://idp.example")
+    with pytest.raises(ConfigurationError, match="one token issuer"):
+        load_desk_settings()
+    monkeypatch.delenv("ONCEONLY_DESK_TOKEN_PUBLIC_KEY_FILE")
+    settings = load_desk_settings()
+    assert settings.oidc_issuer == "https://idp.example"
+    assert settings.jwt_algorithms == ["RS256"]
+    monkeypatch.delenv("ONCEONLY_DESK_OIDC_ISSUER")
+    with pytest.raises(ConfigurationError, match="ONCEONLY_DESK_OIDC_ISSUER"):
+        load_desk_settings()
