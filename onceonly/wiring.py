@@ -37,6 +37,7 @@ from consent.api import build_citizen_router, build_gate_router
 from consent.artefact import ConsentIssuerKey
 from consent.lifecycle import ConsentService
 from consent.metrics import ConsentMetrics
+from consent.model import ConsentRequestInput
 from consent.registry_gate import RegistryConsentGate
 from exchange.central_config import VerifiedRegistry
 from exchange.db import make_engine, runs_inline, sqlite_writer_turn, upgrade
@@ -384,6 +385,7 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
         ),
         background=(publish_checkpoints,),
         engine=engine,
+        consent_request_schema=ConsentRequestInput.model_json_schema(),
         inline=runs_inline(*engines, mode=settings.db_work)
         and isinstance(feed.engine, EmbeddedRegoEngine),
         closers=(
