@@ -247,3 +247,13 @@ def test_a_node_answers_405_with_allow_on_its_exchange_routes(apps: dict[str, Fa
         answer = _request(app, method, path)
         assert answer.status_code == 405, (method, path, answer.text)
         assert answer.headers["allow"] == allow, (method, path)
+
+
+def test_a_node_without_a_valid_registry_answers_health_503_as_a_problem_with_retry_after(
+    apps: dict[str, FastAPI],
+) -> None:
+    answer = _request(apps["node JP/GOV/132098"], "GET", "/healthz")  # never fetched one
+    assert answer.status_code == 503
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert int(answer.headers["retry-after"]) > 0
+    assert answer.json()["code"] == "Server.ServerProxy.Configuration"
