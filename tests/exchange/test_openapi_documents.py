@@ -256,4 +256,4 @@ def test_a_node_without_a_valid_registry_answers_health_503_as_a_problem_with_re
     assert answer.status_code == 503
     assert answer.headers["content-type"] == "application/problem+json"
     assert int(answer.headers["retry-after"]) > 0
-    assert answer.json()["code"] == "Server.ServerProxy.Configuration"
+    assert answer.json()["code"] == "Server.ServerProxy.OutdatedGlobalConf"
