@@ -31,12 +31,10 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 
 from exchange.openapi import PROBLEM_SCHEMA, hoist_defs
-from exchange.web.auth import BEARER_SCHEME
 from exchange.web.problems import PROBLEM_MEDIA_TYPE, TITLES
 
 __all__ = [
     "API_KEY",
-    "BEARER_TOKEN",
     "NODE_REQUEST",
     "PROBLEM_REF",
     "PUBLIC",
@@ -57,7 +55,6 @@ Security = tuple[Mapping[str, Sequence[str]], ...]
 """Alternative security requirements (OpenAPI: any one of them suffices)."""
 
 PROBLEM_REF = "#/components/schemas/Problem"
-BEARER_TOKEN = BEARER_SCHEME
 PUBLIC: Security = ()
 """No credentials: the route is open to anyone who can reach it (``security: []``)."""
 API_KEY: Security = ({"apiKey": []}, {"apiKeyBearer": []})
@@ -200,14 +197,13 @@ def documented(
     security: Security | None = None,
     body: Mapping[str, Any] | None = None,
     responses: Mapping[int | str, Any] | None = None,
-    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments for a FastAPI route decorator: ``operation_id``, ``responses`` (the
     problems it answers, plus other ``responses``) and ``openapi_extra`` (``security`` when the
     route checks something FastAPI cannot see, ``PUBLIC`` when it checks nothing; the raw
     request ``body``). Leave ``security`` out only when a dependency declares it (a bearer
     token, ``exchange.web.auth``)."""
-    openapi_extra: dict[str, Any] = dict(extra or {})
+    openapi_extra: dict[str, Any] = {}
     if security is not None:
         openapi_extra["security"] = _security(security)
     if body is not None:
