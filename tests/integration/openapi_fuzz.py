@@ -59,6 +59,11 @@ _IN_THE_LOG = (
     "the sizes a proof or an export can name depend on the log's size at the time of the call "
     "(0 <= first <= second <= size): no schema can state it, and beyond it the answer is 400"
 )
+_ANOTHER_PRINCIPAL = (
+    "a consent request is made by a consumer's node (a signed request) and read, approved or "
+    "declined by the citizen it names: the fuzzer's citizen finds only the requests naming them, "
+    "and one naming anybody else is a 404, like an unknown one (no existence oracle)"
+)
 NOT_APPLICABLE: Mapping[str, Mapping[str, str]] = {
     "exchangeMessage": {
         "positive_data_acceptance": "a message is authenticated by its envelope's signature, "
@@ -70,6 +75,14 @@ NOT_APPLICABLE: Mapping[str, Mapping[str, str]] = {
     "createConsentRequest": {
         "positive_data_acceptance": "valid_until must be after valid_from, a rule between two "
         "fields that JSON Schema cannot state; a request breaking it is a 400",
+    },
+    **{
+        operation_id: {"ensure_resource_availability": _ANOTHER_PRINCIPAL}
+        for operation_id in (
+            "getConsentRequest",
+            "approveConsentRequest",
+            "declineConsentRequest",
+        )
     },
     "startAddressChange": {
         "positive_data_acceptance": "the new address and the move date are checked against the "
