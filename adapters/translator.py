@@ -32,12 +32,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from exchange.central_config import VerifiedRegistry
 from exchange.errors import ClientError, NotFoundError, OnceOnlyError, RefusalError
-from exchange.identifiers import ClientId, ServiceId, parse_part
+from exchange.identifiers import PART_PATTERN, SERVICE_ID_PATTERN, ClientId, ServiceId, parse_part
 from exchange.node_requests import VerifiedNodeRequest
 from exchange.ports import CITIZEN_AGENCY, AuditEvent, AuditSink, SubjectTranslator
 from exchange.signing import TranslatorSigner
 from exchange.subject_token import SealedSubject, issue_subject_token
 from exchange.web.body import read_body
+from exchange.web.openapi import NODE_REQUEST, documented, json_body
 
 __all__ = [
     "CITIZEN_CODES_PATH",
@@ -71,10 +72,12 @@ class _Wire(BaseModel):
 
 
 class TranslationRequest(_Wire):
-    subject: str = Field(min_length=1, max_length=128)
-    service: str = Field(max_length=255)
+    # The patterns are what ``_translate`` checks (``parse_part``, ``ServiceId.parse``), stated
+    # in the schema so that the OpenAPI document says what is accepted.
+    subject: str = Field(min_length=1, max_length=128, pattern=PART_PATTERN)
+    service: str = Field(max_length=255, pattern=SERVICE_ID_PATTERN)
     citizen: bool = False
-    message_id: str = Field(min_length=1, max_length=128)
+    message_id: str = Field(min_length=1, max_length=128, pattern=PART_PATTERN)
 
 
 class TranslationAnswer(_Wire):
@@ -276,7 +279,17 @@ def build_translator_router(
     citizen-codes route is not served."""
     router = APIRouter(tags=["pseudonym-translator"])
 
-    @router.post(TRANSLATOR_PATH, response_model=TranslationAnswer)
+    @router.post(
+        TRANSLATOR_PATH,
+        response_model=TranslationAnswer,
+        **documented(
+            "issueSubjectToken",
+            security=NODE_REQUEST,
+            body=json_body(TranslationRequest),
+            # (P2) 403 no access right; (P3) 404 an unknown service or code
+            problems=(400, 401, 403, 404, 413, 503),
+        ),
+    )
     async def subject_token(request: Request) -> JSONResponse:
         now = clock()
         client: ClientId | None = None
@@ -301,7 +314,16 @@ def build_translator_router(
 
     if citizen_of is not None:
 
-        @router.post(CITIZEN_CODES_PATH, response_model=CitizenCodesAnswer)
+        @router.post(
+            CITIZEN_CODES_PATH,
+            response_model=CitizenCodesAnswer,
+            **documented(
+                "listCitizenCodes",
+                security=NODE_REQUEST,
+                body=json_body(CitizenCodesRequest),
+                problems=(400, 401, 413, 503),  # 401 too for a citizen's token that fails
+            ),
+        )
         async def citizen_codes(request: Request) -> JSONResponse:
             now = clock()
             client: ClientId | None = None

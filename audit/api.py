@@ -28,9 +28,9 @@ dependencies built inside ``build_router`` when the routes are defined.)
 import base64
 from collections.abc import Callable, Collection, Iterator
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from audit.log import (
@@ -43,15 +43,18 @@ from audit.log import (
 from exchange.errors import ClientError, NotFoundError
 from exchange.tokens import Principal, TokenVerifier
 from exchange.web.auth import bearer_principal
-from exchange.web.params import MAX_INT64
+from exchange.web.openapi import documented, media_content
+from exchange.web.params import MAX_INT64, Rfc3339Time
 
 __all__ = ["build_router", "describe_entry"]
 
 DEFAULT_PAGE_SIZE = 100
 MAX_EXPORT_ENTRIES = 1_000_000
 MAX_QUERY_LEN = 255
-DECISIONS = frozenset({"allow", "deny", "error", "info"})
+Decision = Literal["allow", "deny", "error", "info"]
+"""The decisions an entry records (``EntryQuery.decision``): the filter is an enum."""
 JST = timezone(timedelta(hours=9), "JST")
+EXPORT_MEDIA_TYPE = "application/jsonl"
 
 _ACTIONS: dict[str, tuple[str, str]] = {
     "request": ("asked for your data", "あなたの情報を照会しました"),
@@ -146,12 +149,6 @@ def _checkpoint_ref(cp: StoredCheckpoint) -> dict[str, Any]:
     return {"checkpoint": cp.note, "checkpoint_time": cp.time.isoformat()}
 
 
-def _aware(value: datetime | None, name: str) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        raise ClientError(f"{name} must carry a timezone (e.g. 2026-11-23T09:00:00Z)")
-    return value
-
-
 def build_router(
     log: TransparencyLog,
     verifier: TokenVerifier,
@@ -166,8 +163,8 @@ def build_router(
     published on demand when no checkpoint yet covers an entry asked for.
     """
     now = clock or (lambda: datetime.now(UTC))
-    auditor = Annotated[Principal, Depends(bearer_principal(verifier, role="auditor"))]
-    citizen = Annotated[Principal, Depends(bearer_principal(verifier, role="citizen"))]
+    auditor = Annotated[Principal, bearer_principal(verifier, role="auditor")]
+    citizen = Annotated[Principal, bearer_principal(verifier, role="citizen")]
     router = APIRouter()
 
     def covering_checkpoint(index: int) -> StoredCheckpoint:
@@ -183,29 +180,27 @@ def build_router(
             "inclusion_proof": [_b64(h) for h in proof],
         }
 
-    @router.get("/audit/entries")
+    @router.get("/audit/entries", **documented("searchAuditEntries", problems=(400, 401, 403, 503)))
     def search_entries(
         _: auditor,
         subject: Annotated[str | None, Query(max_length=MAX_QUERY_LEN)] = None,
         client: Annotated[str | None, Query(max_length=MAX_QUERY_LEN)] = None,
         service: Annotated[str | None, Query(max_length=MAX_QUERY_LEN)] = None,
         purpose: Annotated[str | None, Query(max_length=MAX_QUERY_LEN)] = None,
-        decision: Annotated[str | None, Query(max_length=16)] = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
+        decision: Decision | None = None,
+        since: Rfc3339Time | None = None,
+        until: Rfc3339Time | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
         cursor: Annotated[int | None, Query(ge=0, le=MAX_INT64)] = None,
     ) -> dict[str, Any]:
-        if decision is not None and decision not in DECISIONS:
-            raise ClientError(f"decision must be one of {', '.join(sorted(DECISIONS))}")
         query = EntryQuery(
             subjects=frozenset({subject}) if subject is not None else None,
             client=client,
             service=service,
             purpose=purpose,
             decision=decision,
-            since=_aware(since, "since"),
-            until=_aware(until, "until"),
+            since=since,
+            until=until,
         )
         page = log.search(query, limit=limit, cursor=cursor)
         return {
@@ -213,7 +208,9 @@ def build_router(
             "next_cursor": None if page.next_cursor is None else str(page.next_cursor),
         }
 
-    @router.get("/audit/entries/{index}")
+    @router.get(
+        "/audit/entries/{index}", **documented("getAuditEntry", problems=(400, 401, 403, 404, 503))
+    )
     def get_entry(_: auditor, index: int) -> dict[str, Any]:
         if not 0 <= index <= MAX_INT64:  # no such entry, and no 64-bit SQL integer either
             raise NotFoundError(f"no entry {index}")
@@ -221,22 +218,34 @@ def build_router(
         cp = covering_checkpoint(index)
         return with_proof(entry, cp) | _checkpoint_ref(cp)
 
-    @router.get("/audit/size")
+    @router.get("/audit/size", **documented("getAuditLogSize", problems=(401, 403, 503)))
     def size(_: auditor) -> dict[str, int]:
         return {"size": log.size()}
 
-    @router.get("/audit/checkpoint", response_class=PlainTextResponse)
+    @router.get(
+        "/audit/checkpoint",
+        response_class=PlainTextResponse,
+        **documented(
+            "getLatestCheckpoint",
+            problems=(401, 403, 503),
+            responses={200: {"description": "the latest signed checkpoint (C2SP note)"}},
+        ),
+    )
     def latest_checkpoint(_: auditor) -> PlainTextResponse:
         cp = log.latest_checkpoint() or log.publish_checkpoint(now())
         return PlainTextResponse(cp.note, media_type="text/plain; charset=utf-8")
 
-    @router.get("/audit/checkpoints")
+    @router.get(
+        "/audit/checkpoints", **documented("listCheckpoints", problems=(400, 401, 403, 503))
+    )
     def checkpoint_history(
         _: auditor, limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE
     ) -> dict[str, Any]:
         return {"checkpoints": [_checkpoint_json(c) for c in log.checkpoints(limit=limit)]}
 
-    @router.get("/audit/consistency")
+    @router.get(
+        "/audit/consistency", **documented("getConsistencyProof", problems=(400, 401, 403, 503))
+    )
     def consistency(
         _: auditor,
         first: Annotated[int, Query(ge=0, le=MAX_INT64)],
@@ -245,7 +254,20 @@ def build_router(
         proof = log.consistency_proof(first, second)
         return {"first": first, "second": second, "proof": [_b64(h) for h in proof]}
 
-    @router.get("/audit/export")
+    @router.get(
+        "/audit/export",
+        response_class=StreamingResponse,
+        **documented(
+            "exportAuditLog",
+            problems=(400, 401, 403, 503),
+            responses={
+                200: {
+                    "description": "one JSON entry per line (JSON Lines), to verify offline",
+                    "content": media_content(EXPORT_MEDIA_TYPE, {"type": "string"}),
+                }
+            },
+        ),
+    )
     def export(
         _: auditor,
         start: Annotated[int, Query(ge=0, le=MAX_INT64)] = 0,
@@ -262,12 +284,14 @@ def build_router(
             for line in log.export(start, stop):
                 yield line + "\n"
 
-        return StreamingResponse(lines(), media_type="application/jsonl")
+        return StreamingResponse(lines(), media_type=EXPORT_MEDIA_TYPE)
 
     def own_subjects(principal: Principal) -> frozenset[str]:
         return frozenset(subjects_of(principal) if subjects_of else {principal.subject})
 
-    @router.get("/me/accesses/{index}")
+    @router.get(
+        "/me/accesses/{index}", **documented("getMyAccess", problems=(400, 401, 403, 404, 503))
+    )
     def my_access(principal: citizen, index: int) -> dict[str, Any]:
         if not 0 <= index <= MAX_INT64:  # no such entry, and no 64-bit SQL integer either
             raise NotFoundError("no such entry")
@@ -281,7 +305,7 @@ def build_router(
         cp = covering_checkpoint(index)
         return describe_entry(entry.record) | with_proof(entry, cp) | _checkpoint_ref(cp)
 
-    @router.get("/me/accesses")
+    @router.get("/me/accesses", **documented("listMyAccesses", problems=(400, 401, 403, 503)))
     def my_accesses(
         principal: citizen,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,

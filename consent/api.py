@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
@@ -64,6 +64,14 @@ from exchange.ports import ConsentQuery
 from exchange.tokens import Principal, TokenVerifier
 from exchange.web.auth import bearer_principal
 from exchange.web.body import read_body
+from exchange.web.openapi import (
+    NODE_REQUEST,
+    PUBLIC,
+    documented,
+    json_body,
+    json_content,
+    media_content,
+)
 
 __all__ = [
     "JWS_MEDIA_TYPE",
@@ -87,6 +95,10 @@ caller, the id of what it signed and until when that signature is valid."""
 _HTML_CSP = "default-src 'none'; style-src 'unsafe-inline'"
 _CALLER = "onceonly.consent.caller"
 """Where a route leaves the verified caller for the refusal record (request-scoped state)."""
+_READ = (401, 403, 404, 503)
+"""What a citizen's read of one consent or request can answer besides 200."""
+_CHANGE = (401, 403, 404, 409, 503)
+"""… and a change of one: 409 for an illegal transition (resuming a revoked consent)."""
 
 
 async def _body(request: Request) -> bytes:
@@ -163,29 +175,45 @@ def build_citizen_router(
     now = clock or service.clock
     counted = metrics or ConsentMetrics()
     router = APIRouter(prefix=prefix, tags=["consent"], route_class=_audited_route(service))
-    Citizen = Annotated[Principal, Depends(bearer_principal(verifier, role="citizen"))]
+    Citizen = Annotated[Principal, bearer_principal(verifier, role="citizen")]
 
-    @router.get("/consents")
+    @router.get("/consents", **documented("listConsents", problems=(401, 403, 503)))
     def list_consents(principal: Citizen) -> list[Consent]:
         return service.list_consents(principal.subject, now=now())
 
-    @router.get("/consents/{consent_id}")
+    @router.get("/consents/{consent_id}", **documented("getConsent", problems=_READ))
     def get_consent(consent_id: str, principal: Citizen) -> Consent:
         return service.get_consent(principal.subject, consent_id, now=now())
 
-    @router.get("/consents/{consent_id}/history")
+    @router.get("/consents/{consent_id}/history", **documented("getConsentHistory", problems=_READ))
     def history(consent_id: str, principal: Citizen) -> list[ConsentHistoryEvent]:
         return service.history(principal.subject, consent_id, now=now())
 
-    @router.get("/consents/{consent_id}/uses")
+    @router.get("/consents/{consent_id}/uses", **documented("listConsentUses", problems=_READ))
     def uses(consent_id: str, principal: Citizen) -> list[ConsentUse]:
         return service.uses(principal.subject, consent_id, now=now())
 
-    @router.get("/consents/{consent_id}/receipts")
+    @router.get(
+        "/consents/{consent_id}/receipts", **documented("listConsentReceipts", problems=_READ)
+    )
     def receipts(consent_id: str, principal: Citizen) -> list[Receipt]:
         return service.receipts(principal.subject, consent_id, now=now())
 
-    @router.get("/consents/{consent_id}/receipts/{receipt_id}", response_model=None)
+    @router.get(
+        "/consents/{consent_id}/receipts/{receipt_id}",
+        response_model=None,
+        **documented(
+            "getConsentReceipt",
+            problems=(400, *_READ),
+            responses={
+                200: {
+                    "description": "the receipt: JSON, or a printable page with `format=html`",
+                    "content": json_content(Receipt)
+                    | media_content("text/html", {"type": "string"}),
+                }
+            },
+        ),
+    )
     def receipt(
         consent_id: str,
         receipt_id: str,
@@ -213,7 +241,19 @@ def build_citizen_router(
             )
         return JSONResponse(found.model_dump(mode="json"))
 
-    @router.get("/keys")
+    @router.get(
+        "/keys",
+        **documented(
+            "getConsentServiceKeys",
+            security=PUBLIC,
+            responses={
+                200: {
+                    "description": "the consent service's public keys (JWK Set)",
+                    "content": {"application/jwk-set+json": {"schema": {"type": "object"}}},
+                }
+            },
+        ),
+    )
     def keys() -> JSONResponse:
         """The consent service's public keys (JWK Set): anyone verifies receipts offline."""
         return JSONResponse(
@@ -222,39 +262,45 @@ def build_citizen_router(
             headers={"Cache-Control": "public, max-age=300"},
         )
 
-    @router.post("/consents/{consent_id}/pause")
+    @router.post("/consents/{consent_id}/pause", **documented("pauseConsent", problems=_CHANGE))
     def pause(consent_id: str, principal: Citizen) -> Consent:
         done = service.pause(principal.subject, consent_id, now=now())
         counted.action("pause")
         return done
 
-    @router.post("/consents/{consent_id}/resume")
+    @router.post("/consents/{consent_id}/resume", **documented("resumeConsent", problems=_CHANGE))
     def resume(consent_id: str, principal: Citizen) -> Consent:
         done = service.resume(principal.subject, consent_id, now=now())
         counted.action("resume")
         return done
 
-    @router.post("/consents/{consent_id}/revoke")
+    @router.post("/consents/{consent_id}/revoke", **documented("revokeConsent", problems=_CHANGE))
     def revoke(consent_id: str, principal: Citizen) -> Consent:
         done = service.revoke(principal.subject, consent_id, now=now())
         counted.action("revoke")
         return done
 
-    @router.get("/consent-requests")
+    @router.get("/consent-requests", **documented("listConsentRequests", problems=(401, 403, 503)))
     def list_requests(principal: Citizen) -> list[ConsentRequest]:
         return service.list_requests(principal.subject, now=now())
 
-    @router.get("/consent-requests/{request_id}")
+    @router.get("/consent-requests/{request_id}", **documented("getConsentRequest", problems=_READ))
     def get_request(request_id: str, principal: Citizen) -> ConsentRequest:
         return service.get_request(principal.subject, request_id, now=now())
 
-    @router.post("/consent-requests/{request_id}/approve")
+    @router.post(
+        "/consent-requests/{request_id}/approve",
+        **documented("approveConsentRequest", problems=_CHANGE),
+    )
     def approve(request_id: str, principal: Citizen) -> Consent:
         done = service.approve_request(principal.subject, request_id, now=now())
         counted.action("approve")
         return done
 
-    @router.post("/consent-requests/{request_id}/decline")
+    @router.post(
+        "/consent-requests/{request_id}/decline",
+        **documented("declineConsentRequest", problems=_CHANGE),
+    )
     def decline(request_id: str, principal: Citizen) -> ConsentRequest:
         done = service.decline_request(principal.subject, request_id, now=now())
         counted.action("decline")
@@ -263,7 +309,17 @@ def build_citizen_router(
     if authenticate_consumer is not None:
         authenticate = authenticate_consumer
 
-        @router.post("/consent-requests", status_code=201)
+        @router.post(
+            "/consent-requests",
+            status_code=201,
+            **documented(
+                "createConsentRequest",
+                security=NODE_REQUEST,
+                body=json_body(ConsentRequestInput),
+                # 404: a consumer's code the translator does not know; 409: a replay (N4)
+                problems=(400, 401, 403, 404, 409, 413, 503),
+            ),
+        )
         async def create_request(request: Request) -> ConsentRequest:
             body = await _body(request)
             client = await _caller(
@@ -362,14 +418,30 @@ def build_gate_router(
             reasons=reasons,
         )
 
-    @router.post("/check")
+    @router.post(
+        "/check",
+        **documented(
+            "checkConsent",
+            security=NODE_REQUEST,
+            body=json_body(GateRequest),
+            problems=(400, 401, 403, 413, 503),
+        ),
+    )
     async def check(request: Request) -> GateAnswer:
         query = await _query(request, changes_state=False)
         d = await run_in_threadpool(service.check, query)
         counted.gate_answer("check", d.allow)
         return _answer(d.allow, d.consent_id, d.fields, d.reasons)
 
-    @router.post("/use")
+    @router.post(
+        "/use",
+        **documented(
+            "useConsent",
+            security=NODE_REQUEST,
+            body=json_body(GateRequest),
+            problems=(400, 401, 403, 409, 413, 503),  # 409: a replay (N4)
+        ),
+    )
     async def use(request: Request) -> GateAnswer:
         query = await _query(request, changes_state=True)
         d = await run_in_threadpool(service.use, query)

@@ -16,12 +16,13 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.config import JsonDict
 
 from exchange.errors import ClientError
-from exchange.identifiers import ClientId, ServiceId
+from exchange.identifiers import CLIENT_ID_PATTERN, SERVICE_ID_PATTERN, ClientId, ServiceId
 
 __all__ = [
     "MAX_FIELDS",
@@ -48,7 +49,13 @@ MAX_TEXT_LEN = 2000
 MAX_USES_LIMIT = 1_000_000
 MAX_MIN_INTERVAL_S = 366 * 24 * 3600
 MAX_RETENTION_DAYS = 10 * 366
-_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
+_NAME = re.compile(NAME_PATTERN)
+# The patterns the validators below check, stated in the JSON schema too (the OpenAPI documents
+# describe what is accepted; the validators stay the authority).
+_Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+_ServiceText = Annotated[str, Field(pattern=SERVICE_ID_PATTERN)]
+_UNIQUE: JsonDict = {"uniqueItems": True}
 
 
 class ConsentStatus(StrEnum):
@@ -95,7 +102,7 @@ def _utc(value: datetime) -> datetime:
 class Purpose(_Wire):
     """A purpose: a stable code the policies match on, and the text the citizen reads."""
 
-    code: str = Field(min_length=1, max_length=64)
+    code: str = Field(min_length=1, max_length=64, pattern=NAME_PATTERN)
     text_ja: str = Field(min_length=1, max_length=MAX_TEXT_LEN)
     text_en: str = Field(min_length=1, max_length=MAX_TEXT_LEN)
 
@@ -139,10 +146,14 @@ class _Terms(_Wire):
     """What a consent covers; shared by the request (proposed) and the consent (granted)."""
 
     subject: str = Field(min_length=1, max_length=128)
-    client: str
-    services: tuple[str, ...] = Field(min_length=1, max_length=MAX_SERVICES)
+    client: str = Field(pattern=CLIENT_ID_PATTERN)
+    services: tuple[_ServiceText, ...] = Field(
+        min_length=1, max_length=MAX_SERVICES, json_schema_extra=_UNIQUE
+    )
     purpose: Purpose
-    fields: tuple[str, ...] = Field(min_length=1, max_length=MAX_FIELDS)
+    fields: tuple[_Name, ...] = Field(
+        min_length=1, max_length=MAX_FIELDS, json_schema_extra=_UNIQUE
+    )
     valid_from: AwareDatetime
     valid_until: AwareDatetime
     mode: ConsentMode
@@ -265,8 +276,8 @@ class GateRequest(_Wire):
     consent_id: str = Field(min_length=1, max_length=64)
     artefact: str | None = Field(default=None, max_length=16 * 1024)
     subject: str | None = Field(default=None, max_length=128)
-    client: str
-    service: str
+    client: str = Field(pattern=CLIENT_ID_PATTERN)
+    service: str = Field(pattern=SERVICE_ID_PATTERN)
     purpose: str = Field(min_length=1, max_length=64)
     fields: tuple[str, ...] = Field(default=(), max_length=MAX_FIELDS)
     message_id: str = Field(min_length=1, max_length=200)

@@ -8,6 +8,7 @@
     ├── RefusalError           a policy, an access right or a consent said no
     ├── ClientError            the calling system broke the protocol (bad header, unknown service)
     │   ├── AuthenticationError the calling system could not prove who it is
+    │   ├── MethodNotAllowedError the path does not take this method (405, with ``Allow``)
     │   └── PayloadTooLargeError the request body is over the route's limit (413)
     ├── NotFoundError          the thing asked for does not exist (or is not the caller's)
     ├── ConflictError          the request clashes with the current state (illegal transition)
@@ -23,6 +24,8 @@ an RFC 9457 problem type. Packages subclass these; they never invent a parallel 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 __all__ = [
     "RETRY_AFTER_S",
     "AuthenticationError",
@@ -30,6 +33,7 @@ __all__ = [
     "ConfigurationError",
     "ConflictError",
     "DatabaseUnavailable",
+    "MethodNotAllowedError",
     "NotFoundError",
     "OnceOnlyError",
     "PayloadTooLargeError",
@@ -98,6 +102,18 @@ class AuthenticationError(ClientError):
 
     code = "Client.Unauthenticated"
     status = 401
+
+
+class MethodNotAllowedError(ClientError):
+    """The path exists but does not take this method; ``allow`` is what it takes (RFC 9110
+    §15.5.6: the 405 answer names them in ``Allow``)."""
+
+    code = "Client.MethodNotAllowed"
+    status = 405
+
+    def __init__(self, detail: str, *, allow: Iterable[str]) -> None:
+        super().__init__(detail)
+        self.allow = tuple(sorted(set(allow)))
 
 
 class PayloadTooLargeError(ClientError):

@@ -15,11 +15,26 @@ from dataclasses import dataclass
 
 from exchange.errors import ClientError
 
-__all__ = ["ClientId", "MemberId", "ServiceId", "parse_part"]
+__all__ = [
+    "CLIENT_ID_PATTERN",
+    "PART_PATTERN",
+    "SERVICE_ID_PATTERN",
+    "ClientId",
+    "MemberId",
+    "ServiceId",
+    "parse_part",
+]
 
 MAX_PART_LEN = 64
 PARSE_CACHE_SIZE = 4096  # every message names its ids again: parse each distinct text once
 _PART = re.compile(r"^[A-Za-z0-9'()+,\-.=?_]+$")
+_PART_RE = rf"[A-Za-z0-9'()+,\-.=?_]{{1,{MAX_PART_LEN}}}"
+PART_PATTERN = f"^{_PART_RE}$"
+"""What ``parse_part`` accepts, as a JSON Schema ``pattern`` (for the APIs' documents)."""
+CLIENT_ID_PATTERN = f"^{_PART_RE}(/{_PART_RE}){{3}}$"
+"""A client id as ``ClientId.parse`` accepts it (without surrounding blanks)."""
+SERVICE_ID_PATTERN = f"^{_PART_RE}(/{_PART_RE}){{4,5}}$"
+"""A service id as ``ServiceId.parse`` accepts it (without surrounding blanks)."""
 
 
 def parse_part(value: str, what: str) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 
 from exchange.ports import JsonValue, ServiceDescription
 
-__all__ = ["OPENAPI_VERSION", "PROBLEM_SCHEMA", "openapi_document"]
+__all__ = ["OPENAPI_VERSION", "PROBLEM_SCHEMA", "hoist_defs", "openapi_document"]
 
 OPENAPI_VERSION = "3.1.0"
 _DEFS_REF = "#/$defs/"
@@ -28,13 +28,27 @@ _COMPONENTS_REF = "#/components/schemas/"
 
 PROBLEM_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "description": "an RFC 9457 problem",
+    "description": "an RFC 9457 problem; `type` is stable for its `code` (X-Road style)",
+    "required": ["type", "title", "status", "detail", "code"],
     "properties": {
         "type": {"type": "string"},
         "title": {"type": "string"},
-        "status": {"type": "integer"},
+        "status": {"type": "integer", "minimum": 100, "maximum": 599},
         "detail": {"type": "string"},
         "code": {"type": "string"},
+        "instance": {"type": "string"},
+        "reasons": {"type": "array", "items": {"type": "string"}},
+        "error_id": {"type": "string", "description": "logged server-side (a 5xx)"},
+        "errors": {
+            "type": "array",
+            "description": "what was not valid in the request (a 400)",
+            "items": {"type": "object"},
+        },
+        "checks": {
+            "type": "object",
+            "description": "each readiness check and why it failed (a 503 from /readyz)",
+            "additionalProperties": {"type": "string"},
+        },
     },
 }
 
@@ -49,7 +63,7 @@ def _header(name: str, description: str, *, required: bool, schema: dict[str, An
     }
 
 
-def _hoist(schema: Mapping[str, JsonValue], components: dict[str, Any]) -> dict[str, Any]:
+def hoist_defs(schema: Mapping[str, JsonValue], components: dict[str, Any]) -> dict[str, Any]:
     """``schema`` with its ``$defs`` moved into ``components`` and its refs pointed there."""
     out = dict(schema)
     for name, sub in (out.pop("$defs", None) or {}).items():
@@ -113,7 +127,7 @@ def _operation(service_id: str, svc: ServiceDescription, components: dict[str, A
             "200": {
                 "description": "the registry's answer, restricted to the allowed fields",
                 "content": {
-                    "application/json": {"schema": _hoist(_answer_schema(svc), components)}
+                    "application/json": {"schema": hoist_defs(_answer_schema(svc), components)}
                 },
             },
             "default": {
@@ -127,7 +141,7 @@ def _operation(service_id: str, svc: ServiceDescription, components: dict[str, A
     if svc.request_schema is not None:
         op["requestBody"] = {
             "required": True,
-            "content": {"application/json": {"schema": _hoist(svc.request_schema, components)}},
+            "content": {"application/json": {"schema": hoist_defs(svc.request_schema, components)}},
         }
     return op
 

@@ -41,6 +41,7 @@ from exchange.settings import TokenIssuer
 from exchange.signing import MemberSigner, load_private_key
 from exchange.web.health import database_check, operations_router
 from exchange.web.metrics import ComponentMetrics
+from exchange.web.openapi import install_openapi
 from exchange.web.problems import install_problem_handlers
 from exchange.web.redirects import RelativeRedirects
 from procedures.address_change import AddressChangeService
@@ -168,6 +169,7 @@ def _procedures_engine(url: str) -> Engine:
 
 def _app(title: str, lifespan: Callable[[FastAPI], Any], metrics: ComponentMetrics) -> FastAPI:
     app = FastAPI(title=title, lifespan=lifespan, docs_url=None, redoc_url=None)
+    install_openapi(app)
     install_problem_handlers(
         app, on_database_unavailable=lambda: metrics.database_unavailable_at("request")
     )

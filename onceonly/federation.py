@@ -52,6 +52,7 @@ from exchange.signing import MemberSigner, load_private_key
 from exchange.tokens import DEV_ISSUER_KEY, DevIssuer, Principal
 from exchange.web.health import database_check, operations_router
 from exchange.web.metrics import ComponentMetrics
+from exchange.web.openapi import install_openapi
 from exchange.web.problems import install_problem_handlers
 from exchange.web.redirects import RelativeRedirects
 from onceonly.wiring import (
@@ -206,8 +207,12 @@ def provision(
 
 
 def free_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
-    """A listening socket; a port in use (or an address not ours) is a ``ConfigurationError``."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    """A listening socket; a port in use (or an address not ours) is a ``ConfigurationError``.
+
+    Made with ``IPPROTO_TCP`` named: asyncio's loop (``serve``, ``demo``) sets ``TCP_NODELAY`` only
+    on sockets whose protocol says TCP, and without it every answer on a kept-alive connection
+    waited for the client's delayed ACK (about 40 ms)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
@@ -259,9 +264,17 @@ class LocalFederation:
                     await stack.enter_async_context(sub.router.lifespan_context(sub))
                 yield
 
+        # The root only lists what runs here (``GET /``): each mounted API serves its own
+        # OpenAPI document (``/central/openapi.json``, ``/nodes/<member>/openapi.json``, …).
         root = FastAPI(
-            title="onceonly local federation", lifespan=lifespan, docs_url=None, redoc_url=None
+            title="onceonly local federation",
+            lifespan=lifespan,
+            docs_url=None,
+            redoc_url=None,
+            openapi_url=None,
         )
+        # What no mounted app answers (a path outside every mount) is a problem+json 404 too.
+        install_problem_handlers(root)
         self._nodes = nodes
         root.state.nodes = nodes
         root.state.central = central
@@ -392,6 +405,7 @@ def one_stop_app(settings: Settings, node_url: str, api_key: str) -> FastAPI:
                 engine.dispose()
 
     app = FastAPI(title="onceonly one-stop desk", lifespan=lifespan, docs_url=None, redoc_url=None)
+    install_openapi(app)
     metrics = ComponentMetrics([runner.metrics])
     install_problem_handlers(
         app, on_database_unavailable=lambda: metrics.database_unavailable_at("request")

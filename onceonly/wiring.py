@@ -38,6 +38,7 @@ from consent.api import build_citizen_router, build_consent_log_router, build_ga
 from consent.artefact import ConsentIssuerKey
 from consent.lifecycle import ConsentService
 from consent.metrics import ConsentMetrics
+from consent.model import ConsentRequestInput
 from consent.registry_gate import RegistryConsentGate
 from exchange.central_config import VerifiedRegistry
 from exchange.db import as_unavailable, make_engine, runs_inline, upgrade
@@ -425,6 +426,7 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
         ),
         background=(checkpoint_publisher(sink, settings.checkpoint_interval_s),),
         engine=engine,
+        consent_request_schema=ConsentRequestInput.model_json_schema(),
         inline=runs_inline(*engines, mode=settings.db_work)
         and isinstance(feed.engine, EmbeddedRegoEngine),
         closers=(

@@ -22,13 +22,14 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from exchange.errors import RefusalError
 from exchange.tokens import Principal, TokenVerifier
 from exchange.web.auth import bearer_principal
+from exchange.web.openapi import documented
 from procedures.address_change import AddressChangeService
 from procedures.model import AddressChangeInput, ConfirmInput, ProcedureView
 
@@ -56,13 +57,22 @@ def build_router(
 ) -> APIRouter:
     """The procedures routes over ``service`` (dependencies injected, no import-time state)."""
     router = APIRouter(prefix=prefix, tags=["procedures"])
-    Caller = Annotated[Principal, Depends(bearer_principal(verifier))]
+    Caller = Annotated[Principal, bearer_principal(verifier)]
 
     def reader(principal: Principal) -> str | None:
         """``None`` means any procedure (counter staff); else only the citizen's own."""
         return None if STAFF_ROLE in principal.roles else principal.subject
 
-    @router.post("/address-change", response_model=ProcedureView, status_code=201)
+    @router.post(
+        "/address-change",
+        response_model=ProcedureView,
+        status_code=201,
+        **documented(
+            "startAddressChange",
+            problems=(400, 401, 403, 502, 503),
+            responses={200: {"description": "a repeat (same Idempotency-Key): the first result"}},
+        ),
+    )
     async def start(
         data: AddressChangeInput,
         principal: Caller,
@@ -75,21 +85,33 @@ def build_router(
             return JSONResponse(view.model_dump(mode="json"), status_code=200)
         return view
 
-    @router.get("", response_model=list[ProcedureView])
+    @router.get(
+        "",
+        response_model=list[ProcedureView],
+        **documented("listProcedures", problems=(401, 403, 503)),
+    )
     async def mine(principal: Caller) -> Any:
         return await run_in_threadpool(service.list_for, _citizen_of(principal))
 
-    @router.get("/properties")
+    @router.get("/properties", **documented("listRecentProperties", problems=(401, 403, 502, 503)))
     async def properties(principal: Caller) -> Any:
         return await service.recent_properties(_citizen_of(principal), now=clock())
 
-    @router.get("/{procedure_id}", response_model=ProcedureView)
+    @router.get(
+        "/{procedure_id}",
+        response_model=ProcedureView,
+        **documented("getProcedure", problems=(401, 403, 404, 503)),
+    )
     async def status(procedure_id: str, principal: Caller) -> Any:
         return await run_in_threadpool(
             service.get, procedure_id[: MAX_ID_CHARS + 1], subject=reader(principal)
         )
 
-    @router.post("/{procedure_id}/confirm", response_model=ProcedureView)
+    @router.post(
+        "/{procedure_id}/confirm",
+        response_model=ProcedureView,
+        **documented("confirmProcedure", problems=(400, 401, 403, 404, 409, 502, 503)),
+    )
     async def confirm(
         procedure_id: str, decisions: ConfirmInput, principal: Caller, request: Request
     ) -> Any:
@@ -105,7 +127,10 @@ def build_router(
             token=token or None,
         )
 
-    @router.get("/{procedure_id}/certificate")
+    @router.get(
+        "/{procedure_id}/certificate",
+        **documented("getProcedureCertificate", problems=(401, 403, 404, 409, 503)),
+    )
     async def certificate(procedure_id: str, principal: Caller) -> Any:
         return await run_in_threadpool(
             service.certificate, procedure_id[: MAX_ID_CHARS + 1], subject=reader(principal)

@@ -31,20 +31,26 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from exchange.central_config import ServiceEntry
 from exchange.db import as_unavailable, make_engine, runs_inline, upgrade
-from exchange.errors import ClientError, ConfigurationError, OnceOnlyError
+from exchange.errors import (
+    ConfigurationError,
+    MethodNotAllowedError,
+    NotFoundError,
+    OnceOnlyError,
+)
 from exchange.group_commit import GroupCommitSink
 from exchange.identifiers import ClientId, MemberId, ServiceId
 from exchange.keystore import INIT_COMMAND, KeyStore, member_command
 from exchange.message_log import SqlMessageLog
 from exchange.node.consumer import Consumer, ConsumerCall
 from exchange.node.metrics import NodeMetrics
+from exchange.node.openapi import exchange_paths
 from exchange.node.platform import CONSENT_REQUESTS_ROUTE, ConsentRequestForwarder
 from exchange.node.provider import Provider
 from exchange.node.registry_cache import RegistryCache
@@ -70,9 +76,10 @@ from exchange.signing import (
     public_key_from_pem,
 )
 from exchange.web.body import read_body
-from exchange.web.health import database_check, readiness
+from exchange.web.health import LIVENESS, METRICS, READINESS, database_check, readiness
 from exchange.web.metrics import CONTENT_TYPE
-from exchange.web.problems import install_problem_handlers, problem_for
+from exchange.web.openapi import PUBLIC, documented, install_openapi, json_content
+from exchange.web.problems import install_problem_handlers, problem_for, problem_response
 
 __all__ = ["NodeParts", "create_node_app", "database_url", "utc_now"]
 
@@ -84,7 +91,42 @@ STARTUP_REGISTRY_WAIT_S = 30.0
 
 _log = logging.getLogger("onceonly.node")
 
-R1_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
+
+LIST_CLIENTS = documented(
+    "listClients",
+    security=PUBLIC,
+    problems=(503,),  # no valid registry
+    responses={
+        200: {
+            "description": "the client subsystems of the instance",
+            "content": json_content(
+                {
+                    "type": "object",
+                    "required": ["clients"],
+                    "properties": {
+                        "clients": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["id", "name"],
+                                "properties": {
+                                    "id": {"type": "string"},
+                                    "name": {"type": "string"},
+                                },
+                            },
+                        }
+                    },
+                }
+            ),
+        }
+    },
+)
+_NODE_LIVENESS = documented(
+    "getHealth",
+    security=PUBLIC,
+    problems=(503,),  # no valid registry: the node can do nothing useful
+    responses=LIVENESS["responses"],
+)
 
 
 def _route_path(scope: Scope) -> str:
@@ -125,7 +167,7 @@ class _ExchangeFastPath:
             handler = None
             if path == "/x1/messages" and method == "POST":
                 handler = self._messages
-            elif path.startswith("/r1/") and method in R1_METHODS:
+            elif path.startswith("/r1/"):  # every method: the handler answers 405 itself
                 handler = self._r1
             if handler is not None:
                 request = Request(scope, receive)
@@ -192,6 +234,15 @@ class NodeParts:
     inline: bool = False
     """The parts' blocking work is local CPU work (SQLite, embedded policy): the provider runs
     its checks on the event loop rather than in a worker thread (``exchange.db.runs_inline``)."""
+    consent_request_schema: Mapping[str, Any] = field(
+        default_factory=lambda: {
+            "type": "object",
+            "required": ["client"],
+            "properties": {"client": {"type": "string"}},
+        }
+    )
+    """The JSON schema of the consent service's request (``ConsentRequestInput``), for the body of
+    ``POST /platform/v1/consent-requests`` in the node's OpenAPI document."""
 
 
 def _load_anchor(keys: KeyStore) -> CentralVerifier:
@@ -368,6 +419,10 @@ def create_node_app(
             engine.dispose()
 
     app = FastAPI(title=f"onceonly node {member}", lifespan=lifespan, docs_url=None, redoc_url=None)
+    install_openapi(
+        app,
+        paths=lambda: exchange_paths([str(c) for c in signers], parts.consent_request_schema),
+    )
     install_problem_handlers(
         app, on_database_unavailable=lambda: metrics.database_unavailable_at("request")
     )
@@ -376,8 +431,9 @@ def create_node_app(
     app.state.member = member
 
     # The two exchange routes take the raw request and need none of FastAPI's machinery:
-    # ``_ExchangeFastPath`` serves them ahead of the middleware stack. They stay in the route table
-    # too, so that another method on their paths is answered 405, not 404.
+    # ``_ExchangeFastPath`` serves them ahead of the middleware stack (``/r1/…`` for every method:
+    # it answers 405 itself). ``/x1/messages`` stays in the route table too, so that another
+    # method on it is answered 405, not 404.
     async def messages(request: Request) -> Response:
         started = time.perf_counter()
         try:
@@ -390,7 +446,7 @@ def create_node_app(
         metrics.latency.labels("provider").observe(time.perf_counter() - started)
         return Response(answer.body, status_code=answer.status, headers=dict(answer.headers))
 
-    @app.get("/listClients")
+    @app.get("/listClients", **LIST_CLIENTS)
     async def list_clients() -> JSONResponse:
         reg = registry.current(clock())
         return JSONResponse({"clients": [{"id": s.id, "name": s.name} for s in reg.clients()]})
@@ -412,6 +468,8 @@ def create_node_app(
         path = _route_path(request.scope)[len("/r1/") :]
         parts_ = path.split("/")
         if len(parts_) == 5 and parts_[4] in METASERVICES:
+            if request.method != "GET":  # X-Road's metaservices are GETs
+                raise MethodNotAllowedError("a metaservice is a GET", allow=("GET",))
             return await _metaservice(parts_, request)
         try:
             result = await consumer.call(
@@ -425,7 +483,6 @@ def create_node_app(
         return Response(result.body, status_code=result.status, headers=result.headers)
 
     app.add_route("/x1/messages", messages, methods=["POST"])
-    app.add_route("/r1/{path:path}", r1, methods=sorted(R1_METHODS))
     app.add_middleware(_ExchangeFastPath, messages=messages, r1=r1, refused=refused)
     consent_requests = ConsentRequestForwarder(
         node=node_id,
@@ -443,7 +500,7 @@ def create_node_app(
         reg = registry.current(clock())
         provider_id = ClientId.parse("/".join(parts_[:4]))
         if not reg.has_subsystem(provider_id):
-            raise ClientError("unknown subsystem", code="Server.ServerProxy.UnknownService")
+            raise NotFoundError("unknown subsystem", code="Server.ServerProxy.UnknownService")
         services = reg.services_of(provider_id)
         name = parts_[4]
         if name == "listMethods":
@@ -464,15 +521,15 @@ def create_node_app(
                 request.query_params.get("serviceVersion") in (None, sid.version)
             ):
                 return JSONResponse(_openapi(s, parts.adapters.get(provider_id)))
-        raise ClientError("unknown serviceCode", code="Server.ServerProxy.UnknownService")
+        raise NotFoundError("unknown serviceCode", code="Server.ServerProxy.UnknownService")
 
-    @app.get("/healthz")
+    @app.get("/healthz", **_NODE_LIVENESS)
     async def healthz() -> JSONResponse:
         now = clock()
         try:
             reg = registry.current(now)
-        except ConfigurationError as exc:
-            return JSONResponse({"status": "unavailable", "detail": exc.detail}, status_code=503)
+        except ConfigurationError as exc:  # no valid registry: this node can do nothing useful
+            return problem_response(exc.status, exc.code, exc.detail, instance="/healthz")
         return JSONResponse(
             {
                 "status": "ok",
@@ -486,7 +543,7 @@ def create_node_app(
     def registry_check() -> None:
         registry.current(clock())  # raises ConfigurationError when there is no valid copy
 
-    @app.get("/readyz")
+    @app.get("/readyz", **READINESS)
     async def readyz() -> JSONResponse:
         """Readiness: the database answers a query and a valid registry is held."""
         return await readiness(
@@ -494,7 +551,7 @@ def create_node_app(
             on_database_unavailable=lambda: metrics.database_unavailable_at("readiness"),
         )
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse, **METRICS)
     async def metrics_endpoint() -> Response:
         return Response(await asyncio.to_thread(metrics.render), media_type=CONTENT_TYPE)
 

@@ -35,9 +35,22 @@ from exchange.settings import Settings
 from exchange.signing import CentralSigner, load_private_key
 from exchange.web.health import database_check, operations_router
 from exchange.web.metrics import ComponentMetrics
+from exchange.web.openapi import PUBLIC, documented, install_openapi, json_content
 from exchange.web.problems import install_problem_handlers
 
 __all__ = ["RegistryPublisher", "create_central_app"]
+
+GET_REGISTRY = documented(
+    "getRegistry",
+    security=PUBLIC,
+    problems=(503,),
+    responses={
+        200: {
+            "description": "the signed registry; verify it with the central key (protocol §4)",
+            "content": json_content(SignedRegistry),
+        }
+    },
+)
 
 
 class RegistryPublisher:
@@ -153,12 +166,13 @@ def create_central_app(
             await asyncio.gather(*tasks, return_exceptions=True)
 
     app = FastAPI(title="onceonly central server", lifespan=lifespan, docs_url=None, redoc_url=None)
+    install_openapi(app)
     install_problem_handlers(
         app, on_database_unavailable=lambda: metrics.database_unavailable_at("request")
     )
     app.state.engine = engine
 
-    @app.get("/registry")
+    @app.get("/registry", **GET_REGISTRY)
     async def registry() -> Response:
         body = await asyncio.to_thread(publisher.current, clock())
         served.inc()

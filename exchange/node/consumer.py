@@ -40,6 +40,7 @@ from exchange.errors import (
     RETRY_AFTER_S,
     AuthenticationError,
     ClientError,
+    MethodNotAllowedError,
     NotFoundError,
     OnceOnlyError,
     PayloadTooLargeError,
@@ -252,18 +253,19 @@ class Consumer:
     async def _call(self, call: ConsumerCall) -> ConsumerResult:
         now = self._clock()
         h = call.headers
-        client = await self.authenticate_async(h)  # (C1)
         method = call.method.upper()
         if method not in METHODS:
-            raise ClientError("method not supported", code="Client.MethodNotAllowed")
+            raise MethodNotAllowedError("method not supported", allow=METHODS)
+        client = await self.authenticate_async(h)  # (C1)
         if len(call.body) > MAX_BODY_BYTES:
             raise PayloadTooLargeError("body too large")
-        service, rest = self._resolve(call.path, now)  # (C2)
+        # (C2) a purpose is declared (before anything is looked up), the service exists
         purpose = h.get("x-onceonly-purpose", "").strip()
         if not purpose:
             raise ClientError(
                 "the X-OnceOnly-Purpose header is required", code="Client.MissingPurpose"
             )
+        service, rest = self._resolve(call.path, now)
         parse_part(purpose, "purpose")
         message_id = h.get("x-road-id") or str(uuid.uuid4())
         parse_part(message_id, "X-Road-Id")

@@ -5,7 +5,8 @@ does not restart a node because its database is briefly away. ``/readyz`` is rea
 cheap checks (the database answers a query, ``exchange.db.check_database``) and answers 503
 problem+json with ``Retry-After`` when one fails, so a load balancer stops sending traffic until
 the database is back. Each check runs in a worker thread, bounded by ``READINESS_TIMEOUT_S``.
-``operations_router`` serves both and ``/metrics`` for a component that needs nothing more.
+``operations_router`` serves both and ``/metrics`` for a component that needs nothing more;
+``OPERATIONS`` documents the three (the node serves its own, with the same documentation).
 """
 
 from __future__ import annotations
@@ -14,19 +15,77 @@ import asyncio
 from collections.abc import Callable, Mapping
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from sqlalchemy import Engine
 
 from exchange.db import as_unavailable, check_database
 from exchange.errors import OnceOnlyError, UnavailableError
 from exchange.web.metrics import CONTENT_TYPE, ComponentMetrics
+from exchange.web.openapi import PUBLIC, documented, json_content
 from exchange.web.problems import problem_response
 
-__all__ = ["READINESS_TIMEOUT_S", "database_check", "operations_router", "readiness"]
+__all__ = [
+    "LIVENESS",
+    "METRICS",
+    "READINESS",
+    "READINESS_TIMEOUT_S",
+    "database_check",
+    "operations_router",
+    "readiness",
+]
 
 READINESS_TIMEOUT_S = 3.0
 Check = Callable[[], None]
 """Returns when the part is usable; raises (``OnceOnlyError`` preferably) when it is not."""
+
+LIVENESS = documented(
+    "getHealth",
+    security=PUBLIC,
+    responses={
+        200: {
+            "description": "the process serves HTTP (and what it is)",
+            "content": json_content(
+                {
+                    "type": "object",
+                    "required": ["status"],
+                    "properties": {"status": {"const": "ok"}},
+                }
+            ),
+        }
+    },
+)
+READINESS = documented(
+    "getReadiness",
+    security=PUBLIC,
+    problems=(503,),
+    responses={
+        200: {
+            "description": "every check passed",
+            "content": json_content(
+                {
+                    "type": "object",
+                    "required": ["status", "checks"],
+                    "properties": {
+                        "status": {"const": "ready"},
+                        "checks": {"type": "object", "additionalProperties": {"const": "ok"}},
+                    },
+                }
+            ),
+        }
+    },
+)
+METRICS = documented(
+    "getMetrics",
+    security=PUBLIC,
+    problems=(503,),  # collectors may read the database
+    responses={
+        200: {
+            "description": "Prometheus text exposition format 0.0.4",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    },
+)
+"""The documentation of ``/healthz``, ``/readyz`` and ``/metrics`` (``documented`` keywords)."""
 
 
 def database_check(engine: Engine) -> Check:
@@ -81,17 +140,17 @@ def operations_router(
     ``/metrics`` (rendered in a worker thread: collectors may read the database)."""
     router = APIRouter()
 
-    @router.get("/healthz")
+    @router.get("/healthz", **LIVENESS)
     async def healthz() -> JSONResponse:
         return JSONResponse({"status": "ok", **(liveness() if liveness else {})})
 
-    @router.get("/readyz")
+    @router.get("/readyz", **READINESS)
     async def readyz() -> JSONResponse:
         return await readiness(
             checks, on_database_unavailable=lambda: metrics.database_unavailable_at("readiness")
         )
 
-    @router.get("/metrics")
+    @router.get("/metrics", response_class=PlainTextResponse, **METRICS)
     async def metrics_endpoint() -> Response:
         return Response(await asyncio.to_thread(metrics.render), media_type=CONTENT_TYPE)
 

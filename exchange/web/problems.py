@@ -17,18 +17,21 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import fastapi.routing
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from exchange.db import DATABASE_ERRORS, as_unavailable
 from exchange.errors import (
     RETRY_AFTER_S,
     DatabaseUnavailable,
+    MethodNotAllowedError,
     OnceOnlyError,
     UnavailableError,
     VerificationError,
@@ -36,6 +39,8 @@ from exchange.errors import (
 
 __all__ = [
     "PROBLEM_BASE",
+    "PROBLEM_MEDIA_TYPE",
+    "TITLES",
     "install_problem_handlers",
     "problem_document",
     "problem_for",
@@ -47,7 +52,7 @@ PROBLEM_BASE = "https://onceonly.example/problems/"
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 _log = logging.getLogger("onceonly.problems")
 
-_TITLES = {
+TITLES = {
     400: "Bad request",
     401: "Unauthenticated",
     403: "Refused",
@@ -81,7 +86,7 @@ def problem_document(
     """The RFC 9457 body; also what a provider node signs into a refusal."""
     body: dict[str, Any] = {
         "type": problem_type(code),
-        "title": _TITLES.get(status, "Error"),
+        "title": TITLES.get(status, "Error"),
         "status": status,
         "detail": detail,
         "code": code,
@@ -101,9 +106,10 @@ def problem_response(
     instance: str | None = None,
     extra: dict[str, Any] | None = None,
     retry_after_s: int | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     """The problem as a response; a 503 always says when to retry (``Retry-After``)."""
-    headers = {"X-Road-Error": code}
+    headers = {**(headers or {}), "X-Road-Error": code}
     if status == 503:
         headers["Retry-After"] = str(retry_after_s or RETRY_AFTER_S)
     return JSONResponse(
@@ -154,6 +160,7 @@ def _onceonly_handler(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, DatabaseUnavailable):
         _note_database_unavailable(request)
     retry_after = exc.retry_after_s if isinstance(exc, UnavailableError) else None
+    allow = exc.allow if isinstance(exc, MethodNotAllowedError) else None
     return problem_response(
         exc.status,
         exc.code,
@@ -161,6 +168,7 @@ def _onceonly_handler(request: Request, exc: Exception) -> JSONResponse:
         instance=request.url.path,
         extra=extra,
         retry_after_s=retry_after,
+        headers={"Allow": ", ".join(allow)} if allow else None,
     )
 
 
@@ -184,8 +192,37 @@ def _http_handler(request: Request, exc: Exception) -> JSONResponse:
     code = {404: "Client.NotFound", 405: "Client.MethodNotAllowed"}.get(
         exc.status_code, "Client.BadRequest" if exc.status_code < 500 else "Server.Internal"
     )
-    detail = exc.detail if isinstance(exc.detail, str) else _TITLES.get(exc.status_code, "error")
-    return problem_response(exc.status_code, code, detail, instance=request.url.path)
+    detail = exc.detail if isinstance(exc.detail, str) else TITLES.get(exc.status_code, "error")
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")
+    return problem_response(
+        exc.status_code, code, detail, instance=request.url.path, headers=headers
+    )
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method the path takes (RFC 9110 §15.5.6): Starlette's 405 names only those of the
+    first route matching the path, and a resource often has one route per method."""
+    scope = request.scope
+    routes = getattr(scope.get("app"), "routes", ())
+    # FastAPI ≥ 0.13x keeps included routers whole; ``iter_route_contexts`` gives their routes.
+    expand = getattr(fastapi.routing, "iter_route_contexts", None)
+    path, root = scope["path"], scope.get("root_path", "")
+    path = path[len(root) :] if root and path.startswith(root) else path
+    matched: dict[str, set[str]] = {}
+    for route in expand(routes) if expand is not None else routes:
+        template, route_methods = getattr(route, "path", None), getattr(route, "methods", None)
+        if template and route_methods and compile_path(template)[0].match(path):
+            matched.setdefault(template, set()).update(route_methods)
+    if not matched:
+        return ""
+    # As in OpenAPI, the most concrete template names the resource: ``/procedures/address-change``
+    # is not ``/procedures/{procedure_id}``.
+    fewest = min(t.count("{") for t in matched)
+    return ", ".join(
+        sorted(set().union(*(m for t, m in matched.items() if t.count("{") == fewest)))
+    )
 
 
 def _unexpected_handler(request: Request, exc: Exception) -> JSONResponse:

@@ -389,11 +389,28 @@ PROVOKE: dict[tuple[str, int, str], Callable[[World], Provoked]] = {
         401,
         "Client.Unauthenticated",
     ),
-    ("metaservice", 400, "Server.ServerProxy.UnknownService"): lambda w: _at_consumer(
+    ("metaservice", 404, "Server.ServerProxy.UnknownService"): lambda w: _at_consumer(
         w,
         w.r1(path="/r1/JP/GOV/132098/nosuch/listMethods"),
-        400,
+        404,
         "Server.ServerProxy.UnknownService",
+    ),
+    ("consumer", 405, "Client.MethodNotAllowed"): lambda w: _at_consumer(
+        w,
+        w.node(
+            TAX.member,
+            "OPTIONS",
+            f"/r1/{ADDRESS}",
+            headers={"X-Road-Client": str(TAX), "X-OnceOnly-Api-Key": w.fed.api_keys[TAX]},
+        ),
+        405,
+        "Client.MethodNotAllowed",
+    ),
+    ("metaservice", 405, "Client.MethodNotAllowed"): lambda w: _at_consumer(
+        w,
+        w.node(TAX.member, "POST", f"/r1/{RESIDENTS}/listMethods"),
+        405,
+        "Client.MethodNotAllowed",
     ),
     ("provider", 413, "Client.PayloadTooLarge"): lambda w: _at_provider(
         w,

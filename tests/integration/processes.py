@@ -37,6 +37,8 @@ class Proc:
     port: int
     log: Path
     popen: subprocess.Popen[bytes] | None = None
+    health: str = "/healthz"
+    """The path that answers 200 once the process serves (``serve`` mounts its apps)."""
 
     @property
     def url(self) -> str:
@@ -55,7 +57,7 @@ class Proc:
             if self.popen.poll() is not None:
                 raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-2000:]}")
             try:
-                r = httpx.get(self.url + "/healthz", timeout=1.0)
+                r = httpx.get(self.url + self.health, timeout=1.0)
                 if r.status_code == 200:
                     return self
             except httpx.HTTPError:
