@@ -475,5 +475,13 @@ def build_consent_log_router(
             response_model=route.response_model,
             response_class=route.response_class,
             status_code=route.status_code,
+            # what the route documents travels with it (audit.api declares every answer)
+            responses=route.responses,
+            openapi_extra=route.openapi_extra,
+            operation_id=(
+                "consentLog" + route.operation_id[:1].upper() + route.operation_id[1:]
+                if route.operation_id
+                else None
+            ),
         )
     return router

@@ -44,7 +44,8 @@ METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 def apps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, FastAPI]:
     """Every component's app, built from a provisioned instance (SQLite, nothing served)."""
     tmp = tmp_path_factory.mktemp("documents")
-    settings = Settings(data_dir=tmp / "data", database_url=None)
+    # a demo-style instance: its citizens sign in at the development issuer
+    settings = Settings(data_dir=tmp / "data", database_url=None, allow_dev_issuer=True)
     provisioned = provision(settings, "http://127.0.0.1:9", citizens=0)
     key = provisioned.api_keys[str(ONE_STOP)]
     issuer_key = tmp / "issuer.pem"
