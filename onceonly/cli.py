@@ -355,6 +355,23 @@ def registry_set_translator(
         )
 
 
+@registry_app.command("set-consent-service")
+def registry_set_consent_service(
+    url: Annotated[
+        str, typer.Option(help="base URL of the central server hosting it", show_default=False)
+    ],
+    data_dir: DataDir = None,
+) -> None:
+    """Name the consent service (information bank) and publish its artefact key: provider nodes
+    verify consent artefacts with that key and ask the service at URL (the key is made by
+    `keys init`, never here)."""
+    from onceonly.wiring import consent_issuer_key
+
+    settings = _settings(data_dir)
+    public_key = consent_issuer_key(settings).public_key_pem()  # read before any change
+    _admin(settings).set_consent_service(url, public_key)
+
+
 @registry_app.command("add-service")
 def registry_add_service(
     service: Service,
