@@ -54,7 +54,7 @@ from tests.integration.processes import STOP_TIMEOUT_S, free_port
 ROOT = Path(__file__).resolve().parents[2]
 OPA_STAND_IN = ROOT / "tests" / "policies" / "opa_rest_server.py"
 INITDB = "/docker-entrypoint-initdb.d"
-UP_TIMEOUT_S = 180.0
+UP_TIMEOUT_S = 240.0
 _VARIABLE = re.compile(
     r"\$\$|\$\{(?P<braced>[A-Za-z_]\w*)(?P<how>:?[-?])?(?P<arg>[^}]*)\}|\$(?P<bare>[A-Za-z_]\w*)"
 )

@@ -43,7 +43,12 @@ from procedures.store import ProceduresBase
 from tests.conftest import NO_PG_REASON, PG_URL
 from tests.integration.compose_local import ROOT, Local, Running, load, pg_admin_url, up
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.postgres]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.postgres,
+    pytest.mark.timeout(480),  # ~45 provisioning commands and 9 servers on a shared machine
+]
 
 TABLES: dict[str, MetaData] = {
     "exchange": Base.metadata,
