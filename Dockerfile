@@ -18,8 +18,11 @@ COPY consent ./consent
 COPY audit ./audit
 COPY procedures ./procedures
 COPY portal ./portal
+# /handover: the mount point compose.yaml's provisioning services share (a volume mounted where the
+# image has no folder would belong to root, and the unprivileged user could not write it).
 RUN pip install --no-compile . \
- && useradd --system --uid 10001 --home-dir /data --create-home onceonly
+ && useradd --system --uid 10001 --home-dir /data --create-home onceonly \
+ && install -d -o onceonly -g onceonly -m 0700 /handover
 
 USER onceonly
 VOLUME ["/data"]

@@ -45,6 +45,7 @@ from exchange.errors import ConfigurationError, OnceOnlyError
 from exchange.identifiers import ClientId, MemberId
 
 __all__ = [
+    "BASE_URL_PATTERN",
     "ChangeDecl",
     "FieldDecl",
     "HttpRegistry",
@@ -65,6 +66,8 @@ _FROZEN = ConfigDict(frozen=True, extra="forbid")
 _CODE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _ENV = r"^[A-Z_][A-Z0-9_]*$"
 _SQL_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
+BASE_URL_PATTERN = r"^https?://[^\s/?#]+(/[^\s?#]*)?$"
+"""What an HTTP registry's upstream base URL must look like (in the file or its variable)."""
 _PLACEHOLDER = re.compile(r"\{[^{}/]*\}")
 _SECRET_HEADER = re.compile(r"authorization|cookie|key|token|secret|password", re.IGNORECASE)
 
@@ -304,10 +307,13 @@ class SqlRegistry(_RegistryDecl):
 
 
 class HttpRegistry(_RegistryDecl):
-    """An existing departmental REST system at ``base_url``."""
+    """An existing departmental REST system at ``base_url``, or at the URL held by the
+    environment variable ``base_url_env`` names (read when the node starts, like ``dsn_env``: one
+    file serves every environment the system is deployed in)."""
 
     kind: Literal["http"]
-    base_url: str = Field(pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
+    base_url: str | None = Field(default=None, pattern=BASE_URL_PATTERN)
+    base_url_env: str | None = Field(default=None, pattern=_ENV)
     timeout_s: float = Field(default=5.0, gt=0, le=MAX_TIMEOUT_S)
     max_attempts: int = Field(default=3, ge=1, le=MAX_ATTEMPTS)
     backoff_s: float = Field(default=0.1, ge=0, le=MAX_TIMEOUT_S)
@@ -351,6 +357,8 @@ class HttpRegistry(_RegistryDecl):
 
     @model_validator(mode="after")
     def _check(self) -> HttpRegistry:
+        if (self.base_url is None) == (self.base_url_env is None):
+            raise ValueError("give base_url or base_url_env (one of them)")
         self._unique(self.services)
         if self.bearer_token_env is not None and any(
             h.lower() == "authorization" for h in self.header_env

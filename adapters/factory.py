@@ -2,8 +2,9 @@
 ``RegistryAdapter`` port, and what the central registry lists for each declared service.
 
 ``build_adapters`` makes one ``SqlAdapter`` or ``HttpAdapter`` per declared registry, resolving
-secrets from the environment at start (a DSN in ``dsn_env``, upstream credentials in
-``bearer_token_env`` and ``header_env``); a missing variable is a ``ConfigurationError`` naming
+secrets and per-deployment values from the environment at start (a DSN in ``dsn_env``, an
+upstream's base URL in ``base_url_env``, upstream credentials in ``bearer_token_env`` and
+``header_env``); a missing variable is a ``ConfigurationError`` naming
 the registry and the variable, never a value. ``declared_services`` gives each service's id,
 description and OpenAPI document; ``register_services`` enters them in the central registry
 (``onceonly registry add-services --from``, and the reference provisioning).
@@ -15,11 +16,12 @@ operator's.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from adapters.config import HttpRegistry, RegistriesConfig, SqlRegistry
+from adapters.config import BASE_URL_PATTERN, HttpRegistry, RegistriesConfig, SqlRegistry
 from adapters.http import HttpAdapter, HttpRoute
 from adapters.sql import SqlAdapter
 from exchange.errors import ConfigurationError
@@ -33,6 +35,7 @@ __all__ = [
     "build_adapters",
     "declared_services",
     "register_services",
+    "resolve_base_url",
     "resolve_dsn",
 ]
 
@@ -63,6 +66,22 @@ def resolve_dsn(
     return default_dsn(decl.subsystem)
 
 
+def resolve_base_url(decl: HttpRegistry, *, env: Mapping[str, str] | None = None) -> str:
+    """The upstream base URL of an HTTP registry: ``base_url``, or ``$base_url_env`` (which must
+    look like one: a ``ConfigurationError`` names the variable, never its value)."""
+    if decl.base_url is not None:
+        return decl.base_url
+    name = decl.base_url_env
+    if name is None:  # adapters.config accepts no declaration without one of the two
+        raise ConfigurationError(f"registry {decl.id}: no base_url and no base_url_env")
+    value = _env(os.environ if env is None else env, name, decl.id, "base_url_env")
+    if not re.match(BASE_URL_PATTERN, value):
+        raise ConfigurationError(
+            f"registry {decl.id}: base_url_env names {name}, which is not an http(s) base URL"
+        )
+    return value
+
+
 def _http_adapter(decl: HttpRegistry, env: Mapping[str, str]) -> HttpAdapter:
     headers = dict(decl.headers)
     for header, name in decl.header_env.items():
@@ -71,7 +90,7 @@ def _http_adapter(decl: HttpRegistry, env: Mapping[str, str]) -> HttpAdapter:
         token = _env(env, decl.bearer_token_env, decl.id, "bearer_token_env")
         headers["Authorization"] = f"Bearer {token}"
     return HttpAdapter(
-        decl.base_url,
+        resolve_base_url(decl, env=env),
         [HttpRoute(s.spec(), s.method, s.path) for s in decl.services],
         timeout_s=decl.timeout_s,
         max_attempts=decl.max_attempts,

@@ -18,7 +18,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -28,11 +28,15 @@ from sqlalchemy.engine import make_url
 
 from exchange.errors import DatabaseUnavailable
 
+if TYPE_CHECKING:
+    from exchange.settings import Settings
+
 __all__ = [
     "DATABASE_ERRORS",
     "MIGRATING_PACKAGES",
     "as_unavailable",
     "check_database",
+    "database_url",
     "driver_cursor",
     "is_postgres",
     "make_engine",
@@ -255,6 +259,14 @@ def alembic_config(engine: Engine) -> Config:
     cfg.set_main_option("path_separator", "space")
     cfg.attributes["engine"] = engine
     return cfg
+
+
+def database_url(settings: Settings, component: str) -> str:
+    """A component's database: PostgreSQL when configured; else one SQLite file per component in
+    the data directory."""
+    if settings.database_url:
+        return settings.database_url
+    return f"sqlite:///{(settings.data_dir / f'{component}.sqlite').resolve()}"
 
 
 def upgrade(engine: Engine, branches: Sequence[str] | None = None) -> None:

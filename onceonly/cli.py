@@ -24,18 +24,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import typer.core
-import uvicorn
-from fastapi import FastAPI
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from sqlalchemy import Engine
 
-from exchange.db import make_engine, upgrade
+from exchange.db import database_url, make_engine, upgrade
 from exchange.errors import ClientError, ConfigurationError, OnceOnlyError, TransportError
 from exchange.identifiers import ClientId, MemberId, ServiceId
 from exchange.keystore import KeyStore
-from exchange.node.app import database_url
 from exchange.provisioning import (
     init_instance,
     install_certificate,
@@ -51,7 +47,11 @@ from exchange.provisioning import (
 from exchange.registry_admin import RegistryAdmin
 from exchange.sealing import SealingPublicKey
 from exchange.settings import Settings
-from onceonly.wiring import COMPONENT_BRANCHES, provision_audit_key, provision_consent_keys
+from onceonly.components import COMPONENT_BRANCHES, provision_audit_key, provision_consent_keys
+
+if TYPE_CHECKING:  # the servers are imported by the commands that run them, not by every command
+    from fastapi import FastAPI
+    from sqlalchemy import Engine
 
 if TYPE_CHECKING:
     from consent.artefact import ConsentReceiptVerifier
@@ -360,6 +360,23 @@ def registry_set_translator(
             f"(`onceonly audit key {TRANSLATOR_LOG}`)",
             soft_wrap=True,
         )
+
+
+@registry_app.command("set-consent-service")
+def registry_set_consent_service(
+    url: Annotated[
+        str, typer.Option(help="base URL of the central server hosting it", show_default=False)
+    ],
+    data_dir: DataDir = None,
+) -> None:
+    """Name the consent service (information bank) and publish its artefact key: provider nodes
+    verify consent artefacts with that key and ask the service at URL (the key is made by
+    `keys init`, never here)."""
+    from onceonly.wiring import consent_issuer_key
+
+    settings = _settings(data_dir)
+    public_key = consent_issuer_key(settings).public_key_pem()  # read before any change
+    _admin(settings).set_consent_service(url, public_key)
 
 
 @registry_app.command("add-service")
@@ -796,6 +813,8 @@ Host = Annotated[str, typer.Option(help="the address to listen on")]
 def _run(host: str, port: int, build: Callable[[], FastAPI]) -> None:
     """Bind first, so that a port in use fails (one line, exit 2) before keys and databases are
     touched; then build the app and serve it on that socket."""
+    import uvicorn
+
     from onceonly.federation import free_socket
 
     with free_socket(host, port) as sock:
@@ -806,6 +825,7 @@ def _run(host: str, port: int, build: Callable[[], FastAPI]) -> None:
 def _run_workers(host: str, port: int, factory: str, workers: int) -> None:
     """``workers`` processes, each building its app with ``factory``, on one socket bound here
     first (a port in use is one line, exit 2, as in ``_run``)."""
+    import uvicorn
     from uvicorn.supervisors import Multiprocess
 
     from onceonly.federation import free_socket
@@ -895,6 +915,8 @@ def portal(
 ) -> None:
     """Run the citizens' and auditors' portal on its own: it calls the consent service, the
     nodes and the one-stop desk over HTTP and opens no database (docs/portal.md)."""
+    import uvicorn
+
     from onceonly.federation import free_socket
     from portal.remote import create_portal_app
     from portal.settings import load_portal_settings

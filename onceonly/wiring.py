@@ -52,6 +52,14 @@ from exchange.ports import CITIZEN_AGENCY, RegistryAdapter, SubjectTranslator
 from exchange.settings import Settings
 from exchange.signing import MemberSigner, TranslatorSigner, load_private_key
 from exchange.tokens import DevIssuer, Principal, TokenVerifier
+from onceonly.components import (
+    COMPONENT_BRANCHES,
+    CONSENT_ISSUER,
+    CONSENT_LOG,
+    audit_origin,
+    provision_audit_key,
+    provision_consent_keys,
+)
 from policies.embedded import EmbeddedRegoEngine
 from policies.engine import engine_from_settings
 from policies.feed import PolicyFeed
@@ -85,19 +93,7 @@ __all__ = [
 
 _log = logging.getLogger("onceonly.wiring")
 
-COMPONENT_BRANCHES: dict[str, tuple[str, ...]] = {
-    "central": ("exchange",),
-    "node": ("exchange", "audit"),
-    "consent": ("consent",),
-    "consent-audit": ("audit",),
-    "procedures": ("procedures",),
-    "registries": ("adapters",),
-    "translator-audit": ("audit",),
-}
-"""Which packages' tables each component's database holds (each migrates only its own)."""
 PSEUDONYMS = "pseudonyms"
-CONSENT_ISSUER = "onceonly-information-bank"
-CONSENT_LOG = "consent-service"
 ONE_STOP_CLIENT = "JP/GOV/132098/one-stop"
 """Machida's one-stop desk acts for the citizen and knows them by their own platform identity."""
 TRANSLATOR_COMMAND = "onceonly registry set-translator <URL>"
@@ -163,10 +159,6 @@ def pseudonym_translator(
     )
 
 
-def _audit_origin(log_id: str) -> str:
-    return f"onceonly.example/{log_id}/audit"
-
-
 def _audit_key_command(log_id: str) -> str:
     if log_id == CONSENT_LOG:
         return INIT_COMMAND
@@ -184,34 +176,8 @@ def audit_log(settings: Settings, engine: Engine, log_id: str) -> TransparencyLo
         keys.audit_key(log_id), f"audit log key of {log_id}", _audit_key_command(log_id)
     )
     return TransparencyLog(
-        engine, log_id=log_id, signer=NoteSigner.load(path, _audit_origin(log_id))
+        engine, log_id=log_id, signer=NoteSigner.load(path, audit_origin(log_id))
     )
-
-
-def provision_audit_key(settings: Settings, log_id: str) -> Path | None:
-    """Provisioning: make a log's note key if it is missing; returns its path if it was made.
-
-    An existing key is kept (and checked to be this log's)."""
-    path = KeyStore(settings.data_dir).audit_key(log_id)
-    if path.exists():
-        NoteSigner.load(path, _audit_origin(log_id))
-        return None
-    NoteSigner.create(path, _audit_origin(log_id))
-    return path
-
-
-def provision_consent_keys(settings: Settings) -> list[Path]:
-    """Provisioning for the central operator (``keys init``): the consent service's artefact
-    key and its audit log key, each made only if missing; returns the paths made."""
-    keys = KeyStore(settings.data_dir)
-    made: list[Path] = []
-    if not keys.consent_issuer_key.exists():
-        ConsentIssuerKey.create(keys.consent_issuer_key, issuer=CONSENT_ISSUER)
-        made.append(keys.consent_issuer_key)
-    log_key = provision_audit_key(settings, CONSENT_LOG)
-    if log_key is not None:
-        made.append(log_key)
-    return made
 
 
 def subjects_of(

@@ -22,6 +22,7 @@ Read from ``ONCEONLY_PORTAL_*`` environment variables and, optionally, a TOML fi
     member = "JP/GOV/132098"
     url = "https://node.machida.example"
     log_key = "onceonly.example/JP/GOV/132098/audit+1a2b3c4d+AbC…"   # onceonly audit key
+    # log_key_file = "/etc/onceonly/JP_GOV_132098.vkey"             # or: that key, in a file
 
 Trust assumption: the operator writes these; the log keys are pinned here, so a node cannot
 swap the key its checkpoints are verified with. The session secret comes from the environment or
@@ -33,7 +34,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -71,8 +80,25 @@ class NodeSettings(BaseModel):
     url: str
     log_key: str
     """The log's note verifier key (``onceonly audit key MEMBER``)."""
+    log_key_file: Path | None = None
+    """Instead of ``log_key``: a file holding it (what the node's operator saved from
+    ``onceonly audit key MEMBER``), read once, at start."""
 
     _check_url = field_validator("url")(_http_url)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _key_from_file(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("log_key_file") is None:
+            return data
+        if data.get("log_key") is not None:
+            raise ValueError("give log_key or log_key_file, not both")
+        path = Path(data["log_key_file"])
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read log_key_file {path} ({exc.strerror})") from None
+        return {**data, "log_key": key}
 
     @field_validator("log_key")
     @classmethod

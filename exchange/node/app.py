@@ -37,7 +37,7 @@ from sqlalchemy import Engine
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from exchange.central_config import ServiceEntry
-from exchange.db import as_unavailable, make_engine, runs_inline, upgrade
+from exchange.db import as_unavailable, database_url, make_engine, runs_inline, upgrade
 from exchange.errors import (
     ConfigurationError,
     MethodNotAllowedError,
@@ -200,13 +200,6 @@ def _counted_as(exc: Exception) -> tuple[int, str]:
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def database_url(settings: Settings, component: str) -> str:
-    """PostgreSQL when configured; else one SQLite file per component in the data directory."""
-    if settings.database_url:
-        return settings.database_url
-    return f"sqlite:///{(settings.data_dir / f'{component}.sqlite').resolve()}"
 
 
 @dataclass

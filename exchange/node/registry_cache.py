@@ -43,6 +43,8 @@ class RegistryCache:
         self._cache_file = cache_file
         self._current: VerifiedRegistry | None = None
         self._listeners: list[Callable[[VerifiedRegistry], None]] = []
+        self._unannounced = False
+        """The current copy has not reached every listener (one failed): announce it again."""
 
     def on_change(self, listener: Callable[[VerifiedRegistry], None]) -> None:
         self._listeners.append(listener)
@@ -62,16 +64,23 @@ class RegistryCache:
         return reg
 
     def accept(self, raw: bytes, *, now: datetime) -> bool:
-        """Verify ``raw`` and adopt it if it is at least as new as the current copy."""
+        """Verify ``raw`` and adopt it if it is at least as new as the current copy.
+
+        The listeners hear of each new serial. When one of them fails (an OPA server not up yet
+        takes no policy data), the error goes to the caller and the next copy accepted — the same
+        serial at the next refresh — is announced to every listener again, until all of them have
+        taken it: otherwise the policy engine would decide on no data (every exchange refused)
+        until the registry next changed."""
         cur = self._current
         reg = verify_registry(raw, self._anchor, now=now, min_serial=cur.serial if cur else 0)
         if (
             cur is not None
             and reg.serial == cur.serial
             and reg.document.expires_at <= cur.document.expires_at
+            and not self._unannounced
         ):
             return False
-        changed = cur is None or reg.serial != cur.serial
+        changed = cur is None or reg.serial != cur.serial or self._unannounced
         self._current = reg
         if self._cache_file is not None:
             tmp = self._cache_file.with_suffix(".tmp")
@@ -79,8 +88,10 @@ class RegistryCache:
             tmp.write_bytes(raw)
             os.replace(tmp, self._cache_file)
         if changed:
+            self._unannounced = True
             for listener in self._listeners:
                 listener(reg)
+            self._unannounced = False
         return changed
 
     def load_cached(self, *, now: datetime) -> bool:

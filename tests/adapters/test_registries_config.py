@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 
 from adapters.config import HttpRegistry, SqlRegistry, load_registries
-from adapters.factory import build_adapters, declared_services, resolve_dsn
+from adapters.factory import build_adapters, declared_services, resolve_base_url, resolve_dsn
 from adapters.http import HttpAdapter
 from adapters.reference import REFERENCE_FILE, REGISTRY_TABLES, reference_config
 from adapters.sql import SqlAdapter
@@ -222,6 +222,30 @@ def test_a_bad_http_declaration_names_the_key_path(
     old, new = edit
     assert old in HTTP
     assert key_path in _error(tmp_path, HTTP.replace(old, new, 1))
+
+
+def test_the_upstream_base_url_comes_from_the_named_environment_variable(tmp_path: Path) -> None:
+    (tmp_path / "upstream.json").write_text(UPSTREAM_OPENAPI)
+    from_env = HTTP.replace('base_url = "http://127.0.0.1:9/api"', 'base_url_env = "PERMITS_URL"')
+    config = load_registries(_write(tmp_path, from_env))
+    (decl,) = config.registries
+    assert isinstance(decl, HttpRegistry)
+    assert resolve_base_url(decl, env={"PERMITS_URL": "http://permits:8600"}) == (
+        "http://permits:8600"
+    )
+    with pytest.raises(
+        ConfigurationError, match="base_url_env names PERMITS_URL, which is not set"
+    ):
+        build_adapters(config, env={})
+    with pytest.raises(ConfigurationError, match="PERMITS_URL, which is not an http") as refused:
+        build_adapters(config, env={"PERMITS_URL": "ftp://s3cret@permits"})
+    assert "s3cret" not in str(refused.value)
+    both = from_env.replace('kind = "http"', 'kind = "http"\nbase_url = "http://x"')
+    neither = HTTP.replace('base_url = "http://127.0.0.1:9/api"\n', "")
+    for text_ in (both, neither):
+        assert "registries[0]: Value error, give base_url or base_url_env" in _error(
+            tmp_path, text_
+        )
 
 
 def test_the_same_registry_twice_and_a_bad_member_are_refused(tmp_path: Path) -> None:

@@ -348,6 +348,35 @@ def test_set_translator_makes_the_translator_log_key_once_and_audit_key_reads_it
     assert output.startswith("onceonly.example/pseudonym-translator/audit+")
 
 
+def test_set_consent_service_publishes_the_issuer_key_keys_init_made_and_makes_none(
+    data_dir: Path,
+) -> None:
+    from datetime import UTC, datetime
+
+    from exchange.db import make_engine
+    from exchange.registry_admin import RegistryAdmin
+    from exchange.settings import Settings
+    from onceonly.wiring import consent_issuer_key
+
+    _provision(data_dir)
+    assert _cli("registry", "set-consent-service", "--url", "http://127.0.0.1:8100")[0] == 0
+    engine = make_engine(f"sqlite:///{data_dir / 'central.sqlite'}")
+    doc = RegistryAdmin(engine).document(
+        instance="JP", ca_pem="", central_url="", now=datetime.now(UTC)
+    )
+    engine.dispose()
+    assert doc.consent_service is not None
+    assert doc.consent_service.url == "http://127.0.0.1:8100"
+    key = consent_issuer_key(Settings(data_dir=data_dir))
+    assert doc.consent_service.issuer_public_key == key.public_key_pem()
+    issuer = data_dir / "consent" / "issuer.key"
+    issuer.unlink()
+    code, output = _cli("registry", "set-consent-service", "--url", "http://127.0.0.1:8100")
+    assert code == 2
+    assert str(issuer) in _one_line_error(output)
+    assert not issuer.exists()
+
+
 @pytest.mark.parametrize("key", ["translator/translator.key", "audit/pseudonym-translator.skey"])
 def test_central_whose_registry_names_a_translator_refuses_without_its_keys(
     data_dir: Path, key: str, monkeypatch: pytest.MonkeyPatch

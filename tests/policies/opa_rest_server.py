@@ -138,13 +138,14 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class OpaRestServer(ThreadingHTTPServer):
-    """Listens on 127.0.0.1 on an ephemeral port; ``url`` names it. Use as a context manager."""
+    """Listens on ``address`` (127.0.0.1, an ephemeral port); ``url`` names it. Use as a context
+    manager, or run this file as OPA's server command (``main``)."""
 
     daemon_threads = True
     disable_nagle_algorithm = True  # else each keep-alive request waits ~44 ms (notes)
 
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, address: tuple[str, int] = ("127.0.0.1", 0)) -> None:
+        super().__init__(address, _Handler)
         self.state = _State()
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
@@ -160,3 +161,28 @@ class OpaRestServer(ThreadingHTTPServer):
         self.shutdown()
         self.server_close()
         self._thread.join(timeout=5)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``opa_rest_server.py run --server --addr HOST:PORT``: the part of ``opa``'s command line
+    that compose.yaml's OPA service uses, so a test can run that service's command with this
+    server in the place of the ``opa`` binary; serves until stopped."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(prog="opa")
+    parser.add_argument("command", choices=["run"])
+    parser.add_argument("--server", action="store_true", required=True)
+    parser.add_argument("--addr", default="127.0.0.1:8181")
+    args = parser.parse_args(argv)
+    host, _, port = args.addr.rpartition(":")
+    server = OpaRestServer((host or "127.0.0.1", int(port)))
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    main()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from audit.checkpoint import NoteSigner
+from audit.checkpoint import NoteSigner, NoteVerifier
 from exchange.errors import ConfigurationError
 from onceonly.cli import app
 from portal.settings import load_portal_settings
@@ -87,6 +87,26 @@ def test_bad_or_missing_settings_are_one_line_errors(
         load_portal_settings(config)
     assert message in caught.value.detail
     assert "\n" not in caught.value.detail
+
+
+def test_a_pinned_log_key_can_come_from_a_file(
+    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ONCEONLY_PORTAL_SECRET", SECRET)
+    key = _vkey()
+    (tmp_path / "machida.vkey").write_text(key + "\n")
+    node = f'{{"member": "m", "url": "http://n", "log_key_file": "{tmp_path / "machida.vkey"}"}}'
+    monkeypatch.setenv("ONCEONLY_PORTAL_NODES", f"[{node}]")
+    (loaded,) = load_portal_settings(config).nodes
+    assert loaded.log_key == key
+    assert loaded.verifier().key_id == NoteVerifier.from_vkey(key).key_id
+    for bad, message in (
+        (node.replace("machida.vkey", "nowhere.vkey"), "cannot read log_key_file"),
+        (node.replace('"log_key_file"', f'"log_key": "{key}", "log_key_file"'), "not both"),
+    ):
+        monkeypatch.setenv("ONCEONLY_PORTAL_NODES", f"[{bad}]")
+        with pytest.raises(ConfigurationError, match=message):
+            load_portal_settings(config)
 
 
 def test_a_missing_config_file_is_an_error(tmp_path: Path) -> None:
