@@ -69,8 +69,10 @@ def _grant_and_revoke(url: str, settings: Settings, issuer: DevIssuer) -> Consen
         valid_until=(now + timedelta(days=30)).isoformat(),
         mode="standing",
     )
-    request = consent_service(settings).create_request(ClientId.parse(terms.client), terms, now=now)
+    service = consent_service(settings)  # held, so its pools are closed below, not collected
+    request = service.create_request(ClientId.parse(terms.client), terms, now=now)
     _dispose_engines()  # the test's own pools; the central server has its own
+    del service
     citizen = {"Authorization": f"Bearer {issuer.issue(CITIZEN)}"}
     base = f"{url}/consent/v1"
     approved = httpx.post(f"{base}/consent-requests/{request.id}/approve", headers=citizen)
