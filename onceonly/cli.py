@@ -427,6 +427,14 @@ def registry_add_statute(
     ],
     title_ja: Annotated[str, typer.Option(help="the statute's title (Japanese)")] = "",
     title_en: Annotated[str, typer.Option(help="the statute's title in English")] = "",
+    restricted_days: Annotated[
+        int | None,
+        typer.Option(
+            help="a restricted statute (law-enforcement or covert queries): each exchange on "
+            "this basis is kept from the citizen's view for this many days, then shown",
+            show_default=False,
+        ),
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
     """A statutory basis: CLIENT may get FIELDS of SERVICE for PURPOSES without consent."""
@@ -439,6 +447,7 @@ def registry_add_statute(
         ordinance=ordinance,
         title_ja=title_ja,
         title_en=title_en,
+        restricted_days=restricted_days,
     )
 
 
