@@ -397,8 +397,12 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
 
 
 def _publish(log: TransparencyLog, engine: Engine) -> None:
+    """The checkpoint interval's work: release the restricted entries whose time has come, then
+    sign a checkpoint if the log grew."""
+    now = datetime.now(UTC)
     with sqlite_writer_turn(engine):
-        log.publish_checkpoint(datetime.now(UTC))
+        log.release_due(now)
+        log.publish_checkpoint(now)
 
 
 def build_central_routers(

@@ -30,6 +30,9 @@ from exchange.canonical import canonical_json
 from exchange.ports import AuditEvent
 from exchange.tokens import DevIssuer, Principal
 from exchange.web.problems import install_problem_handlers
+from portal.app import verify_complete
+from portal.ports import Caller
+from portal.remote import RemoteLog
 from tests.audit.audit_factories import T0, make_event
 
 with warnings.catch_warnings():
@@ -343,3 +346,18 @@ def test_a_rewritten_release_entry_fails_the_citizens_check_and_audit_verify(
     clock.now = AFTER
     with pytest.raises(CompletenessError):
         _check(log, _mine(api, issuer))
+
+
+def test_the_portal_reads_a_released_entry_over_http_and_proves_the_record_complete(
+    api: TestClient, log: TransparencyLog, issuer: DevIssuer, clock: Clock
+) -> None:
+    """``portal.remote`` (what ``onceonly portal`` uses) against the real citizen API."""
+    log.append(_restricted(HIDDEN))
+    clock.now = AFTER
+    caller = Caller(
+        Principal(ALICE, frozenset({"citizen"})), issuer.issue(ALICE, roles=("citizen",))
+    )
+    remote = RemoteLog(api, str(api.base_url), log.verifier())
+    mine = remote.my_record(caller, limit=100)
+    assert {r.index for r in mine.records} >= {HIDDEN, HIDDEN + 1}
+    assert verify_complete("node", mine, log.verifier()).status == "ok"
