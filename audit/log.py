@@ -574,54 +574,58 @@ class TransparencyLog:
         auditors' listing (``restricted_entries``) names the problem."""
         when = _time_us(now)
         released: list[int] = []
-        after = -1
-        while self._any_due(when, after):
-            self._ensure_head()
-            sql = _append_sql(self._engine.dialect.paramstyle, self._engine.dialect.name)
-            with self._engine.connect() as conn:
-                conn.begin()
-                self._begin_write(conn)
-                with driver_cursor(conn) as cur:
-                    n, frontier = self._lock_head(cur, sql)
-                due = conn.execute(
-                    select(
-                        RestrictedRow.idx,
-                        RestrictedRow.subject,
-                        RestrictedRow.salt,
-                        EntryRow.data,
-                        RestrictedRow.release_us,
-                    )
-                    .join(
-                        EntryRow,
-                        (EntryRow.log_id == RestrictedRow.log_id)
-                        & (EntryRow.idx == RestrictedRow.idx),
-                    )
-                    .where(*self._due(when), RestrictedRow.idx > after)
-                    .order_by(RestrictedRow.idx)
-                    .limit(RELEASE_BATCH)
-                ).all()
-                if not due:
-                    conn.rollback()
-                    break
-                after = int(due[-1][0])
-                ready = [
-                    (int(i), str(subject), bytes(salt), bytes(data))
-                    for i, subject, salt, data, release_us in due
-                    if self._releasable(bytes(data), subject, bytes(salt), int(release_us), now)
-                ]
-                prepared = [self._prepare(self._release_event(*r, now)) for r in ready]
-                if prepared:
-                    with driver_cursor(conn) as cur:
-                        self._append_at(cur, sql, n, frontier, prepared)
-                for k, r in enumerate(ready):
-                    conn.execute(
-                        update(RestrictedRow)
-                        .where(RestrictedRow.log_id == self.log_id, RestrictedRow.idx == r[0])
-                        .values(released_idx=n + k)
-                    )
-                conn.commit()
-            released += range(n, n + len(prepared))
+        while self._any_due(when):
+            batch = self._release_batch(when, now)
+            released += batch
+            if not batch:
+                break  # only rows that must not be released are due: they stay overdue
         return released
+
+    def _release_batch(self, when: int, now: datetime) -> list[int]:
+        """Up to ``RELEASE_BATCH`` due entries, earliest due first, in one transaction."""
+        self._ensure_head()
+        sql = _append_sql(self._engine.dialect.paramstyle, self._engine.dialect.name)
+        with self._engine.connect() as conn:
+            conn.begin()
+            self._begin_write(conn)
+            with driver_cursor(conn) as cur:
+                n, frontier = self._lock_head(cur, sql)
+            # ordered as the due index is (no sort: the planner keeps to that index)
+            due = conn.execute(
+                select(
+                    RestrictedRow.idx,
+                    RestrictedRow.subject,
+                    RestrictedRow.salt,
+                    EntryRow.data,
+                    RestrictedRow.release_us,
+                )
+                .join(
+                    EntryRow,
+                    (EntryRow.log_id == RestrictedRow.log_id) & (EntryRow.idx == RestrictedRow.idx),
+                )
+                .where(*self._due(when))
+                .order_by(RestrictedRow.release_us)
+                .limit(RELEASE_BATCH)
+            ).all()
+            ready = sorted(
+                (int(i), str(subject), bytes(salt), bytes(data))
+                for i, subject, salt, data, release_us in due
+                if self._releasable(bytes(data), subject, bytes(salt), int(release_us), now)
+            )
+            if not ready:
+                conn.rollback()
+                return []
+            prepared = [self._prepare(self._release_event(*r, now)) for r in ready]
+            with driver_cursor(conn) as cur:
+                self._append_at(cur, sql, n, frontier, prepared)
+            for k, r in enumerate(ready):
+                conn.execute(
+                    update(RestrictedRow)
+                    .where(RestrictedRow.log_id == self.log_id, RestrictedRow.idx == r[0])
+                    .values(released_idx=n + k)
+                )
+            conn.commit()
+        return list(range(n, n + len(prepared)))
 
     def _due(self, when: int) -> tuple[Any, ...]:
         return (
@@ -630,17 +634,11 @@ class TransparencyLog:
             RestrictedRow.release_us <= when,
         )
 
-    def _any_due(self, when: int, after: int) -> bool:
-        """The cheap check every citizen request makes first (an index lookup, no lock)."""
+    def _any_due(self, when: int) -> bool:
+        """The cheap check every citizen request makes first (one index lookup, no lock)."""
         with self._engine.connect() as conn:
-            return (
-                conn.execute(
-                    select(RestrictedRow.idx)
-                    .where(*self._due(when), RestrictedRow.idx > after)
-                    .limit(1)
-                ).first()
-                is not None
-            )
+            found = conn.execute(select(RestrictedRow.idx).where(*self._due(when)).limit(1))
+            return found.first() is not None
 
     @staticmethod
     def _row_problem(data: bytes, subject: str, salt: bytes, release_us: int) -> str | None:

@@ -9,6 +9,7 @@ injected clock, never a sleep. Tampers edit the database directly, as an operato
 from __future__ import annotations
 
 import base64
+import threading
 import warnings
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -34,6 +35,7 @@ from portal.app import verify_complete
 from portal.ports import Caller
 from portal.remote import RemoteLog
 from tests.audit.audit_factories import T0, make_event
+from tests.audit.test_checkpoint_order import replicas, shared_url  # noqa: F401 (fixtures)
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)  # TestClient prefers httpx2 (not a dependency)
@@ -361,3 +363,32 @@ def test_the_portal_reads_a_released_entry_over_http_and_proves_the_record_compl
     mine = remote.my_record(caller, limit=100)
     assert {r.index for r in mine.records} >= {HIDDEN, HIDDEN + 1}
     assert verify_complete("node", mine, log.verifier()).status == "ok"
+
+
+def test_replicas_releasing_at_once_release_each_entry_exactly_once(
+    replicas: list[TransparencyLog],  # noqa: F811 (the fixture)
+) -> None:
+    replicas[0].append_many([_restricted(i, f"ps-{i}") for i in range(50)])
+    start = threading.Barrier(len(replicas))
+    done: list[list[int]] = []
+    errors: list[BaseException] = []
+
+    def replica(log: TransparencyLog) -> None:
+        try:
+            start.wait()
+            done.append(log.release_due(AFTER + timedelta(minutes=50)))
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=replica, args=(log,)) for log in replicas]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sorted(i for batch in done for i in batch) == list(range(50, 100))
+    log = replicas[0]
+    cp = log.sign_checkpoint(AFTER + timedelta(hours=1))
+    report = verify_export(cp.note, log.export(), log.vkey(), now=AFTER + timedelta(hours=1))
+    assert report, report.reasons
+    assert "50 restricted entries, 50 of them released" in report.reasons
