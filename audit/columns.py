@@ -21,6 +21,7 @@ from typing import Any
 
 __all__ = ["INDEX_COLUMNS", "column_mismatch", "columns_json", "index_columns"]
 
+
 INDEX_COLUMNS = (
     "time_us",
     "node",
@@ -50,13 +51,14 @@ def _time_us(value: Any) -> int | None:
     return (t - _EPOCH) // _US
 
 
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
+_TEXT_COLUMNS = INDEX_COLUMNS[1:]
 
 
 def index_columns(record: Mapping[str, Any]) -> tuple[Any, ...]:
     """The column values an entry with this record must have, in ``INDEX_COLUMNS`` order."""
-    return (_time_us(record.get("time")), *(_text(record.get(name)) for name in INDEX_COLUMNS[1:]))
+    get = record.get
+    texts = [v if isinstance(v := get(name), str) else None for name in _TEXT_COLUMNS]
+    return (_time_us(get("time")), *texts)
 
 
 def column_mismatch(record: Mapping[str, Any], stored: Sequence[Any]) -> str | None:

@@ -249,6 +249,7 @@ class TransparencyLog:
         self.log_id = log_id
         self._signer = signer
         self._head_ready = False
+        self._last_note: tuple[str, bytes] | None = None
 
     # --- identity ------------------------------------------------------------------------------
 
@@ -828,6 +829,21 @@ class TransparencyLog:
             conn.commit()
         return StoredCheckpoint(size, root, now.astimezone(UTC), note)
 
+    def _fresh_checkpoint(self, now: datetime) -> StoredCheckpoint:
+        """The latest checkpoint if it covers the whole log (two reads, no write lock), else a new
+        one (``publish_checkpoint`` takes the head lock only then)."""
+        latest = self.latest_checkpoint()
+        if latest is not None and latest.size >= self.size():
+            return latest
+        return self.publish_checkpoint(now)
+
+    def _map_root(self, note: str) -> bytes:
+        """The subject map root a checkpoint note of this log signs (the last one parsed is kept:
+        every proof against the same checkpoint would verify the same signature again)."""
+        if self._last_note is None or self._last_note[0] != note:
+            self._last_note = (note, map_root_of(verify_checkpoint(note, self.verifier())))
+        return self._last_note[1]
+
     def _advance_subject_map(self, conn: Connection, size: int) -> bytes:
         """The subject map's root at ``size`` (``audit.subject_map.advance``, same transaction)."""
         try:
@@ -860,8 +876,8 @@ class TransparencyLog:
         wanted = sorted(set(subjects))
         self.release_due(now)  # a restricted entry whose time has come is covered from now on
         for _ in range(_PROOF_ATTEMPTS):
-            cp = self.publish_checkpoint(now)
-            root = map_root_of(verify_checkpoint(cp.note, self.verifier()))
+            cp = self._fresh_checkpoint(now)
+            root = self._map_root(cp.note)
             with self._engine.connect() as conn:
                 read = [subject_map.read_proof(conn, self.log_id, self.origin, s) for s in wanted]
             if all(subject_map.proof_root(p, own, self.origin) == root for p, own in read):

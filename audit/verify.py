@@ -46,7 +46,7 @@ from typing import Any
 
 from audit import merkle, restricted
 from audit.checkpoint import Checkpoint, NoteError, NoteVerifier, verify_checkpoint
-from audit.columns import INDEX_COLUMNS, column_mismatch
+from audit.columns import INDEX_COLUMNS, column_mismatch, columns_json, index_columns
 from exchange.canonical import canonical_json
 from exchange.errors import ConfigurationError
 
@@ -313,10 +313,9 @@ def verify_export(
         # (5) the stored search columns are those the entry's bytes imply
         if parsed.columns is None:
             unchecked_columns += 1
-        elif column_bad is None:
+        elif column_bad is None and parsed.columns != columns_json(index_columns(entry)):
             name = column_mismatch(entry, _stored_columns(parsed.columns))
-            if name is not None:
-                column_bad = (index, name)
+            column_bad = (index, name or "columns")
         # (9) releases of restricted entries, against the entries they release
         if entry.get("kind") == restricted.RELEASE_KIND or "subject_commitment" in entry:
             releases.see(index, entry, leaf)
