@@ -4,7 +4,9 @@ and consistency proofs, an offline verifier, the auditor API and the citizen's v
 
 Modules: ``merkle`` (RFC 9162 §2.1), ``checkpoint`` (C2SP signed-note / tlog-checkpoint),
 ``store`` (rows), ``log`` (``TransparencyLog``, an ``exchange.ports.AuditSink``), ``verify``
-(offline verifier), ``api`` (``build_router``; imports FastAPI, so it is not re-exported here).
+(offline verifier), ``completeness`` and ``subject_map`` (completeness proofs), ``restricted``
+(entries kept from their citizen's view until a release time), ``api`` (``build_router``;
+imports FastAPI, so it is not re-exported here).
 """
 
 from audit.checkpoint import Checkpoint, NoteError, NoteSigner, NoteVerifier

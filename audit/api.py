@@ -14,7 +14,12 @@ unknown one). Paths::
     GET /audit/checkpoint            GET /audit/checkpoints[?limit]
     GET /audit/consistency?first&second
     GET /audit/export[?start&end]
+    GET /audit/restricted[?overdue&limit&cursor]
     GET /me/accesses[?limit&cursor]  GET /me/accesses/{index}
+
+Restricted entries (``audit.restricted``) are listed for auditors with their statute and release
+time, never their subject; a citizen sees one only once it is released, described as the access
+it records, beside its release entry (which is what their completeness proof counts).
 
 Trust assumption: the token verifier has authenticated the caller; a citizen's subjects come from
 their token (or ``subjects_of``), never from the request, so one citizen can never ask for
@@ -95,8 +100,19 @@ def _service(service: str | None) -> str:
     return "/".join(parts[3:]) if len(parts) > 4 else service
 
 
-def describe_entry(record: dict[str, Any]) -> dict[str, Any]:
-    """An entry in plain words, in English and Japanese (the citizen view)."""
+def _released_text(record: dict[str, Any], release: dict[str, Any]) -> dict[str, str]:
+    """What the citizen is told about a restricted access, now released."""
+    until, at = str(record.get("restricted_until", "?")), str(release.get("time", "?"))
+    return {
+        "en": f" It was kept from your view under the law until {until[:10]} and shown to you "
+        f"on {at[:10]}.",
+        "ja": f"この記録は法令により {until[:10]} まで非開示とされ、{at[:10]} に開示されました。",
+    }
+
+
+def describe_entry(record: dict[str, Any], release: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An entry in plain words, in English and Japanese (the citizen view); ``release`` is the
+    release entry of a restricted entry, shown once released."""
     kind = str(record.get("kind", ""))
     decision = str(record.get("decision", "info"))
     try:
@@ -124,6 +140,11 @@ def describe_entry(record: dict[str, Any]) -> dict[str, Any]:
         f"{local:%Y年%m月%d日 %H時%M分}（日本時間）、{org}がサービス「{service}」を通じて"
         f"{action_ja}。目的：{purpose}。根拠：{basis_ja}。結果：{outcome_ja}。"
     )
+    restriction = None
+    if release is not None:
+        extra = _released_text(record, release)
+        en, ja = en + extra["en"], ja + extra["ja"]
+        restriction = {"until": record.get("restricted_until"), "released_at": release.get("time")}
     return {
         "when": record.get("time"),
         "organisation": org,
@@ -133,6 +154,7 @@ def describe_entry(record: dict[str, Any]) -> dict[str, Any]:
         "kind": kind,
         "outcome": outcome_en,
         "allowed": decision == "allow",
+        "restriction": restriction,
         "text": {"en": en, "ja": ja},
     }
 
@@ -218,6 +240,37 @@ def build_router(
         cp = covering_checkpoint(index)
         return with_proof(entry, cp) | _checkpoint_ref(cp)
 
+    @router.get(
+        "/audit/restricted",
+        **documented("listRestrictedAuditEntries", problems=(400, 401, 403, 503)),
+    )
+    def restricted_entries(
+        _: auditor,
+        overdue: bool = False,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
+        cursor: Annotated[int | None, Query(ge=0, le=MAX_INT64)] = None,
+    ) -> dict[str, Any]:
+        """Restricted entries with their statute and release time (never the subject);
+        ``overdue=true``: only those past their release time and not released."""
+        at = now()
+        found, next_cursor = log.restricted_entries(
+            at, overdue_only=overdue, limit=limit, cursor=cursor
+        )
+        return {
+            "entries": [
+                _entry_json(r.entry)
+                | {
+                    "statute": r.entry.record.get("basis"),
+                    "restricted_until": r.until.isoformat() if r.until else None,
+                    "released_by": r.released,
+                    "overdue": r.overdue(at),
+                    "problem": r.problem,
+                }
+                for r in found
+            ],
+            "next_cursor": None if next_cursor is None else str(next_cursor),
+        }
+
     @router.get("/audit/size", **documented("getAuditLogSize", problems=(401, 403, 503)))
     def size(_: auditor) -> dict[str, int]:
         return {"size": log.size()}
@@ -289,6 +342,17 @@ def build_router(
     def own_subjects(principal: Principal) -> frozenset[str]:
         return frozenset(subjects_of(principal) if subjects_of else {principal.subject})
 
+    def access(entry: LogEntry, original: LogEntry | None, cp: StoredCheckpoint) -> dict[str, Any]:
+        """One access as the citizen sees it. A release entry stands for the restricted entry it
+        releases: described as that access, with inclusion proofs for both."""
+        if original is None:
+            return describe_entry(entry.record) | with_proof(entry, cp)
+        return (
+            describe_entry(original.record, entry.record)
+            | with_proof(entry, cp)
+            | {"released": with_proof(original, cp)}
+        )
+
     @router.get(
         "/me/accesses/{index}", **documented("getMyAccess", problems=(400, 401, 403, 404, 503))
     )
@@ -299,11 +363,22 @@ def build_router(
             entry = log.entry(index)
         except NotFoundError:
             raise NotFoundError("no such entry") from None
-        # Another citizen's entry is answered exactly like an unknown one (no oracle).
-        if entry.record.get("subject") not in own_subjects(principal):
+        subjects = own_subjects(principal)
+        if entry.record.get("subject") in subjects:
+            cp = covering_checkpoint(index)
+            original = log.released_originals([entry]).get(index)
+            return access(entry, original, cp) | _checkpoint_ref(cp)
+        # A restricted entry is the caller's once released to them; until then, and for another
+        # citizen's entry, the answer is exactly that for an unknown one (no oracle).
+        release = log.release_of(index) if "subject_commitment" in entry.record else None
+        if release is None or release.record.get("subject") not in subjects:
             raise NotFoundError("no such entry")
-        cp = covering_checkpoint(index)
-        return describe_entry(entry.record) | with_proof(entry, cp) | _checkpoint_ref(cp)
+        cp = covering_checkpoint(release.index)
+        return (
+            describe_entry(entry.record, release.record)
+            | with_proof(entry, cp)
+            | _checkpoint_ref(cp)
+        )
 
     @router.get("/me/accesses", **documented("listMyAccesses", problems=(400, 401, 403, 503)))
     def my_accesses(
@@ -326,9 +401,8 @@ def build_router(
             }
         page = log.search(EntryQuery(subjects=subjects), limit=limit, cursor=cursor)
         cp = covering_checkpoint(page.entries[-1].index) if page.entries else None
-        accesses = [
-            describe_entry(e.record) | with_proof(e, cp) for e in page.entries if cp is not None
-        ]
+        originals = log.released_originals(page.entries)
+        accesses = [access(e, originals.get(e.index), cp) for e in page.entries if cp is not None]
         return {
             "accesses": accesses,
             "next_cursor": None if page.next_cursor is None else str(page.next_cursor),

@@ -41,7 +41,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from audit import merkle
+from audit import merkle, restricted
 from audit.checkpoint import Checkpoint, NoteError, NoteVerifier, verify_checkpoint
 from exchange.canonical import canonical_json
 
@@ -234,8 +234,12 @@ def verify_record(
 ) -> Checkpoint:
     """Check a citizen's whole record from one node: ``checkpoint_note`` signed by the *pinned*
     ``log_key``, and for every subject in ``proofs``, the ``entries`` shown (``(index, entry
-    record)``, any order, later ones ignored) are all its entries up to that checkpoint. Returns
-    the checkpoint; raises ``CompletenessError`` naming what failed."""
+    record)``, any order, later ones ignored) are all its entries up to that checkpoint.
+
+    A released restricted entry (``audit.restricted``) is shown beside its release entry, which
+    is the one about the subject: the release must name it by index and leaf hash and open its
+    subject commitment. Returns the checkpoint; raises ``CompletenessError`` naming what
+    failed."""
     try:
         cp = verify_checkpoint(checkpoint_note, log_key)
     except NoteError as exc:
@@ -245,18 +249,56 @@ def verify_record(
     by_subject: dict[str, list[tuple[int, bytes]]] = {p.subject: [] for p in proofs}
     if len(by_subject) != len(proofs):
         raise CompletenessError("the proofs repeat a subject")
+    hidden: dict[int, tuple[Mapping[str, Any], bytes]] = {}
+    releases: list[tuple[int, restricted.Release]] = []
     for index, record in sorted(entries, key=lambda e: e[0]):
+        # the leaf hash comes from the entry's own bytes, never from what the node says it is
+        try:
+            leaf = merkle.leaf_hash(canonical_json(dict(record)))
+        except (TypeError, ValueError) as exc:
+            raise CompletenessError(f"entry {index} is not canonical JSON") from exc
+        if restricted.is_restricted(record):
+            hidden[index] = (record, leaf)  # about no one by its bytes: shown beside its release
+            continue
+        release = _release(index, record)
+        if release is not None and release.subject in by_subject:
+            releases.append((index, release))  # checked even after the checkpoint
         if index >= cp.size:
             continue  # after the checkpoint: not covered yet
         found = by_subject.get(str(record.get("subject")))
         if found is None:
             raise CompletenessError(f"entry {index} is not about any of the subjects proven")
-        # the leaf hash comes from the entry's own bytes, never from what the node says it is
-        try:
-            data = canonical_json(dict(record))
-        except (TypeError, ValueError) as exc:
-            raise CompletenessError(f"entry {index} is not canonical JSON") from exc
-        found.append((index, merkle.leaf_hash(data)))
+        found.append((index, leaf))
+    _check_releases(releases, hidden, cp.size)
     for proof in proofs:
         verify_completeness(cp, proof, by_subject[proof.subject])
     return cp
+
+
+def _release(index: int, record: Mapping[str, Any]) -> restricted.Release | None:
+    try:
+        return restricted.parse_release(record)
+    except restricted.ReleaseError as exc:
+        raise CompletenessError(f"entry {index}: {exc}") from exc
+
+
+def _check_releases(
+    releases: Sequence[tuple[int, restricted.Release]],
+    hidden: dict[int, tuple[Mapping[str, Any], bytes]],
+    size: int,
+) -> None:
+    """Every release shown comes with the restricted entry it releases, and truly releases it;
+    no restricted entry up to the checkpoint is shown without its release."""
+    for index, release in releases:
+        shown = hidden.pop(release.releases, None)
+        if shown is None:
+            raise CompletenessError(
+                f"entry {index} releases entry {release.releases}, which was not shown"
+            )
+        try:
+            restricted.check_release(release, index, *shown)
+        except restricted.ReleaseError as exc:
+            raise CompletenessError(f"entry {index}: {exc}") from exc
+    stray = sorted(i for i in hidden if i < size)
+    if stray:
+        raise CompletenessError(f"entry {stray[0]} is restricted and no entry shown releases it")

@@ -31,10 +31,10 @@ from dataclasses import astuple, dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from audit import merkle, subject_map
+from audit import merkle, restricted, subject_map
 from audit.checkpoint import (
     Checkpoint,
     NoteSigner,
@@ -44,7 +44,7 @@ from audit.checkpoint import (
 )
 from audit.columns import INDEX_COLUMNS, column_mismatch, columns_json, index_columns
 from audit.completeness import MAP_EXTENSION, SubjectProof, map_root_of
-from audit.store import CheckpointRow, EntryRow, HeadRow, NodeRow, node_key
+from audit.store import CheckpointRow, EntryRow, HeadRow, NodeRow, RestrictedRow, node_key
 from exchange.canonical import canonical_json
 from exchange.db import driver_cursor
 from exchange.errors import ClientError, NotFoundError, OnceOnlyError
@@ -56,6 +56,7 @@ __all__ = [
     "EntryQuery",
     "LogEntry",
     "LogIntegrityError",
+    "RestrictedEntry",
     "StoredCheckpoint",
     "TransparencyLog",
     "entry_bytes",
@@ -64,6 +65,8 @@ __all__ = [
 ]
 
 MAX_PAGE_SIZE = 1000
+RELEASE_BATCH = 1000
+"""Restricted entries released per transaction (``TransparencyLog.release_due``)."""
 _PROOF_ATTEMPTS = 5
 EXPORT_CHUNK = 5000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -99,7 +102,7 @@ def entry_record(event: AuditEvent) -> dict[str, Any]:
         value = getattr(event, f.name)
         if value is None or (f.name == "extra" and not value):
             continue
-        if f.name == "time":
+        if f.name in ("time", "restricted_until"):
             value = format_time(value)
         elif f.name == "extra":
             value = {str(k): str(v) for k, v in value.items()}
@@ -157,11 +160,28 @@ class StoredCheckpoint:
     note: str
 
 
+@dataclass(frozen=True, slots=True)
+class RestrictedEntry:
+    """A restricted entry as auditors see it: the entry (no subject in it), its release time
+    from its bytes, the index of its release entry once released, and what is wrong with its
+    stored row, if anything (never the subject or the salt)."""
+
+    entry: LogEntry
+    until: datetime | None
+    released: int | None
+    problem: str | None
+
+    def overdue(self, now: datetime) -> bool:
+        """Past its release time (or without a valid one) and not released."""
+        return self.released is None and (self.until is None or self.until <= now)
+
+
 @dataclass(slots=True)
 class _Prepared:
     data: bytes
     leaf_hash: bytes
     columns: tuple[Any, ...]  # the searchable copies, in the order of _APPEND_SQL.insert_entries
+    hidden: tuple[str, bytes, int] | None = None  # a restricted entry's subject, salt, release
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +190,7 @@ class _AppendSql:
     insert_entries: str
     insert_nodes: str
     update_head: str
+    insert_restricted: str
 
 
 _APPEND_SQL = _AppendSql(
@@ -181,6 +202,10 @@ _APPEND_SQL = _AppendSql(
     ),
     insert_nodes="INSERT INTO audit_nodes (log_id, node_key, hash) VALUES (?, ?, ?)",
     update_head="UPDATE audit_heads SET size = ?, root = ?, compact_range = ? WHERE log_id = ?",
+    insert_restricted=(
+        "INSERT INTO audit_restricted (log_id, idx, subject, salt, release_us, released_idx) "
+        "VALUES (?, ?, ?, ?, ?, NULL)"
+    ),
 )
 
 
@@ -253,7 +278,7 @@ class TransparencyLog:
     def append_many(self, events: Iterable[AuditEvent]) -> list[int]:
         """Append events in order, in one transaction; returns their indices.
 
-        The hot path of every exchange, so its five statements go straight to the driver (fixed
+        The hot path of every exchange, so its statements go straight to the driver (fixed
         SQL, positional parameters): SQLAlchemy's per-statement work cost more than SQLite's."""
         prepared = [self._prepare(e) for e in events]
         if not prepared:
@@ -264,46 +289,75 @@ class TransparencyLog:
             conn.begin()  # so that conn.commit() below commits what the raw cursor wrote
             self._begin_write(conn)
             with driver_cursor(conn) as cur:
-                cur.execute(sql.lock_head, (self.log_id,))
-                found = cur.fetchone()
-                if found is None:
-                    raise LogIntegrityError("the log has no head row")
-                n, packed = int(found[0]), bytes(found[1])
-                levels = [level for level, _ in _compact_range(n)]
-                if len(packed) != len(levels) * merkle.HASH_SIZE:
-                    raise LogIntegrityError("the log head's compact range does not match its size")
-                frontier: list[tuple[int, bytes]] = [
-                    (level, packed[k * merkle.HASH_SIZE : (k + 1) * merkle.HASH_SIZE])
-                    for k, level in enumerate(levels)
-                ]
-                entry_rows: list[tuple[Any, ...]] = []
-                node_rows: list[tuple[str, int, bytes]] = []
-                for offset, p in enumerate(prepared):
-                    pos = n + offset
-                    entry_rows.append((self.log_id, pos, p.data, p.leaf_hash, *p.columns))
-                    node_rows.append((self.log_id, node_key(0, pos), p.leaf_hash))
-                    level, cur_hash = 0, p.leaf_hash
-                    # a binary counter: each completed pair of equal subtrees becomes a stored node
-                    while frontier and frontier[-1][0] == level:
-                        cur_hash = merkle.node_hash(frontier.pop()[1], cur_hash)
-                        level += 1
-                        node_rows.append((self.log_id, node_key(level, pos >> level), cur_hash))
-                    frontier.append((level, cur_hash))
-                root = merkle.fold_compact_range([h for _, h in frontier])
-                cur.executemany(sql.insert_entries, entry_rows)
-                cur.executemany(sql.insert_nodes, node_rows)
-                cur.execute(
-                    sql.update_head,
-                    (n + len(prepared), root, b"".join(h for _, h in frontier), self.log_id),
-                )
+                n, frontier = self._lock_head(cur, sql)
+                self._append_at(cur, sql, n, frontier, prepared)
             conn.commit()
         return list(range(n, n + len(prepared)))
 
+    def _lock_head(self, cur: Any, sql: _AppendSql) -> tuple[int, list[tuple[int, bytes]]]:
+        """Take the log's write lock; the size and compact range (level, hash) it holds."""
+        cur.execute(sql.lock_head, (self.log_id,))
+        found = cur.fetchone()
+        if found is None:
+            raise LogIntegrityError("the log has no head row")
+        n, packed = int(found[0]), bytes(found[1])
+        levels = [level for level, _ in _compact_range(n)]
+        if len(packed) != len(levels) * merkle.HASH_SIZE:
+            raise LogIntegrityError("the log head's compact range does not match its size")
+        frontier = [
+            (level, packed[k * merkle.HASH_SIZE : (k + 1) * merkle.HASH_SIZE])
+            for k, level in enumerate(levels)
+        ]
+        return n, frontier
+
+    def _append_at(
+        self,
+        cur: Any,
+        sql: _AppendSql,
+        n: int,
+        frontier: list[tuple[int, bytes]],
+        prepared: Sequence[_Prepared],
+    ) -> None:
+        """Write ``prepared`` as entries ``n, n+1, …`` under the lock ``_lock_head`` took."""
+        entry_rows: list[tuple[Any, ...]] = []
+        node_rows: list[tuple[str, int, bytes]] = []
+        hidden_rows: list[tuple[Any, ...]] = []
+        for offset, p in enumerate(prepared):
+            pos = n + offset
+            entry_rows.append((self.log_id, pos, p.data, p.leaf_hash, *p.columns))
+            node_rows.append((self.log_id, node_key(0, pos), p.leaf_hash))
+            if p.hidden is not None:
+                hidden_rows.append((self.log_id, pos, *p.hidden))
+            level, cur_hash = 0, p.leaf_hash
+            # a binary counter: each completed pair of equal subtrees becomes a stored node
+            while frontier and frontier[-1][0] == level:
+                cur_hash = merkle.node_hash(frontier.pop()[1], cur_hash)
+                level += 1
+                node_rows.append((self.log_id, node_key(level, pos >> level), cur_hash))
+            frontier.append((level, cur_hash))
+        root = merkle.fold_compact_range([h for _, h in frontier])
+        cur.executemany(sql.insert_entries, entry_rows)
+        cur.executemany(sql.insert_nodes, node_rows)
+        if hidden_rows:  # a restricted entry's subject and salt, in the same transaction
+            cur.executemany(sql.insert_restricted, hidden_rows)
+        cur.execute(
+            sql.update_head,
+            (n + len(prepared), root, b"".join(h for _, h in frontier), self.log_id),
+        )
+
     def _prepare(self, event: AuditEvent) -> _Prepared:
         record = entry_record(event)
+        hidden = None
+        if event.restricted_until is not None and event.subject is not None:
+            # a restricted entry (audit.restricted): its bytes commit to the subject, never name
+            # it, so neither the subject map nor the citizen's search sees it before release
+            salt = restricted.new_salt()
+            del record["subject"]
+            record["subject_commitment"] = restricted.commitment(salt, event.subject)
+            hidden = (event.subject, salt, _time_us(event.restricted_until))
         data = canonical_json(record)
         # the searchable copies come from the record itself (audit.columns), never separately
-        return _Prepared(data, merkle.leaf_hash(data), index_columns(record))
+        return _Prepared(data, merkle.leaf_hash(data), index_columns(record), hidden)
 
     def _begin_write(self, conn: Connection) -> None:
         if conn.dialect.name == "sqlite":
@@ -495,6 +549,236 @@ class TransparencyLog:
                 yield f'{{"index":{idx},"leaf_hash":{lh_json},"columns":{cols},"entry":{text}}}'
             pos = stop
 
+    def entries(self, indices: Iterable[int]) -> dict[int, LogEntry]:
+        """The entries at ``indices`` that exist, by index (each checked like ``entry``)."""
+        wanted = sorted(set(indices))
+        found: dict[int, LogEntry] = {}
+        with self._engine.connect() as conn:
+            for i in range(0, len(wanted), 500):
+                rows = conn.execute(
+                    select(EntryRow.idx, EntryRow.data, EntryRow.leaf_hash, *_COLUMNS).where(
+                        EntryRow.log_id == self.log_id, EntryRow.idx.in_(wanted[i : i + 500])
+                    )
+                ).all()
+                found.update((int(r[0]), _checked(r)) for r in rows)
+        return found
+
+    # --- restricted entries (audit.restricted) --------------------------------------------------
+
+    def release_due(self, now: datetime) -> list[int]:
+        """Release every restricted entry whose time has come: append its release entry (subject,
+        index, leaf hash, salt) and mark it released, in one transaction under the write lock
+        (so two replicas never release one entry twice). Returns the release entries' indices.
+
+        A stored row that does not match its entry's bytes (its release time, or a subject and
+        salt that do not open the commitment) is never released: it stays overdue, and the
+        auditors' listing (``restricted_entries``) names the problem."""
+        when = _time_us(now)
+        released: list[int] = []
+        while self._any_due(when):
+            batch = self._release_batch(when, now)
+            released += batch
+            if not batch:
+                break  # only rows that must not be released are due: they stay overdue
+        return released
+
+    def _release_batch(self, when: int, now: datetime) -> list[int]:
+        """Up to ``RELEASE_BATCH`` due entries, earliest due first, in one transaction."""
+        self._ensure_head()
+        sql = _append_sql(self._engine.dialect.paramstyle, self._engine.dialect.name)
+        with self._engine.connect() as conn:
+            conn.begin()
+            self._begin_write(conn)
+            with driver_cursor(conn) as cur:
+                n, frontier = self._lock_head(cur, sql)
+            # ordered as the due index is (no sort: the planner keeps to that index)
+            due = conn.execute(
+                select(
+                    RestrictedRow.idx,
+                    RestrictedRow.subject,
+                    RestrictedRow.salt,
+                    EntryRow.data,
+                    RestrictedRow.release_us,
+                )
+                .join(
+                    EntryRow,
+                    (EntryRow.log_id == RestrictedRow.log_id) & (EntryRow.idx == RestrictedRow.idx),
+                )
+                .where(*self._due(when))
+                .order_by(RestrictedRow.release_us)
+                .limit(RELEASE_BATCH)
+            ).all()
+            ready = sorted(
+                (int(i), str(subject), bytes(salt), bytes(data))
+                for i, subject, salt, data, release_us in due
+                if self._releasable(bytes(data), subject, bytes(salt), int(release_us), now)
+            )
+            if not ready:
+                conn.rollback()
+                return []
+            prepared = [self._prepare(self._release_event(*r, now)) for r in ready]
+            with driver_cursor(conn) as cur:
+                self._append_at(cur, sql, n, frontier, prepared)
+            for k, r in enumerate(ready):
+                conn.execute(
+                    update(RestrictedRow)
+                    .where(RestrictedRow.log_id == self.log_id, RestrictedRow.idx == r[0])
+                    .values(released_idx=n + k)
+                )
+            conn.commit()
+        return list(range(n, n + len(prepared)))
+
+    def _due(self, when: int) -> tuple[Any, ...]:
+        return (
+            RestrictedRow.log_id == self.log_id,
+            RestrictedRow.released_idx.is_(None),
+            RestrictedRow.release_us <= when,
+        )
+
+    def _any_due(self, when: int) -> bool:
+        """The cheap check every citizen request makes first (one index lookup, no lock)."""
+        with self._engine.connect() as conn:
+            found = conn.execute(select(RestrictedRow.idx).where(*self._due(when)).limit(1))
+            return found.first() is not None
+
+    @staticmethod
+    def _row_problem(data: bytes, subject: str, salt: bytes, release_us: int) -> str | None:
+        """What is wrong with a restricted row against its entry's signed bytes, if anything."""
+        try:
+            record = json.loads(data)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or not restricted.is_restricted(record):
+            return "its entry is not a restricted entry"
+        until = restricted.restricted_until(record)
+        if until is None or _time_us(until) != release_us:
+            return "its stored release time is not the one its signed bytes hold"
+        if restricted.commitment(salt, subject) != record.get("subject_commitment"):
+            return "its stored subject and salt do not open its entry's commitment"
+        return None
+
+    def _releasable(
+        self, data: bytes, subject: str, salt: bytes, release_us: int, now: datetime
+    ) -> bool:
+        """Its row matches its entry's bytes, and the time the bytes hold has come."""
+        if self._row_problem(data, subject, salt, release_us) is not None:
+            return False
+        until = restricted.restricted_until(json.loads(data))  # parsed: _row_problem read it
+        return until is not None and until <= now
+
+    def _release_event(
+        self, idx: int, subject: str, salt: bytes, data: bytes, now: datetime
+    ) -> AuditEvent:
+        node = json.loads(data).get("node")
+        return AuditEvent(
+            time=now,
+            node=node if isinstance(node, str) else self.log_id,
+            kind="release",
+            decision="info",
+            subject=subject,
+            extra=restricted.release_extra(idx, merkle.leaf_hash(data), salt),
+        )
+
+    def restricted_entries(
+        self,
+        now: datetime,
+        *,
+        overdue_only: bool = False,
+        limit: int = 100,
+        cursor: int | None = None,
+    ) -> tuple[list[RestrictedEntry], int | None]:
+        """Restricted entries in index order, for auditors (no subject, no salt): each with its
+        release time read from its bytes, its release entry's index once released, and what is
+        wrong with its stored row. ``overdue_only``: only those past their release time and
+        not released (judged by the signed bytes, not by the stored copy). Returns a page and
+        the cursor of the next one."""
+        if not 1 <= limit <= MAX_PAGE_SIZE:
+            raise ClientError(f"limit must be between 1 and {MAX_PAGE_SIZE}")
+        if cursor is not None and cursor < 0:
+            raise ClientError("bad cursor")
+        out: list[RestrictedEntry] = []
+        pos = cursor or 0
+        while True:
+            stmt = (
+                select(
+                    EntryRow.idx,
+                    EntryRow.data,
+                    EntryRow.leaf_hash,
+                    *_COLUMNS,
+                    RestrictedRow.subject,
+                    RestrictedRow.salt,
+                    RestrictedRow.release_us,
+                    RestrictedRow.released_idx,
+                )
+                .join(
+                    EntryRow,
+                    (EntryRow.log_id == RestrictedRow.log_id) & (EntryRow.idx == RestrictedRow.idx),
+                )
+                .where(RestrictedRow.log_id == self.log_id, RestrictedRow.idx >= pos)
+                .order_by(RestrictedRow.idx)
+                .limit(MAX_PAGE_SIZE)
+            )
+            if overdue_only:
+                stmt = stmt.where(RestrictedRow.released_idx.is_(None))
+            with self._engine.connect() as conn:
+                rows = conn.execute(stmt).all()
+            for row in rows:
+                if len(out) == limit:
+                    return out, int(row[0])
+                found = self._restricted_entry(row)
+                if not overdue_only or found.overdue(now):
+                    out.append(found)
+            if len(rows) < MAX_PAGE_SIZE:
+                return out, None
+            pos = int(rows[-1][0]) + 1
+
+    def _restricted_entry(self, row: Sequence[Any]) -> RestrictedEntry:
+        entry = _checked(row[: 3 + len(_COLUMNS)])
+        subject, salt, release_us, released = row[3 + len(_COLUMNS) :]
+        return RestrictedEntry(
+            entry,
+            restricted.restricted_until(entry.record),
+            None if released is None else int(released),
+            self._row_problem(entry.data, subject, bytes(salt), int(release_us)),
+        )
+
+    def released_originals(self, entries: Iterable[LogEntry]) -> dict[int, LogEntry]:
+        """For each release entry among ``entries``, the restricted entry it releases, by the
+        release entry's index (what the citizen's view shows in its place)."""
+        wanted: dict[int, int] = {}
+        for e in entries:
+            try:
+                found = restricted.parse_release(e.record)
+            except restricted.ReleaseError as exc:
+                raise LogIntegrityError(f"entry {e.index}: {exc}") from exc
+            if found is not None:
+                wanted[e.index] = found.releases
+        originals = self.entries(wanted.values())
+        missing = sorted(set(wanted.values()) - originals.keys())
+        if missing:
+            raise LogIntegrityError(f"entry {missing[0]}, which a release names, is missing")
+        return {at: originals[index] for at, index in wanted.items()}
+
+    def release_of(self, index: int) -> LogEntry | None:
+        """The release entry of restricted entry ``index`` — read from the log and checked to
+        name ``index`` — or None while it is not released."""
+        with self._engine.connect() as conn:
+            at = conn.execute(
+                select(RestrictedRow.released_idx).where(
+                    RestrictedRow.log_id == self.log_id, RestrictedRow.idx == index
+                )
+            ).scalar_one_or_none()
+        if at is None:
+            return None
+        release = self.entry(int(at))
+        try:
+            found = restricted.parse_release(release.record)
+        except restricted.ReleaseError:
+            found = None
+        if found is None or found.releases != index:
+            raise LogIntegrityError(f"entry {at} is not the release of entry {index}")
+        return release
+
     # --- checkpoints ---------------------------------------------------------------------------
 
     def sign_checkpoint(self, now: datetime) -> StoredCheckpoint:
@@ -590,6 +874,7 @@ class TransparencyLog:
         the checkpoint and reading the map would give a proof against the wrong root: each proof
         is checked against the checkpoint's root here, and the read is retried when one fails."""
         wanted = sorted(set(subjects))
+        self.release_due(now)  # a restricted entry whose time has come is covered from now on
         for _ in range(_PROOF_ATTEMPTS):
             cp = self._fresh_checkpoint(now)
             root = self._map_root(cp.note)

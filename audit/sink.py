@@ -34,7 +34,9 @@ class LogSink:
             self.log.append_many(events)
 
     def publish_checkpoint(self, now: datetime) -> StoredCheckpoint:
-        """A new signed checkpoint if the log grew (``TransparencyLog.publish_checkpoint``), taking
-        the same writer turn as appends."""
+        """The checkpoint interval's work, in the same writer turn as appends: release the
+        restricted entries whose time has come (``TransparencyLog.release_due``), then a new
+        signed checkpoint if the log grew (``TransparencyLog.publish_checkpoint``)."""
         with sqlite_writer_turn(self._engine):
+            self.log.release_due(now)
             return self.log.publish_checkpoint(now)

@@ -18,6 +18,10 @@ Layout (see ``docs/audit.md``):
   checkpoint commits to (``audit.completeness``): per log the size it covers and its root; one
   slot per subject key (a hash) with its count and chain; the non-empty nodes by heap number.
   Unlike ``audit_nodes`` these are overwritten as the map advances (only the latest map is kept).
+- ``audit_restricted``: one row per restricted entry (``audit.restricted``): the subject its
+  bytes only commit to, the salt that opens the commitment, its release time (a copy of the
+  bytes' ``restricted_until``, checked against them before use) and, once released, the index
+  of its release entry. Written in the transaction that appends the entry.
 
 Trust assumption: the database is the operator's, so it is *not* trusted by auditors; it is
 trusted by this process to hold what this process wrote (crash consistency comes from writing
@@ -35,6 +39,7 @@ __all__ = [
     "EntryRow",
     "HeadRow",
     "NodeRow",
+    "RestrictedRow",
     "SubjectMapRow",
     "SubjectMemberRow",
     "SubjectNodeRow",
@@ -141,3 +146,16 @@ class SubjectNodeRow(AuditBase):
     log_id: Mapped[str] = mapped_column(String(MAX_LOG_ID_LEN), primary_key=True)
     node_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     hash: Mapped[bytes] = mapped_column(LargeBinary(32), nullable=False)
+
+
+class RestrictedRow(AuditBase):
+    """A restricted entry's hidden subject and salt, until (and after) its release."""
+
+    __tablename__ = "audit_restricted"
+    __table_args__ = (Index("ix_audit_restricted_due", "log_id", "released_idx", "release_us"),)
+    log_id: Mapped[str] = mapped_column(String(MAX_LOG_ID_LEN), primary_key=True)
+    idx: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    subject: Mapped[str] = mapped_column(String(MAX_FIELD_LEN), nullable=False)
+    salt: Mapped[bytes] = mapped_column(LargeBinary(32), nullable=False)
+    release_us: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    released_idx: Mapped[int | None] = mapped_column(BigInteger, nullable=True)

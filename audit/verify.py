@@ -24,6 +24,13 @@ operator and are untrusted. The steps, each labelled in the code:
    tree) hash up to the signed root, they are authentic, and the first entry whose recomputed hash
    differs is the first bad entry. If they do not, the tree itself was rewritten and the report
    says so, naming the first entry that disagrees with its stored hash when there is one.
+9. Every release entry (``audit.restricted``) names an earlier restricted entry by index and
+   leaf hash, opens its subject commitment, comes no earlier than its release time, and no entry
+   is released twice — stops a restricted entry released to the wrong citizen or too early (its
+   hidden subject, salt or release time rewritten in the database before release). Given
+   ``now``, restricted entries past their release time that no release entry releases are
+   reported (``overdue``): withheld from their citizens, whether or not the log's own table
+   still lists them. They do not fail the verification (the log is intact), they are a finding.
 """
 
 from __future__ import annotations
@@ -34,9 +41,10 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from audit import merkle
+from audit import merkle, restricted
 from audit.checkpoint import Checkpoint, NoteError, NoteVerifier, verify_checkpoint
 from audit.columns import INDEX_COLUMNS, column_mismatch, columns_json, index_columns
 from exchange.canonical import canonical_json
@@ -54,6 +62,8 @@ class VerifyReport:
     entries: int
     first_bad_index: int | None
     reasons: tuple[str, ...]
+    overdue: tuple[int, ...] = ()
+    """Restricted entries past their release time that no release entry releases (step 9)."""
 
     def __bool__(self) -> bool:
         return self.ok
@@ -169,6 +179,46 @@ def _stored_columns(columns: dict[str, Any]) -> tuple[Any, ...]:
 _MISSING = object()
 
 
+class _Releases:
+    """Step 9 over the entries as they stream by: restricted entries seen, releases checked."""
+
+    def __init__(self) -> None:
+        self.hidden: dict[int, tuple[dict[str, Any], bytes]] = {}
+        self.released: set[int] = set()
+        self.bad: tuple[int, str] | None = None
+
+    def see(self, index: int, entry: dict[str, Any], leaf: bytes) -> None:
+        if restricted.is_restricted(entry):
+            self.hidden[index] = (entry, leaf)
+            return
+        try:
+            release = restricted.parse_release(entry)
+            if release is None:
+                return
+            shown = self.hidden.get(release.releases)
+            if shown is None:
+                raise restricted.ReleaseError(
+                    f"it releases entry {release.releases}, which is no restricted entry before it"
+                )
+            if release.releases in self.released:
+                raise restricted.ReleaseError(f"entry {release.releases} was already released")
+            restricted.check_release(release, index, *shown)
+            self.released.add(release.releases)
+        except restricted.ReleaseError as exc:
+            if self.bad is None:
+                self.bad = (index, str(exc))
+
+    def overdue(self, now: datetime | None) -> tuple[int, ...]:
+        if now is None:
+            return ()
+        return tuple(
+            index
+            for index, (entry, _) in sorted(self.hidden.items())
+            if index not in self.released
+            and ((until := restricted.restricted_until(entry)) is None or until <= now)
+        )
+
+
 def _fail(
     cp: Checkpoint | None, entries: int, first_bad: int | None, *reasons: str
 ) -> VerifyReport:
@@ -180,10 +230,13 @@ def verify_export(
     export_lines: Iterable[str | bytes],
     log_public_key: str | NoteVerifier,
     earlier_checkpoint: str | bytes | None = None,
+    *,
+    now: datetime | None = None,
 ) -> VerifyReport:
     """Check an export (JSON Lines from ``TransparencyLog.export(0, …)``) against a checkpoint.
 
-    ``log_public_key`` is the log's C2SP vkey. Returns a report; never raises for bad input.
+    ``log_public_key`` is the log's C2SP vkey; ``now``, when given, reports the restricted
+    entries overdue for release then (step 9). Returns a report; never raises for bad input.
     """
     try:
         key = (
@@ -216,6 +269,7 @@ def verify_export(
     extra = 0
     unchecked_columns = 0
     column_bad: tuple[int, str] | None = None
+    releases = _Releases()
     for position, raw in enumerate(export_lines):
         line = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
         if not line.strip():
@@ -262,6 +316,9 @@ def verify_export(
         elif column_bad is None and parsed.columns != columns_json(index_columns(entry)):
             name = column_mismatch(entry, _stored_columns(parsed.columns))
             column_bad = (index, name or "columns")
+        # (9) releases of restricted entries, against the entries they release
+        if entry.get("kind") == restricted.RELEASE_KIND or "subject_commitment" in entry:
+            releases.see(index, entry, leaf)
         recomputed.push(leaf)
         if earlier is not None and recomputed.size == earlier.size:
             earlier_root = recomputed.root()
@@ -305,7 +362,20 @@ def verify_export(
         return _fail(
             cp, n, at, f"entry {at}: its stored {name} is not the one its signed bytes hold"
         )
+    if releases.bad is not None:
+        at, why = releases.bad
+        return _fail(cp, n, at, f"entry {at}: {why}")
     reasons = [f"{n} entries verified against the checkpoint of size {cp.size}"]
+    if releases.hidden:
+        reasons.append(
+            f"{len(releases.hidden)} restricted entries, {len(releases.released)} of them released"
+        )
+    overdue = releases.overdue(now)
+    if overdue:
+        reasons.append(
+            f"{len(overdue)} restricted entries are past their release time and not released "
+            f"(first: entry {overdue[0]})"
+        )
     if unchecked_columns:
         reasons.append(
             f"{unchecked_columns} entries carried no search columns: those were not checked"
@@ -314,4 +384,4 @@ def verify_export(
         reasons.append(f"consistent with the earlier checkpoint of size {earlier.size}")
     if extra:
         reasons.append(f"{extra} later entries are not covered by this checkpoint")
-    return VerifyReport(True, cp, n, None, tuple(reasons))
+    return VerifyReport(True, cp, n, None, tuple(reasons), overdue)

@@ -13,9 +13,10 @@ Trust assumption: nothing in the document is trusted before ``verify_registry`` 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any
 
@@ -37,10 +38,12 @@ from exchange.signing import (
 )
 
 __all__ = [
+    "MAX_RESTRICTED_DAYS",
     "AccessRightEntry",
     "ConsentServiceEntry",
     "MemberEntry",
     "RegistryDocument",
+    "Restriction",
     "ServiceEntry",
     "SignedRegistry",
     "StatuteEntry",
@@ -53,6 +56,8 @@ __all__ = [
 ]
 
 MAX_REGISTRY_BYTES = 8 * 1024 * 1024
+MAX_RESTRICTED_DAYS = 36_500
+"""The longest a restricted statute may keep an exchange from its citizen's view (100 years)."""
 
 
 class _Wire(BaseModel):
@@ -103,6 +108,26 @@ class StatuteEntry(_Wire):
     ordinance: str
     title_ja: str = ""
     title_en: str = ""
+    restricted_days: int | None = Field(
+        default=None, ge=1, le=MAX_RESTRICTED_DAYS, exclude_if=lambda v: v is None
+    )
+    """A *restricted* statute (law-enforcement or covert queries, Estonia's model): an exchange
+    on this basis is kept from its citizen's view for this many days (docs/audit.md,
+    "Restricted entries"). Left out of the document when None, so that documents signed before
+    the field existed keep their canonical form (and their signatures)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Restriction:
+    """An exchange falls under a restricted statute: its audit entries are restricted until
+    ``until``; ``basis`` is the statute as decisions and entries name it."""
+
+    statute: StatuteEntry
+    until: datetime
+
+    @property
+    def basis(self) -> str:
+        return f"statute:{self.statute.ordinance}"
 
 
 class ConsentServiceEntry(_Wire):
@@ -215,6 +240,16 @@ class VerifiedRegistry:
         return out
 
     @cached_property
+    def _statutes(self) -> dict[str, list[StatuteEntry]]:
+        """Statutes by unversioned service, sorted by ordinance (as ``policies.data`` sorts
+        them, so that "the first that applies" is the statute the policy decides on)."""
+        out: dict[str, list[StatuteEntry]] = {}
+        for t in sorted(self.document.statutes, key=lambda t: t.ordinance):
+            with contextlib.suppress(ValueError):
+                out.setdefault(str(ServiceId.parse(t.service).unversioned), []).append(t)
+        return out
+
+    @cached_property
     def _revoked(self) -> frozenset[str]:
         return frozenset(self.document.revoked_certificates)
 
@@ -274,6 +309,20 @@ class VerifiedRegistry:
                 if right.not_after and now > right.not_after:
                     continue
                 return right
+        return None
+
+    def restriction(
+        self, client: ClientId, service: ServiceId, purpose: str, *, now: datetime
+    ) -> Restriction | None:
+        """Whether an exchange of ``client`` with ``service`` for ``purpose`` is restricted: the
+        statute the policy decides on — the first, by ordinance, naming this client, service and
+        purpose — is restricted. Both nodes of an exchange decide it alike, from the verified
+        registry, before anything of the exchange is recorded."""
+        for statute in self._statutes.get(str(service.unversioned), ()):
+            if statute.client == str(client) and purpose in statute.purposes:
+                if statute.restricted_days is None:
+                    return None
+                return Restriction(statute, now + timedelta(days=statute.restricted_days))
         return None
 
     def allowed_services(self, client: ClientId, *, now: datetime) -> list[ServiceEntry]:

@@ -22,7 +22,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -31,6 +31,9 @@ from exchange.errors import VerificationError
 from exchange.ports import AuditDecision, AuditEvent, AuditKind
 from exchange.signing import Signer
 from exchange.subject_token import MAX_TOKEN_CHARS
+
+if TYPE_CHECKING:
+    from exchange.central_config import Restriction
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -207,10 +210,13 @@ def exchange_event(
     basis: str | None = None,
     decision_id: str | None = None,
     subject: str | None = None,
+    restriction: Restriction | None = None,
 ) -> AuditEvent:
     """The audit record of one exchange step: who, what, why and the hashes — no personal data.
 
-    ``subject`` is the recording agency's own code when the envelope carries a sealed one."""
+    ``subject`` is the recording agency's own code when the envelope carries a sealed one;
+    ``restriction``: the exchange falls under a restricted statute, so the entry is restricted
+    until then and names that statute when no other basis was decided."""
     return AuditEvent(
         time=time,
         node=node,
@@ -226,6 +232,7 @@ def exchange_event(
         request_hash=request_hash,
         body_hash=body_hash or env.body_hash,
         status=status,
-        basis=basis,
+        basis=basis or (restriction.basis if restriction else None),
         decision_id=decision_id,
+        restricted_until=restriction.until if restriction else None,
     )

@@ -140,6 +140,7 @@ AuditKind = Literal[
     "consent.expired",
     "procedure.step",
     "translation",
+    "release",
 ]
 
 
@@ -166,6 +167,10 @@ class AuditEvent:
     decision_id: str | None = None
     basis: str | None = None
     status: int | None = None
+    restricted_until: datetime | None = None
+    """Set when the exchange falls under a restricted statute (``StatuteEntry.restricted_days``):
+    the log keeps the event from its subject's view until then (docs/audit.md, "Restricted
+    entries")."""
     extra: Mapping[str, str] = field(default_factory=dict)
 
 

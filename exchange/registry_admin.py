@@ -15,6 +15,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from exchange.central_config import (
+    MAX_RESTRICTED_DAYS,
     AccessRightEntry,
     ConsentServiceEntry,
     MemberEntry,
@@ -27,7 +28,7 @@ from exchange.central_config import (
     sign_registry,
 )
 from exchange.certificates import certificate_info, load_certificate
-from exchange.errors import ConflictError, NotFoundError
+from exchange.errors import ClientError, ConflictError, NotFoundError
 from exchange.identifiers import ClientId, MemberId, ServiceId
 from exchange.sealing import SealingPublicKey
 from exchange.signing import CentralSigner, public_key_from_pem
@@ -207,7 +208,12 @@ class RegistryAdmin:
         ordinance: str,
         title_ja: str = "",
         title_en: str = "",
+        restricted_days: int | None = None,
     ) -> None:
+        """Add or replace a statutory basis; ``restricted_days`` makes it a restricted statute
+        (its exchanges are kept from the citizen's view that long; docs/audit.md)."""
+        if restricted_days is not None and not 1 <= restricted_days <= MAX_RESTRICTED_DAYS:
+            raise ClientError(f"restricted days must be between 1 and {MAX_RESTRICTED_DAYS}")
         with Session(self._engine) as s, s.begin():
             row = s.get(StatuteRow, statute_id)
             values = {
@@ -218,6 +224,7 @@ class RegistryAdmin:
                 "ordinance": ordinance,
                 "title_ja": title_ja,
                 "title_en": title_en,
+                "restricted_days": restricted_days,
             }
             if row is None:
                 s.add(StatuteRow(id=statute_id, **values))
@@ -346,6 +353,7 @@ class RegistryAdmin:
                         ordinance=t.ordinance,
                         title_ja=t.title_ja,
                         title_en=t.title_en,
+                        restricted_days=t.restricted_days,
                     )
                     for t in s.scalars(select(StatuteRow).order_by(StatuteRow.id))
                 ),

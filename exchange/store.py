@@ -90,6 +90,8 @@ class StatuteRow(Base):
     ordinance: Mapped[str] = mapped_column(Text)
     title_ja: Mapped[str] = mapped_column(Text, default="")
     title_en: Mapped[str] = mapped_column(Text, default="")
+    restricted_days: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """Exchanges on this basis are kept from the citizen's view this long (restricted statute)."""
 
 
 class RegistryMetaRow(Base):

@@ -451,6 +451,14 @@ def registry_add_statute(
     ],
     title_ja: Annotated[str, typer.Option(help="the statute's title (Japanese)")] = "",
     title_en: Annotated[str, typer.Option(help="the statute's title in English")] = "",
+    restricted_days: Annotated[
+        int | None,
+        typer.Option(
+            help="a restricted statute (law-enforcement or covert queries): each exchange on "
+            "this basis is kept from the citizen's view for this many days, then shown",
+            show_default=False,
+        ),
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
     """A statutory basis: CLIENT may get FIELDS of SERVICE for PURPOSES without consent."""
@@ -463,6 +471,7 @@ def registry_add_statute(
         ordinance=ordinance,
         title_ja=title_ja,
         title_en=title_en,
+        restricted_days=restricted_days,
     )
 
 
@@ -668,13 +677,22 @@ def audit_verify(
     else:
         raise ClientError("give --checkpoint and --export, or --node")
     report = verify_export(
-        checkpoint_text, lines, key, earlier_checkpoint=earlier.read_text() if earlier else None
+        checkpoint_text,
+        lines,
+        key,
+        earlier_checkpoint=earlier.read_text() if earlier else None,
+        now=_now(),
     )
     if report:
         console.print(
             f"[green]verified[/green]: {report.entries} entries, checkpoint size "
             f"{report.checkpoint.size if report.checkpoint else '?'}"
         )
+        if report.overdue:
+            err.print(
+                f"[yellow]{len(report.overdue)} restricted entries are past their release time "
+                f"and not released[/yellow]: {', '.join(map(str, report.overdue[:20]))}"
+            )
         if save:
             save.write_text(checkpoint_text)
         return
@@ -687,6 +705,68 @@ def audit_verify(
     for reason in report.reasons:
         err.print(f"  - {escape(reason)}", soft_wrap=True)
     raise typer.Exit(1)
+
+
+def _get_json(url: str, token: str | None, params: dict[str, str]) -> Any:
+    """One auditor API call (``--node``), its errors as one line."""
+    import httpx
+
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    try:
+        r = httpx.get(url, headers=headers, params=params, timeout=60)
+        r.raise_for_status()
+        return r.json()
+    except httpx.HTTPStatusError as exc:
+        hint = f": set {AUDIT_TOKEN_ENV} or --token-file" if exc.response.status_code == 401 else ""
+        raise TransportError(
+            f"{exc.request.url} answered {exc.response.status_code}{hint}"
+        ) from exc
+    except (httpx.HTTPError, ValueError) as exc:
+        raise TransportError(f"cannot read {url}: {exc}") from exc
+
+
+@audit_app.command("restricted")
+def audit_restricted(
+    node: Annotated[str, typer.Option(help="the node's URL", show_default=False)],
+    overdue: Annotated[
+        bool,
+        typer.Option(
+            "--overdue", help="only those past their release time and not released (exit 1 if any)"
+        ),
+    ] = False,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(help=f"a file holding the auditor bearer token (or set {AUDIT_TOKEN_ENV})"),
+    ] = None,
+) -> None:
+    """List a node's restricted entries (exchanges under a restricted statute): statute, release
+    time, the release entry once released — never whom they are about."""
+    token = _audit_token(token_file)
+    url = f"{node.rstrip('/')}/audit/restricted"
+    params = {"overdue": "true" if overdue else "false", "limit": "1000"}
+    table = Table(title="overdue restricted entries" if overdue else "restricted entries")
+    for col in ("entry", "statute", "client", "restricted until", "released by", "problem"):
+        table.add_column(col, overflow="fold")
+    count = 0
+    while True:
+        body = _get_json(url, token, params)
+        for e in body.get("entries", []):
+            count += 1
+            table.add_row(
+                str(e.get("index")),
+                str(e.get("statute") or "—"),
+                str(e.get("entry", {}).get("client") or "—"),
+                str(e.get("restricted_until") or "—"),
+                "—" if e.get("released_by") is None else str(e["released_by"]),
+                ("OVERDUE " if e.get("overdue") else "") + str(e.get("problem") or ""),
+            )
+        if not body.get("next_cursor"):
+            break
+        params["cursor"] = str(body["next_cursor"])
+    console.print(table)
+    console.print(f"{count} {'overdue ' if overdue else ''}restricted entries")
+    if overdue and count:
+        raise typer.Exit(1)
 
 
 @audit_app.command("verify-record")

@@ -56,7 +56,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import URL
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from audit import merkle
+from audit import merkle, restricted
 from audit.checkpoint import NoteError, NoteVerifier, verify_checkpoint
 from audit.completeness import CompletenessError, SubjectProof, verify_record
 from audit.log import MAX_PAGE_SIZE, EntryQuery, TransparencyLog
@@ -182,6 +182,8 @@ class _Row:
     index: int
     record: Mapping[str, Any]
     time: datetime | None
+    release: Mapping[str, Any] | None = None
+    """The release entry of a restricted entry, now shown (``audit.restricted``)."""
 
 
 def _b64(data: bytes) -> str:
@@ -197,9 +199,27 @@ def _parse_time(text: object) -> datetime | None:
         return None
 
 
-def _row(node: str, entry: LogRecord) -> _Row:
+def _row(node: str, entry: LogRecord, release: Mapping[str, Any] | None = None) -> _Row:
     record = entry.record
-    return _Row(node, entry.index, record, _parse_time(record.get("time")))
+    return _Row(node, entry.index, record, _parse_time(record.get("time")), release)
+
+
+def _access_rows(node: str, records: Sequence[LogRecord]) -> list[_Row]:
+    """A citizen's records as accesses: a release entry is not an access of its own, it shows
+    the restricted entry it releases (with when it was released)."""
+    releases: dict[int, Mapping[str, Any]] = {}
+    for r in records:
+        try:
+            found = restricted.parse_release(r.record)
+        except restricted.ReleaseError:
+            found = None  # shown as it is; the completeness check names it
+        if found is not None:
+            releases[found.releases] = r.record
+    return [
+        _row(node, r, releases.get(r.index))
+        for r in records
+        if r.record.get("kind") != restricted.RELEASE_KIND
+    ]
 
 
 def _proven_row(node: str, entry: ProvenEntry) -> _Row:
@@ -241,7 +261,11 @@ def verify_complete(node: str, record: CitizenRecord, verifier: NoteVerifier) ->
         cp = verify_record(note, verifier, proofs, [(r.index, r.record) for r in record.records])
     except (CompletenessError, KeyError, TypeError) as exc:
         return _Completeness(node, "failed", reason=str(exc))
-    covered = sum(1 for r in record.records if r.index < cp.size)
+    covered = sum(
+        1
+        for r in record.records
+        if r.index < cp.size and r.record.get("kind") != restricted.RELEASE_KIND
+    )
     return _Completeness(node, "ok", size=cp.size, entries=covered)
 
 
@@ -792,10 +816,10 @@ def build_portal(
                 unavailable.append(node)
                 continue
             completeness.append(verify_complete(node, mine, log.verifier))
-            everything = mine.records
+            everything = _access_rows(node, mine.records)
             orgs.update(str(e.record["client"]) for e in everything if e.record.get("client"))
             rows.extend(
-                _row(node, e)
+                e
                 for e in everything
                 if (org is None or e.record.get("client") == org)
                 and (decision is None or e.record.get("decision") == decision)

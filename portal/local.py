@@ -95,11 +95,11 @@ class LocalLog:
         cp, proofs = self._log.completeness(subjects, utc_now())
         page = self._log.search(EntryQuery(subjects=subjects), limit=limit)
         completeness = {"checkpoint": cp.note, "proofs": [p.to_json() for p in proofs]}
-        return CitizenRecord(
-            [LogRecord(e.index, e.record) for e in page.entries],
-            completeness,
-            truncated=page.next_cursor is not None,
-        )
+        # a release entry comes with the restricted entry it releases (audit.restricted)
+        originals = self._log.released_originals(page.entries)
+        records = [LogRecord(e.index, e.record) for e in page.entries]
+        records += [LogRecord(o.index, o.record) for o in originals.values()]
+        return CitizenRecord(records, completeness, truncated=page.next_cursor is not None)
 
     def my_proven_entries(self, caller: Caller, *, limit: int) -> list[ProvenEntry]:
         """``portal.ports.ConsentLog``: the caller's entries, each against the latest checkpoint
@@ -112,9 +112,13 @@ class LocalLog:
 
     def my_entry(self, caller: Caller, index: int) -> ProvenEntry:
         entry = self._log.entry(index)
-        # Another citizen's entry is "not found", like an unknown one (no oracle).
-        if entry.record.get("subject") not in self._subjects(caller):
-            raise NotFoundError("no such record")
+        subjects = self._subjects(caller)
+        # Another citizen's entry, or a restricted one not yet released to the caller, is "not
+        # found", like an unknown one (no oracle).
+        if entry.record.get("subject") not in subjects:
+            release = self._log.release_of(index) if "subject_commitment" in entry.record else None
+            if release is None or release.record.get("subject") not in subjects:
+                raise NotFoundError("no such record")
         return proven(self._log, index)
 
     def search(

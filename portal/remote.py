@@ -214,6 +214,14 @@ class RemoteLog:
         except (KeyError, TypeError, ValueError) as exc:
             raise TransportError("the node answered something unexpected") from exc
 
+    def _released(self, body: Any) -> list[LogRecord]:
+        """The restricted entries the page's release entries release (shown beside them)."""
+        try:
+            items = [a["released"] for a in body["accesses"] if a.get("released")]
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise TransportError("the node answered something unexpected") from exc
+        return self._records({"released": items}, "released")
+
     @staticmethod
     def _cursor(body: Any) -> int | None:
         value = body.get("next_cursor") if isinstance(body, dict) else None
@@ -235,6 +243,7 @@ class RemoteLog:
             if cursor is None:  # the proof comes with the first page
                 completeness = body.get("completeness") if isinstance(body, dict) else None
             found += self._records(body, "accesses")
+            found += self._released(body)
             cursor = self._cursor(body)
             if cursor is None:
                 break

@@ -29,6 +29,7 @@ from urllib.parse import quote
 from sqlalchemy import Engine, select
 
 from exchange.canonical import sha256_b64
+from exchange.central_config import Restriction
 from exchange.envelope import (
     MAX_BODY_BYTES,
     RequestEnvelope,
@@ -280,6 +281,9 @@ class Consumer:
         for value, what in ((subject, "subject"), (consent_id, "consent id")):
             if value is not None:
                 parse_part(value, what)
+        # Under a restricted statute every entry of the exchange is restricted, the request's
+        # included (docs/audit.md, "Restricted entries"): decided from the verified registry.
+        restriction = self._registry.current(now).restriction(client, service, purpose, now=now)
         token = None
         if subject is not None and self._sealer is not None:  # (C2b)
             token = await self._sealer.seal_subject(
@@ -316,7 +320,9 @@ class Consumer:
         # (C3) sign and record.
         wire, sent_hash = seal_request(envelope, call.body, self._signers[client])
         own = subject  # this agency's own code: what its audit log keeps
-        await self._record(envelope, "request", "info", now, sent_hash, None, subject=own)
+        await self._record(
+            envelope, "request", "info", now, sent_hash, None, subject=own, restriction=restriction
+        )
         # (C4) send.
         registry = self._registry.current(now)
         url = registry.node_address(service.provider.member) + MESSAGE_PATH
@@ -362,6 +368,7 @@ class Consumer:
                 refusal.status,
                 f"{refusal.code}: {exc.detail}",
                 subject=own,
+                restriction=restriction,
             )
             exc.audited = refusal.audited = True
             if refusal is not exc:
@@ -380,6 +387,7 @@ class Consumer:
             env.basis,
             env.decision_id,
             subject=own,
+            restriction=restriction,
         )
         # (C6) answer the departmental system.
         headers = {
@@ -415,11 +423,13 @@ class Consumer:
         decision_id: str | None = None,
         *,
         subject: str | None = None,
+        restriction: Restriction | None = None,
     ) -> None:
         await self._audit.record_async(
             exchange_event(
                 env,
                 subject=subject,
+                restriction=restriction,
                 node=self._node,
                 kind=kind,
                 decision=decision,

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from exchange.canonical import sha256_b64
+from exchange.central_config import Restriction
 from exchange.db import as_unavailable
 from exchange.envelope import (
     ResponseEnvelope,
@@ -177,6 +178,11 @@ class Provider:
                 exc.status,
                 exc.code,
             )
+        # An exchange under a restricted statute is restricted in the log from its first entry
+        # (docs/audit.md, "Restricted entries"): decided from the verified registry alone.
+        restriction = registry.restriction(
+            verified.client, verified.service, verified.envelope.purpose, now=now
+        )
         auth: _Authorized | None = None
         try:
             # (8) replay, batched with the messages arriving meanwhile (one transaction per batch).
@@ -209,6 +215,7 @@ class Provider:
                 basis=auth.basis,
                 decision_id=auth.decision_id,
                 subject=auth.local_subject,
+                restriction=restriction,
             )
         except OnceOnlyError as exc:
             auth = None
@@ -222,6 +229,7 @@ class Provider:
                 now,
                 status=status,
                 reason=f"{exc.code}: {exc.detail}",
+                restriction=restriction,
             )
         return self._sign(verified, status, body, ctype, auth, error_code)
 
@@ -447,11 +455,13 @@ class Provider:
         basis: str | None = None,
         decision_id: str | None = None,
         subject: str | None = None,
+        restriction: Restriction | None = None,
     ) -> None:
         await self._audit.record_async(
             exchange_event(
                 req.envelope,
                 subject=subject,
+                restriction=restriction,
                 node=self._node,
                 kind=kind,
                 decision=decision,

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Protocol
 
 import httpx
 from fastapi import FastAPI
@@ -22,7 +23,9 @@ from exchange.node.central import create_central_app
 from exchange.ports import (
     AdapterRequest,
     AdapterResponse,
+    AuditSink,
     ConsentGate,
+    PolicyDecider,
     ServiceDescription,
     TransportResponse,
 )
@@ -100,6 +103,15 @@ class ResidentsAdapter:
         return AdapterResponse(200, dict(record))
 
 
+class PolicyFeedLike(Protocol):
+    """``policies.feed.PolicyFeed``: an engine and the hook that feeds it each registry."""
+
+    @property
+    def engine(self) -> PolicyDecider: ...
+
+    def on_registry(self, registry: Any) -> None: ...
+
+
 @dataclass
 class Federation:
     data_dir: Path
@@ -130,8 +142,16 @@ class Federation:
 
 
 def build_federation(
-    tmp_path: Path, db_url: str, *, db_work: str = "auto", consent: ConsentGate | None = None
+    tmp_path: Path,
+    db_url: str,
+    *,
+    db_work: str = "auto",
+    consent: ConsentGate | None = None,
+    audits: Mapping[MemberId, AuditSink] | None = None,
+    policy: PolicyFeedLike | None = None,
 ) -> Federation:
+    """``audits``: each member's node records into this sink (default: its message log);
+    ``policy``: the residents' node decides with this policy engine, fed each registry."""
     now = datetime.now(UTC)
     keys = KeyStore(tmp_path / "data")
     init_instance(keys, "JP", now=now)
@@ -168,6 +188,9 @@ def build_federation(
         parts = NodeParts(
             adapters={RESIDENTS: adapter} if m == RESIDENTS.member else {},
             consent=consent if m == RESIDENTS.member else None,
+            audit=(audits or {}).get(m),
+            policy=policy.engine if policy and m == RESIDENTS.member else None,
+            on_registry=(policy.on_registry,) if policy and m == RESIDENTS.member else (),
             inline=True,
         )
         app = create_node_app(settings, m, parts, engine=engine, transport=transport)

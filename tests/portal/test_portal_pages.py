@@ -7,6 +7,8 @@ import asyncio
 import json
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import text
@@ -19,9 +21,12 @@ from portal.app import CSP
 from portal.i18n import format_datetime
 from tests.consent.consent_factories import ALICE, BOB
 from tests.portal.portal_client import PortalClient
-from tests.portal.portal_world import NODE, World
+from tests.portal.portal_world import NODE, World, exchange_event
 
 Scenario = Callable[[PortalClient], Awaitable[None]]
+POLICE = "JP/GOV/132098/police-liaison"
+COVERT = "JP/GOV/132098/covert-unit"
+STATUTE = "statute:jp-criminal-procedure-code/art197-2"
 
 
 def run(world: World, scenario: Scenario) -> None:
@@ -477,3 +482,44 @@ def test_integers_beyond_64_bits_in_auditor_pages_are_400_pages_never_500(world:
 
     run(world, scenario)
     run(world, citizen)
+
+
+def test_a_restricted_access_is_shown_once_released_and_the_record_still_proves_complete(
+    world: World, tmp_path: Path
+) -> None:
+    """Issue #15 item 3: one exchange under a restricted statute whose time has come, one whose
+    time has not; the citizen sees the first as the access it was, the record proves complete,
+    and the downloaded record verifies offline."""
+    past, future = world.now - timedelta(days=2), world.now + timedelta(days=30)
+    due = replace(
+        exchange_event(world.now - timedelta(days=40), "ps-alice", client=POLICE, basis=STATUTE),
+        restricted_until=past,
+    )
+    hidden = replace(
+        exchange_event(world.now - timedelta(days=1), "ps-alice", client=COVERT, basis=STATUTE),
+        restricted_until=future,
+    )
+    first = world.log.append_many([due, hidden])[0]
+    files: dict[str, bytes] = {}
+
+    async def scenario(c: PortalClient) -> None:
+        await c.sign_in(ALICE)
+        r = await c.get("/access", params={"lang": "en"})
+        assert f'data-node="{NODE}" data-status="ok"' in r.text
+        assert POLICE in r.text
+        assert COVERT not in r.text
+        assert f"Kept from your view under the law until {past:%Y-%m-%d}" in r.text
+        assert "Restricted record released" not in r.text  # the release is not a row of its own
+        verified = await c.post("/access/verify", {"node": NODE, "index": str(first)})
+        assert 'data-outcome="ok"' in verified.text
+        hidden_one = await c.post("/access/verify", {"node": NODE, "index": str(first + 1)})
+        assert hidden_one.status_code == 404
+        files["record"] = (await c.get("/access/record", params={"node": NODE})).content
+
+    run(world, scenario)
+    path = tmp_path / "record.json"
+    path.write_bytes(files["record"])
+    ok = CliRunner().invoke(
+        cli.app, ["audit", "verify-record", "--key", world.log.vkey(), str(path)]
+    )
+    assert ok.exit_code == 0, ok.output
