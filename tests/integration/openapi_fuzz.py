@@ -72,6 +72,9 @@ NOT_APPLICABLE: Mapping[str, Mapping[str, str]] = {
     },
     "getConsistencyProof": {"positive_data_acceptance": _IN_THE_LOG},
     "exportAuditLog": {"positive_data_acceptance": _IN_THE_LOG},
+    # the consent service's log serves the same routes (consent.api.build_consent_log_router)
+    "consentLogGetConsistencyProof": {"positive_data_acceptance": _IN_THE_LOG},
+    "consentLogExportAuditLog": {"positive_data_acceptance": _IN_THE_LOG},
     "createConsentRequest": {
         "positive_data_acceptance": "valid_until must be after valid_from, a rule between two "
         "fields that JSON Schema cannot state; a request breaking it is a 400",
