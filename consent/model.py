@@ -94,6 +94,20 @@ class HistoryAction(StrEnum):
 class _Wire(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    @field_validator("*", mode="after")
+    @classmethod
+    def _storable_text(cls, value: Any) -> Any:
+        """Text a database can hold: no NUL (PostgreSQL refuses it in text) and no lone
+        surrogate (not UTF-8), so such input is a 400 here, never a 500 at the database."""
+        if isinstance(value, str):
+            if "\x00" in value:
+                raise ValueError("text must not contain NUL characters")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("text must be valid Unicode (no lone surrogates)") from None
+        return value
+
 
 def _utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
