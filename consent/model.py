@@ -91,8 +91,25 @@ class HistoryAction(StrEnum):
     SPENT = "spent"
 
 
+_STORABLE_TEXT = "^[^\\u0000]*$"
+"""The JSON Schema pattern of free text this service stores (``_Wire._storable_text``)."""
+
+
+def _declare_storable_text(schema: dict[str, Any]) -> None:
+    """Say in the JSON Schema what ``_storable_text`` checks: free text (a string property with no
+    pattern of its own, alone or in an ``anyOf``) holds no NUL character."""
+    for prop in schema.get("properties", {}).values():
+        for branch in [prop, *prop.get("anyOf", ())]:
+            if (
+                branch.get("type") == "string"
+                and "pattern" not in branch
+                and "format" not in branch
+            ):
+                branch["pattern"] = _STORABLE_TEXT
+
+
 class _Wire(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=_declare_storable_text)
 
     @field_validator("*", mode="after")
     @classmethod
