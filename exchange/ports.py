@@ -173,6 +173,37 @@ class AuditEvent:
     entries")."""
     extra: Mapping[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # A refusal records what the caller sent (a claimed client, a path, a subject): a NUL in
+        # it would make PostgreSQL refuse the whole entry, and the refusal a 500 (fuzzing found
+        # it). It is recorded as U+FFFD instead.
+        for name in _TEXT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, str) and "\x00" in value:
+                object.__setattr__(self, name, value.replace("\x00", "\ufffd"))
+        if any("\x00" in k or "\x00" in v for k, v in self.extra.items()):
+            clean = {
+                k.replace("\x00", "\ufffd"): v.replace("\x00", "\ufffd")
+                for k, v in self.extra.items()
+            }
+            object.__setattr__(self, "extra", clean)
+
+
+_TEXT_FIELDS = (
+    "node",
+    "client",
+    "service",
+    "purpose",
+    "subject",
+    "consent_id",
+    "reason",
+    "message_id",
+    "request_hash",
+    "body_hash",
+    "decision_id",
+    "basis",
+)
+
 
 class AuditSink(Protocol):
     """Durably records an event before the exchange goes on (fail closed if it cannot)."""

@@ -218,3 +218,14 @@ def test_recorded_event_is_appended(log: TransparencyLog) -> None:
     event: AuditEvent = make_event(7, kind="consent.revoked", decision="info")
     log.record(event)
     assert log.entry(0).record["kind"] == "consent.revoked"
+
+
+def test_a_refusal_naming_a_nul_character_is_logged_with_a_replacement_character(
+    log: TransparencyLog,
+) -> None:
+    """A refusal records what the caller sent; PostgreSQL stores no NUL in text, so one there
+    made the refusal itself a 500 (found by fuzzing the consent service on PostgreSQL)."""
+    event = make_event(0, subject="code\x00x", kind="refusal", decision="deny", purpose="p\x00")
+    index = log.append(event)
+    assert log.entry(index).record["subject"] == "code\ufffdx"
+    assert log.search(EntryQuery(subjects=frozenset({"code\ufffdx"}))).entries[0].index == index
