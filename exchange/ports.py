@@ -140,6 +140,8 @@ AuditKind = Literal[
     "consent.revoked",
     "consent.used",
     "consent.expired",
+    "mandate.granted",
+    "mandate.revoked",
     "procedure.step",
     "translation",
     "release",
