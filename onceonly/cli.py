@@ -885,6 +885,81 @@ def consent_verify_receipt(
     )
 
 
+@consent_app.command("register-mandate")
+def consent_register_mandate(
+    representative: Annotated[
+        str,
+        typer.Option(
+            help="the representative's subject at the consent service", show_default=False
+        ),
+    ],
+    represented: Annotated[
+        str, typer.Option(help="the represented person's subject", show_default=False)
+    ],
+    kind: Annotated[str, typer.Option(help="parent (of a minor) or guardian (成年後見人)")],
+    basis: Annotated[
+        str,
+        typer.Option(
+            help="the record it rests on: a household entry, a court's guardianship number",
+            show_default=False,
+        ),
+    ],
+    until: Annotated[
+        str,
+        typer.Option(
+            help="end of validity, RFC 3339 (a minor's 18th birthday)", show_default=False
+        ),
+    ],
+    purposes: Annotated[
+        str, typer.Option(help="consent purpose codes, comma-separated, * for all")
+    ] = "*",
+    procedures: Annotated[str, typer.Option(help="procedures, comma-separated, * for all")] = "*",
+    operator: Annotated[str, typer.Option(help="who registers it (recorded)")] = "operator",
+    data_dir: DataDir = None,
+) -> None:
+    """Register a parent's or guardian's mandate from a registry or court record (docs/consent.md,
+    Mandates); prints the mandate as JSON (its id, its X-Road-Represented-Party, the signed JWS)."""
+    from consent.mandates import MandateRegistration
+    from onceonly.wiring import consent_service
+
+    def _list(text: str) -> list[str]:
+        return [p.strip() for p in text.split(",") if p.strip()]
+
+    try:
+        registration = MandateRegistration.model_validate(
+            {
+                "representative": representative,
+                "represented": represented,
+                "kind": kind,
+                "basis": basis,
+                "valid_until": until,
+                "purposes": _list(purposes),
+                "procedures": _list(procedures),
+            }
+        )
+    except ValueError as exc:
+        raise ClientError(f"invalid mandate: {exc}") from None
+    if registration.kind.value == "authorised":
+        raise ClientError("an authorised person's mandate is granted by the represented person")
+    mandates = consent_service(_settings(data_dir)).mandates()
+    done = mandates.register(registration, by=operator, now=datetime.now(UTC))
+    typer.echo(done.model_dump_json(indent=2))
+
+
+@consent_app.command("revoke-mandate")
+def consent_revoke_mandate(
+    mandate_id: Annotated[str, typer.Argument(help="the mandate's id", show_default=False)],
+    operator: Annotated[str, typer.Option(help="who revokes it (recorded)")] = "operator",
+    data_dir: DataDir = None,
+) -> None:
+    """Revoke a mandate for good (a guardianship ended, a household record changed)."""
+    from onceonly.wiring import consent_service
+
+    mandates = consent_service(_settings(data_dir)).mandates()
+    done = mandates.revoke(mandate_id, by=operator, now=datetime.now(UTC), operator=True)
+    typer.echo(done.model_dump_json(indent=2))
+
+
 # --- components ----------------------------------------------------------------------------------
 
 Host = Annotated[str, typer.Option(help="the address to listen on")]
