@@ -24,6 +24,7 @@ signature expires, so the same request again is refused as a replay (409
     GET  /keys                            (public: the JWK Set receipts are verified with)
     POST /consents/{id}/pause|resume|revoke
     GET  /mandates                        POST /mandates       POST /mandates/{id}/revoke
+    POST /mandates/{id}/authorise         (may the caller act under it for this procedure?)
     (``X-OnceOnly-Acting-For: <mandate id>`` on the consent routes: acting for someone)
     GET  /consent-requests                GET  /consent-requests/{id}
     POST /consent-requests/{id}/approve|decline
@@ -47,7 +48,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from consent.lifecycle import ConsentService, OnBehalf
-from consent.mandates import Mandate, MandateGrant, MandateService, acting_actor
+from consent.mandates import Mandate, MandateGrant, MandateService, MandateUse, acting_actor
 from consent.metrics import ConsentMetrics
 from consent.model import (
     Consent,
@@ -582,6 +583,31 @@ def _mandate_routes(
             principal.subject,
             grant,
             now=now(),
+        )
+
+    @router.post(
+        "/mandates/{mandate_id}/authorise",
+        **documented(
+            "authoriseMandate", body=json_body(MandateUse), problems=(400, 401, 403, 413, 503)
+        ),
+    )
+    async def authorise_mandate(mandate_id: str, request: Request, principal: citizen) -> Mandate:
+        """Checks that the caller may act under this mandate for a procedure or a purpose (what a
+        one-stop desk asks before it acts for someone); a refusal is 403 and audited."""
+        body = await _body(request)
+        try:
+            use = MandateUse.model_validate_json(body)
+        except ValidationError as exc:
+            raise ClientError("the mandate use is not valid") from exc
+        return await run_in_threadpool(
+            lambda: mandates.authorise(
+                principal.subject,
+                mandate_id,
+                now=now(),
+                action=use.action,
+                purpose=use.purpose,
+                procedure=use.procedure,
+            )
         )
 
     @router.post("/mandates/{mandate_id}/revoke", **documented("revokeMandate", problems=_CHANGE))

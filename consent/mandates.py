@@ -43,6 +43,7 @@ __all__ = [
     "MandateRegistration",
     "MandateService",
     "MandateStatus",
+    "MandateUse",
     "acting_actor",
 ]
 
@@ -104,6 +105,14 @@ class MandateRegistration(_Scoped):
     kind: MandateKind
     basis: str = Field(min_length=1, max_length=300)
     """The record it rests on: a registry's household entry, a court's guardianship number."""
+
+
+class MandateUse(_Wire):
+    """What a representative is about to do under a mandate (``POST /mandates/{id}/authorise``)."""
+
+    action: str = Field(min_length=1, max_length=120, pattern=r"^[A-Za-z0-9 _.\-]+$")
+    purpose: _Scope | None = None
+    procedure: _Scope | None = None
 
 
 class Mandate(_Wire):

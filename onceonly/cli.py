@@ -15,9 +15,10 @@ auditor token comes from ``ONCEONLY_AUDIT_TOKEN`` or ``--token-file``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -55,6 +56,7 @@ if TYPE_CHECKING:  # the servers are imported by the commands that run them, not
 
 if TYPE_CHECKING:
     from consent.artefact import ConsentReceiptVerifier
+    from consent.mandates import MandateService
 
 __all__ = ["AUDIT_TOKEN_ENV", "app", "main"]
 
@@ -885,6 +887,24 @@ def consent_verify_receipt(
     )
 
 
+@contextlib.contextmanager
+def _mandates(data_dir: Path | None) -> Iterator[MandateService]:
+    """The consent service's mandates, on its database and log; both pools closed after."""
+    from audit.sink import LogSink
+    from onceonly.wiring import CONSENT_LOG, audit_log, consent_service
+
+    settings = _settings(data_dir)
+    engine = make_engine(database_url(settings, "consent"))
+    log_engine = make_engine(database_url(settings, "consent-audit"))
+    try:
+        upgrade(log_engine, COMPONENT_BRANCHES["consent-audit"])
+        log = LogSink(audit_log(settings, log_engine, CONSENT_LOG), log_engine)
+        yield consent_service(settings, engine, audit=log).mandates()
+    finally:
+        engine.dispose()
+        log_engine.dispose()
+
+
 @consent_app.command("register-mandate")
 def consent_register_mandate(
     representative: Annotated[
@@ -920,7 +940,6 @@ def consent_register_mandate(
     """Register a parent's or guardian's mandate from a registry or court record (docs/consent.md,
     Mandates); prints the mandate as JSON (its id, its X-Road-Represented-Party, the signed JWS)."""
     from consent.mandates import MandateRegistration
-    from onceonly.wiring import consent_service
 
     def _list(text: str) -> list[str]:
         return [p.strip() for p in text.split(",") if p.strip()]
@@ -941,8 +960,8 @@ def consent_register_mandate(
         raise ClientError(f"invalid mandate: {exc}") from None
     if registration.kind.value == "authorised":
         raise ClientError("an authorised person's mandate is granted by the represented person")
-    mandates = consent_service(_settings(data_dir)).mandates()
-    done = mandates.register(registration, by=operator, now=datetime.now(UTC))
+    with _mandates(data_dir) as mandates:
+        done = mandates.register(registration, by=operator, now=datetime.now(UTC))
     typer.echo(done.model_dump_json(indent=2))
 
 
@@ -953,10 +972,9 @@ def consent_revoke_mandate(
     data_dir: DataDir = None,
 ) -> None:
     """Revoke a mandate for good (a guardianship ended, a household record changed)."""
-    from onceonly.wiring import consent_service
 
-    mandates = consent_service(_settings(data_dir)).mandates()
-    done = mandates.revoke(mandate_id, by=operator, now=datetime.now(UTC), operator=True)
+    with _mandates(data_dir) as mandates:
+        done = mandates.revoke(mandate_id, by=operator, now=datetime.now(UTC), operator=True)
     typer.echo(done.model_dump_json(indent=2))
 
 

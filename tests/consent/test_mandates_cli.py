@@ -6,6 +6,7 @@ import json
 import shlex
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from onceonly.cli import app
@@ -14,8 +15,11 @@ DOCS = Path(__file__).parents[2] / "docs" / "consent.md"
 
 
 def test_the_documented_register_mandate_command_registers_and_revoke_mandate_ends_it(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The data directory's own SQLite databases, whatever DATABASE_URL the tests were given.
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("ONCEONLY_DATABASE_URL", raising=False)
     [line] = [
         text
         for text in DOCS.read_text().splitlines()
