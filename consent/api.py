@@ -185,7 +185,6 @@ def build_citizen_router(
         str | None,
         Header(
             alias="X-OnceOnly-Acting-For",
-            max_length=36,
             description="a mandate id: the caller acts for the person it represents",
         ),
     ]
@@ -226,8 +225,9 @@ def build_citizen_router(
         return service.list_consents(_whose(principal, acting_for, "list consents"), now=now())
 
     @router.get("/consents/{consent_id}", **documented("getConsent", problems=_READ))
-    def get_consent(consent_id: str, principal: Citizen) -> Consent:
-        return service.get_consent(principal.subject, consent_id, now=now())
+    def get_consent(consent_id: str, principal: Citizen, acting_for: ActingFor = None) -> Consent:
+        subject = _whose(principal, acting_for, "read a consent")
+        return service.get_consent(subject, consent_id, now=now())
 
     @router.get("/consents/{consent_id}/history", **documented("getConsentHistory", problems=_READ))
     def history(
@@ -238,14 +238,18 @@ def build_citizen_router(
         )
 
     @router.get("/consents/{consent_id}/uses", **documented("listConsentUses", problems=_READ))
-    def uses(consent_id: str, principal: Citizen) -> list[ConsentUse]:
-        return service.uses(principal.subject, consent_id, now=now())
+    def uses(consent_id: str, principal: Citizen, acting_for: ActingFor = None) -> list[ConsentUse]:
+        subject = _whose(principal, acting_for, "read a consent's uses")
+        return service.uses(subject, consent_id, now=now())
 
     @router.get(
         "/consents/{consent_id}/receipts", **documented("listConsentReceipts", problems=_READ)
     )
-    def receipts(consent_id: str, principal: Citizen) -> list[Receipt]:
-        return service.receipts(principal.subject, consent_id, now=now())
+    def receipts(
+        consent_id: str, principal: Citizen, acting_for: ActingFor = None
+    ) -> list[Receipt]:
+        subject = _whose(principal, acting_for, "read a consent's receipts")
+        return service.receipts(subject, consent_id, now=now())
 
     @router.get(
         "/consents/{consent_id}/receipts/{receipt_id}",
@@ -267,8 +271,10 @@ def build_citizen_router(
         receipt_id: str,
         principal: Citizen,
         format: Annotated[Literal["json", "html", "jws"], Query()] = "json",
+        acting_for: ActingFor = None,
     ) -> Response:
-        found = service.receipt(principal.subject, consent_id, receipt_id, now=now())
+        subject = _whose(principal, acting_for, "read a consent receipt")
+        found = service.receipt(subject, consent_id, receipt_id, now=now())
         if format == "jws":
             if found.jws is None:
                 raise NotFoundError("this receipt was issued before receipts were signed")
@@ -344,8 +350,11 @@ def build_citizen_router(
         )
 
     @router.get("/consent-requests/{request_id}", **documented("getConsentRequest", problems=_READ))
-    def get_request(request_id: str, principal: Citizen) -> ConsentRequest:
-        return service.get_request(principal.subject, request_id, now=now())
+    def get_request(
+        request_id: str, principal: Citizen, acting_for: ActingFor = None
+    ) -> ConsentRequest:
+        subject = _whose(principal, acting_for, "read a consent request")
+        return service.get_request(subject, request_id, now=now())
 
     @router.post(
         "/consent-requests/{request_id}/approve",
@@ -363,8 +372,13 @@ def build_citizen_router(
         "/consent-requests/{request_id}/decline",
         **documented("declineConsentRequest", problems=_CHANGE),
     )
-    def decline(request_id: str, principal: Citizen) -> ConsentRequest:
-        done = service.decline_request(principal.subject, request_id, now=now())
+    def decline(
+        request_id: str, principal: Citizen, acting_for: ActingFor = None
+    ) -> ConsentRequest:
+        subject, _ = _on_behalf(
+            principal, acting_for, "decline a consent request", _request_purpose(request_id)
+        )
+        done = service.decline_request(subject, request_id, now=now())
         counted.action("decline")
         return done
 

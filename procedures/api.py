@@ -62,7 +62,6 @@ def build_router(
         str | None,
         Header(
             alias="X-OnceOnly-Acting-For",
-            max_length=MAX_ID_CHARS,
             description="a mandate id: the caller acts for the citizen it represents",
         ),
     ]

@@ -224,3 +224,22 @@ def test_a_represented_child_cannot_revoke_a_parents_mandate(
     with pytest.raises(ConflictError):
         mandates.revoke(mid, by=CHILD, now=T0)
     assert mandates.revoke(mid, by=PARENT, now=T0).status.value == "revoked"  # renounced
+
+
+def test_a_parent_reads_the_childs_consent_its_uses_receipts_and_request_while_acting(
+    client: TestClient, issuer: DevIssuer, mandates: MandateService
+) -> None:
+    mid = register(mandates)
+    request_id = ask(client).json()["id"]
+    parent = auth(issuer, PARENT) | {"X-OnceOnly-Acting-For": mid}
+    assert client.get(f"{API}/consent-requests/{request_id}", headers=parent).status_code == 200
+    consent = client.post(f"{API}/consent-requests/{request_id}/approve", headers=parent).json()
+    base = f"{API}/consents/{consent['id']}"
+    assert client.get(base, headers=parent).json()["subject"] == CHILD
+    assert client.get(f"{base}/uses", headers=parent).json() == []
+    receipts = client.get(f"{base}/receipts", headers=parent).json()
+    assert len(receipts) == 1
+    one = client.get(f"{base}/receipts/{receipts[0]['id']}", headers=parent)
+    assert one.status_code == 200
+    # Without the header, the same parent sees none of it (404, as for any other citizen's).
+    assert_problem(client.get(base, headers=auth(issuer, PARENT)), 404)
