@@ -25,12 +25,12 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, Field, model_validator
+from pydantic import AwareDatetime, BeforeValidator, Field, model_validator
 from sqlalchemy import Engine, or_, select
 from sqlalchemy.orm import Session
 
 from consent.artefact import MANDATE_TYP, ConsentIssuerKey
-from consent.model import NAME_PATTERN, _Wire
+from consent.model import _Wire
 from consent.store import MandateRow
 from exchange.errors import ConflictError, NotFoundError, RefusalError
 from exchange.ports import AuditEvent, AuditKind, AuditSink
@@ -53,7 +53,18 @@ ALL = "*"
 REFUSED = "Client.MandateRefused"
 """The stable problem code of every refused "acting for" (403)."""
 
-_Scope = Annotated[str, Field(pattern=rf"{NAME_PATTERN[:-1]}|^\*$")]
+_Scope = Annotated[str, Field(pattern=r"^(?:[A-Za-z0-9_.\-]{1,64}|\*)$")]
+"""A purpose code or procedure name (``NAME_PATTERN``), or ``*`` for all."""
+
+
+def _not_a_number(value: Any) -> Any:
+    if isinstance(value, int | float):  # pydantic would read it as seconds since the epoch
+        raise ValueError("a time is RFC 3339 text with a zone, not a number")
+    return value
+
+
+_Time = Annotated[AwareDatetime, BeforeValidator(_not_a_number)]
+"""RFC 3339 text with a zone (what the schema says); a number is refused."""
 _Subject = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@\-]+$")]
 
 
@@ -80,8 +91,8 @@ class _Scoped(_Wire):
     """Consent purpose codes the representative may act on, ``*`` for every purpose."""
     procedures: tuple[_Scope, ...] = Field(default=(), max_length=MAX_SCOPE)
     """Procedures (``address-change``) the representative may start, ``*`` for every one."""
-    valid_from: AwareDatetime | None = None
-    valid_until: AwareDatetime
+    valid_from: _Time | None = None
+    valid_until: _Time
 
     @model_validator(mode="after")
     def _window(self) -> Any:
