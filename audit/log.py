@@ -44,7 +44,7 @@ from audit.checkpoint import (
 )
 from audit.columns import INDEX_COLUMNS, column_mismatch, columns_json, index_columns
 from audit.completeness import MAP_EXTENSION, SubjectProof, map_root_of
-from audit.store import CheckpointRow, EntryRow, HeadRow, NodeRow, RestrictedRow, node_key
+from audit.store import CheckpointRow, EntryRow, HeadRow, RestrictedRow, node_key
 from exchange.canonical import canonical_json
 from exchange.db import driver_cursor, read_cursor
 from exchange.errors import ClientError, NotFoundError, OnceOnlyError
@@ -259,6 +259,13 @@ def _append_sql(paramstyle: str, dialect: str) -> _AppendSql:
 
 
 _HEAD_SIZE = "SELECT size FROM audit_heads WHERE log_id = ?"
+_EXPORT = (
+    "SELECT e.idx, n.hash, e.data, e.time_us, e.node, e.kind, e.decision, e.client, e.service, "
+    "e.purpose, e.subject, e.consent_id, e.message_id"  # INDEX_COLUMNS, in its order
+    " FROM audit_entries e LEFT JOIN audit_nodes n ON n.log_id = ? AND n.node_key = e.idx * 64"
+    " WHERE e.log_id = ? AND e.idx >= ? AND e.idx < ? ORDER BY e.idx"
+)
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":")).encode
 _ANY_DUE = (
     "SELECT 1 FROM audit_restricted WHERE log_id = ? AND released_idx IS NULL "
     "AND release_us <= ? LIMIT 1"
@@ -279,6 +286,7 @@ class _ReadSql:
         self._postgres = dialect == "postgresql"
         self.head_size = _HEAD_SIZE.replace("?", self._p)
         self.any_due = _ANY_DUE.replace("?", self._p)
+        self.export = _EXPORT.replace("?", self._p)
         self.latest_with_head = _LATEST_WITH_HEAD.replace("?", self._p)
         self._nodes = _NODES.replace("?", self._p)
 
@@ -604,28 +612,15 @@ class TransparencyLog:
         pos = start
         while pos < end:
             stop = min(pos + EXPORT_CHUNK, end)
-            with self._engine.connect() as conn:
-                rows = conn.execute(
-                    select(EntryRow.idx, EntryRow.data, *_COLUMNS)
-                    .where(EntryRow.log_id == self.log_id, EntryRow.idx >= pos, EntryRow.idx < stop)
-                    .order_by(EntryRow.idx)
-                ).all()
-                leaves = {
-                    key // 64: h
-                    for key, h in conn.execute(
-                        select(NodeRow.node_key, NodeRow.hash).where(
-                            NodeRow.log_id == self.log_id,
-                            NodeRow.node_key >= node_key(0, pos),
-                            NodeRow.node_key < node_key(0, stop),
-                        )
-                    )
-                    if key % 64 == 0
-                }
-            for idx, data, *stored in rows:
-                lh = leaves.get(idx)
-                lh_json = json.dumps(base64.b64encode(lh).decode()) if lh else "null"
-                cols = json.dumps(columns_json(stored), separators=(",", ":"))
-                text = data.decode("utf-8", errors="replace")
+            # one statement per chunk, straight to the driver: the entry rows with the level-0
+            # node of each (entries and nodes are never rewritten: no snapshot needed)
+            with read_cursor(self._engine) as cur:
+                cur.execute(self._read_sql.export, (self.log_id, self.log_id, pos, stop))
+                rows = cur.fetchall()
+            for idx, lh, data, *stored in rows:
+                lh_json = f'"{base64.b64encode(lh).decode()}"' if lh else "null"
+                cols = _COMPACT_JSON(columns_json(stored))
+                text = bytes(data).decode("utf-8", errors="replace")
                 yield f'{{"index":{idx},"leaf_hash":{lh_json},"columns":{cols},"entry":{text}}}'
             pos = stop
 

@@ -143,9 +143,12 @@ _RANGES_JOIN = (
     " SELECT n.node_id, n.hash FROM r JOIN audit_subject_nodes n"
     " ON n.log_id = ? AND n.node_id BETWEEN r.lo AND r.hi"
 )
+# LATERAL: an index range scan per range whatever the planner's statistics say (a table filled
+# seconds ago has none, and a hash join over it is a scan of the whole map)
 _SELECT_RANGES_PG = (
     "SELECT n.node_id, n.hash FROM unnest(%s::bigint[], %s::bigint[]) AS r(lo, hi)"
-    " JOIN audit_subject_nodes n ON n.log_id = %s AND n.node_id BETWEEN r.lo AND r.hi"
+    " CROSS JOIN LATERAL (SELECT node_id, hash FROM audit_subject_nodes"
+    " WHERE log_id = %s AND node_id BETWEEN r.lo AND r.hi) AS n"
 )
 _UPSERT_NODES = (
     "INSERT INTO audit_subject_nodes (log_id, node_id, hash) VALUES (?, ?, ?) "
