@@ -107,18 +107,18 @@ class _Sql:
     def select_ranges(
         self, log_id: str, ranges: Sequence[tuple[int, int]]
     ) -> list[tuple[Any, ...]]:
-        """The stored nodes whose ids fall in any of ``ranges`` (inclusive): the ranges are joined
-        as a table, so each is one index range scan (an ``OR`` of many ranges planned badly)."""
+        """The stored nodes whose ids fall in any of ``ranges`` (inclusive), each range one index
+        range scan (SQLite: the ranges joined as a table; an ``OR`` of many was planned badly)."""
         rows: list[tuple[Any, ...]] = []
         with driver_cursor(self._conn) as cur:
-            if self._mark == "%s":  # PostgreSQL: one statement text, the ranges as two arrays
-                for chunk in _chunks(ranges, _BATCH):
-                    cur.execute(
-                        _SELECT_RANGES_PG,
-                        ([lo for lo, _ in chunk], [hi for _, hi in chunk], log_id),
-                    )
+            if self._mark == "%s":
+                cur.executemany(
+                    _SELECT_RANGE_PG, [(log_id, lo, hi) for lo, hi in ranges], returning=True
+                )
+                while True:
                     rows += cur.fetchall()
-                return rows
+                    if not cur.nextset():
+                        return rows
             for chunk in _chunks(ranges, _RANGES_PER_QUERY):
                 values = ", ".join("(?, ?)" for _ in chunk)
                 flat = [bound for pair in chunk for bound in pair]
@@ -143,12 +143,11 @@ _RANGES_JOIN = (
     " SELECT n.node_id, n.hash FROM r JOIN audit_subject_nodes n"
     " ON n.log_id = ? AND n.node_id BETWEEN r.lo AND r.hi"
 )
-# LATERAL: an index range scan per range whatever the planner's statistics say (a table filled
-# seconds ago has none, and a hash join over it is a scan of the whole map)
-_SELECT_RANGES_PG = (
-    "SELECT n.node_id, n.hash FROM unnest(%s::bigint[], %s::bigint[]) AS r(lo, hi)"
-    " CROSS JOIN LATERAL (SELECT node_id, hash FROM audit_subject_nodes"
-    " WHERE log_id = %s AND node_id BETWEEN r.lo AND r.hi) AS n"
+# PostgreSQL: one simple range query per group, sent together (pipelined executemany): each is
+# an index range scan whatever the planner's statistics say, where a join of the ranges with the
+# table was planned, on a table not yet analyzed, as a scan of the whole log's map per range
+_SELECT_RANGE_PG = (
+    "SELECT node_id, hash FROM audit_subject_nodes WHERE log_id = %s AND node_id BETWEEN %s AND %s"
 )
 _UPSERT_NODES = (
     "INSERT INTO audit_subject_nodes (log_id, node_id, hash) VALUES (?, ?, ?) "
