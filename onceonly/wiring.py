@@ -60,9 +60,9 @@ from onceonly.components import (
     provision_audit_key,
     provision_consent_keys,
 )
-from policies.embedded import EmbeddedRegoEngine
-from policies.engine import engine_from_settings
+from policies.engine import PolicyEngineInfo, engine_from_settings, engine_name
 from policies.feed import PolicyFeed
+from policies.opa_server import OpaServerEngine
 
 __all__ = [
     "COMPONENT_BRANCHES",
@@ -368,7 +368,7 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
     log = audit_log(settings, engine, str(member))
     sink = LogSink(log, engine)
 
-    feed = PolicyFeed(engine_from_settings(settings))
+    feed = PolicyFeed(engine_from_settings(settings))  # logs which engine, and why
     engines = (engine,) if pseudonym_engine is None else (engine, pseudonym_engine)
     return NodeParts(
         adapters=adapters,
@@ -393,8 +393,10 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
         background=(checkpoint_publisher(sink, settings.checkpoint_interval_s),),
         engine=engine,
         consent_request_schema=ConsentRequestInput.model_json_schema(),
+        collectors=(PolicyEngineInfo(feed.engine, settings.policy_engine),),
+        about={"policy_engine": engine_name(feed.engine)},
         inline=runs_inline(*engines, mode=settings.db_work)
-        and isinstance(feed.engine, EmbeddedRegoEngine),
+        and not isinstance(feed.engine, OpaServerEngine),
         closers=(
             *(a.aclose for a in adapters.values() if isinstance(a, SqlAdapter | HttpAdapter)),
             *((lambda: asyncio.to_thread(pseudonym_engine.dispose),) if pseudonym_engine else ()),

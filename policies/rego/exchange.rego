@@ -120,7 +120,11 @@ statute_applies(statute) if {
 }
 
 # `data.registry.statutes[provider][service]` is sorted by ordinance (policies/data.py), so the first is stable.
-service_statutes := object.get(object.get(data.registry.statutes, provider_member, {}), input.service, [])
+# Looked up by key, never `object.get(data.registry.statutes, …)`: a whole data subtree passed to a
+# function is copied into the evaluation on every decision (hundreds of µs at 1,000 services).
+default service_statutes := []
+
+service_statutes := data.registry.statutes[provider_member][input.service]
 
 applicable_statutes := [statute |
 	some statute in service_statutes
