@@ -960,10 +960,11 @@ def node(
     """Run one member's node (security server)."""
     from exchange.node.app import create_node_app
     from onceonly.asgi import NODE_MEMBER_ENV
-    from onceonly.wiring import build_node_parts, require_node_keys
+    from onceonly.wiring import build_node_parts, report_start_up, require_node_keys
 
     settings = _settings(data_dir, registries_file=registries)
     mid = MemberId.parse(member)
+    report_start_up()  # e.g. which policy engine decides, and why
     if workers == 1:
         _run(host, port, lambda: create_node_app(settings, mid, build_node_parts(settings, mid)))
         return

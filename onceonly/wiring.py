@@ -86,6 +86,7 @@ __all__ = [
     "registries_config",
     "registries_file",
     "registry_database_url",
+    "report_start_up",
     "require_node_keys",
     "subjects_of",
     "token_verifier",
@@ -323,6 +324,17 @@ def _served_registries(
             f"registries declared without a subsystem key: {unkeyed}: run `{member_command(member)}`"
         )
     return hosted, declared, served
+
+
+def report_start_up() -> None:
+    """Show what the parts chose at start-up (the policy engine: logger ``onceonly.policies``)
+    on stderr, one line each; the command-line processes configure no other logging."""
+    logger = logging.getLogger("onceonly.policies")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
