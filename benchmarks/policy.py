@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import sys
@@ -121,6 +122,7 @@ def summary(wall: list[float], cpu: list[float]) -> dict[str, float]:
         "p50_us": round(statistics.median(wall) * 1e6, 1),
         "p99_us": round(wall[int(len(wall) * 0.99) - 1] * 1e6, 1),
         "cpu_p50_us": round(statistics.median(cpu) * 1e6, 1),
+        "cpu_p99_us": round(cpu[int(len(cpu) * 0.99) - 1] * 1e6, 1),
     }
 
 
@@ -129,6 +131,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per engine")
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     rng = random.Random(7)
     data, pairs = make_data(rng)
     clients = sorted({c for _, c in pairs})
@@ -212,6 +215,8 @@ def main() -> None:
                 },
                 "engines_agree_on_every_decision": agree,
                 "auto_chooses": chosen,
+                "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+                "cpus": os.cpu_count(),
                 "target_p99_under_1ms": {name: r["p99_us"] < 1000 for name, r in results.items()},
             }
         )
