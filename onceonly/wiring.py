@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Collection, Coroutine, Sequence
+from collections.abc import Callable, Collection, Coroutine, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -86,8 +86,8 @@ __all__ = [
     "registries_config",
     "registries_file",
     "registry_database_url",
-    "report_start_up",
     "require_node_keys",
+    "start_up_report",
     "subjects_of",
     "token_verifier",
 ]
@@ -326,15 +326,35 @@ def _served_registries(
     return hosted, declared, served
 
 
-def report_start_up() -> None:
-    """Show what the parts chose at start-up (the policy engine: logger ``onceonly.policies``)
-    on stderr, one line each; the command-line processes configure no other logging."""
+@contextlib.contextmanager
+def start_up_report() -> Iterator[None]:
+    """Around building a component: what its parts chose (the policy engine, logger
+    ``onceonly.policies``) is written to stderr, one line each, once the block succeeded; a start
+    that fails shows only its error. The command-line processes configure no other logging."""
     logger = logging.getLogger("onceonly.policies")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+    records: list[logging.LogRecord] = []
+    collect = _Collect(records)
+    level = logger.level
+    logger.addHandler(collect)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(collect)
+        logger.setLevel(level)
+    out = logging.StreamHandler()
+    out.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    for record in records:
+        out.handle(record)
+
+
+class _Collect(logging.Handler):
+    def __init__(self, records: list[logging.LogRecord]) -> None:
+        super().__init__(logging.INFO)
+        self.records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
 
 
 def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
