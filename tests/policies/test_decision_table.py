@@ -190,3 +190,65 @@ def test_unreachable_opa_denies_within_the_timeout() -> None:
     assert not decision
     assert decision.reasons == ("policy engine unavailable",)
     assert decision.fields == frozenset()
+
+
+def _generated_inputs() -> list[dict[str, Any]]:
+    """Every combination of the fixture's clients, services, purposes, operations, consents,
+    requested fields and times at the windows' edges (and outside any service or right)."""
+    clients = sorted(
+        {c for m in DATA["access_rights"].values() for s in m.values() for c in s}
+        | {"JP/GOV/132098/library", "JP/COM/1234567890123/other"}
+    )
+    services = [
+        *sorted({s for m in DATA["services"].values() for s in m}),
+        "JP/GOV/132098/resident-registry/unknown",
+    ]
+    purposes = sorted(
+        {p for m in DATA["services"].values() for s in m.values() for p in s["purposes"]}
+    )
+    consents: list[Any] = [
+        None,
+        {"allow": True, "consent_id": "c-1", "fields": ["address", "iban"]},
+        {"allow": False, "consent_id": "c-2", "fields": []},
+    ]
+    times = [
+        "2019-12-31T14:59:59Z",
+        "2026-03-31T15:00:00+00:00",
+        "2026-04-01T00:00:00+09:00",
+        "2027-03-31T14:59:59.999999+00:00",
+        "2027-04-01T00:00:00+09:00",
+    ]
+    inputs = []
+    i = 0
+    for client in clients:
+        for service in services:
+            for purpose in purposes:
+                for consent in consents:
+                    for now in times:
+                        i += 1
+                        inputs.append(
+                            {
+                                "client": client,
+                                "service": service,
+                                "purpose": purpose,
+                                "now": now,
+                                "operation": ("read", "change")[i % 2],
+                                "requested_fields": (None, ["address", "name"], ["iban"])[i % 3],
+                                "consent": consent,
+                            }
+                        )
+    return inputs
+
+
+@needs_opa
+def test_opa_and_regopy_agree_on_every_combination_of_the_fixture(
+    opa_inprocess: OpaInProcessEngine, regopy: EmbeddedRegoEngine
+) -> None:
+    """Beyond the table: the two in-process engines on a few hundred generated inputs."""
+    inputs = _generated_inputs()
+    answers = [(opa_inprocess.evaluate(d), regopy.evaluate(d)) for d in inputs]
+    differing = [(d, a) for d, a in zip(inputs, answers, strict=True) if a[0] != a[1]]
+    allowed = [a for a, _ in answers if a and a["allow"]]
+    assert len(inputs) >= 500
+    assert allowed, "the generated inputs must include allowed exchanges"
+    assert not differing, f"{len(differing)} of {len(inputs)} differ, e.g. {differing[:3]}"
