@@ -6,7 +6,9 @@ cache off, so each decision is evaluated; the engines and the plain-Python rules
 ``--rounds`` rounds, so a busy moment on a shared machine hits all of them. The engines' answers
 must be identical on every input. Prints one JSON object on its last line: per engine p50/p99
 wall latency and CPU p50 in µs, the p99 ratio against plain Python. ``--quick`` takes fewer
-samples. OPA in-process is skipped, with the reason, where its bindings do not load. Not a test.
+samples. OPA in-process is skipped, with the reason, where its bindings do not load. On a shared,
+busy machine the wall p99 is the scheduler's; ``chrt -f 5 python benchmarks/policy.py`` (root)
+measures the engines without their neighbours, and the JSON says which (``scheduler``). Not a test.
 """
 
 from __future__ import annotations
@@ -126,6 +128,12 @@ def summary(wall: list[float], cpu: list[float]) -> dict[str, float]:
     }
 
 
+def _scheduler() -> str:
+    """``fifo`` when run under ``chrt -f N`` (the engines' own latency, not the neighbours')."""
+    policy = os.sched_getscheduler(0)
+    return {os.SCHED_FIFO: "fifo", os.SCHED_RR: "rr"}.get(policy, "normal")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
@@ -217,6 +225,7 @@ def main() -> None:
                 "auto_chooses": chosen,
                 "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
                 "cpus": os.cpu_count(),
+                "scheduler": _scheduler(),
                 "target_p99_under_1ms": {name: r["p99_us"] < 1000 for name, r in results.items()},
             }
         )
