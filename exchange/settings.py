@@ -108,7 +108,12 @@ class Settings(BaseSettings, TokenIssuer):
     exchanges/s with a PostgreSQL server on the same host, docs/performance.md; a slow or
     locked database then stalls the whole node); ``threads`` always uses threads."""
 
-    policy_engine: Literal["embedded", "opa"] = "embedded"
+    policy_engine: Literal["auto", "embedded", "opa-inprocess", "regopy", "opa-server", "opa"] = (
+        "auto"
+    )
+    """Which engine decides exchanges (docs/policies.md "Engines"): ``auto`` (``embedded`` is its
+    older name) takes OPA's evaluator in-process where it loads, else rego-cpp (``regopy``);
+    ``opa-inprocess`` or ``regopy`` forces one; ``opa-server`` (or ``opa``) asks ``opa_url``."""
     opa_url: str | None = None
     opa_timeout_s: float = 0.5
 

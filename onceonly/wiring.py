@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Collection, Coroutine, Sequence
+from collections.abc import Callable, Collection, Coroutine, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -60,9 +60,9 @@ from onceonly.components import (
     provision_audit_key,
     provision_consent_keys,
 )
-from policies.embedded import EmbeddedRegoEngine
-from policies.engine import engine_from_settings
+from policies.engine import PolicyEngineInfo, engine_from_settings, engine_name
 from policies.feed import PolicyFeed
+from policies.opa_server import OpaServerEngine
 
 __all__ = [
     "COMPONENT_BRANCHES",
@@ -87,6 +87,7 @@ __all__ = [
     "registries_file",
     "registry_database_url",
     "require_node_keys",
+    "start_up_report",
     "subjects_of",
     "token_verifier",
 ]
@@ -325,6 +326,37 @@ def _served_registries(
     return hosted, declared, served
 
 
+@contextlib.contextmanager
+def start_up_report() -> Iterator[None]:
+    """Around building a component: what its parts chose (the policy engine, logger
+    ``onceonly.policies``) is written to stderr, one line each, once the block succeeded; a start
+    that fails shows only its error. The command-line processes configure no other logging."""
+    logger = logging.getLogger("onceonly.policies")
+    records: list[logging.LogRecord] = []
+    collect = _Collect(records)
+    level = logger.level
+    logger.addHandler(collect)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(collect)
+        logger.setLevel(level)
+    out = logging.StreamHandler()
+    out.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    for record in records:
+        out.handle(record)
+
+
+class _Collect(logging.Handler):
+    def __init__(self, records: list[logging.LogRecord]) -> None:
+        super().__init__(logging.INFO)
+        self.records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
     keys = KeyStore(settings.data_dir)
     hosted, declared, served = _served_registries(settings, member, keys)
@@ -368,7 +400,7 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
     log = audit_log(settings, engine, str(member))
     sink = LogSink(log, engine)
 
-    feed = PolicyFeed(engine_from_settings(settings))
+    feed = PolicyFeed(engine_from_settings(settings))  # logs which engine, and why
     engines = (engine,) if pseudonym_engine is None else (engine, pseudonym_engine)
     return NodeParts(
         adapters=adapters,
@@ -393,8 +425,10 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
         background=(checkpoint_publisher(sink, settings.checkpoint_interval_s),),
         engine=engine,
         consent_request_schema=ConsentRequestInput.model_json_schema(),
+        collectors=(PolicyEngineInfo(feed.engine, settings.policy_engine),),
+        about={"policy_engine": engine_name(feed.engine)},
         inline=runs_inline(*engines, mode=settings.db_work)
-        and isinstance(feed.engine, EmbeddedRegoEngine),
+        and not isinstance(feed.engine, OpaServerEngine),
         closers=(
             *(a.aclose for a in adapters.values() if isinstance(a, SqlAdapter | HttpAdapter)),
             *((lambda: asyncio.to_thread(pseudonym_engine.dispose),) if pseudonym_engine else ()),
