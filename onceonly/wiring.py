@@ -48,7 +48,7 @@ from exchange.keystore import DEV_ISSUER_COMMAND, INIT_COMMAND, KeyStore, member
 from exchange.node.app import NodeParts, database_url
 from exchange.node.central import create_central_app
 from exchange.node_requests import VerifiedNodeRequest, verify_node_request
-from exchange.ports import CITIZEN_AGENCY, RegistryAdapter, SubjectTranslator
+from exchange.ports import CITIZEN_AGENCY, AuditEvent, RegistryAdapter, SubjectTranslator
 from exchange.settings import Settings
 from exchange.signing import MemberSigner, TranslatorSigner, load_private_key
 from exchange.tokens import DevIssuer, Principal, TokenVerifier
@@ -414,6 +414,7 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
                 log,
                 token_verifier(settings),
                 citizen_codes or subjects_of(subjects, [c.id for c in declared.registries]),
+                refused=_api_refusals(sink, str(member), "audit-api"),
             ),
         ),
         on_registry=(
@@ -513,3 +514,23 @@ def central_app(settings: Settings) -> FastAPI:
         return build_central_routers(settings, view, metrics, log=log)
 
     return create_central_app(settings, routers=routers, collectors=[metrics], background=jobs)
+
+
+def _api_refusals(sink: LogSink, node: str, stage: str) -> Callable[[OnceOnlyError, str], None]:
+    """Records a refusal of a node's own API routes (``exchange.web.refusals``) in its log: who
+    is not proven, so no client or subject; the route template, the code and why."""
+
+    def record(exc: OnceOnlyError, route: str) -> None:
+        sink.record(
+            AuditEvent(
+                time=datetime.now(UTC),
+                node=node,
+                kind="refusal",
+                decision="deny",
+                status=exc.status,
+                reason=f"{exc.code}: {exc.detail}"[:500],
+                extra={"stage": stage, "route": route[:255]},
+            )
+        )
+
+    return record
