@@ -52,6 +52,7 @@ from exchange.ports import CITIZEN_AGENCY, AuditEvent, RegistryAdapter, SubjectT
 from exchange.settings import Settings
 from exchange.signing import MemberSigner, TranslatorSigner, load_private_key
 from exchange.tokens import DevIssuer, Principal, TokenVerifier
+from exchange.web.refusals import RefusalRecorder
 from onceonly.components import (
     COMPONENT_BRANCHES,
     CONSENT_ISSUER,
@@ -516,11 +517,11 @@ def central_app(settings: Settings) -> FastAPI:
     return create_central_app(settings, routers=routers, collectors=[metrics], background=jobs)
 
 
-def _api_refusals(sink: LogSink, node: str, stage: str) -> Callable[[OnceOnlyError, str], None]:
+def _api_refusals(sink: LogSink, node: str, stage: str) -> RefusalRecorder:
     """Records a refusal of a node's own API routes (``exchange.web.refusals``) in its log: who
     is not proven, so no client or subject; the route template, the code and why."""
 
-    def record(exc: OnceOnlyError, route: str) -> None:
+    def record(exc: OnceOnlyError, route: str, _request: Request) -> None:
         sink.record(
             AuditEvent(
                 time=datetime.now(UTC),

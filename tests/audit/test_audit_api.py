@@ -334,7 +334,7 @@ def test_every_refusal_of_the_audit_and_citizen_apis_is_recorded_once(
     log.append_many([make_event(i, subject=ALICE) for i in range(3)])
     recorded: list[tuple[int, str, str]] = []
 
-    def refused(exc: OnceOnlyError, route: str) -> None:
+    def refused(exc: OnceOnlyError, route: str, _request: object) -> None:
         recorded.append((exc.status, exc.code, route))
 
     app = FastAPI()
