@@ -160,7 +160,9 @@ class EmailDelivery:
             self._mailer.send(compose(alert, email.address, s.sender, s.domain))
         except (OSError, smtplib.SMTPException) as exc:
             delay = min(BACKOFF_BASE_S * 2**attempts, BACKOFF_MAX_S)
-            _log.warning("alert e-mail %d not sent (%s); retry in %d s", email_id, type(exc).__name__, delay)
+            _log.warning(
+                "alert e-mail %d not sent (%s); retry in %d s", email_id, type(exc).__name__, delay
+            )
             with write_transaction(self._engine) as conn:
                 conn.execute(
                     update(EmailRow)

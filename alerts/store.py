@@ -10,7 +10,8 @@ Layout (docs/alerts.md, "Storage"):
   It names the citizen only by ``subject_key`` (the audit log's subject key, a hash), and holds
   the recipient, the service, the time and the entry's index and leaf hash: no personal data.
 - ``alert_recipients`` and ``alert_volumes``: the history the rules need (recipients seen per
-  citizen; non-consented reads per citizen and window).
+  citizen; the non-consented reads of each citizen in the current windows, one row per read, older
+  windows pruned).
 - ``alert_preferences``: per citizen (one row per subject key of theirs) the rules they turned
   off and the address for e-mail delivery.
 - ``alert_emails``: the e-mail outbox, one row per alert at most (unique ``alert_id``), written
@@ -86,7 +87,8 @@ class VolumeRow(AlertBase):
     log_id: Mapped[str] = mapped_column(String(MAX_LOG_ID_LEN), primary_key=True)
     subject_key: Mapped[str] = mapped_column(String(SUBJECT_KEY_LEN), primary_key=True)
     window_us: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    reads: Mapped[int] = mapped_column(Integer, nullable=False)
+    entry_index: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    """One row per counted read, so that evaluating an entry again never counts it twice."""
 
 
 class PreferenceRow(AlertBase):

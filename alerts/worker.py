@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 
 from alerts.store import AlertRow, CursorRow, EmailRow, PreferenceRow, RecipientRow, VolumeRow
 from audit.completeness import subject_key
@@ -117,6 +117,14 @@ class AlertWorker:
                 return 0
             for entry in page.entries:
                 self._evaluate(conn, entry, now)
+            # Windows before the previous one can no longer be counted in: forget their reads.
+            newest = time_us(page.entries[-1].record.get("time"))
+            conn.execute(
+                delete(VolumeRow).where(
+                    VolumeRow.log_id == self.log_id,
+                    VolumeRow.window_us < newest - newest % self._window_us - self._window_us,
+                )
+            )
             conn.execute(
                 update(CursorRow)
                 .where(CursorRow.log_id == self.log_id)
@@ -163,7 +171,7 @@ class AlertWorker:
         seen, before = False, 0
         if citizen is not None:
             seen = client is None or self._seen(conn, citizen.key, client)
-            before = self._reads(conn, citizen.key, window_us)
+            before = self._reads(conn, citizen.key, window_us, entry.index)
         evaluation = self._rules.evaluate(
             {
                 "node": self._node,
@@ -178,7 +186,7 @@ class AlertWorker:
         )
         if citizen is None:
             return
-        self._remember(conn, evaluation, citizen.key, client, window_us, seen=seen, before=before)
+        self._remember(conn, evaluation, citizen.key, client, window_us, entry.index, seen=seen)
         for raised in evaluation.alerts:
             if raised.rule in citizen.disabled:
                 continue  # the citizen turned this rule off: no inbox entry, no e-mail
@@ -196,12 +204,16 @@ class AlertWorker:
             is not None
         )
 
-    def _reads(self, conn: Connection, key: str, window_us: int) -> int:
+    def _reads(self, conn: Connection, key: str, window_us: int, index: int) -> int:
+        """Non-consented reads of the citizen in the window before entry ``index``."""
         value = conn.execute(
-            select(VolumeRow.reads).where(
+            select(func.count())
+            .select_from(VolumeRow)
+            .where(
                 VolumeRow.log_id == self.log_id,
                 VolumeRow.subject_key == key,
                 VolumeRow.window_us == window_us,
+                VolumeRow.entry_index < index,
             )
         ).scalar()
         return int(value or 0)
@@ -213,9 +225,9 @@ class AlertWorker:
         key: str,
         client: str | None,
         window_us: int,
+        index: int,
         *,
         seen: bool,
-        before: int,
     ) -> None:
         if not evaluation.read:
             return
@@ -225,21 +237,19 @@ class AlertWorker:
             )
         if evaluation.consented:
             return  # consented reads are not counted towards the volume
-        if before == 0:
+        counted = conn.execute(
+            select(VolumeRow.entry_index).where(
+                VolumeRow.log_id == self.log_id,
+                VolumeRow.subject_key == key,
+                VolumeRow.window_us == window_us,
+                VolumeRow.entry_index == index,
+            )
+        ).first()
+        if counted is None:
             conn.execute(
                 insert(VolumeRow).values(
-                    log_id=self.log_id, subject_key=key, window_us=window_us, reads=1
+                    log_id=self.log_id, subject_key=key, window_us=window_us, entry_index=index
                 )
-            )
-        else:
-            conn.execute(
-                update(VolumeRow)
-                .where(
-                    VolumeRow.log_id == self.log_id,
-                    VolumeRow.subject_key == key,
-                    VolumeRow.window_us == window_us,
-                )
-                .values(reads=before + 1)
             )
 
     def _store(

@@ -24,9 +24,9 @@ from policies.errors import PolicyCompileError
 from policies.modules import policy_modules
 
 __all__ = [
-    "ALERT_RULES",
     "ALERTS_MODULE",
     "ALERTS_QUERY",
+    "ALERT_RULES",
     "AlertEvaluation",
     "AlertRules",
     "AlertRulesError",

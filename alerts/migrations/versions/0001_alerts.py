@@ -49,7 +49,7 @@ def upgrade() -> None:
         sa.Column("log_id", sa.String(200), primary_key=True),
         sa.Column("subject_key", sa.String(64), primary_key=True),
         sa.Column("window_us", sa.BigInteger(), primary_key=True, autoincrement=False),
-        sa.Column("reads", sa.Integer(), nullable=False),
+        sa.Column("entry_index", sa.BigInteger(), primary_key=True, autoincrement=False),
     )
     op.create_table(
         "alert_preferences",
