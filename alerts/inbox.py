@@ -25,8 +25,10 @@ from exchange.db import write_transaction
 from exchange.errors import NotFoundError
 from policies.alerts import ALERT_RULES
 
-__all__ = ["RULE_TEXT", "AlertInbox", "AlertSettings", "describe"]
+__all__ = ["ALERT_COLUMNS", "RULE_TEXT", "AlertInbox", "AlertSettings", "describe"]
 
+ALERT_COLUMNS = AlertRow.__table__
+"""Selected whole: rows with one attribute per column (``describe`` reads them)."""
 JST = timezone(timedelta(hours=9), "JST")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -96,14 +98,14 @@ class AlertInbox:
         if not keys:
             return [], None, 0
         mine = (AlertRow.log_id == self.log_id) & AlertRow.subject_key.in_(sorted(keys))
-        stmt = select(AlertRow).where(mine)
+        stmt = select(ALERT_COLUMNS).where(mine)
         if unread_only:
             stmt = stmt.where(AlertRow.read.is_(False))
         if before is not None:
             stmt = stmt.where(AlertRow.id < before)
         stmt = stmt.order_by(AlertRow.id.desc()).limit(limit + 1)
         with self._engine.connect() as conn:
-            rows = conn.execute(stmt).scalars().all()
+            rows = conn.execute(stmt).all()
             unread = conn.execute(
                 select(func.count()).select_from(AlertRow).where(mine, AlertRow.read.is_(False))
             ).scalar_one()
@@ -121,7 +123,7 @@ class AlertInbox:
                 )
                 .values(read=True)
             ).rowcount
-            row = conn.execute(select(AlertRow).where(AlertRow.id == alert_id)).scalar()
+            row = conn.execute(select(ALERT_COLUMNS).where(AlertRow.id == alert_id)).first()
         if not keys or not done or row is None:
             raise NotFoundError("no such alert")
         return describe(row)

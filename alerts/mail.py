@@ -26,10 +26,11 @@ from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, select, update
 
-from alerts.inbox import RULE_TEXT, describe
+from alerts.inbox import ALERT_COLUMNS, RULE_TEXT, describe
 from alerts.store import AlertRow, EmailRow
 from exchange.db import write_transaction
 from exchange.errors import ConfigurationError
@@ -99,7 +100,7 @@ class SmtpMailer:
             smtp.send_message(message)
 
 
-def compose(alert: AlertRow, to: str, sender: str, domain: str) -> EmailMessage:
+def compose(alert: Any, to: str, sender: str, domain: str) -> EmailMessage:
     """The e-mail of one alert: both languages, no personal data beyond the address itself."""
     view = describe(alert)
     title_en, title_ja = RULE_TEXT.get(alert.rule, (alert.rule, alert.rule))
@@ -153,8 +154,10 @@ class EmailDelivery:
 
     def _send(self, email_id: int, attempts: int, now_us: int) -> int:
         with self._engine.connect() as conn:
-            email = conn.execute(select(EmailRow).where(EmailRow.id == email_id)).scalar_one()
-            alert = conn.execute(select(AlertRow).where(AlertRow.id == email.alert_id)).scalar_one()
+            email = conn.execute(
+                select(EmailRow.alert_id, EmailRow.address).where(EmailRow.id == email_id)
+            ).one()
+            alert = conn.execute(select(ALERT_COLUMNS).where(AlertRow.id == email.alert_id)).one()
         s = self._mailer.settings
         try:
             self._mailer.send(compose(alert, email.address, s.sender, s.domain))

@@ -55,7 +55,9 @@ def test_unusual_volume_fires_once_per_window(world: World) -> None:
     # max 3 non-consented reads an hour: the 4th fires, the 5th and 6th do not; a new hour starts
     # afresh; consented reads do not count.
     events = [read(i, minutes=i) for i in range(6)]
-    events += [read(10 + i, consent_id="c-1", basis="consent:c-1", minutes=10 + i) for i in range(5)]
+    events += [
+        read(10 + i, consent_id="c-1", basis="consent:c-1", minutes=10 + i) for i in range(5)
+    ]
     events += [read(100 + i, minutes=61 + i) for i in range(4)]
     world.log.append_many(events)
     world.worker().run_once()
