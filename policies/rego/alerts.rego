@@ -50,6 +50,7 @@ is_read if {
 	input.entry.decision == "allow"
 	has_subject
 	not restricted
+	is_string(input.entry.service)
 	startswith(input.entry.service, concat("", [input.node, "/"]))
 }
 
@@ -61,12 +62,14 @@ is_consented if {
 	input.entry.consent_id != ""
 }
 
-is_consented if startswith(input.entry.basis, "consent:")
-
-member_class := split(input.entry.client, "/")[1]
+is_consented if {
+	is_string(input.entry.basis)
+	startswith(input.entry.basis, "consent:")
+}
 
 private_recipient if {
 	is_string(input.entry.client)
+	member_class := split(input.entry.client, "/")[1]
 	not member_class in public_member_classes
 }
 
