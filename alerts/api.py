@@ -18,7 +18,7 @@ from collections.abc import Callable, Collection
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from alerts.inbox import AlertInbox, AlertSettings
 from alerts.worker import citizen_key
@@ -40,10 +40,10 @@ EMAIL_PATTERN = r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63
 class RuleSwitches(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    read_without_consent: bool | None = Field(None, alias="read-without-consent")
-    new_recipient: bool | None = Field(None, alias="new-recipient")
-    unusual_volume: bool | None = Field(None, alias="unusual-volume")
-    refused: bool | None = None
+    read_without_consent: StrictBool | None = Field(None, alias="read-without-consent")
+    new_recipient: StrictBool | None = Field(None, alias="new-recipient")
+    unusual_volume: StrictBool | None = Field(None, alias="unusual-volume")
+    refused: StrictBool | None = None
 
     def as_dict(self) -> dict[str, bool]:
         values = self.model_dump(by_alias=True)

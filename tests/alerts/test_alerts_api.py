@@ -127,6 +127,7 @@ def test_settings_are_read_and_saved_for_every_subject(
         {"email": "a@b.example\r\nBcc: x@y.example"},
         {"enabled": {"no-such-rule": True}},
         {"enabled": {"refused": "maybe"}},
+        {"enabled": {"refused": 0}},
         {"other": 1},
     ],
 )
