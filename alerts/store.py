@@ -12,6 +12,8 @@ Layout (docs/alerts.md, "Storage"):
 - ``alert_recipients`` and ``alert_volumes``: the history the rules need (recipients seen per
   citizen; the non-consented reads of each citizen in the current windows, one row per read, older
   windows pruned).
+- ``alert_exchanges``: the exchanges (request hashes) evaluated for a citizen in the current
+  windows, so that the second record of one exchange at one node raises nothing.
 - ``alert_preferences``: per citizen (one row per subject key of theirs) the rules they turned
   off and the address for e-mail delivery.
 - ``alert_emails``: the e-mail outbox, one row per alert at most (unique ``alert_id``), written
@@ -31,6 +33,7 @@ __all__ = [
     "AlertRow",
     "CursorRow",
     "EmailRow",
+    "ExchangeRow",
     "PreferenceRow",
     "RecipientRow",
     "VolumeRow",
@@ -89,6 +92,20 @@ class VolumeRow(AlertBase):
     window_us: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     entry_index: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     """One row per counted read, so that evaluating an entry again never counts it twice."""
+
+
+class ExchangeRow(AlertBase):
+    """An exchange this worker already evaluated for a citizen (its request hash): a node that is
+    both the consumer and the provider of one exchange records it twice (each side with its own
+    code of the citizen); the second record is a twin and raises nothing."""
+
+    __tablename__ = "alert_exchanges"
+    __table_args__ = (Index("ix_alert_exchanges_time", "log_id", "time_us"),)
+
+    log_id: Mapped[str] = mapped_column(String(MAX_LOG_ID_LEN), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(MAX_FIELD_LEN), primary_key=True)
+    entry_index: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    time_us: Mapped[int] = mapped_column(BigInteger, nullable=False)
 
 
 class PreferenceRow(AlertBase):

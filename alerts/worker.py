@@ -23,7 +23,15 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 
-from alerts.store import AlertRow, CursorRow, EmailRow, PreferenceRow, RecipientRow, VolumeRow
+from alerts.store import (
+    AlertRow,
+    CursorRow,
+    EmailRow,
+    ExchangeRow,
+    PreferenceRow,
+    RecipientRow,
+    VolumeRow,
+)
 from audit.completeness import subject_key
 from audit.log import EntryQuery, LogEntry, TransparencyLog
 from exchange.db import write_transaction
@@ -119,10 +127,15 @@ class AlertWorker:
                 self._evaluate(conn, entry, now)
             # Windows before the previous one can no longer be counted in: forget their reads.
             newest = time_us(page.entries[-1].record.get("time"))
+            horizon = newest - newest % self._window_us - self._window_us
             conn.execute(
                 delete(VolumeRow).where(
-                    VolumeRow.log_id == self.log_id,
-                    VolumeRow.window_us < newest - newest % self._window_us - self._window_us,
+                    VolumeRow.log_id == self.log_id, VolumeRow.window_us < horizon
+                )
+            )
+            conn.execute(
+                delete(ExchangeRow).where(
+                    ExchangeRow.log_id == self.log_id, ExchangeRow.time_us < horizon
                 )
             )
             conn.execute(
@@ -186,11 +199,37 @@ class AlertWorker:
         )
         if citizen is None:
             return
+        if (evaluation.read or evaluation.alerts) and self._twin(conn, entry, record, at_us):
+            return  # the other side's record of an exchange already evaluated here
         self._remember(conn, evaluation, citizen.key, client, window_us, entry.index, seen=seen)
         for raised in evaluation.alerts:
             if raised.rule in citizen.disabled:
                 continue  # the citizen turned this rule off: no inbox entry, no e-mail
             self._store(conn, entry, record, citizen, raised.rule, raised.dedup, at_us, now)
+
+    def _twin(self, conn: Connection, entry: LogEntry, record: dict[str, Any], at_us: int) -> bool:
+        """Whether another entry of this log already stood for this exchange (same request
+        hash); else this one is remembered as the exchange's."""
+        request_hash = record.get("request_hash")
+        if not isinstance(request_hash, str) or not request_hash:
+            return False
+        request_hash = request_hash[:255]
+        first = conn.execute(
+            select(ExchangeRow.entry_index).where(
+                ExchangeRow.log_id == self.log_id, ExchangeRow.request_hash == request_hash
+            )
+        ).scalar()
+        if first is None:
+            conn.execute(
+                insert(ExchangeRow).values(
+                    log_id=self.log_id,
+                    request_hash=request_hash,
+                    entry_index=entry.index,
+                    time_us=at_us,
+                )
+            )
+            return False
+        return int(first) != entry.index
 
     def _seen(self, conn: Connection, key: str, client: str) -> bool:
         return (

@@ -134,3 +134,16 @@ def test_restricted_entries_raise_nothing_before_release(world: World) -> None:
     world.worker().run_once()
     with world.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(AlertRow)).scalar_one() == 0
+
+
+def test_the_consumers_twin_record_of_one_exchange_at_one_node_raises_nothing(
+    world: World,
+) -> None:
+    # Machida's tax office reads Machida's registry: the provider records the exchange under the
+    # registry's code of the citizen, the consumer under the tax office's code (same request).
+    provider = read(0, client=GAS)
+    consumer = replace(provider, subject="tax-code-of-alice")
+    world.log.append_many([provider, consumer])
+    world.worker().run_once()
+    assert _alerts(world) == [("read-without-consent", GAS, 0), ("new-recipient", GAS, 0)]
+    assert _alerts(world, "tax-code-of-alice") == []

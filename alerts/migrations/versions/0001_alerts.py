@@ -52,6 +52,14 @@ def upgrade() -> None:
         sa.Column("entry_index", sa.BigInteger(), primary_key=True, autoincrement=False),
     )
     op.create_table(
+        "alert_exchanges",
+        sa.Column("log_id", sa.String(200), primary_key=True),
+        sa.Column("request_hash", sa.String(255), primary_key=True),
+        sa.Column("entry_index", sa.BigInteger(), nullable=False),
+        sa.Column("time_us", sa.BigInteger(), nullable=False),
+    )
+    op.create_index("ix_alert_exchanges_time", "alert_exchanges", ["log_id", "time_us"])
+    op.create_table(
         "alert_preferences",
         sa.Column("log_id", sa.String(200), primary_key=True),
         sa.Column("subject_key", sa.String(64), primary_key=True),
@@ -74,6 +82,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("alert_emails")
     op.drop_table("alert_preferences")
+    op.drop_table("alert_exchanges")
     op.drop_table("alert_volumes")
     op.drop_table("alert_recipients")
     op.drop_table("alerts")
