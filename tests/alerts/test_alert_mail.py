@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from alerts.store import EmailRow
 from tests.alerts.conftest import ALICE, BOB, GAS, World, read
 
 aiosmtpd_controller = pytest.importorskip("aiosmtpd.controller")
+auth_result = pytest.importorskip("aiosmtpd.smtp").AuthResult
 
 
 class _Inbox:
@@ -118,3 +120,39 @@ def test_a_disabled_rule_is_not_mailed(world: World, smtp: tuple[_Inbox, int]) -
     world.worker().run_once()
     assert _delivery(world, port).run_once() == 0
     assert inbox.messages == []
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
+def test_the_relay_login_uses_the_credentials_file(world: World, tmp_path: Path) -> None:
+    inbox = _Inbox()
+    logins: list[tuple[bytes, bytes]] = []
+
+    def authenticate(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
+        logins.append((data.login, data.password))
+        return auth_result(success=data.login == b"alerts" and data.password == b"pw-1")
+
+    port = _free_port()
+    controller = aiosmtpd_controller.Controller(
+        inbox,
+        hostname="127.0.0.1",
+        port=port,
+        authenticator=authenticate,
+        auth_required=True,
+        auth_require_tls=False,  # loopback only; STARTTLS is the operator's switch
+    )
+    controller.start()
+    try:
+        world.inbox().save_settings({world.key(ALICE)}, {}, "alice@mail.example")
+        world.log.append_many([read(0)])
+        world.worker().run_once()
+        creds = tmp_path / "smtp.credentials"
+        creds.write_text("alerts\nwrong\n")
+        settings = SmtpSettings(host="127.0.0.1", port=port, credentials_file=creds)
+        assert EmailDelivery(world.engine, SmtpMailer(settings)).run_once() == 0
+        creds.write_text("alerts\npw-1\n")
+        later = datetime.now(UTC) + timedelta(minutes=5)
+        assert EmailDelivery(world.engine, SmtpMailer(settings)).run_once(later) == 1
+    finally:
+        controller.stop()
+    assert logins == [(b"alerts", b"wrong"), (b"alerts", b"pw-1")]
+    assert len(inbox.messages) == 1
