@@ -11,6 +11,7 @@ import pytest
 from fastapi import FastAPI
 
 from alerts.api import build_router
+from exchange.errors import ClientError, NotFoundError
 from exchange.tokens import DevIssuer, Principal
 from exchange.web.problems import install_problem_handlers
 from tests.alerts.conftest import ALICE, BOB, GAS, ORIGIN, TAX, World, read
@@ -142,3 +143,23 @@ def test_bad_settings_are_a_problem_400(
 def test_alerts_need_a_citizens_token(client: TestClient, issuer: DevIssuer) -> None:
     assert client.get("/me/alerts").status_code == 401
     assert client.get("/me/alerts", headers=_auth(issuer, "alice", "auditor")).status_code == 403
+
+
+def test_the_portals_remote_backend_speaks_this_api(client: TestClient, issuer: DevIssuer) -> None:
+    from portal.ports import Caller
+    from portal.remote import RemoteAlerts
+
+    token = issuer.issue("alice", roles=("citizen",))
+    caller = Caller(issuer.verifier().verify(token), token)
+    remote = RemoteAlerts(client, "http://testserver")
+    page = remote.list_alerts(caller, limit=10)
+    assert page["unread"] == 4
+    remote.mark_read(caller, page["alerts"][0]["id"])
+    assert remote.list_alerts(caller, limit=10)["unread"] == 3
+    saved = remote.save_settings(caller, {"refused": False}, "alice@mail.example")
+    assert saved["enabled"]["refused"] is False
+    assert remote.settings(caller) == saved
+    with pytest.raises(NotFoundError):
+        remote.mark_read(caller, 987654)
+    with pytest.raises(ClientError):
+        remote.save_settings(caller, {}, "no address")
