@@ -17,11 +17,11 @@ each row's columns against its signed bytes). The citizen is named only by the l
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, delete, insert, select, update
 
 from alerts.store import (
     AlertRow,
@@ -35,7 +35,7 @@ from alerts.store import (
 from audit.completeness import subject_key
 from audit.log import EntryQuery, LogEntry, TransparencyLog
 from exchange.db import write_transaction
-from policies.alerts import AlertEvaluation, AlertRules
+from policies.alerts import AlertRules
 
 __all__ = ["DEFAULT_BATCH", "AlertWorker", "citizen_key", "time_us"]
 
@@ -65,13 +65,6 @@ def time_us(value: object) -> int:
 
 def _rfc3339(us: int) -> str:
     return (_EPOCH + us * _US).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@dataclass(frozen=True, slots=True)
-class _Citizen:
-    key: str
-    disabled: frozenset[str]
-    email: str | None
 
 
 class AlertWorker:
@@ -123,10 +116,13 @@ class AlertWorker:
             page = self._log.search(EntryQuery(), limit=self._batch, cursor=start)
             if not page.entries:
                 return 0
-            for entry in page.entries:
-                self._evaluate(conn, entry, now)
+            entries = [(e, e.record) for e in page.entries]
+            batch = self._load(conn, entries)
+            for entry, record in entries:
+                self._evaluate(batch, entry, record)
+            self._flush(conn, batch, now)
             # Windows before the previous one can no longer be counted in: forget their reads.
-            newest = time_us(page.entries[-1].record.get("time"))
+            newest = time_us(entries[-1][1].get("time"))
             horizon = newest - newest % self._window_us - self._window_us
             conn.execute(
                 delete(VolumeRow).where(
@@ -161,30 +157,119 @@ class AlertWorker:
                 ).first():
                     raise
 
+    # -- one batch: the history it needs read at once, its changes written at once ----------------
+
+    def _load(self, conn: Connection, entries: list[tuple[LogEntry, dict[str, Any]]]) -> _Batch:
+        batch = _Batch()
+        windows: set[int] = set()
+        hashes: set[str] = set()
+        for _, record in entries:
+            subject = record.get("subject")
+            if isinstance(subject, str) and subject and subject not in batch.keys:
+                batch.keys[subject] = citizen_key(self._log.origin, subject)
+            at = time_us(record.get("time"))
+            windows.add(at - at % self._window_us)
+            request_hash = record.get("request_hash")
+            if isinstance(request_hash, str) and request_hash:
+                hashes.add(request_hash[:255])
+        keys = sorted(set(batch.keys.values()))
+        log = self.log_id
+        if keys:
+            for key, off, email in conn.execute(
+                select(
+                    PreferenceRow.subject_key, PreferenceRow.disabled, PreferenceRow.email
+                ).where(PreferenceRow.log_id == log, PreferenceRow.subject_key.in_(keys))
+            ):
+                batch.prefs[key] = (frozenset(r for r in str(off).split(",") if r), email)
+            batch.seen.update(
+                (k, c)
+                for k, c in conn.execute(
+                    select(RecipientRow.subject_key, RecipientRow.client).where(
+                        RecipientRow.log_id == log, RecipientRow.subject_key.in_(keys)
+                    )
+                )
+            )
+            for key, window, index in conn.execute(
+                select(VolumeRow.subject_key, VolumeRow.window_us, VolumeRow.entry_index).where(
+                    VolumeRow.log_id == log,
+                    VolumeRow.subject_key.in_(keys),
+                    VolumeRow.window_us.in_(sorted(windows)),
+                )
+            ):
+                batch.volume.setdefault((key, int(window)), set()).add(int(index))
+            batch.raised.update(
+                (r, k, d)
+                for r, k, d in conn.execute(
+                    select(AlertRow.rule, AlertRow.subject_key, AlertRow.dedup).where(
+                        AlertRow.log_id == log, AlertRow.subject_key.in_(keys)
+                    )
+                )
+            )
+        if hashes:
+            batch.exchanges.update(
+                (h, int(i))
+                for h, i in conn.execute(
+                    select(ExchangeRow.request_hash, ExchangeRow.entry_index).where(
+                        ExchangeRow.log_id == log, ExchangeRow.request_hash.in_(sorted(hashes))
+                    )
+                )
+            )
+        return batch
+
+    def _flush(self, conn: Connection, batch: _Batch, now: datetime) -> None:
+        log = self.log_id
+        if batch.new_seen:
+            conn.execute(
+                insert(RecipientRow),
+                [{"log_id": log, "subject_key": k, "client": c} for k, c in batch.new_seen],
+            )
+        if batch.new_volume:
+            conn.execute(
+                insert(VolumeRow),
+                [
+                    {"log_id": log, "subject_key": k, "window_us": w, "entry_index": i}
+                    for k, w, i in batch.new_volume
+                ],
+            )
+        if batch.new_exchanges:
+            conn.execute(
+                insert(ExchangeRow),
+                [
+                    {"log_id": log, "request_hash": h, "entry_index": i, "time_us": t}
+                    for h, i, t in batch.new_exchanges
+                ],
+            )
+        now_us = (now - _EPOCH) // _US
+        plain = [{"log_id": log, **row} for row, email in batch.new_alerts if not email]
+        if plain:
+            conn.execute(insert(AlertRow), plain)
+        for row, email in batch.new_alerts:
+            _log.info("alert %s raised by entry %d of %s", row["rule"], row["entry_index"], log)
+            if not email:
+                continue
+            # To be mailed: its id goes into the outbox row, in this same transaction.
+            alert_id = conn.execute(
+                insert(AlertRow).values(log_id=log, **row).returning(AlertRow.id)
+            ).scalar_one()
+            conn.execute(
+                insert(EmailRow).values(
+                    alert_id=alert_id, address=email, attempts=0, next_attempt_us=now_us
+                )
+            )
+
     # -- one entry -------------------------------------------------------------------------------
 
-    def _citizen(self, conn: Connection, subject: str) -> _Citizen:
-        key = citizen_key(self._log.origin, subject)
-        row = conn.execute(
-            select(PreferenceRow.disabled, PreferenceRow.email).where(
-                PreferenceRow.log_id == self.log_id, PreferenceRow.subject_key == key
-            )
-        ).first()
-        if row is None:
-            return _Citizen(key, frozenset(), None)
-        return _Citizen(key, frozenset(r for r in str(row[0]).split(",") if r), row[1])
-
-    def _evaluate(self, conn: Connection, entry: LogEntry, now: datetime) -> None:
-        record = entry.record
+    def _evaluate(self, batch: _Batch, entry: LogEntry, record: dict[str, Any]) -> None:
         subject = record.get("subject")
-        citizen = self._citizen(conn, subject) if isinstance(subject, str) and subject else None
+        key = batch.keys.get(subject) if isinstance(subject, str) else None
         client = record.get("client") if isinstance(record.get("client"), str) else None
         at_us = time_us(record.get("time"))
         window_us = at_us - at_us % self._window_us
         seen, before = False, 0
-        if citizen is not None:
-            seen = client is None or self._seen(conn, citizen.key, client)
-            before = self._reads(conn, citizen.key, window_us, entry.index)
+        if key is not None:
+            seen = client is None or (key, client) in batch.seen
+            counted = batch.volume.get((key, window_us), set())
+            before = sum(1 for i in counted if i < entry.index)
         evaluation = self._rules.evaluate(
             {
                 "node": self._node,
@@ -197,148 +282,68 @@ class AlertWorker:
                 },
             }
         )
-        if citizen is None:
+        if key is None or not (evaluation.read or evaluation.alerts):
             return
-        if (evaluation.read or evaluation.alerts) and self._twin(conn, entry, record, at_us):
+        if batch.twin(record.get("request_hash"), entry.index, at_us):
             return  # the other side's record of an exchange already evaluated here
-        self._remember(conn, evaluation, citizen.key, client, window_us, entry.index, seen=seen)
+        if evaluation.read:
+            if client is not None and not seen:
+                batch.seen.add((key, client))
+                batch.new_seen.append((key, client))
+            if not evaluation.consented:  # consented reads are not counted towards the volume
+                counted = batch.volume.setdefault((key, window_us), set())
+                if entry.index not in counted:
+                    counted.add(entry.index)
+                    batch.new_volume.append((key, window_us, entry.index))
+        disabled, email = batch.prefs.get(key, (frozenset(), None))
         for raised in evaluation.alerts:
-            if raised.rule in citizen.disabled:
+            if raised.rule in disabled:
                 continue  # the citizen turned this rule off: no inbox entry, no e-mail
-            self._store(conn, entry, record, citizen, raised.rule, raised.dedup, at_us, now)
+            dedup = raised.dedup[:255]
+            if (raised.rule, key, dedup) in batch.raised:
+                continue  # already raised for this trigger (evaluated before, or a twin record)
+            batch.raised.add((raised.rule, key, dedup))
+            row = {
+                "rule": raised.rule,
+                "subject_key": key,
+                "dedup": dedup,
+                "client": _text(record.get("client")),
+                "service": _text(record.get("service")),
+                "entry_index": entry.index,
+                "leaf_hash": entry.leaf_hash.hex(),
+                "time_us": at_us,
+                "read": False,
+            }
+            batch.new_alerts.append((row, email))
 
-    def _twin(self, conn: Connection, entry: LogEntry, record: dict[str, Any], at_us: int) -> bool:
-        """Whether another entry of this log already stood for this exchange (same request
-        hash); else this one is remembered as the exchange's."""
-        request_hash = record.get("request_hash")
+
+@dataclass
+class _Batch:
+    """What one batch needs of the history (read once) and what it adds (written once)."""
+
+    keys: dict[str, str] = field(default_factory=dict)
+    prefs: dict[str, tuple[frozenset[str], str | None]] = field(default_factory=dict)
+    seen: set[tuple[str, str]] = field(default_factory=set)
+    volume: dict[tuple[str, int], set[int]] = field(default_factory=dict)
+    raised: set[tuple[str, str, str]] = field(default_factory=set)
+    exchanges: dict[str, int] = field(default_factory=dict)
+    new_seen: list[tuple[str, str]] = field(default_factory=list)
+    new_volume: list[tuple[str, int, int]] = field(default_factory=list)
+    new_exchanges: list[tuple[str, int, int]] = field(default_factory=list)
+    new_alerts: list[tuple[dict[str, Any], str | None]] = field(default_factory=list)
+
+    def twin(self, request_hash: object, index: int, at_us: int) -> bool:
+        """Whether another entry already stood for this exchange (same request hash); else this
+        one is remembered as the exchange's."""
         if not isinstance(request_hash, str) or not request_hash:
             return False
         request_hash = request_hash[:255]
-        first = conn.execute(
-            select(ExchangeRow.entry_index).where(
-                ExchangeRow.log_id == self.log_id, ExchangeRow.request_hash == request_hash
-            )
-        ).scalar()
+        first = self.exchanges.get(request_hash)
         if first is None:
-            conn.execute(
-                insert(ExchangeRow).values(
-                    log_id=self.log_id,
-                    request_hash=request_hash,
-                    entry_index=entry.index,
-                    time_us=at_us,
-                )
-            )
+            self.exchanges[request_hash] = index
+            self.new_exchanges.append((request_hash, index, at_us))
             return False
-        return int(first) != entry.index
-
-    def _seen(self, conn: Connection, key: str, client: str) -> bool:
-        return (
-            conn.execute(
-                select(RecipientRow.client).where(
-                    RecipientRow.log_id == self.log_id,
-                    RecipientRow.subject_key == key,
-                    RecipientRow.client == client,
-                )
-            ).first()
-            is not None
-        )
-
-    def _reads(self, conn: Connection, key: str, window_us: int, index: int) -> int:
-        """Non-consented reads of the citizen in the window before entry ``index``."""
-        value = conn.execute(
-            select(func.count())
-            .select_from(VolumeRow)
-            .where(
-                VolumeRow.log_id == self.log_id,
-                VolumeRow.subject_key == key,
-                VolumeRow.window_us == window_us,
-                VolumeRow.entry_index < index,
-            )
-        ).scalar()
-        return int(value or 0)
-
-    def _remember(
-        self,
-        conn: Connection,
-        evaluation: AlertEvaluation,
-        key: str,
-        client: str | None,
-        window_us: int,
-        index: int,
-        *,
-        seen: bool,
-    ) -> None:
-        if not evaluation.read:
-            return
-        if client is not None and not seen:
-            conn.execute(
-                insert(RecipientRow).values(log_id=self.log_id, subject_key=key, client=client)
-            )
-        if evaluation.consented:
-            return  # consented reads are not counted towards the volume
-        counted = conn.execute(
-            select(VolumeRow.entry_index).where(
-                VolumeRow.log_id == self.log_id,
-                VolumeRow.subject_key == key,
-                VolumeRow.window_us == window_us,
-                VolumeRow.entry_index == index,
-            )
-        ).first()
-        if counted is None:
-            conn.execute(
-                insert(VolumeRow).values(
-                    log_id=self.log_id, subject_key=key, window_us=window_us, entry_index=index
-                )
-            )
-
-    def _store(
-        self,
-        conn: Connection,
-        entry: LogEntry,
-        record: dict[str, Any],
-        citizen: _Citizen,
-        rule: str,
-        dedup: str,
-        at_us: int,
-        now: datetime,
-    ) -> None:
-        dedup = dedup[:255]
-        exists = conn.execute(
-            select(AlertRow.id).where(
-                AlertRow.log_id == self.log_id,
-                AlertRow.rule == rule,
-                AlertRow.subject_key == citizen.key,
-                AlertRow.dedup == dedup,
-            )
-        ).first()
-        if exists is not None:
-            return  # already raised for this trigger (evaluated before, or a twin record)
-        alert_id = conn.execute(
-            insert(AlertRow)
-            .values(
-                log_id=self.log_id,
-                rule=rule,
-                subject_key=citizen.key,
-                dedup=dedup,
-                client=_text(record.get("client")),
-                service=_text(record.get("service")),
-                entry_index=entry.index,
-                leaf_hash=entry.leaf_hash.hex(),
-                time_us=at_us,
-                read=False,
-            )
-            .returning(AlertRow.id)
-        ).scalar_one()
-        _log.info("alert %s raised by entry %d of %s", rule, entry.index, self.log_id)
-        if citizen.email:
-            conn.execute(
-                insert(EmailRow).values(
-                    alert_id=alert_id,
-                    address=citizen.email,
-                    attempts=0,
-                    next_attempt_us=(now - _EPOCH) // _US,
-                )
-            )
+        return first != index
 
 
 def _text(value: object) -> str | None:
