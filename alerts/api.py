@@ -20,13 +20,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from alerts.inbox import AlertInbox, AlertSettings
+from alerts.inbox import MAX_ALERT_ID, AlertInbox, AlertSettings
 from alerts.worker import citizen_key
 from exchange.errors import NotFoundError
 from exchange.tokens import Principal, TokenVerifier
 from exchange.web.auth import bearer_principal
 from exchange.web.openapi import documented
-from exchange.web.params import MAX_INT64
 from policies.alerts import ALERT_RULES
 
 __all__ = ["AlertSettingsBody", "build_router"]
@@ -82,7 +81,7 @@ def build_router(
         principal: citizen,
         unread: bool = False,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
-        cursor: Annotated[int | None, Query(ge=0, le=MAX_INT64)] = None,
+        cursor: Annotated[int | None, Query(ge=0, le=MAX_ALERT_ID)] = None,
     ) -> dict[str, Any]:
         """The citizen's alerts, newest first (``cursor``: from ``next_cursor``)."""
         alerts, next_cursor, unread_count = inbox.list(
@@ -99,7 +98,7 @@ def build_router(
         **documented("markMyAlertRead", problems=(400, 401, 403, 404, 503)),
     )
     def mark_read(principal: citizen, alert_id: int) -> dict[str, Any]:
-        if not 0 <= alert_id <= MAX_INT64:
+        if not 0 <= alert_id <= MAX_ALERT_ID:
             raise NotFoundError("no such alert")
         return inbox.mark_read(keys_of(principal), alert_id)
 

@@ -25,8 +25,10 @@ from exchange.db import write_transaction
 from exchange.errors import NotFoundError
 from policies.alerts import ALERT_RULES
 
-__all__ = ["ALERT_COLUMNS", "RULE_TEXT", "AlertInbox", "AlertSettings", "describe"]
+__all__ = ["ALERT_COLUMNS", "MAX_ALERT_ID", "RULE_TEXT", "AlertInbox", "AlertSettings", "describe"]
 
+MAX_ALERT_ID = 2**31 - 1
+"""Alert ids are SQL integers (``alerts.id``): a larger id names no alert."""
 ALERT_COLUMNS = AlertRow.__table__
 """Selected whole: rows with one attribute per column (``describe`` reads them)."""
 JST = timezone(timedelta(hours=9), "JST")
@@ -102,7 +104,7 @@ class AlertInbox:
         if unread_only:
             stmt = stmt.where(AlertRow.read.is_(False))
         if before is not None:
-            stmt = stmt.where(AlertRow.id < before)
+            stmt = stmt.where(AlertRow.id < min(before, MAX_ALERT_ID))
         stmt = stmt.order_by(AlertRow.id.desc()).limit(limit + 1)
         with self._engine.connect() as conn:
             rows = conn.execute(stmt).all()
@@ -113,6 +115,8 @@ class AlertInbox:
         return page, (int(rows[limit - 1].id) if len(rows) > limit else None), int(unread)
 
     def mark_read(self, keys: Collection[str], alert_id: int) -> dict[str, Any]:
+        if not keys or not 0 <= alert_id <= MAX_ALERT_ID:
+            raise NotFoundError("no such alert")
         with write_transaction(self._engine) as conn:
             done = conn.execute(
                 update(AlertRow)

@@ -163,3 +163,11 @@ def test_the_portals_remote_backend_speaks_this_api(client: TestClient, issuer: 
         remote.mark_read(caller, 987654)
     with pytest.raises(ClientError):
         remote.save_settings(caller, {}, "no address")
+
+
+def test_ids_beyond_an_sql_integer_are_no_alert(client: TestClient, issuer: DevIssuer) -> None:
+    alice = _auth(issuer, "alice")
+    assert client.post(f"/me/alerts/{2**31}/read", headers=alice).status_code == 404
+    assert client.post(f"/me/alerts/{2**63}/read", headers=alice).status_code == 404
+    assert client.get(f"/me/alerts?cursor={2**31}", headers=alice).status_code == 400
+    assert client.get(f"/me/alerts?cursor={2**31 - 1}", headers=alice).status_code == 200
