@@ -4,10 +4,12 @@ Concept (docs/alerts.md, "How alerts are raised"): the exchange path only append
 nothing there waits for, or can be failed by, an alert. A background job reads the entries after
 its cursor (``alert_cursors``), asks the Rego rules (``policies.alerts``) about each one with the
 history it keeps of that citizen (recipients seen, reads in the current window), and, in one
-transaction per batch, stores the alerts raised (once per rule, citizen and trigger: a unique
-constraint), queues their e-mails, updates the history and advances the cursor. A crash before the
-commit repeats the batch; one after it never does. On PostgreSQL the cursor row is locked for the
-batch, so several worker processes never evaluate one entry twice.
+short transaction per batch, stores the alerts raised (once per rule, citizen and trigger: a
+unique constraint), queues their e-mails, updates the history and advances the cursor. Reading and
+evaluating hold no lock (on SQLite the exchange path's appends take the same writer turn). A crash
+before the commit repeats the batch; one after it never does. The transaction first checks, under
+the cursor row's lock on PostgreSQL, that the cursor has not moved since the batch was read: of
+several worker processes evaluating one batch, one stores it and the others drop theirs.
 
 Trust assumption: the entries are this node's own (read through ``TransparencyLog``, which checks
 each row's columns against its signed bytes). The citizen is named only by the log's subject key
@@ -107,19 +109,25 @@ class AlertWorker:
                 return done
 
     def _run_batch(self, now: datetime) -> int:
+        """One batch: read and evaluate without holding the database's write lock (on SQLite the
+        exchange path's appends take the same turn), then write it all in one short transaction
+        that first checks, under the lock, that no other worker moved the cursor meanwhile."""
         self._ensure_cursor()
+        start = self.cursor()
+        page = self._log.search(EntryQuery(), limit=self._batch, cursor=start)
+        if not page.entries:
+            return 0
+        entries = [(e, e.record) for e in page.entries]
+        with self._engine.connect() as conn:
+            batch = self._load(conn, entries)
+        for entry, record in entries:
+            self._evaluate(batch, entry, record)
         with write_transaction(self._engine) as conn:
             stmt = select(CursorRow.next_index).where(CursorRow.log_id == self.log_id)
             if conn.dialect.name == "postgresql":
                 stmt = stmt.with_for_update()  # one worker per log at a time
-            start = int(conn.execute(stmt).scalar_one())
-            page = self._log.search(EntryQuery(), limit=self._batch, cursor=start)
-            if not page.entries:
-                return 0
-            entries = [(e, e.record) for e in page.entries]
-            batch = self._load(conn, entries)
-            for entry, record in entries:
-                self._evaluate(batch, entry, record)
+            if int(conn.execute(stmt).scalar_one()) != start:
+                return 0  # another worker evaluated this batch first: its history is newer
             self._flush(conn, batch, now)
             # Windows before the previous one can no longer be counted in: forget their reads.
             newest = time_us(entries[-1][1].get("time"))

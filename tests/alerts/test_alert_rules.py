@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 
 from alerts.store import AlertRow
@@ -147,3 +149,22 @@ def test_the_consumers_twin_record_of_one_exchange_at_one_node_raises_nothing(
     world.worker().run_once()
     assert _alerts(world) == [("read-without-consent", GAS, 0), ("new-recipient", GAS, 0)]
     assert _alerts(world, "tax-code-of-alice") == []
+
+
+def test_two_workers_racing_on_one_batch_store_it_once(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.log.append_many([read(i, client=GAS) for i in range(3)])
+    first, second = world.worker(), world.worker()
+    now = datetime.now(UTC)
+    load = second._load
+
+    def racing_load(conn: Any, entries: Any) -> Any:
+        state = load(conn, entries)
+        assert first._run_batch(now) == 3  # another process stores the batch meanwhile
+        return state
+
+    monkeypatch.setattr(second, "_load", racing_load)
+    assert second._run_batch(now) == 0  # the cursor moved: its evaluation is dropped
+    assert second.cursor() == 3
+    assert len(_alerts(world)) == 4
