@@ -57,6 +57,7 @@ MIGRATING_PACKAGES = (
     "adapters",
     "procedures",
     "portal",
+    "alerts",
 )
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 # A pooled PostgreSQL connection idle longer than this is pinged (one round trip) before use;

@@ -132,6 +132,19 @@ class Settings(BaseSettings, TokenIssuer):
 
     checkpoint_interval_s: float = 30.0
 
+    alerts_interval_s: float = 5.0
+    """How often a node evaluates the alert rules on its new log entries (docs/alerts.md)."""
+    alerts_policy_file: Path | None = None
+    """The alert rules' data (JSON: ``max_reads_per_window``, ``window_s``,
+    ``public_member_classes``); unset means the defaults (docs/alerts.md)."""
+    smtp_host: str | None = None
+    """The SMTP server alerts are e-mailed through; unset means no e-mail (inbox only)."""
+    smtp_port: int = 25
+    smtp_from: str = "onceonly-alerts@localhost"
+    smtp_starttls: bool = False
+    smtp_credentials_file: Path | None = None
+    """A file: the SMTP user on its first line, the password on its second (never a flag)."""
+
     pseudonyms: Literal["translator", "local"] = "translator"
     """How nodes learn the provider agency's code for a citizen (docs/pseudonyms.md):
     ``translator`` asks the central pseudonym translator, which seals the provider's code to the

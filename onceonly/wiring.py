@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Callable, Collection, Coroutine, Iterator, Sequence
 from datetime import UTC, datetime
@@ -30,6 +31,10 @@ from adapters.pseudonyms import PseudonymService
 from adapters.sql import SqlAdapter
 from adapters.translator import TRANSLATOR_LOG, PseudonymTranslator, build_translator_router
 from adapters.translator_client import HttpCitizenCodes, HttpSubjectSealer
+from alerts.api import build_router as build_alerts_router
+from alerts.inbox import AlertInbox
+from alerts.mail import EmailDelivery, SmtpMailer, SmtpSettings
+from alerts.worker import AlertWorker
 from audit.api import build_router as build_audit_router
 from audit.checkpoint import NoteSigner
 from audit.log import TransparencyLog
@@ -61,6 +66,7 @@ from onceonly.components import (
     provision_audit_key,
     provision_consent_keys,
 )
+from policies.alerts import AlertRules
 from policies.engine import PolicyEngineInfo, engine_from_settings, engine_name
 from policies.feed import PolicyFeed
 from policies.opa_server import OpaServerEngine
@@ -71,6 +77,7 @@ __all__ = [
     "CONSENT_LOG",
     "PSEUDONYMS",
     "REGISTRIES_FILE",
+    "alert_jobs",
     "audit_log",
     "build_central_routers",
     "build_node_parts",
@@ -295,6 +302,59 @@ def checkpoint_publisher(
     return publish
 
 
+def alert_rules(settings: Settings) -> AlertRules:
+    """The alert rules with the operator's data (``ONCEONLY_ALERTS_POLICY_FILE``, JSON)."""
+    if settings.alerts_policy_file is None:
+        return AlertRules()
+    try:
+        data = json.loads(settings.alerts_policy_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(
+            f"cannot read the alert rules' data {settings.alerts_policy_file}"
+        ) from exc
+    if not isinstance(data, dict):
+        raise ConfigurationError("the alert rules' data is a JSON object")
+    return AlertRules(data)
+
+
+def smtp_settings(settings: Settings) -> SmtpSettings | None:
+    """Where alert e-mails go (``ONCEONLY_SMTP_*``); None: no e-mail, the inbox only."""
+    if not settings.smtp_host:
+        return None
+    return SmtpSettings(
+        host=settings.smtp_host,
+        port=settings.smtp_port,
+        sender=settings.smtp_from,
+        starttls=settings.smtp_starttls,
+        credentials_file=settings.smtp_credentials_file,
+        timeout_s=settings.exchange_timeout_s,
+    )
+
+
+def alert_jobs(
+    worker: AlertWorker, delivery: EmailDelivery | None, interval_s: float
+) -> Callable[[], Coroutine[Any, Any, None]]:
+    """A background job: every ``interval_s``, the alert rules on the log's new entries, then the
+    due e-mails. Fail safe: a round that fails (database away, SMTP down, a rule that cannot be
+    evaluated) is logged and retried next round; the exchange never waits for it."""
+
+    async def run() -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await asyncio.to_thread(worker.run_once)
+                if delivery is not None:
+                    await asyncio.to_thread(delivery.run_once)
+            except Exception as exc:
+                _log.warning(
+                    "alerts of log %s: round skipped (%s), retried next round",
+                    worker.log_id,
+                    type(as_unavailable(exc) or exc).__name__,
+                )
+
+    return run
+
+
 def require_node_keys(settings: Settings, member: MemberId) -> None:
     """What ``build_node_parts`` and ``create_node_app`` load, checked without opening a
     database: a missing key (or a bad registries file) is one error before any worker process
@@ -402,6 +462,10 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
     sink = LogSink(log, engine)
 
     feed = PolicyFeed(engine_from_settings(settings))  # logs which engine, and why
+    tokens = token_verifier(settings)
+    citizens = citizen_codes or subjects_of(subjects, [c.id for c in declared.registries])
+    smtp = smtp_settings(settings)
+    alert_worker = AlertWorker(log, engine, alert_rules(settings), node=str(member))
     engines = (engine,) if pseudonym_engine is None else (engine, pseudonym_engine)
     return NodeParts(
         adapters=adapters,
@@ -412,10 +476,14 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
         audit=sink,
         routers=(
             build_audit_router(
-                log,
-                token_verifier(settings),
-                citizen_codes or subjects_of(subjects, [c.id for c in declared.registries]),
-                refused=_api_refusals(sink, str(member), "audit-api"),
+                log, tokens, citizens, refused=_api_refusals(sink, str(member), "audit-api")
+            ),
+            build_alerts_router(
+                AlertInbox(engine, log.log_id),
+                log.origin,
+                tokens,
+                citizens,
+                refused=_api_refusals(sink, str(member), "alerts-api"),
             ),
         ),
         on_registry=(
@@ -424,7 +492,14 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
             *((sealer.on_registry,) if sealer else ()),
             *((citizen_codes.on_registry,) if citizen_codes else ()),
         ),
-        background=(checkpoint_publisher(sink, settings.checkpoint_interval_s),),
+        background=(
+            checkpoint_publisher(sink, settings.checkpoint_interval_s),
+            alert_jobs(
+                alert_worker,
+                EmailDelivery(engine, SmtpMailer(smtp)) if smtp else None,
+                settings.alerts_interval_s,
+            ),
+        ),
         engine=engine,
         consent_request_schema=ConsentRequestInput.model_json_schema(),
         collectors=(PolicyEngineInfo(feed.engine, settings.policy_engine),),
