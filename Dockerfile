@@ -20,7 +20,11 @@ COPY procedures ./procedures
 COPY portal ./portal
 # /handover: the mount point compose.yaml's provisioning services share (a volume mounted where the
 # image has no folder would belong to root, and the unprivileged user could not write it).
+# OPA's own engine in-process (docs/policies.md "Engines"); its wheel declares Python >= 3.14 but
+# works on 3.11, and where it cannot be installed the nodes fall back to regopy (auto).
 RUN pip install --no-compile . \
+ && (pip install --no-compile --ignore-requires-python opa-golib-python-bindings==0.4.4 \
+     || echo "opa-golib-python-bindings not installable: nodes will use regopy") \
  && useradd --system --uid 10001 --home-dir /data --create-home onceonly \
  && install -d -o onceonly -g onceonly -m 0700 /handover
 

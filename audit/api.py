@@ -50,6 +50,7 @@ from exchange.tokens import Principal, TokenVerifier
 from exchange.web.auth import bearer_principal
 from exchange.web.openapi import documented, media_content
 from exchange.web.params import MAX_INT64, Rfc3339Time
+from exchange.web.refusals import RefusalRecorder, refusal_auditing_route
 
 __all__ = ["build_router", "describe_entry"]
 
@@ -177,17 +178,21 @@ def build_router(
     subjects_of: Callable[[Principal], Collection[str]] | None = None,
     *,
     clock: Callable[[], datetime] | None = None,
+    refused: RefusalRecorder | None = None,
 ) -> APIRouter:
     """The auditor API under ``/audit`` and the citizen API under ``/me``.
 
     ``subjects_of`` maps a citizen to every subject id (pseudonym) the log knows them by; by
     default just ``principal.subject``. ``clock`` (default: now, UTC) stamps checkpoints that are
-    published on demand when no checkpoint yet covers an entry asked for.
+    published on demand when no checkpoint yet covers an entry asked for. ``refused``, when
+    given, records every refusal these routes answer (``exchange.web.refusals``).
     """
     now = clock or (lambda: datetime.now(UTC))
     auditor = Annotated[Principal, bearer_principal(verifier, role="auditor")]
     citizen = Annotated[Principal, bearer_principal(verifier, role="citizen")]
-    router = APIRouter()
+    router = (
+        APIRouter() if refused is None else APIRouter(route_class=refusal_auditing_route(refused))
+    )
 
     def covering_checkpoint(index: int) -> StoredCheckpoint:
         latest = log.latest_checkpoint()

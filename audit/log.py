@@ -44,9 +44,9 @@ from audit.checkpoint import (
 )
 from audit.columns import INDEX_COLUMNS, column_mismatch, columns_json, index_columns
 from audit.completeness import MAP_EXTENSION, SubjectProof, map_root_of
-from audit.store import CheckpointRow, EntryRow, HeadRow, NodeRow, RestrictedRow, node_key
+from audit.store import CheckpointRow, EntryRow, HeadRow, RestrictedRow, node_key
 from exchange.canonical import canonical_json
-from exchange.db import driver_cursor
+from exchange.db import driver_cursor, read_cursor
 from exchange.errors import ClientError, NotFoundError, OnceOnlyError
 from exchange.ports import AuditEvent, AuditSink
 
@@ -95,18 +95,21 @@ def _time_us(t: datetime) -> int:
     return (t - _EPOCH) // _US
 
 
+_EVENT_FIELDS = tuple(f.name for f in fields(AuditEvent))
+
+
 def entry_record(event: AuditEvent) -> dict[str, Any]:
     """The JSON object of an entry: the event's fields, ``None`` and empty ``extra`` left out."""
     out: dict[str, Any] = {}
-    for f in fields(event):
-        value = getattr(event, f.name)
-        if value is None or (f.name == "extra" and not value):
+    for name in _EVENT_FIELDS:
+        value = getattr(event, name)
+        if value is None or (name == "extra" and not value):
             continue
-        if f.name in ("time", "restricted_until"):
+        if name in ("time", "restricted_until"):
             value = format_time(value)
-        elif f.name == "extra":
+        elif name == "extra":
             value = {str(k): str(v) for k, v in value.items()}
-        out[f.name] = value
+        out[name] = value
     return out
 
 
@@ -191,6 +194,8 @@ class _AppendSql:
     insert_nodes: str
     update_head: str
     insert_restricted: str
+    copy_entries: str = ""  # PostgreSQL only
+    copy_nodes: str = ""
 
 
 _APPEND_SQL = _AppendSql(
@@ -210,6 +215,13 @@ _APPEND_SQL = _AppendSql(
 
 
 _COLUMNS = tuple(getattr(EntryRow, name) for name in INDEX_COLUMNS)
+_COPY_ENTRIES = (
+    "COPY audit_entries (log_id, idx, data, leaf_hash, time_us, node, kind, decision, "
+    "client, service, purpose, subject, consent_id, message_id) FROM STDIN (FORMAT BINARY)"
+)
+_ENTRY_TYPES = ("text", "int8", "bytea", "bytea", "int8", *("text",) * 9)
+COPY_FROM = 32
+"""From this many entries an append on PostgreSQL writes its rows with ``COPY``."""
 
 
 def _checked(row: Sequence[Any]) -> LogEntry:
@@ -237,8 +249,51 @@ def _append_sql(paramstyle: str, dialect: str) -> _AppendSql:
     if paramstyle != "qmark":
         sql = _AppendSql(*(statement.replace("?", "%s") for statement in astuple(sql)))
     if dialect == "postgresql":  # lock the head row; SQLite's BEGIN IMMEDIATE locked the file
-        sql = replace(sql, lock_head=sql.lock_head + " FOR UPDATE")
+        sql = replace(
+            sql,
+            lock_head=sql.lock_head + " FOR UPDATE",
+            copy_entries=_COPY_ENTRIES,
+            copy_nodes="COPY audit_nodes (log_id, node_key, hash) FROM STDIN (FORMAT BINARY)",
+        )
     return sql
+
+
+_HEAD_SIZE = "SELECT size FROM audit_heads WHERE log_id = ?"
+_EXPORT = (
+    "SELECT e.idx, n.hash, e.data, e.time_us, e.node, e.kind, e.decision, e.client, e.service, "
+    "e.purpose, e.subject, e.consent_id, e.message_id"  # INDEX_COLUMNS, in its order
+    " FROM audit_entries e LEFT JOIN audit_nodes n ON n.log_id = ? AND n.node_key = e.idx * 64"
+    " WHERE e.log_id = ? AND e.idx >= ? AND e.idx < ? ORDER BY e.idx"
+)
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":")).encode
+_ANY_DUE = (
+    "SELECT 1 FROM audit_restricted WHERE log_id = ? AND released_idx IS NULL "
+    "AND release_us <= ? LIMIT 1"
+)
+_LATEST_WITH_HEAD = (
+    "SELECT h.size, c.size, c.root, c.time_us, c.note FROM audit_heads h "
+    "LEFT JOIN audit_checkpoints c ON c.id = "
+    "(SELECT max(id) FROM audit_checkpoints WHERE log_id = ?) WHERE h.log_id = ?"
+)
+_NODES = "SELECT node_key, hash FROM audit_nodes WHERE log_id = ? AND node_key"
+
+
+class _ReadSql:
+    """The tree read path's SQL, straight to the driver (``TransparencyLog._from_tree``)."""
+
+    def __init__(self, paramstyle: str, dialect: str) -> None:
+        self._p = "?" if paramstyle == "qmark" else "%s"
+        self._postgres = dialect == "postgresql"
+        self.head_size = _HEAD_SIZE.replace("?", self._p)
+        self.any_due = _ANY_DUE.replace("?", self._p)
+        self.export = _EXPORT.replace("?", self._p)
+        self.latest_with_head = _LATEST_WITH_HEAD.replace("?", self._p)
+        self._nodes = _NODES.replace("?", self._p)
+
+    def nodes(self, log_id: str, keys: list[int]) -> tuple[str, tuple[Any, ...]]:
+        if self._postgres:  # one statement text whatever the number of keys
+            return f"{self._nodes} = ANY(%s)", (log_id, keys)
+        return f"{self._nodes} IN ({', '.join([self._p] * len(keys))})", (log_id, *keys)
 
 
 class TransparencyLog:
@@ -250,6 +305,8 @@ class TransparencyLog:
         self._signer = signer
         self._head_ready = False
         self._last_note: tuple[str, bytes] | None = None
+        self._known_size = 0  # the largest size this process has seen the log have
+        self._read_sql = _ReadSql(engine.dialect.paramstyle, engine.dialect.name)
 
     # --- identity ------------------------------------------------------------------------------
 
@@ -292,6 +349,7 @@ class TransparencyLog:
                 n, frontier = self._lock_head(cur, sql)
                 self._append_at(cur, sql, n, frontier, prepared)
             conn.commit()
+        self._known_size = max(self._known_size, n + len(prepared))
         return list(range(n, n + len(prepared)))
 
     def _lock_head(self, cur: Any, sql: _AppendSql) -> tuple[int, list[tuple[int, bytes]]]:
@@ -336,8 +394,20 @@ class TransparencyLog:
                 node_rows.append((self.log_id, node_key(level, pos >> level), cur_hash))
             frontier.append((level, cur_hash))
         root = merkle.fold_compact_range([h for _, h in frontier])
-        cur.executemany(sql.insert_entries, entry_rows)
-        cur.executemany(sql.insert_nodes, node_rows)
+        if sql.copy_entries and len(entry_rows) >= COPY_FROM:
+            # PostgreSQL, a batch: COPY streams the rows as one command, where each INSERT of
+            # executemany is parsed, planned and executed on its own (docs/performance.md)
+            with cur.copy(sql.copy_entries) as copy:
+                copy.set_types(_ENTRY_TYPES)
+                for row in entry_rows:
+                    copy.write_row(row)
+            with cur.copy(sql.copy_nodes) as copy:
+                copy.set_types(("text", "int8", "bytea"))
+                for row in node_rows:
+                    copy.write_row(row)
+        else:
+            cur.executemany(sql.insert_entries, entry_rows)
+            cur.executemany(sql.insert_nodes, node_rows)
         if hidden_rows:  # a restricted entry's subject and salt, in the same transaction
             cur.executemany(sql.insert_restricted, hidden_rows)
         cur.execute(
@@ -388,7 +458,9 @@ class TransparencyLog:
         row = conn.execute(
             select(HeadRow.size, HeadRow.root).where(HeadRow.log_id == self.log_id)
         ).first()
-        return (0, merkle.EMPTY_ROOT) if row is None else (row[0], row[1])
+        head = (0, merkle.EMPTY_ROOT) if row is None else (int(row[0]), bytes(row[1]))
+        self._known_size = max(self._known_size, head[0])
+        return head
 
     def size(self) -> int:
         with self._engine.connect() as conn:
@@ -399,27 +471,34 @@ class TransparencyLog:
         with self._engine.connect() as conn:
             return self._head(conn)
 
-    def _fetch(self, conn: Connection, coords: Sequence[tuple[int, int]]) -> list[bytes]:
+    def _head_size(self, cur: Any) -> int:
+        cur.execute(self._read_sql.head_size, (self.log_id,))
+        found = cur.fetchone()
+        self._known_size = max(self._known_size, 0 if found is None else int(found[0]))
+        return self._known_size
+
+    def _fetch(self, cur: Any, coords: Sequence[tuple[int, int]]) -> list[bytes]:
+        """The stored hashes of perfect subtrees ``coords``, in one round trip per 500."""
         if not coords:
             return []
         found: dict[tuple[int, int], bytes] = {}
         wanted = list(dict.fromkeys(coords))
         for i in range(0, len(wanted), 500):
             keys = {node_key(lv, ix): (lv, ix) for lv, ix in wanted[i : i + 500]}
-            rows = conn.execute(
-                select(NodeRow.node_key, NodeRow.hash).where(
-                    NodeRow.log_id == self.log_id, NodeRow.node_key.in_(list(keys))
-                )
-            )
-            found.update({keys[k]: h for k, h in rows})
+            cur.execute(*self._read_sql.nodes(self.log_id, list(keys)))
+            found.update({keys[int(k)]: bytes(h) for k, h in cur.fetchall()})
         try:
             return [found[c] for c in coords]
         except KeyError as exc:
             raise LogIntegrityError(f"tree node {exc.args[0]} is missing") from exc
 
-    def _with_tree(self, conn: Connection, fn: Callable[[merkle.SubtreeHashes], _T]) -> _T:
-        """Run ``fn`` twice: once to learn which stored nodes it reads (which never depends on
-        the hash values), then with those nodes fetched in one round trip."""
+    def _from_tree(self, size: int, fn: Callable[[merkle.SubtreeHashes], _T]) -> _T:
+        """``fn`` over the tree of ``size`` entries, reading each stored hash it needs at once.
+
+        ``fn`` runs twice: once to learn which stored nodes it reads (which never depends on the
+        hash values), then with those nodes fetched. Nodes never change once written, so the
+        reads need no transaction, and the head is read only when ``size`` is beyond any size
+        this process has seen (sizes never shrink): a proof is usually one round trip."""
         wanted: list[tuple[int, int]] = []
 
         def record(level: int, index: int) -> bytes:
@@ -427,7 +506,10 @@ class TransparencyLog:
             return bytes(merkle.HASH_SIZE)
 
         fn(record)
-        hashes = dict(zip(wanted, self._fetch(conn, wanted), strict=True))
+        with read_cursor(self._engine) as cur:
+            if size > self._known_size:
+                self._check_size(size, self._head_size(cur))
+            hashes = dict(zip(wanted, self._fetch(cur, wanted), strict=True))
         return fn(lambda level, index: hashes[(level, index)])
 
     def _check_size(self, size: int, current: int) -> None:
@@ -436,28 +518,34 @@ class TransparencyLog:
 
     def root(self, size: int | None = None) -> bytes:
         """The root hash of the tree of the first ``size`` entries (default: all)."""
-        with self._engine.connect() as conn:
-            current, root = self._head(conn)
-            if size is None or size == current:
-                return root
-            self._check_size(size, current)
-            return self._with_tree(conn, lambda p: merkle.range_hash(p, 0, size))
+        if size is None:
+            return self.head()[1]
+        if size < 0:
+            raise ClientError(f"tree size {size} is outside the log")
+        return self._from_tree(size, lambda p: merkle.range_hash(p, 0, size))
 
     def inclusion_proof(self, index: int, size: int) -> list[bytes]:
         """The audit path of entry ``index`` in the tree of size ``size`` (RFC 9162 §2.1.3)."""
-        with self._engine.connect() as conn:
-            self._check_size(size, self._head(conn)[0])
-            if not 0 <= index < size:
-                raise ClientError(f"entry {index} is not in a tree of size {size}")
-            return self._with_tree(conn, lambda p: merkle.inclusion_path(p, index, size))
+        if size < 0:
+            raise ClientError(f"tree size {size} is outside the log")
+        if not 0 <= index < size:
+            # the size is checked first, as before: a size beyond the log is that error
+            if size > self._known_size:
+                with read_cursor(self._engine) as cur:
+                    self._check_size(size, self._head_size(cur))
+            raise ClientError(f"entry {index} is not in a tree of size {size}")
+        return self._from_tree(size, lambda p: merkle.inclusion_path(p, index, size))
 
     def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
         """The proof that tree ``old_size`` is a prefix of tree ``new_size`` (RFC 9162 §2.1.4)."""
-        with self._engine.connect() as conn:
-            self._check_size(new_size, self._head(conn)[0])
-            if not 0 <= old_size <= new_size:
-                raise ClientError("the first size must not exceed the second")
-            return self._with_tree(conn, lambda p: merkle.consistency_path(p, old_size, new_size))
+        if new_size < 0:
+            raise ClientError(f"tree size {new_size} is outside the log")
+        if not 0 <= old_size <= new_size:
+            if new_size > self._known_size:
+                with read_cursor(self._engine) as cur:
+                    self._check_size(new_size, self._head_size(cur))
+            raise ClientError("the first size must not exceed the second")
+        return self._from_tree(new_size, lambda p: merkle.consistency_path(p, old_size, new_size))
 
     # --- reading entries -----------------------------------------------------------------------
 
@@ -524,28 +612,15 @@ class TransparencyLog:
         pos = start
         while pos < end:
             stop = min(pos + EXPORT_CHUNK, end)
-            with self._engine.connect() as conn:
-                rows = conn.execute(
-                    select(EntryRow.idx, EntryRow.data, *_COLUMNS)
-                    .where(EntryRow.log_id == self.log_id, EntryRow.idx >= pos, EntryRow.idx < stop)
-                    .order_by(EntryRow.idx)
-                ).all()
-                leaves = {
-                    key // 64: h
-                    for key, h in conn.execute(
-                        select(NodeRow.node_key, NodeRow.hash).where(
-                            NodeRow.log_id == self.log_id,
-                            NodeRow.node_key >= node_key(0, pos),
-                            NodeRow.node_key < node_key(0, stop),
-                        )
-                    )
-                    if key % 64 == 0
-                }
-            for idx, data, *stored in rows:
-                lh = leaves.get(idx)
-                lh_json = json.dumps(base64.b64encode(lh).decode()) if lh else "null"
-                cols = json.dumps(columns_json(stored), separators=(",", ":"))
-                text = data.decode("utf-8", errors="replace")
+            # one statement per chunk, straight to the driver: the entry rows with the level-0
+            # node of each (entries and nodes are never rewritten: no snapshot needed)
+            with read_cursor(self._engine) as cur:
+                cur.execute(self._read_sql.export, (self.log_id, self.log_id, pos, stop))
+                rows = cur.fetchall()
+            for idx, lh, data, *stored in rows:
+                lh_json = f'"{base64.b64encode(lh).decode()}"' if lh else "null"
+                cols = _COMPACT_JSON(columns_json(stored))
+                text = bytes(data).decode("utf-8", errors="replace")
                 yield f'{{"index":{idx},"leaf_hash":{lh_json},"columns":{cols},"entry":{text}}}'
             pos = stop
 
@@ -626,6 +701,7 @@ class TransparencyLog:
                     .values(released_idx=n + k)
                 )
             conn.commit()
+        self._known_size = max(self._known_size, n + len(prepared))
         return list(range(n, n + len(prepared)))
 
     def _due(self, when: int) -> tuple[Any, ...]:
@@ -870,19 +946,58 @@ class TransparencyLog:
         """Proofs that the entries about each of ``subjects`` up to the latest checkpoint (signed
         now if the log grew) are exactly those the log holds (``audit.completeness``).
 
-        Only the latest map is stored, so a checkpoint signed by another replica between reading
-        the checkpoint and reading the map would give a proof against the wrong root: each proof
-        is checked against the checkpoint's root here, and the read is retried when one fails."""
+        The usual case — nothing restricted is due, the latest checkpoint covers the log — is a
+        few reads on one connection without a transaction. Only the latest map is stored, so a
+        checkpoint signed by another replica between reading the checkpoint and reading the map
+        would give a proof against the wrong root: each proof is checked against the
+        checkpoint's root here, and the read is retried when one fails."""
         wanted = sorted(set(subjects))
-        self.release_due(now)  # a restricted entry whose time has come is covered from now on
+        when = _time_us(now)
         for _ in range(_PROOF_ATTEMPTS):
-            cp = self._fresh_checkpoint(now)
-            root = self._map_root(cp.note)
-            with self._engine.connect() as conn:
-                read = [subject_map.read_proof(conn, self.log_id, self.origin, s) for s in wanted]
-            if all(subject_map.proof_root(p, own, self.origin) == root for p, own in read):
-                return cp, [p for p, _ in read]
+            with self._unlocked_reads() as conn:
+                cp = self._covering_checkpoint(conn, when)
+                read = None if cp is None else self._read_proofs(conn, cp, wanted)
+            if cp is None:  # release what is due, sign what the log added (the write path)
+                self.release_due(now)
+                cp = self._fresh_checkpoint(now)
+                with self._unlocked_reads() as conn:
+                    read = self._read_proofs(conn, cp, wanted)
+            if read is not None:
+                return cp, read
         raise LogIntegrityError("the subject map does not match the latest checkpoint")
+
+    def _unlocked_reads(self) -> Connection:
+        """A connection for reads that need no common snapshot (autocommit: no BEGIN, no
+        ROLLBACK round trips on PostgreSQL)."""
+        return self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+
+    def _covering_checkpoint(self, conn: Connection, when: int) -> StoredCheckpoint | None:
+        """The latest checkpoint when it covers the whole log and no restricted entry is due to
+        be released; else None. Two statements straight to the driver."""
+        sql = self._read_sql
+        with driver_cursor(conn) as cur:
+            cur.execute(sql.any_due, (self.log_id, when))
+            if cur.fetchone() is not None:
+                return None
+            cur.execute(sql.latest_with_head, (self.log_id, self.log_id))
+            row = cur.fetchone()
+        if row is None or row[1] is None:
+            return None
+        self._known_size = max(self._known_size, int(row[0]))
+        if int(row[1]) < int(row[0]):
+            return None
+        return StoredCheckpoint(int(row[1]), bytes(row[2]), _EPOCH + int(row[3]) * _US, row[4])
+
+    def _read_proofs(
+        self, conn: Connection, cp: StoredCheckpoint, wanted: Sequence[str]
+    ) -> list[SubjectProof] | None:
+        """Each subject's proof from the stored map, or None if one does not lead to ``cp``'s
+        map root (the map moved on since ``cp``)."""
+        root = self._map_root(cp.note)
+        read = [subject_map.read_proof(conn, self.log_id, self.origin, s) for s in wanted]
+        if all(subject_map.proof_root(p, own, self.origin) == root for p, own in read):
+            return [p for p, _ in read]
+        return None
 
     def latest_checkpoint(self) -> StoredCheckpoint | None:
         found = self.checkpoints(limit=1)

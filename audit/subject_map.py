@@ -5,10 +5,14 @@
 *bytes*, never the search columns, so a rewritten column cannot move an entry between subjects —
 extends each subject's chain, rewrites the touched buckets and the paths above them, and returns
 the new root for the checkpoint to sign. Appends never touch the map, so they cost what they cost
-without it; a checkpoint costs O(new entries · ``MAP_DEPTH``) hashes and node writes.
+without it; a checkpoint costs O(new entries · ``MAP_DEPTH``) hashes and O(new entries ·
+``MAP_DEPTH / STRATUM``) node writes.
 
-``read_proof`` assembles one subject's proof from the stored nodes (``MAP_DEPTH`` lookups in one
-query). Only the latest map is kept, so a proof is always against the latest checkpoint; the
+Storage in strata (as transparency logs store tiles): only nodes at heights that are multiples of
+``STRATUM`` (0, 8, 16, 24, 32) are stored; the heights between are recomputed from the stored
+nodes of a *group* (the up to 256 nodes of one stored height under one node ``STRATUM`` above).
+``read_proof`` assembles one subject's proof from its bucket's members and its four groups (two
+queries, whatever the map's size). Only the latest map is kept, so a proof is always against the latest checkpoint; the
 caller checks the assembled proof against that checkpoint's root and retries if a newer
 checkpoint moved the map in between (see ``TransparencyLog.completeness``).
 
@@ -38,11 +42,12 @@ from audit.completeness import (
     fold,
     subject_key,
 )
-from audit.store import EntryRow, SubjectMapRow, SubjectMemberRow
+from audit.store import EntryRow, SubjectMapRow
 from exchange.db import driver_cursor
 
 __all__ = [
     "EMPTY_MAP_ROOT",
+    "STRATUM",
     "MapIntegrityError",
     "MapState",
     "advance",
@@ -55,6 +60,10 @@ _EMPTY = empty_hashes()
 EMPTY_MAP_ROOT = _EMPTY[MAP_DEPTH]
 _LEAF_BASE = 1 << MAP_DEPTH
 _BATCH = 500  # keys per IN list
+_RANGES_PER_QUERY = 300  # SQLite allows 32766 parameters
+STRATUM = 8
+"""Stored heights are multiples of this (0, 8, 16, 24, 32): a proof reads ``MAP_DEPTH / STRATUM``
+groups of nodes, a checkpoint writes that many per touched bucket instead of ``MAP_DEPTH + 1``."""
 _READ_CHUNK = 5000  # entries read per query while advancing
 _T = TypeVar("_T")
 
@@ -95,6 +104,28 @@ class _Sql:
                 rows += cur.fetchall()
         return rows
 
+    def select_ranges(
+        self, log_id: str, ranges: Sequence[tuple[int, int]]
+    ) -> list[tuple[Any, ...]]:
+        """The stored nodes whose ids fall in any of ``ranges`` (inclusive), each range one index
+        range scan (SQLite: the ranges joined as a table; an ``OR`` of many was planned badly)."""
+        rows: list[tuple[Any, ...]] = []
+        with driver_cursor(self._conn) as cur:
+            if self._mark == "%s":
+                cur.executemany(
+                    _SELECT_RANGE_PG, [(log_id, lo, hi) for lo, hi in ranges], returning=True
+                )
+                while True:
+                    rows += cur.fetchall()
+                    if not cur.nextset():
+                        return rows
+            for chunk in _chunks(ranges, _RANGES_PER_QUERY):
+                values = ", ".join("(?, ?)" for _ in chunk)
+                flat = [bound for pair in chunk for bound in pair]
+                cur.execute(f"WITH r(lo, hi) AS (VALUES {values}){_RANGES_JOIN}", (*flat, log_id))
+                rows += cur.fetchall()
+        return rows
+
     def upsert(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
         if rows:
             with driver_cursor(self._conn) as cur:
@@ -105,7 +136,19 @@ _SELECT_MEMBERS = "SELECT key, count, chain FROM audit_subject_members WHERE log
 _SELECT_BUCKETS = (
     "SELECT key, bucket, count, chain FROM audit_subject_members WHERE log_id = ? AND bucket IN"
 )
-_SELECT_NODES = "SELECT node_id, hash FROM audit_subject_nodes WHERE log_id = ? AND node_id IN"
+_SELECT_BUCKET = (
+    "SELECT key, count, chain FROM audit_subject_members WHERE log_id = ? AND bucket IN"
+)
+_RANGES_JOIN = (
+    " SELECT n.node_id, n.hash FROM r JOIN audit_subject_nodes n"
+    " ON n.log_id = ? AND n.node_id BETWEEN r.lo AND r.hi"
+)
+# PostgreSQL: one simple range query per group, sent together (pipelined executemany): each is
+# an index range scan whatever the planner's statistics say, where a join of the ranges with the
+# table was planned, on a table not yet analyzed, as a scan of the whole log's map per range
+_SELECT_RANGE_PG = (
+    "SELECT node_id, hash FROM audit_subject_nodes WHERE log_id = %s AND node_id BETWEEN %s AND %s"
+)
 _UPSERT_NODES = (
     "INSERT INTO audit_subject_nodes (log_id, node_id, hash) VALUES (?, ?, ?) "
     "ON CONFLICT (log_id, node_id) DO UPDATE SET hash = excluded.hash"
@@ -179,25 +222,52 @@ def _bucket_members(
     return buckets
 
 
-def _rehash(sql: _Sql, log_id: str, buckets: dict[int, list[Member]]) -> bytes:
-    """Rewrite the touched buckets and every node above them; return the new root.
-
-    The nodes on the touched paths are recomputed; every sibling off those paths is read in one
-    batch before any hashing (a missing one is an empty subtree)."""
-    paths = {(_LEAF_BASE + b) >> h for b in buckets for h in range(MAP_DEPTH + 1)}
-    siblings = sorted({node ^ 1 for node in paths if node > 1} - paths)
-    known = {int(i): bytes(h) for i, h in sql.select_in(_SELECT_NODES, log_id, siblings)}
-    level = {_LEAF_BASE + b: bucket_hash(members) for b, members in buckets.items()}
-    known.update(level)
-    for height in range(MAP_DEPTH):
+def _group_hashes(stored: dict[int, bytes], top: int, base_height: int) -> dict[int, bytes]:
+    """Every node of the ``STRATUM``-high subtree under ``top`` (at ``base_height + STRATUM``)
+    from its stored non-empty nodes at ``base_height``; absent nodes are empty subtrees."""
+    known = dict(stored)
+    level = set(stored)
+    for height in range(base_height, base_height + STRATUM):
         empty = _EMPTY[height]
-        level = {
-            p: merkle.node_hash(known.get(2 * p, empty), known.get(2 * p + 1, empty))
-            for p in {node >> 1 for node in level}
-        }
-        known.update(level)
-    sql.upsert(_UPSERT_NODES, [(log_id, node, known[node]) for node in sorted(paths)])
-    return level[1]
+        parents = {node >> 1 for node in level}
+        for parent in parents:
+            known[parent] = merkle.node_hash(
+                known.get(2 * parent, empty), known.get(2 * parent + 1, empty)
+            )
+        level = parents
+    if not stored:
+        known[top] = _EMPTY[base_height + STRATUM]
+    return known
+
+
+def _read_groups(sql: _Sql, log_id: str, tops: Sequence[int]) -> dict[int, dict[int, bytes]]:
+    """The stored nodes of each group (the ``2^STRATUM`` nodes under each of ``tops``)."""
+    groups: dict[int, dict[int, bytes]] = {top: {} for top in tops}
+    for node, digest in sql.select_ranges(
+        log_id, [(top << STRATUM, ((top + 1) << STRATUM) - 1) for top in tops]
+    ):
+        groups[int(node) >> STRATUM][int(node)] = bytes(digest)
+    return groups
+
+
+def _rehash(sql: _Sql, log_id: str, buckets: dict[int, list[Member]]) -> bytes:
+    """Rewrite the touched buckets and the stored nodes above them; return the new root.
+
+    Only every ``STRATUM``-th height is stored (``audit.store``): for each stratum the stored
+    nodes of the touched groups are read in one batch, the new ones overlaid, and each group is
+    hashed up to the next stored height, which is what the next stratum rewrites."""
+    changed = {_LEAF_BASE + b: bucket_hash(members) for b, members in buckets.items()}
+    writes = dict(changed)
+    for base_height in range(0, MAP_DEPTH, STRATUM):
+        tops = sorted({node >> STRATUM for node in changed})
+        groups = _read_groups(sql, log_id, tops)
+        for node, digest in changed.items():
+            groups[node >> STRATUM][node] = digest
+        above = {top: _group_hashes(groups[top], top, base_height)[top] for top in tops}
+        changed = above
+        writes.update(above)
+    sql.upsert(_UPSERT_NODES, [(log_id, node, writes[node]) for node in sorted(writes)])
+    return changed[1]
 
 
 def advance(conn: Connection, log_id: str, origin: str, size: int) -> bytes:
@@ -235,17 +305,17 @@ def read_proof(
     entries) so the caller can check the proof against the root before sending it."""
     key = subject_key(origin, subject)
     bucket = bucket_of(key)
-    members = [
-        Member(bytes(k), int(c), bytes(ch))
-        for k, c, ch in conn.execute(
-            select(SubjectMemberRow.key, SubjectMemberRow.count, SubjectMemberRow.chain).where(
-                SubjectMemberRow.log_id == log_id, SubjectMemberRow.bucket == bucket
-            )
-        )
-    ]
+    sql = _Sql(conn)
+    members = [_member(k, c, ch) for k, c, ch in sql.select_in(_SELECT_BUCKET, log_id, [bucket])]
     own = next((m for m in members if m.key == key), None)
-    path = [((_LEAF_BASE + bucket) >> h) ^ 1 for h in range(MAP_DEPTH)]
-    stored = {int(i): bytes(h) for i, h in _Sql(conn).select_in(_SELECT_NODES, log_id, path)}
-    siblings = tuple(stored.get(node, _EMPTY[h]) for h, node in enumerate(path))
+    leaf = _LEAF_BASE + bucket
+    tops = [leaf >> (base + STRATUM) for base in range(0, MAP_DEPTH, STRATUM)]
+    groups = _read_groups(sql, log_id, tops)
+    siblings: list[bytes] = []
+    for base_height, top in zip(range(0, MAP_DEPTH, STRATUM), tops, strict=True):
+        known = _group_hashes(groups[top], top, base_height)
+        siblings += [
+            known.get((leaf >> h) ^ 1, _EMPTY[h]) for h in range(base_height, base_height + STRATUM)
+        ]
     others = tuple(m for m in members if m.key != key)
-    return SubjectProof(subject, others, siblings), own
+    return SubjectProof(subject, others, tuple(siblings)), own

@@ -36,12 +36,11 @@ signature expires, so the same request again is refused as a replay (409
 # No ``from __future__ import annotations``: FastAPI must evaluate the route annotations, which
 # use dependencies built inside the router factories.
 
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
@@ -76,6 +75,7 @@ from exchange.web.openapi import (
     json_content,
     media_content,
 )
+from exchange.web.refusals import refusal_auditing_route
 
 __all__ = [
     "JWS_MEDIA_TYPE",
@@ -110,37 +110,19 @@ async def _body(request: Request) -> bytes:
 
 
 def _audited_route(service: ConsentService) -> type[APIRoute]:
-    """A route class whose handler records every refusal it answers (docs/consent.md)."""
+    """A route class whose handler records every refusal it answers (docs/consent.md), with the
+    caller when one was verified before the refusal."""
 
-    class _AuditedRoute(APIRoute):
-        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-            handler = super().get_route_handler()
-            route = f"{','.join(sorted(self.methods or ()))} {self.path}"
+    def record(exc: OnceOnlyError, route: str, request: Request) -> None:
+        client = request.scope.get(_CALLER)
+        service.record_refusal(
+            exc,
+            route=route,
+            client=str(client) if client is not None else None,
+            now=service.clock(),
+        )
 
-            async def audited(request: Request) -> Response:
-                try:
-                    return await handler(request)
-                except RequestValidationError as exc:
-                    refusal: OnceOnlyError = ClientError("the request is not valid")
-                    await _record(request, refusal)
-                    raise exc
-                except OnceOnlyError as exc:
-                    await _record(request, exc)
-                    raise
-
-            async def _record(request: Request, exc: OnceOnlyError) -> None:
-                client = request.scope.get(_CALLER)
-                await run_in_threadpool(
-                    service.record_refusal,
-                    exc,
-                    route=route,
-                    client=str(client) if client is not None else None,
-                    now=service.clock(),
-                )
-
-            return audited
-
-    return _AuditedRoute
+    return refusal_auditing_route(record)
 
 
 async def _caller(

@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import select
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -41,6 +43,7 @@ __all__ = [
     "is_postgres",
     "make_engine",
     "normalise_url",
+    "read_cursor",
     "sqlite_writer_turn",
     "upgrade",
     "write_transaction",
@@ -54,8 +57,12 @@ MIGRATING_PACKAGES = (
     "adapters",
     "procedures",
     "portal",
+    "alerts",
 )
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+# A pooled PostgreSQL connection idle longer than this is pinged (one round trip) before use;
+# younger ones are only checked locally (``_check_alive``).
+PING_AFTER_IDLE_S = 30.0
 _MIGRATION_LOCK_KEY = 0x0CE0_0CE0
 
 
@@ -76,8 +83,11 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     if is_postgres(url):
         kwargs.setdefault("pool_size", 10)
         kwargs.setdefault("max_overflow", 20)
-        kwargs.setdefault("pool_pre_ping", True)
-        return create_engine(url, **kwargs)
+        engine = create_engine(url, **kwargs)
+        if not kwargs.get("pool_pre_ping"):
+            event.listen(engine, "checkout", _check_alive)
+            event.listen(engine, "checkin", _note_idle_since)
+        return engine
     if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"check_same_thread": False}, **kwargs)
@@ -92,6 +102,51 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         cur.close()
 
     return engine
+
+
+def _note_idle_since(_dbapi_conn: Any, record: Any) -> None:
+    if record is not None:
+        record.info["idle_since"] = time.monotonic()
+
+
+def _check_alive(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+    """Hand out only live PostgreSQL connections, without a round trip for busy ones.
+
+    SQLAlchemy's ``pool_pre_ping`` sends ``SELECT 1`` on every checkout: on a node that is a
+    fifth of the database time of an exchange (docs/performance.md). An idle connection in good
+    order has nothing to read; a server that terminated it (``pg_terminate_backend``, restart)
+    has sent an error and closed the socket, which makes it readable. So a readable or closed
+    socket means a dead connection (the pool replaces it: ``DisconnectionError``), and only a
+    connection idle longer than ``PING_AFTER_IDLE_S`` — which a silent network could have cut —
+    is pinged."""
+    pgconn = getattr(dbapi_conn, "pgconn", None)
+    if pgconn is None:  # not psycopg 3: ping as pool_pre_ping would
+        _ping(dbapi_conn)
+        return
+    try:
+        if dbapi_conn.closed or dbapi_conn.broken:
+            raise sa_exc.DisconnectionError("the connection is closed")
+        readable, _, _ = select.select([pgconn.socket], [], [], 0)
+    except (OSError, ValueError) as exc:
+        raise sa_exc.DisconnectionError("the connection's socket is unusable") from exc
+    if readable:
+        raise sa_exc.DisconnectionError("the server closed or reported on the connection")
+    idle_since = record.info.get("idle_since") if record is not None else None
+    if idle_since is None or time.monotonic() - idle_since > PING_AFTER_IDLE_S:
+        _ping(dbapi_conn)
+
+
+def _ping(dbapi_conn: Any) -> None:
+    try:
+        cur = dbapi_conn.cursor()
+        try:
+            cur.execute("SELECT 1")
+        finally:
+            cur.close()
+        if not getattr(dbapi_conn, "autocommit", True):
+            dbapi_conn.rollback()
+    except Exception as exc:
+        raise sa_exc.DisconnectionError("the connection did not answer a ping") from exc
 
 
 _R = TypeVar("_R")
@@ -205,6 +260,40 @@ def driver_cursor(conn: Connection) -> Iterator[Any]:
         yield cur
     finally:
         cur.close()
+
+
+@contextlib.contextmanager
+def read_cursor(engine: Engine) -> Iterator[Any]:
+    """A driver cursor on a pooled connection for reads that need no transaction.
+
+    On PostgreSQL the connection is in autocommit mode while it is lent: no ``BEGIN`` before the
+    statement, no ``ROLLBACK`` after it, so a one-statement read is one round trip. For
+    statements whose results need no common snapshot (immutable rows, or one statement). A
+    connection the driver found broken is discarded, not returned to the pool."""
+    pooled = engine.raw_connection()
+    driver = pooled.driver_connection
+    postgres = engine.dialect.name == "postgresql"
+    try:
+        if postgres:
+            driver.autocommit = True  # type: ignore[union-attr]
+        cur = driver.cursor()  # type: ignore[union-attr]
+        try:
+            yield cur
+        finally:
+            cur.close()
+        if postgres:
+            driver.autocommit = False  # type: ignore[union-attr]
+    except BaseException as exc:
+        if _driver_unavailable(exc):
+            pooled.invalidate(exc if isinstance(exc, Exception) else None)
+        elif postgres:
+            try:
+                driver.autocommit = False  # type: ignore[union-attr]
+            except Exception:  # mid-result or broken: never lend it out in autocommit mode
+                pooled.invalidate()
+        raise
+    finally:
+        pooled.close()
 
 
 async def run_blocking(inline: bool, fn: Callable[..., _R], *args: Any) -> _R:

@@ -108,7 +108,12 @@ class Settings(BaseSettings, TokenIssuer):
     exchanges/s with a PostgreSQL server on the same host, docs/performance.md; a slow or
     locked database then stalls the whole node); ``threads`` always uses threads."""
 
-    policy_engine: Literal["embedded", "opa"] = "embedded"
+    policy_engine: Literal["auto", "embedded", "opa-inprocess", "regopy", "opa-server", "opa"] = (
+        "auto"
+    )
+    """Which engine decides exchanges (docs/policies.md "Engines"): ``auto`` (``embedded`` is its
+    older name) takes OPA's evaluator in-process where it loads, else rego-cpp (``regopy``);
+    ``opa-inprocess`` or ``regopy`` forces one; ``opa-server`` (or ``opa``) asks ``opa_url``."""
     opa_url: str | None = None
     opa_timeout_s: float = 0.5
 
@@ -126,6 +131,19 @@ class Settings(BaseSettings, TokenIssuer):
     ``registries.toml`` in ``data_dir`` if there is one, else none (a consumer-only node)."""
 
     checkpoint_interval_s: float = 30.0
+
+    alerts_interval_s: float = 5.0
+    """How often a node evaluates the alert rules on its new log entries (docs/alerts.md)."""
+    alerts_policy_file: Path | None = None
+    """The alert rules' data (JSON: ``max_reads_per_window``, ``window_s``,
+    ``public_member_classes``); unset means the defaults (docs/alerts.md)."""
+    smtp_host: str | None = None
+    """The SMTP server alerts are e-mailed through; unset means no e-mail (inbox only)."""
+    smtp_port: int = 25
+    smtp_from: str = "onceonly-alerts@localhost"
+    smtp_starttls: bool = False
+    smtp_credentials_file: Path | None = None
+    """A file: the SMTP user on its first line, the password on its second (never a flag)."""
 
     pseudonyms: Literal["translator", "local"] = "translator"
     """How nodes learn the provider agency's code for a citizen (docs/pseudonyms.md):

@@ -17,7 +17,7 @@ from exchange.errors import ConfigurationError
 from exchange.identifiers import MemberId
 from exchange.node.app import create_node_app
 from exchange.settings import Settings
-from onceonly.wiring import build_node_parts
+from onceonly.wiring import build_node_parts, start_up_report
 
 __all__ = ["NODE_MEMBER_ENV", "node_app"]
 
@@ -34,4 +34,5 @@ def node_app() -> FastAPI:
         )
     settings = Settings()
     mid = MemberId.parse(member)
-    return create_node_app(settings, mid, build_node_parts(settings, mid))
+    with start_up_report():
+        return create_node_app(settings, mid, build_node_parts(settings, mid))

@@ -1053,12 +1053,17 @@ def node(
     """Run one member's node (security server)."""
     from exchange.node.app import create_node_app
     from onceonly.asgi import NODE_MEMBER_ENV
-    from onceonly.wiring import build_node_parts, require_node_keys
+    from onceonly.wiring import build_node_parts, require_node_keys, start_up_report
 
     settings = _settings(data_dir, registries_file=registries)
     mid = MemberId.parse(member)
     if workers == 1:
-        _run(host, port, lambda: create_node_app(settings, mid, build_node_parts(settings, mid)))
+
+        def build() -> FastAPI:
+            with start_up_report():  # e.g. which policy engine decides, and why
+                return create_node_app(settings, mid, build_node_parts(settings, mid))
+
+        _run(host, port, build)
         return
     # Each worker builds its own app from the environment (onceonly.asgi.node_app); the keys are
     # checked here first, so that a missing one is one line before any worker starts.

@@ -26,7 +26,7 @@ __all__ = [
 
 COMPONENT_BRANCHES: dict[str, tuple[str, ...]] = {
     "central": ("exchange",),
-    "node": ("exchange", "audit"),
+    "node": ("exchange", "audit", "alerts"),
     "consent": ("consent",),
     "consent-audit": ("audit",),
     "procedures": ("procedures",),

@@ -425,14 +425,17 @@ def one_stop_app(settings: Settings, node_url: str, api_key: str) -> FastAPI:
 def portal_app(settings: Settings, desk: FastAPI | None, *, citizens: int = 5) -> FastAPI:
     """The citizens' and auditors' portal over the local federation's services and logs, in
     this process (``onceonly portal`` runs it apart, over HTTP: ``portal.remote``)."""
+    from alerts.inbox import AlertInbox
     from portal import build_portal
-    from portal.local import LocalConsent, LocalDesk, LocalLog, local_logs
+    from portal.local import LocalAlerts, LocalConsent, LocalDesk, LocalLog, local_logs
 
     logs = {}
+    inboxes = {}
     for member in _members():
         engine = make_engine(database_url(settings, f"node-{str(member).replace('/', '_')}"))
         upgrade(engine, COMPONENT_BRANCHES["node"])
         logs[str(member)] = audit_log(settings, engine, str(member))
+        inboxes[str(member)] = AlertInbox(engine, str(member))
     pseudonyms = pseudonym_service(settings)
     residents = make_engine(registry_database_url(settings, "resident-registry"))
     demo: list[tuple[str, str]] = []
@@ -466,6 +469,12 @@ def portal_app(settings: Settings, desk: FastAPI | None, *, citizens: int = 5) -
         # The consent service's own log: the citizen's consent history, each entry with its proof.
         consent_log=LocalLog(consents.log, lambda principal: {principal.subject}),
         logs=local_logs(logs, _with_own_id(subjects_of(subjects, pseudonym_agencies(settings)))),
+        alerts={
+            m: LocalAlerts(
+                inboxes[m], logs[m].origin, subjects_of(subjects, pseudonym_agencies(settings))
+            )
+            for m in logs
+        },
         issuer=issuer,
         verifier=issuer.verifier(),
         demo_citizens=demo,

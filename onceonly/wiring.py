@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-from collections.abc import Callable, Collection, Coroutine, Sequence
+from collections.abc import Callable, Collection, Coroutine, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,10 @@ from adapters.pseudonyms import PseudonymService
 from adapters.sql import SqlAdapter
 from adapters.translator import TRANSLATOR_LOG, PseudonymTranslator, build_translator_router
 from adapters.translator_client import HttpCitizenCodes, HttpSubjectSealer
+from alerts.api import build_router as build_alerts_router
+from alerts.inbox import AlertInbox
+from alerts.mail import EmailDelivery, SmtpMailer, SmtpSettings
+from alerts.worker import AlertWorker
 from audit.api import build_router as build_audit_router
 from audit.checkpoint import NoteSigner
 from audit.log import TransparencyLog
@@ -48,10 +53,11 @@ from exchange.keystore import DEV_ISSUER_COMMAND, INIT_COMMAND, KeyStore, member
 from exchange.node.app import NodeParts, database_url
 from exchange.node.central import create_central_app
 from exchange.node_requests import VerifiedNodeRequest, verify_node_request
-from exchange.ports import CITIZEN_AGENCY, RegistryAdapter, SubjectTranslator
+from exchange.ports import CITIZEN_AGENCY, AuditEvent, RegistryAdapter, SubjectTranslator
 from exchange.settings import Settings
 from exchange.signing import MemberSigner, TranslatorSigner, load_private_key
 from exchange.tokens import DevIssuer, Principal, TokenVerifier
+from exchange.web.refusals import RefusalRecorder
 from onceonly.components import (
     COMPONENT_BRANCHES,
     CONSENT_ISSUER,
@@ -60,9 +66,10 @@ from onceonly.components import (
     provision_audit_key,
     provision_consent_keys,
 )
-from policies.embedded import EmbeddedRegoEngine
-from policies.engine import engine_from_settings
+from policies.alerts import AlertRules
+from policies.engine import PolicyEngineInfo, engine_from_settings, engine_name
 from policies.feed import PolicyFeed
+from policies.opa_server import OpaServerEngine
 
 __all__ = [
     "COMPONENT_BRANCHES",
@@ -70,6 +77,7 @@ __all__ = [
     "CONSENT_LOG",
     "PSEUDONYMS",
     "REGISTRIES_FILE",
+    "alert_jobs",
     "audit_log",
     "build_central_routers",
     "build_node_parts",
@@ -87,6 +95,7 @@ __all__ = [
     "registries_file",
     "registry_database_url",
     "require_node_keys",
+    "start_up_report",
     "subjects_of",
     "token_verifier",
 ]
@@ -293,6 +302,59 @@ def checkpoint_publisher(
     return publish
 
 
+def alert_rules(settings: Settings) -> AlertRules:
+    """The alert rules with the operator's data (``ONCEONLY_ALERTS_POLICY_FILE``, JSON)."""
+    if settings.alerts_policy_file is None:
+        return AlertRules()
+    try:
+        data = json.loads(settings.alerts_policy_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(
+            f"cannot read the alert rules' data {settings.alerts_policy_file}"
+        ) from exc
+    if not isinstance(data, dict):
+        raise ConfigurationError("the alert rules' data is a JSON object")
+    return AlertRules(data)
+
+
+def smtp_settings(settings: Settings) -> SmtpSettings | None:
+    """Where alert e-mails go (``ONCEONLY_SMTP_*``); None: no e-mail, the inbox only."""
+    if not settings.smtp_host:
+        return None
+    return SmtpSettings(
+        host=settings.smtp_host,
+        port=settings.smtp_port,
+        sender=settings.smtp_from,
+        starttls=settings.smtp_starttls,
+        credentials_file=settings.smtp_credentials_file,
+        timeout_s=settings.exchange_timeout_s,
+    )
+
+
+def alert_jobs(
+    worker: AlertWorker, delivery: EmailDelivery | None, interval_s: float
+) -> Callable[[], Coroutine[Any, Any, None]]:
+    """A background job: every ``interval_s``, the alert rules on the log's new entries, then the
+    due e-mails. Fail safe: a round that fails (database away, SMTP down, a rule that cannot be
+    evaluated) is logged and retried next round; the exchange never waits for it."""
+
+    async def run() -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await asyncio.to_thread(worker.run_once)
+                if delivery is not None:
+                    await asyncio.to_thread(delivery.run_once)
+            except Exception as exc:
+                _log.warning(
+                    "alerts of log %s: round skipped (%s), retried next round",
+                    worker.log_id,
+                    type(as_unavailable(exc) or exc).__name__,
+                )
+
+    return run
+
+
 def require_node_keys(settings: Settings, member: MemberId) -> None:
     """What ``build_node_parts`` and ``create_node_app`` load, checked without opening a
     database: a missing key (or a bad registries file) is one error before any worker process
@@ -323,6 +385,37 @@ def _served_registries(
             f"registries declared without a subsystem key: {unkeyed}: run `{member_command(member)}`"
         )
     return hosted, declared, served
+
+
+@contextlib.contextmanager
+def start_up_report() -> Iterator[None]:
+    """Around building a component: what its parts chose (the policy engine, logger
+    ``onceonly.policies``) is written to stderr, one line each, once the block succeeded; a start
+    that fails shows only its error. The command-line processes configure no other logging."""
+    logger = logging.getLogger("onceonly.policies")
+    records: list[logging.LogRecord] = []
+    collect = _Collect(records)
+    level = logger.level
+    logger.addHandler(collect)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(collect)
+        logger.setLevel(level)
+    out = logging.StreamHandler()
+    out.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    for record in records:
+        out.handle(record)
+
+
+class _Collect(logging.Handler):
+    def __init__(self, records: list[logging.LogRecord]) -> None:
+        super().__init__(logging.INFO)
+        self.records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
 
 
 def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
@@ -368,7 +461,11 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
     log = audit_log(settings, engine, str(member))
     sink = LogSink(log, engine)
 
-    feed = PolicyFeed(engine_from_settings(settings))
+    feed = PolicyFeed(engine_from_settings(settings))  # logs which engine, and why
+    tokens = token_verifier(settings)
+    citizens = citizen_codes or subjects_of(subjects, [c.id for c in declared.registries])
+    smtp = smtp_settings(settings)
+    alert_worker = AlertWorker(log, engine, alert_rules(settings), node=str(member))
     engines = (engine,) if pseudonym_engine is None else (engine, pseudonym_engine)
     return NodeParts(
         adapters=adapters,
@@ -379,9 +476,14 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
         audit=sink,
         routers=(
             build_audit_router(
-                log,
-                token_verifier(settings),
-                citizen_codes or subjects_of(subjects, [c.id for c in declared.registries]),
+                log, tokens, citizens, refused=_api_refusals(sink, str(member), "audit-api")
+            ),
+            build_alerts_router(
+                AlertInbox(engine, log.log_id),
+                log.origin,
+                tokens,
+                citizens,
+                refused=_api_refusals(sink, str(member), "alerts-api"),
             ),
         ),
         on_registry=(
@@ -390,11 +492,20 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
             *((sealer.on_registry,) if sealer else ()),
             *((citizen_codes.on_registry,) if citizen_codes else ()),
         ),
-        background=(checkpoint_publisher(sink, settings.checkpoint_interval_s),),
+        background=(
+            checkpoint_publisher(sink, settings.checkpoint_interval_s),
+            alert_jobs(
+                alert_worker,
+                EmailDelivery(engine, SmtpMailer(smtp)) if smtp else None,
+                settings.alerts_interval_s,
+            ),
+        ),
         engine=engine,
         consent_request_schema=ConsentRequestInput.model_json_schema(),
+        collectors=(PolicyEngineInfo(feed.engine, settings.policy_engine),),
+        about={"policy_engine": engine_name(feed.engine)},
         inline=runs_inline(*engines, mode=settings.db_work)
-        and isinstance(feed.engine, EmbeddedRegoEngine),
+        and not isinstance(feed.engine, OpaServerEngine),
         closers=(
             *(a.aclose for a in adapters.values() if isinstance(a, SqlAdapter | HttpAdapter)),
             *((lambda: asyncio.to_thread(pseudonym_engine.dispose),) if pseudonym_engine else ()),
@@ -480,3 +591,23 @@ def central_app(settings: Settings) -> FastAPI:
         return build_central_routers(settings, view, metrics, log=log)
 
     return create_central_app(settings, routers=routers, collectors=[metrics], background=jobs)
+
+
+def _api_refusals(sink: LogSink, node: str, stage: str) -> RefusalRecorder:
+    """Records a refusal of a node's own API routes (``exchange.web.refusals``) in its log: who
+    is not proven, so no client or subject; the route template, the code and why."""
+
+    def record(exc: OnceOnlyError, route: str, _request: Request) -> None:
+        sink.record(
+            AuditEvent(
+                time=datetime.now(UTC),
+                node=node,
+                kind="refusal",
+                decision="deny",
+                status=exc.status,
+                reason=f"{exc.code}: {exc.detail}"[:500],
+                extra={"stage": stage, "route": route[:255]},
+            )
+        )
+
+    return record

@@ -2,9 +2,11 @@
 
 The policy (``policies/rego/exchange.rego``, package ``onceonly.exchange``) decides every exchange:
 access right, purpose binding, legal basis (statute or consent), data minimisation and
-time-of-validity, as one decision document. ``EmbeddedRegoEngine`` evaluates it in-process
-(default); ``OpaServerEngine`` asks a real OPA server. Both implement ``exchange.ports.PolicyDecider``
-and take the policy data built by ``build_policy_data`` from the central registry.
+time-of-validity, as one decision document. ``OpaInProcessEngine`` evaluates it in-process with
+OPA's own evaluator (where ``opa-golib-python-bindings`` loads), ``EmbeddedRegoEngine`` in-process
+with rego-cpp, ``OpaServerEngine`` asks a real OPA server; ``engine_from_settings`` chooses one at
+start-up and says which. All implement ``exchange.ports.PolicyDecider`` and take the policy data
+built by ``build_policy_data`` from the central registry.
 See docs/policies.md.
 """
 
@@ -17,8 +19,9 @@ from policies.data import (
     empty_policy_data,
 )
 from policies.embedded import EmbeddedRegoEngine
-from policies.engine import PolicyEngine, engine_from_settings
+from policies.engine import PolicyEngine, PolicyEngineInfo, engine_from_settings, engine_name
 from policies.errors import PolicyCompileError, PolicyEngineUnavailable
+from policies.inprocess import OpaInProcessEngine
 from policies.modules import DECISION_QUERY, policy_modules
 from policies.opa_server import OpaServerEngine
 
@@ -26,9 +29,11 @@ __all__ = [
     "DECISION_QUERY",
     "AccessRight",
     "EmbeddedRegoEngine",
+    "OpaInProcessEngine",
     "OpaServerEngine",
     "PolicyCompileError",
     "PolicyEngine",
+    "PolicyEngineInfo",
     "PolicyEngineUnavailable",
     "PolicyRegistry",
     "ServicePolicy",
@@ -36,5 +41,6 @@ __all__ = [
     "build_policy_data",
     "empty_policy_data",
     "engine_from_settings",
+    "engine_name",
     "policy_modules",
 ]

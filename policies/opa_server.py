@@ -4,7 +4,7 @@ Concept: ``OpaServerEngine`` implements ``exchange.ports.PolicyDecider`` against
 ``upload_policies`` puts the shipped modules (``PUT /v1/policies/{id}``), ``load_data`` replaces the
 policy data document with one request (``PUT /v1/data/registry``, atomic in OPA), and ``decide``
 queries ``POST /v1/data/onceonly/exchange/decision``. Chosen by configuration
-(``ONCEONLY_POLICY_ENGINE=opa``, ``ONCEONLY_OPA_URL``).
+(``ONCEONLY_POLICY_ENGINE=opa-server``, ``ONCEONLY_OPA_URL``).
 
 Trust assumption: the OPA server is the operator's and reached over a network that may fail.
 Every request has a timeout and no retries (a retry would stretch the exchange past its timeout);
@@ -49,6 +49,8 @@ _CLIENT_ERRORS: tuple[type[BaseException], ...] = (
 class OpaServerEngine:
     """A real OPA server behind ``PolicyDecider``; fails closed when it cannot be reached."""
 
+    name = "opa-server"
+
     def __init__(
         self,
         url: str,
@@ -76,6 +78,10 @@ class OpaServerEngine:
         self._modules = dict(modules) if modules is not None else policy_modules()
         self.url = url
         self.timeout_s = timeout_s
+
+    @property
+    def description(self) -> str:
+        return f"an OPA server at {self.url} (timeout {self.timeout_s} s)"
 
     def close(self) -> None:
         self._client.close_connection()

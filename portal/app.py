@@ -56,6 +56,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import URL
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from alerts.api import EMAIL_PATTERN
 from audit import merkle, restricted
 from audit.checkpoint import NoteError, NoteVerifier, verify_checkpoint
 from audit.completeness import CompletenessError, SubjectProof, verify_record
@@ -74,6 +75,7 @@ from exchange.errors import (
 )
 from exchange.tokens import DevIssuer, Principal, TokenVerifier
 from exchange.web.redirects import RelativeRedirects, local_url
+from policies.alerts import ALERT_RULES
 from portal._session import (
     PENDING_COOKIE,
     SESSION_COOKIE,
@@ -87,6 +89,7 @@ from portal.local import proven
 from portal.oidc import MAX_SIGNIN_S, OidcSignIn, SignedIn
 from portal.ports import (
     AccessLog,
+    AlertsBackend,
     Caller,
     CitizenRecord,
     ConsentBackend,
@@ -122,6 +125,9 @@ REAUTH_MAX_AGE_S = 300
 _LOCAL_PATH = re.compile(r"^/(?!/)[A-Za-z0-9._~/-]{0,200}$")
 LANG_COOKIE_MAX_AGE_S = 365 * 24 * 3600
 MAX_TIMELINE = 200
+MAX_ALERTS = 100
+"""Alerts shown per node on the inbox page (newest first)."""
+_EMAIL = re.compile(EMAIL_PATTERN)
 """Entries per log shown in one timeline or search page."""
 MAX_CHART_ENTRIES = 20_000
 CONSENT_LOG_NAME = "consent-service"
@@ -306,6 +312,17 @@ def verify_entry(log: TransparencyLog, index: int) -> _Verification:
     return verify_proven(proven(log, index), log.verifier())
 
 
+def _alert_time(value: object) -> datetime | None:
+    """An alert's RFC 3339 time, for display (None when it is not one)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else None
+
+
 def _field(form: Mapping[str, Any], name: str) -> str:
     value = form.get(name)
     if not isinstance(value, str) or len(value) > MAX_FORM_FIELD:
@@ -347,6 +364,7 @@ def build_portal(
     signin: OidcSignIn | None = None,
     session_lifetime_s: int = SESSION_LIFETIME_S,
     reauth_max_age_s: int = REAUTH_MAX_AGE_S,
+    alerts: Mapping[str, AlertsBackend] | None = None,
 ) -> FastAPI:
     """The portal app. ``logs`` maps a node's member id to its access log (``portal.local`` or
     ``portal.remote``); ``demo_citizens`` lists ``(subject, display name)`` offered on the
@@ -447,6 +465,7 @@ def build_portal(
             ),
             "procedures_available": procedures is not None,
             "consent_history_available": consent_log is not None,
+            "alerts_available": bool(alerts),
             "dev_signin": principal is not None and session_of(request).via == "dev",
             "acting_for": session_of(request).acting_for,
             "acting_name": (
@@ -884,6 +903,75 @@ def build_portal(
             org=org,
             decision=decision,
         )
+
+    # --- citizens: alerts (alerts/api.py at each node) ------------------------------------------
+
+    def alert_nodes() -> Mapping[str, AlertsBackend]:
+        if not alerts:
+            raise NotFoundError("alerts are not available here")
+        return alerts
+
+    @app.get("/alerts", name="alerts")
+    def alerts_page(request: Request) -> HTMLResponse:
+        caller = citizen(request)
+        rows: list[dict[str, Any]] = []
+        unavailable: list[str] = []
+        unread = 0
+        for node, backend in alert_nodes().items():
+            try:
+                page = backend.list_alerts(caller, limit=MAX_ALERTS)
+            except TransportError:  # one node down does not hide the others' alerts
+                unavailable.append(node)
+                continue
+            unread += int(page.get("unread") or 0)
+            for a in page["alerts"]:
+                if isinstance(a, dict):
+                    rows.append(a | {"node": node, "when": _alert_time(a.get("time"))})
+        rows.sort(key=lambda a: str(a.get("time", "")), reverse=True)
+        return render(request, "alerts.html", rows=rows, unread=unread, unavailable=unavailable)
+
+    @app.post("/alerts/read", name="alert_read")
+    async def alert_read(request: Request) -> Response:
+        caller = await run_in_threadpool(citizen, request)
+        form = await checked_form(request)
+        backend = alert_nodes().get(_field(form, "node"))
+        alert_id = _int(_field(form, "alert"))
+        if backend is None or alert_id is None:
+            raise NotFoundError("no such alert")
+        await run_in_threadpool(backend.mark_read, caller, alert_id)
+        return redirect(request, "alerts", done="alert_read")
+
+    @app.get("/alerts/settings", name="alert_settings")
+    def alert_settings_page(request: Request) -> HTMLResponse:
+        caller = citizen(request)
+        current: dict[str, Any] | None = None
+        for backend in alert_nodes().values():
+            try:
+                current = backend.settings(caller)
+                break
+            except TransportError:
+                continue
+        if current is None:
+            raise TransportError("no node answered")
+        return render(
+            request,
+            "alert_settings.html",
+            enabled=current.get("enabled", {}),
+            email=current.get("email"),
+        )
+
+    @app.post("/alerts/settings", name="alert_settings_save")
+    async def alert_settings_save(request: Request) -> Response:
+        caller = await run_in_threadpool(citizen, request)
+        form = await checked_form(request)
+        enabled = {rule: form.get(f"rule-{rule}") == "on" for rule in ALERT_RULES}
+        email = _field(form, "email") or None
+        if email is not None and not _EMAIL.fullmatch(email):
+            raise ClientError("bad e-mail address")
+        # Every node keeps the citizen's settings for the alerts it raises: saved at each.
+        for backend in alert_nodes().values():
+            await run_in_threadpool(backend.save_settings, caller, enabled, email)
+        return redirect(request, "alert_settings", done="alert_settings")
 
     @app.get("/access/record", name="access_record")
     def access_record(request: Request) -> Response:

@@ -11,7 +11,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Collection, Iterator, Mapping
 from datetime import datetime
+from typing import Any
 
+from alerts.inbox import AlertInbox
+from alerts.worker import citizen_key
 from audit.checkpoint import NoteVerifier
 from audit.log import EntryQuery, StoredCheckpoint, TransparencyLog
 from consent.lifecycle import ConsentService, OnBehalf, utc_now
@@ -23,7 +26,7 @@ from portal.ports import Caller, CitizenRecord, LogRecord, ProvenEntry
 from procedures.address_change import Acting, AddressChangeService
 from procedures.model import AddressChangeInput, ConfirmInput, ProcedureView
 
-__all__ = ["LocalConsent", "LocalDesk", "LocalLog", "local_logs", "proven"]
+__all__ = ["LocalAlerts", "LocalConsent", "LocalDesk", "LocalLog", "local_logs", "proven"]
 
 Clock = Callable[[], datetime]
 
@@ -237,3 +240,38 @@ class LocalDesk:
         return self._service.confirm(
             subject, procedure_id, decisions, now=self._clock(), acting=acting
         )
+
+
+class LocalAlerts:
+    """``portal.ports.AlertsBackend`` over one node's ``AlertInbox`` in this process; the caller's
+    subject keys come from ``subjects_of`` (the pseudonyms the node's log knows them by)."""
+
+    def __init__(
+        self,
+        inbox: AlertInbox,
+        origin: str,
+        subjects_of: Callable[[Principal], Collection[str]],
+    ) -> None:
+        self._inbox = inbox
+        self._origin = origin
+        self._subjects_of = subjects_of
+
+    def _keys(self, caller: Caller) -> frozenset[str]:
+        return frozenset(citizen_key(self._origin, s) for s in self._subjects_of(caller.principal))
+
+    def list_alerts(self, caller: Caller, *, limit: int) -> dict[str, Any]:
+        alerts, next_cursor, unread = self._inbox.list(self._keys(caller), limit=limit, before=None)
+        return {"alerts": alerts, "unread": unread, "next_cursor": next_cursor}
+
+    def mark_read(self, caller: Caller, alert_id: int) -> None:
+        self._inbox.mark_read(self._keys(caller), alert_id)
+
+    def settings(self, caller: Caller) -> dict[str, Any]:
+        s = self._inbox.settings(self._keys(caller))
+        return {"enabled": s.enabled, "email": s.email}
+
+    def save_settings(
+        self, caller: Caller, enabled: Mapping[str, bool], email: str | None
+    ) -> dict[str, Any]:
+        s = self._inbox.save_settings(self._keys(caller), dict(enabled), email)
+        return {"enabled": s.enabled, "email": s.email}

@@ -27,6 +27,7 @@ from procedures.model import AddressChangeInput, ConfirmInput, ProcedureView
 
 __all__ = [
     "AccessLog",
+    "AlertsBackend",
     "Caller",
     "ConsentBackend",
     "ConsentLog",
@@ -180,3 +181,22 @@ class ProcedureDesk(Protocol):
     def confirm(
         self, caller: Caller, procedure_id: str, decisions: ConfirmInput
     ) -> ProcedureView: ...
+
+
+class AlertsBackend(Protocol):
+    """One node's alerts for the caller (``alerts/api.py``, ``/me/alerts…``): the inbox, newest
+    first, and the caller's alert settings at that node."""
+
+    def list_alerts(self, caller: Caller, *, limit: int) -> dict[str, Any]:
+        """``{"alerts": [...], "unread": n, "next_cursor": …}`` as the node's API answers."""
+        ...
+
+    def mark_read(self, caller: Caller, alert_id: int) -> None: ...
+
+    def settings(self, caller: Caller) -> dict[str, Any]:
+        """``{"enabled": {rule: bool}, "email": str | None}``."""
+        ...
+
+    def save_settings(
+        self, caller: Caller, enabled: Mapping[str, bool], email: str | None
+    ) -> dict[str, Any]: ...

@@ -55,7 +55,7 @@ from portal.ports import Caller, CitizenRecord, LogRecord, ProvenEntry
 from portal.settings import PortalSettings
 from procedures.model import AddressChangeInput, ConfirmInput, ProcedureView
 
-__all__ = ["RemoteConsent", "RemoteDesk", "RemoteLog", "create_portal_app"]
+__all__ = ["RemoteAlerts", "RemoteConsent", "RemoteDesk", "RemoteLog", "create_portal_app"]
 
 _M = TypeVar("_M", bound=BaseModel)
 _SEGMENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._~-]{0,127}")
@@ -203,6 +203,36 @@ def _b64(text: Any) -> bytes:
     if not isinstance(text, str):
         raise TypeError("not base64 text")
     return base64.b64decode(text, validate=True)
+
+
+class RemoteAlerts:
+    """``portal.ports.AlertsBackend`` over one node's alerts routes (``alerts/api.py``)."""
+
+    def __init__(self, http: httpx.Client, base_url: str) -> None:
+        self._api = _Service(http, base_url, "node")
+
+    def _object(self, value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise TransportError("the node answered something unexpected")
+        return value
+
+    def list_alerts(self, caller: Caller, *, limit: int) -> dict[str, Any]:
+        body = self._object(self._api.json("GET", "/me/alerts", caller, params={"limit": limit}))
+        if not isinstance(body.get("alerts"), list):
+            raise TransportError("the node answered something unexpected")
+        return body
+
+    def mark_read(self, caller: Caller, alert_id: int) -> None:
+        self._api.send("POST", f"/me/alerts/{int(alert_id)}/read", caller)
+
+    def settings(self, caller: Caller) -> dict[str, Any]:
+        return self._object(self._api.json("GET", "/me/alert-settings", caller))
+
+    def save_settings(
+        self, caller: Caller, enabled: Mapping[str, bool], email: str | None
+    ) -> dict[str, Any]:
+        body = {"enabled": dict(enabled), "email": email}
+        return self._object(self._api.json("PUT", "/me/alert-settings", caller, json=body))
 
 
 class RemoteLog:
@@ -447,6 +477,7 @@ def create_portal_app(settings: PortalSettings) -> tuple[FastAPI, Callable[[], N
             else None
         ),
         logs={n.member: RemoteLog(http, n.url, n.verifier()) for n in settings.nodes},
+        alerts={n.member: RemoteAlerts(http, n.url) for n in settings.nodes},
         issuer=issuer,
         verifier=verifier,
         demo_citizens=[(c.subject, c.name) for c in settings.demo_citizens],

@@ -129,6 +129,12 @@ _NODE_LIVENESS = documented(
 )
 
 
+_LIVENESS_FIELDS = frozenset(
+    {"status", "member", "registry_serial", "registry_expires_at", "subsystems"}
+)
+"""The node's own ``/healthz`` fields, which a part's ``about`` cannot replace."""
+
+
 def _route_path(scope: Scope) -> str:
     """The path inside this app (without the prefix it is mounted under)."""
     path: str = scope["path"]
@@ -224,6 +230,9 @@ class NodeParts:
     """Run at shutdown: close adapters, dispose of the engines the parts opened."""
     collectors: Sequence[Collector] = ()
     """The parts' own metrics, exported on the node's ``/metrics``."""
+    about: Mapping[str, str] = field(default_factory=dict)
+    """What the parts are, shown on ``/healthz`` beside the node's own fields (e.g. the policy
+    engine chosen at start-up: ``{"policy_engine": "opa-inprocess"}``)."""
     inline: bool = False
     """The parts' blocking work is local CPU work (SQLite, embedded policy): the provider runs
     its checks on the event loop rather than in a worker thread (``exchange.db.runs_inline``)."""
@@ -530,6 +539,7 @@ def create_node_app(
                 "registry_serial": reg.serial,
                 "registry_expires_at": reg.document.expires_at.isoformat(),
                 "subsystems": [str(c) for c in signers],
+                **{k: v for k, v in parts.about.items() if k not in _LIVENESS_FIELDS},
             }
         )
 

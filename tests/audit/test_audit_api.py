@@ -321,3 +321,41 @@ def test_citizen_proves_their_paged_record_complete_and_a_deleted_row_breaks_it(
     proofs = [SubjectProof.from_json(p) for p in completeness["proofs"]]
     with pytest.raises(CompletenessError):
         verify_record(completeness["checkpoint"], log.verifier(), proofs, entries)
+
+
+def test_every_refusal_of_the_audit_and_citizen_apis_is_recorded_once(
+    log: TransparencyLog, issuer: DevIssuer
+) -> None:
+    """No token (401), a wrong role (403), a bad parameter (400), an entry not the caller's
+    (404): each is recorded once, with the route template and code, never the request's path
+    or a subject; an answered request records nothing."""
+    from exchange.errors import OnceOnlyError
+
+    log.append_many([make_event(i, subject=ALICE) for i in range(3)])
+    recorded: list[tuple[int, str, str]] = []
+
+    def refused(exc: OnceOnlyError, route: str, _request: object) -> None:
+        recorded.append((exc.status, exc.code, route))
+
+    app = FastAPI()
+    install_problem_handlers(app)
+    app.include_router(
+        build_router(log, issuer.verifier(), clock=lambda: T0 + timedelta(days=1), refused=refused)
+    )
+    client = TestClient(app, raise_server_exceptions=False)
+    citizen_bob = _auth(issuer, BOB, "citizen")
+    assert client.get("/me/accesses").status_code == 401
+    assert client.get("/audit/size", headers=citizen_bob).status_code == 403
+    assert (
+        client.get("/audit/entries?limit=0", headers=_auth(issuer, "a", "auditor")).status_code
+        == 400
+    )
+    assert client.get("/me/accesses/1", headers=citizen_bob).status_code == 404
+    assert client.get("/me/accesses", headers=citizen_bob).status_code == 200
+    assert [(s, r) for s, _, r in recorded] == [
+        (401, "GET /me/accesses"),
+        (403, "GET /audit/size"),
+        (400, "GET /audit/entries"),
+        (404, "GET /me/accesses/{index}"),
+    ]
+    assert all(BOB not in r and "limit" not in r for _, _, r in recorded)

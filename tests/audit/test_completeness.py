@@ -184,3 +184,100 @@ def test_the_map_holds_no_pseudonym(log: TransparencyLog) -> None:
         rows = conn.execute(text("SELECT key FROM audit_subject_members")).all()
     assert len(rows) == 3
     assert all(ALICE.encode() not in bytes(r[0]) for r in rows)
+
+
+def _reference_root(members: list[Member]) -> bytes:
+    """The map root computed from scratch over every member (no stored node used)."""
+    from audit.completeness import bucket_hash, empty_hashes
+
+    empty = empty_hashes()
+    by_bucket: dict[int, list[Member]] = {}
+    for m in members:
+        by_bucket.setdefault(bucket_of(m.key), []).append(m)
+    level = {(1 << MAP_DEPTH) + b: bucket_hash(ms) for b, ms in by_bucket.items()}
+    for height in range(MAP_DEPTH):
+        level = {
+            p: merkle.node_hash(
+                level.get(2 * p, empty[height]), level.get(2 * p + 1, empty[height])
+            )
+            for p in {n >> 1 for n in level}
+        }
+    return level[1]
+
+
+def test_only_every_stratum_height_is_stored_and_the_root_is_the_full_trees(
+    log: TransparencyLog,
+) -> None:
+    """The map stores nodes at heights 0, 8, 16, 24 and 32 only (``STRATUM``); the root it
+    signs is the one a full recomputation over every member gives, as the log grows in steps
+    that touch shared groups (many subjects) and sparse ones (a few)."""
+    from audit.checkpoint import verify_checkpoint
+    from audit.completeness import map_root_of
+    from audit.subject_map import STRATUM
+
+    for step, subjects in enumerate((300, 3)):
+        start = log.size()
+        log.append_many(
+            [make_event(start + i, subject=f"ps-{step}-{i % subjects}") for i in range(600)]
+        )
+        cp = log.publish_checkpoint(T0 + timedelta(hours=3 + step))
+        with log._engine.connect() as conn:
+            rows = conn.execute(text("SELECT key, count, chain FROM audit_subject_members")).all()
+            nodes = [
+                int(r[0]) for r in conn.execute(text("SELECT node_id FROM audit_subject_nodes"))
+            ]
+        members = [Member(bytes(k), int(c), bytes(ch)) for k, c, ch in rows]
+        signed = map_root_of(verify_checkpoint(cp.note, log.verifier()))
+        assert signed == _reference_root(members)
+        assert {MAP_DEPTH + 1 - n.bit_length() for n in nodes} <= set(
+            range(0, MAP_DEPTH + 1, STRATUM)
+        )
+    _check(log, ALICE, BOB, "ps-0-7", "ps-1-2", "ps-nobody")
+
+
+def test_migration_audit_0004_drops_the_unstored_heights_and_proofs_still_hold(
+    db_url: str, signer: NoteSigner
+) -> None:
+    """A map written with every height (the layout before audit_0004) is migrated to the strata
+    layout: the other heights are gone, the signed root and every proof are unchanged."""
+    from alembic import command
+
+    from exchange.db import alembic_config, make_engine, upgrade
+
+    engine = make_engine(db_url)
+    try:
+        cfg = alembic_config(engine)
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "audit_0003")
+        log = TransparencyLog(engine, log_id="node-a", signer=signer)
+        log.append_many([make_event(i, subject=_subject(i)) for i in range(SIZE)])
+        log.sign_checkpoint(T0 + timedelta(hours=1))
+        with engine.begin() as conn:  # the old layout stored every node on every path
+            rows = conn.execute(text("SELECT key, count, chain FROM audit_subject_members")).all()
+            members = [Member(bytes(k), int(c), bytes(ch)) for k, c, ch in rows]
+            stored = {
+                int(r[0]) for r in conn.execute(text("SELECT node_id FROM audit_subject_nodes"))
+            }
+            extra = {
+                ((1 << MAP_DEPTH) + bucket_of(m.key)) >> h
+                for m in members
+                for h in range(MAP_DEPTH)
+            } - stored
+            for node in sorted(extra):
+                conn.execute(
+                    text(
+                        "INSERT INTO audit_subject_nodes (log_id, node_id, hash) VALUES (:l, :n, :h)"
+                    ),
+                    {"l": "node-a", "n": node, "h": bytes(32)},
+                )
+        upgrade(engine)
+        with engine.connect() as conn:
+            after = {
+                int(r[0]) for r in conn.execute(text("SELECT node_id FROM audit_subject_nodes"))
+            }
+        assert extra
+        assert after == stored
+        _check(log, ALICE, BOB, CAROL)
+    finally:
+        engine.dispose()

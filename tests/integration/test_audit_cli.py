@@ -126,3 +126,35 @@ def test_verify_from_a_node_takes_the_token_from_the_environment_or_a_file(  # t
     from_file = _cli("--node", url, "--key", vkey, "--token-file", str(token_file))
     assert from_file.returncode == 0, from_file.stderr
     assert token not in " ".join(from_file.args)
+
+
+def test_a_refused_call_to_the_nodes_audit_api_is_in_its_log(cluster) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """A real node process: a citizen-API call without a token and an auditor-API call with a
+    citizen's token are refused (401, 403), and each refusal is an entry of the node's own log
+    (stage ``audit-api``, the route template; no subject)."""
+    c, _keys, settings = cluster
+    node = c.procs[str(MACHIDA)]
+    issuer = DevIssuer.load_or_create(
+        settings.data_dir, issuer=settings.jwt_issuer, audience=settings.jwt_audience
+    )
+    assert httpx.get(f"{node.url}/me/accesses", timeout=20).status_code == 401
+    as_citizen = {"authorization": f"Bearer {issuer.issue('someone', roles=('citizen',))}"}
+    assert httpx.get(f"{node.url}/audit/size", headers=as_citizen, timeout=20).status_code == 403
+    as_auditor = {"authorization": f"Bearer {issuer.issue('a1', roles=('auditor',))}"}
+    found = httpx.get(
+        f"{node.url}/audit/entries",
+        params={"kind": "refusal", "decision": "deny", "limit": 100},
+        headers=as_auditor,
+        timeout=20,
+    )
+    assert found.status_code == 200, found.text
+    api = [
+        e["entry"]
+        for e in found.json()["entries"]
+        if e["entry"].get("extra", {}).get("stage") == "audit-api"
+    ]
+    assert [(e["status"], e["extra"]["route"]) for e in api] == [
+        (401, "GET /me/accesses"),
+        (403, "GET /audit/size"),
+    ]
+    assert all("subject" not in e and "client" not in e for e in api)

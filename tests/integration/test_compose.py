@@ -32,6 +32,7 @@ from sqlalchemy import MetaData, inspect, select, text
 
 from adapters.pseudonyms import PseudonymService
 from adapters.store import AdaptersBase
+from alerts.store import AlertBase
 from audit.store import AuditBase
 from consent.store import ConsentBase
 from exchange.db import is_postgres, make_engine
@@ -56,6 +57,7 @@ TABLES: dict[str, MetaData] = {
     "consent": ConsentBase.metadata,
     "procedures": ProceduresBase.metadata,
     "adapters": AdaptersBase.metadata,
+    "alerts": AlertBase.metadata,
 }
 AGENCIES = {  # each organisation's agencies: only their codes may be in its node's database
     "machida": ("JP/GOV/132098/resident-registry", "JP/GOV/132098/municipal-tax"),

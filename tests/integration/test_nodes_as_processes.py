@@ -18,6 +18,7 @@ from exchange.db import make_engine
 from exchange.identifiers import MemberId
 from exchange.settings import Settings
 from onceonly.wiring import PSEUDONYMS, registry_database_url
+from policies._internal.opa import unavailable_reason
 from tests.integration.processes import Cluster, Proc, provisioned_cluster, running
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -137,6 +138,15 @@ def test_central_registry_and_metrics_are_served(
     metrics = httpx.get(c.procs[str(MACHIDA)].url + "/metrics", timeout=10)
     assert b"onceonly_exchanges_total" in metrics.content
     assert b"process_cpu_seconds_total" in metrics.content
+    # The policy engine chosen at start-up (ONCEONLY_POLICY_ENGINE unset: auto), shown three ways.
+    engine = "regopy" if unavailable_reason() else "opa-inprocess"
+    assert (
+        f'onceonly_policy_engine_info{{engine="{engine}",setting="auto"}} 1.0'
+        in metrics.content.decode()
+    )
+    health = httpx.get(c.procs[str(MACHIDA)].url + "/healthz", timeout=10).json()
+    assert health["policy_engine"] == engine
+    assert f"onceonly.policies: policy engine: {engine} — " in c.procs[str(MACHIDA)].log.read_text()
     central = c.procs["central"].url
     central_metrics = httpx.get(central + "/metrics", timeout=10).text
     assert "onceonly_central_registry_served_total" in central_metrics

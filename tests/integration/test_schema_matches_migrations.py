@@ -9,6 +9,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import MetaData, inspect
 
 from adapters.store import AdaptersBase
+from alerts.store import AlertBase
 from audit.store import AuditBase
 from consent.store import ConsentBase
 from exchange.db import make_engine, upgrade
@@ -22,6 +23,7 @@ PACKAGES = {
     "consent": ConsentBase.metadata,
     "procedures": ProceduresBase.metadata,
     "adapters": AdaptersBase.metadata,
+    "alerts": AlertBase.metadata,
 }
 
 

@@ -3,38 +3,65 @@
 No ``opa`` binary can be had on these machines (docs/notes/policy-engines.md), so the
 OPA-server engine is contract-tested against this: ``PUT/GET/DELETE /v1/policies/{id}``,
 ``PUT/GET/DELETE /v1/data/{path}``, ``POST /v1/data/{path}`` (evaluate with input) and
-``GET /health``. Every answer is computed by rego-cpp over the uploaded modules and data — never
-canned. It proves the client path (URLs, bodies, undefined handling, timeouts), not that OPA and
-rego-cpp agree; the ``OPA_URL`` test does that where a real OPA exists.
+``GET /health``. Every answer is computed over the uploaded modules and data — never canned — by
+the evaluator it is started with: rego-cpp (``evaluator="regopy"``, the default) or OPA's own Go
+evaluator in-process (``evaluator="opa"``, where ``opa-golib-python-bindings`` loads). With the
+latter, the REST path answers with OPA's semantics; it still proves the client path (URLs, bodies,
+undefined handling, timeouts), not OPA's HTTP server itself — the ``OPA_URL`` test does that where
+a real OPA exists.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Literal, Protocol
 
+from policies._internal.opa import OpaFailure, PreparedQuery
 from policies._internal.rego import CompiledQuery, RegoFailure
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 REQUEST_TIMEOUT_S = 5.0
 
 
+Evaluator = Literal["regopy", "opa"]
+_FAILURES = (RegoFailure, OpaFailure)
+
+
+class _Query(Protocol):
+    def evaluate(self, input_doc: Any) -> tuple[bool, Any]: ...
+
+
+def _compile(
+    evaluator: Evaluator, modules: Mapping[str, str], data: Any, path: list[str]
+) -> _Query:
+    """The document at ``data.<path>``, compiled by ``evaluator``; raises one of ``_FAILURES``."""
+    if evaluator == "opa":
+        assert all("." not in p for p in path), "a dotted path segment is not addressable here"
+        return PreparedQuery(modules, data, ".".join(path))
+    ref = "data" + "".join(f"[{json.dumps(p)}]" for p in path)
+    return CompiledQuery(modules, data, f"x := {ref}")
+
+
 class _State:
-    def __init__(self) -> None:
+    def __init__(self, evaluator: Evaluator) -> None:
+        self.evaluator: Evaluator = evaluator
         self.lock = threading.Lock()
         self.modules: dict[str, str] = {}
         self.data: dict[str, Any] = {}
-        self.compiled: dict[str, CompiledQuery] = {}
+        self.compiled: dict[str, _Query] = {}
 
-    def query(self, path: list[str]) -> CompiledQuery:
-        ref = "data" + "".join(f"[{json.dumps(p)}]" for p in path)
-        key = ref
+    def query(self, path: list[str]) -> _Query:
+        key = json.dumps(path)
         with self.lock:
             if key not in self.compiled:
-                self.compiled[key] = CompiledQuery(
-                    {f"{k}.rego": v for k, v in self.modules.items()}, self.data, f"x := {ref}"
+                self.compiled[key] = _compile(
+                    self.evaluator,
+                    {f"{k}.rego": v for k, v in self.modules.items()},
+                    self.data,
+                    path,
                 )
             return self.compiled[key]
 
@@ -105,8 +132,14 @@ class _Handler(BaseHTTPRequestHandler):
             pid = "/".join(rest)
             modules = {**state.modules, pid: raw.decode()}
             try:
-                CompiledQuery({f"{k}.rego": v for k, v in modules.items()}, state.data, "x := 1")
-            except RegoFailure as exc:
+                # Compiles every module (a document no module defines: nothing is evaluated).
+                _compile(
+                    state.evaluator,
+                    {f"{k}.rego": v for k, v in modules.items()},
+                    state.data,
+                    ["onceonly_rest_server_probe"],
+                )
+            except _FAILURES as exc:
                 self._send(400, {"code": "invalid_parameter", "message": str(exc)[:500]})
                 return
             with state.lock:
@@ -131,7 +164,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _evaluate(self, path: list[str], input_doc: Any) -> None:
         try:
             defined, value = self.server.state.query(path).evaluate(input_doc)
-        except RegoFailure as exc:
+        except _FAILURES as exc:
             self._send(500, {"code": "internal_error", "message": str(exc)[:500]})
             return
         self._send(200, {"result": value} if defined else {})
@@ -144,9 +177,11 @@ class OpaRestServer(ThreadingHTTPServer):
     daemon_threads = True
     disable_nagle_algorithm = True  # else each keep-alive request waits ~44 ms (notes)
 
-    def __init__(self, address: tuple[str, int] = ("127.0.0.1", 0)) -> None:
+    def __init__(
+        self, address: tuple[str, int] = ("127.0.0.1", 0), *, evaluator: Evaluator = "regopy"
+    ) -> None:
         super().__init__(address, _Handler)
-        self.state = _State()
+        self.state = _State(evaluator)
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
     @property

@@ -1,0 +1,117 @@
+"""The alert rules (``policies/rego/alerts.rego``, package ``onceonly.alerts``), evaluated in-process.
+
+Concept: which alerts one audit entry raises for its citizen is policy, written in Rego beside
+the exchange policy so that it can be read and reviewed the same way (docs/alerts.md). The node's
+alert worker (``alerts.worker``) asks ``data.onceonly.alerts.evaluation`` once per new log entry,
+with the entry's record and its history of that citizen; the answer says whether the entry is a
+read, whether it was consented, and which alerts it raises, each with the key that makes it
+happen once.
+
+Trust assumption: the modules and the data are the operator's; the entry was written by this
+node. Fail safe: an evaluation failure is an ``AlertRulesError`` for the worker to retry, never
+anything on the exchange path (the worker runs after the entry is committed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from exchange.ports import JsonValue
+from policies._internal.rego import CompiledQuery, RegoFailure
+from policies.errors import PolicyCompileError
+from policies.modules import policy_modules
+
+__all__ = [
+    "ALERTS_MODULE",
+    "ALERTS_QUERY",
+    "ALERT_RULES",
+    "AlertEvaluation",
+    "AlertRules",
+    "AlertRulesError",
+    "RaisedAlert",
+]
+
+ALERTS_MODULE = "alerts.rego"
+ALERTS_QUERY = "x := data.onceonly.alerts.evaluation"
+ALERT_RULES = ("read-without-consent", "new-recipient", "unusual-volume", "refused")
+"""Every rule the module can raise, in the order the citizen's settings list them."""
+DEFAULT_WINDOW_S = 86_400
+DEFAULT_MAX_READS = 20
+
+
+class AlertRulesError(Exception):
+    """The alert rules could not be evaluated (or gave a malformed answer)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RaisedAlert:
+    rule: str
+    dedup: str
+
+
+@dataclass(frozen=True, slots=True)
+class AlertEvaluation:
+    """The rules' answer for one entry."""
+
+    read: bool
+    consented: bool
+    alerts: tuple[RaisedAlert, ...]
+
+
+class AlertRules:
+    """``alerts.rego`` compiled with its data (``data.alerts``); thread-safe.
+
+    ``data`` keys: ``max_reads_per_window`` (reads of one citizen in one window above which the
+    volume alert fires), ``window_s`` (the window, seconds) and ``public_member_classes``."""
+
+    def __init__(self, data: Mapping[str, Any] | None = None) -> None:
+        merged: dict[str, Any] = {
+            "max_reads_per_window": DEFAULT_MAX_READS,
+            "window_s": DEFAULT_WINDOW_S,
+            "public_member_classes": ["GOV"],
+        }
+        merged.update(data or {})
+        window = merged["window_s"]
+        if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+            raise PolicyCompileError("alerts: window_s must be a positive number of seconds")
+        limit = merged["max_reads_per_window"]
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+            raise PolicyCompileError("alerts: max_reads_per_window must be a count")
+        self.window_s: int = window
+        self.data: dict[str, Any] = merged
+        module = policy_modules().get(ALERTS_MODULE)
+        if module is None:
+            raise PolicyCompileError(f"the policy module {ALERTS_MODULE} is missing")
+        try:
+            self._query = CompiledQuery(
+                {ALERTS_MODULE: module}, {"alerts": merged}, ALERTS_QUERY, copies=1
+            )
+        except RegoFailure as exc:
+            raise PolicyCompileError(f"the alert rules do not compile: {exc}") from exc
+
+    def evaluate(self, input_doc: Mapping[str, JsonValue]) -> AlertEvaluation:
+        try:
+            defined, value = self._query.evaluate(dict(input_doc))
+        except RegoFailure as exc:
+            raise AlertRulesError(f"the alert rules failed: {exc}") from exc
+        if not defined or not isinstance(value, dict):
+            raise AlertRulesError("the alert rules gave no evaluation document")
+        raised = value.get("alerts")
+        if not isinstance(raised, list):
+            raise AlertRulesError("the alert rules gave no list of alerts")
+        found: list[RaisedAlert] = []
+        for item in raised:
+            if not isinstance(item, dict):
+                raise AlertRulesError("an alert is not an object")
+            rule, dedup = item.get("rule"), item.get("dedup")
+            if rule not in ALERT_RULES or not isinstance(dedup, str) or not dedup:
+                raise AlertRulesError(f"a malformed alert: {item!r}")
+            found.append(RaisedAlert(str(rule), dedup))
+        found.sort(key=lambda a: (ALERT_RULES.index(a.rule), a.dedup))
+        return AlertEvaluation(
+            read=value.get("read") is True,
+            consented=value.get("consented") is True,
+            alerts=tuple(found),
+        )
