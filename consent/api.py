@@ -23,6 +23,9 @@ signature expires, so the same request again is refused as a replay (409
     GET  /consents/{id}/receipts          GET  /consents/{id}/receipts/{rid}[?format=html|jws]
     GET  /keys                            (public: the JWK Set receipts are verified with)
     POST /consents/{id}/pause|resume|revoke
+    GET  /mandates                        POST /mandates       POST /mandates/{id}/revoke
+    POST /mandates/{id}/authorise         (may the caller act under it for this procedure?)
+    (``X-OnceOnly-Acting-For: <mandate id>`` on the consent routes: acting for someone)
     GET  /consent-requests                GET  /consent-requests/{id}
     POST /consent-requests/{id}/approve|decline
     POST /consent-requests                (consumer)
@@ -35,15 +38,16 @@ signature expires, so the same request again is refused as a replay (409
 
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from consent.lifecycle import ConsentService
+from consent.lifecycle import ConsentService, OnBehalf
+from consent.mandates import Mandate, MandateGrant, MandateService, MandateUse, acting_actor
 from consent.metrics import ConsentMetrics
 from consent.model import (
     Consent,
@@ -150,36 +154,84 @@ def build_citizen_router(
     clock: Callable[[], datetime] | None = None,
     prefix: str = "/consent/v1",
     metrics: ConsentMetrics | None = None,
+    mandates: MandateService | None = None,
 ) -> APIRouter:
-    """The citizen API, plus ``POST /consent-requests`` for consumers when an authenticator is
+    """The citizen API (``mandates``: with the mandate routes and ``X-OnceOnly-Acting-For``), plus ``POST /consent-requests`` for consumers when an authenticator is
     given; ``resolve_subject`` lets consumers name the citizen by their own pseudonym
     (``subject_agency = "client"``). ``metrics`` counts the actions that change a consent."""
     now = clock or service.clock
     counted = metrics or ConsentMetrics()
     router = APIRouter(prefix=prefix, tags=["consent"], route_class=_audited_route(service))
     Citizen = Annotated[Principal, bearer_principal(verifier, role="citizen")]
+    ActingFor = Annotated[
+        str | None,
+        Header(
+            alias="X-OnceOnly-Acting-For",
+            description="a mandate id: the caller acts for the person it represents",
+        ),
+    ]
+
+    def _mandate(principal: Principal, mandate_id: str, action: str, **scope: str) -> Mandate:
+        if mandates is None:
+            raise NotFoundError("this consent service holds no mandates")
+        return mandates.authorise(principal.subject, mandate_id, now=now(), action=action, **scope)
+
+    def _whose(principal: Principal, acting_for: str | None, action: str) -> str:
+        """The subject a read is about: the caller's own, or the one its mandate represents."""
+        if acting_for is None:
+            return principal.subject
+        return _mandate(principal, acting_for, action).represented
+
+    def _on_behalf(
+        principal: Principal,
+        acting_for: str | None,
+        action: str,
+        purpose_of: Callable[[str], str],
+    ) -> tuple[str, OnBehalf | None]:
+        """For a change: the subject and, when acting for someone, the checked mandate — in
+        force and covering the purpose of the consent (or request) it changes."""
+        if acting_for is None:
+            return principal.subject, None
+        represented = _mandate(principal, acting_for, action).represented
+        mandate = _mandate(principal, acting_for, action, purpose=purpose_of(represented))
+        return represented, OnBehalf(acting_actor(mandate), mandate.id, mandate.represented_party)
+
+    def _consent_purpose(consent_id: str) -> Callable[[str], str]:
+        return lambda subject: service.get_consent(subject, consent_id, now=now()).purpose.code
+
+    def _request_purpose(request_id: str) -> Callable[[str], str]:
+        return lambda subject: service.get_request(subject, request_id, now=now()).purpose.code
 
     @router.get("/consents", **documented("listConsents", problems=(401, 403, 503)))
-    def list_consents(principal: Citizen) -> list[Consent]:
-        return service.list_consents(principal.subject, now=now())
+    def list_consents(principal: Citizen, acting_for: ActingFor = None) -> list[Consent]:
+        return service.list_consents(_whose(principal, acting_for, "list consents"), now=now())
 
     @router.get("/consents/{consent_id}", **documented("getConsent", problems=_READ))
-    def get_consent(consent_id: str, principal: Citizen) -> Consent:
-        return service.get_consent(principal.subject, consent_id, now=now())
+    def get_consent(consent_id: str, principal: Citizen, acting_for: ActingFor = None) -> Consent:
+        subject = _whose(principal, acting_for, "read a consent")
+        return service.get_consent(subject, consent_id, now=now())
 
     @router.get("/consents/{consent_id}/history", **documented("getConsentHistory", problems=_READ))
-    def history(consent_id: str, principal: Citizen) -> list[ConsentHistoryEvent]:
-        return service.history(principal.subject, consent_id, now=now())
+    def history(
+        consent_id: str, principal: Citizen, acting_for: ActingFor = None
+    ) -> list[ConsentHistoryEvent]:
+        return service.history(
+            _whose(principal, acting_for, "read a consent's history"), consent_id, now=now()
+        )
 
     @router.get("/consents/{consent_id}/uses", **documented("listConsentUses", problems=_READ))
-    def uses(consent_id: str, principal: Citizen) -> list[ConsentUse]:
-        return service.uses(principal.subject, consent_id, now=now())
+    def uses(consent_id: str, principal: Citizen, acting_for: ActingFor = None) -> list[ConsentUse]:
+        subject = _whose(principal, acting_for, "read a consent's uses")
+        return service.uses(subject, consent_id, now=now())
 
     @router.get(
         "/consents/{consent_id}/receipts", **documented("listConsentReceipts", problems=_READ)
     )
-    def receipts(consent_id: str, principal: Citizen) -> list[Receipt]:
-        return service.receipts(principal.subject, consent_id, now=now())
+    def receipts(
+        consent_id: str, principal: Citizen, acting_for: ActingFor = None
+    ) -> list[Receipt]:
+        subject = _whose(principal, acting_for, "read a consent's receipts")
+        return service.receipts(subject, consent_id, now=now())
 
     @router.get(
         "/consents/{consent_id}/receipts/{receipt_id}",
@@ -201,8 +253,10 @@ def build_citizen_router(
         receipt_id: str,
         principal: Citizen,
         format: Annotated[Literal["json", "html", "jws"], Query()] = "json",
+        acting_for: ActingFor = None,
     ) -> Response:
-        found = service.receipt(principal.subject, consent_id, receipt_id, now=now())
+        subject = _whose(principal, acting_for, "read a consent receipt")
+        found = service.receipt(subject, consent_id, receipt_id, now=now())
         if format == "jws":
             if found.jws is None:
                 raise NotFoundError("this receipt was issued before receipts were signed")
@@ -245,37 +299,54 @@ def build_citizen_router(
         )
 
     @router.post("/consents/{consent_id}/pause", **documented("pauseConsent", problems=_CHANGE))
-    def pause(consent_id: str, principal: Citizen) -> Consent:
-        done = service.pause(principal.subject, consent_id, now=now())
+    def pause(consent_id: str, principal: Citizen, acting_for: ActingFor = None) -> Consent:
+        subject, on_behalf = _on_behalf(
+            principal, acting_for, "pause a consent", _consent_purpose(consent_id)
+        )
+        done = service.pause(subject, consent_id, now=now(), on_behalf=on_behalf)
         counted.action("pause")
         return done
 
     @router.post("/consents/{consent_id}/resume", **documented("resumeConsent", problems=_CHANGE))
-    def resume(consent_id: str, principal: Citizen) -> Consent:
-        done = service.resume(principal.subject, consent_id, now=now())
+    def resume(consent_id: str, principal: Citizen, acting_for: ActingFor = None) -> Consent:
+        subject, on_behalf = _on_behalf(
+            principal, acting_for, "resume a consent", _consent_purpose(consent_id)
+        )
+        done = service.resume(subject, consent_id, now=now(), on_behalf=on_behalf)
         counted.action("resume")
         return done
 
     @router.post("/consents/{consent_id}/revoke", **documented("revokeConsent", problems=_CHANGE))
-    def revoke(consent_id: str, principal: Citizen) -> Consent:
-        done = service.revoke(principal.subject, consent_id, now=now())
+    def revoke(consent_id: str, principal: Citizen, acting_for: ActingFor = None) -> Consent:
+        subject, on_behalf = _on_behalf(
+            principal, acting_for, "revoke a consent", _consent_purpose(consent_id)
+        )
+        done = service.revoke(subject, consent_id, now=now(), on_behalf=on_behalf)
         counted.action("revoke")
         return done
 
     @router.get("/consent-requests", **documented("listConsentRequests", problems=(401, 403, 503)))
-    def list_requests(principal: Citizen) -> list[ConsentRequest]:
-        return service.list_requests(principal.subject, now=now())
+    def list_requests(principal: Citizen, acting_for: ActingFor = None) -> list[ConsentRequest]:
+        return service.list_requests(
+            _whose(principal, acting_for, "list consent requests"), now=now()
+        )
 
     @router.get("/consent-requests/{request_id}", **documented("getConsentRequest", problems=_READ))
-    def get_request(request_id: str, principal: Citizen) -> ConsentRequest:
-        return service.get_request(principal.subject, request_id, now=now())
+    def get_request(
+        request_id: str, principal: Citizen, acting_for: ActingFor = None
+    ) -> ConsentRequest:
+        subject = _whose(principal, acting_for, "read a consent request")
+        return service.get_request(subject, request_id, now=now())
 
     @router.post(
         "/consent-requests/{request_id}/approve",
         **documented("approveConsentRequest", problems=_CHANGE),
     )
-    def approve(request_id: str, principal: Citizen) -> Consent:
-        done = service.approve_request(principal.subject, request_id, now=now())
+    def approve(request_id: str, principal: Citizen, acting_for: ActingFor = None) -> Consent:
+        subject, on_behalf = _on_behalf(
+            principal, acting_for, "approve a consent request", _request_purpose(request_id)
+        )
+        done = service.approve_request(subject, request_id, now=now(), on_behalf=on_behalf)
         counted.action("approve")
         return done
 
@@ -283,10 +354,18 @@ def build_citizen_router(
         "/consent-requests/{request_id}/decline",
         **documented("declineConsentRequest", problems=_CHANGE),
     )
-    def decline(request_id: str, principal: Citizen) -> ConsentRequest:
-        done = service.decline_request(principal.subject, request_id, now=now())
+    def decline(
+        request_id: str, principal: Citizen, acting_for: ActingFor = None
+    ) -> ConsentRequest:
+        subject, _ = _on_behalf(
+            principal, acting_for, "decline a consent request", _request_purpose(request_id)
+        )
+        done = service.decline_request(subject, request_id, now=now())
         counted.action("decline")
         return done
+
+    if mandates is not None:
+        _mandate_routes(router, mandates, Citizen, now)
 
     if authenticate_consumer is not None:
         authenticate = authenticate_consumer
@@ -467,3 +546,67 @@ def build_consent_log_router(
             ),
         )
     return router
+
+
+def _mandate_routes(
+    router: APIRouter, mandates: MandateService, citizen: Any, now: Callable[[], datetime]
+) -> None:
+    """``GET/POST /mandates``, ``POST /mandates/{id}/revoke`` (docs/consent.md, Mandates)."""
+
+    @router.get("/mandates", **documented("listMandates", problems=(401, 403, 503)))
+    def list_mandates(principal: citizen) -> list[Mandate]:
+        """The mandates the caller holds and those that represent the caller."""
+        return mandates.list_for(principal.subject, now=now())
+
+    @router.post(
+        "/mandates",
+        status_code=201,
+        **documented(
+            "grantMandate",
+            body=json_body(MandateGrant),
+            problems=(400, 401, 403, 409, 413, 503),
+        ),
+    )
+    async def grant_mandate(request: Request, principal: citizen) -> Mandate:
+        """The caller (the represented person) authorises someone to act for them."""
+        body = await _body(request)
+        try:
+            grant = MandateGrant.model_validate_json(body)
+        except ValidationError as exc:
+            raise ClientError("the mandate is not valid") from exc
+        return await run_in_threadpool(
+            mandates.grant,
+            principal.subject,
+            grant,
+            now=now(),
+        )
+
+    @router.post(
+        "/mandates/{mandate_id}/authorise",
+        **documented(
+            "authoriseMandate", body=json_body(MandateUse), problems=(400, 401, 403, 413, 503)
+        ),
+    )
+    async def authorise_mandate(mandate_id: str, request: Request, principal: citizen) -> Mandate:
+        """Checks that the caller may act under this mandate for a procedure or a purpose (what a
+        one-stop desk asks before it acts for someone); a refusal is 403 and audited."""
+        body = await _body(request)
+        try:
+            use = MandateUse.model_validate_json(body)
+        except ValidationError as exc:
+            raise ClientError("the mandate use is not valid") from exc
+        return await run_in_threadpool(
+            lambda: mandates.authorise(
+                principal.subject,
+                mandate_id,
+                now=now(),
+                action=use.action,
+                purpose=use.purpose,
+                procedure=use.procedure,
+            )
+        )
+
+    @router.post("/mandates/{mandate_id}/revoke", **documented("revokeMandate", problems=_CHANGE))
+    def revoke_mandate(mandate_id: str, principal: citizen) -> Mandate:
+        """Revoked by the person who granted it, or renounced by the representative."""
+        return mandates.revoke(mandate_id, by=principal.subject, now=now())

@@ -50,6 +50,7 @@ from exchange.signing import key_id, save_private_key
 
 __all__ = [
     "ARTEFACT_TYP",
+    "MANDATE_TYP",
     "RECEIPT_TYP",
     "ConsentArtefactClaims",
     "ConsentArtefactVerifier",
@@ -61,6 +62,7 @@ __all__ = [
 
 ARTEFACT_TYP = "onceonly-consent+jws"
 RECEIPT_TYP = "onceonly-consent-receipt+jws"
+MANDATE_TYP = "onceonly-mandate+jws"
 ALG = "EdDSA"
 MAX_ARTEFACT_BYTES = 16 * 1024
 MAX_RECEIPT_BYTES = 1024 * 1024
@@ -239,6 +241,26 @@ class ConsentIssuerKey:
         and the receipt document, both RFC 8785 canonical JSON."""
         header = canonical_json({"alg": ALG, "kid": self.kid, "typ": RECEIPT_TYP})
         return sign_compact(self, header, canonical_json(dict(document)))
+
+    def sign_mandate(self, claims: Mapping[str, Any]) -> str:
+        """A mandate (``consent.mandates``): header ``{alg, kid, typ: onceonly-mandate+jws}``."""
+        header = canonical_json({"alg": ALG, "kid": self.kid, "typ": MANDATE_TYP})
+        return sign_compact(self, header, canonical_json(dict(claims)))
+
+    def verify_mandate(self, jws: str) -> dict[str, Any]:
+        """The claims of a mandate this key signed, or one opaque ``VerificationError``."""
+        payload = verify_compact(
+            _raw_public(self._key.public_key()),
+            jws,
+            required_header={"alg": ALG, "kid": self.kid, "typ": MANDATE_TYP},
+        )
+        try:
+            claims = json.loads(payload)
+        except ValueError as exc:
+            raise VerificationError(_OPAQUE) from exc
+        if not isinstance(claims, dict):
+            raise VerificationError(_OPAQUE)
+        return claims
 
     def sign_claims(self, claims: ConsentArtefactClaims) -> str:
         """The artefact: header ``{alg, kid, typ}`` and claims, both RFC 8785 canonical JSON."""

@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -54,6 +55,7 @@ from consent.artefact import (
     ConsentReceiptVerifier,
 )
 from consent.iso27560 import RecordEvent
+from consent.mandates import MandateService
 from consent.model import (
     Consent,
     ConsentHistoryEvent,
@@ -277,6 +279,15 @@ def _deny(consent_id: str, reason: str) -> ConsentDecision:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class OnBehalf:
+    """A change a representative made under a checked mandate (``consent.mandates``)."""
+
+    actor: str
+    mandate_id: str
+    represented_party: str
+
+
 def _valid_id(value: str) -> bool:
     try:
         uuid.UUID(value)
@@ -318,6 +329,12 @@ class ConsentService:
     @property
     def verifier(self) -> ConsentArtefactVerifier:
         return self._verifier
+
+    def mandates(self) -> MandateService:
+        """The mandates beside this service's consents: same database, key and log."""
+        return MandateService(
+            self._engine, issuer_key=self._key, audit=self._audit, node=self._node, clock=self.clock
+        )
 
     @property
     def receipt_verifier(self) -> ConsentReceiptVerifier:
@@ -466,8 +483,11 @@ class ConsentService:
                 code="Client.Conflict",
             )
 
-    def approve_request(self, subject: str, request_id: str, *, now: datetime) -> Consent:
-        """The citizen approves: the consent is granted and its artefact signed."""
+    def approve_request(
+        self, subject: str, request_id: str, *, now: datetime, on_behalf: OnBehalf | None = None
+    ) -> Consent:
+        """The citizen approves (or a representative for them, ``on_behalf``): the consent is
+        granted and its artefact signed."""
         now = _aware(now)
         with Session(self._engine) as session, session.begin():
             req = self._own_request(session, subject, request_id, lock=True)
@@ -524,7 +544,9 @@ class ConsentService:
             req.decided_at = now
             req.consent_id = consent_id
             session.flush()
-            self._record_change(session, row, None, HistoryAction.GRANTED, subject, now)
+            self._record_change(
+                session, row, None, HistoryAction.GRANTED, subject, now, on_behalf=on_behalf
+            )
             return _consent(row, ConsentStatus.ACTIVE)
 
     def decline_request(self, subject: str, request_id: str, *, now: datetime) -> ConsentRequest:
@@ -586,7 +608,10 @@ class ConsentService:
         now: datetime,
         *,
         message_id: str | None = None,
+        on_behalf: OnBehalf | None = None,
     ) -> None:
+        if on_behalf is not None:  # a representative acted: the history names them
+            actor = on_behalf.actor
         consent = _consent(row, ConsentStatus(row.status))
         earlier = session.execute(
             select(ConsentHistoryRow.at, ConsentHistoryRow.action, ConsentHistoryRow.actor)
@@ -637,7 +662,9 @@ class ConsentService:
                     consent_id=row.id,
                     reason=f"{previous.value if previous else 'none'} -> {row.status}",
                     message_id=message_id,
-                    extra={"actor": actor, "receipt_id": receipt.id},
+                    represented_party=on_behalf.represented_party if on_behalf else None,
+                    extra={"actor": actor, "receipt_id": receipt.id}
+                    | ({"mandate": on_behalf.mandate_id} if on_behalf else {}),
                 )
             )
 
@@ -658,7 +685,14 @@ class ConsentService:
             row = self._own(session, subject, consent_id, lock=False)
             return _consent(row, self._observe(session, row, now))
 
-    def _transition(self, verb: str, subject: str, consent_id: str, now: datetime) -> Consent:
+    def _transition(
+        self,
+        verb: str,
+        subject: str,
+        consent_id: str,
+        now: datetime,
+        on_behalf: OnBehalf | None = None,
+    ) -> Consent:
         now = _aware(now)
         allowed, target, action = _TRANSITIONS[verb]
         with Session(self._engine) as session, session.begin():
@@ -670,17 +704,23 @@ class ConsentService:
             row.status = target.value
             row.updated_at = now
             row.version += 1
-            self._record_change(session, row, current, action, subject, now)
+            self._record_change(session, row, current, action, subject, now, on_behalf=on_behalf)
             return _consent(row, target)
 
-    def pause(self, subject: str, consent_id: str, *, now: datetime) -> Consent:
-        return self._transition("pause", subject, consent_id, now)
+    def pause(
+        self, subject: str, consent_id: str, *, now: datetime, on_behalf: OnBehalf | None = None
+    ) -> Consent:
+        return self._transition("pause", subject, consent_id, now, on_behalf)
 
-    def resume(self, subject: str, consent_id: str, *, now: datetime) -> Consent:
-        return self._transition("resume", subject, consent_id, now)
+    def resume(
+        self, subject: str, consent_id: str, *, now: datetime, on_behalf: OnBehalf | None = None
+    ) -> Consent:
+        return self._transition("resume", subject, consent_id, now, on_behalf)
 
-    def revoke(self, subject: str, consent_id: str, *, now: datetime) -> Consent:
-        return self._transition("revoke", subject, consent_id, now)
+    def revoke(
+        self, subject: str, consent_id: str, *, now: datetime, on_behalf: OnBehalf | None = None
+    ) -> Consent:
+        return self._transition("revoke", subject, consent_id, now, on_behalf)
 
     def history(self, subject: str, consent_id: str, *, now: datetime) -> list[ConsentHistoryEvent]:
         now = _aware(now)

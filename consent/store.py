@@ -23,6 +23,7 @@ __all__ = [
     "ConsentRequestRow",
     "ConsentRow",
     "ConsentUseRow",
+    "MandateRow",
     "SeenRequestRow",
     "UtcDateTime",
 ]
@@ -149,3 +150,24 @@ class SeenRequestRow(ConsentBase):
     """SHA-256 of what was signed (``exchange.node_requests``), not of the signature bytes: an
     ECDSA signature can be re-encoded, what it signs cannot."""
     valid_until: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+
+
+class MandateRow(ConsentBase):
+    """Who may act for whom (``consent.mandates``); revocation is a time, never a deletion."""
+
+    __tablename__ = "consent_mandates"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    representative: Mapped[str] = mapped_column(String(128), index=True)
+    represented: Mapped[str] = mapped_column(String(128), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    purposes: Mapped[list[str]] = mapped_column(JSON)
+    procedures: Mapped[list[str]] = mapped_column(JSON)
+    valid_from: Mapped[datetime] = mapped_column(UtcDateTime)
+    valid_until: Mapped[datetime] = mapped_column(UtcDateTime)
+    basis: Mapped[str] = mapped_column(String(300))
+    granted_by: Mapped[str] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    revoked_by: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    artefact: Mapped[str] = mapped_column(Text)

@@ -24,7 +24,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+)
 
 from exchange.canonical import b64e, canonical_json, sha256_b64
 from exchange.errors import VerificationError
@@ -38,6 +45,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_BODY_BYTES",
     "MAX_MESSAGE_BYTES",
+    "REPRESENTED_PARTY_PATTERN",
     "RequestEnvelope",
     "ResponseEnvelope",
     "SignedMessage",
@@ -56,6 +64,8 @@ __all__ = [
 MAX_BODY_BYTES = 4 * 1024 * 1024
 MAX_MESSAGE_BYTES = MAX_BODY_BYTES * 2 + 256 * 1024
 SHORT = 255
+REPRESENTED_PARTY_PATTERN = r"^[A-Za-z0-9'()+,\-.=?]{1,64}/[A-Za-z0-9'()+,\-.=?]{1,128}$"
+"""``CLASS/CODE`` in X-Road identifier characters (the class required here, optional in X-Road)."""
 
 
 class _Wire(BaseModel):
@@ -83,6 +93,20 @@ class RequestEnvelope(_Wire):
     fields: tuple[str, ...] | None = Field(default=None, max_length=256)
     content_type: str | None = Field(default=None, max_length=SHORT)
     body_hash: str = Field(max_length=64)
+    represented_party: str | None = Field(
+        default=None, max_length=SHORT, pattern=REPRESENTED_PARTY_PATTERN
+    )
+    """``X-Road-Represented-Party``: the party the call is made on behalf of, ``CLASS/CODE``
+    (onceonly: the kind of representation and the consent service's mandate id, docs/protocol.md
+    §2). Signed like every other field; absent, it is left out of the canonical form, so an
+    envelope without it canonicalises exactly as before it existed."""
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_party(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        data: dict[str, object] = handler(self)
+        if data.get("represented_party", "") is None:
+            del data["represented_party"]
+        return data
 
 
 class ResponseEnvelope(_Wire):
@@ -235,4 +259,5 @@ def exchange_event(
         basis=basis or (restriction.basis if restriction else None),
         decision_id=decision_id,
         restricted_until=restriction.until if restriction else None,
+        represented_party=env.represented_party,
     )

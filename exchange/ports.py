@@ -58,6 +58,8 @@ class PolicyInput:
     requested_fields: tuple[str, ...] | None = None
     consent: ConsentDecision | None = None
     operation: Literal["read", "change"] = "read"
+    represented_party: str | None = None
+    """The signed ``X-Road-Represented-Party`` (``CLASS/CODE``), when the call is made for someone."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +140,8 @@ AuditKind = Literal[
     "consent.revoked",
     "consent.used",
     "consent.expired",
+    "mandate.granted",
+    "mandate.revoked",
     "procedure.step",
     "translation",
     "release",
@@ -171,6 +175,9 @@ class AuditEvent:
     """Set when the exchange falls under a restricted statute (``StatuteEntry.restricted_days``):
     the log keeps the event from its subject's view until then (docs/audit.md, "Restricted
     entries")."""
+    represented_party: str | None = None
+    """``X-Road-Represented-Party`` of the exchange (``CLASS/CODE``): the subject was represented
+    under that mandate; left out of the entry when absent (docs/audit.md)."""
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -202,6 +209,7 @@ _TEXT_FIELDS = (
     "body_hash",
     "decision_id",
     "basis",
+    "represented_party",
 )
 
 

@@ -15,9 +15,10 @@ auditor token comes from ``ONCEONLY_AUDIT_TOKEN`` or ``--token-file``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -55,6 +56,7 @@ if TYPE_CHECKING:  # the servers are imported by the commands that run them, not
 
 if TYPE_CHECKING:
     from consent.artefact import ConsentReceiptVerifier
+    from consent.mandates import MandateService
 
 __all__ = ["AUDIT_TOKEN_ENV", "app", "main"]
 
@@ -883,6 +885,97 @@ def consent_verify_receipt(
         f"{escape(str(document['kantara'].get('version')))}",
         soft_wrap=True,
     )
+
+
+@contextlib.contextmanager
+def _mandates(data_dir: Path | None) -> Iterator[MandateService]:
+    """The consent service's mandates, on its database and log; both pools closed after."""
+    from audit.sink import LogSink
+    from onceonly.wiring import CONSENT_LOG, audit_log, consent_service
+
+    settings = _settings(data_dir)
+    engine = make_engine(database_url(settings, "consent"))
+    log_engine = make_engine(database_url(settings, "consent-audit"))
+    try:
+        upgrade(log_engine, COMPONENT_BRANCHES["consent-audit"])
+        log = LogSink(audit_log(settings, log_engine, CONSENT_LOG), log_engine)
+        yield consent_service(settings, engine, audit=log).mandates()
+    finally:
+        engine.dispose()
+        log_engine.dispose()
+
+
+@consent_app.command("register-mandate")
+def consent_register_mandate(
+    representative: Annotated[
+        str,
+        typer.Option(
+            help="the representative's subject at the consent service", show_default=False
+        ),
+    ],
+    represented: Annotated[
+        str, typer.Option(help="the represented person's subject", show_default=False)
+    ],
+    kind: Annotated[str, typer.Option(help="parent (of a minor) or guardian (成年後見人)")],
+    basis: Annotated[
+        str,
+        typer.Option(
+            help="the record it rests on: a household entry, a court's guardianship number",
+            show_default=False,
+        ),
+    ],
+    until: Annotated[
+        str,
+        typer.Option(
+            help="end of validity, RFC 3339 (a minor's 18th birthday)", show_default=False
+        ),
+    ],
+    purposes: Annotated[
+        str, typer.Option(help="consent purpose codes, comma-separated, * for all")
+    ] = "*",
+    procedures: Annotated[str, typer.Option(help="procedures, comma-separated, * for all")] = "*",
+    operator: Annotated[str, typer.Option(help="who registers it (recorded)")] = "operator",
+    data_dir: DataDir = None,
+) -> None:
+    """Register a parent's or guardian's mandate from a registry or court record (docs/consent.md,
+    Mandates); prints the mandate as JSON (its id, its X-Road-Represented-Party, the signed JWS)."""
+    from consent.mandates import MandateRegistration
+
+    def _list(text: str) -> list[str]:
+        return [p.strip() for p in text.split(",") if p.strip()]
+
+    try:
+        registration = MandateRegistration.model_validate(
+            {
+                "representative": representative,
+                "represented": represented,
+                "kind": kind,
+                "basis": basis,
+                "valid_until": until,
+                "purposes": _list(purposes),
+                "procedures": _list(procedures),
+            }
+        )
+    except ValueError as exc:
+        raise ClientError(f"invalid mandate: {exc}") from None
+    if registration.kind.value == "authorised":
+        raise ClientError("an authorised person's mandate is granted by the represented person")
+    with _mandates(data_dir) as mandates:
+        done = mandates.register(registration, by=operator, now=datetime.now(UTC))
+    typer.echo(done.model_dump_json(indent=2))
+
+
+@consent_app.command("revoke-mandate")
+def consent_revoke_mandate(
+    mandate_id: Annotated[str, typer.Argument(help="the mandate's id", show_default=False)],
+    operator: Annotated[str, typer.Option(help="who revokes it (recorded)")] = "operator",
+    data_dir: DataDir = None,
+) -> None:
+    """Revoke a mandate for good (a guardianship ended, a household record changed)."""
+
+    with _mandates(data_dir) as mandates:
+        done = mandates.revoke(mandate_id, by=operator, now=datetime.now(UTC), operator=True)
+    typer.echo(done.model_dump_json(indent=2))
 
 
 # --- components ----------------------------------------------------------------------------------

@@ -558,6 +558,7 @@ def build_central_routers(
             # Consumers may name the citizen by their own code: the translator beside it resolves.
             resolve_subject=translator.citizen_of if translator is not None else None,
             metrics=metrics,
+            mandates=service.mandates(),
         ),
         build_gate_router(service, authenticate_node, metrics=metrics),
         # The consent log like any node's: auditors verify it, citizens see their history.

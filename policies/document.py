@@ -94,7 +94,16 @@ def input_document(request: PolicyInput) -> dict[str, JsonValue] | None:
         "operation": request.operation,
         "requested_fields": requested,
         "consent": consent,
+        "represented_party": _party(request.represented_party),
     }
+
+
+def _party(value: str | None) -> JsonValue:
+    """``X-Road-Represented-Party`` as ``{"class": …, "code": …}``, or null when absent."""
+    if value is None:
+        return None
+    party_class, _, code = value.partition("/")
+    return {"class": party_class, "code": code}
 
 
 def decide_with(request: PolicyInput, evaluate: Evaluate) -> PolicyDecision:

@@ -54,6 +54,10 @@ class Session:
     """When this session began (sign-in), epoch seconds: it ends ``session_lifetime_s`` later."""
     via: Via | None = None
     """How the person signed in: at the identity provider, or the development issuer."""
+    acting_for: str | None = None
+    """The mandate under which the person acts for someone ("acting for …"), or None."""
+    acting_subject: str | None = None
+    """Whom that mandate represents, for the banner only: the backends check the mandate."""
 
     @classmethod
     def fresh(
@@ -123,6 +127,8 @@ class SessionCodec:
         data: dict[str, Any] = {"c": session.csrf, "t": session.token}
         if session.token is not None:
             data |= {"a": session.auth_time, "s": session.started, "v": session.via}
+            if session.acting_for is not None:
+                data |= {"m": session.acting_for, "r": session.acting_subject}
         return self._seal("session", data)
 
     def decode(self, value: str | None) -> Session | None:
@@ -138,7 +144,15 @@ class SessionCodec:
             return None
         if via not in (None, "dev", "oidc"):
             return None
-        return Session(csrf, token, auth_time, started, via)
+        acting_for, acting_subject = data.get("m"), data.get("r")
+        if not all(
+            v is None or (isinstance(v, str) and len(v) <= 128)
+            for v in (acting_for, acting_subject)
+        ):
+            return None
+        if token is None:
+            acting_for = acting_subject = None
+        return Session(csrf, token, auth_time, started, via, acting_for, acting_subject)
 
     def encode_pending(self, pending: PendingSignIn) -> str:
         return self._seal("pending", asdict(pending))

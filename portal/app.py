@@ -41,7 +41,7 @@ import logging
 import re
 import secrets
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -467,6 +467,13 @@ def build_portal(
             "consent_history_available": consent_log is not None,
             "alerts_available": bool(alerts),
             "dev_signin": principal is not None and session_of(request).via == "dev",
+            "acting_for": session_of(request).acting_for,
+            "acting_name": (
+                citizens.get(session_of(request).acting_subject or "")
+                or session_of(request).acting_subject
+            )
+            if principal is not None and session_of(request).acting_for
+            else None,
             "flash": request.query_params.get("done"),
         }
         base.update(context)
@@ -478,7 +485,7 @@ def build_portal(
         token = session_of(request).token
         if principal is None or token is None:
             raise _SignInRequired
-        return Caller(principal, token)
+        return Caller(principal, token, session_of(request).acting_for)
 
     def citizen(request: Request) -> Caller:
         caller = signed_in(request)
@@ -715,6 +722,48 @@ def build_portal(
             reauth="1", next=exc.next_path
         )
         return render(request, "reauth.html", start=start)
+
+    # --- citizens: acting for someone (mandates at the consent service) -----------------------
+
+    @app.get("/mandates", name="mandates")
+    def mandates_page(request: Request) -> HTMLResponse:
+        caller = citizen(request)
+        mine = consent.list_mandates(caller)
+        return render(
+            request,
+            "mandates.html",
+            held=[m for m in mine if m.representative == caller.subject],
+            for_me=[m for m in mine if m.represented == caller.subject],
+            name_of=lambda subject: citizens.get(subject) or subject,
+        )
+
+    @app.post("/acting", name="acting")
+    async def acting(request: Request) -> Response:
+        """Switch to "acting for …" under one of the caller's active mandates, or back."""
+        caller = await run_in_threadpool(citizen, request)
+        form = await checked_form(request)
+        mandate_id = _field(form, "mandate_id") or ""
+        session = session_of(request)
+        if not mandate_id:
+            request.state.session = replace(session, acting_for=None, acting_subject=None)
+            return redirect(request, "consents", done="not_acting")
+        held = await run_in_threadpool(consent.list_mandates, caller)
+        found = next(
+            (
+                m
+                for m in held
+                if m.id == mandate_id
+                and m.representative == caller.subject
+                and m.status.value == "active"
+            ),
+            None,
+        )
+        if found is None:
+            raise NotFoundError("no such mandate of yours in force")
+        request.state.session = replace(
+            session, acting_for=found.id, acting_subject=found.represented
+        )
+        return redirect(request, "consents", done="acting")
 
     # --- citizens: consents --------------------------------------------------------------------
 

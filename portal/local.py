@@ -8,6 +8,7 @@ are the caller's.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Collection, Iterator, Mapping
 from datetime import datetime
 from typing import Any
@@ -16,12 +17,13 @@ from alerts.inbox import AlertInbox
 from alerts.worker import citizen_key
 from audit.checkpoint import NoteVerifier
 from audit.log import EntryQuery, StoredCheckpoint, TransparencyLog
-from consent.lifecycle import ConsentService, utc_now
+from consent.lifecycle import ConsentService, OnBehalf, utc_now
+from consent.mandates import Mandate, acting_actor
 from consent.model import Consent, ConsentRequest, Receipt
 from exchange.errors import NotFoundError
 from exchange.tokens import Principal
 from portal.ports import Caller, CitizenRecord, LogRecord, ProvenEntry
-from procedures.address_change import AddressChangeService
+from procedures.address_change import Acting, AddressChangeService
 from procedures.model import AddressChangeInput, ConfirmInput, ProcedureView
 
 __all__ = ["LocalAlerts", "LocalConsent", "LocalDesk", "LocalLog", "local_logs", "proven"]
@@ -34,34 +36,87 @@ class LocalConsent:
 
     def __init__(self, service: ConsentService, *, clock: Clock = utc_now) -> None:
         self._service = service
+        self._mandates = service.mandates()
         self._clock = clock
 
+    def _whose(self, caller: Caller, action: str) -> str:
+        """The subject the caller acts on: their own, or the one their mandate represents
+        (checked now; a refusal is audited by the mandate service)."""
+        if caller.acting_for is None:
+            return caller.subject
+        return self._mandates.authorise(
+            caller.subject, caller.acting_for, now=self._clock(), action=action
+        ).represented
+
+    def _behalf(
+        self, caller: Caller, action: str, purpose_of: Callable[[str], str]
+    ) -> tuple[str, OnBehalf | None]:
+        if caller.acting_for is None:
+            return caller.subject, None
+        represented = self._whose(caller, action)
+        mandate = self._mandates.authorise(
+            caller.subject,
+            caller.acting_for,
+            now=self._clock(),
+            action=action,
+            purpose=purpose_of(represented),
+        )
+        return represented, OnBehalf(acting_actor(mandate), mandate.id, mandate.represented_party)
+
+    def _consent_purpose(self, consent_id: str) -> Callable[[str], str]:
+        return lambda s: self._service.get_consent(s, consent_id, now=self._clock()).purpose.code
+
+    def _request_purpose(self, request_id: str) -> Callable[[str], str]:
+        return lambda s: self._service.get_request(s, request_id, now=self._clock()).purpose.code
+
     def list_consents(self, caller: Caller) -> list[Consent]:
-        return self._service.list_consents(caller.subject, now=self._clock())
+        return self._service.list_consents(self._whose(caller, "list consents"), now=self._clock())
 
     def get_consent(self, caller: Caller, consent_id: str) -> Consent:
-        return self._service.get_consent(caller.subject, consent_id, now=self._clock())
+        subject = self._whose(caller, "read a consent")
+        return self._service.get_consent(subject, consent_id, now=self._clock())
 
     def list_requests(self, caller: Caller) -> list[ConsentRequest]:
-        return self._service.list_requests(caller.subject, now=self._clock())
+        subject = self._whose(caller, "list consent requests")
+        return self._service.list_requests(subject, now=self._clock())
 
     def approve_request(self, caller: Caller, request_id: str) -> Consent:
-        return self._service.approve_request(caller.subject, request_id, now=self._clock())
+        subject, on_behalf = self._behalf(
+            caller, "approve a consent request", self._request_purpose(request_id)
+        )
+        return self._service.approve_request(
+            subject, request_id, now=self._clock(), on_behalf=on_behalf
+        )
 
     def decline_request(self, caller: Caller, request_id: str) -> ConsentRequest:
-        return self._service.decline_request(caller.subject, request_id, now=self._clock())
+        subject, _ = self._behalf(
+            caller, "decline a consent request", self._request_purpose(request_id)
+        )
+        return self._service.decline_request(subject, request_id, now=self._clock())
+
+    def _change(self, caller: Caller, consent_id: str, verb: str) -> Consent:
+        subject, on_behalf = self._behalf(
+            caller, f"{verb} a consent", self._consent_purpose(consent_id)
+        )
+        change = getattr(self._service, verb)
+        done: Consent = change(subject, consent_id, now=self._clock(), on_behalf=on_behalf)
+        return done
 
     def pause(self, caller: Caller, consent_id: str) -> Consent:
-        return self._service.pause(caller.subject, consent_id, now=self._clock())
+        return self._change(caller, consent_id, "pause")
 
     def resume(self, caller: Caller, consent_id: str) -> Consent:
-        return self._service.resume(caller.subject, consent_id, now=self._clock())
+        return self._change(caller, consent_id, "resume")
 
     def revoke(self, caller: Caller, consent_id: str) -> Consent:
-        return self._service.revoke(caller.subject, consent_id, now=self._clock())
+        return self._change(caller, consent_id, "revoke")
 
     def receipts(self, caller: Caller, consent_id: str) -> list[Receipt]:
-        return self._service.receipts(caller.subject, consent_id, now=self._clock())
+        subject = self._whose(caller, "read a consent's receipts")
+        return self._service.receipts(subject, consent_id, now=self._clock())
+
+    def list_mandates(self, caller: Caller) -> list[Mandate]:
+        return self._mandates.list_for(caller.subject, now=self._clock())
 
 
 def proven(log: TransparencyLog, index: int) -> ProvenEntry:
@@ -159,21 +214,32 @@ class LocalDesk:
         self._service = service
         self._clock = clock
 
+    def _whom(self, caller: Caller) -> tuple[str, Acting | None]:
+        if caller.acting_for is None:
+            return caller.subject, None
+        return self._service.act_for(
+            caller.subject, caller.acting_for, token=caller.token, now=self._clock()
+        )
+
     async def start(
         self, caller: Caller, data: AddressChangeInput, *, submission_key: str | None = None
     ) -> ProcedureView:
+        subject, acting = await asyncio.to_thread(self._whom, caller)
         return await self._service.start(
-            caller.subject, data, now=self._clock(), submission_key=submission_key
+            subject, data, now=self._clock(), submission_key=submission_key, acting=acting
         )
 
     def get(self, caller: Caller, procedure_id: str) -> ProcedureView:
-        return self._service.get(procedure_id, subject=caller.subject)
+        return self._service.get(procedure_id, subject=self._whom(caller)[0])
 
     def list_for(self, caller: Caller) -> list[ProcedureView]:
-        return self._service.list_for(caller.subject)
+        return self._service.list_for(self._whom(caller)[0])
 
     def confirm(self, caller: Caller, procedure_id: str, decisions: ConfirmInput) -> ProcedureView:
-        return self._service.confirm(caller.subject, procedure_id, decisions, now=self._clock())
+        subject, acting = self._whom(caller)
+        return self._service.confirm(
+            subject, procedure_id, decisions, now=self._clock(), acting=acting
+        )
 
 
 class LocalAlerts:

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from audit.checkpoint import NoteVerifier
 from audit.log import EntryQuery, StoredCheckpoint
+from consent.mandates import Mandate
 from consent.model import Consent, ConsentRequest, Receipt
 from exchange.tokens import Principal
 from procedures.model import AddressChangeInput, ConfirmInput, ProcedureView
@@ -42,6 +43,8 @@ class Caller:
 
     principal: Principal
     token: str
+    acting_for: str | None = None
+    """A mandate id: the person acts for the one it represents (backends check it each time)."""
 
     @property
     def subject(self) -> str:
@@ -102,6 +105,10 @@ class ConsentBackend(Protocol):
     def revoke(self, caller: Caller, consent_id: str) -> Consent: ...
 
     def receipts(self, caller: Caller, consent_id: str) -> list[Receipt]: ...
+
+    def list_mandates(self, caller: Caller) -> list[Mandate]:
+        """The mandates the signed-in person holds or is represented by (never "acting")."""
+        ...
 
 
 class AccessLog(Protocol):

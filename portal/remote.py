@@ -23,6 +23,7 @@ import base64
 import binascii
 import re
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -34,6 +35,7 @@ from pydantic import BaseModel, ValidationError
 
 from audit.checkpoint import NoteVerifier
 from audit.log import MAX_PAGE_SIZE, EntryQuery, StoredCheckpoint
+from consent.mandates import Mandate
 from consent.model import Consent, ConsentRequest, Receipt
 from exchange.canonical import canonical_json
 from exchange.errors import (
@@ -100,7 +102,11 @@ class _Service:
             self._base + path,
             params=params,
             json=json,
-            headers={"Authorization": f"Bearer {caller.token}", **(headers or {})},
+            headers={
+                "Authorization": f"Bearer {caller.token}",
+                **({"X-OnceOnly-Acting-For": caller.acting_for} if caller.acting_for else {}),
+                **(headers or {}),
+            },
         )
         try:
             response = self._http.send(request, stream=stream)
@@ -188,6 +194,9 @@ class RemoteConsent:
     def receipts(self, caller: Caller, consent_id: str) -> list[Receipt]:
         path = f"/consents/{_segment(consent_id)}/receipts"
         return self._api.models(Receipt, "GET", path, caller)
+
+    def list_mandates(self, caller: Caller) -> list[Mandate]:
+        return self._api.models(Mandate, "GET", "/mandates", replace(caller, acting_for=None))
 
 
 def _b64(text: Any) -> bytes:

@@ -44,6 +44,7 @@ from adapters.reference.registries import (
     MACHIDA_MEMBER,
 )
 from adapters.reference.rights import ONE_STOP, REFERENCE_RIGHTS, Right
+from consent.mandates import Mandate
 from consent.model import (
     Consent,
     ConsentMode,
@@ -69,7 +70,12 @@ from procedures.model import (
     StepState,
     StepView,
 )
-from procedures.one_stop import ADDRESS_CHANGE_PURPOSE, ExchangeOutcome, OneStopClient
+from procedures.one_stop import (
+    ADDRESS_CHANGE_PURPOSE,
+    ExchangeOutcome,
+    OneStopClient,
+    represented,
+)
 from procedures.store import ProcedureRow, StepRow
 
 __all__ = [
@@ -217,6 +223,15 @@ def _statute(service: str) -> Right | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Acting:
+    """A representative acting for the procedure's citizen under a checked mandate."""
+
+    representative: str
+    mandate_id: str
+    represented_party: str
+
+
 class ConsentDesk(Protocol):
     """What the preview and the confirmation need of the consent service
     (``procedures.consent_desk``: in-process or over HTTP). ``token`` is the signed-in citizen's
@@ -227,8 +242,27 @@ class ConsentDesk(Protocol):
     ) -> ConsentRequest: ...
 
     def approve_request(
-        self, subject: str, request_id: str, *, now: datetime, token: str | None
+        self,
+        subject: str,
+        request_id: str,
+        *,
+        now: datetime,
+        token: str | None,
+        acting: Acting | None = None,
     ) -> Consent: ...
+
+    def authorise_mandate(
+        self,
+        representative: str,
+        mandate_id: str,
+        *,
+        procedure: str,
+        now: datetime,
+        token: str | None,
+    ) -> Mandate:
+        """The mandate under which ``representative`` starts ``procedure``, checked (and any
+        refusal audited) by the consent service; ``RefusalError`` otherwise."""
+        ...
 
     def decline_request(
         self, subject: str, request_id: str, *, now: datetime, token: str | None
@@ -325,6 +359,8 @@ def procedure_view(
         steps=tuple(_step_view(s) for s in sorted(steps, key=lambda s: s.seq)),
         duplicate=duplicate,
         certificate_available=row.result is not None,
+        represented_party=row.represented_party,
+        acted_by=row.acted_by,
     )
 
 
@@ -338,6 +374,16 @@ class AddressChangeService:
         self._engine = engine
         self._client = client
         self._consents = consents
+
+    def act_for(
+        self, representative: str, mandate_id: str, *, token: str | None, now: datetime
+    ) -> tuple[str, Acting]:
+        """The citizen ``representative`` acts for under ``mandate_id`` (checked by the consent
+        service for this procedure, a refusal audited there), and how."""
+        mandate = self._consents.authorise_mandate(
+            representative, mandate_id, procedure=KIND, now=now, token=token
+        )
+        return mandate.represented, Acting(representative, mandate.id, mandate.represented_party)
 
     # -- reads ------------------------------------------------------------------------------------
 
@@ -413,6 +459,21 @@ class AddressChangeService:
         *,
         now: datetime,
         submission_key: str | None = None,
+        acting: Acting | None = None,
+    ) -> ProcedureView:
+        """Start for ``subject``; with ``acting``, a representative starts it for ``subject``
+        under a mandate the consent service checked, and every exchange of the procedure (its
+        reads here, its steps in the runner) carries ``X-Road-Represented-Party``."""
+        with represented(acting.represented_party if acting else None):
+            return await self._start(subject, data, now, submission_key, acting)
+
+    async def _start(
+        self,
+        subject: str,
+        data: AddressChangeInput,
+        now: datetime,
+        submission_key: str | None,
+        acting: Acting | None,
     ) -> ProcedureView:
         key = _submission_key(submission_key, data)
         seen = await asyncio.to_thread(self._seen, subject, key)
@@ -484,6 +545,8 @@ class AddressChangeService:
             submission_key=key,
             created_at=now,
             updated_at=now,
+            represented_party=acting.represented_party if acting else None,
+            acted_by=acting.representative if acting else None,
         )
         return await asyncio.to_thread(self._save, row)
 
@@ -604,6 +667,7 @@ class AddressChangeService:
         *,
         now: datetime,
         token: str | None = None,
+        acting: Acting | None = None,
     ) -> ProcedureView:
         """Record the consent decisions and write the steps; a second call changes nothing.
         ``token`` is the citizen's bearer token, for a consent service reached over HTTP."""
@@ -632,7 +696,7 @@ class AddressChangeService:
                     continue
                 if decisions.consents[p.recipient] == "approve":
                     granted[p.recipient] = self._consents.approve_request(
-                        subject, p.consent_request_id, now=now, token=token
+                        subject, p.consent_request_id, now=now, token=token, acting=acting
                     )
                 else:
                     self._consents.decline_request(

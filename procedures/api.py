@@ -30,7 +30,7 @@ from exchange.errors import RefusalError
 from exchange.tokens import Principal, TokenVerifier
 from exchange.web.auth import bearer_principal
 from exchange.web.openapi import documented
-from procedures.address_change import AddressChangeService
+from procedures.address_change import Acting, AddressChangeService
 from procedures.model import AddressChangeInput, ConfirmInput, ProcedureView
 
 __all__ = ["STAFF_ROLE", "build_router"]
@@ -58,6 +58,27 @@ def build_router(
     """The procedures routes over ``service`` (dependencies injected, no import-time state)."""
     router = APIRouter(prefix=prefix, tags=["procedures"])
     Caller = Annotated[Principal, bearer_principal(verifier)]
+    ActingFor = Annotated[
+        str | None,
+        Header(
+            alias="X-OnceOnly-Acting-For",
+            description="a mandate id: the caller acts for the citizen it represents",
+        ),
+    ]
+
+    def _token(request: Request) -> str | None:
+        return request.headers.get("authorization", "").partition(" ")[2].strip() or None
+
+    async def _whom(
+        principal: Principal, acting_for: str | None, request: Request
+    ) -> tuple[str, Acting | None]:
+        """The citizen the call is for: the caller, or the one its mandate represents."""
+        caller = _citizen_of(principal)
+        if acting_for is None:
+            return caller, None
+        return await run_in_threadpool(
+            lambda: service.act_for(caller, acting_for, token=_token(request), now=clock())
+        )
 
     def reader(principal: Principal) -> str | None:
         """``None`` means any procedure (counter staff); else only the citizen's own."""
@@ -76,10 +97,13 @@ def build_router(
     async def start(
         data: AddressChangeInput,
         principal: Caller,
+        request: Request,
         idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+        acting_for: ActingFor = None,
     ) -> Any:
+        subject, acting = await _whom(principal, acting_for, request)
         view = await service.start(
-            _citizen_of(principal), data, now=clock(), submission_key=idempotency_key
+            subject, data, now=clock(), submission_key=idempotency_key, acting=acting
         )
         if view.duplicate:
             return JSONResponse(view.model_dump(mode="json"), status_code=200)
@@ -90,8 +114,9 @@ def build_router(
         response_model=list[ProcedureView],
         **documented("listProcedures", problems=(401, 403, 503)),
     )
-    async def mine(principal: Caller) -> Any:
-        return await run_in_threadpool(service.list_for, _citizen_of(principal))
+    async def mine(principal: Caller, request: Request, acting_for: ActingFor = None) -> Any:
+        subject, _ = await _whom(principal, acting_for, request)
+        return await run_in_threadpool(service.list_for, subject)
 
     @router.get("/properties", **documented("listRecentProperties", problems=(401, 403, 502, 503)))
     async def properties(principal: Caller) -> Any:
@@ -102,9 +127,14 @@ def build_router(
         response_model=ProcedureView,
         **documented("getProcedure", problems=(401, 403, 404, 503)),
     )
-    async def status(procedure_id: str, principal: Caller) -> Any:
+    async def status(
+        procedure_id: str, principal: Caller, request: Request, acting_for: ActingFor = None
+    ) -> Any:
+        subject = reader(principal)
+        if acting_for is not None:
+            subject, _ = await _whom(principal, acting_for, request)
         return await run_in_threadpool(
-            service.get, procedure_id[: MAX_ID_CHARS + 1], subject=reader(principal)
+            service.get, procedure_id[: MAX_ID_CHARS + 1], subject=subject
         )
 
     @router.post(
@@ -113,18 +143,25 @@ def build_router(
         **documented("confirmProcedure", problems=(400, 401, 403, 404, 409, 502, 503)),
     )
     async def confirm(
-        procedure_id: str, decisions: ConfirmInput, principal: Caller, request: Request
+        procedure_id: str,
+        decisions: ConfirmInput,
+        principal: Caller,
+        request: Request,
+        acting_for: ActingFor = None,
     ) -> Any:
         # The citizen's own token goes on with their consent decisions (a consent service over
-        # HTTP authorises them itself); it was verified above.
-        token = request.headers.get("authorization", "").partition(" ")[2].strip()
+        # HTTP authorises them itself); it was verified above. A representative's token goes on
+        # with the mandate id: the consent service checks the mandate covers each consent.
+        subject, acting = await _whom(principal, acting_for, request)
         return await run_in_threadpool(
-            service.confirm,
-            _citizen_of(principal),
-            procedure_id[: MAX_ID_CHARS + 1],
-            decisions,
-            now=clock(),
-            token=token or None,
+            lambda: service.confirm(
+                subject,
+                procedure_id[: MAX_ID_CHARS + 1],
+                decisions,
+                now=clock(),
+                token=_token(request),
+                acting=acting,
+            )
         )
 
     @router.get(

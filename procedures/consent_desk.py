@@ -29,7 +29,9 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from consent.lifecycle import ConsentService
+from consent.lifecycle import ConsentService, OnBehalf
+from consent.mandates import REFUSED as MANDATE_REFUSED
+from consent.mandates import Mandate, acting_actor
 from consent.model import Consent, ConsentRequest, ConsentRequestInput
 from exchange.errors import (
     AuthenticationError,
@@ -41,12 +43,14 @@ from exchange.errors import (
     UnavailableError,
 )
 from exchange.identifiers import ClientId
+from procedures.address_change import Acting
 
 __all__ = ["CONSENT_REQUESTS_ROUTE", "HttpConsentDesk", "LocalConsentDesk"]
 
 CONSENT_REQUESTS_ROUTE = "/platform/v1/consent-requests"
 """The node's route (``exchange.node.platform``)."""
 CITIZEN_REQUESTS_PATH = "/consent/v1/consent-requests"
+MANDATES_PATH = "/consent/v1/mandates"
 DEFAULT_TIMEOUT_S = 10.0
 _ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._~-]{0,127}")
 _M = TypeVar("_M", bound=BaseModel)
@@ -73,9 +77,41 @@ class LocalConsentDesk:
         return self.service.create_request(client, terms, now=now)
 
     def approve_request(
-        self, subject: str, request_id: str, *, now: datetime, token: str | None = None
+        self,
+        subject: str,
+        request_id: str,
+        *,
+        now: datetime,
+        token: str | None = None,
+        acting: Acting | None = None,
     ) -> Consent:
-        return self.service.approve_request(subject, request_id, now=now)
+        on_behalf = None
+        if acting is not None:  # checked again, for this purpose, at the moment it is used
+            purpose = self.service.get_request(subject, request_id, now=now).purpose.code
+            mandate = self.service.mandates().authorise(
+                acting.representative,
+                acting.mandate_id,
+                now=now,
+                action="approve a consent request",
+                purpose=purpose,
+            )
+            if mandate.represented != subject:
+                raise RefusalError("the mandate represents someone else", code=MANDATE_REFUSED)
+            on_behalf = OnBehalf(acting_actor(mandate), mandate.id, mandate.represented_party)
+        return self.service.approve_request(subject, request_id, now=now, on_behalf=on_behalf)
+
+    def authorise_mandate(
+        self,
+        representative: str,
+        mandate_id: str,
+        *,
+        procedure: str,
+        now: datetime,
+        token: str | None = None,
+    ) -> Mandate:
+        return self.service.mandates().authorise(
+            representative, mandate_id, now=now, action="start a procedure", procedure=procedure
+        )
 
     def decline_request(
         self, subject: str, request_id: str, *, now: datetime, token: str | None = None
@@ -114,9 +150,17 @@ class HttpConsentDesk:
         )
 
     def approve_request(
-        self, subject: str, request_id: str, *, now: datetime, token: str | None
+        self,
+        subject: str,
+        request_id: str,
+        *,
+        now: datetime,
+        token: str | None,
+        acting: Acting | None = None,
     ) -> Consent:
-        consent = self._decide(Consent, request_id, "approve", token)
+        consent = self._decide(
+            Consent, request_id, "approve", token, acting.mandate_id if acting else None
+        )
         if consent.subject != subject:  # the token named someone else: never act on it
             raise UnavailableError("the consent service answered for another citizen")
         return consent
@@ -129,13 +173,46 @@ class HttpConsentDesk:
             raise UnavailableError("the consent service answered for another citizen")
         return declined
 
-    def _decide(self, kind: type[_M], request_id: str, verb: str, token: str | None) -> _M:
+    def authorise_mandate(
+        self,
+        representative: str,
+        mandate_id: str,
+        *,
+        procedure: str,
+        now: datetime,
+        token: str | None,
+    ) -> Mandate:
+        """Asked of the consent service with the representative's own token: it decides (and
+        audits a refusal); the answer must name this representative."""
+        if not token:
+            raise AuthenticationError("the representative's bearer token is required")
+        if not _ID.fullmatch(mandate_id):
+            raise RefusalError("no such mandate", code=MANDATE_REFUSED)
+        url = f"{self._consent}{MANDATES_PATH}/{mandate_id}/authorise"
+        body = {"action": "start a procedure", "procedure": procedure}
+        mandate = self._call(
+            Mandate, "the consent service", url, {"Authorization": f"Bearer {token}"}, body
+        )
+        if mandate.representative != representative:
+            raise UnavailableError("the consent service answered for another citizen")
+        return mandate
+
+    def _decide(
+        self,
+        kind: type[_M],
+        request_id: str,
+        verb: str,
+        token: str | None,
+        acting_for: str | None = None,
+    ) -> _M:
         if not token:
             raise AuthenticationError("the citizen's bearer token is required to decide")
         if not _ID.fullmatch(request_id):
             raise NotFoundError("no such consent request")
         url = f"{self._consent}{CITIZEN_REQUESTS_PATH}/{request_id}/{verb}"
         headers = {"Authorization": f"Bearer {token}"}
+        if acting_for is not None:
+            headers["X-OnceOnly-Acting-For"] = acting_for
         return self._call(kind, "the consent service", url, headers, None)
 
     def _call(self, kind: type[_M], name: str, url: str, headers: dict[str, str], body: Any) -> _M:

@@ -134,6 +134,10 @@ class ProcedureView(_Wire):
     duplicate: bool = False
     """True when this answer is for a submission seen before (not started twice)."""
     certificate_available: bool = False
+    represented_party: str | None = None
+    """``PARENT/<mandate id>`` (etc.) when a representative started it for the citizen."""
+    acted_by: str | None = None
+    """That representative (their subject); None when the citizen acted themself."""
 
 
 class StepResult(_Wire):

@@ -21,9 +21,12 @@ Trust assumption: the node is ours and verified the provider's signed response b
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -32,12 +35,31 @@ import httpx
 from adapters.reference.rights import ONE_STOP
 from exchange.canonical import canonical_json
 
+REPRESENTED_PARTY: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "onceonly_represented_party", default=None
+)
+"""While set (``represented``), every exchange this client makes carries it as
+``X-Road-Represented-Party``: a procedure run for someone under a mandate (its tasks inherit it)."""
+
+
+@contextlib.contextmanager
+def represented(party: str | None) -> Iterator[None]:
+    """Exchanges made inside carry ``party`` as ``X-Road-Represented-Party`` (None: none)."""
+    token = REPRESENTED_PARTY.set(party)
+    try:
+        yield
+    finally:
+        REPRESENTED_PARTY.reset(token)
+
+
 __all__ = [
     "ADDRESS_CHANGE_PURPOSE",
     "DEFAULT_TIMEOUT_S",
+    "REPRESENTED_PARTY",
     "ExchangeOutcome",
     "OneStopClient",
     "OutcomeKind",
+    "represented",
 ]
 
 ADDRESS_CHANGE_PURPOSE = "address-change"
@@ -105,6 +127,12 @@ class OneStopClient:
         await self.aclose()
 
     def _headers(self, subject: str, message_id: str) -> dict[str, str]:
+        party = REPRESENTED_PARTY.get()
+        if party is not None:  # acting for someone: every exchange says so, signed
+            return {**self._plain_headers(subject, message_id), "X-Road-Represented-Party": party}
+        return self._plain_headers(subject, message_id)
+
+    def _plain_headers(self, subject: str, message_id: str) -> dict[str, str]:
         return {
             "X-Road-Client": self._client_id,
             "X-Road-Id": message_id,

@@ -58,7 +58,7 @@ from exchange.signing import Signer
 from procedures.certificate import sign_certificate
 from procedures.metrics import RunnerMetrics
 from procedures.model import FINAL_STATES, ProcedureStatus, StepState
-from procedures.one_stop import ADDRESS_CHANGE_PURPOSE, ExchangeOutcome, OneStopClient
+from procedures.one_stop import ADDRESS_CHANGE_PURPOSE, ExchangeOutcome, OneStopClient, represented
 from procedures.store import ProcedureRow, StepRow
 
 __all__ = [
@@ -116,6 +116,8 @@ class ClaimedStep:
     consent_artefact: str | None
     if_enrolled: bool
     attempt: int
+    represented_party: str | None = None
+    """The procedure was started for its citizen by a representative (``X-Road-Represented-Party``)."""
 
 
 class ProcedureRunner:
@@ -230,6 +232,7 @@ class ProcedureRunner:
                         consent_artefact=row.consent_artefact,
                         if_enrolled=row.if_enrolled,
                         attempt=row.attempts,
+                        represented_party=proc.represented_party,
                     )
                 )
         return claimed
@@ -285,6 +288,10 @@ class ProcedureRunner:
 
     async def execute(self, step: ClaimedStep) -> ExchangeOutcome:
         """Send the step as one signed exchange (same idempotency key on every attempt)."""
+        with represented(step.represented_party):
+            return await self._change(step)
+
+    async def _change(self, step: ClaimedStep) -> ExchangeOutcome:
         return await self._client.change(
             step.service,
             step.subject,

@@ -60,6 +60,11 @@ class ProcedureRow(ProceduresBase):
     finished_at: Mapped[datetime | None] = mapped_column(_TZ, nullable=True)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     """The signed summary (certificate) once every step is final."""
+    represented_party: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    """``X-Road-Represented-Party`` (``PARENT/<mandate id>``) when a representative started it
+    for ``subject``; every exchange of the procedure carries it. NULL: the citizen themself."""
+    acted_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    """The representative who started it (their subject), when not the citizen themself."""
 
 
 class StepRow(ProceduresBase):

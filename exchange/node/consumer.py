@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -32,6 +33,7 @@ from exchange.canonical import sha256_b64
 from exchange.central_config import Restriction
 from exchange.envelope import (
     MAX_BODY_BYTES,
+    REPRESENTED_PARTY_PATTERN,
     RequestEnvelope,
     exchange_event,
     parse_unverified_response,
@@ -245,6 +247,7 @@ class Consumer:
                 client=call.headers.get("x-road-client", "")[:255] or None,
                 service=call.path[:255] or None,
                 purpose=call.headers.get("x-onceonly-purpose", "")[:128] or None,
+                represented_party=call.headers.get("x-road-represented-party", "")[:255] or None,
                 status=exc.status,
                 reason=f"{exc.code}: {exc.detail}"[:500],
                 extra={"stage": "consumer"},
@@ -281,6 +284,13 @@ class Consumer:
         for value, what in ((subject, "subject"), (consent_id, "consent id")):
             if value is not None:
                 parse_part(value, what)
+        represented = h.get("x-road-represented-party") or None
+        if represented is not None and not re.fullmatch(REPRESENTED_PARTY_PATTERN, represented):
+            raise ClientError(
+                "invalid X-Road-Represented-Party: expected CLASS/CODE in X-Road identifier"
+                " characters",
+                code="Client.InvalidIdentifier",
+            )
         # Under a restricted statute every entry of the exchange is restricted, the request's
         # included (docs/audit.md, "Restricted entries"): decided from the verified registry.
         restriction = self._registry.current(now).restriction(client, service, purpose, now=now)
@@ -310,6 +320,7 @@ class Consumer:
                 consent_artefact=h.get("x-onceonly-consent") or None,
                 user_id=h.get("x-road-userid") or None,
                 issue=h.get("x-road-issue") or None,
+                represented_party=represented,
                 idempotency_key=h.get("idempotency-key") or None,
                 fields=fields,
                 content_type=h.get("content-type") or None,

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from exchange.envelope import SignedMessage
+from exchange.envelope import REPRESENTED_PARTY_PATTERN, SignedMessage
 from exchange.identifiers import PART_PATTERN
 from exchange.web.openapi import (
     API_KEY,
@@ -109,6 +109,12 @@ def _call_headers(clients: Iterable[str]) -> list[dict[str, Any]]:
             {"type": "string", "maxLength": 255},
         ),
         _header("X-Road-Issue", "the case the call is for", {"type": "string", "maxLength": 255}),
+        _header(
+            "X-Road-Represented-Party",
+            "the party the call is made for, CLASS/CODE (a representation kind and the consent"
+            " service's mandate id); signed in the envelope",
+            {"type": "string", "maxLength": 255, "pattern": REPRESENTED_PARTY_PATTERN},
+        ),
         _header(
             "Idempotency-Key",
             "a repeat of a changing call with the same key changes nothing twice",

@@ -298,6 +298,7 @@ class Provider:
                     requested_fields=requested,
                     consent=consent,
                     operation="change" if service.changes else "read",
+                    represented_party=env.represented_party,
                 )
             )
             if not decision:

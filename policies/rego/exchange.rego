@@ -25,6 +25,7 @@ allow if {
 	purpose_declared
 	operation_offered
 	legal_basis
+	representation_ok
 	count(allowed_fields) > 0
 }
 
@@ -146,6 +147,18 @@ legal_basis := {
 	consent_valid
 }
 
+# --- representation: a call made for someone (the signed X-Road-Represented-Party) ----------
+
+# `input.represented_party` is null, or {"class": kind, "code": mandate id}: the consumer's node
+# signed it; the consent service checked the mandate before the call (docs/consent.md, Mandates).
+represented_party := object.get(input, "represented_party", null)
+
+representation_kinds := {"PARENT", "GUARDIAN", "AUTHORISED"}
+
+representation_ok if represented_party == null
+
+representation_ok if represented_party.class in representation_kinds
+
 # --- data minimisation: requested ∩ offered by the service ∩ allowed by the basis -----------
 
 requested_fields := {f | some f in input.requested_fields} if {
@@ -196,6 +209,11 @@ refusals contains sprintf("statute %s names this exchange but is not in force at
 	input.purpose in statute.purposes
 	not in_force(statute)
 	not legal_basis
+}
+
+refusals contains sprintf("representation of kind %s is not recognised", [represented_party.class]) if {
+	represented_party != null
+	not representation_ok
 }
 
 refusals contains "data minimisation: none of the requested fields is allowed on this basis" if {

@@ -362,3 +362,24 @@ test_several_failures_give_every_reason_sorted if {
 	count(d.reasons) == 3
 	d.reasons == sort(d.reasons)
 }
+
+test_a_parent_acting_for_a_child_is_allowed if {
+	d := exchange.decision
+		with input.client as "JP/GOV/132098/tax"
+		with input.service as "JP/GOV/132098/resident-registry/address"
+		with input.purpose as "tax-assessment"
+		with input.now as "2026-11-23T11:40:00+00:00"
+		with input.represented_party as {"class": "PARENT", "code": "mdt-1"}
+	d.allow == true
+}
+
+test_an_unknown_representation_kind_is_refused if {
+	d := exchange.decision
+		with input.client as "JP/GOV/132098/tax"
+		with input.service as "JP/GOV/132098/resident-registry/address"
+		with input.purpose as "tax-assessment"
+		with input.now as "2026-11-23T11:40:00+00:00"
+		with input.represented_party as {"class": "FRIEND", "code": "mdt-1"}
+	d.allow == false
+	d.reasons == ["representation of kind FRIEND is not recognised"]
+}

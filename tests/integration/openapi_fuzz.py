@@ -75,6 +75,10 @@ NOT_APPLICABLE: Mapping[str, Mapping[str, str]] = {
     # the consent service's log serves the same routes (consent.api.build_consent_log_router)
     "consentLogGetConsistencyProof": {"positive_data_acceptance": _IN_THE_LOG},
     "consentLogExportAuditLog": {"positive_data_acceptance": _IN_THE_LOG},
+    "grantMandate": {
+        "positive_data_acceptance": "valid_until must be after valid_from, a rule between two "
+        "fields that JSON Schema cannot state; a mandate breaking it is a 400",
+    },
     "createConsentRequest": {
         "positive_data_acceptance": "valid_until must be after valid_from, a rule between two "
         "fields that JSON Schema cannot state; a request breaking it is a 400",

@@ -179,6 +179,50 @@ def test_citizen_revokes_a_consent_and_sees_the_next_exchange_refused_and_verifi
     shot(p, "consent-history-en")
 
 
+def test_parent_acts_for_a_child_approves_their_request_and_switches_back(
+    page: tuple[Any, str], world: World
+) -> None:
+    """Issue 16: "acting for …" in a real browser; the child's consent history names the parent."""
+    from datetime import timedelta
+
+    from consent.mandates import MandateRegistration
+    from tests.consent.consent_factories import BOB
+
+    registration = MandateRegistration.model_validate(
+        {
+            "representative": BOB,
+            "represented": ALICE,
+            "kind": "parent",
+            "purposes": ["*"],
+            "valid_from": (world.now - timedelta(hours=1)).isoformat(),
+            "valid_until": (world.now + timedelta(days=365)).isoformat(),
+            "basis": "household record",
+        }
+    )
+    mid = world.consent.mandates().register(registration, by="op", now=world.now).id
+    p, base = page
+    sign_in(p, base, "佐藤 太郎")  # Bob, the parent
+    p.wait_for_selector("h1:has-text('わたしの同意')")
+    p.get_by_role("link", name="代理").click()
+    p.wait_for_selector("h1:has-text('代理（委任・法定代理）')")
+    shot(p, "mandates-ja")
+    p.locator(f"li[data-mandate='{mid}']").get_by_role(
+        "button", name="この人の代理として操作する"
+    ).click()
+    p.wait_for_selector(f".acting-banner[data-acting-for='{mid}']")
+    assert "山田 花子 さんの代理として操作中です。" in p.locator(".acting-banner").inner_text()
+    rid = world.alice_request.id
+    p.locator(f"#request-{rid}").get_by_role("button", name="承認する").click()
+    p.wait_for_selector(".flash")
+    shot(p, "acting-for-approved")
+    p.locator(".acting-banner").get_by_role("button", name="代理をやめる").click()
+    p.wait_for_selector(".flash")
+    assert p.locator(".acting-banner").count() == 0
+    granted = [c for c in world.consent.list_consents(ALICE, now=world.now) if c.request_id == rid]
+    [event] = world.consent.history(ALICE, granted[0].id, now=world.now)
+    assert event.actor == f"{BOB} for {ALICE} (mandate {mid})"
+
+
 def test_auditor_finds_an_exchange_and_verifies_its_proof(
     page: tuple[Any, str], world: World
 ) -> None:

@@ -325,3 +325,131 @@ def _claimed(runner: Proc) -> int:
     body = httpx.get(runner.url + "/metrics", timeout=10).text
     found = re.search(r"^onceonly_procedure_steps_claimed_total (\S+)$", body, re.M)
     return int(float(found.group(1))) if found else 0
+
+
+def _register_mandate(world: World, db_url: str, **over: str) -> dict[str, Any]:
+    """``onceonly consent register-mandate`` as an operator runs it, on the central's data."""
+    import json
+    import subprocess
+    import sys
+
+    args = {
+        "--kind": "parent",
+        "--basis": "household record: parent of a minor",
+        "--until": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 86400)),
+        "--procedures": "address-change",
+        "--purposes": "*",
+        **over,
+    }
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL",)}
+    if db_url.startswith("postgresql"):
+        env["DATABASE_URL"] = db_url
+    done = subprocess.run(
+        [sys.executable, "-m", "onceonly", "consent", "register-mandate",
+         *[x for kv in args.items() for x in kv], "--data-dir", str(world.settings.data_dir)],
+        capture_output=True, text=True, timeout=120, check=False, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout))
+
+
+def test_a_parent_changes_the_address_of_a_child_and_the_childs_record_shows_it(
+    world: World, db_url: str
+) -> None:
+    """Issue 16: a parent acts for a child under a registered mandate (consent granted, address
+    change started and carried out), every exchange carries the represented party, the child's
+    records show who acted; a mandate that does not cover the procedure is refused and audited."""
+    look = RegistryLook(world.settings)
+    child = look.citizens_in(["resident-registry", "gas"])[0]
+    parent = next(c for c in look.citizens_in(["resident-registry"]) if c != child)
+    central = world.cluster.procs["central"].url
+    mandate = _register_mandate(
+        world, db_url, **{"--representative": parent, "--represented": child}
+    )
+    party = f"PARENT/{mandate['id']}"
+    assert mandate["represented_party"] == party
+    narrow = _register_mandate(
+        world,
+        db_url,
+        **{"--representative": parent, "--represented": child, "--procedures": "other"},
+    )
+    db = _procedures_db(world, db_url)
+    (world.tmp / "desk").mkdir()
+    desk = world.desk(db).start()
+    runner = world.runner(db, "runner-a").start()
+    as_parent = {"Authorization": f"Bearer {world.token(parent)}"}
+    move = {"address": NEW_ADDRESS, "move_date": time.strftime("%Y-%m-%d", time.gmtime())}
+    try:
+        refused = httpx.post(
+            desk.url + "/procedures/address-change",
+            json=move,
+            headers=as_parent | {"X-OnceOnly-Acting-For": narrow["id"]},
+            timeout=30,
+        )
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["code"] == "Client.MandateRefused"
+        acting = as_parent | {"X-OnceOnly-Acting-For": mandate["id"]}
+        started = httpx.post(
+            desk.url + "/procedures/address-change", json=move, headers=acting, timeout=30
+        )
+        assert started.status_code == 201, started.text
+        view = started.json()
+        assert (view["represented_party"], view["acted_by"]) == (party, parent)
+        decisions = {
+            r["recipient"]: "approve" for r in view["recipients"] if r["consent_request_id"]
+        }
+        assert "gas" in decisions
+        confirmed = httpx.post(
+            f"{desk.url}/procedures/{view['id']}/confirm",
+            json={"consents": decisions},
+            headers=acting,
+            timeout=30,
+        )
+        assert confirmed.status_code == 200, confirmed.text
+        done = _wait_finished(desk, world.token(child), view["id"])  # the child sees it too
+    finally:
+        runner.stop()
+        desk.stop()
+    assert done["status"] == "done", done["steps"]
+    gas = next(s for s in done["steps"] if s["recipient"] == "gas")
+    rows = look.registry_rows(
+        "gas",
+        "SELECT supply_address FROM gas_contracts WHERE customer_id = :k",
+        k=look.local_pseudonym(child, "gas"),
+    )
+    assert rows[0]["supply_address"] == NEW_ADDRESS
+    # The consent is the child's; its history names the parent who approved it.
+    as_child = {"Authorization": f"Bearer {world.token(child)}"}
+    history = httpx.get(
+        f"{central}/consent/v1/consents/{gas['consent_id']}/history", headers=as_child, timeout=10
+    ).json()
+    assert history[0]["actor"] == f"{parent} for {child} (mandate {mandate['id']})"
+    # The child's consent-log record: the mandate, the consent granted for them, the refusal.
+    record = httpx.get(f"{central}/consent/v1/log/me/accesses", headers=as_child, timeout=10)
+    entries = [a["entry"] for a in record.json()["accesses"]]
+    assert {e["kind"] for e in entries if e.get("represented_party") == party} >= {
+        "mandate.granted",
+        "consent.granted",
+    }
+    assert any(
+        e["kind"] == "refusal" and "does not cover procedure address-change" in e["reason"]
+        for e in entries
+    )
+    # Every exchange of the procedure at Machida's node carried the represented party, and the
+    # child's own access view there shows it.
+    mine = httpx.get(
+        f"{world.cluster.procs[MACHIDA].url}/me/accesses", headers=as_child, timeout=20
+    ).json()["accesses"]
+    assert mine
+    assert all(a["entry"].get("represented_party") == party for a in mine), mine
+    node_log = _audit(world.settings, f"node-{MACHIDA.replace('/', '_')}", MACHIDA)
+    # (the desk's consent requests through the node are platform requests, not exchanges for
+    # the child: the approval that follows is what the parent does, and it names them)
+    one_stop = [
+        r
+        for r in node_log
+        if r["client"] == str(ONE_STOP) and '"stage":"consent-request"' not in r["data"]
+    ]
+    assert one_stop
+    missing = [r["data"] for r in one_stop if f'"represented_party":"{party}"' not in r["data"]]
+    assert missing == []
