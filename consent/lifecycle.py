@@ -53,6 +53,7 @@ from consent.artefact import (
     ConsentIssuerKey,
     ConsentReceiptVerifier,
 )
+from consent.events import ConsentEvents
 from consent.iso27560 import RecordEvent
 from consent.model import (
     Consent,
@@ -302,8 +303,12 @@ class ConsentService:
         receipts: ReceiptContext | None = None,
         require_artefact: bool = False,
         clock: Callable[[], datetime] = utc_now,
+        events: ConsentEvents | None = None,
     ) -> None:
+        """``events``: every status change also writes a status event to the nodes concerned,
+        in the same transaction (``consent.events``)."""
         self._engine = engine
+        self._events = events
         self._key = issuer_key
         self._verifier: ConsentArtefactVerifier = issuer_key.verifier()
         self._receipt_verifier = issuer_key.receipt_verifier()
@@ -318,6 +323,11 @@ class ConsentService:
     @property
     def verifier(self) -> ConsentArtefactVerifier:
         return self._verifier
+
+    @property
+    def events(self) -> ConsentEvents | None:
+        """The outbox of status events, when this service publishes them."""
+        return self._events
 
     @property
     def receipt_verifier(self) -> ConsentReceiptVerifier:
@@ -624,6 +634,8 @@ class ConsentService:
             )
         )
         session.flush()
+        if self._events is not None:  # the status push, committed with the change or not at all
+            self._events.publish(session, row, action.value, now)
         if action is not HistoryAction.SPENT:  # a spending use is audited as consent.used
             self._audit.record(
                 AuditEvent(

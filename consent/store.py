@@ -16,8 +16,12 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from exchange.store import EventOutboxColumns, EventStreamColumns
+
 __all__ = [
     "ConsentBase",
+    "ConsentEventOutboxRow",
+    "ConsentEventStreamRow",
     "ConsentHistoryRow",
     "ConsentReceiptRow",
     "ConsentRequestRow",
@@ -149,3 +153,14 @@ class SeenRequestRow(ConsentBase):
     """SHA-256 of what was signed (``exchange.node_requests``), not of the signature bytes: an
     ECDSA signature can be re-encoded, what it signs cannot."""
     valid_until: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+
+
+class ConsentEventOutboxRow(EventOutboxColumns, ConsentBase):
+    """Consent status events to the nodes concerned, written in the transaction of the change
+    (``consent.events``; delivered by ``exchange.event_outbox``)."""
+
+    __tablename__ = "consent_event_outbox"
+
+
+class ConsentEventStreamRow(EventStreamColumns, ConsentBase):
+    __tablename__ = "consent_event_streams"

@@ -141,6 +141,8 @@ AuditKind = Literal[
     "procedure.step",
     "translation",
     "release",
+    "event.delivered",
+    "event.received",
 ]
 
 
