@@ -22,8 +22,10 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
+
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from exchange.events import EventEnvelope
 from exchange.ports import ConsentDecision, ConsentGate, ConsentQuery
@@ -116,6 +118,25 @@ class CachingConsentGate:
             if entry != self._service:
                 self._service = entry
                 self._entries.clear()
+
+    def collect(self) -> Iterator[Metric]:
+        """Prometheus: ``onceonly_consent_cache_total{outcome=hit|miss|invalidated}`` and the
+        entries held (registered on the node's ``/metrics``)."""
+        counts = CounterMetricFamily(
+            "onceonly_consent_cache",
+            "Consent checks answered from the provider's cache (hit) or asked (miss), and entries "
+            "dropped by a status push or a refused use (invalidated)",
+            labels=["outcome"],
+        )
+        with self._lock:
+            counts.add_metric(["hit"], self.hits)
+            counts.add_metric(["miss"], self.misses)
+            counts.add_metric(["invalidated"], self.invalidations)
+            size = len(self._entries)
+        yield counts
+        yield GaugeMetricFamily(
+            "onceonly_consent_cache_entries", "Consent checks held in the cache", value=size
+        )
 
     def close(self) -> None:
         close = getattr(self._inner, "close", None)

@@ -4,8 +4,8 @@
 
 * ``seq`` is the stream's next (cursor + 1): the event is stored — primary key (stream, seq), so
   it can be applied only once, whatever two deliveries race — and each subscribed handler
-  applies it in the same transaction; the receipt is audited in it too (fail closed: no audit,
-  no receipt, and the sender tries again);
+  applies it in the same transaction; the receipt is audited right after the commit (if that
+  fails the sender hears an error and delivers again, recorded then as a duplicate);
 * ``seq`` at or below the cursor with the same ``event_id``: a duplicate (a retry after a lost
   answer, a replay): answered ``duplicate`` and audited, applied nothing;
 * ``seq`` at or below the cursor with another ``event_id``: refused (409) — a sender never
@@ -35,6 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from exchange.central_config import VerifiedRegistry
+from exchange.db import sqlite_writer_turn
 from exchange.errors import (
     ConfigurationError,
     ConflictError,
@@ -170,50 +171,56 @@ class Inbox:
 
     def _apply(self, event: VerifiedEvent, now: datetime) -> InboxReceipt:
         env = event.envelope
-        try:
-            with Session(self._engine) as session, session.begin():
-                cursor = int(
-                    session.scalar(
-                        select(func.max(EventInboxRow.seq)).where(
-                            EventInboxRow.stream == env.stream
-                        )
-                    )
-                    or 0
-                )
-                if env.seq <= cursor:
-                    return self._duplicate(session, env, cursor, now)
-                if env.seq > cursor + 1:
-                    raise EventGapError(
-                        f"event {env.seq} of this stream arrived before {cursor + 1}",
-                        expected=cursor + 1,
-                    )
-                session.add(
-                    EventInboxRow(
-                        stream=env.stream,
-                        seq=env.seq,
-                        event_id=env.event_id,
-                        sender=env.sender,
-                        recipient=env.recipient,
-                        type=env.type,
-                        created_at=env.created_at,
-                        received_at=now,
-                        wire=event.raw.decode(),
-                    )
-                )
-                session.flush()  # a concurrent delivery of the same event fails here
-                for prefix, handler in self._handlers:
-                    if env.type.startswith(prefix):
-                        handler(session, env)
-                self._audit.record(self._received(env, now, "applied"))
-                return InboxReceipt(env.stream, env.seq, "applied", env.seq)
-        except IntegrityError:
-            # The same (stream, seq) was applied by a concurrent delivery: ours is a duplicate.
-            with Session(self._engine) as session, session.begin():
-                return self._duplicate(session, env, env.seq, now)
+        # One writer at a time on SQLite (as the audit log's writer): no SQLITE_BUSY between them.
+        with sqlite_writer_turn(self._engine):
+            try:
+                with Session(self._engine) as session, session.begin():
+                    receipt = self._store(session, event, now)
+            except IntegrityError:
+                # The same (stream, seq) was applied by a concurrent delivery: ours is a duplicate.
+                with Session(self._engine) as session:
+                    receipt = self._duplicate(session, env, env.seq)
+        # Audited once the transaction is over (the audit log is another writer of this
+        # database). Should recording fail, the sender hears an error and delivers again: the
+        # receipt is then recorded as a duplicate — recorded at least once, applied once.
+        self._audit.record(self._received(env, now, receipt.status))
+        return receipt
 
-    def _duplicate(
-        self, session: Session, env: EventEnvelope, cursor: int, now: datetime
-    ) -> InboxReceipt:
+    def _store(self, session: Session, event: VerifiedEvent, now: datetime) -> InboxReceipt:
+        env = event.envelope
+        cursor = int(
+            session.scalar(
+                select(func.max(EventInboxRow.seq)).where(EventInboxRow.stream == env.stream)
+            )
+            or 0
+        )
+        if env.seq <= cursor:
+            return self._duplicate(session, env, cursor)
+        if env.seq > cursor + 1:
+            raise EventGapError(
+                f"event {env.seq} of this stream arrived before {cursor + 1}",
+                expected=cursor + 1,
+            )
+        session.add(
+            EventInboxRow(
+                stream=env.stream,
+                seq=env.seq,
+                event_id=env.event_id,
+                sender=env.sender,
+                recipient=env.recipient,
+                type=env.type,
+                created_at=env.created_at,
+                received_at=now,
+                wire=event.raw.decode(),
+            )
+        )
+        session.flush()  # a concurrent delivery of the same event fails here
+        for prefix, handler in self._handlers:
+            if env.type.startswith(prefix):
+                handler(session, env)
+        return InboxReceipt(env.stream, env.seq, "applied", env.seq)
+
+    def _duplicate(self, session: Session, env: EventEnvelope, cursor: int) -> InboxReceipt:
         applied = session.scalar(
             select(EventInboxRow.event_id).where(
                 EventInboxRow.stream == env.stream, EventInboxRow.seq == env.seq
@@ -221,7 +228,6 @@ class Inbox:
         )
         if applied != env.event_id:
             raise ReusedSequenceError("another event was applied under this sequence number")
-        self._audit.record(self._received(env, now, "duplicate"))
         return InboxReceipt(env.stream, env.seq, "duplicate", cursor)
 
     def _received(self, env: EventEnvelope, now: datetime, outcome: str) -> AuditEvent:
@@ -298,7 +304,9 @@ class EventPuller:
                 self._kick.clear()
                 try:
                     await self.pull_all(http)
-                except Exception:  # an unreachable service or database: the next round retries
+                except (httpx.HTTPError, OnceOnlyError) as exc:  # the next round retries
+                    _log.warning("event catch-up round failed: %s", type(exc).__name__)
+                except Exception:  # a database outage: the next round retries
                     _log.warning("event catch-up round failed", exc_info=True)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._kick.wait(), self._interval_s)

@@ -37,6 +37,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from exchange.db import write_transaction
 from exchange.events import EventEnvelope, new_event, sign_event, stream_name
 from exchange.ports import AuditEvent, AuditSink
 from exchange.signing import Signer
@@ -196,7 +197,7 @@ class Outbox:
 
     def mark_delivered(self, item: OutboxItem, now: datetime) -> None:
         rows = self._rows
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             conn.execute(
                 update(rows)
                 .where(rows.stream == item.stream, rows.seq <= item.seq)
@@ -206,7 +207,7 @@ class Outbox:
 
     def mark_failed(self, item: OutboxItem, *, next_at: datetime, error: str) -> None:
         rows = self._rows
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             conn.execute(
                 update(rows)
                 .where(rows.stream == item.stream, rows.seq == item.seq)

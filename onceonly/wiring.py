@@ -426,6 +426,7 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
             *((citizen_codes.on_registry,) if citizen_codes else ()),
         ),
         background=(checkpoint_publisher(sink, settings.checkpoint_interval_s), puller.run),
+        collectors=(consent,) if isinstance(consent, CachingConsentGate) else (),
         engine=engine,
         consent_request_schema=ConsentRequestInput.model_json_schema(),
         inline=runs_inline(*engines, mode=settings.db_work)
