@@ -195,6 +195,11 @@ def test_revocation_reaches_both_nodes_drops_the_cached_check_and_the_next_excha
 ) -> None:
     c, keys, settings = cluster
     gas, machida = c.procs[str(GAS)], c.procs[str(MACHIDA)]
+    # The new routes are in the documents the fuzzer fuzzes (tests/integration/test_openapi_fuzz.py).
+    node_doc = httpx.get(machida.url + "/openapi.json", timeout=10).json()
+    assert node_doc["paths"]["/events/v1/inbox"]["post"]["operationId"] == "receiveEvent"
+    central_doc = httpx.get(c.procs["central"].url + "/openapi.json", timeout=10).json()
+    assert central_doc["paths"]["/consent/v1/events"]["get"]["operationId"] == "listEventsSince"
     gas_code, citizen = _codes(settings)
     consent = _standing_consent(c, settings, keys[GAS_CLIENT], gas_code, citizen)
     # The grant's own push drops whatever the provider held about this consent: let it land first.
