@@ -382,3 +382,31 @@ def test_a_lost_push_lets_no_revoked_consent_through_and_goes_stale_for_at_most_
     pushing.revoke(other.subject, other.id, now=T0)
     clock.t += 30
     assert not cache.check(q2)
+
+
+def test_concurrent_changes_number_one_stream_without_gaps_or_repeats(
+    pushing: ConsentService, engine: Engine
+) -> None:
+    """Eight consents of one consumer changed by eight threads at once: their events share the
+    consumer's stream, and the head row's lock numbers them 1..N, each once."""
+    import threading
+
+    consents = [_standing(pushing) for _ in range(8)]
+    errors: list[BaseException] = []
+
+    def flip(consent: Consent) -> None:
+        try:
+            for _ in range(3):
+                pushing.pause(consent.subject, consent.id, now=T0)
+                pushing.resume(consent.subject, consent.id, now=T0)
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=flip, args=(c,)) for c in consents]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    seqs = [r.seq for r in _outbox(engine, GAS)]
+    assert seqs == list(range(1, 8 + 8 * 6 + 1))
