@@ -24,7 +24,7 @@ import contextlib
 import json
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session
 from exchange.central_config import VerifiedRegistry
 from exchange.db import sqlite_writer_turn
 from exchange.errors import (
+    ClientError,
     ConfigurationError,
     ConflictError,
     OnceOnlyError,
@@ -59,6 +60,7 @@ from exchange.store import EventInboxRow
 
 __all__ = [
     "CONSENT_EVENTS_PATH",
+    "MAX_BATCH_EVENTS",
     "EventGapError",
     "EventPuller",
     "Inbox",
@@ -69,6 +71,8 @@ __all__ = [
 CONSENT_EVENTS_PATH = "/consent/v1/events"
 """Where the consent service answers "events since cursor" (``exchange.web.events``)."""
 MAX_PULL_BYTES = 8 * 1024 * 1024
+MAX_BATCH_EVENTS = 100
+"""The most events one delivery (``POST /events/v1/inbox`` with ``{"events": [...]}``) holds."""
 _log = logging.getLogger("onceonly.events")
 
 Handler = Callable[[Session, EventEnvelope], None]
@@ -149,42 +153,68 @@ class Inbox:
 
     def receive(self, raw: bytes) -> InboxReceipt:
         """Verify and apply one signed event (E1–E7); a refusal raises, audited."""
+        return self.receive_batch([raw])
+
+    def receive_batch(self, raws: Sequence[bytes]) -> InboxReceipt:
+        """Verify every event (E1–E6), then apply them in order in one transaction (E7): a
+        sender's consecutive events of one stream. Any refusal refuses the batch (audited)."""
         now = self._clock()
         env: EventEnvelope | None = None
         try:
             registry = self.registry
             if registry is None:
                 raise ConfigurationError("no verified central registry yet")
-            unverified = parse_unverified_event(raw)  # (E1)
-            env = unverified.envelope
-            verified = verify_event(  # (E2)–(E6)
-                unverified,
-                registry=registry,
-                hosted=self.hosted,
-                now=now,
-                max_skew_s=self._max_skew_s,
-            )
+            if not raws or len(raws) > MAX_BATCH_EVENTS:
+                raise ClientError(f"a delivery holds 1 to {MAX_BATCH_EVENTS} events")
+            verified: list[VerifiedEvent] = []
+            for raw in raws:
+                unverified = parse_unverified_event(raw)  # (E1)
+                env = unverified.envelope
+                verified.append(
+                    verify_event(  # (E2)–(E6)
+                        unverified,
+                        registry=registry,
+                        hosted=self.hosted,
+                        now=now,
+                        max_skew_s=self._max_skew_s,
+                    )
+                )
+            if len({v.envelope.stream for v in verified}) != 1:
+                raise ClientError("a delivery holds events of one stream")
             return self._apply(verified, now)  # (E7)
         except OnceOnlyError as exc:
             self._refused(exc, env, now)
             raise
 
-    def _apply(self, event: VerifiedEvent, now: datetime) -> InboxReceipt:
-        env = event.envelope
+    def _apply(self, events: Sequence[VerifiedEvent], now: datetime) -> InboxReceipt:
+        receipts: list[InboxReceipt] = []
         # One writer at a time on SQLite (as the audit log's writer): no SQLITE_BUSY between them.
         with sqlite_writer_turn(self._engine):
             try:
                 with Session(self._engine) as session, session.begin():
-                    receipt = self._store(session, event, now)
+                    receipts = [self._store(session, e, now) for e in events]
             except IntegrityError:
-                # The same (stream, seq) was applied by a concurrent delivery: ours is a duplicate.
+                # A concurrent delivery applied some of them: ours are duplicates (or refused).
                 with Session(self._engine) as session:
-                    receipt = self._duplicate(session, env, env.seq)
+                    receipts = [
+                        self._duplicate(session, e.envelope, e.envelope.seq) for e in events
+                    ]
         # Audited once the transaction is over (the audit log is another writer of this
         # database). Should recording fail, the sender hears an error and delivers again: the
-        # receipt is then recorded as a duplicate — recorded at least once, applied once.
-        self._audit.record(self._received(env, now, receipt.status))
-        return receipt
+        # receipts are then recorded as duplicates — recorded at least once, applied once.
+        audited = [
+            self._received(e.envelope, now, r.status) for e, r in zip(events, receipts, strict=True)
+        ]
+        record_many = getattr(self._audit, "record_many", None)
+        if callable(record_many):
+            record_many(audited)
+        else:
+            for entry in audited:
+                self._audit.record(entry)
+        last = receipts[-1]
+        applied = any(r.status == "applied" for r in receipts)
+        cursor = max(r.cursor for r in receipts)
+        return InboxReceipt(last.stream, last.seq, "applied" if applied else "duplicate", cursor)
 
     def _store(self, session: Session, event: VerifiedEvent, now: datetime) -> InboxReceipt:
         env = event.envelope
@@ -342,9 +372,15 @@ class EventPuller:
             events = _events_of(response.content)
             if not events:
                 return applied
-            for wire in events:
-                receipt = await asyncio.to_thread(self._inbox.receive, wire)
-                applied += receipt.status == "applied"
+            before = after
+            for start in range(0, len(events), MAX_BATCH_EVENTS):
+                await asyncio.to_thread(
+                    self._inbox.receive_batch, events[start : start + MAX_BATCH_EVENTS]
+                )
+            now_at = await asyncio.to_thread(self._inbox.cursor, stream)
+            applied += now_at - before
+            if now_at == before:
+                return applied
 
 
 def _events_of(content: bytes) -> list[bytes]:

@@ -55,6 +55,8 @@ DEFAULT_BASE_BACKOFF_S = 0.5
 DEFAULT_POLL_S = 1.0
 MAX_BATCH = 200
 MAX_PULL = 500
+MAX_DELIVERY = 100
+"""The most events of one stream sent in one delivery (the receiver's ``MAX_BATCH_EVENTS``)."""
 DELIVERY_TIMEOUT_S = 5.0
 _log = logging.getLogger("onceonly.events")
 
@@ -195,7 +197,31 @@ class Outbox:
             if _aware(r.next_attempt_at) <= now
         ]
 
+    def pending(self, stream: str, *, limit: int) -> list[OutboxItem]:
+        """The undelivered events of ``stream`` from its head, in order (one delivery)."""
+        rows = self._rows
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                select(
+                    rows.stream,
+                    rows.seq,
+                    rows.event_id,
+                    rows.recipient,
+                    rows.type,
+                    rows.wire,
+                    rows.attempts,
+                )
+                .where(rows.stream == stream, rows.delivered_at.is_(None))
+                .order_by(rows.seq)
+                .limit(limit)
+            ).all()
+        return [
+            OutboxItem(r.stream, r.seq, r.event_id, r.recipient, r.type, r.wire, r.attempts)
+            for r in found
+        ]
+
     def mark_delivered(self, item: OutboxItem, now: datetime) -> None:
+        """``item`` and every earlier event of its stream arrived (the receiver applies in order)."""
         rows = self._rows
         with write_transaction(self.engine) as conn:
             conn.execute(
@@ -301,12 +327,22 @@ class DeliveryWorker:
         results = await asyncio.gather(*(self._deliver(http, item) for item in items))
         return sum(results)
 
-    async def _deliver(self, http: httpx.AsyncClient, item: OutboxItem) -> int:
+    async def _deliver(self, http: httpx.AsyncClient, head: OutboxItem) -> int:
+        """One delivery: the stream's undelivered events from its head, up to ``MAX_DELIVERY``,
+        in one request (one event alone goes as it is)."""
+        batch = await asyncio.to_thread(self._outbox.pending, head.stream, limit=MAX_DELIVERY)
+        if not batch or batch[0].seq != head.seq:
+            return 0  # another worker delivered it meanwhile
+        body = (
+            batch[0].wire.encode()
+            if len(batch) == 1
+            else b'{"events":[' + b",".join(i.wire.encode() for i in batch) + b"]}"
+        )
         error: str | None = None
         try:
-            url = self._address_of(item.recipient)
+            url = self._address_of(head.recipient)
             response = await http.post(
-                url, content=item.wire.encode(), headers={"content-type": "application/json"}
+                url, content=body, headers={"content-type": "application/json"}
             )
             if response.status_code != 200:
                 error = f"HTTP {response.status_code}: {_code_of(response)}"
@@ -314,30 +350,33 @@ class DeliveryWorker:
             error = f"{type(exc).__name__}: {exc}"[:200]
         now = self._clock()
         if error is None:
-            await asyncio.to_thread(self._outbox.mark_delivered, item, now)
+            await asyncio.to_thread(self._outbox.mark_delivered, batch[-1], now)
         else:
-            wait = backoff_s(item.attempts + 1, base_s=self._base, cap_s=self._cap)
+            wait = backoff_s(head.attempts + 1, base_s=self._base, cap_s=self._cap)
             wait *= 0.5 + self._rng.random() / 2  # jitter: replicas and streams spread out
             await asyncio.to_thread(
-                self._outbox.mark_failed, item, next_at=now + timedelta(seconds=wait), error=error
+                self._outbox.mark_failed, head, next_at=now + timedelta(seconds=wait), error=error
             )
-        await asyncio.to_thread(self._audit.record, self._audited(item, now, error))
-        return 1 if error is None else 0
+        await asyncio.to_thread(self._audit.record, self._audited(batch, now, error))
+        return len(batch) if error is None else 0
 
-    def _audited(self, item: OutboxItem, now: datetime, error: str | None) -> AuditEvent:
+    def _audited(self, batch: list[OutboxItem], now: datetime, error: str | None) -> AuditEvent:
+        head, last = batch[0], batch[-1]
         return AuditEvent(
             time=now,
             node=self._node,
             kind="event.delivered",
             decision="allow" if error is None else "error",
-            client=item.recipient,
+            client=head.recipient,
             reason=error,
-            message_id=item.event_id,
+            message_id=head.event_id,
             extra={
-                "stream": item.stream,
-                "seq": str(item.seq),
-                "type": item.type,
-                "attempt": str(item.attempts + 1),
+                "stream": head.stream,
+                "seq": str(head.seq),
+                "last_seq": str(last.seq),
+                "events": str(len(batch)),
+                "type": head.type,
+                "attempt": str(head.attempts + 1),
             },
         )
 

@@ -42,6 +42,7 @@ from exchange.node_requests import VerifiedNodeRequest
 from exchange.signing import EventSigner, generate_private_key
 from exchange.store import EventInboxRow
 from exchange.web.events import INBOX_PATH, build_inbox_router, build_pull_router
+from exchange.web.problems import install_problem_handlers
 from tests.consent.consent_factories import ADDRESS, GAS, POWER, T0, ListAudit, query, request_input
 
 PROVIDER = ADDRESS.provider
@@ -277,13 +278,16 @@ def test_delivery_retries_with_backoff_then_arrives_once(
             delivered = [await worker.run_once(http) for _ in range(3)]
             return [first, again, *delivered]
 
-    assert asyncio.run(rounds()) == [0, 0, 1, 1, 0]
+    # the third round delivers the provider's two events in one request
+    assert asyncio.run(rounds()) == [0, 0, 2, 0, 0]
     failed = [e for e in sender_audit.events if e.decision == "error"]
     # 2 streams in the first round, GAS again in the third, then GAS waits its longer backoff
     assert [e.extra["attempt"] for e in failed] == ["1", "1", "2"]
     assert {e.kind for e in sender_audit.events} == {"event.delivered"}
     rows = {r.seq: r for r in _outbox(engine, PROVIDER)}
     assert all(r.delivered_at is not None for r in rows.values())
+    delivered = [e for e in sender_audit.events if e.decision == "allow"]
+    assert [(e.extra["seq"], e.extra["last_seq"]) for e in delivered] == [("1", "2")]
     assert rows[1].attempts == 1
     assert all(r.delivered_at is None for r in _outbox(engine, GAS))  # GAS: no address yet
     applied = [e for e in node_audit.events if e.kind == "event.received"]
@@ -410,3 +414,40 @@ def test_concurrent_changes_number_one_stream_without_gaps_or_repeats(
     assert errors == []
     seqs = [r.seq for r in _outbox(engine, GAS)]
     assert seqs == list(range(1, 8 + 8 * 6 + 1))
+
+
+def test_a_delivery_of_several_events_is_applied_in_order_once(
+    pushing: ConsentService, engine: Engine, issuer_key: ConsentIssuerKey, node_db: Engine
+) -> None:
+    consent = _standing(pushing)
+    pushing.pause(consent.subject, consent.id, now=T0)
+    pushing.resume(consent.subject, consent.id, now=T0)
+    wires = [r.wire.encode() for r in _outbox(engine, PROVIDER)]
+    inbox, audit = _inbox(node_db, issuer_key)
+    app = FastAPI()
+    install_problem_handlers(app)
+    app.include_router(build_inbox_router(inbox))
+    batch = b'{"events":[' + b",".join(wires) + b"]}"
+
+    async def post(body: bytes) -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://node") as http:
+            return await http.post(INBOX_PATH, content=body)
+
+    first = asyncio.run(post(batch))
+    assert first.status_code == 200, first.text
+    assert first.json() | {"stream": ""} == {
+        "stream": "",
+        "seq": 3,
+        "status": "applied",
+        "cursor": 3,
+    }
+    again = asyncio.run(post(batch))
+    assert again.json()["status"] == "duplicate"
+    gap = asyncio.run(post(b'{"events":[' + wires[2] + b"]}"))
+    assert gap.json()["status"] == "duplicate"  # already applied: not a gap
+    bad = asyncio.run(post(b'{"events":[' + wires[0] + b"," + _tampered(wires[1], seq=9) + b"]}"))
+    assert bad.status_code == 400  # one forged event refuses the whole delivery
+    assert bad.headers["content-type"].startswith("application/problem+json")
+    applied = [e.extra["seq"] for e in audit.events if e.reason == "applied"]
+    assert applied == ["1", "2", "3"]
