@@ -61,12 +61,14 @@ from consent.model import (
 )
 from consent.receipt import render_receipt_html
 from exchange.errors import ClientError, NotFoundError, OnceOnlyError, RefusalError
+from exchange.event_inbox import CONSENT_EVENTS_PATH
 from exchange.identifiers import ClientId, ServiceId
 from exchange.node_requests import VerifiedNodeRequest
-from exchange.ports import ConsentQuery
+from exchange.ports import AuditSink, ConsentQuery
 from exchange.tokens import Principal, TokenVerifier
 from exchange.web.auth import bearer_principal
 from exchange.web.body import read_body
+from exchange.web.events import build_pull_router
 from exchange.web.openapi import (
     NODE_REQUEST,
     PUBLIC,
@@ -84,6 +86,7 @@ __all__ = [
     "ResolveSubject",
     "build_citizen_router",
     "build_consent_log_router",
+    "build_events_router",
     "build_gate_router",
 ]
 
@@ -610,3 +613,20 @@ def _mandate_routes(
     def revoke_mandate(mandate_id: str, principal: citizen) -> Mandate:
         """Revoked by the person who granted it, or renounced by the representative."""
         return mandates.revoke(mandate_id, by=principal.subject, now=now())
+
+
+def build_events_router(
+    service: ConsentService, authenticate_node: Authenticator, *, audit: AuditSink
+) -> APIRouter:
+    """``GET /consent/v1/events?after=N``: the calling node's own stream of status events after
+    its cursor (catch-up of the status push, ``exchange.web.events``); refusals are recorded in
+    the consent log like the other routes'."""
+    if service.events is None:
+        raise ValueError("the consent service publishes no events")
+    return build_pull_router(
+        service.events.outbox,
+        authenticate_node,
+        path=CONSENT_EVENTS_PATH,
+        audit=audit,
+        route_class=_audited_route(service),
+    )

@@ -46,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from exchange.canonical import b64ud, b64ue, canonical_json
 from exchange.errors import ConfigurationError, VerificationError
-from exchange.signing import key_id, save_private_key
+from exchange.signing import EventSigner, key_id, save_private_key
 
 __all__ = [
     "ARTEFACT_TYP",
@@ -229,6 +229,11 @@ class ConsentIssuerKey:
             )
             .decode("ascii")
         )
+
+    def event_signer(self) -> EventSigner:
+        """The same key signing status events (``consent.events``): a JWS ``typ`` of its own, so
+        an event never passes as an artefact or a receipt, nor one as an event."""
+        return EventSigner(self._key)
 
     def verifier(self) -> ConsentArtefactVerifier:
         return ConsentArtefactVerifier.from_pem(self.public_key_pem())

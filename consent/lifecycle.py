@@ -54,6 +54,7 @@ from consent.artefact import (
     ConsentIssuerKey,
     ConsentReceiptVerifier,
 )
+from consent.events import ConsentEvents
 from consent.iso27560 import RecordEvent
 from consent.mandates import MandateService
 from consent.model import (
@@ -313,8 +314,12 @@ class ConsentService:
         receipts: ReceiptContext | None = None,
         require_artefact: bool = False,
         clock: Callable[[], datetime] = utc_now,
+        events: ConsentEvents | None = None,
     ) -> None:
+        """``events``: every status change also writes a status event to the nodes concerned,
+        in the same transaction (``consent.events``)."""
         self._engine = engine
+        self._events = events
         self._key = issuer_key
         self._verifier: ConsentArtefactVerifier = issuer_key.verifier()
         self._receipt_verifier = issuer_key.receipt_verifier()
@@ -335,6 +340,11 @@ class ConsentService:
         return MandateService(
             self._engine, issuer_key=self._key, audit=self._audit, node=self._node, clock=self.clock
         )
+
+    @property
+    def events(self) -> ConsentEvents | None:
+        """The outbox of status events, when this service publishes them."""
+        return self._events
 
     @property
     def receipt_verifier(self) -> ConsentReceiptVerifier:
@@ -649,6 +659,8 @@ class ConsentService:
             )
         )
         session.flush()
+        if self._events is not None:  # the status push, committed with the change or not at all
+            self._events.publish(session, row, action.value, now)
         if action is not HistoryAction.SPENT:  # a spending use is audited as consent.used
             self._audit.record(
                 AuditEvent(

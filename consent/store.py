@@ -16,8 +16,12 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from exchange.store import EventOutboxColumns, EventStreamColumns
+
 __all__ = [
     "ConsentBase",
+    "ConsentEventOutboxRow",
+    "ConsentEventStreamRow",
     "ConsentHistoryRow",
     "ConsentReceiptRow",
     "ConsentRequestRow",
@@ -171,3 +175,14 @@ class MandateRow(ConsentBase):
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     revoked_by: Mapped[str | None] = mapped_column(String(300), nullable=True)
     artefact: Mapped[str] = mapped_column(Text)
+
+
+class ConsentEventOutboxRow(EventOutboxColumns, ConsentBase):
+    """Consent status events to the nodes concerned, written in the transaction of the change
+    (``consent.events``; delivered by ``exchange.event_outbox``)."""
+
+    __tablename__ = "consent_event_outbox"
+
+
+class ConsentEventStreamRow(EventStreamColumns, ConsentBase):
+    __tablename__ = "consent_event_streams"

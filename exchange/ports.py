@@ -145,6 +145,8 @@ AuditKind = Literal[
     "procedure.step",
     "translation",
     "release",
+    "event.delivered",
+    "event.received",
 ]
 
 

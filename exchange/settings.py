@@ -150,3 +150,12 @@ class Settings(BaseSettings, TokenIssuer):
     ``translator`` asks the central pseudonym translator, which seals the provider's code to the
     provider (no node holds another agency's codes); ``local`` translates through one shared
     table every node can read — for comparison and benchmarks only, not for production."""
+
+    consent_cache_ttl_s: float = Field(default=30.0, ge=0, le=3600)
+    """How long a provider node keeps a consent check's answer (0: no cache). A status push from
+    the consent service drops an entry at once; the TTL bounds how stale one can be when pushes
+    are lost (docs/consent.md "Status push and the provider's cache")."""
+    event_pull_interval_s: float = Field(default=30.0, gt=0, le=3600)
+    """How often a node pulls the events it may have missed ("events since cursor")."""
+    event_retry_max_s: float = Field(default=300.0, gt=0, le=86400)
+    """The longest wait between two delivery attempts of an event (exponential backoff)."""

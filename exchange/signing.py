@@ -34,6 +34,8 @@ __all__ = [
     "Algorithm",
     "CentralSigner",
     "CentralVerifier",
+    "EventSigner",
+    "EventVerifier",
     "MemberSigner",
     "MemberVerifier",
     "PrivateKey",
@@ -276,3 +278,19 @@ class TranslatorVerifier(_Verifier):
 
     def __init__(self, key: PublicKey) -> None:
         super().__init__(key, typ="onceonly-subject-token+jws")
+
+
+class EventSigner(_Signer):
+    """Signs events (``exchange.events``) with a key that is no member's: the consent service's
+    issuer key, which the verified registry names. A ``typ`` of its own, so an event signature
+    can never pass as an artefact, a receipt or an envelope."""
+
+    def __init__(self, key: PrivateKey) -> None:
+        super().__init__(key, typ="onceonly-event+jws")
+
+
+class EventVerifier(_Verifier):
+    """Verifies events signed by an ``EventSigner`` key named in the verified registry."""
+
+    def __init__(self, key: PublicKey) -> None:
+        super().__init__(key, typ="onceonly-event+jws")

@@ -2,8 +2,10 @@
 
 Central server: members, subsystems, certificates, services, access rights, statutes and the
 registry serial. Node: replay protection (message ids seen, persisted, not in memory only), the
-message log of every request, response and refusal, and the hashed API keys of the departmental
-systems that call the node. Node rows carry the node's member id, so several nodes (and several
+message log of every request, response and refusal, the hashed API keys of the departmental
+systems that call the node, and the inbox of the events it received (``exchange.event_inbox``).
+The columns of an event outbox and its stream heads are mixins here: the component that owns the
+changes owns its outbox table (``consent.store``), in its own database and migrations. Node rows carry the node's member id, so several nodes (and several
 replicas of one node) can share one PostgreSQL database.
 """
 
@@ -12,7 +14,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
@@ -20,6 +22,9 @@ __all__ = [
     "Base",
     "CertificateRow",
     "ClientKeyRow",
+    "EventInboxRow",
+    "EventOutboxColumns",
+    "EventStreamColumns",
     "MemberRow",
     "MessageLogRow",
     "RegistryMetaRow",
@@ -143,3 +148,47 @@ class ClientKeyRow(Base):
     node: Mapped[str] = mapped_column(String(ID_LEN), index=True)
     client_id: Mapped[str] = mapped_column(String(ID_LEN))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+STREAM_LEN = 2 * ID_LEN + 3
+
+
+class EventOutboxColumns:
+    """An event outbox (``exchange.event_outbox``): written in the transaction of the change that
+    causes the event, delivered afterwards, at least once, in ``seq`` order per stream."""
+
+    stream: Mapped[str] = mapped_column(String(STREAM_LEN), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    event_id: Mapped[str] = mapped_column(String(64))
+    recipient: Mapped[str] = mapped_column(String(ID_LEN))
+    type: Mapped[str] = mapped_column(String(128))
+    wire: Mapped[str] = mapped_column(Text)
+    """The signed event as it goes on the wire (signed once, in the transaction)."""
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(String(255), nullable=True)
+
+
+class EventStreamColumns:
+    """The head of an outbox stream: the last sequence number given (row-locked to give the next)."""
+
+    stream: Mapped[str] = mapped_column(String(STREAM_LEN), primary_key=True)
+    last_seq: Mapped[int] = mapped_column(BigInteger)
+
+
+class EventInboxRow(Base):
+    """An event this node applied: the primary key (stream, seq) makes applying one twice
+    impossible, whatever the sender retries or replays (step E7)."""
+
+    __tablename__ = "xchg_event_inbox"
+    stream: Mapped[str] = mapped_column(String(STREAM_LEN), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    event_id: Mapped[str] = mapped_column(String(64))
+    sender: Mapped[str] = mapped_column(String(ID_LEN))
+    recipient: Mapped[str] = mapped_column(String(ID_LEN), index=True)
+    type: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    wire: Mapped[str] = mapped_column(Text)

@@ -39,8 +39,15 @@ from audit.api import build_router as build_audit_router
 from audit.checkpoint import NoteSigner
 from audit.log import TransparencyLog
 from audit.sink import LogSink
-from consent.api import build_citizen_router, build_consent_log_router, build_gate_router
+from consent.api import (
+    build_citizen_router,
+    build_consent_log_router,
+    build_events_router,
+    build_gate_router,
+)
 from consent.artefact import ConsentIssuerKey
+from consent.cache import CachingConsentGate
+from consent.events import CONSENT_STATUS_EVENT, ConsentEvents
 from consent.lifecycle import ConsentService
 from consent.metrics import ConsentMetrics
 from consent.model import ConsentRequestInput
@@ -48,6 +55,8 @@ from consent.registry_gate import RegistryConsentGate
 from exchange.central_config import VerifiedRegistry
 from exchange.db import as_unavailable, make_engine, runs_inline, upgrade
 from exchange.errors import ConfigurationError, OnceOnlyError
+from exchange.event_inbox import EventPuller, Inbox
+from exchange.event_outbox import DeliveryWorker
 from exchange.identifiers import ClientId, MemberId
 from exchange.keystore import DEV_ISSUER_COMMAND, INIT_COMMAND, KeyStore, member_command
 from exchange.node.app import NodeParts, database_url
@@ -57,6 +66,7 @@ from exchange.ports import CITIZEN_AGENCY, AuditEvent, RegistryAdapter, SubjectT
 from exchange.settings import Settings
 from exchange.signing import MemberSigner, TranslatorSigner, load_private_key
 from exchange.tokens import DevIssuer, Principal, TokenVerifier
+from exchange.web.events import INBOX_PATH, build_inbox_router
 from exchange.web.refusals import RefusalRecorder
 from onceonly.components import (
     COMPONENT_BRANCHES,
@@ -275,7 +285,11 @@ def consent_service(
     upgrade(engine, COMPONENT_BRANCHES["consent"])
     key = consent_issuer_key(settings)
     return ConsentService(
-        engine, issuer_key=key, audit=audit or consent_log(settings), node=CONSENT_LOG
+        engine,
+        issuer_key=key,
+        audit=audit or consent_log(settings),
+        node=CONSENT_LOG,
+        events=ConsentEvents(engine, key),
     )
 
 
@@ -460,6 +474,24 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
     upgrade(engine, COMPONENT_BRANCHES["node"])
     log = audit_log(settings, engine, str(member))
     sink = LogSink(log, engine)
+    # Events (issue 17): the consent status push lands in the inbox and drops cached checks.
+    consent: CachingConsentGate | RegistryConsentGate = gate
+    inbox = Inbox(
+        engine,
+        hosted=frozenset(hosted),
+        audit=sink,
+        node=str(member),
+        max_skew_s=settings.max_clock_skew_s,
+    )
+    if settings.consent_cache_ttl_s > 0:
+        consent = CachingConsentGate(gate, ttl_s=settings.consent_cache_ttl_s)
+        inbox.subscribe(CONSENT_STATUS_EVENT, consent.on_event)
+    puller = EventPuller(
+        inbox,
+        {c: MemberSigner(load_private_key(keys.subsystem_key(c))) for c in hosted},
+        interval_s=settings.event_pull_interval_s,
+        timeout_s=settings.exchange_timeout_s,
+    )
 
     feed = PolicyFeed(engine_from_settings(settings))  # logs which engine, and why
     tokens = token_verifier(settings)
@@ -472,7 +504,7 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
         subjects=subjects,
         sealer=sealer,
         policy=feed.engine,
-        consent=gate,
+        consent=consent,
         audit=sink,
         routers=(
             build_audit_router(
@@ -485,9 +517,12 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
                 citizens,
                 refused=_api_refusals(sink, str(member), "alerts-api"),
             ),
+            build_inbox_router(inbox, on_gap=puller.kick),
         ),
         on_registry=(
             gate.on_registry,
+            inbox.on_registry,
+            *((consent.on_registry,) if isinstance(consent, CachingConsentGate) else ()),
             feed.on_registry,
             *((sealer.on_registry,) if sealer else ()),
             *((citizen_codes.on_registry,) if citizen_codes else ()),
@@ -499,10 +534,14 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
                 EmailDelivery(engine, SmtpMailer(smtp)) if smtp else None,
                 settings.alerts_interval_s,
             ),
+            puller.run,
         ),
         engine=engine,
         consent_request_schema=ConsentRequestInput.model_json_schema(),
-        collectors=(PolicyEngineInfo(feed.engine, settings.policy_engine),),
+        collectors=(
+            PolicyEngineInfo(feed.engine, settings.policy_engine),
+            *((consent,) if isinstance(consent, CachingConsentGate) else ()),
+        ),
         about={"policy_engine": engine_name(feed.engine)},
         inline=runs_inline(*engines, mode=settings.db_work)
         and not isinstance(feed.engine, OpaServerEngine),
@@ -522,13 +561,16 @@ def build_central_routers(
     metrics: ConsentMetrics | None = None,
     *,
     log: LogSink | None = None,
+    jobs: list[Callable[[], Coroutine[Any, Any, None]]] | None = None,
 ) -> list[APIRouter]:
     """The consent service (citizen API, the nodes' gate, its public keys and its own log for
     auditors and citizens) and the pseudonym translator beside the central server; ``metrics``
     (registered on the central server's ``/metrics``) counts the consent service's work; ``log``
-    is the consent log (default: ``consent_log(settings)``)."""
+    is the consent log (default: ``consent_log(settings)``); ``jobs`` receives the consent
+    status push's delivery worker (issue 17)."""
     log = log or consent_log(settings)
     service = consent_service(settings, audit=log)
+    events = service.events
 
     async def authenticate_node(request: Request, body: bytes) -> VerifiedNodeRequest:
         root = request.scope.get("root_path", "")
@@ -561,9 +603,19 @@ def build_central_routers(
             mandates=service.mandates(),
         ),
         build_gate_router(service, authenticate_node, metrics=metrics),
+        *((build_events_router(service, authenticate_node, audit=log),) if events else ()),
         # The consent log like any node's: auditors verify it, citizens see their history.
         build_consent_log_router(service, build_audit_router(log.log, tokens)),
     ]
+    if events is not None and jobs is not None:
+        worker = DeliveryWorker(
+            events.outbox,
+            lambda recipient: event_inbox_url(registry(datetime.now(UTC)), recipient),
+            audit=log,
+            node=CONSENT_LOG,
+            max_backoff_s=settings.event_retry_max_s,
+        )
+        jobs.append(worker.run)
     if translator is not None:
         routers.append(
             build_translator_router(
@@ -577,6 +629,11 @@ def build_central_routers(
     return routers
 
 
+def event_inbox_url(registry: VerifiedRegistry, recipient: str) -> str:
+    """Where an event to ``recipient`` goes: its member's node address in the verified registry."""
+    return registry.node_address(ClientId.parse(recipient).member) + INBOX_PATH
+
+
 def central_app(settings: Settings) -> FastAPI:
     """The central server with the consent service beside it, its metrics on ``/metrics``, and
     the consent log's checkpoints published every ``checkpoint_interval_s``."""
@@ -588,7 +645,7 @@ def central_app(settings: Settings) -> FastAPI:
         # publisher joins ``jobs`` before the app starts, which is when they are read.
         log = consent_log(settings)
         jobs.append(checkpoint_publisher(log, settings.checkpoint_interval_s))
-        return build_central_routers(settings, view, metrics, log=log)
+        return build_central_routers(settings, view, metrics, log=log, jobs=jobs)
 
     return create_central_app(settings, routers=routers, collectors=[metrics], background=jobs)
 

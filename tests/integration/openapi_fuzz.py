@@ -70,6 +70,11 @@ NOT_APPLICABLE: Mapping[str, Mapping[str, str]] = {
         "which no schema can state: a schema-valid but unsigned message is refused 400 "
         "Server.ServerProxy.InvalidSignature (protocol §3, steps 1-7), as it must be",
     },
+    "receiveEvent": {
+        "positive_data_acceptance": "an event is authenticated by its signature with a key the "
+        "verified registry names, which no schema can state: a schema-valid but unsigned event is "
+        "refused 400 (protocol §7, steps E1-E6), as it must be",
+    },
     "getConsistencyProof": {"positive_data_acceptance": _IN_THE_LOG},
     "exportAuditLog": {"positive_data_acceptance": _IN_THE_LOG},
     # the consent service's log serves the same routes (consent.api.build_consent_log_router)

@@ -245,14 +245,16 @@ def test_the_docs_block_verifies_the_consent_log_and_a_receipt_and_refuses_alter
 
     vkey = (work / "consent-log.vkey").read_text().strip()
     lines = (work / "consent-log.jsonl").read_text().splitlines()
-    lines[1] = lines[1].replace("consent.paused", "consent.resumed")
+    # (the log also holds the status push's delivery attempts: find the pause among them)
+    paused = next(i for i, line in enumerate(lines) if "consent.paused" in line)
+    lines[paused] = lines[paused].replace("consent.paused", "consent.resumed")
     (work / "altered.jsonl").write_text("\n".join(lines) + "\n")
     altered = _cli(
         "audit", "verify", "--key", vkey, "--checkpoint", str(work / "consent-checkpoint.txt"),
         "--export", str(work / "altered.jsonl"),
     )  # fmt: skip
     assert altered.returncode == 1
-    assert "first bad entry: 1" in altered.stderr
+    assert f"first bad entry: {paused}" in altered.stderr
     header, payload, signature = (work / "receipt.jws").read_text().strip().split(".")
     forged = payload[:-2] + ("AA" if not payload.endswith("AA") else "BB")
     (work / "forged.jws").write_text(f"{header}.{forged}.{signature}")
