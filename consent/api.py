@@ -60,7 +60,7 @@ from consent.receipt import render_receipt_html
 from exchange.errors import ClientError, NotFoundError, OnceOnlyError, RefusalError
 from exchange.identifiers import ClientId, ServiceId
 from exchange.node_requests import VerifiedNodeRequest
-from exchange.ports import ConsentQuery
+from exchange.ports import ConsentDecision, ConsentQuery
 from exchange.tokens import Principal, TokenVerifier
 from exchange.web.auth import bearer_principal
 from exchange.web.body import read_body
@@ -408,14 +408,13 @@ def build_gate_router(
             idempotency_key=asked.idempotency_key,
         )
 
-    def _answer(
-        decision_allow: bool, consent_id: str, fields: frozenset[str], reasons: tuple[str, ...]
-    ) -> GateAnswer:
+    def _answer(d: ConsentDecision) -> GateAnswer:
         return GateAnswer(
-            allow=decision_allow,
-            consent_id=consent_id,
-            fields=tuple(sorted(fields)),
-            reasons=reasons,
+            allow=d.allow,
+            consent_id=d.consent_id,
+            fields=tuple(sorted(d.fields)),
+            reasons=d.reasons,
+            retention_days=d.retention_days if d.allow else None,
         )
 
     @router.post(
@@ -431,7 +430,7 @@ def build_gate_router(
         query = await _query(request, changes_state=False)
         d = await run_in_threadpool(service.check, query)
         counted.gate_answer("check", d.allow)
-        return _answer(d.allow, d.consent_id, d.fields, d.reasons)
+        return _answer(d)
 
     @router.post(
         "/use",
@@ -446,7 +445,7 @@ def build_gate_router(
         query = await _query(request, changes_state=True)
         d = await run_in_threadpool(service.use, query)
         counted.gate_answer("use", d.allow)
-        return _answer(d.allow, d.consent_id, d.fields, d.reasons)
+        return _answer(d)
 
     return router
 

@@ -109,6 +109,9 @@ class ConsentDecision:
     consent_id: str
     fields: frozenset[str]
     reasons: tuple[str, ...] = ()
+    retention_days: int | None = None
+    """The consent's data life: the recipient deletes the data this many days after receiving
+    it (the delete-by date of the response's usage terms). None when the gate does not say."""
 
     def __bool__(self) -> bool:
         return self.allow
@@ -141,6 +144,8 @@ AuditKind = Literal[
     "procedure.step",
     "translation",
     "release",
+    "obligation.deleted",
+    "obligation.overdue",
 ]
 
 

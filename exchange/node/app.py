@@ -55,6 +55,7 @@ from exchange.node.platform import CONSENT_REQUESTS_ROUTE, ConsentRequestForward
 from exchange.node.provider import Provider
 from exchange.node.registry_cache import RegistryCache
 from exchange.node.transport import AiohttpTransport
+from exchange.obligations import ObligationsLedger
 from exchange.openapi import openapi_document
 from exchange.ports import (
     AuditSink,
@@ -377,6 +378,7 @@ def create_node_app(
         timeout_s=settings.exchange_timeout_s,
         clock=clock,
         sealer=parts.sealer,
+        obligations=ObligationsLedger(engine),
     )
 
     async def _refresh_loop() -> None:

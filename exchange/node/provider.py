@@ -21,13 +21,14 @@ import asyncio
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from exchange.canonical import sha256_b64
-from exchange.central_config import Restriction
+from exchange.central_config import DEFAULT_RETENTION_DAYS, Restriction, VerifiedRegistry
 from exchange.db import as_unavailable
 from exchange.envelope import (
     ResponseEnvelope,
+    UsageTerms,
     exchange_event,
     parse_unverified_request,
     seal,
@@ -67,7 +68,7 @@ from exchange.subject_token import OpenedTokens, SealedSubject
 from exchange.verification import VerifiedRequest, verify_request
 from exchange.web.problems import problem_document
 
-__all__ = ["Provider", "ProviderAnswer", "filter_fields"]
+__all__ = ["Provider", "ProviderAnswer", "filter_fields", "usage_terms"]
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -113,6 +114,30 @@ class _Authorized:
     fields: frozenset[str]
     basis: str | None
     decision_id: str | None
+    terms: UsageTerms | None = None
+
+
+def usage_terms(
+    registry: VerifiedRegistry,
+    req: VerifiedRequest,
+    basis: str | None,
+    consent: ConsentDecision | None,
+    now: datetime,
+) -> UsageTerms:
+    """The usage terms of an allowed exchange (docs/protocol.md, "Usage terms"): the consent's
+    data life and no onward transfer when consent is the basis; otherwise the retention and the
+    onward-transfer term of the statute the exchange falls under (``DEFAULT_RETENTION_DAYS`` and
+    no onward transfer when none applies or it names none)."""
+    purpose = req.envelope.purpose
+    days: int | None
+    if basis and basis.startswith("consent:") and consent is not None:
+        days, onward = consent.retention_days, False
+    else:
+        statute = registry.statute_for(req.client, req.service, purpose)
+        days = statute.retention_days if statute else None
+        onward = statute.onward_transfer if statute else False
+    days = DEFAULT_RETENTION_DAYS if days is None else days
+    return UsageTerms(purpose=purpose, delete_by=(now + timedelta(days=days)).date(), onward=onward)
 
 
 class Provider:
@@ -324,7 +349,8 @@ class Provider:
                     code="Server.ServerProxy.ConsentRefused",
                     reasons=used.reasons,
                 )
-        return _Authorized(local_subject, frozenset(fields), basis, decision_id)
+        terms = usage_terms(registry, req, basis, consent, now)
+        return _Authorized(local_subject, frozenset(fields), basis, decision_id, terms)
 
     def _open_subject(self, req: VerifiedRequest, now: datetime) -> SealedSubject | None:
         """(9b) with the translator: steps T1–T4 (``exchange.subject_token``) on the token."""
@@ -436,6 +462,7 @@ class Provider:
             basis=auth.basis if auth else None,
             decision_id=auth.decision_id if auth else None,
             error_code=error_code,
+            terms=auth.terms if auth and status < 400 else None,
         )
         wire = seal(env, body, self._signers[req.service.provider])
         return ProviderAnswer(200, wire, {"content-type": "application/json"}, status, error_code)
