@@ -425,6 +425,7 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
         ),
         background=(checkpoint_publisher(sink, settings.checkpoint_interval_s),),
         engine=engine,
+        auditor_tokens=token_verifier(settings),
         consent_request_schema=ConsentRequestInput.model_json_schema(),
         collectors=(PolicyEngineInfo(feed.engine, settings.policy_engine),),
         about={"policy_engine": engine_name(feed.engine)},

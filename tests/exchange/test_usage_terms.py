@@ -10,6 +10,8 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from exchange.canonical import canonical_json
 from exchange.envelope import (
@@ -20,6 +22,7 @@ from exchange.envelope import (
 )
 from exchange.errors import VerificationError
 from exchange.obligations import ObligationsLedger
+from exchange.store import MessageLogRow
 from exchange.verification import verify_response
 from tests.exchange._federation import ADDRESS, TAX, Federation, build_federation, node_client
 from tests.exchange.test_verification import NOW, SKEW, World, _response, world
@@ -173,3 +176,79 @@ def test_a_refusal_carries_no_terms(fed: Federation) -> None:
     r = _call(fed, **{"X-OnceOnly-Purpose": "marketing"})
     assert r.status_code == 403
     assert "x-onceonly-usage-terms" not in r.headers
+
+
+def fed_log(fed: Federation) -> list[MessageLogRow]:
+    """The consumer node's log (the federation's message log, one table for both nodes)."""
+    with Session(fed.central_engine) as s:
+        return list(s.scalars(select(MessageLogRow).where(MessageLogRow.node == str(TAX.member))))
+
+
+def _confirm(fed: Federation, message_id: str, client: object = TAX, key: str | None = None):  # type: ignore[no-untyped-def]
+    headers = {
+        "X-Road-Client": str(client),
+        "X-OnceOnly-Api-Key": key or fed.api_keys[client],  # type: ignore[index]
+    }
+
+    async def go():  # type: ignore[no-untyped-def]
+        async with node_client(fed, TAX.member) as c:
+            return await c.post(f"/obligations/{message_id}/deleted", headers=headers)
+
+    return asyncio.run(go())
+
+
+def test_the_departmental_system_confirms_deletion_once(fed: Federation) -> None:
+    assert _call(fed, **{"X-Road-Id": "del-1"}).status_code == 200
+    r = _confirm(fed, "del-1")
+    assert r.status_code == 200, r.text
+    first = r.json()["deleted_at"]
+    assert first is not None
+    assert r.json()["overdue"] is False
+    again = _confirm(fed, "del-1")
+    assert again.json()["deleted_at"] == first  # the first confirmation stands
+    kinds = [e.kind for e in fed_log(fed) if e.message_id == "del-1"]
+    assert kinds.count("obligation.deleted") == 1
+
+
+def test_confirmations_are_authenticated_and_refusals_audited(fed: Federation) -> None:
+    assert _call(fed, **{"X-Road-Id": "del-2"}).status_code == 200
+    assert _confirm(fed, "del-2", key="oo_wrong").status_code == 401
+    unknown = _confirm(fed, "no-such-message")
+    assert unknown.status_code == 404
+    assert unknown.json()["code"] == "Client.UnknownObligation"
+    assert ObligationsLedger(fed.central_engine).get(str(TAX), "del-2").deleted_at is None  # type: ignore[union-attr]
+    reasons = [e.reason or "" for e in fed_log(fed) if e.kind == "refusal"]
+    assert any("Client.UnknownObligation" in r for r in reasons)
+    assert any("Client.Unauthenticated" in r for r in reasons)
+
+
+def test_ledger_overdue_is_reported_once_and_not_after_deletion(db_url: str) -> None:
+    from exchange.db import make_engine, upgrade
+    from exchange.node.obligations_api import sweep_overdue
+    from exchange.ports import AuditEvent
+
+    engine = make_engine(db_url)
+    upgrade(engine, ("exchange",))
+    ledger = ObligationsLedger(engine)
+    now = datetime(2027, 1, 10, 12, tzinfo=UTC)
+    for mid, due in (("a", date(2027, 1, 9)), ("b", date(2027, 1, 10)), ("c", date(2027, 1, 1))):
+        terms = UsageTerms(purpose="p", delete_by=due)
+        ledger.record(client="C", message_id=mid, service="S", subject="s", terms=terms, now=now)
+    ledger.record(client="C", message_id="a", service="S", subject="s", terms=TERMS, now=now)
+    ledger.confirm_deleted("C", "c", now)
+    # Due on the 10th is due by the end of that UTC day: only "a" is overdue.
+    assert [o.message_id for o in ledger.overdue(now)] == ["a"]
+    assert ledger.count_overdue(now) == 1
+    recorded: list[AuditEvent] = []
+
+    async def record(event: AuditEvent) -> None:
+        recorded.append(event)
+
+    assert asyncio.run(sweep_overdue(ledger, record, "N", now)) == 1
+    assert asyncio.run(sweep_overdue(ledger, record, "N", now)) == 0
+    assert [(e.kind, e.subject, e.message_id) for e in recorded] == [
+        ("obligation.overdue", "s", "a")
+    ]
+    assert ledger.count_overdue(now + timedelta(days=1)) == 2
+    assert ledger.received_without_onward("s", "S")
+    engine.dispose()
