@@ -9,8 +9,6 @@ overdue obligation once (kind ``obligation.overdue``), with the receiving agency
 code and the message id, so that the citizen sees both next to the access in their record.
 """
 
-from __future__ import annotations
-
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
