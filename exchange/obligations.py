@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -202,14 +202,18 @@ class ObligationsLedger:
             return [_of(r) for r in rows]
 
     def received_without_onward(self, subject: str, service: str) -> bool:
-        """Whether this node holds data about ``subject`` from ``service`` received under "no
-        onward transfer" and not yet deleted (step 4's check)."""
+        """Whether this node holds data about ``subject`` from ``service`` (a versioned id, or an
+        unversioned one for every version) received under "no onward transfer" and not yet
+        deleted."""
         with Session(self._engine) as s:
             hit = s.scalar(
                 select(ObligationRow.message_id)
                 .where(
                     ObligationRow.subject == subject,
-                    ObligationRow.service == service,
+                    or_(
+                        ObligationRow.service == service,
+                        ObligationRow.service.startswith(service + "/", autoescape=True),
+                    ),
                     ObligationRow.onward.is_(False),
                     ObligationRow.deleted_at.is_(None),
                 )

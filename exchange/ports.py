@@ -231,6 +231,10 @@ class ServiceDescription:
     changes: bool = False
     request_schema: Mapping[str, JsonValue] | None = None
     response_schema: Mapping[str, JsonValue] | None = None
+    re_serves: str | None = None
+    """A service id (versioned or not) whose data this service passes on: the provider node
+    refuses to serve it about a subject whose data it received from that service under "no
+    onward transfer" and has not deleted (docs/protocol.md, "Usage terms")."""
 
 
 @dataclass(frozen=True, slots=True)

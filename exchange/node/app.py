@@ -380,6 +380,7 @@ def create_node_app(
         max_skew_s=settings.max_clock_skew_s,
         clock=clock,
         inline=parts.inline and inline,
+        obligations=obligations,
     )
     consumer = Consumer(
         node=node_id,

@@ -45,6 +45,7 @@ from exchange.errors import (
 from exchange.group_commit import GroupCommitSink
 from exchange.identifiers import ClientId
 from exchange.node.registry_cache import RegistryCache
+from exchange.obligations import ObligationsLedger
 from exchange.ports import (
     CITIZEN_AGENCY,
     AdapterRequest,
@@ -157,6 +158,7 @@ class Provider:
         max_skew_s: int,
         clock: Callable[[], datetime],
         inline: bool = False,
+        obligations: ObligationsLedger | None = None,
     ) -> None:
         """``seal_keys``: subjects arrive sealed by the pseudonym translator, opened with the
         hosted subsystem's own key; a plain subject is then refused. Without them, ``subjects``
@@ -176,6 +178,8 @@ class Provider:
         self._max_skew_s = max_skew_s
         self._clock = clock
         self._inline = inline
+        self._obligations = obligations
+        self._re_serves: dict[str, str | None] = {}
 
     # -- entry point -----------------------------------------------------------------------------
 
@@ -282,6 +286,7 @@ class Provider:
             local_subject: str | None = sealed.subject
         else:
             local_subject = self._translate(env.subject, str(req.client), str(req.service.provider))
+        self._check_onward(req, local_subject)  # (9c)
         # (10) consent, checked without side effects.
         consent: ConsentDecision | None = None
         query: ConsentQuery | None = None
@@ -351,6 +356,30 @@ class Provider:
                 )
         terms = usage_terms(registry, req, basis, consent, now)
         return _Authorized(local_subject, frozenset(fields), basis, decision_id, terms)
+
+    def _check_onward(self, req: VerifiedRequest, subject: str | None) -> None:
+        """(9c) A service declared as re-serving another (``ServiceDescription.re_serves``) is
+        refused for a subject whose data this node received from that service under "no onward
+        transfer" and has not deleted (the obligations ledger; docs/protocol.md)."""
+        if self._obligations is None or subject is None:
+            return
+        key = str(req.service)
+        if key not in self._re_serves:
+            adapter = self._adapters.get(req.service.provider)
+            found = [
+                d.re_serves
+                for d in (adapter.services() if adapter is not None else ())
+                if d.code == req.service.code
+                and (req.service.version is None or d.version in (None, req.service.version))
+            ]
+            self._re_serves[key] = found[0] if found else None
+        source = self._re_serves[key]
+        if source and self._obligations.received_without_onward(subject, source):
+            raise RefusalError(
+                "this node received the data under usage terms that forbid passing it on",
+                code="Server.ServerProxy.OnwardTransferRefused",
+                reasons=(f"data from {source} was received under no onward transfer",),
+            )
 
     def _open_subject(self, req: VerifiedRequest, now: datetime) -> SealedSubject | None:
         """(9b) with the translator: steps T1–T4 (``exchange.subject_token``) on the token."""

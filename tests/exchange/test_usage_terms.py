@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -21,10 +21,20 @@ from exchange.envelope import (
     request_hash,
 )
 from exchange.errors import VerificationError
+from exchange.identifiers import ServiceId
 from exchange.obligations import ObligationsLedger
+from exchange.ports import ServiceDescription
 from exchange.store import MessageLogRow
 from exchange.verification import verify_response
-from tests.exchange._federation import ADDRESS, TAX, Federation, build_federation, node_client
+from tests.exchange._federation import (
+    ADDRESS,
+    RESIDENTS,
+    TAX,
+    Federation,
+    ResidentsAdapter,
+    build_federation,
+    node_client,
+)
 from tests.exchange.test_verification import NOW, SKEW, World, _response, world
 
 __all__ = ["world"]
@@ -102,7 +112,7 @@ def fed(tmp_path: Path, db_url: str) -> Iterator[Federation]:
     federation.central_engine.dispose()
 
 
-def _call(fed: Federation, **extra: str):  # type: ignore[no-untyped-def]
+def _call(fed: Federation, path: str = f"/r1/{ADDRESS}", **extra: str):  # type: ignore[no-untyped-def]
     headers = {
         "X-Road-Client": str(TAX),
         "X-OnceOnly-Api-Key": fed.api_keys[TAX],
@@ -113,7 +123,7 @@ def _call(fed: Federation, **extra: str):  # type: ignore[no-untyped-def]
 
     async def go():  # type: ignore[no-untyped-def]
         async with node_client(fed, TAX.member) as c:
-            return await c.get(f"/r1/{ADDRESS}", headers=headers)
+            return await c.get(path, headers=headers)
 
     return asyncio.run(go())
 
@@ -252,3 +262,54 @@ def test_ledger_overdue_is_reported_once_and_not_after_deletion(db_url: str) -> 
     assert ledger.count_overdue(now + timedelta(days=1)) == 2
     assert ledger.received_without_onward("s", "S")
     engine.dispose()
+
+
+class ReServingAdapter(ResidentsAdapter):
+    """The residents' adapter, plus a ``digest`` service that passes on address data."""
+
+    def services(self) -> Sequence[ServiceDescription]:
+        return [
+            *super().services(),
+            ServiceDescription(
+                "digest", "v1", "address digest", ("address",), re_serves=str(ADDRESS.unversioned)
+            ),
+        ]
+
+
+def test_data_received_under_no_onward_transfer_is_not_served_on(
+    tmp_path: Path, db_url: str
+) -> None:
+    fed = build_federation(tmp_path, db_url)
+    try:
+        assert fed.adapter is not None
+        adapter = fed.adapter
+        adapter.__class__ = ReServingAdapter  # the same records, one more service
+        digest = ServiceId(RESIDENTS, "digest", "v1")
+        fed.admin.add_service(
+            digest, description="digest", fields=("address",), purposes=("tax-assessment",)
+        )
+        fed.admin.grant(TAX, digest)
+        fed.refresh()
+        adapter.records["sub-2"] = {"address": "原町田2-2-2"}
+        # Before anything was received about sub-1, the digest is served.
+        assert _call(fed, path=f"/r1/{digest}").status_code == 200
+        got = _call(fed, **{"X-Road-Id": "onward-1"})  # received under "no onward transfer"
+        assert json.loads(got.headers["x-onceonly-usage-terms"])["onward"] is False
+        refused = _call(fed, path=f"/r1/{digest}")
+        assert refused.status_code == 403, refused.text
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        assert refused.json()["code"] == "Server.ServerProxy.OnwardTransferRefused"
+        assert refused.json()["type"].endswith("server.serverproxy.onwardtransferrefused")
+        assert any(
+            "OnwardTransferRefused" in (e.reason or "")
+            for e in fed_log(fed)  # the residents share the tax office's node
+            if e.kind == "refusal"
+        )
+        # Another subject's data never arrived here: served.
+        other = _call(fed, path=f"/r1/{digest}", **{"X-OnceOnly-Subject": "sub-2"})
+        assert other.status_code == 200
+        # Once the departmental system deleted what it received, nothing is held to pass on.
+        assert _confirm(fed, "onward-1").status_code == 200
+        assert _call(fed, path=f"/r1/{digest}").status_code == 200
+    finally:
+        fed.central_engine.dispose()

@@ -17,7 +17,7 @@ from exchange.db import database_url, make_engine
 from exchange.ports import CITIZEN_AGENCY
 from exchange.settings import Settings
 from exchange.tokens import DevIssuer
-from onceonly.wiring import pseudonym_service
+from onceonly.wiring import PSEUDONYMS, pseudonym_service, registry_database_url
 from tests.integration.processes import Cluster
 from tests.integration.test_nodes_as_processes import (  # noqa: F401 (fixture)
     ADDRESS,
@@ -98,8 +98,13 @@ def test_terms_verified_deletion_confirmed_and_overdue_shown_to_auditor_and_citi
     assert "onceonly_obligations_overdue 1.0" in metrics
 
     # The citizen: their own record at the node shows both states next to the accesses.
-    pseudonyms = pseudonym_service(settings)
-    citizen = pseudonyms.translate(subject, from_agency=TAX, to_agency=CITIZEN_AGENCY)
+    store = make_engine(registry_database_url(settings, PSEUDONYMS))
+    try:
+        citizen = pseudonym_service(settings, store).translate(
+            subject, from_agency=TAX, to_agency=CITIZEN_AGENCY
+        )
+    finally:
+        store.dispose()
     mine = httpx.get(
         f"{node.url}/me/accesses",
         headers={"authorization": f"Bearer {issuer.issue(citizen)}"},
