@@ -609,6 +609,7 @@ def create_node_app(
             clock=clock,
             auditors=parts.auditor_tokens,
             refused=obligation_refused,
+            clients=[str(c) for c in signers],
         )
     )
     for router in parts.routers:

@@ -10,11 +10,11 @@ code and the message id, so that the citizen sees both next to the access in the
 """
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -112,25 +112,37 @@ def build_obligations_router(
     clock: Callable[[], datetime],
     auditors: TokenVerifier | None,
     refused: RefusalRecorder,
+    clients: Sequence[str],
 ) -> APIRouter:
     router = APIRouter(route_class=refusal_auditing_route(refused))
 
-    @router.post(
-        "/obligations/{message_id}/deleted",
-        **documented(
-            "confirmObligationDeleted",
-            security=API_KEY,
-            problems=(400, 401, 404, 503),
-            responses={200: _json(_OBLIGATION, "the obligation, with its deletion time")},
-        ),
+    confirm_doc = documented(
+        "confirmObligationDeleted",
+        security=API_KEY,
+        problems=(400, 401, 404, 503),
+        responses={200: _json(_OBLIGATION, "the obligation, with its deletion time")},
     )
+    # The client header as the exchange routes declare it: one of the subsystems hosted here
+    # (read and checked by ``authenticate``, with the API key, from the raw headers).
+    confirm_doc["openapi_extra"] = (confirm_doc["openapi_extra"] or {}) | {
+        "parameters": [
+            {
+                "name": "X-Road-Client",
+                "in": "header",
+                "required": True,
+                "description": "the departmental system (a subsystem hosted by this node) that "
+                "received the data; its API key is presented",
+                "schema": {"type": "string", "enum": sorted(clients)},
+            }
+        ]
+    }
+
+    @router.post("/obligations/{message_id}/deleted", **confirm_doc)
     async def confirm_deleted(
         request: Request,
         message_id: Annotated[str, Path(min_length=1, max_length=128)],
-        x_road_client: Annotated[str, Header(alias="X-Road-Client", max_length=255)],
     ) -> dict[str, Any]:
         """The departmental system deleted the data it received in this message."""
-        del x_road_client  # read (and checked) by ``authenticate`` from the headers
         client = await authenticate({k.lower(): v for k, v in request.headers.items()})
         now = clock()
         before = await asyncio.to_thread(ledger.get, str(client), message_id)
