@@ -18,6 +18,7 @@ from fastapi import APIRouter, Path, Query, Request
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from exchange.db import as_unavailable
 from exchange.identifiers import ClientId
 from exchange.obligations import MAX_LIST, Obligation, ObligationsLedger
 from exchange.ports import AuditDecision, AuditEvent, AuditKind
@@ -99,7 +100,13 @@ class OverdueObligations(Collector):
             "onceonly_obligations_overdue",
             "Data received under usage terms and not confirmed deleted by its delete-by date",
         )
-        gauge.add_metric([], self._ledger.count_overdue(self._clock()))
+        try:
+            count = self._ledger.count_overdue(self._clock())
+        except Exception as exc:  # the database is away: the rest of /metrics still answers
+            if as_unavailable(exc) is None:
+                raise
+            return
+        gauge.add_metric([], count)
         yield gauge
 
 
