@@ -102,6 +102,8 @@ class ServiceSpec:
     operation: Operation = "read"
     many: bool = False
     """A response is a JSON array of objects (e.g. every property of one owner)."""
+    re_serves: str | None = None
+    """The service id whose data this service passes on (``ServiceDescription.re_serves``)."""
 
     @property
     def changes(self) -> bool:
@@ -129,6 +131,7 @@ class ServiceSpec:
                 self.request_model.model_json_schema() if self.request_model is not None else None
             ),
             response_schema=self.response_schema(),
+            re_serves=self.re_serves,
         )
 
 
@@ -142,6 +145,7 @@ def build_spec(
     change: Sequence[str] | None = None,
     required: Sequence[str] = (),
     many: bool = False,
+    re_serves: str | None = None,
 ) -> ServiceSpec:
     """A ``ServiceSpec`` from declared fields (name → (type, description)).
 
@@ -181,6 +185,7 @@ def build_spec(
         purposes=tuple(purposes),
         operation="change" if change is not None else "read",
         many=many,
+        re_serves=re_serves,
     )
 
 

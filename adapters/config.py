@@ -133,6 +133,9 @@ class _ServiceDecl(BaseModel):
     many: bool = False
     """A response is a JSON array of objects (e.g. every property of one owner)."""
     change: ChangeDecl | None = None
+    re_serves: str | None = Field(default=None, max_length=255)
+    """The service id (versioned or not) whose data this service passes on: refused for a
+    subject whose data arrived from it under "no onward transfer" (docs/adapters.md)."""
 
     def _check_change(self, fields: dict[str, Any]) -> None:
         if self.change is None:
@@ -153,6 +156,7 @@ class _ServiceDecl(BaseModel):
             change=self.change.fields if self.change else None,
             required=self.change.must if self.change else (),
             many=self.many,
+            re_serves=self.re_serves,
         )
 
 

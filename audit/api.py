@@ -73,7 +73,13 @@ _ACTIONS: dict[str, tuple[str, str]] = {
     "consent.used": ("used your consent", "あなたの同意を利用しました"),
     "consent.expired": ("had your consent expire", "あなたの同意が期限切れになりました"),
     "procedure.step": ("carried out a procedure step", "手続きの一部を実行しました"),
+    "obligation.deleted": ("deleted the data it had received", "受け取った情報を削除しました"),
+    "obligation.overdue": (
+        "had not deleted the data it received by its delete-by date",
+        "受け取った情報を削除期限までに削除していません",
+    ),
 }
+OBLIGATION_KINDS = ("obligation.deleted", "obligation.overdue")
 _OUTCOMES = {
     "allow": ("allowed", "許可"),
     "deny": ("refused", "拒否"),
@@ -153,11 +159,27 @@ def describe_entry(record: dict[str, Any], release: dict[str, Any] | None = None
         "purpose": record.get("purpose"),
         "basis": {"consent_id": record.get("consent_id"), "law": record.get("basis")},
         "kind": kind,
+        "message_id": record.get("message_id"),
         "outcome": outcome_en,
         "allowed": decision == "allow",
         "restriction": restriction,
         "text": {"en": en, "ja": ja},
     }
+
+
+def _with_obligations(accesses: list[dict[str, Any]]) -> None:
+    """Next to each data received under usage terms, what became of it (issue 17 item 4): the
+    consumer node's ``obligation.deleted`` / ``obligation.overdue`` entries about the same
+    message on this page. A deletion, even a late one, is the last word."""
+    states: dict[str, dict[str, Any]] = {}
+    for a in accesses:
+        if a.get("kind") in OBLIGATION_KINDS and a.get("message_id"):
+            state = "deleted" if a["kind"] == "obligation.deleted" else "overdue"
+            if states.get(a["message_id"], {}).get("state") != "deleted":
+                states[a["message_id"]] = {"state": state, "at": a.get("when")}
+    for a in accesses:
+        if a.get("kind") == "response" and a.get("message_id") in states:
+            a["obligation"] = states[a["message_id"]]
 
 
 def _entry_json(entry: LogEntry) -> dict[str, Any]:
@@ -408,6 +430,7 @@ def build_router(
         cp = covering_checkpoint(page.entries[-1].index) if page.entries else None
         originals = log.released_originals(page.entries)
         accesses = [access(e, originals.get(e.index), cp) for e in page.entries if cp is not None]
+        _with_obligations(accesses)
         return {
             "accesses": accesses,
             "next_cursor": None if page.next_cursor is None else str(page.next_cursor),

@@ -64,7 +64,7 @@ from exchange.errors import ClientError, NotFoundError, OnceOnlyError, RefusalEr
 from exchange.event_inbox import CONSENT_EVENTS_PATH
 from exchange.identifiers import ClientId, ServiceId
 from exchange.node_requests import VerifiedNodeRequest
-from exchange.ports import AuditSink, ConsentQuery
+from exchange.ports import AuditSink, ConsentDecision, ConsentQuery
 from exchange.tokens import Principal, TokenVerifier
 from exchange.web.auth import bearer_principal
 from exchange.web.body import read_body
@@ -472,14 +472,13 @@ def build_gate_router(
             idempotency_key=asked.idempotency_key,
         )
 
-    def _answer(
-        decision_allow: bool, consent_id: str, fields: frozenset[str], reasons: tuple[str, ...]
-    ) -> GateAnswer:
+    def _answer(d: ConsentDecision) -> GateAnswer:
         return GateAnswer(
-            allow=decision_allow,
-            consent_id=consent_id,
-            fields=tuple(sorted(fields)),
-            reasons=reasons,
+            allow=d.allow,
+            consent_id=d.consent_id,
+            fields=tuple(sorted(d.fields)),
+            reasons=d.reasons,
+            retention_days=d.retention_days if d.allow else None,
         )
 
     @router.post(
@@ -495,7 +494,7 @@ def build_gate_router(
         query = await _query(request, changes_state=False)
         d = await run_in_threadpool(service.check, query)
         counted.gate_answer("check", d.allow)
-        return _answer(d.allow, d.consent_id, d.fields, d.reasons)
+        return _answer(d)
 
     @router.post(
         "/use",
@@ -510,7 +509,7 @@ def build_gate_router(
         query = await _query(request, changes_state=True)
         d = await run_in_threadpool(service.use, query)
         counted.gate_answer("use", d.allow)
-        return _answer(d.allow, d.consent_id, d.fields, d.reasons)
+        return _answer(d)
 
     return router
 

@@ -113,6 +113,7 @@ _CHECK_COLUMNS = select(
     ConsentRow.fields,
     ConsentRow.valid_from,
     ConsentRow.valid_until,
+    ConsentRow.data_retention_days,
 )
 
 
@@ -163,6 +164,8 @@ class _ScopeRow(Protocol):
     def status(self) -> str: ...
     @property
     def subject(self) -> str: ...
+    @property
+    def data_retention_days(self) -> int: ...
     @property
     def client(self) -> str: ...
     @property
@@ -871,7 +874,10 @@ class ConsentService:
         if reason is not None or row is None:
             return _deny(query.consent_id, reason or "unknown consent")
         return ConsentDecision(
-            allow=True, consent_id=row.id, fields=self._allowed_fields(row, query)
+            allow=True,
+            consent_id=row.id,
+            fields=self._allowed_fields(row, query),
+            retention_days=row.data_retention_days,
         )
 
     def use(self, query: ConsentQuery) -> ConsentDecision:
@@ -973,7 +979,9 @@ class ConsentService:
                 now,
                 message_id=query.message_id,
             )
-        return ConsentDecision(allow=True, consent_id=row.id, fields=fields)
+        return ConsentDecision(
+            allow=True, consent_id=row.id, fields=fields, retention_days=row.data_retention_days
+        )
 
     def _record_retry(
         self, row: ConsentRow, prior_message_id: str, query: ConsentQuery, now: datetime
@@ -981,7 +989,9 @@ class ConsentService:
         """The same use again (same key, client and service): allowed, audited, not counted."""
         fields = self._allowed_fields(row, query)
         self._audit_use(row, query, fields, now, retry_of=prior_message_id)
-        return ConsentDecision(allow=True, consent_id=row.id, fields=fields)
+        return ConsentDecision(
+            allow=True, consent_id=row.id, fields=fields, retention_days=row.data_retention_days
+        )
 
     def _audit_use(
         self,

@@ -332,3 +332,5 @@ class GateAnswer(_Wire):
     consent_id: str
     fields: tuple[str, ...]
     reasons: tuple[str, ...] = ()
+    retention_days: int | None = Field(default=None, ge=0, le=MAX_RETENTION_DAYS)
+    """The consent's data life (``data_retention_days``), for the response's usage terms."""

@@ -154,4 +154,9 @@ class RemoteConsentGate:
         fields = frozenset(answer.fields)
         if query.fields and not fields <= set(query.fields):
             return _deny(query, "the consent service allowed fields that were not asked for")
-        return ConsentDecision(allow=True, consent_id=query.consent_id, fields=fields)
+        return ConsentDecision(
+            allow=True,
+            consent_id=query.consent_id,
+            fields=fields,
+            retention_days=answer.retention_days,
+        )

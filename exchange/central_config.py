@@ -38,7 +38,9 @@ from exchange.signing import (
 )
 
 __all__ = [
+    "DEFAULT_RETENTION_DAYS",
     "MAX_RESTRICTED_DAYS",
+    "MAX_RETENTION_DAYS",
     "AccessRightEntry",
     "ConsentServiceEntry",
     "MemberEntry",
@@ -58,6 +60,9 @@ __all__ = [
 MAX_REGISTRY_BYTES = 8 * 1024 * 1024
 MAX_RESTRICTED_DAYS = 36_500
 """The longest a restricted statute may keep an exchange from its citizen's view (100 years)."""
+MAX_RETENTION_DAYS = 36_500
+DEFAULT_RETENTION_DAYS = 365
+"""The delete-by date of data received on a statute that names no retention (docs/protocol.md)."""
 
 
 class _Wire(BaseModel):
@@ -115,6 +120,14 @@ class StatuteEntry(_Wire):
     on this basis is kept from its citizen's view for this many days (docs/audit.md,
     "Restricted entries"). Left out of the document when None, so that documents signed before
     the field existed keep their canonical form (and their signatures)."""
+    retention_days: int | None = Field(
+        default=None, ge=0, le=MAX_RETENTION_DAYS, exclude_if=lambda v: v is None
+    )
+    """How long a recipient may keep data received on this basis (the delete-by date of the
+    response's usage terms); ``DEFAULT_RETENTION_DAYS`` when None. Left out when None."""
+    onward_transfer: bool = Field(default=False, exclude_if=lambda v: not v)
+    """Whether the recipient may pass data received on this basis on to another agency.
+    Left out when False (the default), for the same reason."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +336,15 @@ class VerifiedRegistry:
                 if statute.restricted_days is None:
                     return None
                 return Restriction(statute, now + timedelta(days=statute.restricted_days))
+        return None
+
+    def statute_for(
+        self, client: ClientId, service: ServiceId, purpose: str
+    ) -> StatuteEntry | None:
+        """The statute the policy decides on for this exchange, if any (as ``restriction``)."""
+        for statute in self._statutes.get(str(service.unversioned), ()):
+            if statute.client == str(client) and purpose in statute.purposes:
+                return statute
         return None
 
     def allowed_services(self, client: ClientId, *, now: datetime) -> list[ServiceEntry]:

@@ -21,7 +21,7 @@ import binascii
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Generic, Literal, TypeVar
 
 from pydantic import (
@@ -52,6 +52,7 @@ __all__ = [
     "Unverified",
     "UnverifiedRequest",
     "UnverifiedResponse",
+    "UsageTerms",
     "body_hash",
     "exchange_event",
     "parse_unverified_request",
@@ -109,6 +110,16 @@ class RequestEnvelope(_Wire):
         return data
 
 
+class UsageTerms(_Wire):
+    """What the consumer may do with the data of one response: use it for ``purpose`` only,
+    delete it by ``delete_by`` (from the consent's data life or the statute's retention), and
+    pass it on to another agency only when ``onward`` is true."""
+
+    purpose: str = Field(min_length=1, max_length=128)
+    delete_by: date
+    onward: bool = False
+
+
 class ResponseEnvelope(_Wire):
     v: Literal[1] = 1
     message_id: str = Field(max_length=128)
@@ -122,6 +133,10 @@ class ResponseEnvelope(_Wire):
     basis: str | None = Field(default=None, max_length=SHORT)
     decision_id: str | None = Field(default=None, max_length=64)
     error_code: str | None = Field(default=None, max_length=128)
+    terms: UsageTerms | None = Field(default=None, exclude_if=lambda v: v is None)
+    """The usage terms the data travels under (docs/protocol.md §2, "Usage terms"), signed with
+    the rest. Left out of the envelope when None, so that responses without terms keep the
+    canonical form they had before the field existed (and the vectors their signatures)."""
 
 
 E = TypeVar("E", RequestEnvelope, ResponseEnvelope)

@@ -111,6 +111,9 @@ class ConsentDecision:
     consent_id: str
     fields: frozenset[str]
     reasons: tuple[str, ...] = ()
+    retention_days: int | None = None
+    """The consent's data life: the recipient deletes the data this many days after receiving
+    it (the delete-by date of the response's usage terms). None when the gate does not say."""
 
     def __bool__(self) -> bool:
         return self.allow
@@ -147,6 +150,8 @@ AuditKind = Literal[
     "release",
     "event.delivered",
     "event.received",
+    "obligation.deleted",
+    "obligation.overdue",
 ]
 
 
@@ -236,6 +241,10 @@ class ServiceDescription:
     changes: bool = False
     request_schema: Mapping[str, JsonValue] | None = None
     response_schema: Mapping[str, JsonValue] | None = None
+    re_serves: str | None = None
+    """A service id (versioned or not) whose data this service passes on: the provider node
+    refuses to serve it about a subject whose data it received from that service under "no
+    onward transfer" and has not deleted (docs/protocol.md, "Usage terms")."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from exchange.central_config import (
     MAX_RESTRICTED_DAYS,
+    MAX_RETENTION_DAYS,
     AccessRightEntry,
     ConsentServiceEntry,
     MemberEntry,
@@ -209,11 +210,17 @@ class RegistryAdmin:
         title_ja: str = "",
         title_en: str = "",
         restricted_days: int | None = None,
+        retention_days: int | None = None,
+        onward_transfer: bool = False,
     ) -> None:
         """Add or replace a statutory basis; ``restricted_days`` makes it a restricted statute
-        (its exchanges are kept from the citizen's view that long; docs/audit.md)."""
+        (its exchanges are kept from the citizen's view that long; docs/audit.md);
+        ``retention_days`` and ``onward_transfer`` are the usage terms of data received on it
+        (docs/protocol.md, "Usage terms")."""
         if restricted_days is not None and not 1 <= restricted_days <= MAX_RESTRICTED_DAYS:
             raise ClientError(f"restricted days must be between 1 and {MAX_RESTRICTED_DAYS}")
+        if retention_days is not None and not 0 <= retention_days <= MAX_RETENTION_DAYS:
+            raise ClientError(f"retention days must be between 0 and {MAX_RETENTION_DAYS}")
         with Session(self._engine) as s, s.begin():
             row = s.get(StatuteRow, statute_id)
             values = {
@@ -225,6 +232,8 @@ class RegistryAdmin:
                 "title_ja": title_ja,
                 "title_en": title_en,
                 "restricted_days": restricted_days,
+                "retention_days": retention_days,
+                "onward_transfer": onward_transfer,
             }
             if row is None:
                 s.add(StatuteRow(id=statute_id, **values))
@@ -354,6 +363,8 @@ class RegistryAdmin:
                         title_ja=t.title_ja,
                         title_en=t.title_en,
                         restricted_days=t.restricted_days,
+                        retention_days=t.retention_days,
+                        onward_transfer=bool(t.onward_transfer),
                     )
                     for t in s.scalars(select(StatuteRow).order_by(StatuteRow.id))
                 ),

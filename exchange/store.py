@@ -11,10 +11,21 @@ replicas of one node) can share one PostgreSQL database.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    Index,
+    Integer,
+    String,
+    Text,
+    false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
@@ -97,6 +108,28 @@ class StatuteRow(Base):
     title_en: Mapped[str] = mapped_column(Text, default="")
     restricted_days: Mapped[int | None] = mapped_column(Integer, nullable=True)
     """Exchanges on this basis are kept from the citizen's view this long (restricted statute)."""
+    retention_days: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """Recipients delete data received on this basis after this many days (usage terms)."""
+    onward_transfer: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
+class ObligationRow(Base):
+    """The consumer node's obligations ledger: one row per response received under usage terms
+    (docs/operator.md, "Obligations ledger"). ``subject`` is the receiving agency's own code, as
+    its audit log keeps it; ``overdue_at`` is when the overdue deletion was recorded in the log."""
+
+    __tablename__ = "xchg_obligations"
+    __table_args__ = (Index("ix_xchg_obligations_open", "deleted_at", "delete_by"),)
+    client: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    message_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    service: Mapped[str] = mapped_column(String(ID_LEN))
+    subject: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
+    purpose: Mapped[str] = mapped_column(String(128))
+    delete_by: Mapped[date] = mapped_column(Date)
+    onward: Mapped[bool] = mapped_column(Boolean)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    overdue_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class RegistryMetaRow(Base):

@@ -461,6 +461,21 @@ def registry_add_statute(
             show_default=False,
         ),
     ] = None,
+    retention_days: Annotated[
+        int | None,
+        typer.Option(
+            help="the recipient deletes data received on this basis after this many days "
+            "(the delete-by date of the usage terms; 365 when not given)",
+            show_default=False,
+        ),
+    ] = None,
+    onward_transfer: Annotated[
+        bool,
+        typer.Option(
+            "--onward-transfer/--no-onward-transfer",
+            help="whether the recipient may pass the data on to another agency",
+        ),
+    ] = False,
     data_dir: DataDir = None,
 ) -> None:
     """A statutory basis: CLIENT may get FIELDS of SERVICE for PURPOSES without consent."""
@@ -474,6 +489,8 @@ def registry_add_statute(
         title_ja=title_ja,
         title_en=title_en,
         restricted_days=restricted_days,
+        retention_days=retention_days,
+        onward_transfer=onward_transfer,
     )
 
 

@@ -537,6 +537,7 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
             puller.run,
         ),
         engine=engine,
+        auditor_tokens=token_verifier(settings),
         consent_request_schema=ConsentRequestInput.model_json_schema(),
         collectors=(
             PolicyEngineInfo(feed.engine, settings.policy_engine),

@@ -58,6 +58,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from alerts.api import EMAIL_PATTERN
 from audit import merkle, restricted
+from audit.api import OBLIGATION_KINDS
 from audit.checkpoint import NoteError, NoteVerifier, verify_checkpoint
 from audit.completeness import CompletenessError, SubjectProof, verify_record
 from audit.log import MAX_PAGE_SIZE, EntryQuery, TransparencyLog
@@ -190,6 +191,9 @@ class _Row:
     time: datetime | None
     release: Mapping[str, Any] | None = None
     """The release entry of a restricted entry, now shown (``audit.restricted``)."""
+    obligation: Mapping[str, Any] | None = None
+    """What became of data received under usage terms: the consumer node's latest
+    ``obligation.deleted`` or ``obligation.overdue`` entry about the same message."""
 
 
 def _b64(data: bytes) -> str:
@@ -221,10 +225,26 @@ def _access_rows(node: str, records: Sequence[LogRecord]) -> list[_Row]:
             found = None  # shown as it is; the completeness check names it
         if found is not None:
             releases[found.releases] = r.record
-    return [
+    obligations: dict[str, Mapping[str, Any]] = {}
+    for r in records:
+        message = r.record.get("message_id")
+        # A deletion, even a late one, is the last word.
+        if (
+            r.record.get("kind") in OBLIGATION_KINDS
+            and isinstance(message, str)
+            and obligations.get(message, {}).get("kind") != "obligation.deleted"
+        ):
+            obligations[message] = r.record
+    rows = [
         _row(node, r, releases.get(r.index))
         for r in records
         if r.record.get("kind") != restricted.RELEASE_KIND
+    ]
+    return [
+        replace(row, obligation=obligations.get(str(row.record.get("message_id"))))
+        if row.record.get("kind") == "response"
+        else row
+        for row in rows
     ]
 
 

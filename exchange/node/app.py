@@ -50,13 +50,23 @@ from exchange.keystore import INIT_COMMAND, KeyStore, member_command
 from exchange.message_log import SqlMessageLog
 from exchange.node.consumer import Consumer, ConsumerCall
 from exchange.node.metrics import NodeMetrics
+from exchange.node.obligations_api import (
+    SWEEP_INTERVAL_S as OBLIGATIONS_SWEEP_S,
+)
+from exchange.node.obligations_api import (
+    OverdueObligations,
+    build_obligations_router,
+    sweep_overdue,
+)
 from exchange.node.openapi import exchange_paths
 from exchange.node.platform import CONSENT_REQUESTS_ROUTE, ConsentRequestForwarder
 from exchange.node.provider import Provider
 from exchange.node.registry_cache import RegistryCache
 from exchange.node.transport import AiohttpTransport
+from exchange.obligations import ObligationsLedger
 from exchange.openapi import openapi_document
 from exchange.ports import (
+    AuditEvent,
     AuditSink,
     ConsentGate,
     PolicyDecider,
@@ -75,6 +85,7 @@ from exchange.signing import (
     load_private_key,
     public_key_from_pem,
 )
+from exchange.tokens import TokenVerifier
 from exchange.web.body import read_body
 from exchange.web.health import LIVENESS, METRICS, READINESS, database_check, readiness
 from exchange.web.metrics import CONTENT_TYPE
@@ -233,6 +244,9 @@ class NodeParts:
     about: Mapping[str, str] = field(default_factory=dict)
     """What the parts are, shown on ``/healthz`` beside the node's own fields (e.g. the policy
     engine chosen at start-up: ``{"policy_engine": "opa-inprocess"}``)."""
+    auditor_tokens: TokenVerifier | None = None
+    """Verifies auditors' bearer tokens for the node's ``GET /audit/obligations``; without it,
+    that route is not served (the deletion confirmation is)."""
     inline: bool = False
     """The parts' blocking work is local CPU work (SQLite, embedded policy): the provider runs
     its checks on the event loop rather than in a worker thread (``exchange.db.runs_inline``)."""
@@ -343,7 +357,8 @@ def create_node_app(
         transport=transport,
         cache_file=keys.registry_cache(member),
     )
-    metrics = NodeMetrics(parts.collectors)
+    obligations = ObligationsLedger(engine)
+    metrics = NodeMetrics((*parts.collectors, OverdueObligations(obligations, clock)))
     registry.on_change(lambda _reg: metrics.registry_serial.inc())
     for listener in parts.on_registry:
         registry.on_change(listener)
@@ -365,6 +380,7 @@ def create_node_app(
         max_skew_s=settings.max_clock_skew_s,
         clock=clock,
         inline=parts.inline and inline,
+        obligations=obligations,
     )
     consumer = Consumer(
         node=node_id,
@@ -377,6 +393,7 @@ def create_node_app(
         timeout_s=settings.exchange_timeout_s,
         clock=clock,
         sealer=parts.sealer,
+        obligations=obligations,
     )
 
     async def _refresh_loop() -> None:
@@ -395,6 +412,17 @@ def create_node_app(
                 metrics.database_unavailable_at("background")
                 _log.warning("replay pruning skipped: the database is unavailable")
 
+    async def _obligations_loop() -> None:
+        """Records newly overdue obligations in the log (docs/operator.md)."""
+        while True:
+            await asyncio.sleep(OBLIGATIONS_SWEEP_S)
+            try:
+                await sweep_overdue(obligations, audit.record_async, node_id, clock())
+            except Exception as exc:  # the database is away: sweep next time, never stop
+                if as_unavailable(exc) is None:
+                    raise
+                metrics.database_unavailable_at("background")
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         registry.load_cached(now=clock())
@@ -408,6 +436,7 @@ def create_node_app(
                     break  # serve with the cached copy, or fail closed per request
                 await asyncio.sleep(0.2)
         tasks = [asyncio.create_task(_refresh_loop()), asyncio.create_task(_prune_loop())]
+        tasks.append(asyncio.create_task(_obligations_loop()))
         tasks += [asyncio.create_task(job()) for job in parts.background]
         try:
             yield
@@ -558,6 +587,31 @@ def create_node_app(
     async def metrics_endpoint() -> Response:
         return Response(await asyncio.to_thread(metrics.render), media_type=CONTENT_TYPE)
 
+    def obligation_refused(exc: OnceOnlyError, route: str, _request: Request) -> None:
+        audit.record(
+            AuditEvent(
+                time=clock(),
+                node=node_id,
+                kind="refusal",
+                decision="deny",
+                status=exc.status,
+                reason=f"{exc.code}: {exc.detail}"[:500],
+                extra={"stage": "obligations-api", "route": route[:255]},
+            )
+        )
+
+    app.include_router(
+        build_obligations_router(
+            obligations,
+            node=node_id,
+            authenticate=consumer.authenticate_async,
+            record=audit.record_async,
+            clock=clock,
+            auditors=parts.auditor_tokens,
+            refused=obligation_refused,
+            clients=[str(c) for c in signers],
+        )
+    )
     for router in parts.routers:
         app.include_router(router)
     return app

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import re
 import time
 import uuid
@@ -54,6 +55,7 @@ from exchange.errors import (
 from exchange.group_commit import GroupCommitSink
 from exchange.identifiers import ClientId, ServiceId, parse_part
 from exchange.node.registry_cache import RegistryCache
+from exchange.obligations import ObligationsLedger
 from exchange.ports import (
     AuditDecision,
     AuditEvent,
@@ -137,8 +139,12 @@ class Consumer:
         timeout_s: float,
         clock: Callable[[], datetime],
         sealer: SubjectSealer | None = None,
+        obligations: ObligationsLedger | None = None,
     ) -> None:
+        """``obligations``: the ledger that records each response received under usage terms
+        (``exchange.obligations``); without it, the terms are verified and passed on only."""
         self._node = node
+        self._obligations = obligations
         self._sealer = sealer
         self._signers = dict(signers)
         self._registry = registry
@@ -363,6 +369,9 @@ class Consumer:
                 now=self._clock(),
                 max_skew_s=self._max_skew_s,
             )
+            # The usage terms are signed with the envelope; they must be for our purpose.
+            if verified.envelope.terms and verified.envelope.terms.purpose != envelope.purpose:
+                raise VerificationError("the usage terms are for another purpose")
         except OnceOnlyError as exc:
             # What the departmental system is told is what is recorded (with the cause's detail).
             refusal = (
@@ -400,6 +409,17 @@ class Consumer:
             subject=own,
             restriction=restriction,
         )
+        terms = env.terms if env.status < 400 else None
+        if terms is not None and self._obligations is not None:
+            await asyncio.to_thread(
+                self._obligations.record,
+                client=str(client),
+                message_id=envelope.message_id,
+                service=str(service),
+                subject=own,
+                terms=terms,
+                now=self._clock(),
+            )
         # (C6) answer the departmental system.
         headers = {
             "content-type": env.content_type or "application/octet-stream",
@@ -419,6 +439,10 @@ class Consumer:
             headers["x-onceonly-fields"] = ",".join(env.fields)
         if env.decision_id:
             headers["x-onceonly-decision-id"] = env.decision_id
+        if terms is not None:
+            headers["x-onceonly-usage-terms"] = json.dumps(
+                terms.model_dump(mode="json"), separators=(",", ":"), sort_keys=True
+            )
         return ConsumerResult(env.status, verified.body, headers)
 
     async def _record(

@@ -21,13 +21,14 @@ import asyncio
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from exchange.canonical import sha256_b64
-from exchange.central_config import Restriction
+from exchange.central_config import DEFAULT_RETENTION_DAYS, Restriction, VerifiedRegistry
 from exchange.db import as_unavailable
 from exchange.envelope import (
     ResponseEnvelope,
+    UsageTerms,
     exchange_event,
     parse_unverified_request,
     seal,
@@ -44,6 +45,7 @@ from exchange.errors import (
 from exchange.group_commit import GroupCommitSink
 from exchange.identifiers import ClientId
 from exchange.node.registry_cache import RegistryCache
+from exchange.obligations import ObligationsLedger
 from exchange.ports import (
     CITIZEN_AGENCY,
     AdapterRequest,
@@ -67,7 +69,7 @@ from exchange.subject_token import OpenedTokens, SealedSubject
 from exchange.verification import VerifiedRequest, verify_request
 from exchange.web.problems import problem_document
 
-__all__ = ["Provider", "ProviderAnswer", "filter_fields"]
+__all__ = ["Provider", "ProviderAnswer", "filter_fields", "usage_terms"]
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -113,6 +115,30 @@ class _Authorized:
     fields: frozenset[str]
     basis: str | None
     decision_id: str | None
+    terms: UsageTerms | None = None
+
+
+def usage_terms(
+    registry: VerifiedRegistry,
+    req: VerifiedRequest,
+    basis: str | None,
+    consent: ConsentDecision | None,
+    now: datetime,
+) -> UsageTerms:
+    """The usage terms of an allowed exchange (docs/protocol.md, "Usage terms"): the consent's
+    data life and no onward transfer when consent is the basis; otherwise the retention and the
+    onward-transfer term of the statute the exchange falls under (``DEFAULT_RETENTION_DAYS`` and
+    no onward transfer when none applies or it names none)."""
+    purpose = req.envelope.purpose
+    days: int | None
+    if basis and basis.startswith("consent:") and consent is not None:
+        days, onward = consent.retention_days, False
+    else:
+        statute = registry.statute_for(req.client, req.service, purpose)
+        days = statute.retention_days if statute else None
+        onward = statute.onward_transfer if statute else False
+    days = DEFAULT_RETENTION_DAYS if days is None else days
+    return UsageTerms(purpose=purpose, delete_by=(now + timedelta(days=days)).date(), onward=onward)
 
 
 class Provider:
@@ -132,6 +158,7 @@ class Provider:
         max_skew_s: int,
         clock: Callable[[], datetime],
         inline: bool = False,
+        obligations: ObligationsLedger | None = None,
     ) -> None:
         """``seal_keys``: subjects arrive sealed by the pseudonym translator, opened with the
         hosted subsystem's own key; a plain subject is then refused. Without them, ``subjects``
@@ -151,6 +178,8 @@ class Provider:
         self._max_skew_s = max_skew_s
         self._clock = clock
         self._inline = inline
+        self._obligations = obligations
+        self._re_serves: dict[str, str | None] = {}
 
     # -- entry point -----------------------------------------------------------------------------
 
@@ -257,6 +286,7 @@ class Provider:
             local_subject: str | None = sealed.subject
         else:
             local_subject = self._translate(env.subject, str(req.client), str(req.service.provider))
+        self._check_onward(req, local_subject)  # (9c)
         # (10) consent, checked without side effects.
         consent: ConsentDecision | None = None
         query: ConsentQuery | None = None
@@ -325,7 +355,32 @@ class Provider:
                     code="Server.ServerProxy.ConsentRefused",
                     reasons=used.reasons,
                 )
-        return _Authorized(local_subject, frozenset(fields), basis, decision_id)
+        terms = usage_terms(registry, req, basis, consent, now)
+        return _Authorized(local_subject, frozenset(fields), basis, decision_id, terms)
+
+    def _check_onward(self, req: VerifiedRequest, subject: str | None) -> None:
+        """(9c) A service declared as re-serving another (``ServiceDescription.re_serves``) is
+        refused for a subject whose data this node received from that service under "no onward
+        transfer" and has not deleted (the obligations ledger; docs/protocol.md)."""
+        if self._obligations is None or subject is None:
+            return
+        key = str(req.service)
+        if key not in self._re_serves:
+            adapter = self._adapters.get(req.service.provider)
+            found = [
+                d.re_serves
+                for d in (adapter.services() if adapter is not None else ())
+                if d.code == req.service.code
+                and (req.service.version is None or d.version in (None, req.service.version))
+            ]
+            self._re_serves[key] = found[0] if found else None
+        source = self._re_serves[key]
+        if source and self._obligations.received_without_onward(subject, source):
+            raise RefusalError(
+                "this node received the data under usage terms that forbid passing it on",
+                code="Server.ServerProxy.OnwardTransferRefused",
+                reasons=(f"data from {source} was received under no onward transfer",),
+            )
 
     def _open_subject(self, req: VerifiedRequest, now: datetime) -> SealedSubject | None:
         """(9b) with the translator: steps T1–T4 (``exchange.subject_token``) on the token."""
@@ -437,6 +492,7 @@ class Provider:
             basis=auth.basis if auth else None,
             decision_id=auth.decision_id if auth else None,
             error_code=error_code,
+            terms=auth.terms if auth and status < 400 else None,
         )
         wire = seal(env, body, self._signers[req.service.provider])
         return ProviderAnswer(200, wire, {"content-type": "application/json"}, status, error_code)

@@ -471,3 +471,40 @@ def test_the_serve_socket_answers_kept_alive_connections_without_nagle_delay() -
         return value
 
     assert asyncio.run(nodelay_of_an_accepted_connection()) != 0
+
+
+def test_add_statute_with_usage_terms_publishes_retention_and_onward_transfer(
+    data_dir: Path,
+) -> None:
+    """The options docs/operator.md ("Usage terms of a statute") describes; defaults left out."""
+    from datetime import UTC, datetime
+
+    from exchange.db import make_engine
+    from exchange.registry_admin import RegistryAdmin
+
+    _provision(data_dir)
+    common = [
+        "--service",
+        "JP/GOV/132098/resident-registry/address/v1",
+        "--client",
+        "JP/GOV/132098/municipal-tax",
+        "--purposes",
+        "taxation",
+        "--fields",
+        "address",
+    ]
+    kept = ["registry", "add-statute", "kept", *common, "--ordinance", "jp-a/1"]
+    assert _cli(*kept, "--retention-days", "30", "--onward-transfer")[0] == 0
+    assert _cli("registry", "add-statute", "plain", *common, "--ordinance", "jp-b/1")[0] == 0
+    code, output = _cli(*kept, "--retention-days", "-1")
+    assert code != 0, output
+    engine = make_engine(f"sqlite:///{data_dir / 'central.sqlite'}")
+    doc = RegistryAdmin(engine).document(
+        instance="JP", ca_pem="", central_url="", now=datetime.now(UTC)
+    )
+    engine.dispose()
+    by_id = {t.id: t for t in doc.statutes}
+    assert (by_id["kept"].retention_days, by_id["kept"].onward_transfer) == (30, True)
+    dumped = by_id["plain"].model_dump(mode="json")
+    assert "retention_days" not in dumped
+    assert "onward_transfer" not in dumped

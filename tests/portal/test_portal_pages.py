@@ -523,3 +523,34 @@ def test_a_restricted_access_is_shown_once_released_and_the_record_still_proves_
         cli.app, ["audit", "verify-record", "--key", world.log.vkey(), str(path)]
     )
     assert ok.exit_code == 0, ok.output
+
+
+def test_each_access_under_usage_terms_shows_deleted_on_or_overdue(world: World) -> None:
+    """Issue #17 item 4: next to the access, what the recipient did with the data — from the
+    consumer node's obligation entries about the same message (ja and en)."""
+    deleted_at = world.now - timedelta(days=3)
+    kept = exchange_event(world.now - timedelta(days=400), "ps-alice", message_id="m-kept")
+    gone = exchange_event(world.now - timedelta(days=20), "ps-alice", message_id="m-gone")
+    overdue = replace(
+        kept,
+        time=world.now - timedelta(days=30),
+        kind="obligation.overdue",
+        decision="error",
+        extra={"delete_by": "2027-01-05"},
+    )
+    late = replace(gone, time=deleted_at, kind="obligation.deleted", decision="info")
+    world.log.append_many([kept, gone, overdue, late])
+
+    async def scenario(c: PortalClient) -> None:
+        await c.sign_in(ALICE)
+        ja = await c.get("/access")
+        assert "期限（2027-01-05）を過ぎても削除されていません" in ja.text
+        assert f"{deleted_at:%Y-%m-%d} に削除されました" in ja.text
+        en = await c.get("/access", params={"lang": "en"})
+        assert "overdue: not deleted by 2027-01-05" in en.text
+        assert f"deleted on {deleted_at:%Y-%m-%d}" in en.text
+        assert en.text.count('class="obligation-overdue"') == 1
+        assert en.text.count('class="obligation-deleted"') == 1
+        assert "Deletion overdue" in en.text  # the obligation entry is in the record itself
+
+    run(world, scenario)

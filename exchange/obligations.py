@@ -1,0 +1,222 @@
+"""The consumer node's obligations ledger: what it received under usage terms, and whether the
+departmental system deleted it in time (docs/operator.md, "Obligations ledger").
+
+Every verified response that carries usage terms (``exchange.envelope.UsageTerms``) and data is
+recorded here by the consumer side, in the node's own database: message id, client, service,
+the receiving agency's own subject code (as its audit log keeps it), purpose, delete-by date and
+the onward-transfer term. The departmental system confirms deletion (``confirm_deleted``); an
+obligation still open after its delete-by date is *overdue*: ``sweep_overdue`` records each one
+once in the node's audit log (kind ``obligation.overdue``, with the subject, so that the citizen
+sees it next to the access) and the auditor lists them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+from sqlalchemy import Engine, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from exchange.envelope import UsageTerms
+from exchange.errors import NotFoundError
+from exchange.store import ObligationRow
+
+__all__ = ["Obligation", "ObligationsLedger"]
+
+MAX_LIST = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Obligation:
+    client: str
+    message_id: str
+    service: str
+    subject: str | None
+    purpose: str
+    delete_by: date
+    onward: bool
+    received_at: datetime
+    deleted_at: datetime | None
+    overdue_at: datetime | None
+
+    def overdue(self, now: datetime) -> bool:
+        """Not deleted, and the delete-by date (a UTC calendar day) is past."""
+        return self.deleted_at is None and self.delete_by < now.astimezone(UTC).date()
+
+    def to_json(self, now: datetime) -> dict[str, object]:
+        return {
+            "client": self.client,
+            "message_id": self.message_id,
+            "service": self.service,
+            "purpose": self.purpose,
+            "delete_by": self.delete_by.isoformat(),
+            "onward": self.onward,
+            "received_at": self.received_at.isoformat(),
+            "deleted_at": self.deleted_at.isoformat() if self.deleted_at else None,
+            "overdue": self.overdue(now),
+        }
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)  # SQLite hands back naive datetimes
+
+
+def _of(row: ObligationRow) -> Obligation:
+    received = _aware(row.received_at)
+    assert received is not None
+    return Obligation(
+        client=row.client,
+        message_id=row.message_id,
+        service=row.service,
+        subject=row.subject,
+        purpose=row.purpose,
+        delete_by=row.delete_by,
+        onward=row.onward,
+        received_at=received,
+        deleted_at=_aware(row.deleted_at),
+        overdue_at=_aware(row.overdue_at),
+    )
+
+
+class ObligationsLedger:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def record(
+        self,
+        *,
+        client: str,
+        message_id: str,
+        service: str,
+        subject: str | None,
+        terms: UsageTerms,
+        now: datetime,
+    ) -> None:
+        """One response received under ``terms`` (idempotent on client and message id)."""
+        try:
+            with Session(self._engine) as s, s.begin():
+                if s.get(ObligationRow, (client, message_id)) is not None:
+                    return
+                s.add(
+                    ObligationRow(
+                        client=client,
+                        message_id=message_id,
+                        service=service,
+                        subject=subject,
+                        purpose=terms.purpose,
+                        delete_by=terms.delete_by,
+                        onward=terms.onward,
+                        received_at=now,
+                    )
+                )
+        except IntegrityError:
+            return  # recorded meanwhile by a retry of the same message
+
+    def get(self, client: str, message_id: str) -> Obligation | None:
+        with Session(self._engine) as s:
+            row = s.get(ObligationRow, (client, message_id))
+            return None if row is None else _of(row)
+
+    def confirm_deleted(self, client: str, message_id: str, now: datetime) -> Obligation:
+        """The departmental system ``client`` deleted the data of ``message_id``. A second
+        confirmation keeps the first time. Unknown (or another client's) message: 404."""
+        with Session(self._engine) as s, s.begin():
+            row = s.get(ObligationRow, (client, message_id), with_for_update=True)
+            if row is None:
+                raise NotFoundError(
+                    "no obligation for this message at this client",
+                    code="Client.UnknownObligation",
+                )
+            if row.deleted_at is None:
+                row.deleted_at = now
+            s.flush()
+            return _of(row)
+
+    def overdue(self, now: datetime, *, limit: int = MAX_LIST) -> list[Obligation]:
+        """Open obligations past their delete-by date, oldest first."""
+        today = now.astimezone(UTC).date()
+        with Session(self._engine) as s:
+            rows = s.scalars(
+                select(ObligationRow)
+                .where(ObligationRow.deleted_at.is_(None), ObligationRow.delete_by < today)
+                .order_by(ObligationRow.delete_by, ObligationRow.client, ObligationRow.message_id)
+                .limit(limit)
+            )
+            return [_of(r) for r in rows]
+
+    def listing(self, now: datetime, *, limit: int = MAX_LIST) -> list[Obligation]:
+        """Every obligation, the most recent first."""
+        del now
+        with Session(self._engine) as s:
+            rows = s.scalars(
+                select(ObligationRow)
+                .order_by(ObligationRow.received_at.desc(), ObligationRow.message_id)
+                .limit(limit)
+            )
+            return [_of(r) for r in rows]
+
+    def count_overdue(self, now: datetime) -> int:
+        today = now.astimezone(UTC).date()
+        with Session(self._engine) as s:
+            return int(
+                s.scalar(
+                    select(func.count())
+                    .select_from(ObligationRow)
+                    .where(ObligationRow.deleted_at.is_(None), ObligationRow.delete_by < today)
+                )
+                or 0
+            )
+
+    def unreported_overdue(self, now: datetime, *, limit: int = MAX_LIST) -> list[Obligation]:
+        return [o for o in self.overdue(now, limit=limit) if o.overdue_at is None]
+
+    def mark_reported(self, client: str, message_id: str, now: datetime) -> bool:
+        """Claim the overdue report of one obligation; False when already claimed."""
+        with Session(self._engine) as s, s.begin():
+            result = s.execute(
+                update(ObligationRow)
+                .where(
+                    ObligationRow.client == client,
+                    ObligationRow.message_id == message_id,
+                    ObligationRow.overdue_at.is_(None),
+                )
+                .values(overdue_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            return getattr(result, "rowcount", 0) == 1
+
+    def of_subjects(self, subjects: frozenset[str], *, limit: int = MAX_LIST) -> list[Obligation]:
+        if not subjects:
+            return []
+        with Session(self._engine) as s:
+            rows = s.scalars(
+                select(ObligationRow)
+                .where(ObligationRow.subject.in_(sorted(subjects)))
+                .order_by(ObligationRow.received_at.desc())
+                .limit(limit)
+            )
+            return [_of(r) for r in rows]
+
+    def received_without_onward(self, subject: str, service: str) -> bool:
+        """Whether this node holds data about ``subject`` from ``service`` (a versioned id, or an
+        unversioned one for every version) received under "no onward transfer" and not yet
+        deleted."""
+        with Session(self._engine) as s:
+            hit = s.scalar(
+                select(ObligationRow.message_id)
+                .where(
+                    ObligationRow.subject == subject,
+                    or_(
+                        ObligationRow.service == service,
+                        ObligationRow.service.startswith(service + "/", autoescape=True),
+                    ),
+                    ObligationRow.onward.is_(False),
+                    ObligationRow.deleted_at.is_(None),
+                )
+                .limit(1)
+            )
+            return hit is not None
