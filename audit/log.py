@@ -346,9 +346,18 @@ class TransparencyLog:
             conn.begin()  # so that conn.commit() below commits what the raw cursor wrote
             self._begin_write(conn)
             with driver_cursor(conn) as cur:
-                n, frontier = self._lock_head(cur, sql)
-                self._append_at(cur, sql, n, frontier, prepared)
-            conn.commit()
+                if self._engine.dialect.name == "postgresql" and len(prepared) < COPY_FROM:
+                    # (COPY, for larger batches, cannot run in a pipeline) pipeline mode: BEGIN and the head's lock in one round trip, then every
+                    # write and the COMMIT in a second (instead of one round trip each); an
+                    # error in any of them fails the whole transaction, as before
+                    with cur.connection.pipeline():
+                        n, frontier = self._lock_head(cur, sql)
+                        self._append_at(cur, sql, n, frontier, prepared)
+                        cur.connection.commit()
+                else:
+                    n, frontier = self._lock_head(cur, sql)
+                    self._append_at(cur, sql, n, frontier, prepared)
+            conn.commit()  # PostgreSQL: already committed above, a no-op
         self._known_size = max(self._known_size, n + len(prepared))
         return list(range(n, n + len(prepared)))
 

@@ -401,7 +401,6 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
     sink = LogSink(log, engine)
 
     feed = PolicyFeed(engine_from_settings(settings))  # logs which engine, and why
-    engines = (engine,) if pseudonym_engine is None else (engine, pseudonym_engine)
     return NodeParts(
         adapters=adapters,
         subjects=subjects,
@@ -427,7 +426,11 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
         consent_request_schema=ConsentRequestInput.model_json_schema(),
         collectors=(PolicyEngineInfo(feed.engine, settings.policy_engine),),
         about={"policy_engine": engine_name(feed.engine)},
-        inline=runs_inline(*engines, mode=settings.db_work)
+        # the provider's checks (9)–(12) on the event loop when they are CPU work: an embedded
+        # policy engine, and no database behind subject translation that waits on round trips
+        # (the node's own database is not read there; a consent check goes to a thread anyway)
+        inline=settings.db_work != "threads"
+        and (pseudonym_engine is None or runs_inline(pseudonym_engine, mode=settings.db_work))
         and not isinstance(feed.engine, OpaServerEngine),
         closers=(
             *(a.aclose for a in adapters.values() if isinstance(a, SqlAdapter | HttpAdapter)),
