@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, text
-from sqlalchemy.exc import DBAPIError
 
 from exchange.canonical import b64e, sha256_b64
 from exchange.central_config import VerifiedRegistry, verify_registry
@@ -250,7 +249,7 @@ def test_a_replay_batch_that_fails_records_none_of_its_ids(pg_url: str) -> None:
     engine = make_engine(pg_url, pool_size=1, max_overflow=0)
     upgrade(engine)
     guard = ReplayGuard(engine, "JP/GOV/1", max_skew_s=SKEW)
-    with pytest.raises(DBAPIError):
+    with pytest.raises(Exception, match="too long"):
         guard.remember_many([(str(CLIENT), "fine", NOW), (str(CLIENT), "x" * 200, NOW)])
     assert guard.remember_many([(str(CLIENT), "fine", NOW)]) == [True]
     assert guard.remember_many([(str(CLIENT), "fine", NOW)]) == [False]
