@@ -401,6 +401,7 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
     sink = LogSink(log, engine)
 
     feed = PolicyFeed(engine_from_settings(settings))  # logs which engine, and why
+    engines = (engine,) if pseudonym_engine is None else (engine, pseudonym_engine)
     return NodeParts(
         adapters=adapters,
         subjects=subjects,
@@ -430,7 +431,7 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
         # policy engine, and no database behind subject translation that waits on round trips
         # (the node's own database is not read there; a consent check goes to a thread anyway)
         inline=settings.db_work != "threads"
-        and (pseudonym_engine is None or runs_inline(pseudonym_engine, mode=settings.db_work))
+        and runs_inline(*engines[1:], mode=settings.db_work)
         and not isinstance(feed.engine, OpaServerEngine),
         closers=(
             *(a.aclose for a in adapters.values() if isinstance(a, SqlAdapter | HttpAdapter)),
