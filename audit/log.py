@@ -342,15 +342,42 @@ class TransparencyLog:
             return []
         self._ensure_head()
         sql = _append_sql(self._engine.dialect.paramstyle, self._engine.dialect.name)
-        with self._engine.connect() as conn:
-            conn.begin()  # so that conn.commit() below commits what the raw cursor wrote
-            self._begin_write(conn)
-            with driver_cursor(conn) as cur:
-                n, frontier = self._lock_head(cur, sql)
-                self._append_at(cur, sql, n, frontier, prepared)
-            conn.commit()
+        if self._engine.dialect.name == "postgresql" and len(prepared) < COPY_FROM:
+            n = self._append_pipelined(sql, prepared)  # (COPY, for larger batches, cannot)
+        else:
+            with self._engine.connect() as conn:
+                conn.begin()  # so that conn.commit() below commits what the raw cursor wrote
+                self._begin_write(conn)
+                with driver_cursor(conn) as cur:
+                    n, frontier = self._lock_head(cur, sql)
+                    self._append_at(cur, sql, n, frontier, prepared)
+                conn.commit()
         self._known_size = max(self._known_size, n + len(prepared))
         return list(range(n, n + len(prepared)))
+
+    def _append_pipelined(self, sql: _AppendSql, prepared: Sequence[_Prepared]) -> int:
+        """PostgreSQL, a small batch: the same transaction in two round trips instead of six.
+
+        In pipeline mode on a connection in autocommit, ``BEGIN`` and the head's lock go out
+        together (one wait, for the head), then every write and the ``COMMIT`` (one wait, for the
+        commit). Any error fails the transaction whole; the connection is then discarded rather
+        than returned to the pool mid-transaction (the server rolls back what it holds)."""
+        pooled = self._engine.raw_connection()
+        driver: Any = pooled.driver_connection
+        try:
+            driver.autocommit = True
+            with driver.pipeline(), driver.cursor() as cur:
+                cur.execute("BEGIN")
+                n, frontier = self._lock_head(cur, sql)
+                self._append_at(cur, sql, n, frontier, prepared)
+                cur.execute("COMMIT")
+            driver.autocommit = False
+        except BaseException as exc:
+            pooled.invalidate(exc if isinstance(exc, Exception) else None)
+            raise
+        finally:
+            pooled.close()
+        return n
 
     def _lock_head(self, cur: Any, sql: _AppendSql) -> tuple[int, list[tuple[int, bytes]]]:
         """Take the log's write lock; the size and compact range (level, hash) it holds."""

@@ -213,11 +213,20 @@ def main() -> None:
                 "bare_hop": baseline,
                 "signed_exchange": secure,
                 "throughput_ratio_b_over_a": ratio,
+                # latency the signed exchange adds over the bare hop (medians of the rounds)
+                "p50_added_ms": _added(secure, baseline, "p50_ms"),
+                "p99_added_ms": _added(secure, baseline, "p99_ms"),
                 "target_ratio": 0.5,
                 "meets_target": ratio is not None and ratio >= 0.5,
             }
         )
     )
+
+
+def _added(secure: dict[str, float], baseline: dict[str, float], key: str) -> float | None:
+    if secure.get(key) is None or baseline.get(key) is None:
+        return None
+    return round(secure[key] - baseline[key], 2)
 
 
 def _uvicorn(proc: Proc, target: str):  # type: ignore[no-untyped-def]

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 from sqlalchemy import Engine, func, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from exchange.envelope import UsageTerms
@@ -96,25 +97,22 @@ class ObligationsLedger:
         terms: UsageTerms,
         now: datetime,
     ) -> None:
-        """One response received under ``terms`` (idempotent on client and message id)."""
-        try:
-            with Session(self._engine) as s, s.begin():
-                if s.get(ObligationRow, (client, message_id)) is not None:
-                    return
-                s.add(
-                    ObligationRow(
-                        client=client,
-                        message_id=message_id,
-                        service=service,
-                        subject=subject,
-                        purpose=terms.purpose,
-                        delete_by=terms.delete_by,
-                        onward=terms.onward,
-                        received_at=now,
-                    )
-                )
-        except IntegrityError:
-            return  # recorded meanwhile by a retry of the same message
+        """One response received under ``terms`` (idempotent on client and message id): one
+        ``INSERT … ON CONFLICT DO NOTHING`` in autocommit, one round trip on PostgreSQL."""
+        values = {
+            "client": client,
+            "message_id": message_id,
+            "service": service,
+            "subject": subject,
+            "purpose": terms.purpose,
+            "delete_by": terms.delete_by,
+            "onward": terms.onward,
+            "received_at": now,
+        }
+        insert = pg_insert if self._engine.dialect.name == "postgresql" else sqlite_insert
+        stmt = insert(ObligationRow).values(**values).on_conflict_do_nothing()
+        with self._engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(stmt)
 
     def get(self, client: str, message_id: str) -> Obligation | None:
         with Session(self._engine) as s:

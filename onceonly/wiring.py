@@ -544,7 +544,11 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
             *((consent,) if isinstance(consent, CachingConsentGate) else ()),
         ),
         about={"policy_engine": engine_name(feed.engine)},
-        inline=runs_inline(*engines, mode=settings.db_work)
+        # the provider's checks (9)–(12) on the event loop when they are CPU work: an embedded
+        # policy engine, and no database behind subject translation that waits on round trips
+        # (the node's own database is not read there; a consent check goes to a thread anyway)
+        inline=settings.db_work != "threads"
+        and runs_inline(*engines[1:], mode=settings.db_work)
         and not isinstance(feed.engine, OpaServerEngine),
         closers=(
             *(a.aclose for a in adapters.values() if isinstance(a, SqlAdapter | HttpAdapter)),

@@ -379,7 +379,8 @@ def create_node_app(
         seal_keys=_load_seal_keys(keys, signers) if parts.sealer is not None else None,
         max_skew_s=settings.max_clock_skew_s,
         clock=clock,
-        inline=parts.inline and inline,
+        inline=parts.inline,
+        ledger_inline=inline,
         obligations=obligations,
     )
     consumer = Consumer(

@@ -28,10 +28,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import quote
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from exchange.canonical import sha256_b64
 from exchange.central_config import Restriction
+from exchange.db import read_cursor
 from exchange.envelope import (
     MAX_BODY_BYTES,
     REPRESENTED_PARTY_PATTERN,
@@ -65,10 +66,12 @@ from exchange.ports import (
     Transport,
 )
 from exchange.signing import MemberSigner
-from exchange.store import ClientKeyRow
 from exchange.verification import verify_response
 
 __all__ = ["Consumer", "ConsumerCall", "ConsumerResult", "hash_api_key"]
+
+_OWNER_SQL = "SELECT client_id, node FROM xchg_client_keys WHERE key_hash = ?"  # ClientKeyRow
+_OWNER_SQL_PG = _OWNER_SQL.replace("?", "%s")
 
 MESSAGE_PATH = "/x1/messages"
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
@@ -192,13 +195,12 @@ class Consumer:
 
     def _owner(self, key_hash: str) -> str:
         """The client the key was issued to at this node, or "" (looked up by its hash)."""
-        with self._engine.connect() as conn:
-            row = conn.execute(
-                select(ClientKeyRow.client_id, ClientKeyRow.node).where(
-                    ClientKeyRow.key_hash == key_hash
-                )
-            ).first()
-        owner = row.client_id if row is not None and row.node == self._node else ""
+        # one statement in autocommit (PostgreSQL: one round trip, no BEGIN/ROLLBACK)
+        sql = _OWNER_SQL if self._engine.dialect.paramstyle == "qmark" else _OWNER_SQL_PG
+        with read_cursor(self._engine) as cur:
+            cur.execute(sql, (key_hash,))
+            row = cur.fetchone()
+        owner = str(row[0]) if row is not None and row[1] == self._node else ""
         if owner:
             if len(self._key_cache) >= API_KEY_CACHE_MAX:
                 self._key_cache.clear()

@@ -159,6 +159,7 @@ class Provider:
         clock: Callable[[], datetime],
         inline: bool = False,
         obligations: ObligationsLedger | None = None,
+        ledger_inline: bool = True,
     ) -> None:
         """``seal_keys``: subjects arrive sealed by the pseudonym translator, opened with the
         hosted subsystem's own key; a plain subject is then refused. Without them, ``subjects``
@@ -179,6 +180,7 @@ class Provider:
         self._clock = clock
         self._inline = inline
         self._obligations = obligations
+        self._ledger_inline = ledger_inline  # the ledger's reads may run on the loop (SQLite)
         self._re_serves: dict[str, str | None] = {}
 
     # -- entry point -----------------------------------------------------------------------------
@@ -220,7 +222,11 @@ class Provider:
             )
             # (9)–(12): on the loop when every part is local CPU work, except a consent check,
             # which asks the consent service over the network.
-            if self._inline and not verified.envelope.consent_id:
+            if (
+                self._inline
+                and not verified.envelope.consent_id
+                and (self._ledger_inline or self._re_served(verified) is None)
+            ):
                 auth = self._authorize(verified, now)
             else:
                 auth = await asyncio.to_thread(self._authorize, verified, now)
@@ -358,12 +364,9 @@ class Provider:
         terms = usage_terms(registry, req, basis, consent, now)
         return _Authorized(local_subject, frozenset(fields), basis, decision_id, terms)
 
-    def _check_onward(self, req: VerifiedRequest, subject: str | None) -> None:
-        """(9c) A service declared as re-serving another (``ServiceDescription.re_serves``) is
-        refused for a subject whose data this node received from that service under "no onward
-        transfer" and has not deleted (the obligations ledger; docs/protocol.md)."""
-        if self._obligations is None or subject is None:
-            return
+    def _re_served(self, req: VerifiedRequest) -> str | None:
+        """The service ``req``'s service re-serves, if it is declared so (adapter metadata,
+        cached: no database read)."""
         key = str(req.service)
         if key not in self._re_serves:
             adapter = self._adapters.get(req.service.provider)
@@ -374,7 +377,15 @@ class Provider:
                 and (req.service.version is None or d.version in (None, req.service.version))
             ]
             self._re_serves[key] = found[0] if found else None
-        source = self._re_serves[key]
+        return self._re_serves[key]
+
+    def _check_onward(self, req: VerifiedRequest, subject: str | None) -> None:
+        """(9c) A service declared as re-serving another (``ServiceDescription.re_serves``) is
+        refused for a subject whose data this node received from that service under "no onward
+        transfer" and has not deleted (the obligations ledger; docs/protocol.md)."""
+        if self._obligations is None or subject is None:
+            return
+        source = self._re_served(req)
         if source and self._obligations.received_without_onward(subject, source):
             raise RefusalError(
                 "this node received the data under usage terms that forbid passing it on",

@@ -61,6 +61,32 @@ def test_stored_roots_and_proofs_equal_the_in_memory_reference_at_every_size(
             assert log.consistency_proof(m, n) == merkle.consistency_proof(datas[:n], m)
 
 
+def test_a_batch_whose_last_write_fails_leaves_nothing_behind(
+    log: TransparencyLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL a small batch's writes and COMMIT go in one pipeline: when the last of them
+    (the head's update) fails, the entries and nodes queued before it are not committed either,
+    and the pooled connection serves the next append (SQLite: one transaction, the same)."""
+    import dataclasses
+
+    import audit.log as audit_log
+
+    log.append_many([make_event(i) for i in range(3)])
+    real = audit_log._append_sql
+
+    def broken(paramstyle: str, dialect: str) -> object:
+        sql = real(paramstyle, dialect)
+        return dataclasses.replace(sql, update_head=sql.update_head.replace("audit_heads", "nope"))
+
+    monkeypatch.setattr(audit_log, "_append_sql", broken)
+    with pytest.raises(Exception, match="nope"):
+        log.append_many([make_event(i) for i in range(3, 6)])
+    monkeypatch.setattr(audit_log, "_append_sql", real)
+    assert log.size() == 3
+    assert log.append_many([make_event(i) for i in range(3, 5)]) == [3, 4]
+    _assert_log_verifies(log)
+
+
 def test_append_stores_one_node_per_completed_subtree(log: TransparencyLog) -> None:
     log.append_many([make_event(i) for i in range(16)])
     with log._engine.connect() as conn:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from exchange.canonical import b64e, sha256_b64
 from exchange.central_config import VerifiedRegistry, verify_registry
@@ -239,6 +239,22 @@ def test_batched_replay_ids_accept_each_id_once(db_url: str) -> None:
     assert got == [True, False, False, True, True]
     with pytest.raises(ReplayError):
         guard.remember(str(CLIENT), "b", now=NOW)
+    engine.dispose()
+
+
+def test_a_replay_batch_that_fails_records_none_of_its_ids(pg_url: str) -> None:
+    """PostgreSQL sends a batch as one statement in autocommit: atomic, so a batch that fails
+    (here an id longer than the column) leaves none of its ids behind, and the connection it
+    used goes back to the pool in a state the next batch can use."""
+    engine = make_engine(pg_url, pool_size=1, max_overflow=0)
+    upgrade(engine)
+    guard = ReplayGuard(engine, "JP/GOV/1", max_skew_s=SKEW)
+    with pytest.raises(Exception, match="too long"):
+        guard.remember_many([(str(CLIENT), "fine", NOW), (str(CLIENT), "x" * 200, NOW)])
+    assert guard.remember_many([(str(CLIENT), "fine", NOW)]) == [True]
+    assert guard.remember_many([(str(CLIENT), "fine", NOW)]) == [False]
+    with engine.connect() as conn:  # committed: seen from another transaction
+        assert conn.execute(text("SELECT count(*) FROM xchg_seen_messages")).scalar() == 1
     engine.dispose()
 
 
