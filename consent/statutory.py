@@ -58,6 +58,8 @@ class Child:
     subject: str
     """The child's subject at the consent service (the citizen id)."""
     birth_date: date
+    message_id: str = ""
+    """The exchange that carried this child's record (else the answer's)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,7 @@ class HouseholdAnswer:
 
     household_id: str
     message_id: str
+    """The exchange that carried the parent's record."""
     children: tuple[Child, ...]
 
 
@@ -116,7 +119,7 @@ def derive_parent_mandates(
             valid_until=until,
             basis=(
                 f"resident registry household {answer.household_id}, born "
-                f"{child.birth_date.isoformat()}, exchange {answer.message_id}"
+                f"{child.birth_date.isoformat()}, exchange {child.message_id or answer.message_id}"
             )[:300],
         )
         done.registered.append(mandates.register(registration, by=by, now=now))
