@@ -991,7 +991,7 @@ def consent_derive_parent_mandates(
     ``parent`` mandate per minor child of the parent's household, valid until the child's 18th
     birthday (民法 第4条), its basis the exchange's message id; idempotent (docs/consent.md)."""
     from consent.statutory import derive_parent_mandates
-    from onceonly.household import read_household
+    from onceonly.household import PURPOSE, read_household
     from procedures.one_stop import OneStopClient
 
     try:
@@ -1004,7 +1004,7 @@ def consent_derive_parent_mandates(
         raise ClientError("--node must be an http:// or https:// URL")
 
     async def ask() -> Any:
-        async with OneStopClient(node, api_key, client_id=client) as one_stop:
+        async with OneStopClient(node, api_key, client_id=client, purpose=PURPOSE) as one_stop:
             return await read_household(one_stop, parent, tuple(child))
 
     answer, refused = asyncio.run(ask())

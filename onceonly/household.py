@@ -3,7 +3,8 @@
 
 The one-stop subsystem asks its own node ``GET /r1/JP/GOV/132098/resident-registry/person/v1`` for
 the parent and for each child named, with ``X-OnceOnly-Fields: household_id,birth_date,
-relationship`` (minimisation): real signed exchanges, each with its ``X-Road-Id``, audited at both
+relationship`` (minimisation) and purpose ``statutory-representation``, under the one-stop's
+access right and statute 民法 第818条 (``adapters/reference/rights.py``): real signed exchanges, each with its ``X-Road-Id``, audited at both
 nodes. The subjects are citizen ids (the one-stop's own code for a citizen, ``CITIZEN_AGENCY``); the
 translator maps them to the registry's resident codes (docs/pseudonyms.md), so the consent service
 gets citizen ids back without ever seeing a resident code.
@@ -21,9 +22,11 @@ from consent.statutory import Child, HouseholdAnswer
 from exchange.errors import ClientError, TransportError
 from procedures.one_stop import OneStopClient
 
-__all__ = ["PERSON_SERVICE", "read_household"]
+__all__ = ["PERSON_SERVICE", "PURPOSE", "read_household"]
 
 PERSON_SERVICE = f"{MACHIDA_MEMBER}/resident-registry/person/v1"
+PURPOSE = "statutory-representation"
+"""The purpose of the reads: the access right and statute 民法 第818条 (adapters/reference/rights.py)."""
 FIELDS = ("household_id", "birth_date", "relationship")
 PARENTS = frozenset({"世帯主", "妻", "夫"})
 CHILD = "子"
