@@ -57,5 +57,9 @@ async def read_household(
         if data.get("household_id") != household or data.get("relationship") != CHILD:
             refused.append(child)
             continue
-        found.append(Child(child, date.fromisoformat(str(data["birth_date"])), mid))
+        try:
+            born = date.fromisoformat(str(data.get("birth_date")))
+        except ValueError:
+            raise ClientError("the resident registry gave no birth date for a child") from None
+        found.append(Child(child, born, mid))
     return HouseholdAnswer(household, parent_mid, tuple(found)), refused
