@@ -982,6 +982,78 @@ def consent_register_mandate(
     typer.echo(done.model_dump_json(indent=2))
 
 
+@consent_app.command("derive-parent-mandates")
+def consent_derive_parent_mandates(
+    node: Annotated[
+        str,
+        typer.Option(help="the one-stop subsystem's own node (http[s]://…)", show_default=False),
+    ],
+    api_key_file: Annotated[
+        Path,
+        typer.Option(help="a file holding the subsystem's API key at its node", show_default=False),
+    ],
+    parent: Annotated[str, typer.Option(help="the parent's citizen id", show_default=False)],
+    child: Annotated[
+        list[str], typer.Option(help="a child's citizen id (repeat the option)", show_default=False)
+    ],
+    client: Annotated[str, typer.Option(help="the subsystem asking")] = "JP/GOV/132098/one-stop",
+    purposes: Annotated[
+        str, typer.Option(help="consent purpose codes, comma-separated, * for all")
+    ] = "*",
+    procedures: Annotated[str, typer.Option(help="procedures, comma-separated, * for all")] = "*",
+    operator: Annotated[str, typer.Option(help="who derives them (recorded)")] = "operator",
+    data_dir: DataDir = None,
+) -> None:
+    """Derive a parent's statutory mandates from the resident registry, through the node: one
+    ``parent`` mandate per minor child of the parent's household, valid until the child's 18th
+    birthday (民法 第4条), its basis the exchange's message id; idempotent (docs/consent.md)."""
+    from consent.statutory import derive_parent_mandates
+    from onceonly.household import PURPOSE, read_household
+    from procedures.one_stop import OneStopClient
+
+    try:
+        api_key = api_key_file.read_text().strip()
+    except OSError as exc:
+        raise ClientError(f"cannot read the API key file ({exc.strerror})") from None
+    if not api_key:
+        raise ClientError("the API key file is empty")
+    if not node.startswith(("http://", "https://")):
+        raise ClientError("--node must be an http:// or https:// URL")
+
+    async def ask() -> Any:
+        async with OneStopClient(node, api_key, client_id=client, purpose=PURPOSE) as one_stop:
+            return await read_household(one_stop, parent, tuple(child))
+
+    answer, refused = asyncio.run(ask())
+
+    def _list(text: str) -> tuple[str, ...]:
+        return tuple(p.strip() for p in text.split(",") if p.strip())
+
+    with _mandates(data_dir) as mandates:
+        done = derive_parent_mandates(
+            mandates,
+            parent,
+            answer,
+            now=datetime.now(UTC),
+            by=operator,
+            purposes=_list(purposes),
+            procedures=_list(procedures),
+        )
+    typer.echo(
+        json.dumps(
+            {
+                "household": answer.household_id,
+                "registered": [m.model_dump(mode="json") for m in done.registered],
+                "kept": [m.id for m in done.kept],
+                "adults": done.adults,
+                "not_in_household": refused,
+            },
+            ensure_ascii=False,
+            indent=2,
+        )
+    )
+
+
 @consent_app.command("revoke-mandate")
 def consent_revoke_mandate(
     mandate_id: Annotated[str, typer.Argument(help="the mandate's id", show_default=False)],

@@ -110,8 +110,10 @@ class OneStopClient:
         client_id: str = str(ONE_STOP),
         timeout_s: float = DEFAULT_TIMEOUT_S,
         transport: httpx.AsyncBaseTransport | None = None,
+        purpose: str = ADDRESS_CHANGE_PURPOSE,
     ) -> None:
         self._client_id = client_id
+        self._purpose = purpose
         self._api_key = api_key
         self._http = httpx.AsyncClient(
             base_url=node_url.rstrip("/"), timeout=timeout_s, transport=transport
@@ -137,7 +139,7 @@ class OneStopClient:
             "X-Road-Client": self._client_id,
             "X-Road-Id": message_id,
             "X-OnceOnly-Api-Key": self._api_key,
-            "X-OnceOnly-Purpose": ADDRESS_CHANGE_PURPOSE,
+            "X-OnceOnly-Purpose": self._purpose,
             "X-OnceOnly-Subject": subject,
         }
 

@@ -139,4 +139,16 @@ REFERENCE_RIGHTS: tuple[Right, ...] = (
         for code in ("contract", "supply-address-change")
     ),
     Right(_client("gas"), _svc("resident-registry", "address"), ("address-change",)),
+    # Statutory representation: the one-stop reads a parent's and a child's household entry to
+    # derive the parent's mandate (民法 第818条 親権, 第4条 成年; docs/consent.md). Last, so the
+    # statute ids of the rights above keep their numbers.
+    Right(
+        str(ONE_STOP),
+        _svc("resident-registry", "person"),
+        ("statutory-representation",),
+        "jp-civil-code/art818",
+        "民法 第818条（親権者）・第4条（成年）",
+        "Civil Code arts. 818 and 4 (parental authority, majority)",
+        ("household_id", "birth_date", "relationship"),
+    ),
 )
