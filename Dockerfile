@@ -16,6 +16,7 @@ COPY adapters ./adapters
 COPY policies ./policies
 COPY consent ./consent
 COPY audit ./audit
+COPY alerts ./alerts
 COPY procedures ./procedures
 COPY portal ./portal
 # /handover: the mount point compose.yaml's provisioning services share (a volume mounted where the
