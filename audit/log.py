@@ -539,6 +539,13 @@ class TransparencyLog:
             hashes = dict(zip(wanted, self._fetch(cur, wanted), strict=True))
         return fn(lambda level, index: hashes[(level, index)])
 
+    def _require_in_log(self, size: int) -> None:
+        """``ClientError`` if ``size`` is beyond the log; the head is read only for a size beyond
+        any this process has seen (sizes never shrink)."""
+        if size > self._known_size:
+            with read_cursor(self._engine) as cur:
+                self._check_size(size, self._head_size(cur))
+
     def _check_size(self, size: int, current: int) -> None:
         if not 0 <= size <= current:
             raise ClientError(f"tree size {size} is outside the log (size {current})")
@@ -556,10 +563,7 @@ class TransparencyLog:
         if size < 0:
             raise ClientError(f"tree size {size} is outside the log")
         if not 0 <= index < size:
-            # the size is checked first, as before: a size beyond the log is that error
-            if size > self._known_size:
-                with read_cursor(self._engine) as cur:
-                    self._check_size(size, self._head_size(cur))
+            self._require_in_log(size)  # a size beyond the log is that error, as before
             raise ClientError(f"entry {index} is not in a tree of size {size}")
         return self._from_tree(size, lambda p: merkle.inclusion_path(p, index, size))
 
@@ -568,9 +572,7 @@ class TransparencyLog:
         if new_size < 0:
             raise ClientError(f"tree size {new_size} is outside the log")
         if not 0 <= old_size <= new_size:
-            if new_size > self._known_size:
-                with read_cursor(self._engine) as cur:
-                    self._check_size(new_size, self._head_size(cur))
+            self._require_in_log(new_size)
             raise ClientError("the first size must not exceed the second")
         return self._from_tree(new_size, lambda p: merkle.consistency_path(p, old_size, new_size))
 
