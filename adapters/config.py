@@ -42,11 +42,13 @@ from sqlalchemy.exc import ArgumentError
 from adapters.base import FieldType, ServiceSpec, build_spec
 from adapters.sql import ColumnField, SqlAdapter, SqlServiceConfig, SqlUpdate
 from exchange.errors import ConfigurationError, OnceOnlyError
-from exchange.identifiers import ClientId, MemberId
+from exchange.identifiers import ClientId, MemberId, ServiceId
+from exchange.ports import ServiceDescription
 
 __all__ = [
     "BASE_URL_PATTERN",
     "ChangeDecl",
+    "EventDecl",
     "FieldDecl",
     "HttpRegistry",
     "HttpServiceDecl",
@@ -121,6 +123,35 @@ class ChangeDecl(BaseModel):
     @property
     def must(self) -> tuple[str, ...]:
         return self.fields if self.required is None else self.required
+
+
+class EventDecl(BaseModel):
+    """A change event the registry publishes (issue 17 item 3, docs/adapters.md "Change events"):
+    each successful call of the change service ``published_by`` is told to the subscribers of
+    this event service, carrying the declared ``fields`` (a subset of that change's fields) as the
+    call set them. Subscribers subscribe through the exchange, under the same access rights,
+    statutes, consents and Rego policy as a read (docs/protocol.md §9)."""
+
+    model_config = _FROZEN
+
+    code: str = Field(pattern=_CODE)
+    version: str | None = Field(default=None, pattern=_CODE)
+    description: str = Field(min_length=1)
+    purposes: tuple[str, ...] = Field(min_length=1)
+    published_by: str = Field(pattern=_CODE)
+    """The code of this registry's change service whose calls are the changes."""
+    fields: tuple[str, ...] = Field(min_length=1)
+
+    def describe(self, client: ClientId, change: _ServiceDecl) -> ServiceDescription:
+        source = ServiceId(client, change.code, change.version)
+        return ServiceDescription(
+            code=self.code,
+            version=self.version,
+            description=self.description,
+            fields=self.fields,
+            purposes=self.purposes,
+            event_of=str(source),
+        )
 
 
 class _ServiceDecl(BaseModel):
@@ -233,11 +264,31 @@ class _RegistryDecl(BaseModel):
     def subsystem(self) -> str:
         return self.client.subsystem
 
+    events: tuple[EventDecl, ...] = ()
+    """The change events this registry publishes (``EventDecl``)."""
+
     @staticmethod
-    def _unique(services: tuple[_ServiceDecl, ...]) -> None:
-        codes = [s.code for s in services]
+    def _unique(services: tuple[_ServiceDecl, ...], events: tuple[EventDecl, ...] = ()) -> None:
+        codes = [s.code for s in services] + [e.code for e in events]
         if len(set(codes)) != len(codes):
             raise ValueError(f"a service code is declared twice: {codes}")
+        for i, e in enumerate(events):
+            change = next((s for s in services if s.code == e.published_by), None)
+            if change is None or change.change is None:
+                raise ValueError(
+                    f"events[{i}]: published_by names no change service of this registry"
+                )
+            extra = sorted(set(e.fields) - set(change.change.fields))
+            if extra or len(set(e.fields)) != len(e.fields):
+                raise ValueError(
+                    f"events[{i}]: fields must be distinct fields the change sets; not {extra}"
+                )
+
+    def event_descriptions(self) -> tuple[ServiceDescription, ...]:
+        """The declared change events as service descriptions (for the central registry)."""
+        services: tuple[_ServiceDecl, ...] = self.services  # type: ignore[attr-defined]
+        by_code = {s.code: s for s in services}
+        return tuple(e.describe(self.client, by_code[e.published_by]) for e in self.events)
 
 
 class SqlRegistry(_RegistryDecl):
@@ -269,7 +320,7 @@ class SqlRegistry(_RegistryDecl):
     def _check(self) -> SqlRegistry:
         if self.dsn is not None and self.dsn_env is not None:
             raise ValueError("give dsn or dsn_env, not both")
-        self._unique(self.services)
+        self._unique(self.services, self.events)
         for i, s in enumerate(self.services):  # the SQL adapter's own checks (key never set, …)
             try:
                 self._config(s)
@@ -363,7 +414,7 @@ class HttpRegistry(_RegistryDecl):
     def _check(self) -> HttpRegistry:
         if (self.base_url is None) == (self.base_url_env is None):
             raise ValueError("give base_url or base_url_env (one of them)")
-        self._unique(self.services)
+        self._unique(self.services, self.events)
         if self.bearer_token_env is not None and any(
             h.lower() == "authorization" for h in self.header_env
         ):

@@ -135,9 +135,9 @@ def declared_services(config: RegistriesConfig) -> list[DeclaredService]:
     """Every declared service with its description and OpenAPI document (for the registry)."""
     out: list[DeclaredService] = []
     for decl in config.registries:
-        for spec in decl.specs():
-            sid = ServiceId(decl.client, spec.code, spec.version)
-            desc = spec.describe()
+        descriptions = [spec.describe() for spec in decl.specs()]
+        for desc in (*descriptions, *decl.event_descriptions()):
+            sid = ServiceId(decl.client, desc.code, desc.version)
             out.append((sid, desc, openapi_document(str(sid), [(str(sid), desc)])))
     return out
 
@@ -155,6 +155,7 @@ def register_services(admin: RegistryAdmin, config: RegistriesConfig) -> list[Se
             purposes=desc.purposes,
             changes=desc.changes,
             openapi=openapi,
+            event_of=desc.event_of,
         )
         out.append(sid)
     return out

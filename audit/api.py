@@ -73,6 +73,10 @@ _ACTIONS: dict[str, tuple[str, str]] = {
     "consent.used": ("used your consent", "あなたの同意を利用しました"),
     "consent.expired": ("had your consent expire", "あなたの同意が期限切れになりました"),
     "procedure.step": ("carried out a procedure step", "手続きの一部を実行しました"),
+    "event.published": (
+        "was told of a change to your data",
+        "あなたの情報の変更の通知を受けました",
+    ),
     "obligation.deleted": ("deleted the data it had received", "受け取った情報を削除しました"),
     "obligation.overdue": (
         "had not deleted the data it received by its delete-by date",

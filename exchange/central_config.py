@@ -93,6 +93,9 @@ class ServiceEntry(_Wire):
     purposes: tuple[str, ...] = ()
     changes: bool = False
     openapi: dict[str, Any] | None = None
+    event_of: str | None = Field(default=None, exclude_if=lambda v: v is None)
+    """A change event (docs/protocol.md §9): the id of the change service whose successful calls
+    it publishes. Left out when None, so documents signed before it existed keep their form."""
 
 
 class AccessRightEntry(_Wire):
@@ -293,6 +296,11 @@ class VerifiedRegistry:
         self, provider: ClientId, code: str, version: str | None
     ) -> ServiceEntry | None:
         return self._services.get(str(ServiceId(provider, code, version)))
+
+    def events_of(self, change: ServiceId) -> list[ServiceEntry]:
+        """The change events published by calls of ``change`` (docs/protocol.md §9)."""
+        key = str(change)
+        return [s for s in self._services.values() if s.event_of is not None and s.event_of == key]
 
     def services_of(self, provider: ClientId) -> list[ServiceEntry]:
         prefix = f"{provider}/"

@@ -137,6 +137,9 @@ class ResponseEnvelope(_Wire):
     """The usage terms the data travels under (docs/protocol.md §2, "Usage terms"), signed with
     the rest. Left out of the envelope when None, so that responses without terms keep the
     canonical form they had before the field existed (and the vectors their signatures)."""
+    told: tuple[str, ...] | None = Field(default=None, exclude_if=lambda v: v is None)
+    """The subscribers a change was published to (docs/protocol.md §9), signed with the rest; left
+    out when None (no change event was published), for the same reason as ``terms``."""
 
 
 E = TypeVar("E", RequestEnvelope, ResponseEnvelope)

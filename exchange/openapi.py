@@ -146,6 +146,58 @@ def _operation(service_id: str, svc: ServiceDescription, components: dict[str, A
     return op
 
 
+SUBSCRIPTION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["subscription_id", "service", "status", "purpose", "fields", "created_at"],
+    "properties": {
+        "subscription_id": {"type": "string"},
+        "service": {"type": "string"},
+        "status": {"enum": ["active", "paused", "ended"]},
+        "purpose": {"type": "string"},
+        "fields": {"type": "array", "items": {"type": "string"}},
+        "basis": {"type": ["string", "null"]},
+        "created_at": {"type": "string", "format": "date-time"},
+        "ended_at": {"type": ["string", "null"], "format": "date-time"},
+    },
+}
+"""A subscription to a change event (docs/protocol.md §9)."""
+
+
+def _subscription_paths(
+    service_id: str, svc: ServiceDescription, components: dict[str, Any]
+) -> dict[str, Any]:
+    """A change event's operations: subscribe (``POST``), show and end one subscription."""
+    components.setdefault("Subscription", SUBSCRIPTION_SCHEMA)
+    ref = {"application/json": {"schema": {"$ref": "#/components/schemas/Subscription"}}}
+    base = _operation(service_id, svc, components)
+    base["summary"] = f"subscribe: {svc.description}"
+    base["x-onceonly-event-of"] = svc.event_of
+    base["responses"] = {
+        "201": {"description": "subscribed", "content": ref},
+        "200": {"description": "the subscription there was already", "content": ref},
+        "default": base["responses"]["default"],
+    }
+    one = {
+        k: v for k, v in base.items() if k not in ("operationId", "summary", "x-onceonly-event-of")
+    }
+    one["parameters"] = [
+        *base["parameters"],
+        {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},
+    ]
+    one["responses"] = {
+        "200": {"description": "the subscription", "content": ref},
+        "default": base["responses"]["default"],
+    }
+    op_id = service_id.replace("/", "_")
+    return {
+        f"/r1/{service_id}": {"post": base},
+        f"/r1/{service_id}/subscriptions/{{id}}": {
+            "get": {**one, "operationId": op_id + "_get", "summary": "a subscription"},
+            "delete": {**one, "operationId": op_id + "_end", "summary": "end a subscription"},
+        },
+    }
+
+
 def openapi_document(
     title: str, services: Iterable[tuple[str, ServiceDescription]]
 ) -> dict[str, Any]:
@@ -155,6 +207,9 @@ def openapi_document(
     components: dict[str, Any] = {"Problem": PROBLEM_SCHEMA}
     paths: dict[str, Any] = {}
     for service_id, svc in services:
+        if svc.event_of is not None:
+            paths.update(_subscription_paths(service_id, svc, components))
+            continue
         method = "post" if svc.changes or svc.request_schema is not None else "get"
         paths[f"/r1/{service_id}"] = {method: _operation(service_id, svc, components)}
     return {

@@ -150,6 +150,7 @@ AuditKind = Literal[
     "release",
     "event.delivered",
     "event.received",
+    "event.published",
     "obligation.deleted",
     "obligation.overdue",
 ]
@@ -245,6 +246,10 @@ class ServiceDescription:
     """A service id (versioned or not) whose data this service passes on: the provider node
     refuses to serve it about a subject whose data it received from that service under "no
     onward transfer" and has not deleted (docs/protocol.md, "Usage terms")."""
+    event_of: str | None = None
+    """For a change event (docs/protocol.md §9): the service id of the change service whose
+    successful calls it publishes; such a service is served by the node (subscriptions), never by
+    an adapter."""
 
 
 @dataclass(frozen=True, slots=True)

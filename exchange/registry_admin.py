@@ -143,7 +143,9 @@ class RegistryAdmin:
         purposes: Iterable[str] = (),
         changes: bool = False,
         openapi: dict[str, object] | None = None,
+        event_of: ServiceId | str | None = None,
     ) -> None:
+        """``event_of``: the service is the change event of that change service (§9)."""
         with Session(self._engine) as s, s.begin():
             if s.get(SubsystemRow, str(service.provider)) is None:
                 raise NotFoundError(f"unknown subsystem {service.provider}")
@@ -155,6 +157,7 @@ class RegistryAdmin:
                 "purposes": list(purposes),
                 "changes": changes,
                 "openapi": openapi,
+                "event_of": str(event_of) if event_of is not None else None,
             }
             if row is None:
                 s.add(ServiceRow(id=str(service), **values))
@@ -336,6 +339,7 @@ class RegistryAdmin:
                         purposes=tuple(x.purposes),
                         changes=x.changes,
                         openapi=x.openapi,
+                        event_of=x.event_of,
                     )
                     for x in s.scalars(select(ServiceRow).order_by(ServiceRow.id))
                 ),

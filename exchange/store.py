@@ -32,16 +32,22 @@ __all__ = [
     "AccessRightRow",
     "Base",
     "CertificateRow",
+    "ChangeFeedRow",
     "ClientKeyRow",
     "EventInboxRow",
     "EventOutboxColumns",
     "EventStreamColumns",
     "MemberRow",
     "MessageLogRow",
+    "NodeEventOutboxRow",
+    "NodeEventStreamRow",
+    "PublishedChangeRow",
     "RegistryMetaRow",
     "SeenMessageRow",
     "ServiceRow",
     "StatuteRow",
+    "SubscriberLinkRow",
+    "SubscriptionRow",
     "SubsystemRow",
 ]
 
@@ -86,6 +92,8 @@ class ServiceRow(Base):
     purposes: Mapped[list[str]] = mapped_column(JSON, default=list)
     changes: Mapped[bool] = mapped_column(Boolean, default=False)
     openapi: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    event_of: Mapped[str | None] = mapped_column(String(ID_LEN), nullable=True)
+    """A change event: the change service whose calls it publishes (docs/protocol.md §9)."""
 
 
 class AccessRightRow(Base):
@@ -225,3 +233,82 @@ class EventInboxRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     wire: Mapped[str] = mapped_column(Text)
+
+
+# --- change subscriptions (docs/protocol.md §9) ------------------------------------------------
+
+
+class NodeEventOutboxRow(EventOutboxColumns, Base):
+    """The node's outbox: change events of the registries it hosts, to their subscribers."""
+
+    __tablename__ = "xchg_event_outbox"
+    __table_args__ = (Index("ix_xchg_event_outbox_undelivered", "delivered_at", "stream", "seq"),)
+
+
+class NodeEventStreamRow(EventStreamColumns, Base):
+    __tablename__ = "xchg_event_streams"
+
+
+class SubscriptionRow(Base):
+    """A subscription to a change event of a registry this node hosts (the publisher's side).
+    ``subject`` is the publisher agency's own code (opened from the subscription request's subject
+    token, step 9b); the subscriber never learns it, and events name the subscription instead."""
+
+    __tablename__ = "xchg_subscriptions"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    node: Mapped[str] = mapped_column(String(ID_LEN))
+    service: Mapped[str] = mapped_column(String(ID_LEN))
+    subscriber: Mapped[str] = mapped_column(String(ID_LEN))
+    subject: Mapped[str] = mapped_column(String(128))
+    purpose: Mapped[str] = mapped_column(String(128))
+    basis: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    consent_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    fields: Mapped[list[str]] = mapped_column(JSON, default=list)
+    status: Mapped[str] = mapped_column(String(16))
+    """``active``, ``paused`` (its consent is paused) or ``ended``."""
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    reason: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    __table_args__ = (Index("ix_xchg_subscriptions_target", "service", "subject", "status"),)
+
+
+class PublishedChangeRow(Base):
+    """A change already published: a retry of the same change (same idempotency key) publishes
+    nothing again."""
+
+    __tablename__ = "xchg_published_changes"
+    node: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    service: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    change_key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    events: Mapped[int] = mapped_column(Integer)
+    told: Mapped[list[str]] = mapped_column(JSON, default=list)
+    """The subscribers told (a retry's answer names them again)."""
+    published_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SubscriberLinkRow(Base):
+    """The subscriber's side: which of its own codes a subscription it made is about."""
+
+    __tablename__ = "xchg_subscriber_links"
+    subscription_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    client: Mapped[str] = mapped_column(String(ID_LEN))
+    service: Mapped[str] = mapped_column(String(ID_LEN))
+    subject: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ChangeFeedRow(Base):
+    """A change event received for a hosted subsystem, waiting for its departmental system to read
+    it (``GET /changes/v1``); ``subject`` is that system's own code for the person."""
+
+    __tablename__ = "xchg_change_feed"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    client: Mapped[str] = mapped_column(String(ID_LEN))
+    event_id: Mapped[str] = mapped_column(String(64), unique=True)
+    subscription_id: Mapped[str] = mapped_column(String(36))
+    service: Mapped[str] = mapped_column(String(ID_LEN))
+    subject: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    __table_args__ = (Index("ix_xchg_change_feed_client", "client", "id"),)

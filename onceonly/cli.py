@@ -388,6 +388,10 @@ def registry_add_service(
     purposes: Annotated[str, typer.Option(help="comma-separated purposes", show_default=False)],
     description: Annotated[str, typer.Option(help="what the service returns or changes")] = "",
     changes: Annotated[bool, typer.Option(help="the service changes the registry")] = False,
+    event_of: Annotated[
+        str | None,
+        typer.Option(help="a change event: the change service whose calls it publishes"),
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Add a service a subsystem provides: its fields and the purposes it may be used for."""
@@ -397,6 +401,7 @@ def registry_add_service(
         fields=_split(fields),
         purposes=_split(purposes),
         changes=changes,
+        event_of=ServiceId.parse(event_of) if event_of else None,
     )
 
 

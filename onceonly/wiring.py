@@ -65,6 +65,7 @@ from exchange.node_requests import VerifiedNodeRequest, verify_node_request
 from exchange.ports import CITIZEN_AGENCY, AuditEvent, RegistryAdapter, SubjectTranslator
 from exchange.settings import Settings
 from exchange.signing import MemberSigner, TranslatorSigner, load_private_key
+from exchange.subscriptions import CHANGE_EVENT, Subscriptions
 from exchange.tokens import DevIssuer, Principal, TokenVerifier
 from exchange.web.events import INBOX_PATH, build_inbox_router
 from exchange.web.refusals import RefusalRecorder
@@ -486,6 +487,15 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
     if settings.consent_cache_ttl_s > 0:
         consent = CachingConsentGate(gate, ttl_s=settings.consent_cache_ttl_s)
         inbox.subscribe(CONSENT_STATUS_EVENT, consent.on_event)
+    # Change subscriptions (issue 17 item 3): published through the node's outbox, received into
+    # its systems' change feed; a subscription on consent follows the consent's status push.
+    subscriptions = Subscriptions(
+        engine,
+        str(member),
+        {c: MemberSigner(load_private_key(keys.subsystem_key(c))) for c in hosted},
+    )
+    inbox.subscribe(CONSENT_STATUS_EVENT, subscriptions.on_consent_event)
+    inbox.subscribe(CHANGE_EVENT, subscriptions.on_change_event)
     puller = EventPuller(
         inbox,
         {c: MemberSigner(load_private_key(keys.subsystem_key(c))) for c in hosted},
@@ -537,6 +547,8 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
             puller.run,
         ),
         engine=engine,
+        subscriptions=subscriptions,
+        event_retry_max_s=settings.event_retry_max_s,
         auditor_tokens=token_verifier(settings),
         consent_request_schema=ConsentRequestInput.model_json_schema(),
         collectors=(

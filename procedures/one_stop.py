@@ -81,6 +81,9 @@ class ExchangeOutcome:
     detail: str
     message_id: str
     elapsed_s: float
+    told: tuple[str, ...] = ()
+    """The subscribers the registry told of this change by its change event (the signed
+    ``X-OnceOnly-Told``, docs/protocol.md §9)."""
 
     @property
     def reason(self) -> str:
@@ -208,4 +211,5 @@ class OneStopClient:
                 detail = raw_detail if isinstance(raw_detail, str) else detail
             code = code or resp.headers.get("x-road-error")
         kind = classify(resp.status_code, code)
-        return ExchangeOutcome(kind, resp.status_code, data, code, detail, mid, elapsed)
+        told = tuple(c for c in resp.headers.get("x-onceonly-told", "").split(",") if c)
+        return ExchangeOutcome(kind, resp.status_code, data, code, detail, mid, elapsed, told)

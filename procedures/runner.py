@@ -53,6 +53,7 @@ from sqlalchemy.orm import Session, aliased
 from adapters.reference.rights import ONE_STOP
 from exchange.canonical import canonical_json
 from exchange.db import as_unavailable
+from exchange.identifiers import ServiceId
 from exchange.ports import AuditEvent, AuditSink
 from exchange.signing import Signer
 from procedures.certificate import sign_certificate
@@ -352,6 +353,8 @@ class ProcedureRunner:
             if mine.rowcount != 1:  # type: ignore[attr-defined]
                 self.metrics.lost.inc()
                 return None  # our lease was taken over: the new owner decides
+            if state is StepState.DONE and step.order_group == 0 and outcome.told:
+                _told_by_event(session, step, outcome.told, now)
             if state is StepState.FAILED and step.order_group == 0:
                 session.execute(
                     update(StepRow)
@@ -490,6 +493,29 @@ class ProcedureRunner:
             if ran == 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=idle_s)
+
+
+NOTIFICATION_CODE = "address-notification"
+"""The service of the recipients that only need to be told (docs/procedures.md)."""
+
+
+def _told_by_event(session: Session, step: ClaimedStep, told: Sequence[str], now: datetime) -> None:
+    """The resident registry's change event told these subscribers already (docs/protocol.md
+    §9): their pending notification steps are done without a second exchange."""
+    pending = session.scalars(
+        select(StepRow).where(
+            StepRow.procedure_id == step.procedure_id,
+            StepRow.order_group > 0,
+            StepRow.state == StepState.PENDING.value,
+        )
+    ).all()
+    for row in pending:
+        service = ServiceId.parse(row.service)
+        if service.code == NOTIFICATION_CODE and str(service.provider) in told:
+            row.state = StepState.DONE.value
+            row.finished_at = now
+            row.result = {"told_by": step.service, "event": "change event"}
+            row.last_error = None
 
 
 def _final_status(steps: Sequence[StepRow]) -> ProcedureStatus:

@@ -151,4 +151,34 @@ REFERENCE_RIGHTS: tuple[Right, ...] = (
         "Civil Code arts. 818 and 4 (parental authority, majority)",
         ("household_id", "birth_date", "relationship"),
     ),
+    # Change subscriptions (docs/protocol.md §9): the tax, health insurance and child allowance
+    # divisions are told of their residents' moves by statute; the utilities on consent only.
+    Right(
+        _client("municipal-tax"),
+        _svc("resident-registry", "address-changed"),
+        ("taxation",),
+        "jp-local-tax-act/art294",
+        "地方税法 第294条（住所の認定）",
+        "Local Tax Act art. 294 (domicile)",
+    ),
+    Right(
+        _client("national-health-insurance"),
+        _svc("resident-registry", "address-changed"),
+        ("benefit-eligibility",),
+        "jp-national-health-insurance-act/art9",
+        "国民健康保険法 第9条（届出等）",
+        "National Health Insurance Act art. 9 (notifications)",
+    ),
+    Right(
+        _client("child-allowance"),
+        _svc("resident-registry", "address-changed"),
+        ("benefit-eligibility",),
+        "jp-child-allowance-act/art26",
+        "児童手当法 第26条（届出）",
+        "Child Allowance Act art. 26 (notifications)",
+    ),
+    *(
+        Right(_client(sub), _svc("resident-registry", "address-changed"), ("address-change",))
+        for sub in ("electricity", "gas")
+    ),
 )

@@ -44,10 +44,12 @@ from exchange.errors import (
     NotFoundError,
     OnceOnlyError,
 )
+from exchange.event_outbox import DeliveryWorker
 from exchange.group_commit import GroupCommitSink
 from exchange.identifiers import ClientId, MemberId, ServiceId
 from exchange.keystore import INIT_COMMAND, KeyStore, member_command
 from exchange.message_log import SqlMessageLog
+from exchange.node.changes_api import build_changes_router
 from exchange.node.consumer import Consumer, ConsumerCall
 from exchange.node.metrics import NodeMetrics
 from exchange.node.obligations_api import (
@@ -85,8 +87,10 @@ from exchange.signing import (
     load_private_key,
     public_key_from_pem,
 )
+from exchange.subscriptions import Subscriptions
 from exchange.tokens import TokenVerifier
 from exchange.web.body import read_body
+from exchange.web.events import INBOX_PATH
 from exchange.web.health import LIVENESS, METRICS, READINESS, database_check, readiness
 from exchange.web.metrics import CONTENT_TYPE
 from exchange.web.openapi import PUBLIC, documented, install_openapi, json_content
@@ -250,6 +254,11 @@ class NodeParts:
     inline: bool = False
     """The parts' blocking work is local CPU work (SQLite, embedded policy): the provider runs
     its checks on the event loop rather than in a worker thread (``exchange.db.runs_inline``)."""
+    subscriptions: Subscriptions | None = None
+    """Change subscriptions (docs/protocol.md §9): the node serves its registries' change events,
+    publishes their changes through its outbox, and keeps its systems' change feed; the wiring
+    subscribes its inbox handlers (``Subscriptions.on_change_event`` / ``on_consent_event``)."""
+    event_retry_max_s: float = 300.0
     consent_request_schema: Mapping[str, Any] = field(
         default_factory=lambda: {
             "type": "object",
@@ -301,6 +310,7 @@ def _service_json(s: ServiceEntry) -> dict[str, Any]:
         "fields": list(s.fields),
         "purposes": list(s.purposes),
         "changes": s.changes,
+        **({"eventOf": s.event_of} if s.event_of else {}),
     }
 
 
@@ -327,6 +337,7 @@ def _openapi(s: ServiceEntry, adapter: RegistryAdapter | None) -> dict[str, Any]
             fields=s.fields,
             purposes=s.purposes,
             changes=s.changes,
+            event_of=s.event_of,
         )
     return openapi_document(s.id, [(s.id, described)])
 
@@ -382,6 +393,7 @@ def create_node_app(
         inline=parts.inline,
         ledger_inline=inline,
         obligations=obligations,
+        subscriptions=parts.subscriptions,
     )
     consumer = Consumer(
         node=node_id,
@@ -395,7 +407,22 @@ def create_node_app(
         clock=clock,
         sealer=parts.sealer,
         obligations=obligations,
+        subscriptions=parts.subscriptions,
     )
+
+    deliveries = [
+        DeliveryWorker(
+            outbox,
+            lambda recipient: (
+                registry.current(clock()).node_address(ClientId.parse(recipient).member)
+                + INBOX_PATH
+            ),
+            audit=audit,
+            node=node_id,
+            max_backoff_s=parts.event_retry_max_s,
+        )
+        for outbox in (parts.subscriptions.outboxes.values() if parts.subscriptions else ())
+    ]
 
     async def _refresh_loop() -> None:
         if registry_wait_s is None:  # the host fetches the first copy itself, once serving
@@ -438,6 +465,7 @@ def create_node_app(
                 await asyncio.sleep(0.2)
         tasks = [asyncio.create_task(_refresh_loop()), asyncio.create_task(_prune_loop())]
         tasks.append(asyncio.create_task(_obligations_loop()))
+        tasks += [asyncio.create_task(w.run()) for w in deliveries]
         tasks += [asyncio.create_task(job()) for job in parts.background]
         try:
             yield
@@ -613,6 +641,29 @@ def create_node_app(
             clients=[str(c) for c in signers],
         )
     )
+    if parts.subscriptions is not None:
+
+        def changes_refused(exc: OnceOnlyError, route: str, _request: Request) -> None:
+            audit.record(
+                AuditEvent(
+                    time=clock(),
+                    node=node_id,
+                    kind="refusal",
+                    decision="deny",
+                    status=exc.status,
+                    reason=f"{exc.code}: {exc.detail}"[:500],
+                    extra={"stage": "changes-api", "route": route[:255]},
+                )
+            )
+
+        app.include_router(
+            build_changes_router(
+                parts.subscriptions,
+                authenticate=consumer.authenticate_async,
+                refused=changes_refused,
+                clients=[str(c) for c in signers],
+            )
+        )
     for router in parts.routers:
         app.include_router(router)
     return app

@@ -31,7 +31,7 @@ from urllib.parse import quote
 from sqlalchemy import Engine
 
 from exchange.canonical import sha256_b64
-from exchange.central_config import Restriction
+from exchange.central_config import Restriction, VerifiedRegistry
 from exchange.db import read_cursor
 from exchange.envelope import (
     MAX_BODY_BYTES,
@@ -66,6 +66,7 @@ from exchange.ports import (
     Transport,
 )
 from exchange.signing import MemberSigner
+from exchange.subscriptions import Subscriptions
 from exchange.verification import verify_response
 
 __all__ = ["Consumer", "ConsumerCall", "ConsumerResult", "hash_api_key"]
@@ -143,11 +144,13 @@ class Consumer:
         clock: Callable[[], datetime],
         sealer: SubjectSealer | None = None,
         obligations: ObligationsLedger | None = None,
+        subscriptions: Subscriptions | None = None,
     ) -> None:
         """``obligations``: the ledger that records each response received under usage terms
         (``exchange.obligations``); without it, the terms are verified and passed on only."""
         self._node = node
         self._obligations = obligations
+        self._subscriptions = subscriptions
         self._sealer = sealer
         self._signers = dict(signers)
         self._registry = registry
@@ -422,6 +425,8 @@ class Consumer:
                 terms=terms,
                 now=self._clock(),
             )
+        if env.status in (200, 201) and envelope.method == "POST" and self._subscriptions:
+            await self._link(envelope, verified.body, registry, subject=own)
         # (C6) answer the departmental system.
         headers = {
             "content-type": env.content_type or "application/octet-stream",
@@ -441,11 +446,40 @@ class Consumer:
             headers["x-onceonly-fields"] = ",".join(env.fields)
         if env.decision_id:
             headers["x-onceonly-decision-id"] = env.decision_id
+        if env.told is not None:
+            headers["x-onceonly-told"] = ",".join(env.told)
         if terms is not None:
             headers["x-onceonly-usage-terms"] = json.dumps(
                 terms.model_dump(mode="json"), separators=(",", ":"), sort_keys=True
             )
         return ConsumerResult(env.status, verified.body, headers)
+
+    async def _link(
+        self,
+        envelope: RequestEnvelope,
+        body: bytes,
+        registry: VerifiedRegistry,
+        *,
+        subject: str | None,
+    ) -> None:
+        """A subscription this system made (docs/protocol.md §9): remember its own code for it,
+        so that the change events it receives name the person as this agency knows them."""
+        service = ServiceId.parse(envelope.service)
+        if registry.service(service).event_of is None or self._subscriptions is None:
+            return
+        try:
+            sub_id = json.loads(body).get("subscription_id")
+        except (ValueError, AttributeError):
+            return
+        if isinstance(sub_id, str):
+            await asyncio.to_thread(
+                self._subscriptions.link,
+                subscription_id=sub_id,
+                client=envelope.client,
+                service=envelope.service,
+                subject=subject,
+                now=self._clock(),
+            )
 
     async def _record(
         self,

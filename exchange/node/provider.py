@@ -24,7 +24,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from exchange.canonical import sha256_b64
-from exchange.central_config import DEFAULT_RETENTION_DAYS, Restriction, VerifiedRegistry
+from exchange.central_config import (
+    DEFAULT_RETENTION_DAYS,
+    Restriction,
+    ServiceEntry,
+    VerifiedRegistry,
+)
 from exchange.db import as_unavailable
 from exchange.envelope import (
     ResponseEnvelope,
@@ -66,6 +71,7 @@ from exchange.replay import ReplayGuard
 from exchange.sealing import SealingKey
 from exchange.signing import MemberSigner
 from exchange.subject_token import OpenedTokens, SealedSubject
+from exchange.subscriptions import SubscriptionRequest, Subscriptions, change_key
 from exchange.verification import VerifiedRequest, verify_request
 from exchange.web.problems import problem_document
 
@@ -100,6 +106,14 @@ def _problem(status: int, code: str, detail: str, reasons: tuple[str, ...] = ())
     return json.dumps(
         problem_document(status, code, detail, extra=extra), ensure_ascii=False
     ).encode()
+
+
+def _unavailable(exc: Exception) -> OnceOnlyError:
+    """The node's own database failed under a subscription or a publication: 503, retry."""
+    found = as_unavailable(exc)
+    if found is None:
+        raise exc
+    return found
 
 
 class UpstreamFailure(TransportError):
@@ -160,6 +174,7 @@ class Provider:
         inline: bool = False,
         obligations: ObligationsLedger | None = None,
         ledger_inline: bool = True,
+        subscriptions: Subscriptions | None = None,
     ) -> None:
         """``seal_keys``: subjects arrive sealed by the pseudonym translator, opened with the
         hosted subsystem's own key; a plain subject is then refused. Without them, ``subjects``
@@ -182,6 +197,7 @@ class Provider:
         self._obligations = obligations
         self._ledger_inline = ledger_inline  # the ledger's reads may run on the loop (SQLite)
         self._re_serves: dict[str, str | None] = {}
+        self._subscriptions = subscriptions
 
     # -- entry point -----------------------------------------------------------------------------
 
@@ -215,6 +231,7 @@ class Provider:
             verified.client, verified.service, verified.envelope.purpose, now=now
         )
         auth: _Authorized | None = None
+        told: tuple[str, ...] | None = None
         try:
             # (8) replay, batched with the messages arriving meanwhile (one transaction per batch).
             await self._replay.remember_async(
@@ -230,15 +247,7 @@ class Provider:
                 auth = self._authorize(verified, now)
             else:
                 auth = await asyncio.to_thread(self._authorize, verified, now)
-            try:
-                status, body, ctype = await self._call_adapter(verified, auth)
-            except OnceOnlyError:
-                raise
-            except Exception as exc:  # a broken adapter is the provider's fault, not the caller's
-                unavailable = as_unavailable(exc)  # its database is down: retry later, 503
-                if unavailable is not None:
-                    raise unavailable from exc
-                raise UpstreamFailure("the registry behind this service failed") from exc
+            status, body, ctype, told = await self._serve(verified, auth, now)
             error_code = None
             await self._record(
                 verified,
@@ -266,7 +275,7 @@ class Provider:
                 reason=f"{exc.code}: {exc.detail}",
                 restriction=restriction,
             )
-        return self._sign(verified, status, body, ctype, auth, error_code)
+        return self._sign(verified, status, body, ctype, auth, error_code, told)
 
     # -- steps -----------------------------------------------------------------------------------
 
@@ -451,6 +460,103 @@ class Provider:
             return subject
         return self._subjects.translate(subject, from_agency=from_agency, to_agency=to_agency)
 
+    async def _serve(
+        self, req: VerifiedRequest, auth: _Authorized, now: datetime
+    ) -> tuple[int, bytes, str, tuple[str, ...] | None]:
+        """(13) An event service is served here (its subscriptions); any other by its adapter,
+        and a change it answered 2xx is published to that change's subscribers (§9)."""
+        registry = self._registry.current(now)
+        entry = registry.service(req.service)
+        if entry.event_of is not None:
+            return (*await self._subscription(req, auth, now), None)
+        try:
+            status, body, ctype = await self._call_adapter(req, auth)
+        except OnceOnlyError:
+            raise
+        except Exception as exc:  # a broken adapter is the provider's fault, not the caller's
+            unavailable = as_unavailable(exc)  # its database is down: retry later, 503
+            if unavailable is not None:
+                raise unavailable from exc
+            raise UpstreamFailure("the registry behind this service failed") from exc
+        told: tuple[str, ...] | None = None
+        if entry.changes and 200 <= status < 300 and self._subscriptions is not None:
+            events = registry.events_of(req.service)
+            if events:
+                told = await self._publish(req, auth, events, registry, now)
+        return status, body, ctype, told
+
+    async def _subscription(
+        self, req: VerifiedRequest, auth: _Authorized, now: datetime
+    ) -> tuple[int, bytes, str]:
+        if self._subscriptions is None:
+            raise NotFoundError(
+                "this node serves no change events", code="Server.ServerProxy.UnknownService"
+            )
+        env = req.envelope
+        ask = SubscriptionRequest(
+            service=req.service,
+            client=req.client,
+            method=env.method,
+            path=env.path,
+            subject=auth.local_subject,
+            purpose=env.purpose,
+            fields=auth.fields,
+            basis=auth.basis,
+            consent_id=env.consent_id if (auth.basis or "").startswith("consent:") else None,
+        )
+        try:
+            status, doc = await asyncio.to_thread(self._subscriptions.serve, ask, now)
+        except OnceOnlyError:
+            raise
+        except Exception as exc:
+            raise _unavailable(exc) from exc
+        return status, json.dumps(doc, ensure_ascii=False).encode(), "application/json"
+
+    async def _publish(
+        self,
+        req: VerifiedRequest,
+        auth: _Authorized,
+        events: list[ServiceEntry],
+        registry: VerifiedRegistry,
+        now: datetime,
+    ) -> tuple[str, ...]:
+        """The change's events, written before the answer leaves; each disclosure audited with
+        the subject, so the citizen sees who was told (docs/audit.md). Returns the subscribers
+        told (none for a retry of a change already published)."""
+        assert self._subscriptions is not None
+        env = req.envelope
+        try:
+            published, told = await asyncio.to_thread(
+                self._subscriptions.publish,
+                change=req.service,
+                events=events,
+                key=change_key(str(req.client), env.idempotency_key, env.message_id),
+                subject=auth.local_subject,
+                body=req.body,
+                registry=registry,
+                now=now,
+            )
+        except Exception as exc:  # the change is made; a retry under its key publishes it
+            raise _unavailable(exc) from exc
+        for p in published:
+            await self._audit.record_async(
+                AuditEvent(
+                    time=now,
+                    node=self._node,
+                    kind="event.published",
+                    decision="allow",
+                    client=p.subscriber,
+                    service=p.service,
+                    purpose=p.purpose,
+                    subject=p.subject,
+                    basis=p.basis,
+                    message_id=p.event_id,
+                    reason=f"told of the change made by {env.message_id}",
+                    extra={"subscription_id": p.subscription_id, "fields": ",".join(p.fields)},
+                )
+            )
+        return told
+
     async def _call_adapter(
         self, req: VerifiedRequest, auth: _Authorized
     ) -> tuple[int, bytes, str]:
@@ -489,6 +595,7 @@ class Provider:
         ctype: str,
         auth: _Authorized | None,
         error_code: str | None,
+        told: tuple[str, ...] | None = None,
     ) -> ProviderAnswer:
         now = self._clock()
         env = ResponseEnvelope(
@@ -504,6 +611,7 @@ class Provider:
             decision_id=auth.decision_id if auth else None,
             error_code=error_code,
             terms=auth.terms if auth and status < 400 else None,
+            told=told,
         )
         wire = seal(env, body, self._signers[req.service.provider])
         return ProviderAnswer(200, wire, {"content-type": "application/json"}, status, error_code)

@@ -362,3 +362,42 @@ def test_every_reference_right_names_a_declared_client_and_service() -> None:
     for right in REFERENCE_RIGHTS:
         assert right.client in clients
         assert right.service in services
+
+
+_EVENT = """
+[[registries.events]]
+code = "branch-changed"
+version = "v1"
+description = "The card moved to another branch"
+purposes = ["library-services"]
+published_by = "home-branch-change"
+fields = ["home_branch"]
+"""
+
+
+def test_a_change_event_is_declared_as_a_service_of_its_change(tmp_path: Path) -> None:
+    config = load_registries(_write(tmp_path, LIBRARY + _EVENT))
+    found = {str(sid): desc for sid, desc, _ in declared_services(config)}
+    event = found["JP/GOV/132098/library/branch-changed/v1"]
+    assert event.event_of == "JP/GOV/132098/library/home-branch-change/v1"
+    assert event.fields == ("home_branch",)
+    assert not event.changes
+    _, _, doc = next(d for d in declared_services(config) if d[1].event_of)
+    assert set(doc["paths"]) == {
+        "/r1/JP/GOV/132098/library/branch-changed/v1",
+        "/r1/JP/GOV/132098/library/branch-changed/v1/subscriptions/{id}",
+    }
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (('published_by = "home-branch-change"', 'published_by = "card"'), "no change service"),
+        (('fields = ["home_branch"]', 'fields = ["card_number"]'), "fields the change sets"),
+        (('code = "branch-changed"', 'code = "card"'), "declared twice"),
+    ],
+)
+def test_a_bad_change_event_is_refused(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
+    old, new = edit
+    detail = _error(tmp_path, LIBRARY + _EVENT.replace(old, new, 1))
+    assert message in detail

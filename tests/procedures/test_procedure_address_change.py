@@ -5,6 +5,7 @@ that dies mid-procedure, duplicate submissions, bad input and someone else's pro
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -464,3 +465,58 @@ def test_demo_runs_one_address_change_end_to_end_and_reports_every_step(
     assert run.steps[0].exchange_s is not None
     assert run.certificate is not None
     verify_certificate(run.certificate, MemberVerifier(fed.signer.public_key))
+
+
+def test_a_subscribed_division_is_told_by_the_change_event_not_by_a_second_exchange(
+    federation: Federation,
+) -> None:
+    """Issue 17 item 3: the tax division subscribed to the resident registry's address-changed
+    event; the procedure's resident step publishes the move, the registry's signed answer names
+    the tax division as told, and the procedure sends the tax division no notification of its own
+    — the division learns of the move once, from its change feed."""
+    fed = federation
+    citizen = _rich_citizen(fed)
+    tax = "JP/GOV/132098/municipal-tax"
+    tax_code = fed.local_pseudonym(citizen, "municipal-tax")
+    headers = {
+        "X-Road-Client": tax,
+        "X-OnceOnly-Api-Key": fed.api_keys[tax],
+        "X-OnceOnly-Purpose": "taxation",
+        "X-OnceOnly-Subject": tax_code,
+    }
+    event = "JP/GOV/132098/resident-registry/address-changed/v1"
+    made = httpx.post(f"{fed.one_stop_url}/r1/{event}", headers=headers, timeout=20)
+    assert made.status_code == 201, made.text
+
+    async def scenario() -> str:
+        async with fed.client() as client:
+            service = fed.service(client)
+            _, confirmed = await _start_and_confirm(
+                service, citizen, {"electricity": "decline", "gas": "decline"}
+            )
+            await drain(fed.runner(client))
+            return confirmed.id
+
+    pid = asyncio.run(scenario())
+    with Session(fed.procedures_engine) as s:
+        steps = {
+            r.recipient: r for r in s.scalars(select(StepRow).where(StepRow.procedure_id == pid))
+        }
+    assert steps["resident-registry"].state == StepState.DONE.value
+    told = steps["municipal-tax"]
+    assert told.state == StepState.DONE.value
+    assert told.result == {"told_by": steps["resident-registry"].service, "event": "change event"}
+    assert _idempotency_records(fed, "municipal-tax", told.idempotency_key) == 0
+    feed = httpx.get(
+        f"{fed.one_stop_url}/changes/v1",
+        headers={k: v for k, v in headers.items() if k.startswith(("X-Road", "X-OnceOnly-Api"))},
+        timeout=20,
+    )
+    for _ in range(100):
+        if feed.json()["changes"]:
+            break
+        time.sleep(0.1)
+        feed = httpx.get(feed.request.url, headers=feed.request.headers, timeout=20)
+    (change,) = feed.json()["changes"]
+    assert change["subject"] == tax_code
+    assert change["change"]["address"] == NEW_ADDRESS
