@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
+from urllib.parse import quote
 
 import httpx
 from sqlalchemy import Engine, func, select
@@ -61,6 +62,7 @@ from exchange.store import EventInboxRow
 __all__ = [
     "CONSENT_EVENTS_PATH",
     "MAX_BATCH_EVENTS",
+    "NODE_EVENTS_PATH",
     "EventGapError",
     "EventPuller",
     "Inbox",
@@ -69,6 +71,8 @@ __all__ = [
 ]
 
 CONSENT_EVENTS_PATH = "/consent/v1/events"
+NODE_EVENTS_PATH = "/events/v1/streams"
+"""Where a node answers "events since cursor" of its registries' streams (``?sender=``)."""
 """Where the consent service answers "events since cursor" (``exchange.web.events``)."""
 MAX_PULL_BYTES = 8 * 1024 * 1024
 MAX_BATCH_EVENTS = 100
@@ -150,6 +154,19 @@ class Inbox:
                 select(func.max(EventInboxRow.seq)).where(EventInboxRow.stream == stream)
             )
         return int(value or 0)
+
+    def senders(self, recipient: str) -> list[str]:
+        """The member subsystems that sent ``recipient`` events (the streams a catch-up pulls)."""
+        with self._engine.connect() as conn:
+            found = conn.scalars(
+                select(EventInboxRow.sender)
+                .where(
+                    EventInboxRow.recipient == recipient,
+                    EventInboxRow.sender != CONSENT_SERVICE_SENDER,
+                )
+                .distinct()
+            ).all()
+        return sorted(found)
 
     def receive(self, raw: bytes) -> InboxReceipt:
         """Verify and apply one signed event (E1–E7); a refusal raises, audited."""
@@ -299,10 +316,13 @@ class Inbox:
 
 
 class EventPuller:
-    """Catch-up: pulls "events since cursor" from the consent service for each hosted
-    subsystem, as that subsystem (a signed node request), and applies them through the inbox.
+    """Catch-up: pulls "events since cursor", for each hosted subsystem and as that subsystem (a
+    signed node request), from the consent service and from the nodes of the member subsystems
+    that send it events (``NODE_EVENTS_PATH``), and applies them through the inbox.
 
-    Runs every ``interval_s`` and whenever ``kick()`` is called (a gap was seen)."""
+    The member senders of a subsystem are those its inbox has heard from, and those ``sources``
+    names (e.g. the registries it subscribed to, before their first event). Runs every
+    ``interval_s`` and whenever ``kick()`` is called (a gap was seen)."""
 
     def __init__(
         self,
@@ -312,12 +332,14 @@ class EventPuller:
         interval_s: float,
         timeout_s: float,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        sources: Callable[[str], Sequence[str]] | None = None,
     ) -> None:
         self._inbox = inbox
         self._signers = dict(signers)
         self._interval_s = interval_s
         self._timeout_s = timeout_s
         self._clock = clock
+        self._sources = sources
         self._kick: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -344,30 +366,63 @@ class EventPuller:
     async def pull_all(self, http: httpx.AsyncClient) -> int:
         """One catch-up round over every hosted subsystem; returns the events applied."""
         registry = self._inbox.registry
-        if registry is None or registry.document.consent_service is None:
+        if registry is None:
             return 0
-        base = registry.document.consent_service.url.rstrip("/")
         applied = 0
+        consent = registry.document.consent_service
         for client, signer in self._signers.items():
-            applied += await self._pull(http, base, client, signer)
+            if consent is not None:
+                base = consent.url.rstrip("/")
+                stream = stream_name(CONSENT_SERVICE_SENDER, str(client))
+                applied += await self._pull(http, base, CONSENT_EVENTS_PATH, "", stream, signer)
+            for sender in await asyncio.to_thread(self._member_senders, str(client)):
+                applied += await self._pull_member(http, registry, sender, client, signer)
         return applied
 
-    async def _pull(
-        self, http: httpx.AsyncClient, base: str, client: ClientId, signer: MemberSigner
+    def _member_senders(self, client: str) -> list[str]:
+        found = set(self._inbox.senders(client))
+        if self._sources is not None:
+            found |= set(self._sources(client))
+        return sorted(found)
+
+    async def _pull_member(
+        self,
+        http: httpx.AsyncClient,
+        registry: VerifiedRegistry,
+        sender: str,
+        client: ClientId,
+        signer: MemberSigner,
     ) -> int:
-        stream = stream_name(CONSENT_SERVICE_SENDER, str(client))
+        try:
+            base = registry.node_address(ClientId.parse(sender).member).rstrip("/")
+        except OnceOnlyError:  # no longer a member with a node: nothing to pull from
+            return 0
+        stream = stream_name(sender, str(client))
+        query = "sender=" + quote(sender, safe="")
+        return await self._pull(http, base, NODE_EVENTS_PATH, query, stream, signer)
+
+    async def _pull(
+        self,
+        http: httpx.AsyncClient,
+        base: str,
+        path: str,
+        query: str,
+        stream: str,
+        signer: MemberSigner,
+    ) -> int:
+        client = ClientId.parse(stream.split(" > ", 1)[1])
         applied = 0
         while True:
             after = await asyncio.to_thread(self._inbox.cursor, stream)
-            query = f"after={after}"
-            path = CONSENT_EVENTS_PATH
-            # The signature covers the path (as every node request's); the cursor is a hint.
+            # The signature covers the path (as every node request's); the cursor is a hint, and
+            # whatever stream comes back, its events pass E1–E7 like any other.
             headers = sign_node_request(signer, client, "GET", path, b"", now=self._clock())
-            response = await http.get(f"{base}{path}?{query}", headers=headers)
+            q = f"{query}&after={after}" if query else f"after={after}"
+            response = await http.get(f"{base}{path}?{q}", headers=headers)
             if response.status_code >= 500:
-                raise UnavailableError(f"the consent service answered {response.status_code}")
+                raise UnavailableError(f"{base} answered {response.status_code}")
             if response.status_code != 200 or len(response.content) > MAX_PULL_BYTES:
-                _log.warning("event catch-up for %s refused: HTTP %s", client, response.status_code)
+                _log.warning("event catch-up of %s refused: HTTP %s", stream, response.status_code)
                 return applied
             events = _events_of(response.content)
             if not events:

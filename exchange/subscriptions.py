@@ -356,6 +356,14 @@ class Subscriptions:
                     )
                 )
 
+    def publishers(self, client: str) -> list[str]:
+        """The registries ``client`` subscribed to through this node (its catch-up sources)."""
+        with Session(self.engine) as s:
+            services = s.scalars(
+                select(SubscriberLinkRow.service).where(SubscriberLinkRow.client == client)
+            ).all()
+        return sorted({str(ServiceId.parse(x).provider) for x in services})
+
     def on_change_event(self, session: Session, event: EventEnvelope) -> None:
         """An inbox handler (``registry.change/v1``), in the inbox's transaction: into the feed,
         with the subscriber's own code when its subsystem made the subscription here."""

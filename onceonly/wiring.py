@@ -501,6 +501,7 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
         {c: MemberSigner(load_private_key(keys.subsystem_key(c))) for c in hosted},
         interval_s=settings.event_pull_interval_s,
         timeout_s=settings.exchange_timeout_s,
+        sources=subscriptions.publishers,
     )
 
     feed = PolicyFeed(engine_from_settings(settings))  # logs which engine, and why

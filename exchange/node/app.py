@@ -65,6 +65,7 @@ from exchange.node.platform import CONSENT_REQUESTS_ROUTE, ConsentRequestForward
 from exchange.node.provider import Provider
 from exchange.node.registry_cache import RegistryCache
 from exchange.node.transport import AiohttpTransport
+from exchange.node_requests import VerifiedNodeRequest, verify_node_request
 from exchange.obligations import ObligationsLedger
 from exchange.openapi import openapi_document
 from exchange.ports import (
@@ -90,11 +91,12 @@ from exchange.signing import (
 from exchange.subscriptions import Subscriptions
 from exchange.tokens import TokenVerifier
 from exchange.web.body import read_body
-from exchange.web.events import INBOX_PATH
+from exchange.web.events import INBOX_PATH, build_node_pull_router
 from exchange.web.health import LIVENESS, METRICS, READINESS, database_check, readiness
 from exchange.web.metrics import CONTENT_TYPE
 from exchange.web.openapi import PUBLIC, documented, install_openapi, json_content
 from exchange.web.problems import install_problem_handlers, problem_for, problem_response
+from exchange.web.refusals import refusal_auditing_route
 
 __all__ = ["NodeParts", "create_node_app", "database_url", "utc_now"]
 
@@ -616,19 +618,6 @@ def create_node_app(
     async def metrics_endpoint() -> Response:
         return Response(await asyncio.to_thread(metrics.render), media_type=CONTENT_TYPE)
 
-    def obligation_refused(exc: OnceOnlyError, route: str, _request: Request) -> None:
-        audit.record(
-            AuditEvent(
-                time=clock(),
-                node=node_id,
-                kind="refusal",
-                decision="deny",
-                status=exc.status,
-                reason=f"{exc.code}: {exc.detail}"[:500],
-                extra={"stage": "obligations-api", "route": route[:255]},
-            )
-        )
-
     app.include_router(
         build_obligations_router(
             obligations,
@@ -637,33 +626,78 @@ def create_node_app(
             record=audit.record_async,
             clock=clock,
             auditors=parts.auditor_tokens,
-            refused=obligation_refused,
+            refused=_api_refusals(audit, node_id, "obligations-api", clock),
             clients=[str(c) for c in signers],
         )
     )
     if parts.subscriptions is not None:
-
-        def changes_refused(exc: OnceOnlyError, route: str, _request: Request) -> None:
-            audit.record(
-                AuditEvent(
-                    time=clock(),
-                    node=node_id,
-                    kind="refusal",
-                    decision="deny",
-                    status=exc.status,
-                    reason=f"{exc.code}: {exc.detail}"[:500],
-                    extra={"stage": "changes-api", "route": route[:255]},
-                )
-            )
-
-        app.include_router(
-            build_changes_router(
-                parts.subscriptions,
-                authenticate=consumer.authenticate_async,
-                refused=changes_refused,
-                clients=[str(c) for c in signers],
-            )
-        )
+        _serve_subscriptions(app, parts.subscriptions, consumer, audit, settings, clock)
     for router in parts.routers:
         app.include_router(router)
     return app
+
+
+def _api_refusals(
+    audit: GroupCommitSink, node: str, stage: str, clock: Callable[[], datetime]
+) -> Callable[[OnceOnlyError, str, Request], None]:
+    """Records a refusal of one of the node's APIs in its log (``stage`` names the API)."""
+
+    def refused(exc: OnceOnlyError, route: str, _request: Request) -> None:
+        audit.record(
+            AuditEvent(
+                time=clock(),
+                node=node,
+                kind="refusal",
+                decision="deny",
+                status=exc.status,
+                reason=f"{exc.code}: {exc.detail}"[:500],
+                extra={"stage": stage, "route": route[:255]},
+            )
+        )
+
+    return refused
+
+
+def _serve_subscriptions(
+    app: FastAPI,
+    subscriptions: Subscriptions,
+    consumer: Consumer,
+    audit: GroupCommitSink,
+    settings: Settings,
+    clock: Callable[[], datetime],
+) -> None:
+    """The change feed of the hosted systems, and the catch-up pull of the registries' streams
+    (docs/protocol.md §8–§9)."""
+    registry: RegistryCache = app.state.registry
+    node = str(app.state.member)
+    hosted = [str(c) for c in subscriptions.outboxes]
+
+    async def authenticate_node(request: Request, body: bytes) -> VerifiedNodeRequest:
+        now = clock()
+        return verify_node_request(
+            registry.current(now),
+            dict(request.headers),
+            request.method,
+            _route_path(request.scope),
+            body,
+            now=now,
+            max_skew_s=settings.max_clock_skew_s,
+        )
+
+    app.include_router(
+        build_changes_router(
+            subscriptions,
+            authenticate=consumer.authenticate_async,
+            refused=_api_refusals(audit, node, "changes-api", clock),
+            clients=hosted,
+        )
+    )
+    app.include_router(
+        build_node_pull_router(
+            {str(c): o for c, o in subscriptions.outboxes.items()},
+            authenticate_node,
+            audit=audit,
+            node=node,
+            route_class=refusal_auditing_route(_api_refusals(audit, node, "events-pull", clock)),
+        )
+    )

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from exchange.errors import ClientError
-from exchange.event_inbox import MAX_BATCH_EVENTS, EventGapError, Inbox
+from exchange.event_inbox import MAX_BATCH_EVENTS, NODE_EVENTS_PATH, EventGapError, Inbox
 from exchange.event_outbox import MAX_PULL, Outbox
 from exchange.events import SignedEvent
 from exchange.node_requests import VerifiedNodeRequest
@@ -30,7 +30,7 @@ from exchange.web.body import read_body
 from exchange.web.openapi import NODE_REQUEST, PUBLIC, documented, json_body, json_content
 from exchange.web.problems import problem_for
 
-__all__ = ["INBOX_PATH", "build_inbox_router", "build_pull_router"]
+__all__ = ["INBOX_PATH", "build_inbox_router", "build_node_pull_router", "build_pull_router"]
 
 INBOX_PATH = "/events/v1/inbox"
 _RECEIPT_SCHEMA: dict[str, Any] = {
@@ -170,6 +170,66 @@ def build_pull_router(
                 "events": [_json(w.encode()) for w in wires],
             }
         )
+
+    return router
+
+
+def build_node_pull_router(
+    outboxes: Mapping[str, Outbox],
+    authenticate_node: Authenticator,
+    *,
+    audit: AuditSink,
+    node: str,
+    route_class: Any = None,
+) -> APIRouter:
+    """``GET /events/v1/streams?sender=S&after=N&limit=M`` at a node: the calling subsystem's own
+    stream from ``S`` (a subsystem hosted here, e.g. a registry publishing change events) after
+    N. The caller is a node request signed by the recipient subsystem (N1–N3); it only ever gets
+    its own stream, and an unknown sender is an empty stream (no existence oracle)."""
+    router = APIRouter(tags=["events"], **({"route_class": route_class} if route_class else {}))
+
+    @router.get(
+        NODE_EVENTS_PATH,
+        **documented(
+            "listNodeEventsSince",
+            security=NODE_REQUEST,
+            responses={
+                200: {
+                    "description": "the caller's signed events from the sender, after the cursor",
+                    "content": json_content(_PULL_SCHEMA),
+                }
+            },
+            problems=(400, 401, 503),
+        ),
+    )
+    async def since(
+        request: Request,
+        sender: Annotated[str, Query(min_length=1, max_length=255)],
+        after: Annotated[int, Query(ge=0, le=2**62)] = 0,
+        limit: Annotated[int, Query(ge=1, le=MAX_PULL)] = MAX_PULL,
+    ) -> JSONResponse:
+        caller = await authenticate_node(request, b"")
+        outbox = outboxes.get(sender)
+        wires = (
+            await run_in_threadpool(outbox.since, str(caller.client), after, limit=limit)
+            if outbox is not None
+            else []
+        )
+        stream = f"{sender} > {caller.client}"
+        if wires:  # a pull that hands events over is a delivery
+            await run_in_threadpool(
+                audit.record,
+                AuditEvent(
+                    time=datetime.now(UTC),
+                    node=node,
+                    kind="event.delivered",
+                    decision="allow",
+                    client=str(caller.client),
+                    reason=f"pulled {len(wires)} after {after}",
+                    extra={"stream": stream, "via": "pull"},
+                ),
+            )
+        return JSONResponse({"stream": stream, "events": [_json(w.encode()) for w in wires]})
 
     return router
 

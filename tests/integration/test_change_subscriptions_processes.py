@@ -23,7 +23,11 @@ from sqlalchemy import select
 
 from adapters.pseudonyms import PseudonymService
 from exchange.db import database_url, make_engine
+from exchange.identifiers import ClientId
+from exchange.keystore import KeyStore
+from exchange.node_requests import sign_node_request
 from exchange.settings import Settings
+from exchange.signing import MemberSigner, load_private_key
 from exchange.store import SubscriptionRow
 from onceonly.wiring import PSEUDONYMS, registry_database_url
 from tests.integration.processes import Cluster, Proc
@@ -84,6 +88,18 @@ def _status(settings: Settings, subscription_id: str) -> str | None:
             )
     finally:
         engine.dispose()
+
+
+def _pull(settings: Settings, node: Proc, client: str) -> httpx.Response:
+    keys = KeyStore(settings.data_dir)
+    signer = MemberSigner(load_private_key(keys.subsystem_key(ClientId.parse(client))))
+    path = "/events/v1/streams"
+    headers = sign_node_request(
+        signer, ClientId.parse(client), "GET", path, b"", now=datetime.now(UTC)
+    )
+    return httpx.get(
+        f"{node.url}{path}", params={"sender": RESIDENTS, "after": 0}, headers=headers, timeout=20
+    )
 
 
 def _wait(predicate: Callable[[], bool], timeout_s: float) -> None:
@@ -191,6 +207,18 @@ def test_a_direct_change_reaches_each_subscriber_once_and_a_subscription_needs_a
     (told_gas,) = _feed(gas, GAS_CLIENT, keys[GAS_CLIENT])
     assert told_gas["subject"] == gas_code
     assert told_gas["change"] == {"address": address}  # minimised to what the consent covers
+
+    # Catch-up: the gas company's node may pull its stream from the registry's node (a signed
+    # node request, its own stream only); an unsigned pull is refused.
+    pulled = _pull(settings, machida, GAS_CLIENT)
+    assert pulled.status_code == 200, pulled.text
+    assert pulled.json()["stream"] == f"{RESIDENTS} > {GAS_CLIENT}"
+    (wire,) = pulled.json()["events"]
+    assert wire["event"]["data"]["subscription_id"] == gas_sub.json()["subscription_id"]
+    unsigned = httpx.get(
+        f"{machida.url}/events/v1/streams", params={"sender": RESIDENTS}, timeout=20
+    )
+    assert unsigned.status_code == 401
 
     # The subscriber ends its subscription; the citizen revokes the gas company's consent.
     ended = httpx.delete(
