@@ -182,6 +182,9 @@ class ConsentEventOutboxRow(EventOutboxColumns, ConsentBase):
     (``consent.events``; delivered by ``exchange.event_outbox``)."""
 
     __tablename__ = "consent_event_outbox"
+    __table_args__ = (
+        Index("ix_consent_event_outbox_undelivered", "delivered_at", "stream", "seq"),
+    )
 
 
 class ConsentEventStreamRow(EventStreamColumns, ConsentBase):

@@ -32,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import Engine, and_, func, select, update
+from sqlalchemy import Engine, and_, delete, func, select, update
 from sqlalchemy import event as sa_event
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -58,6 +58,7 @@ MAX_PULL = 500
 MAX_DELIVERY = 100
 """The most events of one stream sent in one delivery (the receiver's ``MAX_BATCH_EVENTS``)."""
 DELIVERY_TIMEOUT_S = 5.0
+PRUNE_INTERVAL_S = 3600.0
 _log = logging.getLogger("onceonly.events")
 
 
@@ -254,6 +255,16 @@ class Outbox:
                 ).all()
             )
 
+    def prune(self, before: datetime) -> int:
+        """Delete the events delivered before ``before``; returns how many. The stream heads keep
+        their numbers, so each stream goes on from where it was."""
+        rows = self._rows
+        with write_transaction(self.engine) as conn:
+            done = conn.execute(
+                delete(rows).where(rows.delivered_at.is_not(None), rows.delivered_at < before)
+            )
+        return int(getattr(done, "rowcount", 0) or 0)
+
     def undelivered(self) -> int:
         rows = self._rows
         with self.engine.connect() as conn:
@@ -280,7 +291,10 @@ class DeliveryWorker:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         http: httpx.AsyncClient | None = None,
         rng: random.Random | None = None,
+        retention: timedelta | None = None,
     ) -> None:
+        """``retention``: delivered events older than this are pruned (about hourly); None keeps
+        them."""
         self._outbox = outbox
         self._address_of = address_of
         self._audit = audit
@@ -293,6 +307,8 @@ class DeliveryWorker:
         self._rng = rng or random.Random()  # noqa: S311 -- jitter, not a secret
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._retention = retention
+        self._pruned_at: datetime | None = None
         outbox.on_append(self.wake)
 
     def wake(self) -> None:
@@ -314,12 +330,26 @@ class DeliveryWorker:
                 except Exception:  # a database outage skips a round, never ends the worker
                     _log.warning("event delivery round failed", exc_info=True)
                     delivered = 0
+                await self._prune_if_due()
                 if delivered == 0:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self._poll_s)
         finally:
             if own:
                 await http.aclose()
+
+    async def _prune_if_due(self) -> None:
+        now = self._clock()
+        if self._retention is None or (
+            self._pruned_at is not None
+            and (now - self._pruned_at).total_seconds() < PRUNE_INTERVAL_S
+        ):
+            return
+        self._pruned_at = now
+        try:
+            await asyncio.to_thread(self._outbox.prune, now - self._retention)
+        except Exception:  # a database outage: prune in the next hour
+            _log.warning("outbox pruning skipped", exc_info=True)
 
     async def run_once(self, http: httpx.AsyncClient) -> int:
         """One round: every due stream head is sent (in parallel); returns how many arrived."""

@@ -159,3 +159,6 @@ class Settings(BaseSettings, TokenIssuer):
     """How often a node pulls the events it may have missed ("events since cursor")."""
     event_retry_max_s: float = Field(default=300.0, gt=0, le=86400)
     """The longest wait between two delivery attempts of an event (exponential backoff)."""
+    event_retention_days: int = Field(default=90, ge=1, le=3650)
+    """How long a delivered event stays in its sender's outbox, for catch-up pulls; then pruned
+    (docs/protocol.md §8, "Retention")."""

@@ -16,7 +16,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable, Collection, Coroutine, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -632,6 +632,7 @@ def build_central_routers(
             audit=log,
             node=CONSENT_LOG,
             max_backoff_s=settings.event_retry_max_s,
+            retention=timedelta(days=settings.event_retention_days),
         )
         jobs.append(worker.run)
     if translator is not None:

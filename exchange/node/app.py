@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -422,6 +422,7 @@ def create_node_app(
             audit=audit,
             node=node_id,
             max_backoff_s=parts.event_retry_max_s,
+            retention=timedelta(days=settings.event_retention_days),
         )
         for outbox in (parts.subscriptions.outboxes.values() if parts.subscriptions else ())
     ]

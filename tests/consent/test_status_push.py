@@ -451,3 +451,23 @@ def test_a_delivery_of_several_events_is_applied_in_order_once(
     assert bad.headers["content-type"].startswith("application/problem+json")
     applied = [e.extra["seq"] for e in audit.events if e.reason == "applied"]
     assert applied == ["1", "2", "3"]
+
+
+def test_delivered_events_are_pruned_after_the_retention_and_streams_go_on_numbering(
+    pushing: ConsentService, engine: Engine
+) -> None:
+    consent = _standing(pushing)
+    outbox = pushing.events.outbox if pushing.events else None
+    assert outbox is not None
+    head = outbox.pending(f"consent-service > {GAS}", limit=10)
+    assert [i.seq for i in head] == [1]
+    outbox.mark_delivered(head[0], T0)
+    # Not yet past the retention: kept (a receiver restored from a backup may pull it).
+    assert outbox.prune(T0) == 0
+    assert outbox.since(str(GAS), 0) != []
+    # Past it: the delivered events go; the undelivered (the provider's) stay.
+    assert outbox.prune(T0 + timedelta(days=91)) == 1
+    assert outbox.since(str(GAS), 0) == []
+    assert [r.seq for r in _outbox(engine, PROVIDER)] == [1]
+    pushing.revoke(consent.subject, consent.id, now=T0)
+    assert [r.seq for r in _outbox(engine, GAS)] == [2]  # the stream goes on from where it was
