@@ -117,12 +117,14 @@ class Outbox:
         for _ in range(2):
             # The update takes the head row's lock (PostgreSQL) or the write lock (SQLite): a
             # concurrent transaction waits here, then numbers after us.
-            done = session.execute(
-                update(heads).where(heads.stream == stream).values(last_seq=heads.last_seq + 1)
+            seq = session.scalar(
+                update(heads)
+                .where(heads.stream == stream)
+                .values(last_seq=heads.last_seq + 1)
+                .returning(heads.last_seq)
             )
-            if getattr(done, "rowcount", 0) == 1:
-                seq = session.scalar(select(heads.last_seq).where(heads.stream == stream))
-                return int(seq or 0)
+            if seq is not None:
+                return int(seq)
             try:
                 with session.begin_nested():
                     session.add(heads(stream=stream, last_seq=1))

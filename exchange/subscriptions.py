@@ -12,7 +12,7 @@ in the central registry, ``event_of`` the change service whose successful calls 
   hand an adapter is instead kept here: the subscription, for the subject as *this* agency knows
   it, the fields the policy allowed, the basis and the consent. ``GET``/``DELETE
   …/subscriptions/{id}`` show and end it (the subscriber's own only; another's is a 404).
-* ``publish`` runs when a change service answered 2xx, whatever channel called it (the one-stop
+* ``publish_many`` runs when a change service answered 2xx, whatever channel called it (the one-stop
   desk or a department's direct call): in **one** transaction of the node's database it records
   the change under its key (the request's idempotency key, else its message id: a retried call
   is published once) and writes one signed event per active subscription of that subject into
@@ -68,6 +68,7 @@ from exchange.store import (
 __all__ = [
     "CHANGE_EVENT",
     "MAX_FEED_PAGE",
+    "Change",
     "Published",
     "SubscriptionRequest",
     "Subscriptions",
@@ -100,6 +101,19 @@ class SubscriptionRequest:
     fields: frozenset[str]
     basis: str | None
     consent_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A change a change service made (answered 2xx), to publish."""
+
+    change: ServiceId
+    events: Sequence[ServiceEntry]
+    key: str
+    subject: str | None
+    body: bytes
+    registry: VerifiedRegistry
+    now: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,44 +232,42 @@ class Subscriptions:
 
     # -- publisher: a change ---------------------------------------------------------------------
 
-    def publish(
-        self,
-        *,
-        change: ServiceId,
-        events: Sequence[ServiceEntry],
-        key: str,
-        subject: str | None,
-        body: bytes,
-        registry: VerifiedRegistry,
-        now: datetime,
-    ) -> tuple[list[Published], tuple[str, ...]]:
-        """Record the change once and write its events, in one transaction (see the module).
-        Returns the events written and the subscribers told — for a retry of a change published
+    def publish_many(
+        self, changes: Sequence[Change]
+    ) -> list[tuple[list[Published], tuple[str, ...]]]:
+        """Record each change once and write its events, all in one transaction (a group
+        commit: concurrent changes cost one commit, and hold the streams' heads once). For each
+        change: the events written and the subscribers told — for a retry of a change published
         already, no events and the subscribers that first publication told."""
-        values = _json_object(body)
         with sqlite_writer_turn(self.engine), Session(self.engine) as s, s.begin():
-            mark = PublishedChangeRow(
-                node=self.node,
-                service=str(change),
-                change_key=key[:200],
-                events=0,
-                told=[],
-                published_at=now,
-            )
-            try:
-                with s.begin_nested():
-                    s.add(mark)
-            except IntegrityError:  # this change was published already (a retry, same key)
-                first = s.get(PublishedChangeRow, (self.node, str(change), key[:200]))
-                return [], tuple(first.told) if first is not None else ()
-            out = [
-                published
-                for sub in (self._targets(s, events, subject) if subject is not None else [])
-                if (published := self._publish_one(s, sub, values, key, registry, now))
-            ]
-            mark.events = len(out)
-            mark.told = sorted({p.subscriber for p in out})
-            return out, tuple(mark.told)
+            return [self._publish(s, change) for change in changes]
+
+    def _publish(self, s: Session, c: Change) -> tuple[list[Published], tuple[str, ...]]:
+        key = c.key[:200]
+        mark = PublishedChangeRow(
+            node=self.node,
+            service=str(c.change),
+            change_key=key,
+            events=0,
+            told=[],
+            published_at=c.now,
+        )
+        try:
+            with s.begin_nested():
+                s.add(mark)
+        except IntegrityError:  # this change was published already (a retry, same key)
+            first = s.get(PublishedChangeRow, (self.node, str(c.change), key))
+            return [], tuple(first.told) if first is not None else ()
+        values = _json_object(c.body)
+        targets = self._targets(s, c.events, c.subject) if c.subject is not None else []
+        out = [
+            published
+            for sub in targets
+            if (published := self._publish_one(s, sub, values, c.key, c.registry, c.now))
+        ]
+        mark.events = len(out)
+        mark.told = sorted({p.subscriber for p in out})
+        return out, tuple(mark.told)
 
     def _targets(
         self, s: Session, events: Sequence[ServiceEntry], subject: str

@@ -47,7 +47,7 @@ from exchange.errors import (
     TransportError,
     VerificationError,
 )
-from exchange.group_commit import GroupCommitSink
+from exchange.group_commit import GroupCommit, GroupCommitSink
 from exchange.identifiers import ClientId
 from exchange.node.registry_cache import RegistryCache
 from exchange.obligations import ObligationsLedger
@@ -71,7 +71,13 @@ from exchange.replay import ReplayGuard
 from exchange.sealing import SealingKey
 from exchange.signing import MemberSigner
 from exchange.subject_token import OpenedTokens, SealedSubject
-from exchange.subscriptions import SubscriptionRequest, Subscriptions, change_key
+from exchange.subscriptions import (
+    Change,
+    Published,
+    SubscriptionRequest,
+    Subscriptions,
+    change_key,
+)
 from exchange.verification import VerifiedRequest, verify_request
 from exchange.web.problems import problem_document
 
@@ -198,6 +204,9 @@ class Provider:
         self._ledger_inline = ledger_inline  # the ledger's reads may run on the loop (SQLite)
         self._re_serves: dict[str, str | None] = {}
         self._subscriptions = subscriptions
+        self._publications: GroupCommit[Change, tuple[list[Published], tuple[str, ...]]] = (
+            GroupCommit(subscriptions.publish_many if subscriptions else lambda _: [])
+        )
 
     # -- entry point -----------------------------------------------------------------------------
 
@@ -525,17 +534,17 @@ class Provider:
         told (none for a retry of a change already published)."""
         assert self._subscriptions is not None
         env = req.envelope
+        change = Change(
+            change=req.service,
+            events=events,
+            key=change_key(str(req.client), env.idempotency_key, env.message_id),
+            subject=auth.local_subject,
+            body=req.body,
+            registry=registry,
+            now=now,
+        )
         try:
-            published, told = await asyncio.to_thread(
-                self._subscriptions.publish,
-                change=req.service,
-                events=events,
-                key=change_key(str(req.client), env.idempotency_key, env.message_id),
-                subject=auth.local_subject,
-                body=req.body,
-                registry=registry,
-                now=now,
-            )
+            published, told = await self._publications.submit(change)
         except Exception as exc:  # the change is made; a retry under its key publishes it
             raise _unavailable(exc) from exc
         for p in published:
