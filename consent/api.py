@@ -158,8 +158,12 @@ def build_citizen_router(
     prefix: str = "/consent/v1",
     metrics: ConsentMetrics | None = None,
     mandates: MandateService | None = None,
+    unknown_services: Callable[[ConsentRequestInput, ClientId], list[str]] | None = None,
 ) -> APIRouter:
-    """The citizen API (``mandates``: with the mandate routes and ``X-OnceOnly-Acting-For``), plus ``POST /consent-requests`` for consumers when an authenticator is
+    """``unknown_services(terms, client)`` names what a consumer's request asks for that the
+    registry does not have (services, or fields of theirs): such a request is refused (400).
+
+    The citizen API (``mandates``: with the mandate routes and ``X-OnceOnly-Acting-For``), plus ``POST /consent-requests`` for consumers when an authenticator is
     given; ``resolve_subject`` lets consumers name the citizen by their own pseudonym
     (``subject_agency = "client"``). ``metrics`` counts the actions that change a consent."""
     now = clock or service.clock
@@ -393,6 +397,11 @@ def build_citizen_router(
                 terms = ConsentRequestInput.model_validate_json(body)
             except ValidationError as exc:
                 raise ClientError(_first_error(exc)) from exc
+            missing = unknown_services(terms, client) if unknown_services else []
+            if missing:
+                raise ClientError(
+                    "the registry has no " + "; no ".join(missing), code="Client.UnknownService"
+                )
             own_code = terms.subject
             if terms.subject_agency == "client":
                 terms = await _resolved(terms, client, resolve_subject, now())

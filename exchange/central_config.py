@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -24,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from exchange.canonical import canonical_json
 from exchange.certificates import load_certificate, verify_member_certificate
-from exchange.errors import ConfigurationError, NotFoundError, VerificationError
+from exchange.errors import ClientError, ConfigurationError, NotFoundError, VerificationError
 from exchange.identifiers import ClientId, MemberId, ServiceId
 from exchange.sealing import SealingPublicKey
 from exchange.signing import (
@@ -296,6 +297,38 @@ class VerifiedRegistry:
         self, provider: ClientId, code: str, version: str | None
     ) -> ServiceEntry | None:
         return self._services.get(str(ServiceId(provider, code, version)))
+
+    def lacks(self, services: Sequence[str], fields: Sequence[str]) -> list[str]:
+        """What a request naming ``services`` and ``fields`` asks for that this registry does not
+        have: a service (an id without a version stands for any version of it), or a field none
+        of the named services carries. Empty when everything is known."""
+        missing: list[str] = []
+        known: set[str] = set()
+        for sid in services:
+            found = self._versions_of(sid)
+            if not found:
+                missing.append(f"service {sid[:300]}")
+            for s in found:
+                known.update(s.fields)
+        extra = sorted(set(fields) - known) if not missing else []
+        if extra:
+            missing.append(f"field {', '.join(extra)} in the services named")
+        return missing
+
+    def _versions_of(self, sid: str) -> list[ServiceEntry]:
+        try:
+            wanted = ServiceId.parse(sid)
+        except ClientError:
+            return []
+        if wanted.version is not None:
+            entry = self._services.get(str(wanted))
+            return [entry] if entry is not None else []
+        prefix = f"{wanted}/"
+        return [
+            s
+            for k, s in self._services.items()
+            if k.startswith(prefix) and "/" not in k[len(prefix) :]
+        ]
 
     def events_of(self, change: ServiceId) -> list[ServiceEntry]:
         """The change events published by calls of ``change`` (docs/protocol.md §9)."""

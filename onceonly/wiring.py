@@ -619,6 +619,9 @@ def build_central_routers(
             resolve_subject=translator.citizen_of if translator is not None else None,
             metrics=metrics,
             mandates=service.mandates(),
+            unknown_services=lambda terms, _client: registry(datetime.now(UTC)).lacks(
+                terms.services, terms.fields
+            ),
         ),
         build_gate_router(service, authenticate_node, metrics=metrics),
         *((build_events_router(service, authenticate_node, audit=log),) if events else ()),

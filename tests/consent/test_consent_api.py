@@ -29,7 +29,16 @@ from exchange.node_requests import VerifiedNodeRequest
 from exchange.tokens import DevIssuer
 from exchange.web.problems import install_problem_handlers
 from tests.consent.conftest import GrantFn
-from tests.consent.consent_factories import ALICE, BOB, GAS, T0, ListAudit, query, request_input
+from tests.consent.consent_factories import (
+    ADDRESS,
+    ALICE,
+    BOB,
+    GAS,
+    T0,
+    ListAudit,
+    query,
+    request_input,
+)
 
 with warnings.catch_warnings():
     # Starlette's TestClient warns that it prefers httpx2, which is not a dependency (yet).
@@ -541,3 +550,45 @@ def test_the_service_never_stores_a_request_naming_a_consumers_unresolved_code(
     with pytest.raises(ClientError):
         service.create_request(GAS, terms, now=T0)
     assert service.list_requests("gas-code-1", now=T0) == []
+
+
+def test_a_request_for_services_or_fields_the_registry_lacks_is_refused(
+    service: ConsentService, issuer: DevIssuer
+) -> None:
+    """A consumer cannot ask a citizen to consent to what does not exist: a service the central
+    registry does not list (with or without its version), or a field none of them carries."""
+    from exchange.central_config import RegistryDocument, ServiceEntry, VerifiedRegistry
+
+    registry = VerifiedRegistry(
+        RegistryDocument(
+            instance="JP",
+            serial=1,
+            issued_at=T0,
+            expires_at=T0 + timedelta(days=1),
+            ca_certificate="(not used here)",
+            services=(
+                ServiceEntry(id=f"{ADDRESS}/v1", fields=("address", "postal_code", "moved_in_on")),
+            ),
+        )
+    )
+    app = FastAPI()
+    install_problem_handlers(app)
+    app.include_router(
+        build_citizen_router(
+            service,
+            issuer.verifier(),
+            authenticate_consumer=authenticate_consumer,
+            unknown_services=lambda terms, _client: registry.lacks(terms.services, terms.fields),
+        )
+    )
+    with TestClient(app) as tc:
+        assert ask(tc).status_code == 201  # an id without its version stands for any version
+        assert ask(tc, services=[f"{ADDRESS}/v1"]).status_code == 201
+        for over, words in (
+            ({"services": [f"{ADDRESS}/v2"]}, "no service"),
+            ({"services": ["JP/GOV/132098/nowhere/address"]}, "no service"),
+            ({"fields": ["address", "income"]}, "no field income"),
+        ):
+            problem = assert_problem(ask(tc, **over), 400)
+            assert problem["code"] == "Client.UnknownService"
+            assert words in problem["detail"]
