@@ -32,12 +32,14 @@ from exchange.ports import (
 from exchange.provisioning import init_instance, issue_api_key, provision_subsystem
 from exchange.registry_admin import RegistryAdmin
 from exchange.settings import Settings
-from exchange.signing import CentralSigner, load_private_key
+from exchange.signing import CentralSigner, MemberSigner, load_private_key
+from exchange.subscriptions import Subscriptions
 
 RESIDENTS = ClientId.parse("JP/GOV/132098/resident-registry")
 TAX = ClientId.parse("JP/GOV/132098/tax")
 GAS = ClientId.parse("JP/COM/9000000000002/gas")
 ADDRESS = ServiceId(RESIDENTS, "address", "v1")
+ADDRESS_CHANGED = ServiceId(RESIDENTS, "address-changed", "v1")
 
 
 class AsgiTransport:
@@ -177,6 +179,15 @@ def build_federation(
         purposes=("tax-assessment", "address-change"),
     )
     admin.grant(TAX, ADDRESS)
+    # A change event of the residents' registry (docs/protocol.md §9): served by the node itself.
+    admin.add_service(
+        ADDRESS_CHANGED,
+        description="a resident moved",
+        fields=("address",),
+        purposes=("tax-assessment",),
+        event_of=ServiceId(RESIDENTS, "address-change", "v1"),
+    )
+    admin.grant(TAX, ADDRESS_CHANGED)
     transport = AsgiTransport()
     central = create_central_app(settings, engine=engine)
     transport.apps["http://central"] = central
@@ -185,7 +196,13 @@ def build_federation(
     )
     fed = Federation(keys.root, settings, engine, admin, transport, central, adapter=adapter)
     for m, (_, _, addr) in members.items():
+        hosted = [c for c in (RESIDENTS, TAX, GAS) if c.member == m]
         parts = NodeParts(
+            subscriptions=Subscriptions(
+                engine,
+                str(m),
+                {c: MemberSigner(load_private_key(keys.subsystem_key(c))) for c in hosted},
+            ),
             adapters={RESIDENTS: adapter} if m == RESIDENTS.member else {},
             consent=consent if m == RESIDENTS.member else None,
             audit=(audits or {}).get(m),

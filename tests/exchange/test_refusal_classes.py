@@ -39,6 +39,7 @@ from exchange.tokens import DevIssuer
 from exchange.web.problems import install_problem_handlers, problem_response
 from tests.exchange._federation import (
     ADDRESS,
+    ADDRESS_CHANGED,
     GAS,
     RESIDENTS,
     TAX,
@@ -63,7 +64,7 @@ def documented_classes() -> set[tuple[str, int, str]]:
     """``(where, status, code)`` of every row of the table in docs/protocol.md §7."""
     section = DOC.read_text(encoding="utf-8").split("## 7. Refusal classes", 1)[1]
     rows = re.findall(
-        r"^\| (consumer|metaservice|provider|consent service) \| (\d{3}) \| `([\w.]+)` \|",
+        r"^\| (consumer|metaservice|provider|node API|consent service) \| (\d{3}) \| `([\w.]+)` \|",
         section,
         re.M,
     )
@@ -435,6 +436,49 @@ PROVOKE: dict[tuple[str, int, str], Callable[[World], Provoked]] = {
         w.r1(**{"X-OnceOnly-Consent-Id": "c-unknown"}),
         403,
         "Server.ServerProxy.ConsentRefused",
+    ),
+    ("provider", 400, "Client.SubjectRequired"): lambda w: _at_provider(
+        w,
+        w.node(
+            TAX.member,
+            "POST",
+            f"/r1/{ADDRESS_CHANGED}",
+            headers={
+                "X-Road-Client": str(TAX),
+                "X-OnceOnly-Api-Key": w.fed.api_keys[TAX],
+                "X-OnceOnly-Purpose": "tax-assessment",
+            },
+        ),
+        400,
+        "Client.SubjectRequired",
+    ),
+    ("node API", 401, "Client.Unauthenticated"): lambda w: _at_consumer(
+        w,
+        w.node(TAX.member, "GET", "/changes/v1", headers={"X-Road-Client": str(TAX)}),
+        401,
+        "Client.Unauthenticated",
+    ),
+    ("node API", 400, "Client.BadRequest"): lambda w: _at_consumer(
+        w,
+        w.node(
+            TAX.member,
+            "GET",
+            "/changes/v1?after=-1",
+            headers={"X-Road-Client": str(TAX), "X-OnceOnly-Api-Key": w.fed.api_keys[TAX]},
+        ),
+        400,
+        "Client.BadRequest",
+    ),
+    ("node API", 404, "Client.UnknownObligation"): lambda w: _at_consumer(
+        w,
+        w.node(
+            TAX.member,
+            "POST",
+            "/obligations/no-such-message/deleted",
+            headers={"X-Road-Client": str(TAX), "X-OnceOnly-Api-Key": w.fed.api_keys[TAX]},
+        ),
+        404,
+        "Client.UnknownObligation",
     ),
     ("consent service", 413, "Client.PayloadTooLarge"): lambda w: _at_consent(
         w,
