@@ -26,6 +26,7 @@ from starlette.routing import Mount
 from adapters.reference.rights import ONE_STOP
 from audit.verify import verify_export
 from exchange.db import make_engine
+from exchange.errors import OnceOnlyError
 from exchange.identifiers import ClientId
 from exchange.keystore import KeyStore
 from exchange.node.app import database_url
@@ -173,6 +174,7 @@ async def _address_change(
         gas_subject, from_agency=str(GAS), to_agency=CITIZEN_AGENCY
     )
     keys = KeyStore(settings.data_dir)
+    await _tax_subscribes(console, settings, fed, base, gas_subject)
     run = await demo_address_change(
         f"{base}{member_prefix(ONE_STOP.member)}",
         fed.api_keys[str(ONE_STOP)],
@@ -203,6 +205,32 @@ async def _address_change(
         "the platform signed the summary certificate"
     )
     return 0 if states <= {"done", "skipped"} and done >= 2 else 1
+
+
+async def _tax_subscribes(
+    console: Console, settings: Settings, fed: Provisioned, base: str, gas_subject: str
+) -> None:
+    """The tax division subscribes, by statute, to the citizen's moves (docs/protocol.md §9): the
+    address change then tells it through the resident registry's change event."""
+    try:
+        tax_code = pseudonym_service(settings).translate(
+            gas_subject, from_agency=str(GAS), to_agency=str(TAX)
+        )
+    except OnceOnlyError:
+        return  # not a taxpayer here: the procedure notifies the tax division if concerned
+    async with httpx.AsyncClient(timeout=30) as client:
+        r = await client.post(
+            f"{base}{member_prefix(TAX.member)}/r1/{RESIDENTS}/address-changed/v1",
+            headers={
+                "X-Road-Client": str(TAX),
+                "X-OnceOnly-Api-Key": fed.api_keys[str(TAX)],
+                "X-OnceOnly-Purpose": "taxation",
+                "X-OnceOnly-Subject": tax_code,
+            },
+        )
+    console.log(
+        f"the tax division subscribed to the citizen's moves (address-changed/v1): {r.status_code}"
+    )
 
 
 async def _audit_tour(

@@ -338,7 +338,15 @@ def _step_view(s: StepRow) -> StepView:
         last_error=s.last_error,
         result_hash=s.result_hash,
         finished_at=s.finished_at,
+        told_by=_told_by(s),
     )
+
+
+def _told_by(s: StepRow) -> str | None:
+    if s.message_id is not None or not isinstance(s.result, dict):
+        return None
+    told = s.result.get("told_by")
+    return told if isinstance(told, str) else None
 
 
 def procedure_view(

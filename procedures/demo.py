@@ -108,7 +108,11 @@ async def demo_address_change(
                     service=s.service,
                     basis=s.basis,
                     state=s.state,
-                    detail=s.last_error or s.result_hash,
+                    detail=(
+                        f"told by the change event of {s.told_by.split('/', 4)[-1]}"
+                        if s.told_by
+                        else s.last_error or s.result_hash
+                    ),
                     exchange_s=exchange_s.get(s.seq),
                 )
                 for s in current.steps

@@ -118,6 +118,9 @@ class StepView(_Wire):
     last_error: str | None
     result_hash: str | None
     finished_at: datetime | None
+    told_by: str | None = None
+    """Done without an exchange of its own: the change event of this change service told the
+    recipient (docs/procedures.md, "Told by the change event")."""
 
 
 class ProcedureView(_Wire):
