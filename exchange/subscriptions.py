@@ -77,6 +77,7 @@ __all__ = [
 
 CHANGE_EVENT = "registry.change/v1"
 MAX_FEED_PAGE = 500
+MAX_ID_CHARS = 36
 _ENDED_BY_CONSENT = {"revoked", "expired", "spent"}
 
 
@@ -214,8 +215,10 @@ class Subscriptions:
             return 201, _view(row)
 
     def _own(self, req: SubscriptionRequest, sub_id: str) -> SubscriptionRow:
+        if len(sub_id) > MAX_ID_CHARS:
+            raise NotFoundError("no such subscription")
         with Session(self.engine) as s:
-            row = s.get(SubscriptionRow, sub_id[:36])
+            row = s.get(SubscriptionRow, sub_id)
             if row is None or row.node != self.node or row.subscriber != str(req.client):
                 raise NotFoundError("no such subscription")  # another's looks like none
             s.expunge(row)
@@ -224,7 +227,7 @@ class Subscriptions:
     def _end(self, req: SubscriptionRequest, sub_id: str, now: datetime) -> dict[str, Any]:
         self._own(req, sub_id)
         with sqlite_writer_turn(self.engine), Session(self.engine) as s, s.begin():
-            row = s.get(SubscriptionRow, sub_id[:36])
+            row = s.get(SubscriptionRow, sub_id)
             assert row is not None  # checked above; subscriptions are never deleted
             if row.status != "ended":
                 row.status, row.ended_at, row.reason = "ended", now, "ended by the subscriber"
@@ -354,7 +357,7 @@ class Subscriptions:
         now: datetime,
     ) -> None:
         """Remember the subscriber's own code for a subscription its system just made."""
-        if not subscription_id or len(subscription_id) > 36:
+        if not subscription_id or len(subscription_id) > MAX_ID_CHARS:
             return
         with sqlite_writer_turn(self.engine), Session(self.engine) as s, s.begin():
             if s.get(SubscriberLinkRow, subscription_id) is None:
@@ -389,13 +392,15 @@ class Subscriptions:
             raise ClientError("a change event carries its change as an object")
         if ServiceId.parse(service).provider != ClientId.parse(event.sender):
             raise ClientError("a change event comes from the registry of its service")
-        link = session.get(SubscriberLinkRow, sub_id[:36])
+        if len(sub_id) > MAX_ID_CHARS:
+            raise ClientError("a change event names a subscription id of at most 36 characters")
+        link = session.get(SubscriberLinkRow, sub_id)
         own = link is not None and link.client == event.recipient and link.service == service
         session.add(
             ChangeFeedRow(
                 client=event.recipient,
                 event_id=event.event_id,
-                subscription_id=sub_id[:36],
+                subscription_id=sub_id,
                 service=service,
                 subject=link.subject if own and link is not None else None,
                 data=change,
