@@ -53,7 +53,7 @@ from exchange.central_config import ServiceEntry, VerifiedRegistry
 from exchange.db import sqlite_writer_turn
 from exchange.errors import ClientError, MethodNotAllowedError, NotFoundError
 from exchange.event_outbox import Outbox
-from exchange.events import EventEnvelope
+from exchange.events import CONSENT_SERVICE_SENDER, EventEnvelope
 from exchange.identifiers import ClientId, ServiceId
 from exchange.signing import Signer
 from exchange.store import (
@@ -77,6 +77,8 @@ __all__ = [
 CHANGE_EVENT = "registry.change/v1"
 MAX_FEED_PAGE = 500
 _ENDED_BY_CONSENT = {"revoked", "expired", "spent"}
+_ID_CHARS = 36
+"""A subscription id: a UUID in its canonical form."""
 
 
 def change_key(client: str, idempotency_key: str | None, message_id: str) -> str:
@@ -200,8 +202,10 @@ class Subscriptions:
             return 201, _view(row)
 
     def _own(self, req: SubscriptionRequest, sub_id: str) -> SubscriptionRow:
+        if len(sub_id) != _ID_CHARS:  # an id is a UUID: a longer one is none (never its prefix)
+            raise NotFoundError("no such subscription")
         with Session(self.engine) as s:
-            row = s.get(SubscriptionRow, sub_id[:36])
+            row = s.get(SubscriptionRow, sub_id)
             if row is None or row.node != self.node or row.subscriber != str(req.client):
                 raise NotFoundError("no such subscription")  # another's looks like none
             s.expunge(row)
@@ -210,7 +214,7 @@ class Subscriptions:
     def _end(self, req: SubscriptionRequest, sub_id: str, now: datetime) -> dict[str, Any]:
         self._own(req, sub_id)
         with sqlite_writer_turn(self.engine), Session(self.engine) as s, s.begin():
-            row = s.get(SubscriptionRow, sub_id[:36])
+            row = s.get(SubscriptionRow, sub_id)
             assert row is not None  # checked above; subscriptions are never deleted
             if row.status != "ended":
                 row.status, row.ended_at, row.reason = "ended", now, "ended by the subscriber"
@@ -310,7 +314,11 @@ class Subscriptions:
         )
 
     def on_consent_event(self, session: Session, event: EventEnvelope) -> None:
-        """An inbox handler (``consent.status/v1``): the subscriptions on that consent follow it."""
+        """An inbox handler (``consent.status/v1``): the subscriptions on that consent follow it.
+        Only the consent service speaks for a consent: the same type from a member subsystem is
+        refused (it would let a subscriber resume what the citizen paused)."""
+        if event.sender != CONSENT_SERVICE_SENDER:
+            raise ClientError("a consent's status comes from the consent service only")
         consent_id, status = event.data.get("consent_id"), event.data.get("status")
         if not isinstance(consent_id, str) or not isinstance(status, str):
             return

@@ -379,7 +379,7 @@ def test_a_consent_covers_only_its_person_its_service_and_its_fields(env: Env) -
         _problem(unnamed, 403, "Server.ServerProxy.ConsentRefused")
 
 
-def test_a_paused_consent_subscribes_nothing_and_pauses_what_it_made(env: Env) -> None:
+def test_a_paused_or_revoked_consent_subscribes_nothing_and_stops_what_it_made(env: Env) -> None:
     _, keys, settings = env
     person = _person(settings, 5)
     consent = _consent(env, person)
@@ -397,19 +397,43 @@ def test_a_paused_consent_subscribes_nothing_and_pauses_what_it_made(env: Env) -
     assert moved.status_code == 200, moved.text
     assert moved.headers.get("x-onceonly-told", "") == ""  # nobody told while paused
     assert len(_feed(_node(env, GAS), GAS_CLIENT, keys[GAS_CLIENT])) == before
+    # Revoked: the subscription ends, and the consent subscribes nothing any more.
+    _consent_action(env, person, cid, "revoke")
+    _wait(lambda: _status(settings, sub_id) == "ended", DELIVERY_BOUND_S)
+    revoked = _subscribe(env, GAS, _gas(env, person, **consent, **{"X-OnceOnly-Fields": "address"}))
+    _problem(revoked, 403, "Server.ServerProxy.ConsentRefused")
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason="FINDING (a race, about 1 in 30 on PostgreSQL): the 'spent' push can be applied before "
+    "the subscription's row is committed; it then ends nothing and the subscription stays active "
+    "on a spent one-time consent. Reproduced deterministically (strict xfail) in "
+    "tests/exchange/test_subscription_refusals.py",
+)
 def test_a_one_time_consent_ends_its_subscription_once_spent(env: Env) -> None:
+    """Subscribing spends a one-time consent, and the consent service's "spent" push ends the
+    subscription — every time, though the push races the subscription's creation."""
     _, keys, settings = env
     person = _person(settings, 6)
-    consent = _consent(env, person, mode="one-time")
-    made = _subscribe(env, GAS, _gas(env, person, **consent, **{"X-OnceOnly-Fields": "address"}))
-    assert made.status_code == 201, made.text
-    sub_id = made.json()["subscription_id"]
-    _wait(lambda: _status(settings, sub_id) == "ended", DELIVERY_BOUND_S)
+    made: list[str] = []
+    for _ in range(ONE_TIME_ROUNDS):
+        consent = _consent(env, person, mode="one-time")
+        sub = _subscribe(env, GAS, _gas(env, person, **consent, **{"X-OnceOnly-Fields": "address"}))
+        assert sub.status_code == 201, sub.text
+        made.append(sub.json()["subscription_id"])
+        _wait(lambda: _status(settings, made[-1]) == "ended", DELIVERY_BOUND_S)
+        again = _subscribe(
+            env, GAS, _gas(env, person, **consent, **{"X-OnceOnly-Fields": "address"})
+        )
+        _problem(again, 403, "Server.ServerProxy.ConsentRefused")  # spent: covers nothing more
+    assert len(set(made)) == ONE_TIME_ROUNDS
     moved = _move(_node(env, MACHIDA), keys[ONE_STOP], person[CITIZEN_AGENCY], "町田市B", _key())
     assert moved.status_code == 200, moved.text
     assert GAS_CLIENT not in moved.headers.get("x-onceonly-told", "")
+
+
+ONE_TIME_ROUNDS = 3
 
 
 def _key() -> str:
@@ -489,11 +513,6 @@ def test_a_raw_dotdot_path_does_not_escape_the_subscription(env: Env) -> None:
     assert resp.headers["content-type"].startswith("application/problem+json")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Subscriptions._own looks up sub_id[:36]: any id that merely starts with a "
-    "subscription's id (e.g. '<id>/../..' collapsed, '<id>junk') finds it",
-)
 def test_an_id_with_trailing_characters_is_not_that_subscription(env: Env) -> None:
     person = _person(env[2], 7)
     made = _subscribe(env, MACHIDA, _tax(env, person))
@@ -770,11 +789,6 @@ def test_an_unsolicited_change_event_is_refused(env: Env) -> None:
     _problem(resp, 400, "Client.BadRequest")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: consent.status/v1 is applied from any member sender — the subscriber "
-    "itself resumes the subscription the citizen paused (and could end another's)",
-)
 def test_a_member_cannot_resume_a_paused_subscription_with_a_forged_consent_status(
     env: Env,
 ) -> None:
@@ -804,12 +818,26 @@ def test_a_member_cannot_resume_a_paused_subscription_with_a_forged_consent_stat
         type="consent.status/v1",
         data=data,
     )
-    resp = _post_event(_node(env, MACHIDA), wire)
+    _problem(_post_event(_node(env, MACHIDA), wire), 400, "Client.BadRequest")
     moved = _move(_node(env, MACHIDA), keys[ONE_STOP], person[CITIZEN_AGENCY], "町田市Z", _key())
     assert moved.status_code == 200, moved.text
     assert GAS_CLIENT not in moved.headers.get("x-onceonly-told", "")  # still paused
     assert _status(settings, sub_id) == "paused"
-    _problem(resp, 400, "Client.BadRequest")
+    # Nor does it end another subscriber's subscription on consent with a forged "revoked".
+    data |= {"status": "revoked", "action": "revoked"}
+    wire = _forge(
+        settings,
+        signed_by=GAS_CLIENT,
+        sender=GAS_CLIENT,
+        recipient=RESIDENTS,
+        seq=_next_seq(env, GAS_CLIENT, RESIDENTS),
+        type="consent.status/v1",
+        data=data,
+    )
+    _problem(_post_event(_node(env, MACHIDA), wire), 400, "Client.BadRequest")
+    assert _status(settings, sub_id) == "paused"
+    refusals = _deny_entries(env, MACHIDA, "event")
+    assert refusals[-1]["status"] == 400
 
 
 # -- publication -----------------------------------------------------------------------------
