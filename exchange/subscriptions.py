@@ -53,7 +53,7 @@ from exchange.central_config import ServiceEntry, VerifiedRegistry
 from exchange.db import sqlite_writer_turn
 from exchange.errors import ClientError, MethodNotAllowedError, NotFoundError
 from exchange.event_outbox import Outbox
-from exchange.events import EventEnvelope
+from exchange.events import CONSENT_SERVICE_SENDER, EventEnvelope
 from exchange.identifiers import ClientId, ServiceId
 from exchange.signing import Signer
 from exchange.store import (
@@ -79,6 +79,7 @@ CHANGE_EVENT = "registry.change/v1"
 MAX_FEED_PAGE = 500
 MAX_ID_CHARS = 36
 _ENDED_BY_CONSENT = {"revoked", "expired", "spent"}
+"""A subscription id: a UUID in its canonical form."""
 
 
 def change_key(client: str, idempotency_key: str | None, message_id: str) -> str:
@@ -215,7 +216,7 @@ class Subscriptions:
             return 201, _view(row)
 
     def _own(self, req: SubscriptionRequest, sub_id: str) -> SubscriptionRow:
-        if len(sub_id) > MAX_ID_CHARS:
+        if len(sub_id) != MAX_ID_CHARS:  # an id is a UUID: a longer one is none (never a prefix)
             raise NotFoundError("no such subscription")
         with Session(self.engine) as s:
             row = s.get(SubscriptionRow, sub_id)
@@ -325,7 +326,11 @@ class Subscriptions:
         )
 
     def on_consent_event(self, session: Session, event: EventEnvelope) -> None:
-        """An inbox handler (``consent.status/v1``): the subscriptions on that consent follow it."""
+        """An inbox handler (``consent.status/v1``): the subscriptions on that consent follow it.
+        Only the consent service speaks for a consent: the same type from a member subsystem is
+        refused (it would let a subscriber resume what the citizen paused)."""
+        if event.sender != CONSENT_SERVICE_SENDER:
+            raise ClientError("a consent's status comes from the consent service only")
         consent_id, status = event.data.get("consent_id"), event.data.get("status")
         if not isinstance(consent_id, str) or not isinstance(status, str):
             return
