@@ -34,6 +34,7 @@ __all__ = [
     "CertificateRow",
     "ChangeFeedRow",
     "ClientKeyRow",
+    "ConsentStateRow",
     "EventInboxRow",
     "EventOutboxColumns",
     "EventStreamColumns",
@@ -270,6 +271,18 @@ class SubscriptionRow(Base):
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     reason: Mapped[str | None] = mapped_column(String(255), nullable=True)
     __table_args__ = (Index("ix_xchg_subscriptions_target", "service", "subject", "status"),)
+
+
+class ConsentStateRow(Base):
+    """The last status the consent service pushed for a consent (docs/protocol.md §9): a
+    subscription stored after the push overtook it still starts as the consent is (its row is
+    locked by both, so neither misses the other)."""
+
+    __tablename__ = "xchg_consent_states"
+    node: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    consent_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    """None: no status pushed yet (the row exists to be locked)."""
 
 
 class PublishedChangeRow(Base):

@@ -46,18 +46,23 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, select, update
+from sqlalchemy import event as sa_event
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from exchange.central_config import ServiceEntry, VerifiedRegistry
 from exchange.db import sqlite_writer_turn
-from exchange.errors import ClientError, MethodNotAllowedError, NotFoundError
+from exchange.errors import ClientError, MethodNotAllowedError, NotFoundError, UnavailableError
 from exchange.event_outbox import Outbox
 from exchange.events import CONSENT_SERVICE_SENDER, EventEnvelope
 from exchange.identifiers import ClientId, ServiceId
+from exchange.ports import AuditEvent, AuditSink
 from exchange.signing import Signer
 from exchange.store import (
     ChangeFeedRow,
+    ConsentStateRow,
     NodeEventOutboxRow,
     NodeEventStreamRow,
     PublishedChangeRow,
@@ -78,8 +83,8 @@ __all__ = [
 CHANGE_EVENT = "registry.change/v1"
 MAX_FEED_PAGE = 500
 MAX_ID_CHARS = 36
-_ENDED_BY_CONSENT = {"revoked", "expired", "spent"}
 """A subscription id: a UUID in its canonical form."""
+_ENDED_BY_CONSENT = {"revoked", "expired", "spent"}
 
 
 def change_key(client: str, idempotency_key: str | None, message_id: str) -> str:
@@ -152,9 +157,19 @@ def _aware(value: datetime) -> datetime:
 class Subscriptions:
     """Both sides of change subscriptions over the node's database."""
 
-    def __init__(self, engine: Engine, node: str, signers: Mapping[ClientId, Signer]) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        node: str,
+        signers: Mapping[ClientId, Signer],
+        *,
+        audit: AuditSink | None = None,
+    ) -> None:
+        """``audit``: where a change event kept out of the feed is recorded (after its commit)."""
         self.engine = engine
         self.node = node
+        self._audit = audit
+        self._registry: VerifiedRegistry | None = None
         self.outboxes = {
             c: Outbox(engine, NodeEventOutboxRow, NodeEventStreamRow, sender=str(c), signer=s)
             for c, s in signers.items()
@@ -207,13 +222,44 @@ class Subscriptions:
                     SubscriptionRow.status != "ended",
                 )
             ).first()
-            if same is not None:  # subscribing twice: the one there is (its terms replaced)
+            created = same is None
+            if same is None:
+                target = row
+                s.add(row)
+            else:  # subscribing twice: the one there is (its terms replaced)
+                target = same
                 same.purpose, same.basis, same.consent_id = row.purpose, row.basis, row.consent_id
                 same.fields, same.status = row.fields, "active"
-                return 200, _view(same)
-            s.add(row)
+            if row.consent_id is not None:
+                self._follow_consent(s, target, row.consent_id, now)
             s.flush()
-            return 201, _view(row)
+            return (201 if created else 200), _view(target)
+
+    def _follow_consent(
+        self, s: Session, sub: SubscriptionRow, consent_id: str, now: datetime
+    ) -> None:
+        """A subscription starts as its consent is: a status pushed before this transaction
+        (the consent spent or revoked right after step 12 used it) is not missed. The consent's
+        state row is locked here and by the push's handler, so one of them sees the other."""
+        status = self._lock_state(s, consent_id)
+        if status in _ENDED_BY_CONSENT:
+            sub.status, sub.ended_at, sub.reason = "ended", now, f"the consent was {status}"
+        elif status == "paused":
+            sub.status = "paused"
+
+    def _lock_state(self, s: Session, consent_id: str) -> str | None:
+        key = {"node": self.node, "consent_id": consent_id}
+        if self.engine.dialect.name == "postgresql":
+            s.execute(
+                pg_insert(ConsentStateRow).values(**key, status=None).on_conflict_do_nothing()
+            )
+            return s.scalar(
+                select(ConsentStateRow.status)
+                .where(ConsentStateRow.node == self.node, ConsentStateRow.consent_id == consent_id)
+                .with_for_update()
+            )
+        found = s.get(ConsentStateRow, (self.node, consent_id))  # SQLite: writers take turns
+        return found.status if found is not None else None
 
     def _own(self, req: SubscriptionRequest, sub_id: str) -> SubscriptionRow:
         if len(sub_id) != MAX_ID_CHARS:  # an id is a UUID: a longer one is none (never a prefix)
@@ -334,6 +380,7 @@ class Subscriptions:
         consent_id, status = event.data.get("consent_id"), event.data.get("status")
         if not isinstance(consent_id, str) or not isinstance(status, str):
             return
+        self._remember_state(session, consent_id[:64], status[:16])
         rows = SubscriptionRow
         mine = (rows.consent_id == consent_id, rows.node == self.node, rows.status != "ended")
         if status in _ENDED_BY_CONSENT:
@@ -349,6 +396,16 @@ class Subscriptions:
             session.execute(
                 update(rows).where(*mine, rows.status == "paused").values(status="active")
             )
+
+    def _remember_state(self, session: Session, consent_id: str, status: str) -> None:
+        """The consent's last pushed status (in stream order: the last applied is the latest)."""
+        values = {"node": self.node, "consent_id": consent_id, "status": status}
+        insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+        session.execute(
+            insert(ConsentStateRow)
+            .values(**values)
+            .on_conflict_do_update(index_elements=["node", "consent_id"], set_={"status": status})
+        )
 
     # -- subscriber ------------------------------------------------------------------------------
 
@@ -384,35 +441,69 @@ class Subscriptions:
             ).all()
         return sorted({str(ServiceId.parse(x).provider) for x in services})
 
+    def on_registry(self, registry: VerifiedRegistry) -> None:
+        self._registry = registry
+
     def on_change_event(self, session: Session, event: EventEnvelope) -> None:
-        """An inbox handler (``registry.change/v1``), in the inbox's transaction: into the feed,
-        with the subscriber's own code when its subsystem made the subscription here."""
+        """An inbox handler (``registry.change/v1``), in the inbox's transaction: into the feed
+        with the subscriber's own code — for a subscription its subsystem made here. A change
+        event that is not one (no event service of the sender's) is refused; one for no
+        subscription of the recipient's made here is applied (the stream goes on) but kept out
+        of the feed, and recorded."""
         data = event.data
-        sub_id = data.get("subscription_id")
-        service = data.get("service")
-        change = data.get("change")
+        sub_id, service, change = (
+            data.get("subscription_id"),
+            data.get("service"),
+            data.get("change"),
+        )
         if not isinstance(sub_id, str) or not isinstance(service, str):
             raise ClientError("a change event names its subscription and service")
-        if not isinstance(change, dict):
-            raise ClientError("a change event carries its change as an object")
-        if ServiceId.parse(service).provider != ClientId.parse(event.sender):
-            raise ClientError("a change event comes from the registry of its service")
-        if len(sub_id) > MAX_ID_CHARS:
-            raise ClientError("a change event names a subscription id of at most 36 characters")
+        if not isinstance(change, dict) or len(sub_id) > MAX_ID_CHARS:
+            raise ClientError(
+                "a change event carries its change as an object, for one subscription"
+            )
+        sid = ServiceId.parse(service)
+        if sid.provider != ClientId.parse(event.sender) or not self._is_event_service(sid):
+            raise ClientError("a change event comes from the registry of its change event service")
         link = session.get(SubscriberLinkRow, sub_id)
-        own = link is not None and link.client == event.recipient and link.service == service
+        if link is None or link.client != event.recipient or link.service != service:
+            self._dropped(session, event, sub_id)
+            return
         session.add(
             ChangeFeedRow(
                 client=event.recipient,
                 event_id=event.event_id,
                 subscription_id=sub_id,
                 service=service,
-                subject=link.subject if own and link is not None else None,
+                subject=link.subject,
                 data=change,
                 occurred_at=event.created_at,
                 received_at=datetime.now(UTC),
             )
         )
+
+    def _is_event_service(self, sid: ServiceId) -> bool:
+        registry = self._registry
+        if registry is None:
+            raise UnavailableError("no verified registry yet")
+        entry = registry.find_service(sid.provider, sid.code, sid.version)
+        return entry is not None and entry.event_of is not None
+
+    def _dropped(self, session: Session, event: EventEnvelope, sub_id: str) -> None:
+        audit = self._audit
+        if audit is None:
+            return
+        record = AuditEvent(
+            time=datetime.now(UTC),
+            node=self.node,
+            kind="refusal",
+            decision="deny",
+            client=event.recipient,
+            reason="Client.UnknownSubscription: a change event for no subscription made here",
+            message_id=event.event_id,
+            extra={"stage": "event", "stream": event.stream, "subscription_id": sub_id},
+        )
+        sa_event.listen(session, "after_commit", lambda _s: audit.record(record), once=True)
 
     def feed(self, client: str, *, after: int, limit: int) -> list[dict[str, Any]]:
         """The change events received for ``client`` after the cursor ``after``, oldest first."""

@@ -493,6 +493,7 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
         engine,
         str(member),
         {c: MemberSigner(load_private_key(keys.subsystem_key(c))) for c in hosted},
+        audit=sink,
     )
     inbox.subscribe(CONSENT_STATUS_EVENT, subscriptions.on_consent_event)
     inbox.subscribe(CHANGE_EVENT, subscriptions.on_change_event)

@@ -375,6 +375,8 @@ def create_node_app(
     registry.on_change(lambda _reg: metrics.registry_serial.inc())
     for listener in parts.on_registry:
         registry.on_change(listener)
+    if parts.subscriptions is not None:
+        registry.on_change(parts.subscriptions.on_registry)
     inline = runs_inline(engine, mode=settings.db_work)
     audit = GroupCommitSink(parts.audit or SqlMessageLog(engine), inline=inline)
     node_id = str(member)

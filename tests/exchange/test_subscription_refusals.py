@@ -1,8 +1,11 @@
-"""Two refusals of change subscriptions (docs/protocol.md §9), on the node's own database:
+"""Refusals of change subscriptions (docs/protocol.md §9), on the node's own database:
 
 * a ``consent.status/v1`` event from a member subsystem moves no subscription (only the consent
   service speaks for a consent) — else a subscriber resumes what the citizen paused;
-* a subscription id with characters after it is no subscription (never a prefix match).
+* a subscription id with characters after it is no subscription (never a prefix match);
+* a status push that overtakes the subscription's creation still ends (or pauses) it;
+* a change event for no subscription made here stays out of the feed and is recorded; one that
+  names no change event service of its sender is refused.
 
 The same attacks between real processes: tests/integration/test_change_subscriptions_attacks.py.
 """
@@ -11,16 +14,18 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from exchange.central_config import RegistryDocument, ServiceEntry, VerifiedRegistry
 from exchange.db import make_engine, upgrade
 from exchange.errors import ClientError, NotFoundError
-from exchange.events import CONSENT_SERVICE_SENDER, new_event
+from exchange.events import CONSENT_SERVICE_SENDER, EventEnvelope, new_event
 from exchange.identifiers import ClientId, ServiceId
+from exchange.ports import AuditEvent
 from exchange.store import SubscriptionRow
 from exchange.subscriptions import SubscriptionRequest, Subscriptions
 from onceonly.components import COMPONENT_BRANCHES
@@ -132,14 +137,6 @@ def _subscribe(subs: Subscriptions, consent_id: str) -> str:
     return str(doc["subscription_id"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: a consent status push applied before the subscription's row is committed "
-    "(the provider used the consent at step 12, the consent service pushed 'spent' or "
-    "'revoked', the node applied it, then step 13 stored the subscription) ends nothing: the "
-    "subscription stays active on a spent or revoked consent, and publication does not check "
-    "the consent again",
-)
 @pytest.mark.parametrize("status", ["spent", "revoked"])
 def test_a_status_push_that_overtakes_the_subscription_still_ends_it(
     engine: Engine, status: str
@@ -158,3 +155,66 @@ def test_a_status_push_that_overtakes_the_subscription_still_ends_it(
         subs.on_consent_event(s, event)
     sub_id = _subscribe(subs, consent_id)  # ... then step 13 stores the subscription
     assert _status(engine, sub_id) == "ended"
+
+
+class _Audit:
+    def __init__(self) -> None:
+        self.events: list[AuditEvent] = []
+
+    def record(self, event: AuditEvent) -> None:
+        self.events.append(event)
+
+
+def _registry_with_event() -> VerifiedRegistry:
+    return VerifiedRegistry(
+        RegistryDocument(
+            instance="JP",
+            serial=1,
+            issued_at=NOW,
+            expires_at=NOW + timedelta(days=1),
+            ca_certificate="(not used here)",
+            services=(
+                ServiceEntry(
+                    id=EVENT,
+                    fields=("address",),
+                    event_of="JP/GOV/132098/resident-registry/address-change/v1",
+                ),
+                ServiceEntry(id="JP/GOV/132098/resident-registry/address/v1", fields=("address",)),
+            ),
+        )
+    )
+
+
+def _change_event(service: str, sub_id: str) -> EventEnvelope:
+    return new_event(
+        sender="JP/GOV/132098/resident-registry",
+        recipient=GAS,
+        seq=1,
+        type="registry.change/v1",
+        data={"subscription_id": sub_id, "service": service, "change": {"address": "x"}},
+        now=NOW,
+    )
+
+
+def test_a_change_event_for_no_subscription_made_here_is_kept_out_of_the_feed_and_recorded(
+    engine: Engine,
+) -> None:
+    audit = _Audit()
+    subs = Subscriptions(engine, NODE, {}, audit=audit)
+    subs.on_registry(_registry_with_event())
+    with Session(engine) as s, s.begin():  # applied (the stream goes on), not in the feed
+        subs.on_change_event(s, _change_event(EVENT, str(uuid.uuid4())))
+    assert subs.feed(GAS, after=0, limit=10) == []
+    (refusal,) = audit.events
+    assert refusal.reason is not None
+    assert refusal.reason.startswith("Client.UnknownSubscription")
+    # Linked: in the feed, under the subscriber's own code.
+    linked = str(uuid.uuid4())
+    subs.link(subscription_id=linked, client=GAS, service=EVENT, subject="G-1", now=NOW)
+    with Session(engine) as s, s.begin():
+        subs.on_change_event(s, _change_event(EVENT, linked))
+    (told,) = subs.feed(GAS, after=0, limit=10)
+    assert told["subject"] == "G-1"
+    # Not a change event service of the sender's: refused outright.
+    with pytest.raises(ClientError), Session(engine) as s, s.begin():
+        subs.on_change_event(s, _change_event("JP/GOV/132098/resident-registry/address/v1", linked))

@@ -404,13 +404,6 @@ def test_a_paused_or_revoked_consent_subscribes_nothing_and_stops_what_it_made(e
     _problem(revoked, 403, "Server.ServerProxy.ConsentRefused")
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="FINDING (a race, about 1 in 30 on PostgreSQL): the 'spent' push can be applied before "
-    "the subscription's row is committed; it then ends nothing and the subscription stays active "
-    "on a spent one-time consent. Reproduced deterministically (strict xfail) in "
-    "tests/exchange/test_subscription_refusals.py",
-)
 def test_a_one_time_consent_ends_its_subscription_once_spent(env: Env) -> None:
     """Subscribing spends a one-time consent, and the consent service's "spent" push ends the
     subscription — every time, though the push races the subscription's creation."""
@@ -759,11 +752,6 @@ def test_forged_change_events_are_refused_or_land_without_a_person(env: Env) -> 
     assert all(ch["service"] != EVENT for ch in new)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: the node's inbox lands any member's registry.change/v1 in a department's "
-    "change feed (subject null) — no subscription with that sender, no event service needed",
-)
 def test_an_unsolicited_change_event_is_refused(env: Env) -> None:
     _, keys, settings = env
     machida = _node(env, MACHIDA)

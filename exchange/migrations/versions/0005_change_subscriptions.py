@@ -68,6 +68,12 @@ def _publisher() -> None:
     )
     op.create_index("ix_xchg_subscriptions_consent_id", "xchg_subscriptions", ["consent_id"])
     op.create_table(
+        "xchg_consent_states",
+        sa.Column("node", ID, primary_key=True),
+        sa.Column("consent_id", sa.String(64), primary_key=True),
+        sa.Column("status", sa.String(16), nullable=True),
+    )
+    op.create_table(
         "xchg_published_changes",
         sa.Column("node", ID, primary_key=True),
         sa.Column("service", ID, primary_key=True),
@@ -120,6 +126,7 @@ def downgrade() -> None:
         "xchg_change_feed",
         "xchg_subscriber_links",
         "xchg_published_changes",
+        "xchg_consent_states",
         "xchg_subscriptions",
         "xchg_event_streams",
         "xchg_event_outbox",
