@@ -26,13 +26,13 @@ import contextlib
 import logging
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import Engine, and_, delete, func, select, update
+from sqlalchemy import Engine, and_, delete, func, or_, select, update
 from sqlalchemy import event as sa_event
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -94,8 +94,13 @@ class Outbox:
         *,
         sender: str,
         signer: Signer,
+        senders: Sequence[str] | None = None,
     ) -> None:
+        """``senders``: the table also holds other senders' streams (a node's registries share
+        one outbox, and nodes may share a database); ``due`` then looks at these senders'
+        streams only. None: every stream in the table is this outbox's."""
         self.engine = engine
+        self._senders = tuple(senders) if senders is not None else None
         self._rows: Any = rows
         self._streams: Any = streams
         self.sender = sender
@@ -172,9 +177,14 @@ class Outbox:
     def due(self, now: datetime, *, limit: int = MAX_BATCH) -> list[OutboxItem]:
         """The head (lowest undelivered seq) of each stream whose next attempt is due."""
         rows = self._rows
+        undelivered = [rows.delivered_at.is_(None)]
+        if self._senders is not None:
+            undelivered.append(
+                or_(*(rows.stream.startswith(f"{x} > ", autoescape=True) for x in self._senders))
+            )
         heads = (
             select(rows.stream, func.min(rows.seq).label("seq"))
-            .where(rows.delivered_at.is_(None))
+            .where(*undelivered)
             .group_by(rows.stream)
             .subquery()
         )
@@ -294,9 +304,11 @@ class DeliveryWorker:
         http: httpx.AsyncClient | None = None,
         rng: random.Random | None = None,
         retention: timedelta | None = None,
+        woken_by: Sequence[Outbox] = (),
     ) -> None:
         """``retention``: delivered events older than this are pruned (about hourly); None keeps
-        them."""
+        them. ``woken_by``: other outboxes appending to the same table (one worker delivers
+        every stream ``outbox.due`` finds)."""
         self._outbox = outbox
         self._address_of = address_of
         self._audit = audit
@@ -311,7 +323,8 @@ class DeliveryWorker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._retention = retention
         self._pruned_at: datetime | None = None
-        outbox.on_append(self.wake)
+        for appender in (outbox, *woken_by):
+            appender.on_append(self.wake)
 
     def wake(self) -> None:
         """Thread-safe: something was appended; look now rather than at the next poll."""

@@ -170,8 +170,16 @@ class Subscriptions:
         self.node = node
         self._audit = audit
         self._registry: VerifiedRegistry | None = None
+        hosted = [str(c) for c in signers]
         self.outboxes = {
-            c: Outbox(engine, NodeEventOutboxRow, NodeEventStreamRow, sender=str(c), signer=s)
+            c: Outbox(
+                engine,
+                NodeEventOutboxRow,
+                NodeEventStreamRow,
+                sender=str(c),
+                signer=s,
+                senders=hosted,
+            )
             for c, s in signers.items()
         }
 

@@ -414,20 +414,26 @@ def create_node_app(
         subscriptions=parts.subscriptions,
     )
 
-    deliveries = [
-        DeliveryWorker(
-            outbox,
-            lambda recipient: (
-                registry.current(clock()).node_address(ClientId.parse(recipient).member)
-                + INBOX_PATH
-            ),
-            audit=audit,
-            node=node_id,
-            max_backoff_s=parts.event_retry_max_s,
-            retention=timedelta(days=settings.event_retention_days),
-        )
-        for outbox in (parts.subscriptions.outboxes.values() if parts.subscriptions else ())
-    ]
+    # One worker delivers every hosted registry's streams (one table); each outbox wakes it.
+    outboxes = list(parts.subscriptions.outboxes.values()) if parts.subscriptions else []
+    deliveries = (
+        [
+            DeliveryWorker(
+                outboxes[0],
+                lambda recipient: (
+                    registry.current(clock()).node_address(ClientId.parse(recipient).member)
+                    + INBOX_PATH
+                ),
+                audit=audit,
+                node=node_id,
+                max_backoff_s=parts.event_retry_max_s,
+                retention=timedelta(days=settings.event_retention_days),
+                woken_by=outboxes[1:],
+            )
+        ]
+        if outboxes
+        else []
+    )
 
     async def _refresh_loop() -> None:
         if registry_wait_s is None:  # the host fetches the first copy itself, once serving

@@ -12,6 +12,7 @@ from exchange.identifiers import ServiceId
 from exchange.ports import ConsentDecision, ConsentQuery
 from tests.exchange._federation import (
     ADDRESS,
+    ADDRESS_CHANGED,
     GAS,
     RESIDENTS,
     TAX,
@@ -201,8 +202,9 @@ def test_metaservices_list_clients_methods_and_openapi(fed: Federation) -> None:
     clients, methods, allowed, gas_allowed, openapi, health, metrics = asyncio.run(go())
     assert gas_allowed.json() == {"service": []}
     assert {c["id"] for c in clients.json()["clients"]} == {str(RESIDENTS), str(TAX), str(GAS)}
-    assert [s["id"] for s in methods.json()["service"]] == [str(ADDRESS)]
-    assert [s["id"] for s in allowed.json()["service"]] == [str(ADDRESS)]
+    # the residents' registry serves the address, and its change event (served by the node)
+    assert {s["id"] for s in methods.json()["service"]} == {str(ADDRESS), str(ADDRESS_CHANGED)}
+    assert {s["id"] for s in allowed.json()["service"]} == {str(ADDRESS), str(ADDRESS_CHANGED)}
     assert openapi.json()["openapi"].startswith("3.")
     assert health.json()["status"] == "ok"
     assert b"onceonly_exchanges_total" in metrics.content
