@@ -307,6 +307,7 @@ class TransparencyLog:
         self._last_note: tuple[str, bytes] | None = None
         self._known_size = 0  # the largest size this process has seen the log have
         self._read_sql = _ReadSql(engine.dialect.paramstyle, engine.dialect.name)
+        self._map_cache = subject_map.MapCache()  # the subject map's upper tree, by its root
 
     # --- identity ------------------------------------------------------------------------------
 
@@ -952,7 +953,7 @@ class TransparencyLog:
     def _advance_subject_map(self, conn: Connection, size: int) -> bytes:
         """The subject map's root at ``size`` (``audit.subject_map.advance``, same transaction)."""
         try:
-            return subject_map.advance(conn, self.log_id, self.origin, size)
+            return subject_map.advance(conn, self.log_id, self.origin, size, self._map_cache)
         except subject_map.MapIntegrityError as exc:
             raise LogIntegrityError(str(exc)) from exc
 
@@ -1023,7 +1024,8 @@ class TransparencyLog:
         """Each subject's proof from the stored map, or None if one does not lead to ``cp``'s
         map root (the map moved on since ``cp``)."""
         root = self._map_root(cp.note)
-        read = [subject_map.read_proof(conn, self.log_id, self.origin, s) for s in wanted]
+        upper = self._map_cache.matching(root)
+        read = [subject_map.read_proof(conn, self.log_id, self.origin, s, upper) for s in wanted]
         if all(subject_map.proof_root(p, own, self.origin) == root for p, own in read):
             return [p for p, _ in read]
         return None
