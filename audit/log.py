@@ -270,10 +270,13 @@ _ANY_DUE = (
     "SELECT 1 FROM audit_restricted WHERE log_id = ? AND released_idx IS NULL "
     "AND release_us <= ? LIMIT 1"
 )
-_LATEST_WITH_HEAD = (
-    "SELECT h.size, c.size, c.root, c.time_us, c.note FROM audit_heads h "
-    "LEFT JOIN audit_checkpoints c ON c.id = "
-    "(SELECT max(id) FROM audit_checkpoints WHERE log_id = ?) WHERE h.log_id = ?"
+# the completeness proof's first read, one round trip: the head's size, the latest checkpoint,
+# and whether a restricted entry is due to be released (then the proof waits for its release)
+_COVERING = (
+    "SELECT h.size, c.size, c.root, c.time_us, c.note, EXISTS (SELECT 1 FROM audit_restricted"
+    " WHERE log_id = ? AND released_idx IS NULL AND release_us <= ?) FROM audit_heads h"
+    " LEFT JOIN audit_checkpoints c ON c.id ="
+    " (SELECT max(id) FROM audit_checkpoints WHERE log_id = ?) WHERE h.log_id = ?"
 )
 _NODES = "SELECT node_key, hash FROM audit_nodes WHERE log_id = ? AND node_key"
 
@@ -287,7 +290,8 @@ class _ReadSql:
         self.head_size = _HEAD_SIZE.replace("?", self._p)
         self.any_due = _ANY_DUE.replace("?", self._p)
         self.export = _EXPORT.replace("?", self._p)
-        self.latest_with_head = _LATEST_WITH_HEAD.replace("?", self._p)
+        self.covering = _COVERING.replace("?", self._p)
+        self.mark = self._p
         self._nodes = _NODES.replace("?", self._p)
 
     def nodes(self, log_id: str, keys: list[int]) -> tuple[str, tuple[Any, ...]]:
@@ -984,34 +988,24 @@ class TransparencyLog:
         wanted = sorted(set(subjects))
         when = _time_us(now)
         for _ in range(_PROOF_ATTEMPTS):
-            with self._unlocked_reads() as conn:
-                cp = self._covering_checkpoint(conn, when)
-                read = None if cp is None else self._read_proofs(conn, cp, wanted)
+            with read_cursor(self._engine) as cur:
+                cp = self._covering_checkpoint(cur, when)
+                read = None if cp is None else self._read_proofs(cur, cp, wanted)
             if cp is None:  # release what is due, sign what the log added (the write path)
                 self.release_due(now)
                 cp = self._fresh_checkpoint(now)
-                with self._unlocked_reads() as conn:
-                    read = self._read_proofs(conn, cp, wanted)
+                with read_cursor(self._engine) as cur:
+                    read = self._read_proofs(cur, cp, wanted)
             if read is not None:
                 return cp, read
         raise LogIntegrityError("the subject map does not match the latest checkpoint")
 
-    def _unlocked_reads(self) -> Connection:
-        """A connection for reads that need no common snapshot (autocommit: no BEGIN, no
-        ROLLBACK round trips on PostgreSQL)."""
-        return self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-
-    def _covering_checkpoint(self, conn: Connection, when: int) -> StoredCheckpoint | None:
+    def _covering_checkpoint(self, cur: Any, when: int) -> StoredCheckpoint | None:
         """The latest checkpoint when it covers the whole log and no restricted entry is due to
-        be released; else None. Two statements straight to the driver."""
-        sql = self._read_sql
-        with driver_cursor(conn) as cur:
-            cur.execute(sql.any_due, (self.log_id, when))
-            if cur.fetchone() is not None:
-                return None
-            cur.execute(sql.latest_with_head, (self.log_id, self.log_id))
-            row = cur.fetchone()
-        if row is None or row[1] is None:
+        be released; else None. One statement (``_COVERING``) on the driver cursor ``cur``."""
+        cur.execute(self._read_sql.covering, (self.log_id, when, self.log_id, self.log_id))
+        row = cur.fetchone()
+        if row is None or row[1] is None or row[5]:
             return None
         self._known_size = max(self._known_size, int(row[0]))
         if int(row[1]) < int(row[0]):
@@ -1019,13 +1013,17 @@ class TransparencyLog:
         return StoredCheckpoint(int(row[1]), bytes(row[2]), _EPOCH + int(row[3]) * _US, row[4])
 
     def _read_proofs(
-        self, conn: Connection, cp: StoredCheckpoint, wanted: Sequence[str]
+        self, cur: Any, cp: StoredCheckpoint, wanted: Sequence[str]
     ) -> list[SubjectProof] | None:
         """Each subject's proof from the stored map, or None if one does not lead to ``cp``'s
-        map root (the map moved on since ``cp``)."""
+        map root (the map moved on since ``cp``). The upper tree this process holds in memory
+        is used when it is that root's (``subject_map.MapCache``)."""
         root = self._map_root(cp.note)
         upper = self._map_cache.matching(root)
-        read = [subject_map.read_proof(conn, self.log_id, self.origin, s, upper) for s in wanted]
+        mark = self._read_sql.mark
+        read = [
+            subject_map.read_proof(cur, mark, self.log_id, self.origin, s, upper) for s in wanted
+        ]
         if all(subject_map.proof_root(p, own, self.origin) == root for p, own in read):
             return [p for p, _ in read]
         return None

@@ -164,17 +164,6 @@ class _Sql:
                 rows += cur.fetchall()
         return rows
 
-    def proof_rows(self, log_id: str, bucket: int, tops: Sequence[int]) -> list[tuple[Any, ...]]:
-        """One proof's rows in one statement: the bucket's members ``(key, count, chain)``, then
-        the stored nodes of the groups under ``tops`` as ``(None, node_id, hash)``."""
-        params: list[Any] = [log_id, bucket]
-        for lo, hi in _group_ranges(tops):
-            params += [log_id, lo, hi]
-        with driver_cursor(self._conn) as cur:
-            cur.execute(self._sql(_proof_sql(len(tops))), params)
-            rows: list[tuple[Any, ...]] = cur.fetchall()
-        return rows
-
     def upsert_nodes(self, log_id: str, nodes: dict[int, bytes]) -> None:
         """Write ``nodes`` (heap number: hash); PostgreSQL: one statement over arrays."""
         ids = sorted(nodes)
@@ -247,9 +236,10 @@ _PROOF_GROUP = "SELECT NULL, node_id, hash FROM audit_subject_nodes WHERE log_id
 
 
 @functools.cache
-def _proof_sql(groups: int) -> str:
-    """A fixed text per number of groups (PostgreSQL prepares a statement it sees repeatedly)."""
-    return " UNION ALL ".join([_PROOF_MEMBERS] + [_PROOF_GROUP] * groups)
+def _proof_sql(groups: int, mark: str) -> str:
+    """A fixed text per number of groups (PostgreSQL prepares a statement it sees repeatedly):
+    the bucket's members ``(key, count, chain)``, then the groups' nodes ``(NULL, id, hash)``."""
+    return " UNION ALL ".join([_PROOF_MEMBERS] + [_PROOF_GROUP] * groups).replace("?", mark)
 
 
 def map_state(conn: Connection, log_id: str) -> MapState:
@@ -457,10 +447,11 @@ def proof_root(proof: SubjectProof, own: Member | None, origin: str) -> bytes:
 
 
 def read_proof(
-    conn: Connection, log_id: str, origin: str, subject: str, upper: UpperTree | None = None
+    cur: Any, mark: str, log_id: str, origin: str, subject: str, upper: UpperTree | None = None
 ) -> tuple[SubjectProof, Member | None]:
     """The proof for ``subject`` from the stored map, and its own member (None when it has no
-    entries) so the caller can check the proof against the root before sending it.
+    entries) so the caller can check the proof against the root before sending it. ``cur`` is a
+    driver cursor (no transaction needed: one statement), ``mark`` its placeholder (``?``/``%s``).
 
     One statement reads the bucket's members and the stored nodes of its groups: all four, or,
     given ``upper`` (the cached upper tree of the map the caller checks against), the two below
@@ -472,7 +463,11 @@ def read_proof(
     tops = [leaf >> (base + STRATUM) for base in bases]
     groups: dict[int, dict[int, bytes]] = {top: {} for top in tops}
     members: list[Member] = []
-    for row in _Sql(conn).proof_rows(log_id, bucket, tops):
+    params: list[Any] = [log_id, bucket]
+    for lo, hi in _group_ranges(tops):
+        params += [log_id, lo, hi]
+    cur.execute(_proof_sql(len(tops), mark), params)
+    for row in cur.fetchall():
         if row[0] is None:
             groups[int(row[1]) >> STRATUM][int(row[1])] = bytes(row[2])
         else:
