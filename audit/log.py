@@ -292,6 +292,7 @@ class _ReadSql:
         self.export = _EXPORT.replace("?", self._p)
         self.covering = _COVERING.replace("?", self._p)
         self.mark = self._p
+        self.pipelined = self._postgres  # several statements in one round trip (``_together``)
         self._nodes = _NODES.replace("?", self._p)
 
     def nodes(self, log_id: str, keys: list[int]) -> tuple[str, tuple[Any, ...]]:
@@ -989,8 +990,7 @@ class TransparencyLog:
         when = _time_us(now)
         for _ in range(_PROOF_ATTEMPTS):
             with read_cursor(self._engine) as cur:
-                cp = self._covering_checkpoint(cur, when)
-                read = None if cp is None else self._read_proofs(cur, cp, wanted)
+                cp, read = self._covered_proofs(cur, when, wanted)
             if cp is None:  # release what is due, sign what the log added (the write path)
                 self.release_due(now)
                 cp = self._fresh_checkpoint(now)
@@ -1000,11 +1000,36 @@ class TransparencyLog:
                 return cp, read
         raise LogIntegrityError("the subject map does not match the latest checkpoint")
 
-    def _covering_checkpoint(self, cur: Any, when: int) -> StoredCheckpoint | None:
-        """The latest checkpoint when it covers the whole log and no restricted entry is due to
-        be released; else None. One statement (``_COVERING``) on the driver cursor ``cur``."""
-        cur.execute(self._read_sql.covering, (self.log_id, when, self.log_id, self.log_id))
-        row = cur.fetchone()
+    def _covered_proofs(
+        self, cur: Any, when: int, wanted: Sequence[str]
+    ) -> tuple[StoredCheckpoint | None, list[SubjectProof] | None]:
+        """The latest checkpoint if it covers the log and no restricted entry is due
+        (``_COVERING``), with the proofs against it; (None, None) otherwise.
+
+        The proofs are read with the checkpoint, before its root is known, with the upper tree
+        this process holds (``subject_map.MapCache``); on PostgreSQL all the statements go in
+        one round trip (pipelined). They are read again only if that tree is not for the
+        checkpoint's root."""
+        mark = self._read_sql.mark
+        upper = self._map_cache.tree
+        queries = [
+            subject_map.proof_query(mark, self.log_id, self.origin, s, upper) for s in wanted
+        ]
+        covering = (self._read_sql.covering, (self.log_id, when, self.log_id, self.log_id))
+        statements = [covering, *((q.sql, q.params) for q in queries)]
+        results = _together(cur, statements, pipelined=self._read_sql.pipelined)
+        cp = self._covering_checkpoint(results[0][0] if results[0] else None)
+        if cp is None:
+            return None, None
+        root = self._map_root(cp.note)
+        if upper is not None and upper.root != root:
+            return cp, self._read_proofs(cur, cp, wanted)
+        read = [q.assemble(rows) for q, rows in zip(queries, results[1:], strict=True)]
+        return cp, self._checked(read, root)
+
+    def _covering_checkpoint(self, row: Sequence[Any] | None) -> StoredCheckpoint | None:
+        """The checkpoint of a ``_COVERING`` row when it covers the whole log and no restricted
+        entry is due to be released; else None."""
         if row is None or row[1] is None or row[5]:
             return None
         self._known_size = max(self._known_size, int(row[0]))
@@ -1015,15 +1040,21 @@ class TransparencyLog:
     def _read_proofs(
         self, cur: Any, cp: StoredCheckpoint, wanted: Sequence[str]
     ) -> list[SubjectProof] | None:
-        """Each subject's proof from the stored map, or None if one does not lead to ``cp``'s
-        map root (the map moved on since ``cp``). The upper tree this process holds in memory
-        is used when it is that root's (``subject_map.MapCache``)."""
+        """Each subject's proof from the stored map against ``cp``, or None (``_checked``). The
+        upper tree this process holds is used when it is that root's."""
         root = self._map_root(cp.note)
         upper = self._map_cache.matching(root)
         mark = self._read_sql.mark
         read = [
             subject_map.read_proof(cur, mark, self.log_id, self.origin, s, upper) for s in wanted
         ]
+        return self._checked(read, root)
+
+    def _checked(
+        self, read: Sequence[tuple[SubjectProof, Any]], root: bytes
+    ) -> list[SubjectProof] | None:
+        """The proofs if each leads to ``root``; None if one does not (the map moved on since
+        the checkpoint, and the caller reads again)."""
         if all(subject_map.proof_root(p, own, self.origin) == root for p, own in read):
             return [p for p, _ in read]
         return None
@@ -1050,6 +1081,29 @@ class TransparencyLog:
             StoredCheckpoint(size, root, _EPOCH + time_us * _US, note)
             for size, root, time_us, note in rows
         ]
+
+
+def _together(
+    cur: Any, statements: Sequence[tuple[str, Sequence[Any]]], *, pipelined: bool
+) -> list[list[Any]]:
+    """Each statement's rows. ``pipelined`` (PostgreSQL): all are sent in one pipeline, one
+    round trip, a cursor each on ``cur``'s connection; else they run in turn on ``cur``."""
+    conn = cur.connection
+    if not pipelined:
+        out = []
+        for sql, params in statements:
+            cur.execute(sql, params)
+            out.append(cur.fetchall())
+        return out
+    cursors = [conn.cursor() for _ in statements]
+    try:
+        with conn.pipeline():
+            for each, (sql, params) in zip(cursors, statements, strict=True):
+                each.execute(sql, params)
+        return [each.fetchall() for each in cursors]
+    finally:
+        for each in cursors:
+            each.close()
 
 
 def _compact_range(size: int) -> list[tuple[int, int]]:

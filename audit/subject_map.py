@@ -53,9 +53,11 @@ __all__ = [
     "MapCache",
     "MapIntegrityError",
     "MapState",
+    "ProofQuery",
     "UpperTree",
     "advance",
     "map_state",
+    "proof_query",
     "proof_root",
     "read_proof",
 ]
@@ -446,40 +448,66 @@ def proof_root(proof: SubjectProof, own: Member | None, origin: str) -> bytes:
     return fold(subject_key(origin, proof.subject), bucket_hash(members), proof.siblings)
 
 
+@dataclass(frozen=True, slots=True)
+class ProofQuery:
+    """One subject's proof read: the statement, its parameters, and what assembles its rows.
+
+    One statement reads the bucket's members and the stored nodes of its groups: all four, or,
+    given ``upper`` (the cached upper tree of the map the proof is checked against), the two
+    below ``CACHED_HEIGHT``, whose siblings above come from ``upper``."""
+
+    subject: str
+    key: bytes
+    upper: UpperTree | None
+    sql: str
+    params: tuple[Any, ...]
+
+    def assemble(self, rows: Sequence[Sequence[Any]]) -> tuple[SubjectProof, Member | None]:
+        """The proof, and the subject's own member (None when it has no entries) so the caller
+        can check the proof against the root before sending it."""
+        leaf = _LEAF_BASE + bucket_of(self.key)
+        bases = range(0, MAP_DEPTH if self.upper is None else CACHED_HEIGHT, STRATUM)
+        tops = [leaf >> (base + STRATUM) for base in bases]
+        groups: dict[int, dict[int, bytes]] = {top: {} for top in tops}
+        members: list[Member] = []
+        for row in rows:
+            if row[0] is None:
+                groups[int(row[1]) >> STRATUM][int(row[1])] = bytes(row[2])
+            else:
+                members.append(_member(*row))
+        siblings: list[bytes] = []
+        for base_height, top in zip(bases, tops, strict=True):
+            known = _group_hashes(groups[top], top, base_height)
+            siblings += [
+                known.get((leaf >> h) ^ 1, _EMPTY[h])
+                for h in range(base_height, base_height + STRATUM)
+            ]
+        if self.upper is not None:
+            nodes = self.upper.nodes
+            siblings += [nodes[(leaf >> h) ^ 1] for h in range(CACHED_HEIGHT, MAP_DEPTH)]
+        own = next((m for m in members if m.key == self.key), None)
+        others = tuple(m for m in members if m.key != self.key)
+        return SubjectProof(self.subject, others, tuple(siblings)), own
+
+
+def proof_query(
+    mark: str, log_id: str, origin: str, subject: str, upper: UpperTree | None = None
+) -> ProofQuery:
+    """The read for ``subject``'s proof; ``mark`` is the driver's placeholder (``?``/``%s``)."""
+    key = subject_key(origin, subject)
+    leaf = _LEAF_BASE + bucket_of(key)
+    bases = range(0, MAP_DEPTH if upper is None else CACHED_HEIGHT, STRATUM)
+    params: list[Any] = [log_id, bucket_of(key)]
+    for lo, hi in _group_ranges([leaf >> (base + STRATUM) for base in bases]):
+        params += [log_id, lo, hi]
+    return ProofQuery(subject, key, upper, _proof_sql(len(bases), mark), tuple(params))
+
+
 def read_proof(
     cur: Any, mark: str, log_id: str, origin: str, subject: str, upper: UpperTree | None = None
 ) -> tuple[SubjectProof, Member | None]:
-    """The proof for ``subject`` from the stored map, and its own member (None when it has no
-    entries) so the caller can check the proof against the root before sending it. ``cur`` is a
-    driver cursor (no transaction needed: one statement), ``mark`` its placeholder (``?``/``%s``).
-
-    One statement reads the bucket's members and the stored nodes of its groups: all four, or,
-    given ``upper`` (the cached upper tree of the map the caller checks against), the two below
-    ``CACHED_HEIGHT``, whose siblings above come from ``upper``."""
-    key = subject_key(origin, subject)
-    bucket = bucket_of(key)
-    leaf = _LEAF_BASE + bucket
-    bases = range(0, MAP_DEPTH if upper is None else CACHED_HEIGHT, STRATUM)
-    tops = [leaf >> (base + STRATUM) for base in bases]
-    groups: dict[int, dict[int, bytes]] = {top: {} for top in tops}
-    members: list[Member] = []
-    params: list[Any] = [log_id, bucket]
-    for lo, hi in _group_ranges(tops):
-        params += [log_id, lo, hi]
-    cur.execute(_proof_sql(len(tops), mark), params)
-    for row in cur.fetchall():
-        if row[0] is None:
-            groups[int(row[1]) >> STRATUM][int(row[1])] = bytes(row[2])
-        else:
-            members.append(_member(*row))
-    siblings: list[bytes] = []
-    for base_height, top in zip(bases, tops, strict=True):
-        known = _group_hashes(groups[top], top, base_height)
-        siblings += [
-            known.get((leaf >> h) ^ 1, _EMPTY[h]) for h in range(base_height, base_height + STRATUM)
-        ]
-    if upper is not None:
-        siblings += [upper.nodes[(leaf >> h) ^ 1] for h in range(CACHED_HEIGHT, MAP_DEPTH)]
-    own = next((m for m in members if m.key == key), None)
-    others = tuple(m for m in members if m.key != key)
-    return SubjectProof(subject, others, tuple(siblings)), own
+    """``subject``'s proof read on the driver cursor ``cur`` (one statement, no transaction
+    needed) and assembled (``ProofQuery``)."""
+    query = proof_query(mark, log_id, origin, subject, upper)
+    cur.execute(query.sql, query.params)
+    return query.assemble(cur.fetchall())
