@@ -6,15 +6,25 @@
 extends each subject's chain, rewrites the touched buckets and the paths above them, and returns
 the new root for the checkpoint to sign. Appends never touch the map, so they cost what they cost
 without it; a checkpoint costs O(new entries · ``MAP_DEPTH``) hashes and O(new entries ·
-``MAP_DEPTH / STRATUM``) node writes.
+``MAP_DEPTH / STRATUM``) node writes (on PostgreSQL one statement per table, over arrays).
 
 Storage in strata (as transparency logs store tiles): only nodes at heights that are multiples of
 ``STRATUM`` (0, 8, 16, 24, 32) are stored; the heights between are recomputed from the stored
 nodes of a *group* (the up to 256 nodes of one stored height under one node ``STRATUM`` above).
-``read_proof`` assembles one subject's proof from its bucket's members and its four groups (two
-queries, whatever the map's size). Only the latest map is kept, so a proof is always against the latest checkpoint; the
-caller checks the assembled proof against that checkpoint's root and retries if a newer
-checkpoint moved the map in between (see ``TransparencyLog.completeness``).
+``read_proof`` assembles one subject's proof from its bucket's members and its four groups (one
+statement, whatever the map's size). Only the latest map is kept, so a proof is always against
+the latest checkpoint; the caller checks the assembled proof against that checkpoint's root and
+retries if a newer checkpoint moved the map in between (see ``TransparencyLog.completeness``).
+
+The upper tree in memory (``MapCache``): heights ``CACHED_HEIGHT`` (16) to 32 are dense — every
+touched bucket's path crosses them, and recomputing their groups was most of a checkpoint's
+hashing — and small (at most 2^17 - 1 nodes, about 10 MB, whatever the number of subjects). The
+process that advances the map keeps every node of them, addressed by the map's root: a
+checkpoint rehashes only the changed paths through them (each shared ancestor once) and reads
+only the groups below, all in one batch; a proof against that root reads only its bucket and
+two groups. A tree whose root is not the stored map's (another replica advanced the map, or the
+checkpoint rolled back) is never used: ``advance`` rebuilds it from the stored nodes at height
+16 and checks it leads to the stored root, and proofs read all four groups.
 
 Trust assumption: this process trusts its own database, as ``audit.log`` does; citizens trust only
 the signed root and check every proof themselves (``audit.completeness.verify_completeness``).
