@@ -270,10 +270,13 @@ _ANY_DUE = (
     "SELECT 1 FROM audit_restricted WHERE log_id = ? AND released_idx IS NULL "
     "AND release_us <= ? LIMIT 1"
 )
-_LATEST_WITH_HEAD = (
-    "SELECT h.size, c.size, c.root, c.time_us, c.note FROM audit_heads h "
-    "LEFT JOIN audit_checkpoints c ON c.id = "
-    "(SELECT max(id) FROM audit_checkpoints WHERE log_id = ?) WHERE h.log_id = ?"
+# the completeness proof's first read, one round trip: the head's size, the latest checkpoint,
+# and whether a restricted entry is due to be released (then the proof waits for its release)
+_COVERING = (
+    "SELECT h.size, c.size, c.root, c.time_us, c.note, EXISTS (SELECT 1 FROM audit_restricted"
+    " WHERE log_id = ? AND released_idx IS NULL AND release_us <= ?) FROM audit_heads h"
+    " LEFT JOIN audit_checkpoints c ON c.id ="
+    " (SELECT max(id) FROM audit_checkpoints WHERE log_id = ?) WHERE h.log_id = ?"
 )
 _NODES = "SELECT node_key, hash FROM audit_nodes WHERE log_id = ? AND node_key"
 
@@ -287,7 +290,9 @@ class _ReadSql:
         self.head_size = _HEAD_SIZE.replace("?", self._p)
         self.any_due = _ANY_DUE.replace("?", self._p)
         self.export = _EXPORT.replace("?", self._p)
-        self.latest_with_head = _LATEST_WITH_HEAD.replace("?", self._p)
+        self.covering = _COVERING.replace("?", self._p)
+        self.mark = self._p
+        self.pipelined = self._postgres  # several statements in one round trip (``_together``)
         self._nodes = _NODES.replace("?", self._p)
 
     def nodes(self, log_id: str, keys: list[int]) -> tuple[str, tuple[Any, ...]]:
@@ -307,6 +312,7 @@ class TransparencyLog:
         self._last_note: tuple[str, bytes] | None = None
         self._known_size = 0  # the largest size this process has seen the log have
         self._read_sql = _ReadSql(engine.dialect.paramstyle, engine.dialect.name)
+        self._map_cache = subject_map.MapCache()  # the subject map's upper tree, by its root
 
     # --- identity ------------------------------------------------------------------------------
 
@@ -952,7 +958,7 @@ class TransparencyLog:
     def _advance_subject_map(self, conn: Connection, size: int) -> bytes:
         """The subject map's root at ``size`` (``audit.subject_map.advance``, same transaction)."""
         try:
-            return subject_map.advance(conn, self.log_id, self.origin, size)
+            return subject_map.advance(conn, self.log_id, self.origin, size, self._map_cache)
         except subject_map.MapIntegrityError as exc:
             raise LogIntegrityError(str(exc)) from exc
 
@@ -983,34 +989,48 @@ class TransparencyLog:
         wanted = sorted(set(subjects))
         when = _time_us(now)
         for _ in range(_PROOF_ATTEMPTS):
-            with self._unlocked_reads() as conn:
-                cp = self._covering_checkpoint(conn, when)
-                read = None if cp is None else self._read_proofs(conn, cp, wanted)
+            with read_cursor(self._engine) as cur:
+                cp, read = self._covered_proofs(cur, when, wanted)
             if cp is None:  # release what is due, sign what the log added (the write path)
                 self.release_due(now)
                 cp = self._fresh_checkpoint(now)
-                with self._unlocked_reads() as conn:
-                    read = self._read_proofs(conn, cp, wanted)
+                with read_cursor(self._engine) as cur:
+                    read = self._read_proofs(cur, cp, wanted)
             if read is not None:
                 return cp, read
         raise LogIntegrityError("the subject map does not match the latest checkpoint")
 
-    def _unlocked_reads(self) -> Connection:
-        """A connection for reads that need no common snapshot (autocommit: no BEGIN, no
-        ROLLBACK round trips on PostgreSQL)."""
-        return self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    def _covered_proofs(
+        self, cur: Any, when: int, wanted: Sequence[str]
+    ) -> tuple[StoredCheckpoint | None, list[SubjectProof] | None]:
+        """The latest checkpoint if it covers the log and no restricted entry is due
+        (``_COVERING``), with the proofs against it; (None, None) otherwise.
 
-    def _covering_checkpoint(self, conn: Connection, when: int) -> StoredCheckpoint | None:
-        """The latest checkpoint when it covers the whole log and no restricted entry is due to
-        be released; else None. Two statements straight to the driver."""
-        sql = self._read_sql
-        with driver_cursor(conn) as cur:
-            cur.execute(sql.any_due, (self.log_id, when))
-            if cur.fetchone() is not None:
-                return None
-            cur.execute(sql.latest_with_head, (self.log_id, self.log_id))
-            row = cur.fetchone()
-        if row is None or row[1] is None:
+        The proofs are read with the checkpoint, before its root is known, with the upper tree
+        this process holds (``subject_map.MapCache``); on PostgreSQL all the statements go in
+        one round trip (pipelined). They are read again only if that tree is not for the
+        checkpoint's root."""
+        mark = self._read_sql.mark
+        upper = self._map_cache.tree
+        queries = [
+            subject_map.proof_query(mark, self.log_id, self.origin, s, upper) for s in wanted
+        ]
+        covering = (self._read_sql.covering, (self.log_id, when, self.log_id, self.log_id))
+        statements = [covering, *((q.sql, q.params) for q in queries)]
+        results = _together(cur, statements, pipelined=self._read_sql.pipelined)
+        cp = self._covering_checkpoint(results[0][0] if results[0] else None)
+        if cp is None:
+            return None, None
+        root = self._map_root(cp.note)
+        if upper is not None and upper.root != root:
+            return cp, self._read_proofs(cur, cp, wanted)
+        read = [q.assemble(rows) for q, rows in zip(queries, results[1:], strict=True)]
+        return cp, self._checked(read, root)
+
+    def _covering_checkpoint(self, row: Sequence[Any] | None) -> StoredCheckpoint | None:
+        """The checkpoint of a ``_COVERING`` row when it covers the whole log and no restricted
+        entry is due to be released; else None."""
+        if row is None or row[1] is None or row[5]:
             return None
         self._known_size = max(self._known_size, int(row[0]))
         if int(row[1]) < int(row[0]):
@@ -1018,12 +1038,23 @@ class TransparencyLog:
         return StoredCheckpoint(int(row[1]), bytes(row[2]), _EPOCH + int(row[3]) * _US, row[4])
 
     def _read_proofs(
-        self, conn: Connection, cp: StoredCheckpoint, wanted: Sequence[str]
+        self, cur: Any, cp: StoredCheckpoint, wanted: Sequence[str]
     ) -> list[SubjectProof] | None:
-        """Each subject's proof from the stored map, or None if one does not lead to ``cp``'s
-        map root (the map moved on since ``cp``)."""
+        """Each subject's proof from the stored map against ``cp``, or None (``_checked``). The
+        upper tree this process holds is used when it is that root's."""
         root = self._map_root(cp.note)
-        read = [subject_map.read_proof(conn, self.log_id, self.origin, s) for s in wanted]
+        upper = self._map_cache.matching(root)
+        mark = self._read_sql.mark
+        read = [
+            subject_map.read_proof(cur, mark, self.log_id, self.origin, s, upper) for s in wanted
+        ]
+        return self._checked(read, root)
+
+    def _checked(
+        self, read: Sequence[tuple[SubjectProof, Any]], root: bytes
+    ) -> list[SubjectProof] | None:
+        """The proofs if each leads to ``root``; None if one does not (the map moved on since
+        the checkpoint, and the caller reads again)."""
         if all(subject_map.proof_root(p, own, self.origin) == root for p, own in read):
             return [p for p, _ in read]
         return None
@@ -1050,6 +1081,29 @@ class TransparencyLog:
             StoredCheckpoint(size, root, _EPOCH + time_us * _US, note)
             for size, root, time_us, note in rows
         ]
+
+
+def _together(
+    cur: Any, statements: Sequence[tuple[str, Sequence[Any]]], *, pipelined: bool
+) -> list[list[Any]]:
+    """Each statement's rows. ``pipelined`` (PostgreSQL): all are sent in one pipeline, one
+    round trip, a cursor each on ``cur``'s connection; else they run in turn on ``cur``."""
+    conn = cur.connection
+    if not pipelined:
+        out = []
+        for sql, params in statements:
+            cur.execute(sql, params)
+            out.append(cur.fetchall())
+        return out
+    cursors = [conn.cursor() for _ in statements]
+    try:
+        with conn.pipeline():
+            for each, (sql, params) in zip(cursors, statements, strict=True):
+                each.execute(sql, params)
+        return [each.fetchall() for each in cursors]
+    finally:
+        for each in cursors:
+            each.close()
 
 
 def _compact_range(size: int) -> list[tuple[int, int]]:

@@ -28,6 +28,7 @@ from audit.completeness import (
 from audit.log import EntryQuery, LogIntegrityError, TransparencyLog, entry_bytes
 from audit.verify import verify_export
 from tests.audit.audit_factories import T0, make_event
+from tests.audit.conftest import MakeLog
 
 ALICE, BOB, CAROL = "ps-alice", "ps-bob", "ps-carol"
 SIZE = 30
@@ -281,3 +282,74 @@ def test_migration_audit_0004_drops_the_unstored_heights_and_proofs_still_hold(
         _check(log, ALICE, BOB, CAROL)
     finally:
         engine.dispose()
+
+
+def _assert_signed_root_is_the_full_trees(log: TransparencyLog, note: str) -> None:
+    from audit.checkpoint import verify_checkpoint
+    from audit.completeness import map_root_of
+
+    with log._engine.connect() as conn:
+        rows = conn.execute(text("SELECT key, count, chain FROM audit_subject_members")).all()
+    members = [Member(bytes(k), int(c), bytes(ch)) for k, c, ch in rows]
+    assert map_root_of(verify_checkpoint(note, log.verifier())) == _reference_root(members)
+
+
+def test_replicas_sharing_the_database_each_keep_a_correct_map(
+    log: TransparencyLog, make_log: MakeLog
+) -> None:
+    """Each replica keeps the upper tree of the map it last wrote; when the other replica moved
+    the map on, its tree is for an older root and is rebuilt, never used, and its proofs read the
+    groups from the database until it holds the current tree again."""
+    other = make_log()
+    for step, writer in enumerate((other, log, log, other)):
+        start = writer.size()
+        writer.append_many(
+            [make_event(start + i, subject=f"ps-{step}-{i % 40}") for i in range(200)]
+        )
+        cp = writer.publish_checkpoint(T0 + timedelta(hours=3 + step))
+        _assert_signed_root_is_the_full_trees(writer, cp.note)
+        for reader in (log, other):
+            note, proofs, entries = _record(reader, ALICE, f"ps-{step}-3")
+            verify_record(note, reader.verifier(), proofs, entries)
+
+
+def test_a_checkpoint_rolled_back_after_the_map_advanced_leaves_no_trace(
+    log: TransparencyLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new upper tree is cached before the checkpoint's transaction commits; if it rolls
+    back, the stored map keeps its old root and the cached tree is for a root never signed:
+    the next checkpoint's root is still the full tree's, and proofs hold."""
+    import audit.log
+
+    log.append_many([make_event(SIZE + i, subject=f"ps-x-{i % 50}") for i in range(300)])
+
+    def fail(*args: object, **kwargs: object) -> str:
+        raise RuntimeError("the signer is unavailable")
+
+    monkeypatch.setattr(audit.log, "sign_checkpoint", fail)
+    with pytest.raises(RuntimeError):
+        log.publish_checkpoint(T0 + timedelta(hours=3))
+    monkeypatch.undo()
+    assert log._map_cache.tree is not None  # the tree of the rolled-back map, left behind
+    log.append_many([make_event(SIZE + 300 + i, subject=f"ps-y-{i % 50}") for i in range(300)])
+    cp = log.publish_checkpoint(T0 + timedelta(hours=4))
+    _assert_signed_root_is_the_full_trees(log, cp.note)
+    _check(log, ALICE, "ps-x-7", "ps-y-7")
+
+
+def test_a_stored_map_that_does_not_lead_to_its_root_stops_the_checkpoint(
+    log: TransparencyLog, make_log: MakeLog
+) -> None:
+    """A process without the map in memory rebuilds the upper tree from the stored nodes and
+    checks it against the stored root: an altered node is an integrity failure, not a new root
+    signed over the damage."""
+    _sql(
+        log,
+        "UPDATE audit_subject_nodes SET hash = :h WHERE node_id = ("
+        "SELECT min(node_id) FROM audit_subject_nodes WHERE node_id >= 65536 AND node_id < 131072)",
+        h=bytes(32),
+    )
+    fresh = make_log()
+    fresh.append_many([make_event(SIZE + i, subject=ALICE) for i in range(3)])
+    with pytest.raises(LogIntegrityError, match="does not lead to its root"):
+        fresh.publish_checkpoint(T0 + timedelta(hours=3))
