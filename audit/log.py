@@ -266,6 +266,27 @@ _EXPORT = (
     " WHERE e.log_id = ? AND e.idx >= ? AND e.idx < ? ORDER BY e.idx"
 )
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":")).encode
+# The same lines written by the database, which formats a row in C where Python's JSON encoder
+# and f-strings cost more than the row's fetch: compact JSON, text as JSON strings (UTF-8, the
+# escapes of RFC 8259), in the order of INDEX_COLUMNS. SQLite has no base64: it returns the hash.
+_FROM_EXPORT = _EXPORT[_EXPORT.index(" FROM ") :]
+_EXPORT_LINES_SQLITE = (
+    "SELECT e.idx, n.hash, json_object('time_us', e.time_us, 'node', e.node, 'kind', e.kind, "
+    "'decision', e.decision, 'client', e.client, 'service', e.service, 'purpose', e.purpose, "
+    "'subject', e.subject, 'consent_id', e.consent_id, 'message_id', e.message_id) "
+    "|| ',\"entry\":' || CAST(e.data AS TEXT) || '}'" + _FROM_EXPORT
+)
+_EXPORT_LINES_POSTGRES = (
+    "SELECT '{\"index\":' || e.idx || ',\"leaf_hash\":' || CASE WHEN length(n.hash) > 0 "
+    "THEN '\"' || translate(encode(n.hash, 'base64'), E'\\n', '') || '\"' ELSE 'null' END "
+    '|| \',"columns":{"time_us":\' || e.time_us'
+    + "".join(
+        f" || ',\"{name}\":' || COALESCE(to_json(e.{name})::text, 'null')"
+        for name in INDEX_COLUMNS[1:]
+    )
+    + " || '},\"entry\":' || convert_from(e.data, 'UTF8') || '}'"
+    + _FROM_EXPORT
+)
 _ANY_DUE = (
     "SELECT 1 FROM audit_restricted WHERE log_id = ? AND released_idx IS NULL "
     "AND release_us <= ? LIMIT 1"
@@ -283,15 +304,17 @@ class _ReadSql:
 
     def __init__(self, paramstyle: str, dialect: str) -> None:
         self._p = "?" if paramstyle == "qmark" else "%s"
-        self._postgres = dialect == "postgresql"
+        self.postgres = dialect == "postgresql"
         self.head_size = _HEAD_SIZE.replace("?", self._p)
         self.any_due = _ANY_DUE.replace("?", self._p)
         self.export = _EXPORT.replace("?", self._p)
+        lines = _EXPORT_LINES_POSTGRES if self.postgres else _EXPORT_LINES_SQLITE
+        self.export_lines = lines.replace("?", self._p)
         self.latest_with_head = _LATEST_WITH_HEAD.replace("?", self._p)
         self._nodes = _NODES.replace("?", self._p)
 
     def nodes(self, log_id: str, keys: list[int]) -> tuple[str, tuple[Any, ...]]:
-        if self._postgres:  # one statement text whatever the number of keys
+        if self.postgres:  # one statement text whatever the number of keys
             return f"{self._nodes} = ANY(%s)", (log_id, keys)
         return f"{self._nodes} IN ({', '.join([self._p] * len(keys))})", (log_id, *keys)
 
@@ -641,17 +664,39 @@ class TransparencyLog:
         pos = start
         while pos < end:
             stop = min(pos + EXPORT_CHUNK, end)
-            # one statement per chunk, straight to the driver: the entry rows with the level-0
-            # node of each (entries and nodes are never rewritten: no snapshot needed)
-            with read_cursor(self._engine) as cur:
-                cur.execute(self._read_sql.export, (self.log_id, self.log_id, pos, stop))
-                rows = cur.fetchall()
-            for idx, lh, data, *stored in rows:
-                lh_json = f'"{base64.b64encode(lh).decode()}"' if lh else "null"
-                cols = _COMPACT_JSON(columns_json(stored))
-                text = bytes(data).decode("utf-8", errors="replace")
-                yield f'{{"index":{idx},"leaf_hash":{lh_json},"columns":{cols},"entry":{text}}}'
+            yield from self._export_lines(pos, stop)
             pos = stop
+
+    def _export_lines(self, start: int, stop: int) -> list[str]:
+        """Entries ``[start, stop)`` as export lines, formatted by the database in one statement
+        (entries and nodes are never rewritten: no snapshot needed). Rows it cannot format (bytes
+        that are not UTF-8, only in a damaged or edited database) are formatted here instead."""
+        params = (self.log_id, self.log_id, start, stop)
+        dbapi_error: Any = self._engine.dialect.loaded_dbapi.Error
+        try:
+            with read_cursor(self._engine) as cur:
+                cur.execute(self._read_sql.export_lines, params)
+                rows = cur.fetchall()
+        except (UnicodeDecodeError, dbapi_error):
+            return self._export_lines_here(params)
+        if self._read_sql.postgres:
+            return [row[0] for row in rows]
+        return [
+            f'{{"index":{idx},"leaf_hash":{_hash_json(lh)},"columns":{rest}'
+            for idx, lh, rest in rows
+        ]
+
+    def _export_lines_here(self, params: tuple[Any, ...]) -> list[str]:
+        with read_cursor(self._engine) as cur:
+            cur.execute(self._read_sql.export, params)
+            rows = cur.fetchall()
+        out = []
+        for idx, lh, data, *stored in rows:
+            lh_json = _hash_json(lh)
+            cols = _COMPACT_JSON(columns_json(stored))
+            text = bytes(data).decode("utf-8", errors="replace")
+            out.append(f'{{"index":{idx},"leaf_hash":{lh_json},"columns":{cols},"entry":{text}}}')
+        return out
 
     def entries(self, indices: Iterable[int]) -> dict[int, LogEntry]:
         """The entries at ``indices`` that exist, by index (each checked like ``entry``)."""
@@ -1050,6 +1095,11 @@ class TransparencyLog:
             StoredCheckpoint(size, root, _EPOCH + time_us * _US, note)
             for size, root, time_us, note in rows
         ]
+
+
+def _hash_json(h: bytes | None) -> str:
+    """A stored hash as the JSON an export line carries: base64 in quotes, or null."""
+    return f'"{base64.b64encode(h).decode()}"' if h else "null"
 
 
 def _compact_range(size: int) -> list[tuple[int, int]]:
