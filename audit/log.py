@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import operator
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import astuple, dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
@@ -86,7 +87,11 @@ def format_time(t: datetime) -> str:
     """RFC 3339, UTC, microseconds, ``Z``: the one time format of entries."""
     if t.tzinfo is None:
         raise ValueError("audit times must be timezone-aware")
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if t.tzinfo is not UTC:
+        t = t.astimezone(UTC)
+    if t.year >= 1000:  # four digits: isoformat's form, "+00:00" as "Z" (strftime is slower)
+        return t.isoformat(timespec="microseconds")[:-6] + "Z"
+    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _time_us(t: datetime) -> int:
@@ -96,13 +101,13 @@ def _time_us(t: datetime) -> int:
 
 
 _EVENT_FIELDS = tuple(f.name for f in fields(AuditEvent))
+_event_values = operator.attrgetter(*_EVENT_FIELDS)
 
 
 def entry_record(event: AuditEvent) -> dict[str, Any]:
     """The JSON object of an entry: the event's fields, ``None`` and empty ``extra`` left out."""
     out: dict[str, Any] = {}
-    for name in _EVENT_FIELDS:
-        value = getattr(event, name)
+    for name, value in zip(_EVENT_FIELDS, _event_values(event), strict=True):
         if value is None or (name == "extra" and not value):
             continue
         if name in ("time", "restricted_until"):
@@ -115,7 +120,21 @@ def entry_record(event: AuditEvent) -> dict[str, Any]:
 
 def entry_bytes(event: AuditEvent) -> bytes:
     """The leaf data: RFC 8785 canonical JSON of ``entry_record(event)``."""
-    return canonical_json(entry_record(event))
+    return _record_json(entry_record(event))
+
+
+_STRINGS = frozenset((str,))
+_encode_strings = json.JSONEncoder(
+    ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
+).encode
+
+
+def _record_json(record: dict[str, Any]) -> bytes:
+    """``canonical_json(record)``, without its walk over the value when every value is a string
+    (most entries; the keys are field names): for those it is exactly this encoding."""
+    if _STRINGS.issuperset(map(type, record.values())):
+        return _encode_strings(record).encode("utf-8")
+    return canonical_json(record)
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,23 +379,59 @@ class TransparencyLog:
 
         The hot path of every exchange, so its statements go straight to the driver (fixed
         SQL, positional parameters): SQLAlchemy's per-statement work cost more than SQLite's."""
-        prepared = [self._prepare(e) for e in events]
-        if not prepared:
+        batch = list(events)
+        if not batch:
             return []
-        self._ensure_head()
         sql = _append_sql(self._engine.dialect.paramstyle, self._engine.dialect.name)
-        if self._engine.dialect.name == "postgresql" and len(prepared) < COPY_FROM:
-            n = self._append_pipelined(sql, prepared)  # (COPY, for larger batches, cannot)
+        if sql.copy_entries and len(batch) >= COPY_FROM:
+            self._ensure_head()
+            n = self._append_copied(sql, batch)
         else:
-            with self._engine.connect() as conn:
-                conn.begin()  # so that conn.commit() below commits what the raw cursor wrote
-                self._begin_write(conn)
-                with driver_cursor(conn) as cur:
-                    n, frontier = self._lock_head(cur, sql)
-                    self._append_at(cur, sql, n, frontier, prepared)
-                conn.commit()
-        self._known_size = max(self._known_size, n + len(prepared))
-        return list(range(n, n + len(prepared)))
+            prepared = [self._prepare(e) for e in batch]
+            self._ensure_head()
+            if sql.copy_entries:  # PostgreSQL, a small batch (COPY cannot be pipelined)
+                n = self._append_pipelined(sql, prepared)
+            else:
+                n = self._append_locked(sql, prepared)
+        self._known_size = max(self._known_size, n + len(batch))
+        return list(range(n, n + len(batch)))
+
+    def _append_locked(self, sql: _AppendSql, prepared: Sequence[_Prepared]) -> int:
+        """One transaction: lock the head, write the entries, their nodes and the new head."""
+        with self._engine.connect() as conn:
+            conn.begin()  # so that conn.commit() below commits what the raw cursor wrote
+            self._begin_write(conn)
+            with driver_cursor(conn) as cur:
+                n, frontier = self._lock_head(cur, sql)
+                self._append_at(cur, sql, n, frontier, prepared)
+            conn.commit()
+        return n
+
+    def _append_copied(self, sql: _AppendSql, events: Sequence[AuditEvent]) -> int:
+        """PostgreSQL, a batch: the rows go with ``COPY`` (one command, where each INSERT of
+        executemany is parsed, planned and executed on its own), and each entry is prepared as
+        its row streams to the server, so that the server writes rows and their indexes while
+        the rest are prepared (the head's lock is held for the longer of the two, not the sum)."""
+        with self._engine.connect() as conn:
+            conn.begin()
+            with driver_cursor(conn) as cur:
+                n, frontier = self._lock_head(cur, sql)
+                prepared = self._copy_entries(cur, sql, n, map(self._prepare, events))
+                self._write_tree(cur, sql, n, frontier, prepared, copy=True)
+            conn.commit()
+        return n
+
+    def _copy_entries(
+        self, cur: Any, sql: _AppendSql, n: int, entries: Iterable[_Prepared]
+    ) -> list[_Prepared]:
+        """``COPY`` the entries as rows ``n, n+1, …`` as they come; returns them."""
+        prepared: list[_Prepared] = []
+        with cur.copy(sql.copy_entries) as copy:
+            copy.set_types(_ENTRY_TYPES)
+            for pos, p in enumerate(entries, n):
+                prepared.append(p)
+                copy.write_row((self.log_id, pos, p.data, p.leaf_hash, *p.columns))
+        return prepared
 
     def _append_pipelined(self, sql: _AppendSql, prepared: Sequence[_Prepared]) -> int:
         """PostgreSQL, a small batch: the same transaction in two round trips instead of six.
@@ -427,36 +482,40 @@ class TransparencyLog:
         prepared: Sequence[_Prepared],
     ) -> None:
         """Write ``prepared`` as entries ``n, n+1, …`` under the lock ``_lock_head`` took."""
-        entry_rows: list[tuple[Any, ...]] = []
-        node_rows: list[tuple[str, int, bytes]] = []
-        hidden_rows: list[tuple[Any, ...]] = []
-        for offset, p in enumerate(prepared):
-            pos = n + offset
-            entry_rows.append((self.log_id, pos, p.data, p.leaf_hash, *p.columns))
-            node_rows.append((self.log_id, node_key(0, pos), p.leaf_hash))
-            if p.hidden is not None:
-                hidden_rows.append((self.log_id, pos, *p.hidden))
-            level, cur_hash = 0, p.leaf_hash
-            # a binary counter: each completed pair of equal subtrees becomes a stored node
-            while frontier and frontier[-1][0] == level:
-                cur_hash = merkle.node_hash(frontier.pop()[1], cur_hash)
-                level += 1
-                node_rows.append((self.log_id, node_key(level, pos >> level), cur_hash))
-            frontier.append((level, cur_hash))
-        root = merkle.fold_compact_range([h for _, h in frontier])
-        if sql.copy_entries and len(entry_rows) >= COPY_FROM:
-            # PostgreSQL, a batch: COPY streams the rows as one command, where each INSERT of
-            # executemany is parsed, planned and executed on its own (docs/performance.md)
-            with cur.copy(sql.copy_entries) as copy:
-                copy.set_types(_ENTRY_TYPES)
-                for row in entry_rows:
-                    copy.write_row(row)
-            with cur.copy(sql.copy_nodes) as copy:
-                copy.set_types(("text", "int8", "bytea"))
-                for row in node_rows:
-                    copy.write_row(row)
+        copy = bool(sql.copy_entries) and len(prepared) >= COPY_FROM
+        if copy:  # PostgreSQL, a batch of releases (release_due)
+            self._copy_entries(cur, sql, n, prepared)
         else:
-            cur.executemany(sql.insert_entries, entry_rows)
+            rows = [
+                (self.log_id, pos, p.data, p.leaf_hash, *p.columns)
+                for pos, p in enumerate(prepared, n)
+            ]
+            cur.executemany(sql.insert_entries, rows)
+        self._write_tree(cur, sql, n, frontier, prepared, copy=copy)
+
+    def _write_tree(
+        self,
+        cur: Any,
+        sql: _AppendSql,
+        n: int,
+        frontier: list[tuple[int, bytes]],
+        prepared: Sequence[_Prepared],
+        *,
+        copy: bool,
+    ) -> None:
+        """After the entries ``n, n+1, …``: the tree nodes they complete, the hidden rows of the
+        restricted ones, and the new head."""
+        node_rows = self._node_rows(n, frontier, prepared)
+        hidden_rows = [
+            (self.log_id, pos, *p.hidden) for pos, p in enumerate(prepared, n) if p.hidden
+        ]
+        root = merkle.fold_compact_range([h for _, h in frontier])
+        if copy:
+            with cur.copy(sql.copy_nodes) as rows:
+                rows.set_types(("text", "int8", "bytea"))
+                for row in node_rows:
+                    rows.write_row(row)
+        else:
             cur.executemany(sql.insert_nodes, node_rows)
         if hidden_rows:  # a restricted entry's subject and salt, in the same transaction
             cur.executemany(sql.insert_restricted, hidden_rows)
@@ -464,6 +523,22 @@ class TransparencyLog:
             sql.update_head,
             (n + len(prepared), root, b"".join(h for _, h in frontier), self.log_id),
         )
+
+    def _node_rows(
+        self, n: int, frontier: list[tuple[int, bytes]], prepared: Sequence[_Prepared]
+    ) -> list[tuple[str, int, bytes]]:
+        """The nodes entries ``n, n+1, …`` complete; ``frontier`` becomes the new compact range."""
+        node_rows: list[tuple[str, int, bytes]] = []
+        for pos, p in enumerate(prepared, n):
+            node_rows.append((self.log_id, node_key(0, pos), p.leaf_hash))
+            level, cur_hash = 0, p.leaf_hash
+            # a binary counter: each completed pair of equal subtrees becomes a stored node
+            while frontier and frontier[-1][0] == level:
+                cur_hash = merkle.node_hash(frontier.pop()[1], cur_hash)
+                level += 1
+                node_rows.append((self.log_id, node_key(level, pos >> level), cur_hash))
+            frontier.append((level, cur_hash))
+        return node_rows
 
     def _prepare(self, event: AuditEvent) -> _Prepared:
         record = entry_record(event)
@@ -475,7 +550,7 @@ class TransparencyLog:
             del record["subject"]
             record["subject_commitment"] = restricted.commitment(salt, event.subject)
             hidden = (event.subject, salt, _time_us(event.restricted_until))
-        data = canonical_json(record)
+        data = _record_json(record)
         # the searchable copies come from the record itself (audit.columns), never separately
         return _Prepared(data, merkle.leaf_hash(data), index_columns(record), hidden)
 
