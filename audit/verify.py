@@ -51,7 +51,14 @@ from typing import Any
 
 from audit import merkle, restricted
 from audit.checkpoint import Checkpoint, NoteError, NoteVerifier, verify_checkpoint
-from audit.verify_lines import ChunkResult, canonical, check_chunk, range_pieces
+from audit.verify_lines import (
+    ChunkResult,
+    canonical,
+    check_chunk,
+    check_packed,
+    pack,
+    range_pieces,
+)
 from exchange.errors import ConfigurationError
 
 __all__ = ["VerifyReport", "verify_export"]
@@ -243,7 +250,7 @@ def _scheduled(
         assumed = 0
         for chunk in itertools.chain(head, chunks):
             window.append(
-                (chunk, pool.apply_async(check_chunk, (assumed, chunk, cp_size)), assumed)
+                (chunk, pool.apply_async(check_packed, (assumed, pack(chunk), cp_size)), assumed)
             )
             assumed += len(chunk)
             if len(window) > 2 * workers:

@@ -33,7 +33,7 @@ from audit.columns import (
 )
 from exchange.canonical import canonical_json
 
-__all__ = ["ChunkResult", "canonical", "check_chunk", "range_pieces"]
+__all__ = ["ChunkResult", "canonical", "check_chunk", "check_packed", "pack", "range_pieces"]
 
 
 @dataclass(slots=True)
@@ -202,6 +202,26 @@ def range_pieces(start: int, hashes: Sequence[bytes]) -> list[tuple[int, bytes]]
         out.append((width.bit_length() - 1, _perfect(hashes[pos - start : pos - start + width])))
         pos += width
     return out
+
+
+def pack(lines: list[str | bytes]) -> bytes | list[str | bytes]:
+    """A chunk as it goes to a worker process: its text lines joined into one UTF-8 string (one
+    encoding, where pickling encodes each line on its own), or the lines themselves when they
+    are bytes or one holds a line break."""
+    try:
+        joined = "\n".join(lines)  # type: ignore[arg-type]  # TypeError for bytes lines
+    except TypeError:
+        return lines
+    if joined.count("\n") != len(lines) - 1:
+        return lines
+    return joined.encode("utf-8", "surrogatepass")
+
+
+def check_packed(start: int, packed: bytes | list[str | bytes], cp_size: int) -> ChunkResult:
+    """``check_chunk`` of a chunk ``pack`` packed (in a worker process)."""
+    if isinstance(packed, bytes):
+        return check_chunk(start, packed.decode("utf-8", "surrogatepass").split("\n"), cp_size)
+    return check_chunk(start, packed, cp_size)
 
 
 def check_chunk(start: int, lines: Sequence[str | bytes], cp_size: int) -> ChunkResult:

@@ -17,7 +17,8 @@ from audit.verify_lines import range_pieces
 from tests.audit.audit_factories import T0, make_event
 
 SIZE = 37  # chunks of 4: nine whole ones and a part, none aligned with the checkpoints below
-Edit = Callable[[list[str]], list[str]]
+Edit = Callable[[list[str]], list[str] | list[bytes]]
+Lines = list[str | bytes]
 
 
 def _entry(lines: list[str], at: int, **changes: str) -> list[str]:
@@ -47,6 +48,12 @@ EDITS: dict[str, Edit] = {
     "rewritten column": lambda lines: _columns(lines, 17, subject="ps-someone-else"),
     "two findings": lambda lines: _columns(_entry(lines, 33, kind="x"), 6, client="c"),
     "ends early": lambda lines: lines[:26],
+    "line breaks inside a line": lambda lines: [
+        *lines[:7],
+        json.dumps(json.loads(lines[7]), indent=1),
+        *lines[8:],
+    ],
+    "bytes lines": lambda lines: [line.encode() for line in lines],
     "entries beyond the checkpoint": lambda lines: lines,
 }
 
@@ -59,12 +66,18 @@ def test_chunked_workers_report_what_one_pass_reports(
     note = log.sign_checkpoint(T0).note
     if edit == "entries beyond the checkpoint":
         note = _checkpoint_of(log, 29)
-    lines = EDITS[edit](list(log.export()))
+    lines: Lines = list(EDITS[edit](list(log.export())))
     monkeypatch.setattr(verify, "CHUNK", 4)
     one = verify.verify_export(note, lines, log.vkey(), workers=1)
     many = verify.verify_export(note, iter(lines), log.vkey(), workers=2)
     assert many == one
-    assert (edit in ("untouched", "blank lines", "entries beyond the checkpoint")) == one.ok
+    fine = (
+        "untouched",
+        "blank lines",
+        "entries beyond the checkpoint",
+        "line breaks inside a line",
+    )
+    assert (edit in (*fine, "bytes lines")) == one.ok
 
 
 def _checkpoint_of(log: TransparencyLog, size: int) -> str:
