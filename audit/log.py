@@ -379,22 +379,17 @@ class TransparencyLog:
 
         The hot path of every exchange, so its statements go straight to the driver (fixed
         SQL, positional parameters): SQLAlchemy's per-statement work cost more than SQLite's."""
-        batch = list(events)
-        if not batch:
+        prepared = [self._prepare(e) for e in events]
+        if not prepared:
             return []
+        self._ensure_head()
         sql = _append_sql(self._engine.dialect.paramstyle, self._engine.dialect.name)
-        if sql.copy_entries and len(batch) >= COPY_FROM:
-            self._ensure_head()
-            n = self._append_copied(sql, batch)
+        if sql.copy_entries and len(prepared) < COPY_FROM:
+            n = self._append_pipelined(sql, prepared)  # (COPY, for larger batches, cannot)
         else:
-            prepared = [self._prepare(e) for e in batch]
-            self._ensure_head()
-            if sql.copy_entries:  # PostgreSQL, a small batch (COPY cannot be pipelined)
-                n = self._append_pipelined(sql, prepared)
-            else:
-                n = self._append_locked(sql, prepared)
-        self._known_size = max(self._known_size, n + len(batch))
-        return list(range(n, n + len(batch)))
+            n = self._append_locked(sql, prepared)
+        self._known_size = max(self._known_size, n + len(prepared))
+        return list(range(n, n + len(prepared)))
 
     def _append_locked(self, sql: _AppendSql, prepared: Sequence[_Prepared]) -> int:
         """One transaction: lock the head, write the entries, their nodes and the new head."""
@@ -407,31 +402,14 @@ class TransparencyLog:
             conn.commit()
         return n
 
-    def _append_copied(self, sql: _AppendSql, events: Sequence[AuditEvent]) -> int:
-        """PostgreSQL, a batch: the rows go with ``COPY`` (one command, where each INSERT of
-        executemany is parsed, planned and executed on its own), and each entry is prepared as
-        its row streams to the server, so that the server writes rows and their indexes while
-        the rest are prepared (the head's lock is held for the longer of the two, not the sum)."""
-        with self._engine.connect() as conn:
-            conn.begin()
-            with driver_cursor(conn) as cur:
-                n, frontier = self._lock_head(cur, sql)
-                prepared = self._copy_entries(cur, sql, n, map(self._prepare, events))
-                self._write_tree(cur, sql, n, frontier, prepared, copy=True)
-            conn.commit()
-        return n
-
     def _copy_entries(
-        self, cur: Any, sql: _AppendSql, n: int, entries: Iterable[_Prepared]
-    ) -> list[_Prepared]:
-        """``COPY`` the entries as rows ``n, n+1, …`` as they come; returns them."""
-        prepared: list[_Prepared] = []
+        self, cur: Any, sql: _AppendSql, n: int, prepared: Sequence[_Prepared]
+    ) -> None:
+        """``COPY`` the entries as rows ``n, n+1, …``."""
         with cur.copy(sql.copy_entries) as copy:
             copy.set_types(_ENTRY_TYPES)
-            for pos, p in enumerate(entries, n):
-                prepared.append(p)
+            for pos, p in enumerate(prepared, n):
                 copy.write_row((self.log_id, pos, p.data, p.leaf_hash, *p.columns))
-        return prepared
 
     def _append_pipelined(self, sql: _AppendSql, prepared: Sequence[_Prepared]) -> int:
         """PostgreSQL, a small batch: the same transaction in two round trips instead of six.
@@ -483,7 +461,9 @@ class TransparencyLog:
     ) -> None:
         """Write ``prepared`` as entries ``n, n+1, …`` under the lock ``_lock_head`` took."""
         copy = bool(sql.copy_entries) and len(prepared) >= COPY_FROM
-        if copy:  # PostgreSQL, a batch of releases (release_due)
+        if copy:
+            # PostgreSQL, a batch: COPY streams the rows as one command, where each INSERT of
+            # executemany is parsed, planned and executed on its own (docs/performance.md)
             self._copy_entries(cur, sql, n, prepared)
         else:
             rows = [

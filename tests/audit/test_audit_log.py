@@ -91,9 +91,8 @@ def test_a_batch_whose_last_write_fails_leaves_nothing_behind(
 def test_a_large_batch_with_a_bad_event_late_in_it_leaves_nothing_behind(
     log: TransparencyLog,
 ) -> None:
-    """On PostgreSQL a batch from ``COPY_FROM`` entries prepares each entry as its row streams to
-    the server: an event that cannot be serialised (a naive time) after rows already went fails
-    the whole batch, and the log goes on from where it was."""
+    """A batch from ``COPY_FROM`` entries (``COPY`` on PostgreSQL) with an event that cannot be
+    serialised (a naive time) at its end fails whole, and the log goes on from where it was."""
     from audit.log import COPY_FROM
 
     log.append_many([make_event(i) for i in range(3)])
