@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-__all__ = ["INDEX_COLUMNS", "column_mismatch", "columns_json", "index_columns"]
+__all__ = ["INDEX_COLUMNS", "column_mismatch", "columns_json", "index_columns", "time_column"]
 
 
 INDEX_COLUMNS = (
@@ -38,7 +38,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 
 
-def _time_us(value: Any) -> int | None:
+def time_column(value: Any) -> int | None:
     """Microseconds since the epoch of an entry's RFC 3339 ``time``; None when it is not one."""
     if not isinstance(value, str):
         return None
@@ -58,7 +58,7 @@ def index_columns(record: Mapping[str, Any]) -> tuple[Any, ...]:
     """The column values an entry with this record must have, in ``INDEX_COLUMNS`` order."""
     get = record.get
     texts = [v if isinstance(v := get(name), str) else None for name in _TEXT_COLUMNS]
-    return (_time_us(get("time")), *texts)
+    return (time_column(get("time")), *texts)
 
 
 def column_mismatch(record: Mapping[str, Any], stored: Sequence[Any]) -> str | None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import operator
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import astuple, dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
@@ -86,7 +87,11 @@ def format_time(t: datetime) -> str:
     """RFC 3339, UTC, microseconds, ``Z``: the one time format of entries."""
     if t.tzinfo is None:
         raise ValueError("audit times must be timezone-aware")
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if t.tzinfo is not UTC:
+        t = t.astimezone(UTC)
+    if t.year >= 1000:  # four digits: isoformat's form, "+00:00" as "Z" (strftime is slower)
+        return t.isoformat(timespec="microseconds")[:-6] + "Z"
+    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _time_us(t: datetime) -> int:
@@ -96,13 +101,13 @@ def _time_us(t: datetime) -> int:
 
 
 _EVENT_FIELDS = tuple(f.name for f in fields(AuditEvent))
+_event_values = operator.attrgetter(*_EVENT_FIELDS)
 
 
 def entry_record(event: AuditEvent) -> dict[str, Any]:
     """The JSON object of an entry: the event's fields, ``None`` and empty ``extra`` left out."""
     out: dict[str, Any] = {}
-    for name in _EVENT_FIELDS:
-        value = getattr(event, name)
+    for name, value in zip(_EVENT_FIELDS, _event_values(event), strict=True):
         if value is None or (name == "extra" and not value):
             continue
         if name in ("time", "restricted_until"):
@@ -115,7 +120,21 @@ def entry_record(event: AuditEvent) -> dict[str, Any]:
 
 def entry_bytes(event: AuditEvent) -> bytes:
     """The leaf data: RFC 8785 canonical JSON of ``entry_record(event)``."""
-    return canonical_json(entry_record(event))
+    return _record_json(entry_record(event))
+
+
+_STRINGS = frozenset((str,))
+_encode_strings = json.JSONEncoder(
+    ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
+).encode
+
+
+def _record_json(record: dict[str, Any]) -> bytes:
+    """``canonical_json(record)``, without its walk over the value when every value is a string
+    (most entries; the keys are field names): for those it is exactly this encoding."""
+    if _STRINGS.issuperset(map(type, record.values())):
+        return _encode_strings(record).encode("utf-8")
+    return canonical_json(record)
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +285,27 @@ _EXPORT = (
     " WHERE e.log_id = ? AND e.idx >= ? AND e.idx < ? ORDER BY e.idx"
 )
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":")).encode
+# The same lines written by the database, which formats a row in C where Python's JSON encoder
+# and f-strings cost more than the row's fetch: compact JSON, text as JSON strings (UTF-8, the
+# escapes of RFC 8259), in the order of INDEX_COLUMNS. SQLite has no base64: it returns the hash.
+_FROM_EXPORT = _EXPORT[_EXPORT.index(" FROM ") :]
+_EXPORT_LINES_SQLITE = (
+    "SELECT e.idx, n.hash, json_object('time_us', e.time_us, 'node', e.node, 'kind', e.kind, "
+    "'decision', e.decision, 'client', e.client, 'service', e.service, 'purpose', e.purpose, "
+    "'subject', e.subject, 'consent_id', e.consent_id, 'message_id', e.message_id) "
+    "|| ',\"entry\":' || CAST(e.data AS TEXT) || '}'" + _FROM_EXPORT
+)
+_EXPORT_LINES_POSTGRES = (
+    "SELECT '{\"index\":' || e.idx || ',\"leaf_hash\":' || CASE WHEN length(n.hash) > 0 "
+    "THEN '\"' || translate(encode(n.hash, 'base64'), E'\\n', '') || '\"' ELSE 'null' END "
+    '|| \',"columns":{"time_us":\' || e.time_us'
+    + "".join(
+        f" || ',\"{name}\":' || COALESCE(to_json(e.{name})::text, 'null')"
+        for name in INDEX_COLUMNS[1:]
+    )
+    + " || '},\"entry\":' || convert_from(e.data, 'UTF8') || '}'"
+    + _FROM_EXPORT
+)
 _ANY_DUE = (
     "SELECT 1 FROM audit_restricted WHERE log_id = ? AND released_idx IS NULL "
     "AND release_us <= ? LIMIT 1"
@@ -286,17 +326,19 @@ class _ReadSql:
 
     def __init__(self, paramstyle: str, dialect: str) -> None:
         self._p = "?" if paramstyle == "qmark" else "%s"
-        self._postgres = dialect == "postgresql"
+        self.postgres = dialect == "postgresql"
         self.head_size = _HEAD_SIZE.replace("?", self._p)
         self.any_due = _ANY_DUE.replace("?", self._p)
         self.export = _EXPORT.replace("?", self._p)
         self.covering = _COVERING.replace("?", self._p)
         self.mark = self._p
-        self.pipelined = self._postgres  # several statements in one round trip (``_together``)
+        self.pipelined = self.postgres  # several statements in one round trip (``_together``)
+        lines = _EXPORT_LINES_POSTGRES if self.postgres else _EXPORT_LINES_SQLITE
+        self.export_lines = lines.replace("?", self._p)
         self._nodes = _NODES.replace("?", self._p)
 
     def nodes(self, log_id: str, keys: list[int]) -> tuple[str, tuple[Any, ...]]:
-        if self._postgres:  # one statement text whatever the number of keys
+        if self.postgres:  # one statement text whatever the number of keys
             return f"{self._nodes} = ANY(%s)", (log_id, keys)
         return f"{self._nodes} IN ({', '.join([self._p] * len(keys))})", (log_id, *keys)
 
@@ -348,18 +390,32 @@ class TransparencyLog:
             return []
         self._ensure_head()
         sql = _append_sql(self._engine.dialect.paramstyle, self._engine.dialect.name)
-        if self._engine.dialect.name == "postgresql" and len(prepared) < COPY_FROM:
+        if sql.copy_entries and len(prepared) < COPY_FROM:
             n = self._append_pipelined(sql, prepared)  # (COPY, for larger batches, cannot)
         else:
-            with self._engine.connect() as conn:
-                conn.begin()  # so that conn.commit() below commits what the raw cursor wrote
-                self._begin_write(conn)
-                with driver_cursor(conn) as cur:
-                    n, frontier = self._lock_head(cur, sql)
-                    self._append_at(cur, sql, n, frontier, prepared)
-                conn.commit()
+            n = self._append_locked(sql, prepared)
         self._known_size = max(self._known_size, n + len(prepared))
         return list(range(n, n + len(prepared)))
+
+    def _append_locked(self, sql: _AppendSql, prepared: Sequence[_Prepared]) -> int:
+        """One transaction: lock the head, write the entries, their nodes and the new head."""
+        with self._engine.connect() as conn:
+            conn.begin()  # so that conn.commit() below commits what the raw cursor wrote
+            self._begin_write(conn)
+            with driver_cursor(conn) as cur:
+                n, frontier = self._lock_head(cur, sql)
+                self._append_at(cur, sql, n, frontier, prepared)
+            conn.commit()
+        return n
+
+    def _copy_entries(
+        self, cur: Any, sql: _AppendSql, n: int, prepared: Sequence[_Prepared]
+    ) -> None:
+        """``COPY`` the entries as rows ``n, n+1, …``."""
+        with cur.copy(sql.copy_entries) as copy:
+            copy.set_types(_ENTRY_TYPES)
+            for pos, p in enumerate(prepared, n):
+                copy.write_row((self.log_id, pos, p.data, p.leaf_hash, *p.columns))
 
     def _append_pipelined(self, sql: _AppendSql, prepared: Sequence[_Prepared]) -> int:
         """PostgreSQL, a small batch: the same transaction in two round trips instead of six.
@@ -410,36 +466,42 @@ class TransparencyLog:
         prepared: Sequence[_Prepared],
     ) -> None:
         """Write ``prepared`` as entries ``n, n+1, …`` under the lock ``_lock_head`` took."""
-        entry_rows: list[tuple[Any, ...]] = []
-        node_rows: list[tuple[str, int, bytes]] = []
-        hidden_rows: list[tuple[Any, ...]] = []
-        for offset, p in enumerate(prepared):
-            pos = n + offset
-            entry_rows.append((self.log_id, pos, p.data, p.leaf_hash, *p.columns))
-            node_rows.append((self.log_id, node_key(0, pos), p.leaf_hash))
-            if p.hidden is not None:
-                hidden_rows.append((self.log_id, pos, *p.hidden))
-            level, cur_hash = 0, p.leaf_hash
-            # a binary counter: each completed pair of equal subtrees becomes a stored node
-            while frontier and frontier[-1][0] == level:
-                cur_hash = merkle.node_hash(frontier.pop()[1], cur_hash)
-                level += 1
-                node_rows.append((self.log_id, node_key(level, pos >> level), cur_hash))
-            frontier.append((level, cur_hash))
-        root = merkle.fold_compact_range([h for _, h in frontier])
-        if sql.copy_entries and len(entry_rows) >= COPY_FROM:
+        copy = bool(sql.copy_entries) and len(prepared) >= COPY_FROM
+        if copy:
             # PostgreSQL, a batch: COPY streams the rows as one command, where each INSERT of
             # executemany is parsed, planned and executed on its own (docs/performance.md)
-            with cur.copy(sql.copy_entries) as copy:
-                copy.set_types(_ENTRY_TYPES)
-                for row in entry_rows:
-                    copy.write_row(row)
-            with cur.copy(sql.copy_nodes) as copy:
-                copy.set_types(("text", "int8", "bytea"))
-                for row in node_rows:
-                    copy.write_row(row)
+            self._copy_entries(cur, sql, n, prepared)
         else:
-            cur.executemany(sql.insert_entries, entry_rows)
+            rows = [
+                (self.log_id, pos, p.data, p.leaf_hash, *p.columns)
+                for pos, p in enumerate(prepared, n)
+            ]
+            cur.executemany(sql.insert_entries, rows)
+        self._write_tree(cur, sql, n, frontier, prepared, copy=copy)
+
+    def _write_tree(
+        self,
+        cur: Any,
+        sql: _AppendSql,
+        n: int,
+        frontier: list[tuple[int, bytes]],
+        prepared: Sequence[_Prepared],
+        *,
+        copy: bool,
+    ) -> None:
+        """After the entries ``n, n+1, …``: the tree nodes they complete, the hidden rows of the
+        restricted ones, and the new head."""
+        node_rows = self._node_rows(n, frontier, prepared)
+        hidden_rows = [
+            (self.log_id, pos, *p.hidden) for pos, p in enumerate(prepared, n) if p.hidden
+        ]
+        root = merkle.fold_compact_range([h for _, h in frontier])
+        if copy:
+            with cur.copy(sql.copy_nodes) as rows:
+                rows.set_types(("text", "int8", "bytea"))
+                for row in node_rows:
+                    rows.write_row(row)
+        else:
             cur.executemany(sql.insert_nodes, node_rows)
         if hidden_rows:  # a restricted entry's subject and salt, in the same transaction
             cur.executemany(sql.insert_restricted, hidden_rows)
@@ -447,6 +509,22 @@ class TransparencyLog:
             sql.update_head,
             (n + len(prepared), root, b"".join(h for _, h in frontier), self.log_id),
         )
+
+    def _node_rows(
+        self, n: int, frontier: list[tuple[int, bytes]], prepared: Sequence[_Prepared]
+    ) -> list[tuple[str, int, bytes]]:
+        """The nodes entries ``n, n+1, …`` complete; ``frontier`` becomes the new compact range."""
+        node_rows: list[tuple[str, int, bytes]] = []
+        for pos, p in enumerate(prepared, n):
+            node_rows.append((self.log_id, node_key(0, pos), p.leaf_hash))
+            level, cur_hash = 0, p.leaf_hash
+            # a binary counter: each completed pair of equal subtrees becomes a stored node
+            while frontier and frontier[-1][0] == level:
+                cur_hash = merkle.node_hash(frontier.pop()[1], cur_hash)
+                level += 1
+                node_rows.append((self.log_id, node_key(level, pos >> level), cur_hash))
+            frontier.append((level, cur_hash))
+        return node_rows
 
     def _prepare(self, event: AuditEvent) -> _Prepared:
         record = entry_record(event)
@@ -458,7 +536,7 @@ class TransparencyLog:
             del record["subject"]
             record["subject_commitment"] = restricted.commitment(salt, event.subject)
             hidden = (event.subject, salt, _time_us(event.restricted_until))
-        data = canonical_json(record)
+        data = _record_json(record)
         # the searchable copies come from the record itself (audit.columns), never separately
         return _Prepared(data, merkle.leaf_hash(data), index_columns(record), hidden)
 
@@ -647,17 +725,39 @@ class TransparencyLog:
         pos = start
         while pos < end:
             stop = min(pos + EXPORT_CHUNK, end)
-            # one statement per chunk, straight to the driver: the entry rows with the level-0
-            # node of each (entries and nodes are never rewritten: no snapshot needed)
-            with read_cursor(self._engine) as cur:
-                cur.execute(self._read_sql.export, (self.log_id, self.log_id, pos, stop))
-                rows = cur.fetchall()
-            for idx, lh, data, *stored in rows:
-                lh_json = f'"{base64.b64encode(lh).decode()}"' if lh else "null"
-                cols = _COMPACT_JSON(columns_json(stored))
-                text = bytes(data).decode("utf-8", errors="replace")
-                yield f'{{"index":{idx},"leaf_hash":{lh_json},"columns":{cols},"entry":{text}}}'
+            yield from self._export_lines(pos, stop)
             pos = stop
+
+    def _export_lines(self, start: int, stop: int) -> list[str]:
+        """Entries ``[start, stop)`` as export lines, formatted by the database in one statement
+        (entries and nodes are never rewritten: no snapshot needed). Rows it cannot format (bytes
+        that are not UTF-8, only in a damaged or edited database) are formatted here instead."""
+        params = (self.log_id, self.log_id, start, stop)
+        dbapi_error: Any = self._engine.dialect.loaded_dbapi.Error
+        try:
+            with read_cursor(self._engine) as cur:
+                cur.execute(self._read_sql.export_lines, params)
+                rows = cur.fetchall()
+        except (UnicodeDecodeError, dbapi_error):
+            return self._export_lines_here(params)
+        if self._read_sql.postgres:
+            return [row[0] for row in rows]
+        return [
+            f'{{"index":{idx},"leaf_hash":{_hash_json(lh)},"columns":{rest}'
+            for idx, lh, rest in rows
+        ]
+
+    def _export_lines_here(self, params: tuple[Any, ...]) -> list[str]:
+        with read_cursor(self._engine) as cur:
+            cur.execute(self._read_sql.export, params)
+            rows = cur.fetchall()
+        out = []
+        for idx, lh, data, *stored in rows:
+            lh_json = _hash_json(lh)
+            cols = _COMPACT_JSON(columns_json(stored))
+            text = bytes(data).decode("utf-8", errors="replace")
+            out.append(f'{{"index":{idx},"leaf_hash":{lh_json},"columns":{cols},"entry":{text}}}')
+        return out
 
     def entries(self, indices: Iterable[int]) -> dict[int, LogEntry]:
         """The entries at ``indices`` that exist, by index (each checked like ``entry``)."""
@@ -1104,6 +1204,11 @@ def _together(
     finally:
         for each in cursors:
             each.close()
+
+
+def _hash_json(h: bytes | None) -> str:
+    """A stored hash as the JSON an export line carries: base64 in quotes, or null."""
+    return f'"{base64.b64encode(h).decode()}"' if h else "null"
 
 
 def _compact_range(size: int) -> list[tuple[int, int]]:

@@ -35,19 +35,30 @@ operator and are untrusted. The steps, each labelled in the code:
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-import re
-from collections.abc import Iterable
+import collections
+import contextlib
+import itertools
+import multiprocessing
+import multiprocessing.pool
+import os
+import sys
+import threading
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from multiprocessing.pool import AsyncResult
 from typing import Any
 
 from audit import merkle, restricted
 from audit.checkpoint import Checkpoint, NoteError, NoteVerifier, verify_checkpoint
-from audit.columns import INDEX_COLUMNS, column_mismatch, columns_json, index_columns
-from exchange.canonical import canonical_json
+from audit.verify_lines import (
+    ChunkResult,
+    canonical,
+    check_chunk,
+    check_packed,
+    pack,
+    range_pieces,
+)
 from exchange.errors import ConfigurationError
 
 __all__ = ["VerifyReport", "verify_export"]
@@ -76,107 +87,27 @@ class _Tree:
         self._stack: list[tuple[int, bytes]] = []
         self.size = 0
 
-    def push(self, h: bytes) -> None:
-        level, cur = 0, h
+    def push(self, level: int, h: bytes) -> None:
+        """Add a perfect subtree of ``2**level`` leaves, aligned on its width (``range_pieces``)."""
+        self.size += 1 << level
+        cur = h
         while self._stack and self._stack[-1][0] == level:
             cur = merkle.node_hash(self._stack.pop()[1], cur)
             level += 1
         self._stack.append((level, cur))
-        self.size += 1
+
+    def copy(self) -> _Tree:
+        out = _Tree()
+        out._stack, out.size = list(self._stack), self.size
+        return out
 
     def root(self) -> bytes:
         return merkle.fold_compact_range([h for _, h in self._stack])
 
 
-def _plain_object(value: dict[str, Any]) -> bool:
-    """ASCII keys; values only str, int, bool, None or such objects (the shape of our entries)."""
-    for k, v in value.items():
-        if not k.isascii():
-            return False
-        t = type(v)
-        if t is str or t is int or t is bool or v is None:
-            continue
-        if t is not dict or not _plain_object(v):
-            return False
-    return True
-
-
-def _canonical(value: Any) -> bytes:
-    """RFC 8785 bytes. For ASCII keys and no floats, Python's sorted compact JSON *is* JCS (same
-    key order, same string escapes), and five times faster than the general serialiser."""
-    if type(value) is dict and _plain_object(value):
-        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        return text.encode("utf-8")
-    return canonical_json(value)
-
-
-_LINE_PREFIX = re.compile(
-    r'\{"index":(0|[1-9][0-9]{0,18}),"leaf_hash":(?:"([A-Za-z0-9+/=]{0,64})"|null),'
-)
-_COLUMNS_KEY = '"columns":'
-_ENTRY_KEY = '"entry":'
-_DECODER = json.JSONDecoder()
-
-
-@dataclass(frozen=True, slots=True)
-class _Line:
-    index: int
-    raw_entry: str | None  # the entry's exact text when the line is in the form export writes
-    entry: dict[str, Any]
-    stored_hash: str | None
-    columns: dict[str, Any] | None  # the stored search columns, when the export carries them
-
-
-def _parse_exact(line: str) -> _Line | None:
-    """The line in the exact form ``TransparencyLog.export`` writes, keeping the entry's text as
-    written (checked to be a JSON object on its own, so what is hashed is what a reader sees)."""
-    m = _LINE_PREFIX.match(line)
-    if m is None or not line.endswith("}"):
-        return None
-    pos, columns = m.end(), None
-    try:
-        if line.startswith(_COLUMNS_KEY, pos):
-            columns, pos = _DECODER.raw_decode(line, pos + len(_COLUMNS_KEY))
-            if not line.startswith(",", pos):
-                return None
-            pos += 1
-        if not line.startswith(_ENTRY_KEY, pos):
-            return None
-        raw = line[pos + len(_ENTRY_KEY) : -1]
-        entry = json.loads(raw)
-    except ValueError:
-        return None
-    if not isinstance(entry, dict) or not (columns is None or isinstance(columns, dict)):
-        return None
-    return _Line(int(m[1]), raw, entry, m[2], columns)
-
-
-def _parse_line(line: str) -> _Line | None:
-    """One export line, or None if unreadable."""
-    exact = _parse_exact(line)
-    if exact is not None:
-        return exact
-    try:
-        obj = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(obj, dict):
-        return None
-    index, entry, stored = obj.get("index"), obj.get("entry"), obj.get("leaf_hash")
-    columns = obj.get("columns")
-    if type(index) is not int or not isinstance(entry, dict):
-        return None
-    if columns is not None and not isinstance(columns, dict):
-        return None
-    return _Line(index, None, entry, stored if isinstance(stored, str) else None, columns)
-
-
-def _stored_columns(columns: dict[str, Any]) -> tuple[Any, ...]:
-    """An export line's columns in ``INDEX_COLUMNS`` order (a missing one reads as absent)."""
-    return tuple(columns.get(name, _MISSING) for name in INDEX_COLUMNS)
-
-
-_MISSING = object()
+_canonical = canonical  # the verifier's serialiser (tests pin it to RFC 8785)
+CHUNK = 8192
+"""Export lines per chunk (a power of two: the chunks' subtrees stay whole, ``range_pieces``)."""
 
 
 class _Releases:
@@ -232,11 +163,14 @@ def verify_export(
     earlier_checkpoint: str | bytes | None = None,
     *,
     now: datetime | None = None,
+    workers: int | None = None,
 ) -> VerifyReport:
     """Check an export (JSON Lines from ``TransparencyLog.export(0, …)``) against a checkpoint.
 
     ``log_public_key`` is the log's C2SP vkey; ``now``, when given, reports the restricted
-    entries overdue for release then (step 9). Returns a report; never raises for bad input.
+    entries overdue for release then (step 9). An export of more than one chunk (``CHUNK``
+    lines) is checked by ``workers`` processes (default: one per CPU; 1 checks it here), read
+    as they go. Returns a report; never raises for bad input.
     """
     try:
         key = (
@@ -261,127 +195,202 @@ def verify_export(
         if earlier.size > cp.size:
             return _fail(cp, 0, None, "the earlier checkpoint is larger than the new one: rollback")
 
-    recomputed = _Tree()
-    claimed: list[bytes] = []  # hashed into a root only if step 6 fails
-    earlier_root: bytes | None = merkle.EMPTY_ROOT if earlier and earlier.size == 0 else None
-    first_mismatch: int | None = None
-    claimed_complete = True
-    extra = 0
-    unchecked_columns = 0
-    column_bad: tuple[int, str] | None = None
-    releases = _Releases()
-    for position, raw in enumerate(export_lines):
-        line = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
-        if not line.strip():
-            continue
-        # (3) every line parses and indices run without gap
-        parsed = _parse_line(line.rstrip("\r\n"))
-        if parsed is None:
-            return _fail(cp, position, recomputed.size, f"entry {recomputed.size}: unreadable line")
-        index, raw_entry, entry, stored = (
-            parsed.index,
-            parsed.raw_entry,
-            parsed.entry,
-            parsed.stored_hash,
-        )
-        if index != recomputed.size + extra:
-            what = "missing" if index > recomputed.size + extra else "out of order or duplicated"
-            at = recomputed.size + extra
-            return _fail(cp, position, at, f"entry {at} is {what} (found index {index})")
-        if recomputed.size == cp.size:
-            extra += 1  # beyond the checkpoint: not covered by its signature
-            continue
-        try:
-            stored_hash = base64.b64decode(stored, validate=True) if stored else None
-        except (binascii.Error, ValueError):
-            stored_hash = None
-        # (4) recompute the leaf hash: of the entry's bytes as exported when they hash to the
-        # stored leaf (the common case, no re-serialising), else of its canonical JSON (so an
-        # export that was merely re-formatted still verifies)
-        leaf = merkle.leaf_hash(raw_entry.encode()) if raw_entry is not None else None
-        if leaf is None or leaf != stored_hash:
-            try:
-                leaf = merkle.leaf_hash(_canonical(entry))
-            except (UnicodeEncodeError, ValueError, TypeError):
-                return _fail(cp, position, index, f"entry {index}: not canonical JSON")
-        if stored_hash is None or len(stored_hash) != merkle.HASH_SIZE:
-            claimed_complete = False
-        else:
-            claimed.append(stored_hash)
-            if stored_hash != leaf and first_mismatch is None:
-                first_mismatch = index
-        # (5) the stored search columns are those the entry's bytes imply
-        if parsed.columns is None:
-            unchecked_columns += 1
-        elif column_bad is None and parsed.columns != columns_json(index_columns(entry)):
-            name = column_mismatch(entry, _stored_columns(parsed.columns))
-            column_bad = (index, name or "columns")
-        # (9) releases of restricted entries, against the entries they release
-        if entry.get("kind") == restricted.RELEASE_KIND or "subject_commitment" in entry:
-            releases.see(index, entry, leaf)
-        recomputed.push(leaf)
-        if earlier is not None and recomputed.size == earlier.size:
-            earlier_root = recomputed.root()
+    walk = _Walk(cp, earlier, now)
+    position = 0  # of the chunk's first line in the export
+    with contextlib.closing(_scheduled(export_lines, cp.size, workers)) as scheduled:
+        for chunk, pending, assumed in scheduled:
+            result = _result(chunk, pending, assumed, walk.count, cp.size)
+            if result.failure is not None:
+                offset, at, reason = result.failure
+                return _fail(cp, position + offset, at, reason)
+            walk.take(result)
+            position += len(chunk)
+    return walk.finish()
 
-    n = recomputed.size
-    if n < cp.size:
-        return _fail(cp, n, n, f"the export ends at {n}: entry {n} and later are missing")
-    # (6) the recomputed root is the signed root
-    if recomputed.root() != cp.root:
-        # (8) localise
-        if (
-            claimed_complete
-            and len(claimed) == n
-            and merkle.root_from_leaf_hashes(claimed) == cp.root
-        ):
-            assert first_mismatch is not None  # equal leaf sets would give equal roots
+
+def _result(
+    chunk: list[str | bytes],
+    pending: AsyncResult[ChunkResult] | None,
+    assumed: int,
+    start: int,
+    cp_size: int,
+) -> ChunkResult:
+    """A chunk's result, checked here when it was not sent to a worker or was sent with a start
+    index that blank lines in an earlier chunk made wrong."""
+    if pending is not None and assumed == start:
+        return pending.get()
+    return check_chunk(start, chunk, cp_size)
+
+
+def _chunks(lines: Iterable[str | bytes]) -> Generator[list[str | bytes]]:
+    it = iter(lines)
+    while chunk := list(itertools.islice(it, CHUNK)):
+        yield chunk
+
+
+def _scheduled(
+    lines: Iterable[str | bytes], cp_size: int, workers: int | None
+) -> Generator[tuple[list[str | bytes], AsyncResult[ChunkResult] | None, int]]:
+    """The export in chunks, each with its result pending in a worker process (when there are
+    two chunks or more) and the start index it was sent with (assuming no blank lines).
+
+    At most ``2 * workers + 1`` chunks are in flight, so an export read from a generator (the
+    log's own ``export``) is read while the workers check what came before."""
+    chunks = _chunks(lines)
+    head = list(itertools.islice(chunks, 2))
+    workers = _cpus() if workers is None else workers
+    if workers < 2 or len(head) < 2:
+        for chunk in itertools.chain(head, chunks):
+            yield chunk, None, 0
+        return
+    with _pool(workers) as pool:
+        window: collections.deque[
+            tuple[list[str | bytes], AsyncResult[ChunkResult] | None, int]
+        ] = collections.deque()
+        assumed = 0
+        for chunk in itertools.chain(head, chunks):
+            window.append(
+                (chunk, pool.apply_async(check_packed, (assumed, pack(chunk), cp_size)), assumed)
+            )
+            assumed += len(chunk)
+            if len(window) > 2 * workers:
+                yield window.popleft()
+        yield from window
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _pool(workers: int) -> multiprocessing.pool.Pool:
+    """Worker processes: forked where that is safe (Linux, no other thread in this process),
+    else started afresh."""
+    fork = sys.platform == "linux" and threading.active_count() == 1
+    return multiprocessing.get_context("fork" if fork else "spawn").Pool(workers)
+
+
+class _Walk:
+    """The chunks' results stitched together in order: the tree, and the first of each finding."""
+
+    def __init__(self, cp: Checkpoint, earlier: Checkpoint | None, now: datetime | None) -> None:
+        self.cp, self.earlier, self.now = cp, earlier, now
+        self.tree = _Tree()
+        self.count = 0  # entries read: the index the next one must have
+        self.earlier_root: bytes | None = (
+            merkle.EMPTY_ROOT if earlier and earlier.size == 0 else None
+        )
+        self.claimed: list[bytes] | None = []  # stored leaf hashes, chunk by chunk
+        self.first_mismatch: int | None = None
+        self.unchecked_columns = 0
+        self.column_bad: tuple[int, str] | None = None
+        self.releases = _Releases()
+
+    def take(self, r: ChunkResult) -> None:
+        self._earlier_root(r)
+        for level, h in r.pieces:
+            self.tree.push(level, h)
+        self.count += r.count
+        self.claimed = None if self.claimed is None or r.claimed is None else self.claimed
+        if self.claimed is not None and r.claimed:
+            self.claimed.append(r.claimed)
+        if self.first_mismatch is None:
+            self.first_mismatch = r.first_mismatch
+        self.unchecked_columns += r.unchecked_columns
+        if self.column_bad is None:
+            self.column_bad = r.column_bad
+        # (9) releases of restricted entries, against the entries they release
+        for index, entry, leaf in r.releases:
+            self.releases.see(index, entry, leaf)
+
+    def _earlier_root(self, r: ChunkResult) -> None:
+        """(7) the root over the first ``earlier.size`` entries, when this chunk reaches it"""
+        if self.earlier is None or self.earlier_root is not None:
+            return
+        wanted = self.earlier.size - self.tree.size
+        if 0 < wanted <= len(r.leaves) // merkle.HASH_SIZE:
+            tree = self.tree.copy()
+            for level, h in range_pieces(tree.size, _split(r.leaves[: wanted * merkle.HASH_SIZE])):
+                tree.push(level, h)
+            self.earlier_root = tree.root()
+
+    def finish(self) -> VerifyReport:
+        cp, earlier, n = self.cp, self.earlier, self.tree.size
+        if n < cp.size:
+            return _fail(cp, n, n, f"the export ends at {n}: entry {n} and later are missing")
+        # (6) the recomputed root is the signed root
+        if self.tree.root() != cp.root:
+            return self._localise()
+        # (7) consistent with the earlier checkpoint
+        if earlier is not None and self.earlier_root != earlier.root:
             return _fail(
                 cp,
                 n,
-                first_mismatch,
-                f"entry {first_mismatch} was altered: it does not hash to the leaf the signed "
-                "tree holds",
+                None,
+                f"not consistent with the earlier checkpoint of size {earlier.size}: history "
+                "was rewritten",
+            )
+        if self.column_bad is not None:
+            at, name = self.column_bad
+            return _fail(
+                cp, n, at, f"entry {at}: its stored {name} is not the one its signed bytes hold"
+            )
+        if self.releases.bad is not None:
+            at, why = self.releases.bad
+            return _fail(cp, n, at, f"entry {at}: {why}")
+        return self._verified()
+
+    def _localise(self) -> VerifyReport:
+        """(8) the first bad entry, when the stored leaf hashes are those the signed root holds"""
+        cp, n, first = self.cp, self.tree.size, self.first_mismatch
+        claimed = None if self.claimed is None else _split(b"".join(self.claimed))
+        if (
+            claimed is not None
+            and len(claimed) == n
+            and merkle.root_from_leaf_hashes(claimed) == cp.root
+        ):
+            assert first is not None  # equal leaf sets would give equal roots
+            return _fail(
+                cp,
+                n,
+                first,
+                f"entry {first} was altered: it does not hash to the leaf the signed tree holds",
             )
         reasons = ["the entries do not hash to the checkpoint's root"]
-        if first_mismatch is not None:
-            reasons.append(f"entry {first_mismatch} does not match its stored leaf hash")
+        if first is not None:
+            reasons.append(f"entry {first} does not match its stored leaf hash")
         else:
             reasons.append("the stored tree was rewritten too; the bad entry cannot be located")
-        return _fail(cp, n, first_mismatch, *reasons)
-    # (7) consistent with the earlier checkpoint
-    if earlier is not None and earlier_root != earlier.root:
-        return _fail(
-            cp,
-            n,
-            None,
-            f"not consistent with the earlier checkpoint of size {earlier.size}: history was "
-            "rewritten",
-        )
-    if column_bad is not None:
-        at, name = column_bad
-        return _fail(
-            cp, n, at, f"entry {at}: its stored {name} is not the one its signed bytes hold"
-        )
-    if releases.bad is not None:
-        at, why = releases.bad
-        return _fail(cp, n, at, f"entry {at}: {why}")
-    reasons = [f"{n} entries verified against the checkpoint of size {cp.size}"]
-    if releases.hidden:
-        reasons.append(
-            f"{len(releases.hidden)} restricted entries, {len(releases.released)} of them released"
-        )
-    overdue = releases.overdue(now)
-    if overdue:
-        reasons.append(
-            f"{len(overdue)} restricted entries are past their release time and not released "
-            f"(first: entry {overdue[0]})"
-        )
-    if unchecked_columns:
-        reasons.append(
-            f"{unchecked_columns} entries carried no search columns: those were not checked"
-        )
-    if earlier is not None:
-        reasons.append(f"consistent with the earlier checkpoint of size {earlier.size}")
-    if extra:
-        reasons.append(f"{extra} later entries are not covered by this checkpoint")
-    return VerifyReport(True, cp, n, None, tuple(reasons), overdue)
+        return _fail(cp, n, first, *reasons)
+
+    def _verified(self) -> VerifyReport:
+        cp, n, earlier = self.cp, self.tree.size, self.earlier
+        reasons = [f"{n} entries verified against the checkpoint of size {cp.size}"]
+        releases = self.releases
+        if releases.hidden:
+            reasons.append(
+                f"{len(releases.hidden)} restricted entries, {len(releases.released)} of them "
+                "released"
+            )
+        overdue = releases.overdue(self.now)
+        if overdue:
+            reasons.append(
+                f"{len(overdue)} restricted entries are past their release time and not released "
+                f"(first: entry {overdue[0]})"
+            )
+        if self.unchecked_columns:
+            reasons.append(
+                f"{self.unchecked_columns} entries carried no search columns: those were not "
+                "checked"
+            )
+        if earlier is not None:
+            reasons.append(f"consistent with the earlier checkpoint of size {earlier.size}")
+        if self.count > n:
+            reasons.append(f"{self.count - n} later entries are not covered by this checkpoint")
+        return VerifyReport(True, cp, n, None, tuple(reasons), overdue)
+
+
+def _split(blob: bytes) -> list[bytes]:
+    return [blob[i : i + merkle.HASH_SIZE] for i in range(0, len(blob), merkle.HASH_SIZE)]

@@ -3,6 +3,7 @@ checkpoints, and appends that stay ordered under concurrency and crashes."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,22 @@ def test_a_batch_whose_last_write_fails_leaves_nothing_behind(
     monkeypatch.setattr(audit_log, "_append_sql", real)
     assert log.size() == 3
     assert log.append_many([make_event(i) for i in range(3, 5)]) == [3, 4]
+    _assert_log_verifies(log)
+
+
+def test_a_large_batch_with_a_bad_event_late_in_it_leaves_nothing_behind(
+    log: TransparencyLog,
+) -> None:
+    """A batch from ``COPY_FROM`` entries (``COPY`` on PostgreSQL) with an event that cannot be
+    serialised (a naive time) at its end fails whole, and the log goes on from where it was."""
+    from audit.log import COPY_FROM
+
+    log.append_many([make_event(i) for i in range(3)])
+    bad = dataclasses.replace(make_event(COPY_FROM), time=datetime(2026, 1, 1))
+    with pytest.raises(ValueError, match="timezone"):
+        log.append_many([*(make_event(i) for i in range(3, COPY_FROM + 3)), bad])
+    assert log.size() == 3
+    assert log.append_many([make_event(i) for i in range(3, COPY_FROM + 5)])[-1] == COPY_FROM + 4
     _assert_log_verifies(log)
 
 

@@ -202,3 +202,20 @@ def test_a_reformatted_export_still_verifies(filled: tuple[TransparencyLog, str]
     pretty = [json.dumps(json.loads(line), indent=1).replace("\n", "") for line in log.export()]
     report = verify_export(note, pretty, log.vkey())
     assert report, report.reasons
+
+
+def test_an_entry_edited_to_bytes_that_are_not_utf8_is_exported_and_named(
+    filled: tuple[TransparencyLog, str],
+) -> None:
+    """The database formats export lines; one it cannot (bytes that are not UTF-8) is formatted
+    in Python instead, so the edited entry is still exported, and named by the verifier."""
+    log, note = filled
+    edited = entry_bytes(make_event(BAD)).replace(b"tax-assessment", b"tax-\xff-assessment")
+    _sql(log, "UPDATE audit_entries SET data = :d WHERE idx = :i", d=edited, i=BAD)
+    lines = list(log.export())
+    assert len(lines) == SIZE
+    assert "tax-\ufffd-assessment" in lines[BAD]
+    report = verify_export(note, lines, log.vkey())
+    assert not report
+    assert report.first_bad_index == BAD
+    assert f"entry {BAD} was altered" in report.reasons[0]
