@@ -39,14 +39,14 @@ import collections
 import contextlib
 import itertools
 import multiprocessing
-import multiprocessing.pool
 import os
 import sys
 import threading
 from collections.abc import Generator, Iterable
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool as BrokenExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from multiprocessing.pool import AsyncResult
 from typing import Any
 
 from audit import merkle, restricted
@@ -210,15 +210,19 @@ def verify_export(
 
 def _result(
     chunk: list[str | bytes],
-    pending: AsyncResult[ChunkResult] | None,
+    pending: Future[ChunkResult] | None,
     assumed: int,
     start: int,
     cp_size: int,
 ) -> ChunkResult:
-    """A chunk's result, checked here when it was not sent to a worker or was sent with a start
-    index that blank lines in an earlier chunk made wrong."""
+    """A chunk's result, checked here when it was not sent to a worker, was sent with a start
+    index that blank lines in an earlier chunk made wrong, or its worker died (killed, out of
+    memory: the pool is broken — the check goes on here, it never waits for ever)."""
     if pending is not None and assumed == start:
-        return pending.get()
+        try:
+            return pending.result()
+        except BrokenExecutor:
+            pass
     return check_chunk(start, chunk, cp_size)
 
 
@@ -230,7 +234,7 @@ def _chunks(lines: Iterable[str | bytes]) -> Generator[list[str | bytes]]:
 
 def _scheduled(
     lines: Iterable[str | bytes], cp_size: int, workers: int | None
-) -> Generator[tuple[list[str | bytes], AsyncResult[ChunkResult] | None, int]]:
+) -> Generator[tuple[list[str | bytes], Future[ChunkResult] | None, int]]:
     """The export in chunks, each with its result pending in a worker process (when there are
     two chunks or more) and the start index it was sent with (assuming no blank lines).
 
@@ -243,19 +247,20 @@ def _scheduled(
         for chunk in itertools.chain(head, chunks):
             yield chunk, None, 0
         return
-    with _pool(workers) as pool:
-        window: collections.deque[
-            tuple[list[str | bytes], AsyncResult[ChunkResult] | None, int]
-        ] = collections.deque()
+    pool = _pool(workers)
+    try:
+        window: collections.deque[tuple[list[str | bytes], Future[ChunkResult] | None, int]] = (
+            collections.deque()
+        )
         assumed = 0
         for chunk in itertools.chain(head, chunks):
-            window.append(
-                (chunk, pool.apply_async(check_packed, (assumed, pack(chunk), cp_size)), assumed)
-            )
+            window.append((chunk, _submit(pool, assumed, chunk, cp_size), assumed))
             assumed += len(chunk)
             if len(window) > 2 * workers:
                 yield window.popleft()
         yield from window
+    finally:  # a failure found early: what is still queued is dropped, not waited for
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _cpus() -> int:
@@ -265,11 +270,22 @@ def _cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _pool(workers: int) -> multiprocessing.pool.Pool:
+def _pool(workers: int) -> ProcessPoolExecutor:
     """Worker processes: forked where that is safe (Linux, no other thread in this process),
     else started afresh."""
     fork = sys.platform == "linux" and threading.active_count() == 1
-    return multiprocessing.get_context("fork" if fork else "spawn").Pool(workers)
+    context = multiprocessing.get_context("fork" if fork else "spawn")
+    return ProcessPoolExecutor(workers, mp_context=context)
+
+
+def _submit(
+    pool: ProcessPoolExecutor, start: int, chunk: list[str | bytes], cp_size: int
+) -> Future[ChunkResult] | None:
+    """The chunk sent to a worker; None when the pool broke (the chunk is checked here)."""
+    try:
+        return pool.submit(check_packed, start, pack(chunk), cp_size)
+    except BrokenExecutor:
+        return None
 
 
 class _Walk:

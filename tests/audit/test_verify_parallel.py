@@ -5,6 +5,7 @@ entry, the same reasons — whatever the chunk boundaries, blank lines or tamper
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -112,3 +113,23 @@ def test_range_pieces_extend_a_tree_to_the_rfc_9162_root(start: int, count: int)
             level += 1
         stack.append((level, h))
     assert merkle.fold_compact_range([h for _, h in stack]) == merkle.root_hash(leaves)
+
+
+def _die(*_: object) -> None:
+    """A worker that dies mid-task (killed, out of memory)."""
+    os._exit(1)
+
+
+@pytest.mark.parametrize("edit", ["untouched", "altered entry"])
+def test_a_worker_that_dies_does_not_hang_the_verifier(
+    log: TransparencyLog, monkeypatch: pytest.MonkeyPatch, edit: str
+) -> None:
+    """The pool breaks; what the workers did not answer is checked here, to the same report."""
+    log.append_many([make_event(i, subject=f"ps-{i % 5}") for i in range(SIZE)])
+    note = log.sign_checkpoint(T0).note
+    lines: Lines = list(EDITS[edit](list(log.export())))
+    monkeypatch.setattr(verify, "CHUNK", 4)
+    one = verify.verify_export(note, lines, log.vkey(), workers=1)
+    monkeypatch.setattr(verify, "check_packed", _die)
+    monkeypatch.setattr(verify.threading, "active_count", lambda: 1)  # forked: sees the patch
+    assert verify.verify_export(note, iter(lines), log.vkey(), workers=2) == one
