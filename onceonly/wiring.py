@@ -509,7 +509,8 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
     tokens = token_verifier(settings)
     citizens = citizen_codes or subjects_of(subjects, [c.id for c in declared.registries])
     smtp = smtp_settings(settings)
-    alert_worker = AlertWorker(log, engine, alert_rules(settings), node=str(member))
+    rules = alert_rules(settings)
+    alert_worker = AlertWorker(log, engine, rules, node=str(member))
     engines = (engine,) if pseudonym_engine is None else (engine, pseudonym_engine)
     return NodeParts(
         adapters=adapters,
@@ -557,7 +558,7 @@ def build_node_parts(settings: Settings, member: MemberId) -> NodeParts:
             PolicyEngineInfo(feed.engine, settings.policy_engine),
             *((consent,) if isinstance(consent, CachingConsentGate) else ()),
         ),
-        about={"policy_engine": engine_name(feed.engine)},
+        about={"policy_engine": engine_name(feed.engine), "alerts_engine": rules.engine},
         # the provider's checks (9)–(12) on the event loop when they are CPU work: an embedded
         # policy engine, and no database behind subject translation that waits on round trips
         # (the node's own database is not read there; a consent check goes to a thread anyway)

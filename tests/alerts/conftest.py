@@ -17,7 +17,7 @@ from audit.log import TransparencyLog
 from exchange.db import make_engine, upgrade
 from exchange.ports import AuditEvent
 from onceonly.components import COMPONENT_BRANCHES
-from policies.alerts import AlertRules
+from policies.alerts import AlertRules, AlertsEngine, opa_unavailable
 
 NODE = "JP/GOV/132098"
 ORIGIN = "onceonly.example/JP/GOV/132098/audit"
@@ -77,8 +77,18 @@ class World:
 MakeWorld = Callable[..., World]
 
 
+@pytest.fixture(params=["opa-inprocess", "regopy"])
+def rules_engine(request: pytest.FixtureRequest) -> AlertsEngine:
+    """Every alert test runs on both Rego engines (OPA's where its bindings load)."""
+    engine: AlertsEngine = request.param
+    reason = opa_unavailable()
+    if engine == "opa-inprocess" and reason is not None:
+        pytest.skip(f"OPA's evaluator is not available here: {reason}")
+    return engine
+
+
 @pytest.fixture
-def make_world(db_url: str) -> Iterator[MakeWorld]:
+def make_world(db_url: str, rules_engine: AlertsEngine) -> Iterator[MakeWorld]:
     engines: list[Engine] = []
 
     def make(**rules: object) -> World:
@@ -86,7 +96,7 @@ def make_world(db_url: str) -> Iterator[MakeWorld]:
         engines.append(engine)
         upgrade(engine, COMPONENT_BRANCHES["node"])
         log = TransparencyLog(engine, log_id=NODE, signer=NoteSigner.generate(ORIGIN))
-        return World(engine, log, AlertRules(rules or None))
+        return World(engine, log, AlertRules(rules or None, engine=rules_engine))
 
     yield make
     for engine in engines:
