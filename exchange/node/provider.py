@@ -531,7 +531,7 @@ class Provider:
     ) -> tuple[str, ...]:
         """The change's events, written before the answer leaves; each disclosure audited with
         the subject, so the citizen sees who was told (docs/audit.md). Returns the subscribers
-        told (none for a retry of a change already published)."""
+        told (for a retry of a change already published: those its first publication told)."""
         assert self._subscriptions is not None
         env = req.envelope
         change = Change(
