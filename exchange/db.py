@@ -296,6 +296,19 @@ def read_cursor(engine: Engine) -> Iterator[Any]:
         pooled.close()
 
 
+async def finishing_thread(fn: Callable[..., _R], *args: Any, **kwargs: Any) -> _R:
+    """``asyncio.to_thread`` for background jobs: cancelled (a shutdown), it still waits for the
+    thread's call to end before the cancellation goes on, so no database connection is left
+    checked out of a pool that the shutdown then disposes of (it would be collected open)."""
+    task = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
+        raise
+
+
 async def run_blocking(inline: bool, fn: Callable[..., _R], *args: Any) -> _R:
     """``fn(*args)`` on the loop when ``inline`` (see ``runs_inline``), else in a worker thread."""
     if inline:

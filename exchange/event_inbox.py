@@ -36,7 +36,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from exchange.central_config import VerifiedRegistry
-from exchange.db import sqlite_writer_turn
+from exchange.db import finishing_thread, sqlite_writer_turn
 from exchange.errors import (
     ClientError,
     ConfigurationError,
@@ -375,7 +375,7 @@ class EventPuller:
                 base = consent.url.rstrip("/")
                 stream = stream_name(CONSENT_SERVICE_SENDER, str(client))
                 applied += await self._pull(http, base, CONSENT_EVENTS_PATH, "", stream, signer)
-            for sender in await asyncio.to_thread(self._member_senders, str(client)):
+            for sender in await finishing_thread(self._member_senders, str(client)):
                 applied += await self._pull_member(http, registry, sender, client, signer)
         return applied
 
@@ -413,7 +413,7 @@ class EventPuller:
         client = ClientId.parse(stream.split(" > ", 1)[1])
         applied = 0
         while True:
-            after = await asyncio.to_thread(self._inbox.cursor, stream)
+            after = await finishing_thread(self._inbox.cursor, stream)
             # The signature covers the path (as every node request's); the cursor is a hint, and
             # whatever stream comes back, its events pass E1–E7 like any other.
             headers = sign_node_request(signer, client, "GET", path, b"", now=self._clock())
@@ -429,10 +429,10 @@ class EventPuller:
                 return applied
             before = after
             for start in range(0, len(events), MAX_BATCH_EVENTS):
-                await asyncio.to_thread(
+                await finishing_thread(
                     self._inbox.receive_batch, events[start : start + MAX_BATCH_EVENTS]
                 )
-            now_at = await asyncio.to_thread(self._inbox.cursor, stream)
+            now_at = await finishing_thread(self._inbox.cursor, stream)
             applied += now_at - before
             if now_at == before:
                 return applied

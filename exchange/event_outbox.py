@@ -37,7 +37,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from exchange.db import write_transaction
+from exchange.db import finishing_thread, write_transaction
 from exchange.events import EventEnvelope, new_event, sign_event, stream_name
 from exchange.ports import AuditEvent, AuditSink
 from exchange.signing import Signer
@@ -362,20 +362,20 @@ class DeliveryWorker:
             return
         self._pruned_at = now
         try:
-            await asyncio.to_thread(self._outbox.prune, now - self._retention)
+            await finishing_thread(self._outbox.prune, now - self._retention)
         except Exception:  # a database outage: prune in the next hour
             _log.warning("outbox pruning skipped", exc_info=True)
 
     async def run_once(self, http: httpx.AsyncClient) -> int:
         """One round: every due stream head is sent (in parallel); returns how many arrived."""
-        items = await asyncio.to_thread(self._outbox.due, self._clock())
+        items = await finishing_thread(self._outbox.due, self._clock())
         results = await asyncio.gather(*(self._deliver(http, item) for item in items))
         return sum(results)
 
     async def _deliver(self, http: httpx.AsyncClient, head: OutboxItem) -> int:
         """One delivery: the stream's undelivered events from its head, up to ``MAX_DELIVERY``,
         in one request (one event alone goes as it is)."""
-        batch = await asyncio.to_thread(self._outbox.pending, head.stream, limit=MAX_DELIVERY)
+        batch = await finishing_thread(self._outbox.pending, head.stream, limit=MAX_DELIVERY)
         if not batch or batch[0].seq != head.seq:
             return 0  # another worker delivered it meanwhile
         body = (
@@ -395,14 +395,14 @@ class DeliveryWorker:
             error = f"{type(exc).__name__}: {exc}"[:200]
         now = self._clock()
         if error is None:
-            await asyncio.to_thread(self._outbox.mark_delivered, batch[-1], now)
+            await finishing_thread(self._outbox.mark_delivered, batch[-1], now)
         else:
             wait = backoff_s(head.attempts + 1, base_s=self._base, cap_s=self._cap)
             wait *= 0.5 + self._rng.random() / 2  # jitter: replicas and streams spread out
-            await asyncio.to_thread(
+            await finishing_thread(
                 self._outbox.mark_failed, head, next_at=now + timedelta(seconds=wait), error=error
             )
-        await asyncio.to_thread(self._audit.record, self._audited(batch, now, error))
+        await finishing_thread(self._audit.record, self._audited(batch, now, error))
         return len(batch) if error is None else 0
 
     def _audited(self, batch: list[OutboxItem], now: datetime, error: str | None) -> AuditEvent:

@@ -53,7 +53,7 @@ from consent.metrics import ConsentMetrics
 from consent.model import ConsentRequestInput
 from consent.registry_gate import RegistryConsentGate
 from exchange.central_config import VerifiedRegistry
-from exchange.db import as_unavailable, make_engine, runs_inline, upgrade
+from exchange.db import as_unavailable, finishing_thread, make_engine, runs_inline, upgrade
 from exchange.errors import ConfigurationError, OnceOnlyError
 from exchange.event_inbox import EventPuller, Inbox
 from exchange.event_outbox import DeliveryWorker
@@ -304,7 +304,7 @@ def checkpoint_publisher(
         while True:
             await asyncio.sleep(interval_s)
             try:
-                await asyncio.to_thread(sink.publish_checkpoint, datetime.now(UTC))
+                await finishing_thread(sink.publish_checkpoint, datetime.now(UTC))
             except OnceOnlyError:
                 continue
             except Exception as exc:
@@ -357,9 +357,9 @@ def alert_jobs(
         while True:
             await asyncio.sleep(interval_s)
             try:
-                await asyncio.to_thread(worker.run_once)
+                await finishing_thread(worker.run_once)
                 if delivery is not None:
-                    await asyncio.to_thread(delivery.run_once)
+                    await finishing_thread(delivery.run_once)
             except Exception as exc:
                 _log.warning(
                     "alerts of log %s: round skipped (%s), retried next round",
