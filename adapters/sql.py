@@ -57,7 +57,7 @@ from adapters.base import (
     select_fields,
 )
 from adapters.store import IDEMPOTENCY_TABLE, ensure_idempotency_table
-from exchange.db import make_engine, run_blocking, runs_inline
+from exchange.db import make_engine, read_cursor, run_blocking, runs_inline
 from exchange.errors import ClientError, ConfigurationError, ConflictError, NotFoundError
 from exchange.ports import AdapterRequest, AdapterResponse, JsonValue, ServiceDescription
 
@@ -138,8 +138,9 @@ class SqlServiceConfig(BaseModel):
         )
 
 
-_RawRead = tuple[list[str], str, list[Callable[[Any], Any] | None]]
-"""A prepared read for the driver: wanted fields, SQL, each column's result processor."""
+_RawRead = tuple[list[str], str, list[Callable[[Any], Any] | None], bool]
+"""A prepared read for the driver: wanted fields, SQL, each column's result processor, and
+whether the subject is bound by position (else by name, ``subject``)."""
 
 
 class _Compiled:
@@ -159,19 +160,21 @@ class _Compiled:
         self.raw_reads: dict[frozenset[str], _RawRead] = {}
 
     def raw_read(self, fields: frozenset[str], dialect: Any) -> _RawRead:
-        """The prepared SELECT compiled once for the driver: its SQL (one positional parameter,
-        the subject) and each column's result processor (what SQLAlchemy would apply)."""
+        """The prepared SELECT compiled once for the driver: its SQL (one parameter, the
+        subject, by position or by name as the driver's style has it) and each column's result
+        processor (what SQLAlchemy would apply)."""
         found = self.raw_reads.get(fields)
         if found is None:
             wanted, stmt = self.read_statement(fields)
             compiled = stmt.compile(dialect=dialect)
-            if list(compiled.positiontup or ()) != ["subject"]:
+            positional = compiled.positiontup is not None
+            if list(compiled.positiontup or compiled.binds) != ["subject"]:
                 raise ConfigurationError("unexpected parameters in a prepared read")
             processors = [
                 col.type.dialect_impl(dialect).result_processor(dialect, None)
                 for col in stmt.selected_columns
             ]
-            found = (wanted, str(compiled), processors)
+            found = (wanted, str(compiled), processors, positional)
             if len(self.raw_reads) < MAX_PREPARED_READS:
                 self.raw_reads[fields] = found
         return found
@@ -279,7 +282,7 @@ class SqlAdapter:
     def _read_inline(self, c: _Compiled, subject: str, fields: frozenset[str]) -> AdapterResponse:
         """``_read`` on the event loop over SQLite: the compiled SELECT straight to the driver on
         one connection kept for the loop (the SQLAlchemy execution path cost more than the query)."""
-        wanted, sql, processors = c.raw_read(fields, self._engine.dialect)
+        wanted, sql, processors, _ = c.raw_read(fields, self._engine.dialect)
         if self._loop_conn is None:
             self._loop_conn = self._engine.raw_connection()
         cur = self._loop_conn.cursor()
@@ -289,24 +292,24 @@ class SqlAdapter:
         finally:
             cur.close()
         self._loop_conn.commit()  # end the implicit read transaction: later reads see new data
-        out = [
-            {
-                f: _jsonable_value(proc(v) if proc is not None else v)
-                for f, v, proc in zip(wanted, row, processors, strict=False)
-            }
-            for row in rows
-        ]
-        if c.config.many:
-            return AdapterResponse(200, out)
-        if not out:
-            raise NotFoundError(f"subject not found in {c.config.table}")
-        return AdapterResponse(200, out[0])
+        return _answer(c, wanted, processors, rows)
 
     def _read(self, c: _Compiled, subject: str, fields: frozenset[str]) -> AdapterResponse:
         # one SELECT needs no transaction: in autocommit PostgreSQL is spared a BEGIN and a
         # ROLLBACK round trip per read (docs/performance.md)
+        if self._engine.dialect.name == "postgresql":
+            return self._read_postgres(c, subject, fields)
         with self._engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             return AdapterResponse(200, self._select(conn, c, subject, fields))
+
+    def _read_postgres(self, c: _Compiled, subject: str, fields: frozenset[str]) -> AdapterResponse:
+        """The compiled SELECT straight to psycopg on a pooled connection in autocommit, as a
+        server-side prepared statement: one round trip, none of SQLAlchemy's per-call work."""
+        wanted, sql, processors, positional = c.raw_read(fields, self._engine.dialect)
+        with read_cursor(self._engine) as cur:
+            cur.execute(sql, (subject,) if positional else {"subject": subject}, prepare=True)
+            rows = cur.fetchall() if c.config.many else cur.fetchmany(1)
+        return _answer(c, wanted, processors, rows)
 
     def _change(
         self,
@@ -402,3 +405,24 @@ def _jsonable_value(value: Any) -> JsonValue:
     if isinstance(value, date):
         return value.isoformat()
     return value
+
+
+def _answer(
+    c: _Compiled,
+    wanted: list[str],
+    processors: list[Callable[[Any], Any] | None],
+    rows: Sequence[Sequence[Any]],
+) -> AdapterResponse:
+    """A read's driver rows as the service's answer (the record, or the list of them)."""
+    out = [
+        {
+            f: _jsonable_value(proc(v) if proc is not None else v)
+            for f, v, proc in zip(wanted, row, processors, strict=False)
+        }
+        for row in rows
+    ]
+    if c.config.many:
+        return AdapterResponse(200, out)
+    if not out:
+        raise NotFoundError(f"subject not found in {c.config.table}")
+    return AdapterResponse(200, out[0])

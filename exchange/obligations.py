@@ -12,19 +12,21 @@ sees it next to the access) and the auditor lists them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from typing import Any
 
 from sqlalchemy import Engine, func, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from exchange.db import driver_cursor, read_cursor, runs_inline, write_transaction
 from exchange.envelope import UsageTerms
 from exchange.errors import NotFoundError
+from exchange.group_commit import GroupCommit
 from exchange.store import ObligationRow
 
-__all__ = ["Obligation", "ObligationsLedger"]
+__all__ = ["Obligation", "ObligationsLedger", "Received"]
 
 MAX_LIST = 1000
 
@@ -83,9 +85,42 @@ def _of(row: ObligationRow) -> Obligation:
     )
 
 
+# PostgreSQL: a whole batch in one statement, so that autocommit makes it one atomic round trip
+_INSERT_PG = (
+    "INSERT INTO xchg_obligations (client, message_id, service, subject, purpose, delete_by, "
+    "onward, received_at) SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], "
+    "%s::text[], %s::date[], %s::boolean[], %s::timestamptz[]) ON CONFLICT DO NOTHING"
+)
+_INSERT_SQLITE = (
+    "INSERT INTO xchg_obligations (client, message_id, service, subject, purpose, delete_by, "
+    "onward, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """One response received under usage terms: what ``ObligationsLedger.record`` keeps."""
+
+    client: str
+    message_id: str
+    service: str
+    subject: str | None
+    terms: UsageTerms
+    now: datetime
+
+
 class ObligationsLedger:
-    def __init__(self, engine: Engine) -> None:
+    """``inline``: the batched writes of ``record_async`` run on the event loop (SQLite, see
+    ``exchange.db.runs_inline``) rather than in a worker thread."""
+
+    def __init__(self, engine: Engine, *, inline: bool | None = None) -> None:
         self._engine = engine
+        self._group: GroupCommit[Received, None] = GroupCommit(
+            self.record_many, inline=runs_inline(engine) if inline is None else inline
+        )
+        dialect = engine.dialect
+        self._bind_date: Any = ObligationRow.__table__.c.delete_by.type.bind_processor(dialect)
+        self._bind_time: Any = ObligationRow.__table__.c.received_at.type.bind_processor(dialect)
 
     def record(
         self,
@@ -97,22 +132,38 @@ class ObligationsLedger:
         terms: UsageTerms,
         now: datetime,
     ) -> None:
-        """One response received under ``terms`` (idempotent on client and message id): one
-        ``INSERT … ON CONFLICT DO NOTHING`` in autocommit, one round trip on PostgreSQL."""
-        values = {
-            "client": client,
-            "message_id": message_id,
-            "service": service,
-            "subject": subject,
-            "purpose": terms.purpose,
-            "delete_by": terms.delete_by,
-            "onward": terms.onward,
-            "received_at": now,
-        }
-        insert = pg_insert if self._engine.dialect.name == "postgresql" else sqlite_insert
-        stmt = insert(ObligationRow).values(**values).on_conflict_do_nothing()
-        with self._engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.execute(stmt)
+        """One response received under ``terms`` (idempotent on client and message id)."""
+        self.record_many([Received(client, message_id, service, subject, terms, now)])
+
+    async def record_async(self, received: Received) -> None:
+        """``record``, committed before it returns, batched with the responses received
+        meanwhile (one statement a batch; a failing batch fails each of its callers)."""
+        await self._group.submit(received)
+
+    def record_many(self, batch: Sequence[Received]) -> list[None]:
+        """Responses received, in one transaction: on PostgreSQL one ``INSERT … SELECT …
+        unnest(…) ON CONFLICT DO NOTHING`` in autocommit (one round trip), on SQLite the rows
+        straight to the driver in one write transaction."""
+        if self._engine.dialect.name == "postgresql":
+            with read_cursor(self._engine) as cur:
+                cur.execute(_INSERT_PG, _columns(batch), prepare=True)
+        else:
+            rows = [
+                (
+                    r.client,
+                    r.message_id,
+                    r.service,
+                    r.subject,
+                    r.terms.purpose,
+                    self._bind_date(r.terms.delete_by) if self._bind_date else r.terms.delete_by,
+                    r.terms.onward,
+                    self._bind_time(r.now) if self._bind_time else r.now,
+                )
+                for r in batch
+            ]
+            with write_transaction(self._engine) as conn, driver_cursor(conn) as cur:
+                cur.executemany(_INSERT_SQLITE, rows)
+        return [None] * len(batch)
 
     def get(self, client: str, message_id: str) -> Obligation | None:
         with Session(self._engine) as s:
@@ -218,3 +269,17 @@ class ObligationsLedger:
                 .limit(1)
             )
             return hit is not None
+
+
+def _columns(batch: Sequence[Received]) -> tuple[list[Any], ...]:
+    """The batch as one array per column (PostgreSQL's ``unnest``)."""
+    return (
+        [r.client for r in batch],
+        [r.message_id for r in batch],
+        [r.service for r in batch],
+        [r.subject for r in batch],
+        [r.terms.purpose for r in batch],
+        [r.terms.delete_by for r in batch],
+        [r.terms.onward for r in batch],
+        [r.now for r in batch],
+    )

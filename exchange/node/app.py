@@ -370,7 +370,7 @@ def create_node_app(
         transport=transport,
         cache_file=keys.registry_cache(member),
     )
-    obligations = ObligationsLedger(engine)
+    obligations = ObligationsLedger(engine, inline=runs_inline(engine, mode=settings.db_work))
     metrics = NodeMetrics((*parts.collectors, OverdueObligations(obligations, clock)))
     registry.on_change(lambda _reg: metrics.registry_serial.inc())
     for listener in parts.on_registry:

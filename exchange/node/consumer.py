@@ -56,7 +56,7 @@ from exchange.errors import (
 from exchange.group_commit import GroupCommitSink
 from exchange.identifiers import ClientId, ServiceId, parse_part
 from exchange.node.registry_cache import RegistryCache
-from exchange.obligations import ObligationsLedger
+from exchange.obligations import ObligationsLedger, Received
 from exchange.ports import (
     AuditDecision,
     AuditEvent,
@@ -416,14 +416,10 @@ class Consumer:
         )
         terms = env.terms if env.status < 400 else None
         if terms is not None and self._obligations is not None:
-            await asyncio.to_thread(
-                self._obligations.record,
-                client=str(client),
-                message_id=envelope.message_id,
-                service=str(service),
-                subject=own,
-                terms=terms,
-                now=self._clock(),
+            # After the log entry: a response whose record failed is not handed over, so it
+            # leaves no obligation behind. Batched with the responses received meanwhile.
+            await self._obligations.record_async(
+                Received(str(client), envelope.message_id, str(service), own, terms, self._clock())
             )
         if env.status in (200, 201) and envelope.method == "POST" and self._subscriptions:
             await self._link(envelope, verified.body, registry, subject=own)

@@ -264,6 +264,42 @@ def test_ledger_overdue_is_reported_once_and_not_after_deletion(db_url: str) -> 
     engine.dispose()
 
 
+def test_ledger_batch_keeps_the_first_record_of_each_message(db_url: str) -> None:
+    """A batch (group commit of concurrent responses) holding a message twice, and one already
+    recorded, stores each message once with its first terms; the others are new rows."""
+    from exchange.db import make_engine, upgrade
+    from exchange.obligations import Received
+
+    engine = make_engine(db_url)
+    upgrade(engine, ("exchange",))
+    ledger = ObligationsLedger(engine)
+    now = datetime(2027, 1, 10, 12, tzinfo=UTC)
+    early, late = UsageTerms(purpose="p", delete_by=date(2027, 1, 2)), TERMS
+    ledger.record(client="C", message_id="old", service="S", subject="s", terms=early, now=now)
+
+    async def batch() -> None:
+        await asyncio.gather(
+            *(
+                ledger.record_async(Received("C", mid, "S", subj, terms, now))
+                for mid, subj, terms in (
+                    ("old", "x", late),
+                    ("new", None, early),
+                    ("new", "y", late),
+                    ("other", "z", late),
+                )
+            )
+        )
+
+    asyncio.run(batch())
+    got = {o.message_id: o for o in ledger.listing(now)}
+    assert sorted(got) == ["new", "old", "other"]
+    assert (got["old"].subject, got["old"].delete_by) == ("s", early.delete_by)
+    assert (got["new"].subject, got["new"].delete_by) == (None, early.delete_by)
+    assert (got["other"].subject, got["other"].onward) == ("z", late.onward)
+    assert got["other"].received_at == now
+    engine.dispose()
+
+
 class ReServingAdapter(ResidentsAdapter):
     """The residents' adapter, plus a ``digest`` service that passes on address data."""
 
