@@ -40,6 +40,7 @@ class TwoNodes:
     consumer: Proc
     url: str
     headers: dict[str, str]
+    database_url: str | None = None  # the throw-away PostgreSQL database, if any
     _drop: Callable[[], None] | None = field(default=None, repr=False)
 
     @property
@@ -99,6 +100,7 @@ def start_two_nodes(
             "X-OnceOnly-Subject": subject,
             "X-OnceOnly-Fields": "address,moved_in_on",
         },
+        database_url=pg_url,
         _drop=drop,
     )
     for p in (nodes.provider, nodes.consumer):

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -90,12 +91,12 @@ def _stat(pid: int) -> list[str]:
         return []
 
 
-def _cpu_s(pid: int) -> float:
+def _cpu_s(pid: int, *, children: bool = True) -> float:
     """User + system CPU seconds of a process and its child processes (``--workers``) so far
     (Linux ``/proc``; 0 elsewhere)."""
     pids = [pid] + [
         int(d.name)
-        for d in Path("/proc").glob("[0-9]*")
+        for d in (Path("/proc").glob("[0-9]*") if children else ())
         if (f := _stat(int(d.name))) and int(f[1]) == pid
     ]
     total = 0.0
@@ -106,14 +107,37 @@ def _cpu_s(pid: int) -> float:
     return total
 
 
-def _round(pids: dict[str, int], run: Any) -> dict[str, Any]:
-    """One round of load, with each server process's CPU time per request it served."""
+def _server_pids(database_url: str | None) -> list[int]:
+    """The PostgreSQL server processes serving ``database_url`` now (its nodes' pooled
+    connections), on this host; none for SQLite."""
+    if database_url is None:
+        return []
+    import psycopg
+
+    with psycopg.connect(
+        make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    ) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()"
+        ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def _round(pids: dict[str, int], run: Any, database_url: str | None = None) -> dict[str, Any]:
+    """One round of load, with each server process's CPU time per request it served (and the
+    database server's, summed over the PostgreSQL backends serving the nodes)."""
     before = {name: _cpu_s(pid) for name, pid in pids.items()}
+    db_before = {pid: _cpu_s(pid, children=False) for pid in _server_pids(database_url)}
     result: dict[str, Any] = asyncio.run(run)
     served = max(result["requests_with_warmup"], 1)
     result["cpu_ms_per_request"] = {
         name: round((_cpu_s(pid) - before[name]) * 1000 / served, 3) for name, pid in pids.items()
     }
+    if db_before:  # backends that ended meanwhile, or started, are not counted
+        alive = set(_server_pids(database_url))
+        used = sum(_cpu_s(pid, children=False) - db_before[pid] for pid in alive & db_before.keys())
+        result["cpu_ms_per_request"]["postgresql_backends"] = round(used * 1000 / served, 3)
     return result
 
 
@@ -186,6 +210,7 @@ def main() -> None:
                         seconds=seconds,
                         warmup=warmup,
                     ),
+                    fed.database_url,
                 )
             )
     finally:
