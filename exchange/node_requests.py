@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+
+from starlette.requests import Request
 
 from exchange.canonical import canonical_json, sha256_b64
 from exchange.central_config import VerifiedRegistry
@@ -29,7 +31,12 @@ from exchange.errors import AuthenticationError, OnceOnlyError
 from exchange.identifiers import ClientId
 from exchange.signing import MemberSigner
 
-__all__ = ["VerifiedNodeRequest", "sign_node_request", "verify_node_request"]
+__all__ = [
+    "VerifiedNodeRequest",
+    "node_request_authenticator",
+    "sign_node_request",
+    "verify_node_request",
+]
 
 DOMAIN = "onceonly-node-request"
 H_CLIENT = "x-onceonly-node-client"
@@ -109,3 +116,30 @@ def _kid(jws: str) -> str:
     if not isinstance(kid, str):
         raise ValueError("no kid")
     return kid
+
+
+def node_request_authenticator(
+    registry: Callable[[datetime], VerifiedRegistry],
+    *,
+    max_skew_s: int,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> Callable[[Request, bytes], Awaitable[VerifiedNodeRequest]]:
+    """What a service's routes call to verify a node request: (N1)–(N3) against the registry
+    current at the time of the request, over the path inside the app (without the prefix it is
+    mounted under, as the node signed it)."""
+
+    async def authenticate(request: Request, body: bytes) -> VerifiedNodeRequest:
+        path: str = request.scope["path"]
+        root: str = request.scope.get("root_path", "")
+        now = clock()
+        return verify_node_request(
+            registry(now),
+            dict(request.headers),
+            request.method,
+            path[len(root) :] if root and path.startswith(root) else path,
+            body,
+            now=now,
+            max_skew_s=max_skew_s,
+        )
+
+    return authenticate

@@ -61,7 +61,7 @@ from exchange.identifiers import ClientId, MemberId
 from exchange.keystore import DEV_ISSUER_COMMAND, INIT_COMMAND, KeyStore, member_command
 from exchange.node.app import NodeParts, database_url
 from exchange.node.central import create_central_app
-from exchange.node_requests import VerifiedNodeRequest, verify_node_request
+from exchange.node_requests import node_request_authenticator
 from exchange.ports import CITIZEN_AGENCY, AuditEvent, RegistryAdapter, SubjectTranslator
 from exchange.settings import Settings
 from exchange.signing import MemberSigner, TranslatorSigner, load_private_key
@@ -592,20 +592,7 @@ def build_central_routers(
     service = consent_service(settings, audit=log)
     events = service.events
 
-    async def authenticate_node(request: Request, body: bytes) -> VerifiedNodeRequest:
-        root = request.scope.get("root_path", "")
-        path = request.url.path
-        path = path[len(root) :] if root and path.startswith(root) else path
-        now = datetime.now(UTC)
-        return verify_node_request(
-            registry(now),
-            dict(request.headers),
-            request.method,
-            path,
-            body,
-            now=now,
-            max_skew_s=settings.max_clock_skew_s,
-        )
+    authenticate_node = node_request_authenticator(registry, max_skew_s=settings.max_clock_skew_s)
 
     view: VerifiedRegistry | None = None
     with contextlib.suppress(OnceOnlyError):  # no registry yet: nothing names a translator

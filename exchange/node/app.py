@@ -65,7 +65,7 @@ from exchange.node.platform import CONSENT_REQUESTS_ROUTE, ConsentRequestForward
 from exchange.node.provider import Provider
 from exchange.node.registry_cache import RegistryCache
 from exchange.node.transport import AiohttpTransport
-from exchange.node_requests import VerifiedNodeRequest, verify_node_request
+from exchange.node_requests import node_request_authenticator
 from exchange.obligations import ObligationsLedger
 from exchange.openapi import openapi_document
 from exchange.ports import (
@@ -681,17 +681,9 @@ def _serve_subscriptions(
     node = str(app.state.member)
     hosted = [str(c) for c in subscriptions.outboxes]
 
-    async def authenticate_node(request: Request, body: bytes) -> VerifiedNodeRequest:
-        now = clock()
-        return verify_node_request(
-            registry.current(now),
-            dict(request.headers),
-            request.method,
-            _route_path(request.scope),
-            body,
-            now=now,
-            max_skew_s=settings.max_clock_skew_s,
-        )
+    authenticate_node = node_request_authenticator(
+        registry.current, max_skew_s=settings.max_clock_skew_s, clock=clock
+    )
 
     app.include_router(
         build_changes_router(
