@@ -150,25 +150,8 @@ def build_pull_router(
         limit: Annotated[int, Query(ge=1, le=MAX_PULL)] = MAX_PULL,
     ) -> JSONResponse:
         caller = await authenticate_node(request, b"")
-        wires = await run_in_threadpool(outbox.since, str(caller.client), after, limit=limit)
-        if audit is not None and wires:  # a pull that hands events over is a delivery
-            await run_in_threadpool(
-                audit.record,
-                AuditEvent(
-                    time=datetime.now(UTC),
-                    node=outbox.sender,
-                    kind="event.delivered",
-                    decision="allow",
-                    client=str(caller.client),
-                    reason=f"pulled {len(wires)} after {after}",
-                    extra={"stream": f"{outbox.sender} > {caller.client}", "via": "pull"},
-                ),
-            )
-        return JSONResponse(
-            {
-                "stream": f"{outbox.sender} > {caller.client}",
-                "events": [_json(w.encode()) for w in wires],
-            }
+        return await _pulled(
+            outbox, outbox.sender, str(caller.client), after, limit, audit, node=outbox.sender
         )
 
     return router
@@ -209,29 +192,42 @@ def build_node_pull_router(
         limit: Annotated[int, Query(ge=1, le=MAX_PULL)] = MAX_PULL,
     ) -> JSONResponse:
         caller = await authenticate_node(request, b"")
-        outbox = outboxes.get(sender)
-        wires = (
-            await run_in_threadpool(outbox.since, str(caller.client), after, limit=limit)
-            if outbox is not None
-            else []
+        return await _pulled(
+            outboxes.get(sender), sender, str(caller.client), after, limit, audit, node=node
         )
-        stream = f"{sender} > {caller.client}"
-        if wires:  # a pull that hands events over is a delivery
-            await run_in_threadpool(
-                audit.record,
-                AuditEvent(
-                    time=datetime.now(UTC),
-                    node=node,
-                    kind="event.delivered",
-                    decision="allow",
-                    client=str(caller.client),
-                    reason=f"pulled {len(wires)} after {after}",
-                    extra={"stream": stream, "via": "pull"},
-                ),
-            )
-        return JSONResponse({"stream": stream, "events": [_json(w.encode()) for w in wires]})
 
     return router
+
+
+async def _pulled(
+    outbox: Outbox | None,
+    sender: str,
+    caller: str,
+    after: int,
+    limit: int,
+    audit: AuditSink | None,
+    *,
+    node: str,
+) -> JSONResponse:
+    """The caller's own stream from ``sender`` after ``after`` (empty when ``outbox`` is None: an
+    unknown sender is no existence oracle); a pull that hands events over is a delivery, recorded
+    in ``audit`` as ``node``'s before the answer."""
+    wires = await run_in_threadpool(outbox.since, caller, after, limit=limit) if outbox else []
+    stream = f"{sender} > {caller}"
+    if audit is not None and wires:
+        await run_in_threadpool(
+            audit.record,
+            AuditEvent(
+                time=datetime.now(UTC),
+                node=node,
+                kind="event.delivered",
+                decision="allow",
+                client=caller,
+                reason=f"pulled {len(wires)} after {after}",
+                extra={"stream": stream, "via": "pull"},
+            ),
+        )
+    return JSONResponse({"stream": stream, "events": [_json(w.encode()) for w in wires]})
 
 
 def _split(raw: bytes) -> list[bytes]:
