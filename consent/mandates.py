@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 from consent.artefact import MANDATE_TYP, ConsentIssuerKey
 from consent.model import _Wire
 from consent.store import MandateRow
+from exchange.db import as_utc
 from exchange.errors import ConflictError, NotFoundError, RefusalError
 from exchange.ports import AuditEvent, AuditKind, AuditSink
 
@@ -157,10 +158,6 @@ def acting_actor(mandate: Mandate) -> str:
     return f"{mandate.representative} for {mandate.represented} (mandate {mandate.id})"
 
 
-def _aware(t: datetime) -> datetime:
-    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
-
-
 def _status(row: MandateRow, now: datetime) -> MandateStatus:
     if row.revoked_at is not None and row.revoked_at <= now:
         return MandateStatus.REVOKED
@@ -246,7 +243,7 @@ class MandateService:
         granted_by: str,
         now: datetime,
     ) -> Mandate:
-        now = _aware(now)
+        now = as_utc(now)
         if representative == represented:
             raise ConflictError("a person cannot hold a mandate for themself")
         row = MandateRow(
@@ -298,7 +295,7 @@ class MandateService:
     def revoke(self, mandate_id: str, *, by: str, now: datetime, operator: bool = False) -> Mandate:
         """Revoked by the represented person (a mandate they granted), by the representative
         (renouncing it) or by an operator (``operator=True``); from ``now`` on, for good."""
-        now = _aware(now)
+        now = as_utc(now)
         with Session(self._engine, expire_on_commit=False) as session, session.begin():
             row = (
                 session.get(MandateRow, mandate_id, with_for_update=True)
@@ -330,7 +327,7 @@ class MandateService:
 
     def list_for(self, subject: str, *, now: datetime) -> list[Mandate]:
         """Mandates ``subject`` holds or is represented by (newest first)."""
-        now = _aware(now)
+        now = as_utc(now)
         with Session(self._engine, expire_on_commit=False) as session:
             rows = session.scalars(
                 select(MandateRow)
@@ -346,7 +343,7 @@ class MandateService:
             row = session.get(MandateRow, mandate_id) if _uuid(mandate_id) else None
             if row is None:
                 raise NotFoundError("no such mandate")
-            return _wire(row, _aware(now))
+            return _wire(row, as_utc(now))
 
     def authorise(
         self,
@@ -361,7 +358,7 @@ class MandateService:
         """The mandate under which ``representative`` acts, or an audited ``RefusalError``
         (problem code ``Client.MandateRefused``): unknown or someone else's, not in force,
         revoked, or not covering ``purpose`` / ``procedure``."""
-        now = _aware(now)
+        now = as_utc(now)
         with Session(self._engine, expire_on_commit=False) as session:
             row = session.get(MandateRow, mandate_id) if _uuid(mandate_id) else None
             mandate = _wire(row, now) if row is not None else None

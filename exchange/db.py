@@ -19,6 +19,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -37,6 +38,7 @@ __all__ = [
     "DATABASE_ERRORS",
     "MIGRATING_PACKAGES",
     "as_unavailable",
+    "as_utc",
     "check_database",
     "database_url",
     "driver_cursor",
@@ -64,6 +66,11 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000
 # younger ones are only checked locally (``_check_alive``).
 PING_AFTER_IDLE_S = 30.0
 _MIGRATION_LOCK_KEY = 0x0CE0_0CE0
+
+
+def as_utc(value: datetime) -> datetime:
+    """A stored time as an aware datetime: SQLite hands back naive ones (stored in UTC)."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def normalise_url(url: str) -> str:

@@ -107,10 +107,6 @@ class InboxReceipt:
     cursor: int
 
 
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
 class Inbox:
     """A node's inbox over its own database (``xchg_event_inbox``)."""
 

@@ -37,7 +37,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from exchange.db import finishing_thread, write_transaction
+from exchange.db import as_utc, finishing_thread, write_transaction
 from exchange.events import EventEnvelope, new_event, sign_event, stream_name
 from exchange.ports import AuditEvent, AuditSink
 from exchange.signing import Signer
@@ -65,10 +65,6 @@ _log = logging.getLogger("onceonly.events")
 def backoff_s(attempts: int, *, base_s: float, cap_s: float) -> float:
     """The wait after the ``attempts``-th failure: ``base · 2^(attempts-1)``, at most ``cap``."""
     return float(min(cap_s, base_s * (2 ** max(0, min(attempts - 1, 40)))))
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +203,7 @@ class Outbox:
         return [
             OutboxItem(r.stream, r.seq, r.event_id, r.recipient, r.type, r.wire, r.attempts)
             for r in found
-            if _aware(r.next_attempt_at) <= now
+            if as_utc(r.next_attempt_at) <= now
         ]
 
     def pending(self, stream: str, *, limit: int) -> list[OutboxItem]:

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Engine, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from exchange.db import driver_cursor, read_cursor, runs_inline, write_transaction
+from exchange.db import as_utc, driver_cursor, read_cursor, runs_inline, write_transaction
 from exchange.envelope import UsageTerms
 from exchange.errors import NotFoundError
 from exchange.group_commit import GroupCommit
@@ -63,9 +63,7 @@ class Obligation:
 
 
 def _aware(value: datetime | None) -> datetime | None:
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)  # SQLite hands back naive datetimes
+    return None if value is None else as_utc(value)
 
 
 def _of(row: ObligationRow) -> Obligation:

@@ -53,7 +53,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from exchange.central_config import ServiceEntry, VerifiedRegistry
-from exchange.db import sqlite_writer_turn
+from exchange.db import as_utc, sqlite_writer_turn
 from exchange.errors import ClientError, MethodNotAllowedError, NotFoundError, UnavailableError
 from exchange.event_outbox import Outbox
 from exchange.events import CONSENT_SERVICE_SENDER, EventEnvelope
@@ -145,13 +145,9 @@ def _view(row: SubscriptionRow) -> dict[str, Any]:
         "purpose": row.purpose,
         "fields": sorted(row.fields),
         "basis": row.basis,
-        "created_at": _aware(row.created_at).isoformat(),
-        "ended_at": _aware(row.ended_at).isoformat() if row.ended_at else None,
+        "created_at": as_utc(row.created_at).isoformat(),
+        "ended_at": as_utc(row.ended_at).isoformat() if row.ended_at else None,
     }
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 class Subscriptions:
@@ -531,8 +527,8 @@ class Subscriptions:
                     "service": r.service,
                     "subject": r.subject,
                     "change": r.data,
-                    "occurred_at": _aware(r.occurred_at).isoformat(),
-                    "received_at": _aware(r.received_at).isoformat(),
+                    "occurred_at": as_utc(r.occurred_at).isoformat(),
+                    "received_at": as_utc(r.received_at).isoformat(),
                 }
                 for r in found
             ]
