@@ -37,7 +37,14 @@ from sqlalchemy import Engine
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from exchange.central_config import ServiceEntry
-from exchange.db import as_unavailable, database_url, make_engine, runs_inline, upgrade
+from exchange.db import (
+    as_unavailable,
+    database_url,
+    finishing_thread,
+    make_engine,
+    runs_inline,
+    upgrade,
+)
 from exchange.errors import (
     ConfigurationError,
     MethodNotAllowedError,
@@ -444,7 +451,7 @@ def create_node_app(
         while True:
             await asyncio.sleep(REPLAY_PRUNE_INTERVAL_S)
             try:
-                await asyncio.to_thread(replay.prune, now=clock())
+                await finishing_thread(replay.prune, now=clock())
             except Exception as exc:  # the database is away: prune next time, never stop
                 if as_unavailable(exc) is None:
                     raise

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Path, Query, Request
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from exchange.db import as_unavailable
+from exchange.db import as_unavailable, finishing_thread
 from exchange.identifiers import ClientId
 from exchange.obligations import MAX_LIST, Obligation, ObligationsLedger
 from exchange.ports import AuditDecision, AuditEvent, AuditKind
@@ -79,10 +79,10 @@ def _event(
 
 async def sweep_overdue(ledger: ObligationsLedger, record: Record, node: str, now: datetime) -> int:
     """Record each newly overdue obligation once in the log; the number recorded."""
-    found = await asyncio.to_thread(ledger.unreported_overdue, now)
+    found = await finishing_thread(ledger.unreported_overdue, now)
     recorded = 0
     for o in found:
-        if await asyncio.to_thread(ledger.mark_reported, o.client, o.message_id, now):
+        if await finishing_thread(ledger.mark_reported, o.client, o.message_id, now):
             await record(_event(node, o, "obligation.overdue", "error", now))
             recorded += 1
     return recorded
