@@ -105,6 +105,19 @@ class ResidentsAdapter:
         return AdapterResponse(200, dict(record))
 
 
+class ReServingAdapter(ResidentsAdapter):
+    """The residents' adapter, plus a ``digest`` service that passes on address data (its
+    ``re_serves``: the provider refuses it for data received under "no onward transfer")."""
+
+    def services(self) -> Sequence[ServiceDescription]:
+        return [
+            *super().services(),
+            ServiceDescription(
+                "digest", "v1", "address digest", ("address",), re_serves=str(ADDRESS.unversioned)
+            ),
+        ]
+
+
 class PolicyFeedLike(Protocol):
     """``policies.feed.PolicyFeed``: an engine and the hook that feeds it each registry."""
 

@@ -29,7 +29,7 @@ from consent.artefact import ConsentIssuerKey
 from consent.lifecycle import ConsentService
 from exchange.certificates import certificate_info, load_certificate
 from exchange.db import make_engine, upgrade
-from exchange.identifiers import ClientId
+from exchange.identifiers import ClientId, ServiceId
 from exchange.keystore import KeyStore
 from exchange.node_requests import VerifiedNodeRequest, sign_node_request, verify_node_request
 from exchange.ports import AuditEvent
@@ -44,6 +44,7 @@ from tests.exchange._federation import (
     RESIDENTS,
     TAX,
     Federation,
+    ReServingAdapter,
     build_federation,
     node_client,
 )
@@ -245,6 +246,21 @@ def _at_consent(w: World, r: httpx.Response, status: int, code: str) -> Provoked
     return r, lambda: w.consent_entries(status, code)
 
 
+def _passed_on(w: World) -> httpx.Response:
+    """The address received under "no onward transfer", then asked of a service re-serving it."""
+    assert w.fed.adapter is not None
+    w.fed.adapter.__class__ = ReServingAdapter  # the same records, one more service
+    digest = ServiceId(RESIDENTS, "digest", "v1")
+    w.fed.admin.add_service(
+        digest, description="digest", fields=("address",), purposes=("tax-assessment",)
+    )
+    w.fed.admin.grant(TAX, digest)
+    w.fed.refresh()
+    received = w.r1()
+    assert json.loads(received.headers["x-onceonly-usage-terms"])["onward"] is False
+    return w.r1(path=f"/r1/{digest}")
+
+
 def _revoked_signer(w: World) -> httpx.Response:
     pem = KeyStore(w.fed.data_dir).subsystem_cert(TAX).read_text()
     w.fed.admin.revoke_certificate(certificate_info(load_certificate(pem)).fingerprint)
@@ -424,6 +440,9 @@ PROVOKE: dict[tuple[str, int, str], Callable[[World], Provoked]] = {
         w.node(RESIDENTS.member, "POST", "/x1/messages", content=b"{not a message"),
         400,
         "Server.ServerProxy.InvalidSignature",
+    ),
+    ("provider", 403, "Server.ServerProxy.OnwardTransferRefused"): lambda w: _at_provider(
+        w, _passed_on(w), 403, "Server.ServerProxy.OnwardTransferRefused"
     ),
     ("provider", 409, "Server.ServerProxy.Replay"): lambda w: _at_provider(
         w, _replayed_exchange(w), 409, "Server.ServerProxy.Replay"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -23,7 +23,6 @@ from exchange.envelope import (
 from exchange.errors import VerificationError
 from exchange.identifiers import ServiceId
 from exchange.obligations import ObligationsLedger
-from exchange.ports import ServiceDescription
 from exchange.store import MessageLogRow
 from exchange.verification import verify_response
 from tests.exchange._federation import (
@@ -31,7 +30,7 @@ from tests.exchange._federation import (
     RESIDENTS,
     TAX,
     Federation,
-    ResidentsAdapter,
+    ReServingAdapter,
     build_federation,
     node_client,
 )
@@ -298,18 +297,6 @@ def test_ledger_batch_keeps_the_first_record_of_each_message(db_url: str) -> Non
     assert (got["other"].subject, got["other"].onward) == ("z", late.onward)
     assert got["other"].received_at == now
     engine.dispose()
-
-
-class ReServingAdapter(ResidentsAdapter):
-    """The residents' adapter, plus a ``digest`` service that passes on address data."""
-
-    def services(self) -> Sequence[ServiceDescription]:
-        return [
-            *super().services(),
-            ServiceDescription(
-                "digest", "v1", "address digest", ("address",), re_serves=str(ADDRESS.unversioned)
-            ),
-        ]
 
 
 def test_data_received_under_no_onward_transfer_is_not_served_on(
