@@ -45,7 +45,8 @@ import httpx  # noqa: E402
 from sqlalchemy import select, text  # noqa: E402
 
 from adapters.pseudonyms import PseudonymService  # noqa: E402
-from exchange.db import make_engine  # noqa: E402
+from benchmarks._loop import closed_loop, summary  # noqa: E402
+from exchange.db import as_utc, make_engine  # noqa: E402
 from exchange.errors import OnceOnlyError  # noqa: E402
 from exchange.node.app import database_url  # noqa: E402
 from exchange.ports import CITIZEN_AGENCY  # noqa: E402
@@ -97,41 +98,19 @@ def _citizens(settings: Any, n: int) -> list[dict[str, str]]:
 async def _changes(
     url: str, headers: dict[str, str], *, concurrency: int, seconds: float, warmup: float
 ) -> dict[str, float]:
-    latencies: list[float] = []
-    errors = 0
+    """Moves recorded at ``url``, each with a fresh idempotency key and address."""
     counter = itertools.count()
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        stop_at = time.perf_counter() + warmup + seconds
-        measure_from = time.perf_counter() + warmup
 
-        async def worker() -> None:
-            nonlocal errors
-            while (start := time.perf_counter()) < stop_at:
-                n = next(counter)
-                body = {
-                    "address": f"東京都町田市森野{n % 9 + 1}丁目{n}番",
-                    "moved_in_on": "2026-12-01",
-                }
-                h = {**headers, "Idempotency-Key": f"bench-{uuid.uuid4()}"}
-                async with session.post(url, json=body, headers=h) as r:
-                    await r.read()
-                    ok = r.status == 200
-                end = time.perf_counter()
-                if start >= measure_from:
-                    if ok:
-                        latencies.append(end - start)
-                    else:
-                        errors += 1
+    async def send(session: aiohttp.ClientSession) -> bool:
+        n = next(counter)
+        body = {"address": f"東京都町田市森野{n % 9 + 1}丁目{n}番", "moved_in_on": "2026-12-01"}
+        h = {**headers, "Idempotency-Key": f"bench-{uuid.uuid4()}"}
+        async with session.post(url, json=body, headers=h) as r:
+            await r.read()
+            return r.status == 200
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    latencies.sort()
-    n = len(latencies)
-    return {
-        "throughput_per_s": n / seconds,
-        "p50_ms": 1000 * latencies[n // 2] if n else 0.0,
-        "p99_ms": 1000 * latencies[min(n - 1, int(n * 0.99))] if n else 0.0,
-        "errors": errors,
-    }
+    run = await closed_loop(send, concurrency=concurrency, seconds=seconds, warmup=warmup)
+    return summary(run)
 
 
 def _subscribe(c: Any, settings: Any, keys: dict[str, str], who: dict[str, str]) -> None:
@@ -155,10 +134,6 @@ def _subscribe(c: Any, settings: Any, keys: dict[str, str], who: dict[str, str])
     assert httpx.post(f"{gas.url}/r1/{EVENT}", headers=gas_h, timeout=30).status_code == 201
 
 
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
 def _delivery(settings: Any, started: datetime) -> dict[str, Any]:
     """Lag and throughput of the change events created since ``started``."""
     machida_db = make_engine(database_url(settings, f"node-{str(MACHIDA).replace('/', '_')}"))
@@ -166,11 +141,11 @@ def _delivery(settings: Any, started: datetime) -> dict[str, Any]:
     try:
         with machida_db.connect() as conn:
             sent = {
-                r.event_id: _aware(r.created_at)
+                r.event_id: as_utc(r.created_at)
                 for r in conn.execute(
                     select(NodeEventOutboxRow.event_id, NodeEventOutboxRow.created_at)
                 )
-                if _aware(r.created_at) >= started
+                if as_utc(r.created_at) >= started
             }
         received: dict[str, datetime] = {}
         deadline = time.monotonic() + 120
@@ -181,7 +156,7 @@ def _delivery(settings: Any, started: datetime) -> dict[str, Any]:
                         select(ChangeFeedRow.event_id, ChangeFeedRow.received_at)
                     ):
                         if r.event_id in sent:
-                            received[r.event_id] = _aware(r.received_at)
+                            received[r.event_id] = as_utc(r.received_at)
             time.sleep(0.25)
     finally:
         machida_db.dispose()

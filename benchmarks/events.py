@@ -44,12 +44,12 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 ROOT = _HERE.parent
 sys.path.insert(0, str(ROOT))
 
-import aiohttp  # noqa: E402
 import httpx  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
+from benchmarks._loop import closed_loop, getter, summary  # noqa: E402
 from consent.store import ConsentEventOutboxRow  # noqa: E402
-from exchange.db import make_engine  # noqa: E402
+from exchange.db import as_utc, make_engine  # noqa: E402
 from exchange.node.app import database_url  # noqa: E402
 from exchange.store import EventInboxRow  # noqa: E402
 from tests.conftest import _create_pg_database  # noqa: E402
@@ -68,34 +68,10 @@ from tests.integration.test_consent_push_processes import (  # noqa: E402
 async def _load(
     url: str, headers: dict[str, str], *, concurrency: int, seconds: float, warmup: float
 ) -> dict[str, float]:
-    latencies: list[float] = []
-    errors = 0
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        stop_at = time.perf_counter() + warmup + seconds
-        measure_from = time.perf_counter() + warmup
-
-        async def worker() -> None:
-            nonlocal errors
-            while (start := time.perf_counter()) < stop_at:
-                async with session.get(url, headers=headers) as r:
-                    await r.read()
-                    ok = r.status == 200
-                end = time.perf_counter()
-                if start >= measure_from:
-                    if ok:
-                        latencies.append(end - start)
-                    else:
-                        errors += 1
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    latencies.sort()
-    n = len(latencies)
-    return {
-        "throughput_per_s": n / seconds,
-        "p50_ms": 1000 * latencies[n // 2] if n else 0.0,
-        "p99_ms": 1000 * latencies[min(n - 1, int(n * 0.99))] if n else 0.0,
-        "errors": errors,
-    }
+    run = await closed_loop(
+        getter(url, headers), concurrency=concurrency, seconds=seconds, warmup=warmup
+    )
+    return summary(run)
 
 
 def _cache_counts(url: str) -> dict[str, float]:
@@ -104,10 +80,6 @@ def _cache_counts(url: str) -> dict[str, float]:
         if line.startswith("onceonly_consent_cache_total{"):
             found[line.split('outcome="', 1)[1].split('"', 1)[0]] = float(line.rsplit(" ", 1)[1])
     return found
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def main() -> None:
@@ -220,11 +192,11 @@ def main() -> None:
         consent_db = make_engine(database_url(settings, "consent"))
         with consent_db.connect() as conn:
             sent = {
-                r.event_id: _aware(r.created_at)
+                r.event_id: as_utc(r.created_at)
                 for r in conn.execute(
                     select(ConsentEventOutboxRow.event_id, ConsentEventOutboxRow.created_at)
                 )
-                if _aware(r.created_at) >= started
+                if as_utc(r.created_at) >= started
             }
         consent_db.dispose()
         received: dict[str, datetime] = {}
@@ -241,7 +213,7 @@ def main() -> None:
                         select(EventInboxRow.event_id, EventInboxRow.received_at)
                     ):
                         if r.event_id in sent:
-                            received[r.event_id] = _aware(r.received_at)
+                            received[r.event_id] = as_utc(r.received_at)
             if len(received) >= len(sent):
                 break
             time.sleep(0.25)

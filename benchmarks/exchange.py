@@ -27,14 +27,12 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 
 from _federation import TwoNodes, start_two_nodes  # noqa: E402
+from _loop import closed_loop, getter  # noqa: E402
 
 from tests.integration.processes import Proc, free_port  # noqa: E402
 
@@ -49,38 +48,17 @@ from tests.integration.processes import Proc, free_port  # noqa: E402
 async def load(
     url: str, headers: dict[str, str], *, concurrency: int, seconds: float, warmup: float
 ) -> dict[str, float]:
-    latencies: list[float] = []
-    errors = 0
-    sent = 0  # warm-up included: what the servers' CPU time is divided by
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        stop_at = time.perf_counter() + warmup + seconds
-        measure_from = time.perf_counter() + warmup
-
-        async def worker() -> None:
-            nonlocal errors, sent
-            while (now := time.perf_counter()) < stop_at:
-                sent += 1
-                t0 = time.perf_counter()
-                async with session.get(url, headers=headers) as r:
-                    await r.read()
-                    ok = r.status == 200
-                t1 = time.perf_counter()
-                if now >= measure_from:
-                    if ok:
-                        latencies.append(t1 - t0)
-                    else:
-                        errors += 1
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    latencies.sort()
+    run = await closed_loop(
+        getter(url, headers), concurrency=concurrency, seconds=seconds, warmup=warmup
+    )
+    p50, p99 = run.percentile_ms(0.5), run.percentile_ms(0.99)
     return {
-        "requests": len(latencies),
-        "requests_with_warmup": sent,
-        "errors": errors,
-        "throughput_rps": round(len(latencies) / seconds, 1),
-        "p50_ms": round(statistics.median(latencies) * 1000, 2) if latencies else None,  # type: ignore[dict-item]
-        "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 2) if latencies else None,  # type: ignore[dict-item]
+        "requests": len(run.latencies),
+        "requests_with_warmup": run.sent,
+        "errors": run.errors,
+        "throughput_rps": round(run.throughput, 1),
+        "p50_ms": round(p50, 2) if p50 is not None else None,  # type: ignore[dict-item]
+        "p99_ms": round(p99, 2) if p99 is not None else None,  # type: ignore[dict-item]
     }
 
 
