@@ -83,3 +83,45 @@ test_no_subject_no_alert if {
 	anonymous := object.remove(refusal, ["subject"])
 	count(rules_of(anonymous, fresh)) == 0
 }
+
+# --- the batch documents the worker asks: the same answers, entry by entry --------------------
+
+batch := [
+	{"index": 1, "entry": private_read, "history": fresh},
+	{"index": 2, "entry": consented_read, "history": busy},
+	{"index": 3, "entry": object.remove(refusal, ["request_hash"]), "history": known},
+	{"index": 4, "entry": public_read, "history": busy},
+]
+
+test_facts_say_per_entry_whether_it_is_a_read_consented_and_its_concern if {
+	f := alerts.facts with input as {"node": node, "entries": [{"index": x.index, "entry": x.entry} | some x in batch]}
+	f == [
+		{"read": true, "consented": false, "concern": "read"},
+		{"read": true, "consented": true, "concern": null},
+		{"read": false, "consented": false, "concern": "refusal"},
+		{"read": true, "consented": false, "concern": "read"},
+	]
+}
+
+test_an_entry_of_no_concern_raises_nothing_whatever_its_history if {
+	request := object.union(private_read, {"kind": "request", "decision": "info"})
+	theirs := object.union(private_read, {"service": "JP/GOV/131130/permits/v1"})
+	hidden := object.union(refusal, {"restricted_until": "2027-01-01T00:00:00.000000Z"})
+	every entry in [consented_read, request, theirs, hidden, object.remove(refusal, ["subject"])] {
+		f := alerts.facts with input as {"node": node, "entries": [{"index": 7, "entry": entry}]}
+		f[0].concern == null
+		every history in [fresh, known, busy] {
+			count(rules_of(entry, history)) == 0
+		}
+	}
+}
+
+test_evaluations_are_each_entrys_evaluation if {
+	es := alerts.evaluations with input as {"node": node, "entries": batch}
+	count(es) == count(batch)
+	every i, x in batch {
+		one := alerts.evaluation with input as {"node": node, "index": x.index, "entry": x.entry, "history": x.history}
+		es[i] == one
+	}
+	es[2].alerts == {{"rule": "refused", "dedup": "entry:3"}}
+}
