@@ -38,7 +38,7 @@ from alerts.store import (
 from audit.completeness import subject_key
 from audit.log import EntryQuery, LogEntry, TransparencyLog
 from exchange.db import write_transaction
-from policies.alerts import AlertRules, AlertRulesError, EntryFacts
+from policies.alerts import AlertRules
 
 __all__ = ["DEFAULT_BATCH", "AlertWorker", "citizen_key", "time_us"]
 
@@ -300,124 +300,64 @@ class AlertWorker:
                 )
             )
 
-    # -- the rules, asked twice per batch ---------------------------------------------------------
+    # -- one entry -------------------------------------------------------------------------------
 
     def _evaluate(self, batch: _Batch, entries: list[tuple[LogEntry, dict[str, Any]]]) -> None:
-        """The rules on each entry that names a citizen, in index order, with the history as it
-        stands after the entries before it (what one evaluation per entry would see).
+        for entry, record in entries:
+            self._evaluate_one(batch, entry, record)
 
-        First the rules say of every entry whether it is a read, consented, and of concern to any
-        rule (one call): that is all the history needs of it, and an entry of no concern raises
-        nothing whatever its history (the rules say so, ``concern`` in alerts.rego). Then each
-        entry of concern gets its history, and their evaluations are asked in one call. One case
-        needs an answer in between: an entry that is not a read claims its exchange (against twin
-        records) only if it raises an alert, so a read of the same exchange after such an entry
-        of concern waits until the entries before it are evaluated."""
-        named = [
-            (e, r, batch.keys[s])
-            for e, r in entries
-            if isinstance(s := r.get("subject"), str) and s in batch.keys
-        ]
-        views: list[dict[str, Any]] = [
-            {"index": e.index, "entry": _rule_view(r)} for e, r, _ in named
-        ]
-        facts = self._rules.facts(self._node, views)
-        pending: list[_Pending] = []
-        pending_facts: list[EntryFacts] = []
-        unclaimed: set[str] = set()  # exchanges of pending entries that are not reads
-        for (entry, record, key), view, fact in zip(named, views, facts, strict=True):
-            request_hash = _hash(record.get("request_hash"))
-            if fact.read and request_hash in unclaimed:
-                self._decide(batch, pending, pending_facts)
-                pending, pending_facts, unclaimed = [], [], set()
-            item = self._pending(batch, entry, record, key, view, fact)
-            if fact.concerned:  # else the rules raise nothing for it, whatever its history
-                pending.append(item)
-                pending_facts.append(fact)
-            if not fact.read:
-                if fact.concerned and request_hash is not None:
-                    unclaimed.add(request_hash)
-                continue
-            item.twin = batch.twin(request_hash, entry.index, item.at_us)
-            if item.twin:
-                continue  # the other side's record of an exchange already evaluated here
-            client = record.get("client")
-            if isinstance(client, str) and (key, client) not in batch.seen:
+    def _evaluate_one(self, batch: _Batch, entry: LogEntry, record: dict[str, Any]) -> None:
+        subject = record.get("subject")
+        key = batch.keys.get(subject) if isinstance(subject, str) else None
+        if key is None:
+            return  # it names no citizen: there is nobody to alert, no history to keep
+        client = record.get("client") if isinstance(record.get("client"), str) else None
+        at_us = time_us(record.get("time"))
+        window_us = at_us - at_us % self._window_us
+        seen = client is None or (key, client) in batch.seen
+        counted = batch.volume.get((key, window_us))
+        evaluation = self._rules.evaluate(
+            {
+                "node": self._node,
+                "index": entry.index,
+                "entry": _rule_view(record),
+                "history": {
+                    "recipient_seen": seen,
+                    "reads_before_in_window": 0 if counted is None else counted.before(entry.index),
+                    "window_start": _rfc3339(window_us),
+                },
+            }
+        )
+        if not (evaluation.read or evaluation.alerts):
+            return
+        if batch.twin(_hash(record.get("request_hash")), entry.index, at_us):
+            return  # the other side's record of an exchange already evaluated here
+        if evaluation.read:
+            if client is not None and not seen:
                 batch.seen.add((key, client))
                 batch.new_seen.append((key, client))
             # Consented reads are not counted towards the volume.
-            if not fact.consented and batch.counted(key, item.window_us).add(entry.index):
-                batch.new_volume.append((key, item.window_us, entry.index))
-        if pending:
-            self._decide(batch, pending, pending_facts)
-
-    def _pending(
-        self,
-        batch: _Batch,
-        entry: LogEntry,
-        record: dict[str, Any],
-        key: str,
-        view: dict[str, Any],
-        fact: EntryFacts,
-    ) -> _Pending:
-        """The entry, with its history as the batch's state stands now if the rules need it."""
-        at_us = time_us(record.get("time"))
-        window_us = at_us - at_us % self._window_us
-        if fact.concerned:
-            client = record.get("client")
-            counted = batch.volume.get((key, window_us))
-            view["history"] = {
-                "recipient_seen": not isinstance(client, str) or (key, client) in batch.seen,
-                "reads_before_in_window": 0 if counted is None else counted.before(entry.index),
-                "window_start": _rfc3339(window_us),
-            }
-        return _Pending(entry, record, key, view, at_us, window_us)
-
-    def _decide(self, batch: _Batch, pending: list[_Pending], facts: list[EntryFacts]) -> None:
-        """The evaluations of ``pending`` (one call), then, in index order, which of their alerts
-        count: none of a twin record's, none of a rule the citizen turned off."""
-        evaluations = self._rules.evaluate_many(self._node, [p.view for p in pending])
-        for item, fact, evaluation in zip(pending, facts, evaluations, strict=True):
-            if (evaluation.read, evaluation.consented) != (fact.read, fact.consented):
-                raise AlertRulesError("the alert rules' facts and evaluation of an entry differ")
-            if not fact.read:
-                if not evaluation.alerts:
-                    continue
-                hashed = _hash(item.record.get("request_hash"))
-                item.twin = batch.twin(hashed, item.entry.index, item.at_us)
-            if item.twin:
-                continue  # the other side's record of an exchange already evaluated here
-            disabled = batch.prefs.get(item.key, (frozenset(), None))[0]
-            for raised in evaluation.alerts:
-                if raised.rule in disabled:
-                    continue  # the citizen turned this rule off: no inbox entry, no e-mail
-                batch.candidates.append(_Candidate(item, raised.rule, raised.dedup[:255]))
-
-
-@dataclass
-class _Pending:
-    """One entry naming a citizen, with what the rules see of it (``view``, with its history)."""
-
-    entry: LogEntry
-    record: dict[str, Any]
-    key: str
-    view: dict[str, Any]
-    at_us: int
-    window_us: int
-    twin: bool = False
+            if not evaluation.consented and batch.counted(key, window_us).add(entry.index):
+                batch.new_volume.append((key, window_us, entry.index))
+        disabled = batch.prefs.get(key, (frozenset(), None))[0]
+        for raised in evaluation.alerts:
+            if raised.rule in disabled:
+                continue  # the citizen turned this rule off: no inbox entry, no e-mail
+            batch.candidates.append(
+                _Candidate(entry, record, key, at_us, raised.rule, raised.dedup[:255])
+            )
 
 
 @dataclass(frozen=True)
 class _Candidate:
     """An alert the rules raised, to be stored unless it was raised before."""
 
-    item: _Pending
+    entry: LogEntry
+    record: dict[str, Any]
+    key: str
+    at_us: int
     rule: str
     dedup: str
-
-    @property
-    def key(self) -> str:
-        return self.item.key
 
 
 @dataclass
@@ -478,7 +418,7 @@ class _Batch:
             if (c.rule, c.key, c.dedup) in self.raised:
                 continue  # already raised for this trigger (evaluated before, or a twin record)
             self.raised.add((c.rule, c.key, c.dedup))
-            entry, record = c.item.entry, c.item.record
+            entry, record = c.entry, c.record
             row = {
                 "rule": c.rule,
                 "subject_key": c.key,
@@ -487,7 +427,7 @@ class _Batch:
                 "service": _text(record.get("service")),
                 "entry_index": entry.index,
                 "leaf_hash": entry.leaf_hash.hex(),
-                "time_us": c.item.at_us,
+                "time_us": c.at_us,
                 "read": False,
             }
             self.new_alerts.append((row, self.prefs.get(c.key, (frozenset(), None))[1]))

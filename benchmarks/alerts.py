@@ -1,17 +1,20 @@
 """Benchmark of the alert worker: CPU per log entry of ``AlertWorker.run_once`` on a log of
 realistic exchange entries, this tree against ``git archive main`` in the same run.
 
-The log is a provider node's under exchange load: reads of many citizens (a few of them
-consented, by public and private clients), refusals, the node's own records as a consumer of
-another node's service, and one heavily read citizen (a quarter of the reads, all in one volume
-window: the case whose cost grew with the reads already counted). Each measurement is a fresh
+Two logs, each of one node under exchange load. ``provider``: reads of many citizens (a few of
+them consented, by public and private clients), refusals, the node's own records as a consumer
+of another node's service, and one heavily read citizen (a quarter of the reads, all in one
+volume window: the case whose cost grew with the reads already counted). ``consumer``: per
+exchange the consumer's request record and its record of the answer from another node (a
+quarter of them about one citizen): entries no rule concerns. Each measurement is a fresh
 process (``--child``) importing one tree: it builds the log on a fresh database, then times
 ``run_once`` with ``time.process_time`` (the process's CPU, OPA's Go threads included; a
 PostgreSQL server's own CPU is not in it) and counts the SQL statements it sent. Rounds alternate
 main, this tree, main, … and the medians are compared; both trees must raise the same alerts
 (a digest of every (rule, citizen, dedup, entry) stored).
 
-    .venv/bin/python benchmarks/alerts.py [--entries 4000] [--rounds 3] [--engine auto|regopy]
+    .venv/bin/python benchmarks/alerts.py [--entries 3000] [--rounds 3] [--log both|provider|consumer]
+        [--engine auto|regopy]
 
 SQLite always; PostgreSQL too when DATABASE_URL is set (a throw-away database per measurement,
 dropped afterwards). Progress goes to stderr; the last line on stdout is one JSON object.
@@ -52,7 +55,40 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _events(n: int) -> list[Any]:
+def _events(n: int, log: str) -> list[Any]:
+    return _provider_events(n) if log == "provider" else _consumer_events(n)
+
+
+def _consumer_events(n: int) -> list[Any]:
+    """A consumer node's log: per exchange, its request record and its record of the answer
+    (another node's service), under its own codes of the citizens (a quarter one citizen's)."""
+    from exchange.ports import AuditEvent
+
+    rng = random.Random(2026)
+    out: list[Any] = []
+    for i in range(n // 2):
+        subject = "tax-heavy-0001" if rng.random() < 0.25 else f"tax-{rng.randrange(5000):06d}"
+        for kind, decision in (("request", "info"), ("response", "allow")):
+            out.append(
+                AuditEvent(
+                    time=T0 + timedelta(milliseconds=2 * i),
+                    node=NODE,
+                    kind=kind,  # type: ignore[arg-type]
+                    decision=decision,  # type: ignore[arg-type]
+                    client=CLIENTS[0],
+                    service=FOREIGN,
+                    purpose="taxation",
+                    subject=subject,
+                    message_id=f"msg-{i:07d}",
+                    request_hash=f"req-{i:07d}",
+                    basis="statute:jp-local-tax-act/art294",
+                    status=200,
+                )
+            )
+    return out
+
+
+def _provider_events(n: int) -> list[Any]:
     from exchange.ports import AuditEvent
 
     rng = random.Random(2026)
@@ -88,7 +124,7 @@ def _events(n: int) -> list[Any]:
     return out
 
 
-def child(url: str, entries: int, engine_name: str) -> dict[str, Any]:
+def child(url: str, entries: int, engine_name: str, log_kind: str) -> dict[str, Any]:
     """One measurement in this process, on the tree first on sys.path."""
     import hashlib
     import time
@@ -108,7 +144,7 @@ def child(url: str, entries: int, engine_name: str) -> dict[str, Any]:
     log = TransparencyLog(
         engine, log_id=NODE, signer=NoteSigner.generate(f"onceonly.example/{NODE}/audit")
     )
-    events = _events(entries)
+    events = _events(entries, log_kind)
     for at in range(0, len(events), 500):
         log.append_many(events[at : at + 500])
     rules = AlertRules(engine=engine_name)  # type: ignore[arg-type]
@@ -165,7 +201,9 @@ def _throwaway(admin_url: str) -> tuple[str, Any]:
     return admin.set(database=name).render_as_string(hide_password=False), drop
 
 
-def _measure(tree: Path, backend: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+def _measure(
+    tree: Path, backend: str, log: str, args: argparse.Namespace, tmp: Path
+) -> dict[str, Any]:
     drop = None
     if backend == "sqlite":
         url = f"sqlite:///{tmp / f'alerts-{uuid.uuid4().hex[:8]}.sqlite'}"
@@ -174,7 +212,7 @@ def _measure(tree: Path, backend: str, args: argparse.Namespace, tmp: Path) -> d
     try:
         env = {**os.environ, "PYTHONPATH": str(tree)}
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", url]
-        cmd += ["--entries", str(args.entries), "--engine", args.engine]
+        cmd += ["--entries", str(args.entries), "--engine", args.engine, "--log", log]
         done = subprocess.run(cmd, env=env, cwd=tree, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise SystemExit(f"the measurement in {tree} failed:\n{done.stderr[-3000:]}")
@@ -200,26 +238,30 @@ def _archive_main(into: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--entries", type=int, default=4000)
+    parser.add_argument("--entries", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--engine", default="auto", choices=["auto", "regopy", "opa-inprocess"])
+    parser.add_argument("--log", default="both", choices=["both", "provider", "consumer"])
     parser.add_argument("--child", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.entries, args.engine)))
+        print(json.dumps(child(args.child, args.entries, args.engine, args.log)))
         return
     out: dict[str, Any] = {"benchmark": "alerts", "entries": args.entries, "rounds": args.rounds}
     backends = ["sqlite"] + (["postgresql"] if os.environ.get("DATABASE_URL") else [])
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         trees = {"main": _archive_main(tmp), "this": ROOT}
+        logs = ["provider", "consumer"] if args.log == "both" else [args.log]
         for backend in backends:
-            runs: dict[str, list[dict[str, Any]]] = {"main": [], "this": []}
-            for r in range(args.rounds):
-                for name, tree in trees.items():
-                    runs[name].append(_measure(tree, backend, args, tmp))
-                    _log(f"{backend} round {r + 1} {name}: {runs[name][-1]}")
-            out[backend] = _summary(runs)
+            out[backend] = {}
+            for log in logs:
+                runs: dict[str, list[dict[str, Any]]] = {"main": [], "this": []}
+                for r in range(args.rounds):
+                    for name, tree in trees.items():
+                        runs[name].append(_measure(tree, backend, log, args, tmp))
+                        _log(f"{backend} {log} round {r + 1} {name}: {runs[name][-1]}")
+                out[backend][log] = _summary(runs)
     out["loadavg"] = list(os.getloadavg())
     print(json.dumps(out))
 

@@ -14,7 +14,7 @@ anything on the exchange path (the worker runs after the entry is committed).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -33,7 +33,6 @@ __all__ = [
     "AlertRules",
     "AlertRulesError",
     "AlertsEngine",
-    "EntryFacts",
     "RaisedAlert",
     "opa_unavailable",
 ]
@@ -41,7 +40,6 @@ __all__ = [
 ALERTS_MODULE = "alerts.rego"
 ALERTS_QUERY = "x := data.onceonly.alerts.evaluation"
 ALERTS_DOCUMENT = "onceonly.alerts.evaluation"
-_DOCUMENTS = ("evaluation", "facts", "evaluations")
 AlertsEngine = Literal["auto", "opa-inprocess", "regopy"]
 ALERT_RULES = ("read-without-consent", "new-recipient", "unusual-volume", "refused")
 """Every rule the module can raise, in the order the citizen's settings list them."""
@@ -62,16 +60,6 @@ class AlertRulesError(Exception):
 class RaisedAlert:
     rule: str
     dedup: str
-
-
-@dataclass(frozen=True, slots=True)
-class EntryFacts:
-    """What the rules say of one entry whatever its history: a read, a consented one, and
-    whether any rule can fire for it (``concerned``; when not, its evaluation raises nothing)."""
-
-    read: bool
-    consented: bool
-    concerned: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,84 +102,38 @@ class AlertRules:
             raise PolicyCompileError(f"the policy module {ALERTS_MODULE} is missing")
         opa = engine == "opa-inprocess" or (engine == "auto" and unavailable_reason() is None)
         self.engine: str = "opa-inprocess" if opa else "regopy"
-        modules, policy_data = {ALERTS_MODULE: module}, {"alerts": merged}
         try:
-            self._queries: dict[str, CompiledQuery | PreparedQuery] = {
-                name: (
-                    PreparedQuery(modules, policy_data, f"onceonly.alerts.{name}")
-                    if opa
-                    else CompiledQuery(
-                        modules, policy_data, f"x := data.onceonly.alerts.{name}", copies=1
-                    )
+            self._query: CompiledQuery | PreparedQuery = (
+                PreparedQuery({ALERTS_MODULE: module}, {"alerts": merged}, ALERTS_DOCUMENT)
+                if opa
+                else CompiledQuery(
+                    {ALERTS_MODULE: module}, {"alerts": merged}, ALERTS_QUERY, copies=1
                 )
-                for name in _DOCUMENTS
-            }
+            )
         except (RegoFailure, OpaFailure) as exc:
             raise PolicyCompileError(f"the alert rules do not compile: {exc}") from exc
 
     def evaluate(self, input_doc: Mapping[str, JsonValue]) -> AlertEvaluation:
-        """One entry: input ``{"node", "index", "entry", "history"}``."""
-        return _evaluation(self._ask("evaluation", dict(input_doc)))
-
-    def facts(self, node: str, entries: Sequence[Mapping[str, JsonValue]]) -> list[EntryFacts]:
-        """Per entry (``{"index", "entry"}``), in one call: whether it is a read, consented, and
-        of concern to any rule."""
-        if not entries:
-            return []
-        value = self._ask("facts", {"node": node, "entries": list(entries)})
-        if not isinstance(value, list) or len(value) != len(entries):
-            raise AlertRulesError("the alert rules gave no facts for each entry")
-        found: list[EntryFacts] = []
-        for item in value:
-            if not isinstance(item, dict):
-                raise AlertRulesError("the facts of an entry are not an object")
-            concern = item.get("concern")
-            if concern is not None and not isinstance(concern, str):
-                raise AlertRulesError(f"a malformed concern: {concern!r}")
-            found.append(
-                EntryFacts(item.get("read") is True, item.get("consented") is True, bool(concern))
-            )
-        return found
-
-    def evaluate_many(
-        self, node: str, entries: Sequence[Mapping[str, JsonValue]]
-    ) -> list[AlertEvaluation]:
-        """Per entry (``{"index", "entry", "history"}``), in one call: what ``evaluate`` of
-        ``{"node": node, **entry}`` answers."""
-        if not entries:
-            return []
-        value = self._ask("evaluations", {"node": node, "entries": list(entries)})
-        if not isinstance(value, list) or len(value) != len(entries):
-            raise AlertRulesError("the alert rules gave no evaluation for each entry")
-        return [_evaluation(item) for item in value]
-
-    def _ask(self, document: str, input_doc: JsonValue) -> JsonValue:
         try:
-            defined, value = self._queries[document].evaluate(input_doc)
+            defined, value = self._query.evaluate(dict(input_doc))
         except (RegoFailure, OpaFailure) as exc:
             raise AlertRulesError(f"the alert rules failed: {exc}") from exc
-        if not defined:
-            raise AlertRulesError(f"the alert rules gave no {document} document")
-        return value
-
-
-def _evaluation(value: JsonValue) -> AlertEvaluation:
-    if not isinstance(value, dict):
-        raise AlertRulesError("the alert rules gave no evaluation document")
-    raised = value.get("alerts")
-    if not isinstance(raised, list):
-        raise AlertRulesError("the alert rules gave no list of alerts")
-    found: list[RaisedAlert] = []
-    for item in raised:
-        if not isinstance(item, dict):
-            raise AlertRulesError("an alert is not an object")
-        rule, dedup = item.get("rule"), item.get("dedup")
-        if rule not in ALERT_RULES or not isinstance(dedup, str) or not dedup:
-            raise AlertRulesError(f"a malformed alert: {item!r}")
-        found.append(RaisedAlert(str(rule), dedup))
-    found.sort(key=lambda a: (ALERT_RULES.index(a.rule), a.dedup))
-    return AlertEvaluation(
-        read=value.get("read") is True,
-        consented=value.get("consented") is True,
-        alerts=tuple(found),
-    )
+        if not defined or not isinstance(value, dict):
+            raise AlertRulesError("the alert rules gave no evaluation document")
+        raised = value.get("alerts")
+        if not isinstance(raised, list):
+            raise AlertRulesError("the alert rules gave no list of alerts")
+        found: list[RaisedAlert] = []
+        for item in raised:
+            if not isinstance(item, dict):
+                raise AlertRulesError("an alert is not an object")
+            rule, dedup = item.get("rule"), item.get("dedup")
+            if rule not in ALERT_RULES or not isinstance(dedup, str) or not dedup:
+                raise AlertRulesError(f"a malformed alert: {item!r}")
+            found.append(RaisedAlert(str(rule), dedup))
+        found.sort(key=lambda a: (ALERT_RULES.index(a.rule), a.dedup))
+        return AlertEvaluation(
+            read=value.get("read") is True,
+            consented=value.get("consented") is True,
+            alerts=tuple(found),
+        )
