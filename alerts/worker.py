@@ -19,11 +19,12 @@ each row's columns against its signed bytes). The citizen is named only by the l
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, insert, select, update
+from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 
 from alerts.store import (
     AlertRow,
@@ -87,6 +88,7 @@ class AlertWorker:
         self._node = node
         self._batch = batch
         self._window_us = rules.window_s * 1_000_000
+        self._has_cursor = False
 
     @property
     def log_id(self) -> str:
@@ -112,16 +114,18 @@ class AlertWorker:
         """One batch: read and evaluate without holding the database's write lock (on SQLite the
         exchange path's appends take the same turn), then write it all in one short transaction
         that first checks, under the lock, that no other worker moved the cursor meanwhile."""
-        self._ensure_cursor()
-        start = self.cursor()
+        start = self._start()
         page = self._log.search(EntryQuery(), limit=self._batch, cursor=start)
         if not page.entries:
             return 0
         entries = [(e, e.record) for e in page.entries]
         with self._engine.connect() as conn:
             batch = self._load(conn, entries)
-        for entry, record in entries:
-            self._evaluate(batch, entry, record)
+        self._evaluate(batch, entries)
+        if batch.candidates:
+            with self._engine.connect() as conn:
+                self._load_raised(conn, batch)
+        batch.decide()
         with write_transaction(self._engine) as conn:
             stmt = select(CursorRow.next_index).where(CursorRow.log_id == self.log_id)
             if conn.dialect.name == "postgresql":
@@ -148,6 +152,13 @@ class AlertWorker:
                 .values(next_index=page.entries[-1].index + 1)
             )
         return len(page.entries)
+
+    def _start(self) -> int:
+        """The cursor (its row made on this worker's first batch)."""
+        if not self._has_cursor:
+            self._ensure_cursor()
+            self._has_cursor = True
+        return self.cursor()
 
     def _ensure_cursor(self) -> None:
         with self._engine.connect() as conn:
@@ -177,9 +188,9 @@ class AlertWorker:
                 batch.keys[subject] = citizen_key(self._log.origin, subject)
             at = time_us(record.get("time"))
             windows.add(at - at % self._window_us)
-            request_hash = record.get("request_hash")
-            if isinstance(request_hash, str) and request_hash:
-                hashes.add(request_hash[:255])
+            request_hash = _hash(record.get("request_hash"))
+            if request_hash is not None:
+                hashes.add(request_hash)
         keys = sorted(set(batch.keys.values()))
         log = self.log_id
         if keys:
@@ -197,22 +208,7 @@ class AlertWorker:
                     )
                 )
             )
-            for key, window, index in conn.execute(
-                select(VolumeRow.subject_key, VolumeRow.window_us, VolumeRow.entry_index).where(
-                    VolumeRow.log_id == log,
-                    VolumeRow.subject_key.in_(keys),
-                    VolumeRow.window_us.in_(sorted(windows)),
-                )
-            ):
-                batch.volume.setdefault((key, int(window)), set()).add(int(index))
-            batch.raised.update(
-                (r, k, d)
-                for r, k, d in conn.execute(
-                    select(AlertRow.rule, AlertRow.subject_key, AlertRow.dedup).where(
-                        AlertRow.log_id == log, AlertRow.subject_key.in_(keys)
-                    )
-                )
-            )
+            self._load_volume(conn, batch, keys, sorted(windows), entries[0][0].index)
         if hashes:
             batch.exchanges.update(
                 (h, int(i))
@@ -223,6 +219,45 @@ class AlertWorker:
                 )
             )
         return batch
+
+    def _load_volume(
+        self, conn: Connection, batch: _Batch, keys: list[str], windows: list[int], first: int
+    ) -> None:
+        """The reads counted in the batch's windows: those before its first entry as a count
+        (every entry of the batch comes after them), the rest (re-evaluated entries) one by one."""
+        where = (
+            VolumeRow.log_id == self.log_id,
+            VolumeRow.subject_key.in_(keys),
+            VolumeRow.window_us.in_(windows),
+        )
+        for key, window, n in conn.execute(
+            select(VolumeRow.subject_key, VolumeRow.window_us, func.count())
+            .where(*where, VolumeRow.entry_index < first)
+            .group_by(VolumeRow.subject_key, VolumeRow.window_us)
+        ):
+            batch.counted(key, int(window)).below = int(n)
+        for key, window, index in conn.execute(
+            select(VolumeRow.subject_key, VolumeRow.window_us, VolumeRow.entry_index)
+            .where(*where, VolumeRow.entry_index >= first)
+            .order_by(VolumeRow.entry_index)
+        ):
+            batch.counted(key, int(window)).indices.append(int(index))
+
+    def _load_raised(self, conn: Connection, batch: _Batch) -> None:
+        """Which of the alerts the batch would raise were raised before (a twin record, or the
+        batch evaluated again): only those, not every alert its citizens ever had."""
+        keys = sorted({c.key for c in batch.candidates})
+        dedups = sorted({c.dedup for c in batch.candidates})
+        batch.raised.update(
+            (r, k, d)
+            for r, k, d in conn.execute(
+                select(AlertRow.rule, AlertRow.subject_key, AlertRow.dedup).where(
+                    AlertRow.log_id == self.log_id,
+                    AlertRow.subject_key.in_(keys),
+                    AlertRow.dedup.in_(dedups),
+                )
+            )
+        )
 
     def _flush(self, conn: Connection, batch: _Batch, now: datetime) -> None:
         log = self.log_id
@@ -267,17 +302,20 @@ class AlertWorker:
 
     # -- one entry -------------------------------------------------------------------------------
 
-    def _evaluate(self, batch: _Batch, entry: LogEntry, record: dict[str, Any]) -> None:
+    def _evaluate(self, batch: _Batch, entries: list[tuple[LogEntry, dict[str, Any]]]) -> None:
+        for entry, record in entries:
+            self._evaluate_one(batch, entry, record)
+
+    def _evaluate_one(self, batch: _Batch, entry: LogEntry, record: dict[str, Any]) -> None:
         subject = record.get("subject")
         key = batch.keys.get(subject) if isinstance(subject, str) else None
+        if key is None:
+            return  # it names no citizen: there is nobody to alert, no history to keep
         client = record.get("client") if isinstance(record.get("client"), str) else None
         at_us = time_us(record.get("time"))
         window_us = at_us - at_us % self._window_us
-        seen, before = False, 0
-        if key is not None:
-            seen = client is None or (key, client) in batch.seen
-            counted = batch.volume.get((key, window_us), set())
-            before = sum(1 for i in counted if i < entry.index)
+        seen = client is None or (key, client) in batch.seen
+        counted = batch.volume.get((key, window_us))
         evaluation = self._rules.evaluate(
             {
                 "node": self._node,
@@ -285,44 +323,62 @@ class AlertWorker:
                 "entry": _rule_view(record),
                 "history": {
                     "recipient_seen": seen,
-                    "reads_before_in_window": before,
+                    "reads_before_in_window": 0 if counted is None else counted.before(entry.index),
                     "window_start": _rfc3339(window_us),
                 },
             }
         )
-        if key is None or not (evaluation.read or evaluation.alerts):
+        if not (evaluation.read or evaluation.alerts):
             return
-        if batch.twin(record.get("request_hash"), entry.index, at_us):
+        if batch.twin(_hash(record.get("request_hash")), entry.index, at_us):
             return  # the other side's record of an exchange already evaluated here
         if evaluation.read:
             if client is not None and not seen:
                 batch.seen.add((key, client))
                 batch.new_seen.append((key, client))
-            if not evaluation.consented:  # consented reads are not counted towards the volume
-                counted = batch.volume.setdefault((key, window_us), set())
-                if entry.index not in counted:
-                    counted.add(entry.index)
-                    batch.new_volume.append((key, window_us, entry.index))
-        disabled, email = batch.prefs.get(key, (frozenset(), None))
+            # Consented reads are not counted towards the volume.
+            if not evaluation.consented and batch.counted(key, window_us).add(entry.index):
+                batch.new_volume.append((key, window_us, entry.index))
+        disabled = batch.prefs.get(key, (frozenset(), None))[0]
         for raised in evaluation.alerts:
             if raised.rule in disabled:
                 continue  # the citizen turned this rule off: no inbox entry, no e-mail
-            dedup = raised.dedup[:255]
-            if (raised.rule, key, dedup) in batch.raised:
-                continue  # already raised for this trigger (evaluated before, or a twin record)
-            batch.raised.add((raised.rule, key, dedup))
-            row = {
-                "rule": raised.rule,
-                "subject_key": key,
-                "dedup": dedup,
-                "client": _text(record.get("client")),
-                "service": _text(record.get("service")),
-                "entry_index": entry.index,
-                "leaf_hash": entry.leaf_hash.hex(),
-                "time_us": at_us,
-                "read": False,
-            }
-            batch.new_alerts.append((row, email))
+            batch.candidates.append(
+                _Candidate(entry, record, key, at_us, raised.rule, raised.dedup[:255])
+            )
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """An alert the rules raised, to be stored unless it was raised before."""
+
+    entry: LogEntry
+    record: dict[str, Any]
+    key: str
+    at_us: int
+    rule: str
+    dedup: str
+
+
+@dataclass
+class _Counted:
+    """The non-consented reads of one citizen in one window: how many come before the batch's
+    first entry, and the indices of those from it on (in order)."""
+
+    below: int = 0
+    indices: list[int] = field(default_factory=list)
+
+    def before(self, index: int) -> int:
+        """How many reads counted come before entry ``index`` (one of the batch's): O(log n)."""
+        return self.below + bisect_left(self.indices, index)
+
+    def add(self, index: int) -> bool:
+        """Counts entry ``index`` (one of the batch's); False when it was counted already."""
+        at = bisect_left(self.indices, index)
+        if at < len(self.indices) and self.indices[at] == index:
+            return False
+        self.indices.insert(at, index)  # at the end, but for an entry evaluated again
+        return True
 
 
 @dataclass
@@ -332,26 +388,54 @@ class _Batch:
     keys: dict[str, str] = field(default_factory=dict)
     prefs: dict[str, tuple[frozenset[str], str | None]] = field(default_factory=dict)
     seen: set[tuple[str, str]] = field(default_factory=set)
-    volume: dict[tuple[str, int], set[int]] = field(default_factory=dict)
+    volume: dict[tuple[str, int], _Counted] = field(default_factory=dict)
     raised: set[tuple[str, str, str]] = field(default_factory=set)
     exchanges: dict[str, int] = field(default_factory=dict)
+    candidates: list[_Candidate] = field(default_factory=list)
     new_seen: list[tuple[str, str]] = field(default_factory=list)
     new_volume: list[tuple[str, int, int]] = field(default_factory=list)
     new_exchanges: list[tuple[str, int, int]] = field(default_factory=list)
     new_alerts: list[tuple[dict[str, Any], str | None]] = field(default_factory=list)
 
-    def twin(self, request_hash: object, index: int, at_us: int) -> bool:
+    def counted(self, key: str, window_us: int) -> _Counted:
+        return self.volume.setdefault((key, window_us), _Counted())
+
+    def twin(self, request_hash: str | None, index: int, at_us: int) -> bool:
         """Whether another entry already stood for this exchange (same request hash); else this
         one is remembered as the exchange's."""
-        if not isinstance(request_hash, str) or not request_hash:
+        if request_hash is None:
             return False
-        request_hash = request_hash[:255]
         first = self.exchanges.get(request_hash)
         if first is None:
             self.exchanges[request_hash] = index
             self.new_exchanges.append((request_hash, index, at_us))
             return False
         return first != index
+
+    def decide(self) -> None:
+        """The candidates not raised before become new alerts (``raised`` loaded for them)."""
+        for c in self.candidates:
+            if (c.rule, c.key, c.dedup) in self.raised:
+                continue  # already raised for this trigger (evaluated before, or a twin record)
+            self.raised.add((c.rule, c.key, c.dedup))
+            entry, record = c.entry, c.record
+            row = {
+                "rule": c.rule,
+                "subject_key": c.key,
+                "dedup": c.dedup,
+                "client": _text(record.get("client")),
+                "service": _text(record.get("service")),
+                "entry_index": entry.index,
+                "leaf_hash": entry.leaf_hash.hex(),
+                "time_us": c.at_us,
+                "read": False,
+            }
+            self.new_alerts.append((row, self.prefs.get(c.key, (frozenset(), None))[1]))
+
+
+def _hash(value: object) -> str | None:
+    """An entry's request hash as the history keeps it (None: it has none)."""
+    return value[:255] if isinstance(value, str) and value else None
 
 
 def _text(value: object) -> str | None:

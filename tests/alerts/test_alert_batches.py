@@ -1,0 +1,94 @@
+"""A batch is evaluated in two calls to the rules, yet raises what one evaluation per entry, in
+index order, raises: the same alerts on the same entries, whatever the batch size, twins and a
+consumer's own records of an exchange included."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+from sqlalchemy import select
+
+from alerts.store import AlertRow, VolumeRow
+from alerts.worker import AlertWorker
+from exchange.ports import AuditEvent
+from tests.alerts.conftest import ALICE, BOB, GAS, NODE, TAX, MakeWorld, World, read
+
+OTHER = "JP/COM/7777777/insurer"
+
+
+def _mixed_log(n: int) -> list[AuditEvent]:
+    """Reads (consented or not, by three clients), refusals, entries naming nobody, another
+    node's service, twins and a consumer's own request and answer of one exchange at this node."""
+    rng = random.Random(18)
+    events: list[AuditEvent] = []
+    for i in range(n):
+        subject = rng.choice([ALICE, ALICE, ALICE, BOB, None])
+        client = rng.choice([TAX, GAS, OTHER])
+        kind = rng.random()
+        minutes = i * 7  # windows of an hour: a few entries each
+        if kind < 0.1:
+            event = read(i, subject=subject, kind="refusal", decision="deny", basis=None)
+        elif kind < 0.25:
+            event = read(i, client=client, subject=subject, consent_id="c-1", basis="consent:c-1")
+        elif kind < 0.3:
+            event = replace(read(i, client=client), service="JP/GOV/131130/permits/v1")
+        else:
+            event = read(i, client=client, subject=subject)
+        event = replace(event, time=read(0, minutes=minutes).time)
+        if kind > 0.9 and subject is not None:  # the consumer's request and answer, same node
+            request = replace(event, kind="request", decision="info", subject="tax-code")
+            events += [request, event, replace(event, subject="tax-code")]
+        else:
+            events.append(event)
+    return events
+
+
+def _raised(world: World) -> list[tuple[str, str, str, int]]:
+    with world.engine.connect() as conn:
+        rows = conn.execute(
+            select(AlertRow.rule, AlertRow.subject_key, AlertRow.dedup, AlertRow.entry_index)
+        ).all()
+    return sorted((r[0], r[1], r[2], int(r[3])) for r in rows)
+
+
+def _counted(world: World) -> list[tuple[str, int, int]]:
+    with world.engine.connect() as conn:
+        rows = conn.execute(
+            select(VolumeRow.subject_key, VolumeRow.window_us, VolumeRow.entry_index)
+        ).all()
+    return sorted((r[0], int(r[1]), int(r[2])) for r in rows)
+
+
+def test_batches_raise_what_one_evaluation_per_entry_raises(make_world: MakeWorld) -> None:
+    events = _mixed_log(120)
+    results = []
+    for size in (1, 13, 500):
+        world = make_world(max_reads_per_window=3, window_s=3600)
+        world.log.append_many(events)
+        worker = AlertWorker(world.log, world.engine, world.rules, node=NODE, batch=size)
+        assert worker.run_once() == len(events)
+        results.append((_raised(world), _counted(world)))
+    assert results[0][0], "the log raises alerts"
+    assert results[1] == results[0]
+    assert results[2] == results[0]
+
+
+def test_a_consumers_request_record_does_not_hide_the_providers_read(world: World) -> None:
+    # Machida's tax office reads Machida's registry: the consumer's request record comes first
+    # (not a read, raises nothing, so it does not claim the exchange), then the provider's read,
+    # then the consumer's record of the answer (a twin).
+    provider = read(0, client=GAS)
+    request = replace(provider, kind="request", decision="info", subject="tax-code-of-alice")
+    answer = replace(provider, subject="tax-code-of-alice")
+    world.log.append_many([request, provider, answer])
+    world.worker().run_once()
+    with world.engine.connect() as conn:
+        rows = conn.execute(
+            select(AlertRow.rule, AlertRow.subject_key, AlertRow.entry_index).order_by(AlertRow.id)
+        ).all()
+    key = world.key(ALICE)
+    assert [tuple(r) for r in rows] == [
+        ("read-without-consent", key, 1),
+        ("new-recipient", key, 1),
+    ]
