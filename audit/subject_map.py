@@ -406,10 +406,6 @@ def _group_ranges(tops: Iterator[int] | Sequence[int]) -> list[tuple[int, int]]:
     return [(top << STRATUM, ((top + 1) << STRATUM) - 1) for top in tops]
 
 
-def _height(node: int) -> int:
-    return MAP_DEPTH + 1 - node.bit_length()
-
-
 def _fold(level: dict[int, bytes], stored: dict[int, bytes], base_height: int) -> dict[int, bytes]:
     """The new nodes ``STRATUM`` heights above ``level`` (the changed nodes at ``base_height``):
     one pass per height over the changed paths and the stored nodes of their groups, a path
