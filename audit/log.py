@@ -204,6 +204,7 @@ class _Prepared:
     leaf_hash: bytes
     columns: tuple[Any, ...]  # the searchable copies, in the order of _APPEND_SQL.insert_entries
     hidden: tuple[str, bytes, int] | None = None  # a restricted entry's subject, salt, release
+    subject: str | None = None  # the subject its bytes name (none for a restricted entry)
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,6 +395,8 @@ class TransparencyLog:
             n = self._append_pipelined(sql, prepared)  # (COPY, for larger batches, cannot)
         else:
             n = self._append_locked(sql, prepared)
+        # committed: the next checkpoint's subject map needs not read these entries back
+        self._map_cache.remember(n, [(p.leaf_hash, p.subject) for p in prepared])
         self._known_size = max(self._known_size, n + len(prepared))
         return list(range(n, n + len(prepared)))
 
@@ -538,7 +541,14 @@ class TransparencyLog:
             hidden = (event.subject, salt, _time_us(event.restricted_until))
         data = _record_json(record)
         # the searchable copies come from the record itself (audit.columns), never separately
-        return _Prepared(data, merkle.leaf_hash(data), index_columns(record), hidden)
+        subject = record.get("subject")
+        return _Prepared(
+            data,
+            merkle.leaf_hash(data),
+            index_columns(record),
+            hidden,
+            subject if isinstance(subject, str) else None,
+        )
 
     def _begin_write(self, conn: Connection) -> None:
         if conn.dialect.name == "sqlite":

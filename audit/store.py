@@ -15,7 +15,8 @@ Layout (see ``docs/audit.md``):
   O(log n) stored hashes, and an append writes O(log n) rows (amortised 2).
 - ``audit_checkpoints``: every signed checkpoint the log published, in order.
 - ``audit_subject_maps``, ``audit_subject_members``, ``audit_subject_nodes`` (non-empty nodes at
-  heights 0, 8, 16, 24, 32 only: ``audit.subject_map.STRATUM``): the subject map each
+  heights 8, 16, 24, 32 only: ``audit.subject_map.STRATUM``; bucket hashes come from the
+  members): the subject map each
   checkpoint commits to (``audit.completeness``): per log the size it covers and its root; one
   slot per subject key (a hash) with its count and chain; the non-empty nodes by heap number.
   Unlike ``audit_nodes`` these are overwritten as the map advances (only the latest map is kept).

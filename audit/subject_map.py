@@ -1,18 +1,23 @@
 """The subject map in the database: advanced as checkpoints are signed, read for proofs.
 
 ``advance`` runs inside the transaction that signs a checkpoint, under the log head's write lock
-(``TransparencyLog._store_checkpoint``): it reads the entries the map does not cover yet — their
-*bytes*, never the search columns, so a rewritten column cannot move an entry between subjects —
-extends each subject's chain, rewrites the touched buckets and the paths above them, and returns
-the new root for the checkpoint to sign. Appends never touch the map, so they cost what they cost
-without it; a checkpoint costs O(new entries · ``MAP_DEPTH``) hashes and O(new entries ·
-``MAP_DEPTH / STRATUM``) node writes (on PostgreSQL one statement per table, over arrays).
+(``TransparencyLog._store_checkpoint``): it takes the entries the map does not cover yet — from
+their *bytes*, never the search columns, so a rewritten column cannot move an entry between
+subjects: read back, or the leaf hash and subject this process derived from the bytes it
+appended (``MapCache.remember``) — extends each subject's chain, rewrites the touched buckets and
+the paths above them, and returns the new root for the checkpoint to sign. Appends write nothing
+of the map; a checkpoint costs O(new entries · ``MAP_DEPTH``) hashes and O(new entries ·
+(``MAP_DEPTH / STRATUM`` - 1)) node writes (on PostgreSQL one statement per table, over arrays).
 
 Storage in strata (as transparency logs store tiles): only nodes at heights that are multiples of
-``STRATUM`` (0, 8, 16, 24, 32) are stored; the heights between are recomputed from the stored
+``STRATUM`` (8, 16, 24, 32) are stored; the heights between are recomputed from the stored
 nodes of a *group* (the up to 256 nodes of one stored height under one node ``STRATUM`` above).
-``read_proof`` assembles one subject's proof from its bucket's members and its four groups (one
-statement, whatever the map's size). Only the latest map is kept, so a proof is always against
+Bucket hashes (height 0) are not stored either: a lowest group's are derived from the members
+of its 256 buckets, read by bucket range (the map is sparse down there — 10⁵ subjects in 2^32
+buckets leave ~0.006 other members in a subject's lowest group — so this reads the subject's
+own member and, almost always, nothing else). ``read_proof`` assembles one subject's proof from
+the members of its lowest group and its three stored groups (one statement, whatever the
+map's size). Only the latest map is kept, so a proof is always against
 the latest checkpoint; the caller checks the assembled proof against that checkpoint's root and
 retries if a newer checkpoint moved the map in between (see ``TransparencyLog.completeness``).
 
@@ -21,10 +26,10 @@ touched bucket's path crosses them, and recomputing their groups was most of a c
 hashing — and small (at most 2^17 - 1 nodes, about 10 MB, whatever the number of subjects). The
 process that advances the map keeps every node of them, addressed by the map's root: a
 checkpoint rehashes only the changed paths through them (each shared ancestor once) and reads
-only the groups below, all in one batch; a proof against that root reads only its bucket and
-two groups. A tree whose root is not the stored map's (another replica advanced the map, or the
+only the groups below, all in one batch; a proof against that root reads only the members of
+its lowest group and one group of nodes. A tree whose root is not the stored map's (another replica advanced the map, or the
 checkpoint rolled back) is never used: ``advance`` rebuilds it from the stored nodes at height
-16 and checks it leads to the stored root, and proofs read all four groups.
+16 and checks it leads to the stored root, and proofs read all three stored groups.
 
 Trust assumption: this process trusts its own database, as ``audit.log`` does; citizens trust only
 the signed root and check every proof themselves (``audit.completeness.verify_completeness``).
@@ -78,9 +83,11 @@ _LEAF_BASE = 1 << MAP_DEPTH
 _BATCH = 500  # keys per IN list
 _RANGES_PER_QUERY = 300  # SQLite allows 32766 parameters
 STRATUM = 8
-"""Stored heights are multiples of this (0, 8, 16, 24, 32): a proof reads ``MAP_DEPTH / STRATUM``
-groups of nodes, a checkpoint writes that many per touched bucket instead of ``MAP_DEPTH + 1``."""
+"""Stored heights are multiples of this but 0 (8, 16, 24, 32): a proof reads the members of one
+lowest group and ``MAP_DEPTH / STRATUM - 1`` groups of nodes, a checkpoint writes that many
+nodes per touched bucket instead of ``MAP_DEPTH + 1``."""
 _READ_CHUNK = 5000  # entries read per query while advancing
+_REMEMBERED = 100_000  # entries a process remembers having appended (``MapCache.remember``)
 CACHED_HEIGHT = 2 * STRATUM
 """Heights from here up (16 … 32, at most 2^17 - 1 nodes) are kept in memory by the process that
 advances the map (``MapCache``): they are the dense part, every touched bucket's path shares it."""
@@ -110,19 +117,42 @@ class UpperTree:
 
 
 class MapCache:
-    """The upper tree of the map this process last computed, addressed by its root.
+    """What this process holds of the map between checkpoints.
 
-    It is used only for a map whose root is the same, the stored map's (``advance``) or the
+    ``tree``: the upper tree of the map this process last computed, addressed by its root. It is
+    used only for a map whose root is the same, the stored map's (``advance``) or the
     checkpoint's (``read_proof``); the root commits to every node, so a tree left from a
     rolled-back checkpoint, another replica's newer map or another database is never used, only
-    rebuilt (``advance``) or passed over (proofs read the groups from the database)."""
+    rebuilt (``advance``) or passed over (proofs read the groups from the database).
+
+    The entries this process appended (``remember``, after their transaction committed): the
+    leaf hash and subject of each, computed from the bytes it wrote, so ``advance`` needs not
+    read them back and parse them again. Entries another replica appended, or any this process
+    no longer holds, are read from the database as before."""
 
     def __init__(self) -> None:
         self.tree: UpperTree | None = None
+        self._appended: dict[int, tuple[bytes, str | None]] = {}
 
     def matching(self, root: bytes) -> UpperTree | None:
         tree = self.tree
         return tree if tree is not None and tree.root == root else None
+
+    def remember(self, start: int, entries: Sequence[tuple[bytes, str | None]]) -> None:
+        """``(leaf hash, subject)`` of the committed entries ``start, start + 1, …``."""
+        if len(self._appended) + len(entries) > _REMEMBERED:
+            self._appended.clear()  # a process that appends but never checkpoints
+        for index, entry in enumerate(entries, start):
+            self._appended[index] = entry
+
+    def recall(self, start: int, stop: int) -> list[tuple[bytes, str | None]] | None:
+        """The remembered entries ``[start, stop)``, or None unless every one is."""
+        found = [self._appended.get(index) for index in range(start, stop)]
+        return None if None in found else found  # type: ignore[return-value]
+
+    def forget(self, start: int, stop: int) -> None:
+        for index in range(start, stop):
+            self._appended.pop(index, None)
 
 
 def _chunks(items: Sequence[_T], n: int = _BATCH) -> Iterator[Sequence[_T]]:
@@ -141,17 +171,25 @@ class _Sql:
     def _sql(self, text: str) -> str:
         return text.replace("?", self._mark)
 
-    def bucket_members(self, log_id: str, buckets: Sequence[int]) -> list[tuple[Any, ...]]:
-        """``(key, bucket, count, chain)`` of every member of ``buckets``: SQLite, ``IN`` lists of
-        ``_BATCH``; PostgreSQL, one statement over an array (as ``_SELECT_RANGES_PG``)."""
+    def group_members(
+        self, log_id: str, ranges: Sequence[tuple[int, int]]
+    ) -> list[tuple[Any, ...]]:
+        """``(key, bucket, count, chain)`` of every member whose bucket falls in any of
+        ``ranges`` (inclusive): the members of whole groups of buckets, each range one index range
+        scan on ``(log_id, bucket)`` (as ``select_ranges``)."""
         rows: list[tuple[Any, ...]] = []
         with driver_cursor(self._conn) as cur:
             if self._mark == "%s":
-                cur.execute(_SELECT_BUCKETS_PG, (list(buckets), log_id), binary=True)
+                cur.execute(
+                    _SELECT_MEMBER_RANGES_PG,
+                    ([lo for lo, _ in ranges], [hi for _, hi in ranges], log_id),
+                    binary=True,
+                )
                 return list(cur.fetchall())
-            for chunk in _chunks(buckets):
-                marks = ", ".join("?" for _ in chunk)
-                cur.execute(f"{_SELECT_BUCKETS} ({marks})", (log_id, *chunk))
+            for chunk in _chunks(ranges, _RANGES_PER_QUERY):
+                values = ", ".join("(?, ?)" for _ in chunk)
+                flat = [bound for pair in chunk for bound in pair]
+                cur.execute(f"WITH r(lo, hi) AS (VALUES {values}){_MEMBERS_JOIN}", (*flat, log_id))
                 rows += cur.fetchall()
         return rows
 
@@ -177,22 +215,25 @@ class _Sql:
         return rows
 
     def upsert_nodes(self, log_id: str, nodes: dict[int, bytes]) -> None:
-        """Write ``nodes`` (heap number: hash); PostgreSQL: one statement over arrays."""
+        """Write ``nodes`` (heap number: hash); PostgreSQL: one statement (``_UPSERT_NODES_PG``)."""
         ids = sorted(nodes)
         with driver_cursor(self._conn) as cur:
             if self._mark == "%s":
-                cur.execute(_UPSERT_NODES_PG, (log_id, ids, [nodes[i] for i in ids]), binary=True)
+                packed = b"".join(nodes[i] for i in ids)
+                cur.execute(_UPSERT_NODES_PG, (log_id, packed, _int_array(ids)))
             else:
                 cur.executemany(_UPSERT_NODES, [(log_id, i, nodes[i]) for i in ids])
 
     def upsert_members(self, log_id: str, members: Sequence[Member]) -> None:
-        """Write ``members`` (with their buckets); PostgreSQL: one statement over arrays."""
+        """Write ``members`` (with their buckets); PostgreSQL: one statement
+        (``_UPSERT_MEMBERS_PG``)."""
         ordered = sorted(members, key=lambda m: m.key)
         with driver_cursor(self._conn) as cur:
             if self._mark == "%s":
-                columns = ([m.key for m in ordered], [bucket_of(m.key) for m in ordered])
-                counts = ([m.count for m in ordered], [m.chain for m in ordered])
-                cur.execute(_UPSERT_MEMBERS_PG, (log_id, *columns, *counts), binary=True)
+                buckets = _int_array([bucket_of(m.key) for m in ordered])
+                counts = _int_array([m.count for m in ordered])
+                keys, chains = b"".join(m.key for m in ordered), b"".join(m.chain for m in ordered)
+                cur.execute(_UPSERT_MEMBERS_PG, (log_id, buckets, counts, keys, chains))
             else:
                 cur.executemany(
                     _UPSERT_MEMBERS,
@@ -200,13 +241,19 @@ class _Sql:
                 )
 
 
-_SELECT_BUCKETS = (
-    "SELECT key, bucket, count, chain FROM audit_subject_members WHERE log_id = ? AND bucket IN"
+def _int_array(values: Sequence[int]) -> str:
+    """A PostgreSQL array literal of integers (parsed by the server in one go)."""
+    return "{" + ",".join(map(str, values)) + "}"
+
+
+_MEMBERS_JOIN = (
+    " SELECT m.key, m.bucket, m.count, m.chain FROM r JOIN audit_subject_members m"
+    " ON m.log_id = ? AND m.bucket BETWEEN r.lo AND r.hi"
 )
-_SELECT_BUCKETS_PG = (
-    "SELECT m.key, m.bucket, m.count, m.chain FROM unnest(%b::bigint[]) AS b(bucket)"
+_SELECT_MEMBER_RANGES_PG = (
+    "SELECT m.key, m.bucket, m.count, m.chain FROM unnest(%b::bigint[], %b::bigint[]) AS r(lo, hi)"
     " CROSS JOIN LATERAL (SELECT key, bucket, count, chain FROM audit_subject_members"
-    " WHERE log_id = %s AND bucket = b.bucket OFFSET 0) AS m"
+    " WHERE log_id = %s AND bucket BETWEEN r.lo AND r.hi OFFSET 0) AS m"
 )
 _RANGES_JOIN = (
     " SELECT n.node_id, n.hash FROM r JOIN audit_subject_nodes n"
@@ -230,27 +277,38 @@ _UPSERT_MEMBERS = (
     "INSERT INTO audit_subject_members (log_id, key, bucket, count, chain) VALUES (?, ?, ?, ?, ?) "
     "ON CONFLICT (log_id, key) DO UPDATE SET count = excluded.count, chain = excluded.chain"
 )
+# PostgreSQL upserts: the hashes of all rows sent as one packed bytea (cut in 32-byte slices by
+# the server) and the integers as one array literal, so no value is dumped one by one in Python
+# (psycopg's array dumper loops over the elements: ~5 ms a checkpoint for ~2,000 rows)
 _UPSERT_NODES_PG = (
     "INSERT INTO audit_subject_nodes (log_id, node_id, hash)"
-    " SELECT %s, n, h FROM unnest(%b::bigint[], %b::bytea[]) AS u(n, h)"
+    " SELECT %s, u.n, substring(%b::bytea FROM u.i::int * 32 - 31 FOR 32)"
+    " FROM unnest(%s::bigint[]) WITH ORDINALITY AS u(n, i)"
     " ON CONFLICT (log_id, node_id) DO UPDATE SET hash = excluded.hash"
 )
 _UPSERT_MEMBERS_PG = (
     "INSERT INTO audit_subject_members (log_id, key, bucket, count, chain)"
-    " SELECT %s, k, b, c, ch FROM unnest(%b::bytea[], %b::bigint[], %b::bigint[], %b::bytea[])"
-    " AS u(k, b, c, ch)"
+    " SELECT %s, substring(p.k FROM u.i::int * 32 - 31 FOR 32), u.b, u.c,"
+    " substring(p.ch FROM u.i::int * 32 - 31 FOR 32)"
+    " FROM unnest(%s::bigint[], %s::bigint[]) WITH ORDINALITY AS u(b, c, i),"
+    " (SELECT %b::bytea AS k, %b::bytea AS ch) AS p"
     " ON CONFLICT (log_id, key) DO UPDATE SET count = excluded.count, chain = excluded.chain"
 )
 _PROOF_MEMBERS = (
-    "SELECT key, count, chain FROM audit_subject_members WHERE log_id = ? AND bucket = ?"
+    "SELECT key, bucket, count, chain FROM audit_subject_members"
+    " WHERE log_id = ? AND bucket BETWEEN ? AND ?"
 )
-_PROOF_GROUP = "SELECT NULL, node_id, hash FROM audit_subject_nodes WHERE log_id = ? AND node_id BETWEEN ? AND ?"
+_PROOF_GROUP = (
+    "SELECT NULL, node_id, NULL, hash FROM audit_subject_nodes"
+    " WHERE log_id = ? AND node_id BETWEEN ? AND ?"
+)
 
 
 @functools.cache
 def _proof_sql(groups: int, mark: str) -> str:
     """A fixed text per number of groups (PostgreSQL prepares a statement it sees repeatedly):
-    the bucket's members ``(key, count, chain)``, then the groups' nodes ``(NULL, id, hash)``."""
+    the members of the bucket's lowest group ``(key, bucket, count, chain)``, then the stored
+    groups' nodes ``(NULL, id, NULL, hash)``."""
     return " UNION ALL ".join([_PROOF_MEMBERS] + [_PROOF_GROUP] * groups).replace("?", mark)
 
 
@@ -274,38 +332,52 @@ def _member(key: Any, count: Any, chain: Any) -> Member:
     return Member(bytes(key), int(count), bytes(chain))
 
 
+def _bucket_range(bucket: int) -> tuple[int, int]:
+    """The buckets of ``bucket``'s lowest group (the ``2^STRATUM`` buckets under one node at
+    height ``STRATUM``), whose hashes are derived from their members, never stored."""
+    first = bucket >> STRATUM << STRATUM
+    return first, first + (1 << STRATUM) - 1
+
+
+def _entries(
+    conn: Connection, log_id: str, start: int, stop: int, cache: MapCache | None
+) -> list[tuple[int, bytes, str | None]]:
+    """``(index, leaf hash, subject)`` of the entries ``[start, stop)``: remembered by this
+    process if it appended them all, else read back — their bytes, never the search columns."""
+    recalled = None if cache is None else cache.recall(start, stop)
+    if recalled is not None:
+        return [(index, leaf, s) for index, (leaf, s) in enumerate(recalled, start)]
+    rows = conn.execute(
+        select(EntryRow.idx, EntryRow.data)
+        .where(EntryRow.log_id == log_id, EntryRow.idx >= start, EntryRow.idx < stop)
+        .order_by(EntryRow.idx)
+    ).all()
+    if [int(r[0]) for r in rows] != list(range(start, stop)):
+        raise MapIntegrityError(f"entries between {start} and {stop} are missing")
+    return [(int(i), merkle.leaf_hash(bytes(d)), _subject_of(bytes(d))) for i, d in rows]
+
+
 def _extend_chains(
-    conn: Connection, log_id: str, origin: str, start: int, size: int
+    conn: Connection, log_id: str, origin: str, start: int, size: int, cache: MapCache | None
 ) -> tuple[dict[bytes, Member], dict[int, list[Member]]]:
     """Every subject with entries in ``[start, size)``, with its chain extended over them; and
-    every touched bucket with its members as they will be (one read per bucket, which also
-    finds the subject's own stored member)."""
+    every non-empty bucket of every touched lowest group with its members as they will be (one
+    read per group, which also finds each subject's own stored member)."""
     sql = _Sql(conn)
     changed: dict[bytes, Member] = {}
     stored: dict[bytes, Member] = {}
     read: set[int] = set()
-    pos = start
-    while pos < size:
-        stop = min(pos + _READ_CHUNK, size)
-        rows = conn.execute(
-            select(EntryRow.idx, EntryRow.data)
-            .where(EntryRow.log_id == log_id, EntryRow.idx >= pos, EntryRow.idx < stop)
-            .order_by(EntryRow.idx)
-        ).all()
-        if [int(r[0]) for r in rows] != list(range(pos, stop)):
-            raise MapIntegrityError(f"entries between {pos} and {stop} are missing")
-        found = [(int(i), bytes(d)) for i, d in rows]
-        subjects = [(i, d, _subject_of(d)) for i, d in found]
-        keyed = [(i, d, subject_key(origin, s)) for i, d, s in subjects if s is not None]
-        fresh = {bucket_of(key) for _, _, key in keyed} - read
-        for key, _, count, chain in sql.bucket_members(log_id, sorted(fresh)):
+    for pos in range(start, size, _READ_CHUNK):
+        found = _entries(conn, log_id, pos, min(pos + _READ_CHUNK, size), cache)
+        keyed = [(i, leaf, subject_key(origin, s)) for i, leaf, s in found if s is not None]
+        fresh = {bucket_of(key) >> STRATUM for _, _, key in keyed} - read
+        ranges = [_bucket_range(group << STRATUM) for group in sorted(fresh)]
+        for key, _, count, chain in sql.group_members(log_id, ranges):
             stored[bytes(key)] = _member(key, count, chain)
         read |= fresh
-        for index, data, key in keyed:
+        for index, leaf, key in keyed:
             old = changed.get(key) or stored.get(key) or Member(key, 0, ZERO_CHAIN)
-            chain = chain_step(old.chain, index, merkle.leaf_hash(data))
-            changed[key] = Member(key, old.count + 1, chain)
-        pos = stop
+            changed[key] = Member(key, old.count + 1, chain_step(old.chain, index, leaf))
     buckets: dict[int, list[Member]] = {}
     for member in (stored | changed).values():
         buckets.setdefault(bucket_of(member.key), []).append(member)
@@ -332,10 +404,6 @@ def _group_hashes(stored: dict[int, bytes], top: int, base_height: int) -> dict[
 
 def _group_ranges(tops: Iterator[int] | Sequence[int]) -> list[tuple[int, int]]:
     return [(top << STRATUM, ((top + 1) << STRATUM) - 1) for top in tops]
-
-
-def _height(node: int) -> int:
-    return MAP_DEPTH + 1 - node.bit_length()
 
 
 def _fold(level: dict[int, bytes], stored: dict[int, bytes], base_height: int) -> dict[int, bytes]:
@@ -402,20 +470,24 @@ def _update_upper(upper: UpperTree, level: dict[int, bytes], writes: dict[int, b
 def _rehash(
     sql: _Sql, log_id: str, buckets: dict[int, list[Member]], upper: UpperTree
 ) -> UpperTree:
-    """Rewrite the touched buckets and the stored nodes above them; the new upper tree.
+    """Rewrite the stored nodes above the touched buckets; the new upper tree.
 
-    Only every ``STRATUM``-th height is stored (``audit.store``). Below ``CACHED_HEIGHT`` the
-    stored nodes of every touched group (both strata) are read in one batch and the changed
-    paths folded up with them; above it the cached upper tree supplies every sibling."""
+    ``buckets`` holds every non-empty bucket of every touched lowest group: their hashes are
+    folded up to height ``STRATUM`` (bucket hashes are never stored, a group's are derived from
+    its members). From there the stored nodes of every touched group at height ``STRATUM`` are
+    read in one batch and the changed paths folded up with them; above ``CACHED_HEIGHT`` the
+    cached upper tree supplies every sibling."""
     level = {_LEAF_BASE + b: bucket_hash(members) for b, members in buckets.items()}
-    tops = sorted({node >> STRATUM for node in level} | {node >> CACHED_HEIGHT for node in level})
-    stored: dict[int, dict[int, bytes]] = {0: {}, STRATUM: {}}
-    for node, digest in sql.select_ranges(log_id, _group_ranges(tops)):
-        stored[_height(int(node))][int(node)] = bytes(digest)
+    level = _fold(level, {}, 0)
+    stored = {
+        int(node): bytes(digest)
+        for node, digest in sql.select_ranges(
+            log_id, _group_ranges(sorted({node >> STRATUM for node in level}))
+        )
+    }
     writes = dict(level)
-    for base_height in (0, STRATUM):
-        level = _fold(level, stored[base_height], base_height)
-        writes.update(level)
+    level = _fold(level, stored, STRATUM)
+    writes.update(level)
     tree = _update_upper(upper, level, writes)
     sql.upsert_nodes(log_id, writes)
     return tree
@@ -431,13 +503,14 @@ def advance(
 ) -> bytes:
     """Bring the map up to log size ``size`` (inside the checkpoint's transaction); its root.
     ``cache`` holds the upper tree between checkpoints (the new one is put there before the
-    transaction commits: if it rolls back, the stored root differs and the tree is rebuilt)."""
+    transaction commits: if it rolls back, the stored root differs and the tree is rebuilt) and
+    the entries this process appended since (``MapCache.remember``)."""
     state = map_state(conn, log_id)
     if state.size > size:
         raise MapIntegrityError("the subject map is ahead of the log")
     if state.size == size:
         return state.root
-    changed, buckets = _extend_chains(conn, log_id, origin, state.size, size)
+    changed, buckets = _extend_chains(conn, log_id, origin, state.size, size, cache)
     root = state.root
     if changed:
         sql = _Sql(conn)
@@ -447,6 +520,8 @@ def advance(
         root = tree.root
         if cache is not None:
             cache.tree = tree
+    if cache is not None:
+        cache.forget(state.size, size)  # if this rolls back, they are read back next time
     conn.execute(delete(SubjectMapRow).where(SubjectMapRow.log_id == log_id))
     conn.execute(insert(SubjectMapRow).values(log_id=log_id, size=size, root=root))
     return root
@@ -462,9 +537,10 @@ def proof_root(proof: SubjectProof, own: Member | None, origin: str) -> bytes:
 class ProofQuery:
     """One subject's proof read: the statement, its parameters, and what assembles its rows.
 
-    One statement reads the bucket's members and the stored nodes of its groups: all four, or,
-    given ``upper`` (the cached upper tree of the map the proof is checked against), the two
-    below ``CACHED_HEIGHT``, whose siblings above come from ``upper``."""
+    One statement reads the members of the bucket's lowest group (whose bucket hashes give the
+    heights below ``STRATUM``) and the stored nodes of the groups above: three, or, given
+    ``upper`` (the cached upper tree of the map the proof is checked against), the one below
+    ``CACHED_HEIGHT``, whose siblings above come from ``upper``."""
 
     subject: str
     key: bytes
@@ -475,19 +551,23 @@ class ProofQuery:
     def assemble(self, rows: Sequence[Sequence[Any]]) -> tuple[SubjectProof, Member | None]:
         """The proof, and the subject's own member (None when it has no entries) so the caller
         can check the proof against the root before sending it."""
-        leaf = _LEAF_BASE + bucket_of(self.key)
-        bases = range(0, MAP_DEPTH if self.upper is None else CACHED_HEIGHT, STRATUM)
+        bucket = bucket_of(self.key)
+        leaf = _LEAF_BASE + bucket
+        bases = _stored_bases(self.upper)
         tops = [leaf >> (base + STRATUM) for base in bases]
         groups: dict[int, dict[int, bytes]] = {top: {} for top in tops}
-        members: list[Member] = []
+        by_bucket: dict[int, list[Member]] = {}
         for row in rows:
             if row[0] is None:
-                groups[int(row[1]) >> STRATUM][int(row[1])] = bytes(row[2])
+                groups[int(row[1]) >> STRATUM][int(row[1])] = bytes(row[3])
             else:
-                members.append(_member(*row))
+                by_bucket.setdefault(int(row[1]), []).append(_member(row[0], row[2], row[3]))
+        lowest = {_LEAF_BASE + b: bucket_hash(members) for b, members in by_bucket.items()}
         siblings: list[bytes] = []
-        for base_height, top in zip(bases, tops, strict=True):
-            known = _group_hashes(groups[top], top, base_height)
+        for base_height, top, group in zip(
+            (0, *bases), (leaf >> STRATUM, *tops), (lowest, *groups.values()), strict=True
+        ):
+            known = _group_hashes(group, top, base_height)
             siblings += [
                 known.get((leaf >> h) ^ 1, _EMPTY[h])
                 for h in range(base_height, base_height + STRATUM)
@@ -495,9 +575,16 @@ class ProofQuery:
         if self.upper is not None:
             nodes = self.upper.nodes
             siblings += [nodes[(leaf >> h) ^ 1] for h in range(CACHED_HEIGHT, MAP_DEPTH)]
+        members = by_bucket.get(bucket, [])
         own = next((m for m in members if m.key == self.key), None)
         others = tuple(m for m in members if m.key != self.key)
         return SubjectProof(self.subject, others, tuple(siblings)), own
+
+
+def _stored_bases(upper: UpperTree | None) -> range:
+    """The heights of the stored groups a proof reads: ``STRATUM`` and up, to the top or to
+    ``CACHED_HEIGHT`` when the upper tree is in memory (the lowest group comes from members)."""
+    return range(STRATUM, MAP_DEPTH if upper is None else CACHED_HEIGHT, STRATUM)
 
 
 def proof_query(
@@ -506,8 +593,8 @@ def proof_query(
     """The read for ``subject``'s proof; ``mark`` is the driver's placeholder (``?``/``%s``)."""
     key = subject_key(origin, subject)
     leaf = _LEAF_BASE + bucket_of(key)
-    bases = range(0, MAP_DEPTH if upper is None else CACHED_HEIGHT, STRATUM)
-    params: list[Any] = [log_id, bucket_of(key)]
+    bases = _stored_bases(upper)
+    params: list[Any] = [log_id, *_bucket_range(bucket_of(key))]
     for lo, hi in _group_ranges([leaf >> (base + STRATUM) for base in bases]):
         params += [log_id, lo, hi]
     return ProofQuery(subject, key, upper, _proof_sql(len(bases), mark), tuple(params))

@@ -209,7 +209,8 @@ def _reference_root(members: list[Member]) -> bytes:
 def test_only_every_stratum_height_is_stored_and_the_root_is_the_full_trees(
     log: TransparencyLog,
 ) -> None:
-    """The map stores nodes at heights 0, 8, 16, 24 and 32 only (``STRATUM``); the root it
+    """The map stores nodes at heights 8, 16, 24 and 32 only (``STRATUM``; bucket hashes come
+    from the members); the root it
     signs is the one a full recomputation over every member gives, as the log grows in steps
     that touch shared groups (many subjects) and sparse ones (a few)."""
     from audit.checkpoint import verify_checkpoint
@@ -231,16 +232,17 @@ def test_only_every_stratum_height_is_stored_and_the_root_is_the_full_trees(
         signed = map_root_of(verify_checkpoint(cp.note, log.verifier()))
         assert signed == _reference_root(members)
         assert {MAP_DEPTH + 1 - n.bit_length() for n in nodes} <= set(
-            range(0, MAP_DEPTH + 1, STRATUM)
+            range(STRATUM, MAP_DEPTH + 1, STRATUM)
         )
     _check(log, ALICE, BOB, "ps-0-7", "ps-1-2", "ps-nobody")
 
 
-def test_migration_audit_0004_drops_the_unstored_heights_and_proofs_still_hold(
+def test_migrations_audit_0004_0005_drop_the_unstored_heights_and_proofs_still_hold(
     db_url: str, signer: NoteSigner
 ) -> None:
-    """A map written with every height (the layout before audit_0004) is migrated to the strata
-    layout: the other heights are gone, the signed root and every proof are unchanged."""
+    """A map written with every height (the layout before audit_0004, bucket hashes included
+    until audit_0005) is migrated to the strata layout: the other heights and the buckets are
+    gone, the signed root and every proof are unchanged."""
     from alembic import command
 
     from exchange.db import alembic_config, make_engine, upgrade
@@ -277,7 +279,7 @@ def test_migration_audit_0004_drops_the_unstored_heights_and_proofs_still_hold(
             after = {
                 int(r[0]) for r in conn.execute(text("SELECT node_id FROM audit_subject_nodes"))
             }
-        assert extra
+        assert 0 in {MAP_DEPTH + 1 - n.bit_length() for n in extra}  # bucket hashes too
         assert after == stored
         _check(log, ALICE, BOB, CAROL)
     finally:
@@ -353,3 +355,53 @@ def test_a_stored_map_that_does_not_lead_to_its_root_stops_the_checkpoint(
     fresh.append_many([make_event(SIZE + i, subject=ALICE) for i in range(3)])
     with pytest.raises(LogIntegrityError, match="does not lead to its root"):
         fresh.publish_checkpoint(T0 + timedelta(hours=3))
+
+
+def test_a_checkpoint_over_entries_another_replica_appended_reads_them_back(
+    log: TransparencyLog, make_log: MakeLog
+) -> None:
+    """A checkpoint takes the entries this process appended from memory and reads back the
+    ones another replica appended in between: the root is the full tree's either way."""
+    other = make_log()
+    for writer in (log, other, log):
+        start = writer.size()
+        writer.append_many([make_event(start + i, subject=f"ps-m-{i % 30}") for i in range(100)])
+    cp = log.publish_checkpoint(T0 + timedelta(hours=3))
+    _assert_signed_root_is_the_full_trees(log, cp.note)
+    _check(log, ALICE, "ps-m-7")
+    _check(other, "ps-m-8")
+
+
+def test_an_entry_rewritten_before_the_checkpoint_still_fails_the_citizens_proof(
+    log: TransparencyLog,
+) -> None:
+    """The map follows the bytes this process appended even if the row is rewritten before the
+    checkpoint is signed: the citizen is shown the rewritten entry, whose leaf hash the map does
+    not hold, and their proof fails (as ``audit verify`` does)."""
+    i = log.size()
+    log.append_many([make_event(i, subject=ALICE)])
+    forged = entry_bytes(make_event(i, subject=ALICE, client="JP/GOV/000000/forged"))
+    _sql(
+        log,
+        "UPDATE audit_entries SET data = :d, leaf_hash = :h, client = :c WHERE idx = :i",
+        d=forged,
+        h=merkle.leaf_hash(forged),
+        c="JP/GOV/000000/forged",
+        i=i,
+    )
+    cp = log.publish_checkpoint(T0 + timedelta(hours=3))
+    with pytest.raises(CompletenessError):
+        _check(log, ALICE)
+    _check(log, BOB)
+    assert not verify_export(cp.note, log.export(), log.vkey())
+
+
+def test_a_rewritten_member_row_stops_the_proof(log: TransparencyLog) -> None:
+    """Bucket hashes are not stored: they come from the member rows, so a member row rewritten
+    in the database gives a bucket that does not lead to the signed root, and the node refuses
+    to send the proof rather than send one that fails."""
+    key = subject_key(log.origin, ALICE)
+    _sql(log, "UPDATE audit_subject_members SET count = count - 1 WHERE key = :k", k=key)
+    with pytest.raises(LogIntegrityError, match="does not match the latest checkpoint"):
+        _record(log, ALICE)
+    _check(log, BOB)
