@@ -30,6 +30,7 @@ from audit.columns import (
     INDEX_COLUMNS,
     column_mismatch,
     columns_json,
+    implied_columns,
     index_columns,
     time_column,
 )
@@ -132,7 +133,7 @@ def _columns_read(text: bytes, entry: dict[str, Any]) -> dict[str, Any] | bool:
     """(5) True when the columns' text is, byte for byte, the compact JSON of the columns the
     entry implies (it then parses to them); else the columns parsed (False: not an object, or
     holding a float)."""
-    if text == orjson.dumps(columns_json(index_columns(entry))):
+    if text == orjson.dumps(implied_columns(entry)):
         return True
     columns = orjson.loads(text)
     if type(columns) is not dict or not _exact_numbers(columns):
