@@ -17,7 +17,13 @@ from fastapi import FastAPI
 from sqlalchemy import text
 
 from audit.api import build_router
-from audit.columns import INDEX_COLUMNS, column_mismatch, index_columns
+from audit.columns import (
+    INDEX_COLUMNS,
+    column_mismatch,
+    columns_json,
+    implied_columns,
+    index_columns,
+)
 from audit.log import EntryQuery, LogIntegrityError, TransparencyLog, entry_record
 from audit.verify import verify_export
 from exchange.tokens import DevIssuer
@@ -54,6 +60,21 @@ def test_columns_are_those_of_the_entry_record() -> None:
     assert dict(zip(INDEX_COLUMNS, columns, strict=True))["subject"] == "ps-alice"
     assert column_mismatch(record, columns) is None
     assert column_mismatch(record, (columns[0] + 1, *columns[1:])) == "time_us"
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        entry_record(make_event(3, subject="ps-alice", consent_id="c-1")),
+        {"time": "not a time", "subject": 7, "client": None, "kind": ["x"], "node": "n"},
+        {"time": "2026-11-23T00:00:00+09:00"},
+        {},
+    ],
+)
+def test_the_verifiers_one_pass_columns_are_index_columns(record: dict[str, object]) -> None:
+    assert list(implied_columns(record).items()) == list(
+        columns_json(index_columns(record)).items()
+    )
 
 
 @pytest.mark.parametrize(

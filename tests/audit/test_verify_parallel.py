@@ -8,6 +8,7 @@ import json
 import os
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -39,6 +40,37 @@ def _columns(lines: list[str], at: int, **changes: str) -> list[str]:
     return [*lines[:at], json.dumps(line, separators=(",", ":")), *lines[at + 1 :]]
 
 
+def _edit(lines: list[str], at: int, change: Callable[[dict[str, Any]], object]) -> list[str]:
+    """Line ``at`` parsed, changed in place by ``change`` and written back compactly."""
+    line = json.loads(lines[at])
+    change(line)
+    text = json.dumps(line, separators=(",", ":"), ensure_ascii=False)
+    return [*lines[:at], text, *lines[at + 1 :]]
+
+
+# lines the worker's orjson reader (``_read_exact_bytes``) must leave to the text reader, or read
+# exactly as it would: numbers json reads otherwise, a columns object holding the entry's key,
+# columns that are right but not in the export's order, bytes that are not UTF-8
+ORJSON_EDITS: dict[str, Edit] = {
+    "a float in an entry": lambda lines: _edit(lines, 11, lambda d: d["entry"].update(n=1.5)),
+    "a 20-digit integer in an entry": lambda lines: _edit(
+        lines, 12, lambda d: d["entry"].update(n=10**20)
+    ),
+    "a float column": lambda lines: _edit(
+        lines, 14, lambda d: d["columns"].update(time_us=float(d["columns"]["time_us"]))
+    ),
+    "columns holding an entry": lambda lines: _edit(
+        lines, 15, lambda d: d["columns"].update(x={"a": {}, "entry": {"b": 1}})
+    ),
+    "columns in another order": lambda lines: _edit(
+        lines, 16, lambda d: d.update(columns=dict(reversed(d["columns"].items())))
+    ),
+    "not UTF-8": lambda lines: [
+        *(line.encode() for line in lines[:18]),
+        lines[18].encode().replace(b"ps-", b"ps\xff"),
+        *(line.encode() for line in lines[19:]),
+    ],
+}
 EDITS: dict[str, Edit] = {
     "untouched": lambda lines: lines,
     "blank lines": lambda lines: [*lines[:5], "", "  ", *lines[5:21], "\n", *lines[21:]],
@@ -56,6 +88,7 @@ EDITS: dict[str, Edit] = {
     ],
     "bytes lines": lambda lines: [line.encode() for line in lines],
     "entries beyond the checkpoint": lambda lines: lines,
+    **ORJSON_EDITS,
 }
 
 
@@ -77,6 +110,8 @@ def test_chunked_workers_report_what_one_pass_reports(
         "blank lines",
         "entries beyond the checkpoint",
         "line breaks inside a line",
+        "columns in another order",
+        "a float column",  # the same number: 1795392000001000.0 == 1795392000001000
     )
     assert (edit in (*fine, "bytes lines")) == one.ok
 
