@@ -311,6 +311,9 @@ class AlertWorker:
         key = batch.keys.get(subject) if isinstance(subject, str) else None
         if key is None:
             return  # it names no citizen: there is nobody to alert, no history to keep
+        asked = self._rules.asked_decisions
+        if asked is not None and record.get("decision") not in asked:
+            return  # the rules say an entry of this decision raises and counts nothing
         client = record.get("client") if isinstance(record.get("client"), str) else None
         at_us = time_us(record.get("time"))
         window_us = at_us - at_us % self._window_us

@@ -40,6 +40,7 @@ __all__ = [
 ALERTS_MODULE = "alerts.rego"
 ALERTS_QUERY = "x := data.onceonly.alerts.evaluation"
 ALERTS_DOCUMENT = "onceonly.alerts.evaluation"
+ASKED_DOCUMENT = "onceonly.alerts.asked_about_decisions"
 AlertsEngine = Literal["auto", "opa-inprocess", "regopy"]
 ALERT_RULES = ("read-without-consent", "new-recipient", "unusual-volume", "refused")
 """Every rule the module can raise, in the order the citizen's settings list them."""
@@ -112,6 +113,31 @@ class AlertRules:
             )
         except (RegoFailure, OpaFailure) as exc:
             raise PolicyCompileError(f"the alert rules do not compile: {exc}") from exc
+        self.asked_decisions: frozenset[str] | None = self._asked_decisions(module, opa)
+
+    def _asked_decisions(self, module: str, opa: bool) -> frozenset[str] | None:
+        """The decisions of the entries the module says are worth asking about (its
+        ``asked_about_decisions``, read once); None when it does not say: every entry is asked."""
+        try:
+            if opa:
+                query = PreparedQuery(
+                    {ALERTS_MODULE: module}, {"alerts": self.data}, ASKED_DOCUMENT
+                )
+                try:
+                    defined, value = query.evaluate({})
+                finally:
+                    query.close()
+            else:
+                defined, value = CompiledQuery(
+                    {ALERTS_MODULE: module}, {"alerts": self.data}, f"x := data.{ASKED_DOCUMENT}"
+                ).evaluate({})
+        except (RegoFailure, OpaFailure) as exc:
+            raise PolicyCompileError(f"the alert rules do not compile: {exc}") from exc
+        if not defined:
+            return None
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise PolicyCompileError("alerts: asked_about_decisions must be a set of strings")
+        return frozenset(str(v) for v in value)
 
     def evaluate(self, input_doc: Mapping[str, JsonValue]) -> AlertEvaluation:
         try:

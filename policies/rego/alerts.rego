@@ -76,6 +76,15 @@ private_recipient if {
 # One exchange is one alert, even where its steps are recorded twice at one node.
 exchange_key := input.entry.request_hash if is_string(input.entry.request_hash) else := sprintf("entry:%d", [input.index])
 
+# --- which entries the worker asks about ----------------------------------------------------
+
+# Every rule below needs a read (decision "allow") or a refusal (decision "deny"), and only reads
+# count towards the volume: an entry with another decision (a consumer's record of its own
+# request, "info"; an exchange that failed, "error") raises nothing and counts for nothing. The
+# worker reads this set once and does not ask about the other entries (alerts_test.rego checks
+# the claim for each decision an entry can have).
+asked_about_decisions := {"allow", "deny"}
+
 # --- the rules --------------------------------------------------------------------------------
 
 # (a) A private recipient read the citizen's data on a basis they did not consent to.

@@ -83,3 +83,28 @@ test_no_subject_no_alert if {
 	anonymous := object.remove(refusal, ["subject"])
 	count(rules_of(anonymous, fresh)) == 0
 }
+
+# asked_about_decisions is a promise: an entry with a decision outside it is no read and raises
+# nothing, whatever else it says (even a response of this node's own service with a subject).
+test_entries_of_decisions_not_asked_about_raise_nothing_and_are_no_reads if {
+	every decision in {"allow", "deny", "info", "error", ""} {
+		entry_of_decision_is_inert(decision)
+	}
+	count(alerts.asked_about_decisions) < 5
+}
+
+entry_of_decision_is_inert(decision) if decision in alerts.asked_about_decisions
+
+entry_of_decision_is_inert(decision) if {
+	not decision in alerts.asked_about_decisions
+	every history in [fresh, busy] {
+		every shape in [private_read, refusal, object.union(private_read, {"kind": "request"})] {
+			e := alerts.evaluation with input as {
+				"node": node, "index": 7,
+				"entry": object.union(shape, {"decision": decision}), "history": history,
+			}
+			e.read == false
+			e.alerts == set()
+		}
+	}
+}

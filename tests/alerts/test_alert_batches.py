@@ -1,6 +1,6 @@
-"""A batch is evaluated in two calls to the rules, yet raises what one evaluation per entry, in
-index order, raises: the same alerts on the same entries, whatever the batch size, twins and a
-consumer's own records of an exchange included."""
+"""A batch raises what one evaluation per entry, in index order, raises: the same alerts on the
+same entries, whatever the batch size, twins and a consumer's own records of an exchange
+included; and entries of a decision the rules say they never ask about are not asked about."""
 
 from __future__ import annotations
 
@@ -92,3 +92,32 @@ def test_a_consumers_request_record_does_not_hide_the_providers_read(world: Worl
         ("read-without-consent", key, 1),
         ("new-recipient", key, 1),
     ]
+
+
+def test_entries_of_decisions_the_rules_do_not_ask_about_are_not_evaluated(
+    make_world: MakeWorld,
+) -> None:
+    events = _mixed_log(120)
+    events += [replace(e, decision="error", kind="refusal") for e in events[:10]]
+    results, asked = [], []
+    for decisions in (None, "the rules' own"):
+        world = make_world(max_reads_per_window=3, window_s=3600)
+        assert world.rules.asked_decisions == frozenset({"allow", "deny"})
+        if decisions is None:
+            world.rules.asked_decisions = None  # ask about every entry
+        seen: list[object] = []
+        evaluate = world.rules.evaluate
+
+        def spy(doc, evaluate=evaluate, seen=seen):  # type: ignore[no-untyped-def]
+            seen.append(doc["entry"]["decision"])
+            return evaluate(doc)
+
+        world.rules.evaluate = spy  # type: ignore[method-assign]
+        world.log.append_many(events)
+        AlertWorker(world.log, world.engine, world.rules, node=NODE, batch=50).run_once()
+        results.append((_raised(world), _counted(world)))
+        asked.append(set(seen))
+    assert results[0][0], "the log raises alerts"
+    assert results[1] == results[0]
+    assert {"info", "error"} <= asked[0]
+    assert asked[1] == {"allow", "deny"}
