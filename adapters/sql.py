@@ -22,6 +22,7 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -170,10 +171,7 @@ class _Compiled:
             positional = compiled.positiontup is not None
             if list(compiled.positiontup or compiled.binds) != ["subject"]:
                 raise ConfigurationError("unexpected parameters in a prepared read")
-            processors = [
-                col.type.dialect_impl(dialect).result_processor(dialect, None)
-                for col in stmt.selected_columns
-            ]
+            processors = [_result_processor(col.type, dialect) for col in stmt.selected_columns]
             found = (wanted, str(compiled), processors, positional)
             if len(self.raw_reads) < MAX_PREPARED_READS:
                 self.raw_reads[fields] = found
@@ -397,6 +395,25 @@ def _plain(row: RowMapping, wanted: Sequence[str]) -> dict[str, JsonValue]:
 
 def _jsonable(values: Mapping[str, Any]) -> dict[str, JsonValue]:
     return {k: _jsonable_value(v) for k, v in values.items()}
+
+
+def _result_processor(type_: TypeEngine[Any], dialect: Any) -> Callable[[Any], Any] | None:
+    """What SQLAlchemy would apply to a driver value of a column declared ``type_``.
+
+    psycopg hands back Python values already (``date``, aware ``datetime``, ``bool``, ``int``,
+    ``str``), except a NUMERIC column as ``Decimal``: a ``number`` field is a float, as
+    SQLAlchemy's ``Float`` makes it (its own processor needs the column's type code, which a
+    prepared read does not have when it is compiled)."""
+    if dialect.name == "postgresql":
+        return _as_float if isinstance(type_, Float) else None
+    processor: Callable[[Any], Any] | None = type_.dialect_impl(dialect).result_processor(
+        dialect, None
+    )
+    return processor
+
+
+def _as_float(value: Any) -> Any:
+    return float(value) if isinstance(value, Decimal) else value
 
 
 def _jsonable_value(value: Any) -> JsonValue:

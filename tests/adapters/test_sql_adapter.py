@@ -429,3 +429,62 @@ def test_reads_on_the_loop_and_in_threads_answer_the_same_for_every_type(tmp_pat
         asyncio.run(loop_reads.call(_request("thing", subject="nobody", fields=("s",))))
     asyncio.run(loop_reads.aclose())
     eng.dispose()
+
+
+def test_postgres_reads_answer_what_sqlalchemy_answers_for_every_type(pg_url: str) -> None:
+    """PostgreSQL reads go straight to psycopg as prepared statements; each field type must come
+    out as the SQLAlchemy path gives it — a ``number`` stored NUMERIC or DOUBLE PRECISION a float,
+    one record or many."""
+    eng = make_engine(pg_url)
+    with eng.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE TABLE things (id VARCHAR PRIMARY KEY, s VARCHAR, i INTEGER, "
+                "n NUMERIC(10, 2), f DOUBLE PRECISION, b BOOLEAN, d DATE, t TIMESTAMPTZ, "
+                "empty VARCHAR)"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO things VALUES ('x1', '町田', 42, 1.50, 2.25, true, '2026-04-01', "
+                "'2026-04-01 09:30:00+00', NULL), ('x2', '森野', 7, 3.00, 0.5, false, "
+                "'2026-05-01', '2026-05-01 00:00:00+00', 'e')"
+            )
+        )
+    types = {"s": "string", "i": "integer", "n": "number", "f": "number", "b": "boolean"}
+    types |= {"d": "date", "t": "datetime", "empty": "string"}
+    fields = {f: ColumnField(column=f, type=t) for f, t in types.items()}  # type: ignore[arg-type]
+    one = SqlServiceConfig(
+        code="thing",
+        description="one",
+        table="things",
+        key_column="id",
+        fields=fields,
+        purposes=("address-change",),
+    )
+    many = one.model_copy(update={"code": "things", "key_column": "s", "many": True})
+    adapter = SqlAdapter(eng, [one, many])
+    request = _request("thing", subject="x1", fields=tuple(types), provider=RR.client_id)
+    got = asyncio.run(adapter.call(request))
+    assert got.data == {
+        "s": "町田",
+        "i": 42,
+        "n": 1.5,
+        "f": 2.25,
+        "b": True,
+        "d": "2026-04-01",
+        "t": "2026-04-01T09:30:00+00:00",
+        "empty": None,
+    }
+    assert type(got.data["n"]) is float  # type: ignore[index]
+    compiled = adapter._compiled["thing"]  # the SQLAlchemy path, for comparison
+    with eng.connect() as conn:
+        assert adapter._select(conn, compiled, "x1", frozenset(types)) == got.data
+    listed = asyncio.run(
+        adapter.call(_request("things", subject="森野", fields=("n", "d"), provider=RR.client_id))
+    )
+    assert listed.data == [{"n": 3.0, "d": "2026-05-01"}]
+    with pytest.raises(NotFoundError):
+        asyncio.run(adapter.call(_request("thing", subject="nobody", fields=("s",))))
+    asyncio.run(adapter.aclose())
+    eng.dispose()
