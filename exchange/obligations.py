@@ -116,9 +116,13 @@ class ObligationsLedger:
         self._group: GroupCommit[Received, None] = GroupCommit(
             self.record_many, inline=runs_inline(engine) if inline is None else inline
         )
-        dialect = engine.dialect
-        self._bind_date: Any = ObligationRow.__table__.c.delete_by.type.bind_processor(dialect)
-        self._bind_time: Any = ObligationRow.__table__.c.received_at.type.bind_processor(dialect)
+        # SQLite: the rows go straight to the driver, as SQLAlchemy would bind them (its stored
+        # forms of dates and times, not sqlite3's deprecated default adapters).
+        dialect, columns = engine.dialect, ObligationRow.__table__.c
+        self._bind_date: Any = columns.delete_by.type.dialect_impl(dialect).bind_processor(dialect)
+        self._bind_time: Any = columns.received_at.type.dialect_impl(dialect).bind_processor(
+            dialect
+        )
 
     def record(
         self,

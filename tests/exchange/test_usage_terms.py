@@ -336,3 +336,41 @@ def test_data_received_under_no_onward_transfer_is_not_served_on(
         assert _call(fed, path=f"/r1/{digest}").status_code == 200
     finally:
         fed.central_engine.dispose()
+
+
+def test_ledger_rows_are_stored_as_sqlalchemy_stores_them(db_url: str) -> None:
+    """The batched write goes straight to the driver: its dates and times must be stored in the
+    form SQLAlchemy's own INSERT gives them (on SQLite: text), so reads and ordering agree."""
+    from sqlalchemy import insert, text
+
+    from exchange.db import make_engine, upgrade
+    from exchange.store import ObligationRow
+
+    engine = make_engine(db_url)
+    upgrade(engine, ("exchange",))
+    now = datetime(2027, 1, 10, 12, 0, 0, 5, tzinfo=UTC)
+    terms = UsageTerms(purpose="p", delete_by=date(2027, 1, 9))
+    ObligationsLedger(engine).record(
+        client="C", message_id="batched", service="S", subject="s", terms=terms, now=now
+    )
+    with engine.begin() as conn:
+        conn.execute(
+            insert(ObligationRow).values(
+                client="C",
+                message_id="orm",
+                service="S",
+                subject="s",
+                purpose="p",
+                delete_by=terms.delete_by,
+                onward=False,
+                received_at=now,
+            )
+        )
+        rows = conn.execute(
+            text(
+                "SELECT message_id, CAST(delete_by AS TEXT), CAST(received_at AS TEXT) "
+                "FROM xchg_obligations ORDER BY message_id"
+            )
+        ).all()
+    assert rows[0][1:] == rows[1][1:]
+    engine.dispose()
