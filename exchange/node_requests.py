@@ -30,6 +30,7 @@ from exchange.central_config import VerifiedRegistry
 from exchange.errors import AuthenticationError, OnceOnlyError
 from exchange.identifiers import ClientId
 from exchange.signing import MemberSigner
+from exchange.web.redirects import route_path
 
 __all__ = [
     "VerifiedNodeRequest",
@@ -129,14 +130,12 @@ def node_request_authenticator(
     mounted under, as the node signed it)."""
 
     async def authenticate(request: Request, body: bytes) -> VerifiedNodeRequest:
-        path: str = request.scope["path"]
-        root: str = request.scope.get("root_path", "")
         now = clock()
         return verify_node_request(
             registry(now),
             dict(request.headers),
             request.method,
-            path[len(root) :] if root and path.startswith(root) else path,
+            route_path(request.scope),
             body,
             now=now,
             max_skew_s=max_skew_s,

@@ -103,6 +103,7 @@ from exchange.web.health import LIVENESS, METRICS, READINESS, database_check, re
 from exchange.web.metrics import CONTENT_TYPE
 from exchange.web.openapi import PUBLIC, documented, install_openapi, json_content
 from exchange.web.problems import install_problem_handlers, problem_for, problem_response
+from exchange.web.redirects import route_path
 from exchange.web.refusals import refusal_auditing_route
 
 __all__ = ["NodeParts", "create_node_app", "database_url", "utc_now"]
@@ -159,13 +160,6 @@ _LIVENESS_FIELDS = frozenset(
 """The node's own ``/healthz`` fields, which a part's ``about`` cannot replace."""
 
 
-def _route_path(scope: Scope) -> str:
-    """The path inside this app (without the prefix it is mounted under)."""
-    path: str = scope["path"]
-    root: str = scope.get("root_path", "")
-    return path[len(root) :] if root and path.startswith(root) else path
-
-
 class _ExchangeFastPath:
     """Serves ``POST /x1/messages`` and ``/r1/…`` before FastAPI's middleware stack.
 
@@ -193,7 +187,7 @@ class _ExchangeFastPath:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            path, method = _route_path(scope), scope["method"]
+            path, method = route_path(scope), scope["method"]
             handler = None
             if path == "/x1/messages" and method == "POST":
                 handler = self._messages
@@ -530,20 +524,20 @@ def create_node_app(
         return JSONResponse({"clients": [{"id": s.id, "name": s.name} for s in reg.clients()]})
 
     def consumer_call(request: Request, body: bytes = b"") -> ConsumerCall:
-        path = _route_path(request.scope)[len("/r1/") :]
+        path = route_path(request.scope)[len("/r1/") :]
         headers = {k.lower(): v for k, v in request.headers.items()}
         return ConsumerCall(request.method, path, request.url.query, headers, body)
 
     async def refused(request: Request, exc: OnceOnlyError) -> None:
         """Audits a refusal the exchange routes raised before their own audit step."""
-        if _route_path(request.scope) == "/x1/messages":
+        if route_path(request.scope) == "/x1/messages":
             await provider.record_unverified(exc, clock())
         else:
             await consumer.record_refusal(consumer_call(request), exc)
 
     async def r1(request: Request) -> Response:
         started = time.perf_counter()
-        path = _route_path(request.scope)[len("/r1/") :]
+        path = route_path(request.scope)[len("/r1/") :]
         parts_ = path.split("/")
         if len(parts_) == 5 and parts_[4] in METASERVICES:
             if request.method != "GET":  # X-Road's metaservices are GETs

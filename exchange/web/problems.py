@@ -36,6 +36,7 @@ from exchange.errors import (
     UnavailableError,
     VerificationError,
 )
+from exchange.web.redirects import route_path
 
 __all__ = [
     "PROBLEM_BASE",
@@ -208,8 +209,7 @@ def _allowed_methods(request: Request) -> str:
     routes = getattr(scope.get("app"), "routes", ())
     # FastAPI ≥ 0.13x keeps included routers whole; ``iter_route_contexts`` gives their routes.
     expand = getattr(fastapi.routing, "iter_route_contexts", None)
-    path, root = scope["path"], scope.get("root_path", "")
-    path = path[len(root) :] if root and path.startswith(root) else path
+    path = route_path(scope)
     matched: dict[str, set[str]] = {}
     for route in expand(routes) if expand is not None else routes:
         template, route_methods = getattr(route, "path", None), getattr(route, "methods", None)

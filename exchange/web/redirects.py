@@ -16,7 +16,14 @@ from fastapi import Request
 from starlette.datastructures import URL, Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["RelativeRedirects", "local_url"]
+__all__ = ["RelativeRedirects", "local_url", "route_path"]
+
+
+def route_path(scope: Scope) -> str:
+    """The path inside the app, without the prefix it is mounted under (``root_path``)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
 
 
 def local_url(request: Request, name: str, /, **path_params: Any) -> URL:
