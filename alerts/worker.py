@@ -11,6 +11,13 @@ before the commit repeats the batch; one after it never does. The transaction fi
 the cursor row's lock on PostgreSQL, that the cursor has not moved since the batch was read: of
 several worker processes evaluating one batch, one stores it and the others drop theirs.
 
+A round (``run_round``, the background job's call) is taken by one process of a node's replicas at
+a time: on PostgreSQL a session advisory lock keyed by the log (``pg_try_advisory_lock``) that a
+replica finding it held skips its round instead of evaluating the same entries only to drop its
+work at the cursor check (with ``--workers N`` every process runs the job). The lock goes with the
+session, so a replica killed mid-round frees it. On SQLite, where replicas take turns at the one
+writer anyway, every replica runs its rounds and the cursor check alone keeps them apart.
+
 Trust assumption: the entries are this node's own (read through ``TransparencyLog``, which checks
 each row's columns against its signed bytes). The citizen is named only by the log's subject key
 (``audit.completeness.subject_key``), never by the subject.
@@ -20,11 +27,12 @@ from __future__ import annotations
 
 import logging
 from bisect import bisect_left
+from hashlib import sha256
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, delete, func, insert, select, text, update
 
 from alerts.store import (
     AlertRow,
@@ -40,12 +48,19 @@ from audit.log import EntryQuery, LogEntry, TransparencyLog
 from exchange.db import write_transaction
 from policies.alerts import AlertRules
 
-__all__ = ["DEFAULT_BATCH", "AlertWorker", "citizen_key", "time_us"]
+__all__ = ["DEFAULT_BATCH", "AlertWorker", "citizen_key", "round_lock_key", "time_us"]
 
 DEFAULT_BATCH = 200
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 _log = logging.getLogger("onceonly.alerts")
+
+
+def round_lock_key(log_id: str) -> int:
+    """The advisory lock a round over ``log_id`` takes: a signed 64-bit key from the log's id
+    (namespaced, so that it meets no other advisory lock of the database)."""
+    digest = sha256(b"onceonly.alerts.round\0" + log_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 def citizen_key(origin: str, subject: str) -> str:
@@ -100,6 +115,27 @@ class AlertWorker:
                 select(CursorRow.next_index).where(CursorRow.log_id == self.log_id)
             ).scalar()
         return int(value or 0)
+
+    def run_round(self, now: datetime | None = None) -> int | None:
+        """``run_once`` unless another replica of this node is running a round over the same log
+        (PostgreSQL): then ``None`` at once, and that replica's round covers these entries."""
+        if self._engine.dialect.name != "postgresql":
+            return self.run_once(now)
+        key = round_lock_key(self.log_id)
+        with self._engine.connect() as conn:
+            if not conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar():
+                conn.rollback()
+                return None
+            conn.commit()  # the lock is the session's: nothing of this connection stays open
+            try:
+                return self.run_once(now)
+            finally:
+                try:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                    conn.commit()
+                except Exception:
+                    conn.invalidate()  # closed, not pooled: its session and lock end with it
+                    raise
 
     def run_once(self, now: datetime | None = None) -> int:
         """Evaluate every entry committed so far; returns how many were evaluated."""

@@ -357,7 +357,7 @@ def alert_jobs(
         while True:
             await asyncio.sleep(interval_s)
             try:
-                await finishing_thread(worker.run_once)
+                await finishing_thread(worker.run_round)
                 if delivery is not None:
                     await finishing_thread(delivery.run_once)
             except Exception as exc:

@@ -7,10 +7,10 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from alerts.store import AlertRow, VolumeRow
-from alerts.worker import AlertWorker
+from alerts.worker import AlertWorker, round_lock_key
 from exchange.ports import AuditEvent
 from tests.alerts.conftest import ALICE, BOB, GAS, NODE, TAX, MakeWorld, World, read
 
@@ -121,3 +121,28 @@ def test_entries_of_decisions_the_rules_do_not_ask_about_are_not_evaluated(
     assert results[1] == results[0]
     assert {"info", "error"} <= asked[0]
     assert asked[1] == {"allow", "deny"}
+
+
+def test_a_round_is_run_by_one_replica_at_a_time(world: World) -> None:
+    """With ``--workers N`` every process runs the alert job; on PostgreSQL a replica that finds
+    another one's round under way skips its own instead of evaluating the same entries (on SQLite
+    each runs, and the cursor check keeps one batch's work)."""
+    world.log.append_many([read(i, client=GAS if i % 2 else TAX) for i in range(10)])
+    worker, other = world.worker(), world.worker()
+    if world.engine.dialect.name != "postgresql":
+        assert worker.run_round() == 10
+        assert other.run_round() == 0
+        return
+    with world.engine.connect() as holder:  # another replica's round, under way
+        assert holder.execute(
+            text("SELECT pg_try_advisory_lock(:k)"), {"k": round_lock_key(world.log.log_id)}
+        ).scalar()
+        assert worker.run_round() is None
+        assert worker.cursor() == 0, "a skipped round evaluated nothing"
+        holder.execute(
+            text("SELECT pg_advisory_unlock(:k)"), {"k": round_lock_key(world.log.log_id)}
+        )
+        holder.commit()
+    assert worker.run_round() == 10
+    assert other.run_round() == 0, "the lock was released after the round"
+    assert _raised(world), "the round raised the log's alerts"
