@@ -70,6 +70,10 @@ RELEASE_BATCH = 1000
 """Restricted entries released per transaction (``TransparencyLog.release_due``)."""
 _PROOF_ATTEMPTS = 5
 EXPORT_CHUNK = 5000
+# Proofs keep the tree's committed nodes of the UPPER_LEVELS levels under the top in memory
+# (never those below UPPER_MIN_LEVEL): at most 2^(UPPER_LEVELS + 1) nodes, a few MB.
+UPPER_LEVELS = 14
+UPPER_MIN_LEVEL = 4
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 _T = TypeVar("_T")
@@ -356,6 +360,8 @@ class TransparencyLog:
         self._known_size = 0  # the largest size this process has seen the log have
         self._read_sql = _ReadSql(engine.dialect.paramstyle, engine.dialect.name)
         self._map_cache = subject_map.MapCache()  # the subject map's upper tree, by its root
+        self._upper: dict[tuple[int, int], bytes] = {}  # committed tree nodes near the top
+        self._upper_lowest = UPPER_MIN_LEVEL
 
     # --- identity ------------------------------------------------------------------------------
 
@@ -613,6 +619,26 @@ class TransparencyLog:
         except KeyError as exc:
             raise LogIntegrityError(f"tree node {exc.args[0]} is missing") from exc
 
+    def _fetch_cached(self, cur: Any, coords: Sequence[tuple[int, int]]) -> list[bytes]:
+        """``_fetch`` of committed nodes, the upper ones from ``_upper`` where it has them.
+
+        A stored node never changes once committed, and every proof over a log of ``2^k``
+        entries crosses the same few nodes near the top: kept here, a proof reads from the
+        database only the nodes of its own lowest levels, whatever the log's size (the
+        ``UPPER_LEVELS`` levels under the largest tree seen, so at most ``2^UPPER_LEVELS``
+        nodes). Only this read path fills it: its cursor sees committed rows only."""
+        lowest = max(self._known_size.bit_length() - UPPER_LEVELS, UPPER_MIN_LEVEL)
+        if lowest != self._upper_lowest:  # the log outgrew the levels kept: drop the lowest
+            self._upper = {c: h for c, h in self._upper.items() if c[0] >= lowest}
+            self._upper_lowest = lowest
+        upper = self._upper
+        missing = [c for c in coords if c[0] < lowest or c not in upper]
+        fetched = dict(zip(missing, self._fetch(cur, missing), strict=True))
+        for c, h in fetched.items():
+            if c[0] >= lowest:
+                upper[c] = h
+        return [fetched[c] if c in fetched else upper[c] for c in coords]
+
     def _from_tree(self, size: int, fn: Callable[[merkle.SubtreeHashes], _T]) -> _T:
         """``fn`` over the tree of ``size`` entries, reading each stored hash it needs at once.
 
@@ -630,7 +656,7 @@ class TransparencyLog:
         with read_cursor(self._engine) as cur:
             if size > self._known_size:
                 self._check_size(size, self._head_size(cur))
-            hashes = dict(zip(wanted, self._fetch(cur, wanted), strict=True))
+            hashes = dict(zip(wanted, self._fetch_cached(cur, wanted), strict=True))
         return fn(lambda level, index: hashes[(level, index)])
 
     def _require_in_log(self, size: int) -> None:

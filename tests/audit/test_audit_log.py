@@ -62,6 +62,39 @@ def test_stored_roots_and_proofs_equal_the_in_memory_reference_at_every_size(
             assert log.consistency_proof(m, n) == merkle.consistency_proof(datas[:n], m)
 
 
+def test_proofs_keep_the_upper_nodes_in_memory_and_stay_right_as_the_log_grows(
+    log: TransparencyLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tiny limits, so that the log outgrows the levels kept several times: every proof and root
+    still equals the reference, and a repeated proof asks the database for its lowest nodes
+    only."""
+    monkeypatch.setattr("audit.log.UPPER_LEVELS", 2)
+    monkeypatch.setattr("audit.log.UPPER_MIN_LEVEL", 1)
+    asked: list[tuple[int, int]] = []
+    fetch = log._fetch
+
+    def counting(cur: object, coords: list[tuple[int, int]]) -> list[bytes]:
+        asked.extend(coords)
+        return fetch(cur, coords)
+
+    monkeypatch.setattr(log, "_fetch", counting)
+    events = [make_event(i, subject=f"ps-{i % 5}") for i in range(70)]
+    datas = [entry_bytes(e) for e in events]
+    for end in (3, 9, 17, 40, 70):
+        log.append_many(events[log.size() : end])
+        for n in range(1, end + 1):
+            assert log.root(n) == merkle.root_hash(datas[:n])
+            for i in range(0, n, 3):
+                assert log.inclusion_proof(i, n) == merkle.inclusion_proof(datas[:n], i)
+            assert log.consistency_proof(n // 2, n) == merkle.consistency_proof(datas[:n], n // 2)
+    lowest = (70).bit_length() - 2
+    assert {level for level, _ in log._upper} == set(range(lowest, 7))
+    asked.clear()
+    assert log.inclusion_proof(33, 70) == merkle.inclusion_proof(datas, 33)
+    assert asked
+    assert all(level < lowest for level, _ in asked)
+
+
 def test_a_batch_whose_last_write_fails_leaves_nothing_behind(
     log: TransparencyLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:

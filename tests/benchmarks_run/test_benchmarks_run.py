@@ -57,7 +57,9 @@ def test_the_benchmark_runs_and_ends_with_one_json_object(script: str, tmp_path:
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    last = done.stdout.strip().splitlines()[-1]
+    lines = done.stdout.strip().splitlines()
+    assert lines, f"{script} printed nothing on stdout; stderr: {done.stderr[-3000:]}"
+    last = lines[-1]
     result = json.loads(last)
     assert isinstance(result, dict)
     assert result.get("benchmark") == script.removesuffix(".py"), last[:300]
