@@ -338,6 +338,9 @@ class AlertWorker:
 
     # -- one entry -------------------------------------------------------------------------------
 
+    def _own(self, service: object) -> bool:
+        return isinstance(service, str) and service.startswith(self._node + "/")
+
     def _evaluate(self, batch: _Batch, entries: list[tuple[LogEntry, dict[str, Any]]]) -> None:
         for entry, record in entries:
             self._evaluate_one(batch, entry, record)
@@ -348,8 +351,11 @@ class AlertWorker:
         if key is None:
             return  # it names no citizen: there is nobody to alert, no history to keep
         asked = self._rules.asked_decisions
-        if asked is not None and record.get("decision") not in asked:
+        decision = record.get("decision")
+        if asked is not None and decision not in asked:
             return  # the rules say an entry of this decision raises and counts nothing
+        if decision in self._rules.own_service_decisions and not self._own(record.get("service")):
+            return  # nor one of this decision naming a service this node does not provide
         client = record.get("client") if isinstance(record.get("client"), str) else None
         at_us = time_us(record.get("time"))
         window_us = at_us - at_us % self._window_us

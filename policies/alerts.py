@@ -41,6 +41,7 @@ ALERTS_MODULE = "alerts.rego"
 ALERTS_QUERY = "x := data.onceonly.alerts.evaluation"
 ALERTS_DOCUMENT = "onceonly.alerts.evaluation"
 ASKED_DOCUMENT = "onceonly.alerts.asked_about_decisions"
+OWN_SERVICES_DOCUMENT = "onceonly.alerts.asked_about_own_services_only"
 AlertsEngine = Literal["auto", "opa-inprocess", "regopy"]
 ALERT_RULES = ("read-without-consent", "new-recipient", "unusual-volume", "refused")
 """Every rule the module can raise, in the order the citizen's settings list them."""
@@ -113,30 +114,36 @@ class AlertRules:
             )
         except (RegoFailure, OpaFailure) as exc:
             raise PolicyCompileError(f"the alert rules do not compile: {exc}") from exc
-        self.asked_decisions: frozenset[str] | None = self._asked_decisions(module, opa)
+        # The decisions of the entries the module says are worth asking about (its
+        # ``asked_about_decisions``, read once); None when it does not say: every entry is asked.
+        self.asked_decisions: frozenset[str] | None = self._declared(module, opa, ASKED_DOCUMENT)
+        # Of those, the decisions whose entries are worth asking about only when they name a
+        # service this node provides (``asked_about_own_services_only``); empty when not said.
+        self.own_service_decisions: frozenset[str] = (
+            self._declared(module, opa, OWN_SERVICES_DOCUMENT) or frozenset()
+        )
 
-    def _asked_decisions(self, module: str, opa: bool) -> frozenset[str] | None:
-        """The decisions of the entries the module says are worth asking about (its
-        ``asked_about_decisions``, read once); None when it does not say: every entry is asked."""
+    def _declared(self, module: str, opa: bool, document: str) -> frozenset[str] | None:
+        """A set of strings the module declares at ``document`` (read once); None if it does
+        not."""
         try:
             if opa:
-                query = PreparedQuery(
-                    {ALERTS_MODULE: module}, {"alerts": self.data}, ASKED_DOCUMENT
-                )
+                query = PreparedQuery({ALERTS_MODULE: module}, {"alerts": self.data}, document)
                 try:
                     defined, value = query.evaluate({})
                 finally:
                     query.close()
             else:
                 defined, value = CompiledQuery(
-                    {ALERTS_MODULE: module}, {"alerts": self.data}, f"x := data.{ASKED_DOCUMENT}"
+                    {ALERTS_MODULE: module}, {"alerts": self.data}, f"x := data.{document}"
                 ).evaluate({})
         except (RegoFailure, OpaFailure) as exc:
             raise PolicyCompileError(f"the alert rules do not compile: {exc}") from exc
         if not defined:
             return None
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise PolicyCompileError("alerts: asked_about_decisions must be a set of strings")
+            name = document.rsplit(".", 1)[1]
+            raise PolicyCompileError(f"alerts: {name} must be a set of strings")
         return frozenset(str(v) for v in value)
 
     def evaluate(self, input_doc: Mapping[str, JsonValue]) -> AlertEvaluation:

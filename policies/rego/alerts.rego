@@ -85,6 +85,12 @@ exchange_key := input.entry.request_hash if is_string(input.entry.request_hash) 
 # the claim for each decision an entry can have).
 asked_about_decisions := {"allow", "deny"}
 
+# An "allow" entry matters only as a read, and a read is the provider's record: an "allow" entry
+# naming a service this node does not provide (a consumer's record of the answer it received) is
+# no read and raises nothing. The worker does not ask about those either (alerts_test.rego checks
+# the claim).
+asked_about_own_services_only := {"allow"}
+
 # --- the rules --------------------------------------------------------------------------------
 
 # (a) A private recipient read the citizen's data on a basis they did not consent to.

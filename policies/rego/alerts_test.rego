@@ -93,6 +93,28 @@ test_entries_of_decisions_not_asked_about_raise_nothing_and_are_no_reads if {
 	count(alerts.asked_about_decisions) < 5
 }
 
+# asked_about_own_services_only is a promise too: an entry of those decisions naming another
+# node's service (or none) is no read and raises nothing, whatever else it says.
+test_entries_about_other_nodes_services_raise_nothing_where_the_rules_say_so if {
+	every decision in alerts.asked_about_own_services_only {
+		every service in ["JP/COM/5555555/tama-gas/usage/v1", "", null, concat("", [node, "x/a/v1"])] {
+			every history in [fresh, busy] {
+				every shape in [private_read, refusal, object.union(private_read, {"kind": "request"})] {
+					e := alerts.evaluation with input as {
+						"node": node, "index": 7,
+						"entry": object.union(shape, {"decision": decision, "service": service}),
+						"history": history,
+					}
+					e.read == false
+					e.alerts == set()
+				}
+			}
+		}
+	}
+	"deny" in alerts.asked_about_decisions
+	not "deny" in alerts.asked_about_own_services_only
+}
+
 entry_of_decision_is_inert(decision) if decision in alerts.asked_about_decisions
 
 entry_of_decision_is_inert(decision) if {

@@ -99,17 +99,23 @@ def test_entries_of_decisions_the_rules_do_not_ask_about_are_not_evaluated(
 ) -> None:
     events = _mixed_log(120)
     events += [replace(e, decision="error", kind="refusal") for e in events[:10]]
+    # a consumer's records of answers it received: another node's service, decision "allow"
+    foreign = f"{GAS}/usage/v1"
+    events += [replace(e, service=foreign, decision="allow") for e in events[10:30]]
     results, asked = [], []
     for decisions in (None, "the rules' own"):
         world = make_world(max_reads_per_window=3, window_s=3600)
         assert world.rules.asked_decisions == frozenset({"allow", "deny"})
-        if decisions is None:
-            world.rules.asked_decisions = None  # ask about every entry
+        assert world.rules.own_service_decisions == frozenset({"allow"})
+        if decisions is None:  # ask about every entry
+            world.rules.asked_decisions = None
+            world.rules.own_service_decisions = frozenset()
         seen: list[object] = []
         evaluate = world.rules.evaluate
 
         def spy(doc, evaluate=evaluate, seen=seen):  # type: ignore[no-untyped-def]
-            seen.append(doc["entry"]["decision"])
+            entry = doc["entry"]
+            seen.append((entry["decision"], entry["service"] == foreign))
             return evaluate(doc)
 
         world.rules.evaluate = spy  # type: ignore[method-assign]
@@ -119,8 +125,8 @@ def test_entries_of_decisions_the_rules_do_not_ask_about_are_not_evaluated(
         asked.append(set(seen))
     assert results[0][0], "the log raises alerts"
     assert results[1] == results[0]
-    assert {"info", "error"} <= asked[0]
-    assert asked[1] == {"allow", "deny"}
+    assert {("info", False), ("error", False), ("allow", True)} <= asked[0]
+    assert asked[1] == {("allow", False), ("deny", False)}
 
 
 def test_a_round_is_run_by_one_replica_at_a_time(world: World) -> None:
