@@ -15,7 +15,9 @@ A round (``run_round``, the background job's call) is taken by one process of a 
 a time: on PostgreSQL a session advisory lock keyed by the log (``pg_try_advisory_lock``) that a
 replica finding it held skips its round instead of evaluating the same entries only to drop its
 work at the cursor check (with ``--workers N`` every process runs the job). The lock goes with the
-session, so a replica killed mid-round frees it. On SQLite, where replicas take turns at the one
+session, so a replica killed mid-round frees it; a host that vanishes holds it until the server's
+keepalive probes, set on the lock's session, find the connection dead (~90 s; rounds are late
+meanwhile, never lost). On SQLite, where replicas take turns at the one
 writer anyway, every replica runs its rounds and the cursor check alone keeps them apart.
 
 Trust assumption: the entries are this node's own (read through ``TransparencyLog``, which checks
@@ -27,9 +29,9 @@ from __future__ import annotations
 
 import logging
 from bisect import bisect_left
-from hashlib import sha256
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from hashlib import sha256
 from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, func, insert, select, text, update
@@ -54,6 +56,28 @@ DEFAULT_BATCH = 200
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 _log = logging.getLogger("onceonly.alerts")
+_KEEPALIVES = (
+    "SELECT set_config('tcp_keepalives_idle', '60', false), "
+    "set_config('tcp_keepalives_interval', '10', false), "
+    "set_config('tcp_keepalives_count', '3', false)"
+)
+
+
+def _unlock(conn: Connection, key: int) -> None:
+    """Release a round's lock; a connection that cannot is closed, never pooled with the lock
+    (its session, and the lock, end with it). A failed release does not fail the round: its work
+    is committed, and the round's own outcome is what the job reports."""
+    try:
+        conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        conn.commit()
+    except Exception as exc:
+        conn.invalidate(exc)
+        _log.warning(
+            "alert round lock: released by closing the connection (%s)", type(exc).__name__
+        )
+    except BaseException:
+        conn.invalidate()
+        raise
 
 
 def round_lock_key(log_id: str) -> int:
@@ -123,6 +147,9 @@ class AlertWorker:
             return self.run_once(now)
         key = round_lock_key(self.log_id)
         with self._engine.connect() as conn:
+            # a replica whose host vanishes mid-round: the server drops its session (and the
+            # lock) once keepalive probes go unanswered for ~90 s, not the system's 2 hours
+            conn.execute(text(_KEEPALIVES))
             if not conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar():
                 conn.rollback()
                 return None
@@ -130,12 +157,7 @@ class AlertWorker:
             try:
                 return self.run_once(now)
             finally:
-                try:
-                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                    conn.commit()
-                except Exception:
-                    conn.invalidate()  # closed, not pooled: its session and lock end with it
-                    raise
+                _unlock(conn, key)
 
     def run_once(self, now: datetime | None = None) -> int:
         """Evaluate every entry committed so far; returns how many were evaluated."""

@@ -27,6 +27,7 @@ import base64
 import functools
 import json
 import operator
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import astuple, dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
@@ -362,6 +363,7 @@ class TransparencyLog:
         self._map_cache = subject_map.MapCache()  # the subject map's upper tree, by its root
         self._upper: dict[tuple[int, int], bytes] = {}  # committed tree nodes near the top
         self._upper_lowest = UPPER_MIN_LEVEL
+        self._upper_lock = threading.Lock()
 
     # --- identity ------------------------------------------------------------------------------
 
@@ -625,19 +627,23 @@ class TransparencyLog:
         A stored node never changes once committed, and every proof over a log of ``2^k``
         entries crosses the same few nodes near the top: kept here, a proof reads from the
         database only the nodes of its own lowest levels, whatever the log's size (the
-        ``UPPER_LEVELS`` levels under the largest tree seen, so at most ``2^UPPER_LEVELS``
-        nodes). Only this read path fills it: its cursor sees committed rows only."""
-        lowest = max(self._known_size.bit_length() - UPPER_LEVELS, UPPER_MIN_LEVEL)
-        if lowest != self._upper_lowest:  # the log outgrew the levels kept: drop the lowest
-            self._upper = {c: h for c, h in self._upper.items() if c[0] >= lowest}
-            self._upper_lowest = lowest
-        upper = self._upper
-        missing = [c for c in coords if c[0] < lowest or c not in upper]
+        ``UPPER_LEVELS`` levels under the largest tree seen, so fewer than
+        ``2^(UPPER_LEVELS + 1)`` nodes). Only this read path fills it: its cursor sees committed
+        rows only. Proofs run on several threads at once (the API's thread pool): the cache is
+        read, pruned and filled under ``_upper_lock``, the database read outside it."""
+        with self._upper_lock:
+            lowest = max(self._known_size.bit_length() - UPPER_LEVELS, UPPER_MIN_LEVEL)
+            if lowest != self._upper_lowest:  # the log outgrew the levels kept: drop the lowest
+                self._upper = {c: h for c, h in self._upper.items() if c[0] >= lowest}
+                self._upper_lowest = lowest
+            upper = self._upper
+            kept = {c: upper[c] for c in coords if c[0] >= lowest and c in upper}
+        missing = [c for c in coords if c not in kept]
         fetched = dict(zip(missing, self._fetch(cur, missing), strict=True))
-        for c, h in fetched.items():
-            if c[0] >= lowest:
-                upper[c] = h
-        return [fetched[c] if c in fetched else upper[c] for c in coords]
+        with self._upper_lock:
+            if lowest == self._upper_lowest:  # not if another thread moved the levels since
+                self._upper.update((c, h) for c, h in fetched.items() if c[0] >= lowest)
+        return [kept[c] if c in kept else fetched[c] for c in coords]
 
     def _from_tree(self, size: int, fn: Callable[[merkle.SubtreeHashes], _T]) -> _T:
         """``fn`` over the tree of ``size`` entries, reading each stored hash it needs at once.

@@ -7,10 +7,12 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
+import pytest
 from sqlalchemy import select, text
 
 from alerts.store import AlertRow, VolumeRow
 from alerts.worker import AlertWorker, round_lock_key
+from exchange.db import make_engine
 from exchange.ports import AuditEvent
 from tests.alerts.conftest import ALICE, BOB, GAS, NODE, TAX, MakeWorld, World, read
 
@@ -100,8 +102,11 @@ def test_entries_of_decisions_the_rules_do_not_ask_about_are_not_evaluated(
     events = _mixed_log(120)
     events += [replace(e, decision="error", kind="refusal") for e in events[:10]]
     # a consumer's records of answers it received: another node's service, decision "allow"
-    foreign = f"{GAS}/usage/v1"
-    events += [replace(e, service=foreign, decision="allow") for e in events[10:30]]
+    # (also one whose member code merely starts with this node's, this node itself, and none)
+    foreign = [f"{GAS}/usage/v1", f"{NODE}9/permits/v1", NODE, None]
+    events += [
+        replace(e, service=foreign[i % 4], decision="allow") for i, e in enumerate(events[10:30])
+    ]
     results, asked = [], []
     for decisions in (None, "the rules' own"):
         world = make_world(max_reads_per_window=3, window_s=3600)
@@ -115,7 +120,9 @@ def test_entries_of_decisions_the_rules_do_not_ask_about_are_not_evaluated(
 
         def spy(doc, evaluate=evaluate, seen=seen):  # type: ignore[no-untyped-def]
             entry = doc["entry"]
-            seen.append((entry["decision"], entry["service"] == foreign))
+            service = entry.get("service")
+            own = isinstance(service, str) and service.startswith(NODE + "/")
+            seen.append((entry["decision"], own))
             return evaluate(doc)
 
         world.rules.evaluate = spy  # type: ignore[method-assign]
@@ -125,8 +132,23 @@ def test_entries_of_decisions_the_rules_do_not_ask_about_are_not_evaluated(
         asked.append(set(seen))
     assert results[0][0], "the log raises alerts"
     assert results[1] == results[0]
-    assert {("info", False), ("error", False), ("allow", True)} <= asked[0]
-    assert asked[1] == {("allow", False), ("deny", False)}
+    assert {("info", True), ("error", True), ("allow", False)} <= asked[0]
+    assert asked[1] == {("allow", True), ("deny", True)}, "no allow naming another's service"
+
+
+def _lock_is_free(world: World) -> bool:
+    """Whether another replica (its own engine, so never a connection of this one's pool, where
+    the lock would be re-entrant) could take the round's lock now."""
+    replica = make_engine(world.engine.url.render_as_string(hide_password=False))
+    try:
+        with replica.connect() as conn:
+            key = {"k": round_lock_key(world.log.log_id)}
+            free = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), key).scalar())
+            if free:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), key)
+            return free
+    finally:
+        replica.dispose()
 
 
 def test_a_round_is_run_by_one_replica_at_a_time(world: World) -> None:
@@ -139,16 +161,38 @@ def test_a_round_is_run_by_one_replica_at_a_time(world: World) -> None:
         assert worker.run_round() == 10
         assert other.run_round() == 0
         return
-    with world.engine.connect() as holder:  # another replica's round, under way
-        assert holder.execute(
-            text("SELECT pg_try_advisory_lock(:k)"), {"k": round_lock_key(world.log.log_id)}
-        ).scalar()
-        assert worker.run_round() is None
-        assert worker.cursor() == 0, "a skipped round evaluated nothing"
-        holder.execute(
-            text("SELECT pg_advisory_unlock(:k)"), {"k": round_lock_key(world.log.log_id)}
-        )
-        holder.commit()
+    replica = make_engine(world.engine.url.render_as_string(hide_password=False))
+    try:
+        with replica.connect() as holder:  # another replica's round, under way
+            key = {"k": round_lock_key(world.log.log_id)}
+            assert holder.execute(text("SELECT pg_try_advisory_lock(:k)"), key).scalar()
+            assert worker.run_round() is None
+            assert worker.cursor() == 0, "a skipped round evaluated nothing"
+            holder.execute(text("SELECT pg_advisory_unlock(:k)"), key)
+            holder.commit()
+    finally:
+        replica.dispose()
     assert worker.run_round() == 10
-    assert other.run_round() == 0, "the lock was released after the round"
+    assert _lock_is_free(world), "the lock was released after the round"
+    assert other.run_round() == 0
     assert _raised(world), "the round raised the log's alerts"
+
+
+def test_a_round_that_fails_releases_its_lock(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if world.engine.dialect.name != "postgresql":
+        pytest.skip("the round's lock is PostgreSQL's (SQLite replicas take turns at its writer)")
+    world.log.append_many([read(i) for i in range(3)])
+    worker = world.worker()
+
+    def failing(now: object = None) -> int:
+        assert not _lock_is_free(world), "the round runs under its lock"
+        raise RuntimeError("a rule that cannot be evaluated")
+
+    monkeypatch.setattr(worker, "run_once", failing)
+    with pytest.raises(RuntimeError):
+        worker.run_round()
+    assert _lock_is_free(world), "a failed round does not keep the lock"
+    monkeypatch.undo()
+    assert worker.run_round() == 3, "the next round runs"

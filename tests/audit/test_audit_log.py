@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -93,6 +94,53 @@ def test_proofs_keep_the_upper_nodes_in_memory_and_stay_right_as_the_log_grows(
     assert log.inclusion_proof(33, 70) == merkle.inclusion_proof(datas, 33)
     assert asked
     assert all(level < lowest for level, _ in asked)
+
+
+def test_proofs_on_several_threads_while_the_log_outgrows_the_kept_levels(
+    log: TransparencyLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API answers proofs from a thread pool: threads reading, pruning and filling the kept
+    nodes at once (the log crossing powers of two as it grows) give only right proofs, no
+    error. (The race the cache's lock closes, a prune iterating the dict while another thread
+    fills it, is too narrow to provoke reliably in a test of this size; a stress script forcing
+    prunes with a 1 µs switch interval raised "dictionary changed size" before the lock.)"""
+    monkeypatch.setattr("audit.log.UPPER_LEVELS", 2)
+    monkeypatch.setattr("audit.log.UPPER_MIN_LEVEL", 1)
+    events = [make_event(i, subject=f"ps-{i % 5}") for i in range(130)]
+    datas = [entry_bytes(e) for e in events]
+    log.append_many(events[:2])
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    done = [0]
+
+    def prove(seed: int) -> None:
+        rng = random.Random(seed)
+        while not stop.is_set():
+            n = log.size()
+            i = rng.randrange(n)
+            try:
+                assert log.inclusion_proof(i, n) == merkle.inclusion_proof(datas[:n], i)
+            except BaseException as exc:  # reported below, with the thread's own traceback
+                errors.append(exc)
+                return
+            done[0] += 1
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    threads = [threading.Thread(target=prove, args=(seed,)) for seed in range(3)]
+    try:
+        for t in threads:
+            t.start()
+        for end in range(3, 131):
+            log.append_many(events[end - 1 : end])
+            time.sleep(0.002)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        sys.setswitchinterval(switch)
+    assert not errors, errors[0]
+    assert done[0] > 100
 
 
 def test_a_batch_whose_last_write_fails_leaves_nothing_behind(
