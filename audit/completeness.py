@@ -1,32 +1,39 @@
 """Completeness proofs: every entry about a citizen, and no other, up to a signed checkpoint.
 
 Concept (after key transparency — CONIKS, Google's Key Transparency — applied to an audit log):
-each checkpoint also commits to a *subject map*, a sparse Merkle tree with one slot per subject.
-A subject's slot holds how many entries are about that subject and a hash chain over them in
-index order::
+each checkpoint also commits to a *subject map*, a sparse Merkle tree keyed by subject, with one
+leaf per subject that has entries. A subject's leaf holds how many entries are about that
+subject and a hash chain over them in index order::
 
-    key(s)      = SHA-256("onceonly subject map v1" 0x00 origin 0x00 s)
-    chain_0     = 32 zero bytes
-    chain_k     = SHA-256(0x04 ‖ chain_{k-1} ‖ uint64be(index_k) ‖ leaf_hash_k)
-    member      = key ‖ uint64be(count) ‖ chain_count
-    bucket hash = SHA-256(0x02 ‖ member ‖ member ‖ …)   (members sorted by key; empty: SHA-256(0x02))
-    node hash   = SHA-256(0x01 ‖ left ‖ right)           (as RFC 9162 interior nodes)
+    key(s)    = SHA-256("onceonly subject map v1" 0x00 origin 0x00 s)
+    chain_0   = 32 zero bytes
+    chain_k   = SHA-256(0x04 ‖ chain_{k-1} ‖ uint64be(index_k) ‖ leaf_hash_k)
+    member    = key ‖ uint64be(count) ‖ chain_count
+    leaf      = SHA-256(0x03 ‖ member)
+    empty     = 32 zero bytes
+    node hash = SHA-256(0x01 ‖ left ‖ right)           (as RFC 9162 interior nodes)
 
-The tree has ``MAP_DEPTH`` levels; a key's bucket is its first ``MAP_DEPTH`` bits read as a
-big-endian integer, and a bucket holds every member whose key starts with those bits (almost
-always one). The map root is signed as the checkpoint extension line ``subjects <base64 root>``.
+The tree is *compact* (as Diem's Jellyfish Merkle tree): a key's path is its bits from the most
+significant, but a subtree holding exactly one member is that member's leaf, wherever on the
+path it sits, and a subtree holding none is ``empty``; only subtrees holding two members or more
+are interior nodes. A path is therefore about log₂(subjects) + 1 long (≈ 18 at 10⁵ citizens),
+not 256. The map root is signed as the checkpoint extension line ``subject-map <base64 root>``.
 
-A proof for subject ``s`` is the other members of its bucket and the ``MAP_DEPTH`` sibling
-hashes from the bucket up. The citizen recomputes ``count`` and ``chain`` from the entries they
-were shown (their leaf hashes recomputed from the entry bytes), rebuilds the bucket and the path,
-and compares with the signed root. So an entry about them that was deleted, re-pointed to another
-subject or rewritten — or one that was never shown — makes the proof fail; an entry that is not
-about them cannot be slipped in either.
+A proof for subject ``s`` is the sibling hashes from where ``s``'s path ends up to the root and,
+when it ends at another subject's leaf, that member (which shows ``s`` has no leaf). The citizen
+recomputes ``count`` and ``chain`` from the entries they were shown (their leaf hashes recomputed
+from the entry bytes), rebuilds the path and compares with the signed root. So an entry about
+them that was deleted, re-pointed to another subject or rewritten — or one that was never shown
+— makes the proof fail; an entry that is not about them cannot be slipped in either.
+
+Why one root admits one answer per key although the verifier does not check the tree is compact:
+leaves, interior nodes and ``empty`` are domain-separated (0x03, 0x01, no preimage), so two
+proofs for one key against one root open the same interior nodes down the key's path and must
+stop at the same node, which is either empty or one leaf (a member, which names its key).
 
 Privacy: the key is a hash of the subject pseudonym (already what entries carry), so a key reveals
-no identity to anyone who does not already know the pseudonym; a proof shows the counts of the
-other members of one bucket (with ``MAP_DEPTH`` = 32 and 10⁵ citizens, a bucket is shared with
-probability < 10⁻⁴), never whom they belong to.
+no identity to anyone who does not already know the pseudonym; a proof for a subject with no
+entries may show one other member (a key, a count and a chain), never whom it belongs to.
 
 Trust assumption: none here — ``verify_completeness`` takes everything from the untrusted node and
 trusts only a checkpoint already verified with the pinned log key.
@@ -46,15 +53,14 @@ from audit.checkpoint import Checkpoint, NoteError, NoteVerifier, verify_checkpo
 from exchange.canonical import canonical_json
 
 __all__ = [
-    "MAP_DEPTH",
+    "EMPTY",
+    "KEY_BITS",
     "MAP_EXTENSION",
     "CompletenessError",
     "Member",
     "SubjectProof",
-    "bucket_hash",
-    "bucket_of",
+    "bit",
     "chain_step",
-    "empty_hashes",
     "fold",
     "map_root_of",
     "subject_key",
@@ -62,13 +68,15 @@ __all__ = [
     "verify_record",
 ]
 
-MAP_DEPTH = 32
-MAP_EXTENSION = "subjects"
+MAP_EXTENSION = "subject-map"
 KEY_DOMAIN = b"onceonly subject map v1\x00"
-BUCKET_PREFIX = b"\x02"
+LEAF_PREFIX = b"\x03"
 CHAIN_PREFIX = b"\x04"
 ZERO_CHAIN = bytes(32)
-_MEMBER_SIZE = 32 + 8 + 32
+EMPTY = bytes(32)
+"""The hash of an empty subtree: no SHA-256 output is known to be all zeros."""
+KEY_BITS = 256
+"""A key is a SHA-256 output: no path is longer than its bits."""
 
 
 class CompletenessError(Exception):
@@ -86,23 +94,29 @@ class Member:
     def encode(self) -> bytes:
         return self.key + self.count.to_bytes(8, "big") + self.chain
 
+    def leaf(self) -> bytes:
+        """The member's leaf hash in the map."""
+        return hashlib.sha256(LEAF_PREFIX + self.encode()).digest()
+
 
 @dataclass(frozen=True, slots=True)
 class SubjectProof:
-    """What a node sends for one subject: the other members of its bucket and the siblings from
-    the bucket up to the root (``siblings[0]`` is the bucket's sibling)."""
+    """What a node sends for one subject: the sibling hashes from where the subject's path ends
+    up to the root (``siblings[0]`` is the deepest) and, when the path ends at another
+    subject's leaf, that member (``other``)."""
 
     subject: str
-    others: tuple[Member, ...]
     siblings: tuple[bytes, ...]
+    other: Member | None = None
 
     def to_json(self) -> dict[str, object]:
+        other = self.other
         return {
             "subject": self.subject,
-            "others": [
-                {"key": _b64(m.key), "count": m.count, "chain": _b64(m.chain)} for m in self.others
-            ],
             "siblings": [_b64(h) for h in self.siblings],
+            "other": None
+            if other is None
+            else {"key": _b64(other.key), "count": other.count, "chain": _b64(other.chain)},
         }
 
     @classmethod
@@ -111,15 +125,19 @@ class SubjectProof:
         try:
             if not isinstance(value, dict) or not isinstance(value.get("subject"), str):
                 raise TypeError("not a proof object")
-            others = tuple(
-                Member(_unb64(m["key"]), _count(m["count"]), _unb64(m["chain"]))
-                for m in value["others"]
+            found = value.get("other")
+            other = (
+                None
+                if found is None
+                else Member(_unb64(found["key"]), _count(found["count"]), _unb64(found["chain"]))
             )
+            if not isinstance(value["siblings"], list) or len(value["siblings"]) > KEY_BITS:
+                raise ValueError("not a list of at most 256 hashes")
             siblings = tuple(_unb64(h) for h in value["siblings"])
             subject: str = value["subject"]
         except (KeyError, TypeError, ValueError, binascii.Error) as exc:
             raise CompletenessError("the completeness proof is malformed") from exc
-        return cls(subject, others, siblings)
+        return cls(subject, siblings, other)
 
 
 def _b64(data: bytes) -> str:
@@ -148,9 +166,9 @@ def subject_key(origin: str, subject: str) -> bytes:
     ).digest()
 
 
-def bucket_of(key: bytes) -> int:
-    """The bucket (leaf position) of a key: its first ``MAP_DEPTH`` bits."""
-    return int.from_bytes(key[: MAP_DEPTH // 8], "big")
+def bit(key: bytes, depth: int) -> int:
+    """The branch ``key``'s path takes below depth ``depth`` (0: left, 1: right)."""
+    return key[depth >> 3] >> (7 - (depth & 7)) & 1
 
 
 def chain_step(chain: bytes, index: int, leaf_hash: bytes) -> bytes:
@@ -158,22 +176,8 @@ def chain_step(chain: bytes, index: int, leaf_hash: bytes) -> bytes:
     return hashlib.sha256(CHAIN_PREFIX + chain + index.to_bytes(8, "big") + leaf_hash).digest()
 
 
-def bucket_hash(members: Iterable[Member]) -> bytes:
-    """The hash of a bucket: its members in key order (an empty bucket hashes no member)."""
-    ordered = sorted(members, key=lambda m: m.key)
-    return hashlib.sha256(BUCKET_PREFIX + b"".join(m.encode() for m in ordered)).digest()
-
-
-def empty_hashes() -> list[bytes]:
-    """``[h_0, …, h_MAP_DEPTH]``: the hash of an empty subtree of each height (0 = a bucket)."""
-    out = [bucket_hash(())]
-    for _ in range(MAP_DEPTH):
-        out.append(merkle.node_hash(out[-1], out[-1]))
-    return out
-
-
 def map_root_of(checkpoint: Checkpoint) -> bytes:
-    """The subject map root a checkpoint signs (its ``subjects`` extension line)."""
+    """The subject map root a checkpoint signs (its ``subject-map`` extension line)."""
     for line in checkpoint.extensions:
         name, _, value = line.partition(" ")
         if name == MAP_EXTENSION:
@@ -184,16 +188,33 @@ def map_root_of(checkpoint: Checkpoint) -> bytes:
     raise CompletenessError("the checkpoint commits to no subject map")
 
 
-def fold(key: bytes, bucket: bytes, siblings: Sequence[bytes]) -> bytes:
-    """The root reached from ``key``'s bucket hash up through ``siblings`` (bucket level first)."""
-    position = bucket_of(key)
-    node = bucket
-    for height, sibling in enumerate(siblings):
-        if position >> height & 1:
+def fold(key: bytes, end: bytes, siblings: Sequence[bytes]) -> bytes:
+    """The root reached from ``end`` — the hash where ``key``'s path ends, at depth
+    ``len(siblings)`` — up through ``siblings`` (deepest first)."""
+    node = end
+    for depth in range(len(siblings) - 1, -1, -1):
+        sibling = siblings[len(siblings) - 1 - depth]
+        if bit(key, depth):
             node = merkle.node_hash(sibling, node)
         else:
             node = merkle.node_hash(node, sibling)
     return node
+
+
+def _path_end(key: bytes, proof: SubjectProof, member: Member | None) -> bytes:
+    """The hash where ``key``'s path ends: its own leaf when it has entries (``member``), else
+    empty or another member's leaf — one whose key shares the path so far but is not ``key``."""
+    if member is not None:
+        if proof.other is not None:
+            raise CompletenessError("the proof shows another member where the subject's leaf is")
+        return member.leaf()
+    other = proof.other
+    if other is None:
+        return EMPTY
+    depth = len(proof.siblings)
+    if other.key == key or any(bit(other.key, d) != bit(key, d) for d in range(depth)):
+        raise CompletenessError("the proof shows a member that cannot be where the path ends")
+    return other.leaf()
 
 
 def verify_completeness(
@@ -207,19 +228,14 @@ def verify_completeness(
     indices = [index for index, _ in entries]
     if indices != sorted(set(indices)) or any(not 0 <= i < checkpoint.size for i in indices):
         raise CompletenessError("the entries are not distinct entries of this checkpoint in order")
-    if len(proof.siblings) != MAP_DEPTH:
-        raise CompletenessError("the proof has the wrong number of sibling hashes")
+    if len(proof.siblings) > KEY_BITS:
+        raise CompletenessError("the proof has more sibling hashes than a key has bits")
     key = subject_key(checkpoint.origin, proof.subject)
-    others = list(proof.others)
-    if any(bucket_of(m.key) != bucket_of(key) or m.key == key for m in others):
-        raise CompletenessError("the proof's bucket holds a member that cannot be there")
-    if len({m.key for m in others}) != len(others):
-        raise CompletenessError("the proof's bucket repeats a member")
     chain = ZERO_CHAIN
     for index, leaf in entries:
         chain = chain_step(chain, index, leaf)
-    members = others + ([Member(key, len(entries), chain)] if entries else [])
-    if fold(key, bucket_hash(members), proof.siblings) != root:
+    member = Member(key, len(entries), chain) if entries else None
+    if fold(key, _path_end(key, proof, member), proof.siblings) != root:
         raise CompletenessError(
             f"the {len(entries)} entries shown are not all the entries about this subject up to "
             f"checkpoint {checkpoint.size}"
