@@ -108,15 +108,22 @@ class SubjectProof:
     subject: str
     siblings: tuple[bytes, ...]
     other: Member | None = None
+    legacy_others: tuple[Member, ...] | None = None
+    """Set only for a proof of the earlier fixed-depth map (``_verify_legacy``): the other
+    members of the subject's bucket."""
 
     def to_json(self) -> dict[str, object]:
         other = self.other
+        if self.legacy_others is not None:
+            return {
+                "subject": self.subject,
+                "others": [_member_json(m) for m in self.legacy_others],
+                "siblings": [_b64(h) for h in self.siblings],
+            }
         return {
             "subject": self.subject,
             "siblings": [_b64(h) for h in self.siblings],
-            "other": None
-            if other is None
-            else {"key": _b64(other.key), "count": other.count, "chain": _b64(other.chain)},
+            "other": None if other is None else _member_json(other),
         }
 
     @classmethod
@@ -126,18 +133,28 @@ class SubjectProof:
             if not isinstance(value, dict) or not isinstance(value.get("subject"), str):
                 raise TypeError("not a proof object")
             found = value.get("other")
-            other = (
-                None
-                if found is None
-                else Member(_unb64(found["key"]), _count(found["count"]), _unb64(found["chain"]))
-            )
+            other = None if found is None else _parse_member(found)
+            legacy = value.get("others")
+            if legacy is not None and not isinstance(legacy, list):
+                raise TypeError("not a list of members")
             if not isinstance(value["siblings"], list) or len(value["siblings"]) > KEY_BITS:
                 raise ValueError("not a list of at most 256 hashes")
             siblings = tuple(_unb64(h) for h in value["siblings"])
+            others = None if legacy is None else tuple(_parse_member(m) for m in legacy)
             subject: str = value["subject"]
         except (KeyError, TypeError, ValueError, binascii.Error) as exc:
             raise CompletenessError("the completeness proof is malformed") from exc
-        return cls(subject, siblings, other)
+        return cls(subject, siblings, other, others)
+
+
+def _member_json(m: Member) -> dict[str, object]:
+    return {"key": _b64(m.key), "count": m.count, "chain": _b64(m.chain)}
+
+
+def _parse_member(value: object) -> Member:
+    if not isinstance(value, dict):
+        raise TypeError("not a member object")
+    return Member(_unb64(value["key"]), _count(value["count"]), _unb64(value["chain"]))
 
 
 def _b64(data: bytes) -> str:
@@ -176,11 +193,11 @@ def chain_step(chain: bytes, index: int, leaf_hash: bytes) -> bytes:
     return hashlib.sha256(CHAIN_PREFIX + chain + index.to_bytes(8, "big") + leaf_hash).digest()
 
 
-def map_root_of(checkpoint: Checkpoint) -> bytes:
+def map_root_of(checkpoint: Checkpoint, extension: str = MAP_EXTENSION) -> bytes:
     """The subject map root a checkpoint signs (its ``subject-map`` extension line)."""
     for line in checkpoint.extensions:
         name, _, value = line.partition(" ")
-        if name == MAP_EXTENSION:
+        if name == extension:
             try:
                 return _unb64(value)
             except (TypeError, ValueError, binascii.Error) as exc:
@@ -224,7 +241,7 @@ def verify_completeness(
     about ``proof.subject`` the node showed, each recomputed by the caller from the entry bytes —
     are exactly the entries about that subject in the log up to ``checkpoint`` (already verified
     against the pinned log key)."""
-    root = map_root_of(checkpoint)
+    root = map_root_of(checkpoint, MAP_EXTENSION if proof.legacy_others is None else _LEGACY)
     indices = [index for index, _ in entries]
     if indices != sorted(set(indices)) or any(not 0 <= i < checkpoint.size for i in indices):
         raise CompletenessError("the entries are not distinct entries of this checkpoint in order")
@@ -235,11 +252,42 @@ def verify_completeness(
     for index, leaf in entries:
         chain = chain_step(chain, index, leaf)
     member = Member(key, len(entries), chain) if entries else None
-    if fold(key, _path_end(key, proof, member), proof.siblings) != root:
+    if proof.legacy_others is not None:
+        reached = _legacy_root(key, proof, member)
+    else:
+        reached = fold(key, _path_end(key, proof, member), proof.siblings)
+    if reached != root:
         raise CompletenessError(
             f"the {len(entries)} entries shown are not all the entries about this subject up to "
             f"checkpoint {checkpoint.size}"
         )
+
+
+_LEGACY = "subjects"
+_LEGACY_DEPTH = 32
+
+
+def _legacy_root(key: bytes, proof: SubjectProof, member: Member | None) -> bytes:
+    """The root a proof of the earlier map leads to, for records kept from before
+    ``audit_0006`` (checkpoints signing ``subjects <root>``): a tree of fixed depth 32 whose
+    leaves are buckets (a key's first 32 bits), a bucket hashing its members in key order as
+    ``SHA-256(0x02 ‖ member ‖ …)``, an empty subtree as the hash of empty ones below it."""
+    others = list(proof.legacy_others or ())
+    bucket = int.from_bytes(key[:4], "big")
+    if len(proof.siblings) != _LEGACY_DEPTH:
+        raise CompletenessError("the proof has the wrong number of sibling hashes")
+    if any(int.from_bytes(m.key[:4], "big") != bucket or m.key == key for m in others):
+        raise CompletenessError("the proof's bucket holds a member that cannot be there")
+    if len({m.key for m in others}) != len(others):
+        raise CompletenessError("the proof's bucket repeats a member")
+    members = sorted(others + ([member] if member is not None else []), key=lambda m: m.key)
+    node = hashlib.sha256(b"\x02" + b"".join(m.encode() for m in members)).digest()
+    for height, sibling in enumerate(proof.siblings):
+        if bucket >> height & 1:
+            node = merkle.node_hash(sibling, node)
+        else:
+            node = merkle.node_hash(node, sibling)
+    return node
 
 
 def verify_record(

@@ -535,3 +535,34 @@ def test_proofs_served_on_threads_while_checkpoints_advance_the_map(log: Transpa
     assert failures == []
     assert sum(served) > 15
     _check(log, *(f"ps-t-{i}" for i in range(40)))
+
+
+@pytest.mark.parametrize("name", ["ps-alice", "ps-nobody"])
+def test_a_record_kept_from_the_fixed_depth_map_still_verifies(
+    name: str, tmp_path: pytest.TempPathFactory
+) -> None:
+    """A record file saved before ``audit_0006`` (``tests/vectors/subject-map-v1``, written by
+    the code of that time) checks offline with today's command; with an entry left out, or
+    its proof given in the compact form, it does not."""
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from onceonly import cli
+
+    vectors = Path(__file__).parent.parent / "vectors" / "subject-map-v1"
+    key = (vectors / "log.vkey").read_text().strip()
+    record = vectors / f"record-{name}.json"
+    ok = CliRunner().invoke(cli.app, ["audit", "verify-record", "--key", key, str(record)])
+    assert ok.exit_code == 0, ok.output
+    assert "verified" in ok.output
+    data = json.loads(record.read_text())
+    proof = data["completeness"]["proofs"][0]
+    if data["accesses"]:
+        data["accesses"] = data["accesses"][1:]
+    else:  # claim the compact form instead: the checkpoint signs no compact map
+        data["completeness"]["proofs"] = [{"subject": proof["subject"], "siblings": []}]
+    tampered = Path(str(tmp_path)) / "tampered.json"
+    tampered.write_text(json.dumps(data))
+    bad = CliRunner().invoke(cli.app, ["audit", "verify-record", "--key", key, str(tampered)])
+    assert bad.exit_code == 1, bad.output
