@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -61,6 +62,7 @@ __all__ = [
     "SubjectProof",
     "bit",
     "chain_step",
+    "compact_root",
     "fold",
     "map_root_of",
     "subject_key",
@@ -218,6 +220,22 @@ def fold(key: bytes, end: bytes, siblings: Sequence[bytes]) -> bytes:
     return node
 
 
+def compact_root(members: Iterable[Member]) -> bytes:
+    """The root of the map holding ``members`` (the format above), computed from scratch: what
+    ``audit verify`` compares with the root a checkpoint signs."""
+    ordered = sorted(members, key=lambda m: m.key)
+
+    def root(lo: int, hi: int, depth: int) -> bytes:
+        if hi == lo:
+            return EMPTY
+        if hi - lo == 1:
+            return ordered[lo].leaf()
+        mid = bisect.bisect_left(ordered, 1, lo, hi, key=lambda m: bit(m.key, depth))
+        return merkle.node_hash(root(lo, mid, depth + 1), root(mid, hi, depth + 1))
+
+    return root(0, len(ordered), 0)
+
+
 def _path_end(key: bytes, proof: SubjectProof, member: Member | None) -> bytes:
     """The hash where ``key``'s path ends: its own leaf when it has entries (``member``), else
     empty or another member's leaf — one whose key shares the path so far but is not ``key``."""
@@ -319,7 +337,7 @@ def verify_record(
         # the leaf hash comes from the entry's own bytes, never from what the node says it is
         try:
             leaf = merkle.leaf_hash(canonical_json(dict(record)))
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:  # nested deeper than Python goes
             raise CompletenessError(f"entry {index} is not canonical JSON") from exc
         if restricted.is_restricted(record):
             hidden[index] = (record, leaf)  # about no one by its bytes: shown beside its release

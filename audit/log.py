@@ -39,6 +39,7 @@ from sqlalchemy.exc import IntegrityError
 from audit import merkle, restricted, subject_map
 from audit.checkpoint import (
     Checkpoint,
+    NoteError,
     NoteSigner,
     NoteVerifier,
     sign_checkpoint,
@@ -1073,16 +1074,26 @@ class TransparencyLog:
             ):
                 conn.rollback()
                 return latest
-            note = self._sign_with_map(conn, size, root, when)
+            note = self._sign_with_map(conn, size, root, when, latest)
         return StoredCheckpoint(size, root, now.astimezone(UTC), note)
 
-    def _sign_with_map(self, conn: Connection, size: int, root: bytes, when: int) -> str:
+    def _sign_with_map(
+        self,
+        conn: Connection,
+        size: int,
+        root: bytes,
+        when: int,
+        latest: StoredCheckpoint | None,
+    ) -> str:
         """Advance the subject map (``audit.completeness``) to ``size`` in the checkpoint's
         transaction, so every checkpoint commits to exactly the entries about each subject up
         to its size; sign, store and commit. The map's tree in memory takes the new map's
         changes only once the transaction committed."""
+        signed = None
+        if latest is not None and self._signs_map(latest.note):
+            signed = subject_map.MapState(latest.size, self._map_root(latest.note))
         try:
-            map_root = self._advance_subject_map(conn, size)
+            map_root = self._advance_subject_map(conn, size, root, signed)
             extension = f"{MAP_EXTENSION} {base64.b64encode(map_root).decode()}"
             note = sign_checkpoint(Checkpoint(self.origin, size, root, (extension,)), self._signer)
             conn.execute(
@@ -1118,15 +1129,55 @@ class TransparencyLog:
         """The subject map root a checkpoint note of this log signs (the last one parsed is kept:
         every proof against the same checkpoint would verify the same signature again)."""
         if self._last_note is None or self._last_note[0] != note:
-            self._last_note = (note, map_root_of(verify_checkpoint(note, self.verifier())))
+            try:
+                checkpoint = verify_checkpoint(note, self.verifier())
+            except NoteError as exc:  # a stored note this log's key did not sign
+                raise LogIntegrityError(f"a stored checkpoint does not verify: {exc}") from exc
+            self._last_note = (note, map_root_of(checkpoint))
         return self._last_note[1]
 
-    def _advance_subject_map(self, conn: Connection, size: int) -> bytes:
-        """The subject map's root at ``size`` (``audit.subject_map.advance``, same transaction)."""
+    def _advance_subject_map(
+        self, conn: Connection, size: int, root: bytes, signed: subject_map.MapState | None
+    ) -> bytes:
+        """The subject map's root at ``size`` (``audit.subject_map.advance``, same transaction),
+        from the map the latest checkpoint ``signed``, over entries whose leaf hashes lead to
+        the head ``root`` being signed."""
+
+        def check(start: int, leaves: Sequence[bytes]) -> None:
+            self._check_leaves(conn, start, leaves, root)
+
         try:
-            return subject_map.advance(conn, self.log_id, self.origin, size, self._map_cache)
+            return subject_map.advance(
+                conn,
+                self.log_id,
+                self.origin,
+                size,
+                self._map_cache,
+                signed=signed,
+                check_leaves=check,
+            )
         except subject_map.MapIntegrityError as exc:
             raise LogIntegrityError(str(exc)) from exc
+
+    def _check_leaves(
+        self, conn: Connection, start: int, leaves: Sequence[bytes], root: bytes
+    ) -> None:
+        """Raise unless the stored tree's compact range of the first ``start`` entries, extended
+        by ``leaves``, folds to ``root`` (the head being signed): entries the map reads back must
+        be the ones the log's tree holds, not rows rewritten since they were appended."""
+        coords = _compact_range(start)
+        with driver_cursor(conn) as cur:
+            hashes = self._fetch(cur, coords)
+        frontier = [(level, h) for (level, _), h in zip(coords, hashes, strict=True)]
+        for leaf in leaves:
+            frontier.append((0, leaf))
+            while len(frontier) > 1 and frontier[-1][0] == frontier[-2][0]:
+                (level, left), (_, right) = frontier[-2], frontier[-1]
+                frontier[-2:] = [(level + 1, merkle.node_hash(left, right))]
+        if merkle.fold_compact_range([h for _, h in frontier]) != root:
+            raise LogIntegrityError(
+                f"the entries from {start} on are not the ones the log's tree holds"
+            )
 
     def _latest(self, conn: Connection) -> StoredCheckpoint | None:
         row = conn.execute(

@@ -30,7 +30,7 @@ from __future__ import annotations
 import bisect
 import json
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from hashlib import sha256
 from typing import Any, TypeVar
@@ -55,6 +55,7 @@ from exchange.db import driver_cursor
 
 __all__ = [
     "EMPTY_MAP_ROOT",
+    "LeafCheck",
     "MapCache",
     "MapIntegrityError",
     "MapState",
@@ -395,17 +396,42 @@ def _subject_of(data: bytes) -> str | None:
 
 
 def _member(key: Any, count: Any, chain: Any) -> Member:
-    return Member(bytes(key), int(count), bytes(chain))
+    """A stored member, checked for the shape its leaf needs (a damaged row is an integrity
+    failure, not an error from the hashing)."""
+    member = Member(bytes(key), int(count), bytes(chain))
+    if len(member.key) != 32 or len(member.chain) != 32 or not 0 < member.count < 2**63:
+        raise MapIntegrityError("a stored member of the subject map is malformed")
+    return member
+
+
+@dataclass(slots=True)
+class _Seen:
+    """The leaf hashes of the entries a checkpoint's map takes, in order, and whether any was
+    read back from the database (then they are checked against the log's head: ``advance``)."""
+
+    leaves: list[bytes] = field(default_factory=list)
+    read_back: bool = False
 
 
 def _entries(
-    conn: Connection, log_id: str, start: int, stop: int, cache: MapCache
+    conn: Connection, log_id: str, start: int, stop: int, cache: MapCache, seen: _Seen | None
 ) -> list[tuple[int, bytes, str | None]]:
     """``(index, leaf hash, subject)`` of the entries ``[start, stop)``: remembered by this
     process if it appended them all, else read back — their bytes, never the search columns."""
+    found = _recalled_or_read(conn, log_id, start, stop, cache, seen)
+    if seen is not None:
+        seen.leaves += [leaf for _, leaf, _ in found]
+    return found
+
+
+def _recalled_or_read(
+    conn: Connection, log_id: str, start: int, stop: int, cache: MapCache, seen: _Seen | None
+) -> list[tuple[int, bytes, str | None]]:
     recalled = cache.recall(start, stop)
     if recalled is not None:
         return recalled
+    if seen is not None:
+        seen.read_back = True
     rows = conn.execute(
         select(EntryRow.idx, EntryRow.data)
         .where(EntryRow.log_id == log_id, EntryRow.idx >= start, EntryRow.idx < stop)
@@ -417,12 +443,18 @@ def _entries(
 
 
 def _keyed_entries(
-    conn: Connection, log_id: str, origin: str, start: int, stop: int, cache: MapCache
+    conn: Connection,
+    log_id: str,
+    origin: str,
+    start: int,
+    stop: int,
+    cache: MapCache,
+    seen: _Seen | None = None,
 ) -> Iterator[list[tuple[int, bytes, bytes]]]:
     """``(index, leaf hash, key)`` of the entries about a subject in ``[start, stop)``, a chunk
     at a time."""
     for pos in range(start, stop, _READ_CHUNK):
-        found = _entries(conn, log_id, pos, min(pos + _READ_CHUNK, stop), cache)
+        found = _entries(conn, log_id, pos, min(pos + _READ_CHUNK, stop), cache, seen)
         key = cache.key
         yield [(i, leaf, key(origin, s)) for i, leaf, s in found if s is not None]
 
@@ -435,11 +467,12 @@ def _extend_chains(
     size: int,
     cache: MapCache,
     tree: SubjectTree,
+    seen: _Seen,
 ) -> dict[bytes, Member]:
     """Every subject with entries in ``[start, size)``, with its chain extended over them from
     its member in ``tree`` (brought to the stored map and checked against its root)."""
     changed: dict[bytes, Member] = {}
-    for keyed in _keyed_entries(conn, log_id, origin, start, size, cache):
+    for keyed in _keyed_entries(conn, log_id, origin, start, size, cache, seen):
         for index, leaf, key in keyed:
             old = changed.get(key) or tree.member(key) or Member(key, 0, ZERO_CHAIN)
             changed[key] = Member(key, old.count + 1, chain_step(old.chain, index, leaf))
@@ -473,11 +506,36 @@ def sync(
     return rebuilt
 
 
-def advance(conn: Connection, log_id: str, origin: str, size: int, cache: MapCache) -> bytes:
+LeafCheck = Callable[[int, Sequence[bytes]], None]
+"""``check(start, leaves)``: raise unless the log's entries from ``start`` on have exactly these
+leaf hashes, as the log's head commits to them (``TransparencyLog._check_leaves``)."""
+
+
+def advance(
+    conn: Connection,
+    log_id: str,
+    origin: str,
+    size: int,
+    cache: MapCache,
+    *,
+    signed: MapState | None = None,
+    check_leaves: LeafCheck | None = None,
+) -> bytes:
     """Bring the map up to log size ``size`` (inside the checkpoint's transaction); its root.
-    The tree's changes are staged in ``cache`` for ``MapCache.commit`` once the transaction
-    commits; the entries this process appended since come from ``cache`` too."""
+
+    ``signed`` is the map the latest checkpoint signed (None when none signs one of this
+    format): the stored map must be that one — a map row or member edited in the database is
+    an integrity failure, never the base of a new signed root — unless it is absent, when it is
+    rebuilt from the entries. Entries read back from the database (not remembered by this
+    process) are checked with ``check_leaves`` before the map takes them, so a row rewritten
+    before the checkpoint cannot move an entry between subjects while the log's tree keeps
+    it. The tree's changes are staged in ``cache`` for ``MapCache.commit`` once the
+    transaction commits."""
     state = map_state(conn, log_id)
+    if signed is not None and state != signed and state.size != 0:
+        raise MapIntegrityError(
+            "the stored subject map is not the one the latest checkpoint signed"
+        )
     if state.size > size:
         raise MapIntegrityError("the subject map is ahead of the log")
     if state.size == size:
@@ -485,7 +543,10 @@ def advance(conn: Connection, log_id: str, origin: str, size: int, cache: MapCac
     tree = sync(conn, log_id, origin, cache, state)
     if tree is None:
         raise MapIntegrityError("the stored subject map does not lead to its root")
-    changed = _extend_chains(conn, log_id, origin, state.size, size, cache, tree)
+    seen = _Seen()
+    changed = _extend_chains(conn, log_id, origin, state.size, size, cache, tree, seen)
+    if seen.read_back and check_leaves is not None:
+        check_leaves(state.size, seen.leaves)
     if changed:
         _upsert_members(conn, log_id, list(changed.values()))
     update = tree.update(changed.values(), size)

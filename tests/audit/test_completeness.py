@@ -566,3 +566,106 @@ def test_a_record_kept_from_the_fixed_depth_map_still_verifies(
     tampered.write_text(json.dumps(data))
     bad = CliRunner().invoke(cli.app, ["audit", "verify-record", "--key", key, str(tampered)])
     assert bad.exit_code == 1, bad.output
+
+
+def test_a_map_edited_in_the_database_is_never_signed(
+    log: TransparencyLog, make_log: MakeLog
+) -> None:
+    """The stored map must be the one the latest checkpoint signed: a map row set to a root of
+    the operator's choosing, or a member deleted with the root recomputed to match, stops the
+    next checkpoint instead of being signed over (found by an attack run on this change)."""
+    from audit.subject_map import SubjectTree, _read_members
+
+    _sql(log, "UPDATE audit_subject_maps SET root = :r", r=bytes(range(32)))
+    with pytest.raises(LogIntegrityError, match="not the one the latest checkpoint signed"):
+        log.sign_checkpoint(T0 + timedelta(hours=3))
+    _sql(log, "DELETE FROM audit_subject_members WHERE key = :k", k=subject_key(log.origin, ALICE))
+    with log._engine.connect() as conn:
+        root = SubjectTree.build(_read_members(conn, log.log_id, None), SIZE).root
+    _sql(log, "UPDATE audit_subject_maps SET root = :r", r=root)
+    for writer in (log, make_log()):
+        writer.append_many([make_event(writer.size(), subject=BOB)])
+        with pytest.raises(LogIntegrityError, match="not the one the latest checkpoint signed"):
+            writer.publish_checkpoint(T0 + timedelta(hours=4))
+
+
+def test_an_entry_rewritten_before_another_process_checkpoints_stops_the_checkpoint(
+    log: TransparencyLog, make_log: MakeLog
+) -> None:
+    """A process that did not append the entries reads them back: their leaf hashes must lead,
+    from the stored tree, to the head it signs, so a row rewritten to name someone else cannot
+    move the entry between citizens' records while the signed log keeps the original."""
+    i = log.size()
+    log.append_many([make_event(i, subject=ALICE)])
+    forged = entry_bytes(make_event(i, subject=BOB))
+    _sql(
+        log,
+        "UPDATE audit_entries SET data = :d, leaf_hash = :h, subject = :s WHERE idx = :i",
+        d=forged,
+        h=merkle.leaf_hash(forged),
+        s=BOB,
+        i=i,
+    )
+    with pytest.raises(LogIntegrityError, match="not the ones the log's tree holds"):
+        make_log().publish_checkpoint(T0 + timedelta(hours=3))
+
+
+def test_a_deeply_nested_entry_is_a_clean_refusal(log: TransparencyLog) -> None:
+    """A node can send an entry nested deeper than the canonical encoder recurses: the check
+    refuses it as a ``CompletenessError`` (the portal shows "failed"), never a crash."""
+    note, proofs, entries = _record(log, ALICE)
+    nested: object = "x"
+    for _ in range(5000):
+        nested = [nested]
+    index, record = entries[0]
+    with pytest.raises(CompletenessError, match="not canonical JSON"):
+        verify_record(note, log.verifier(), proofs, [(index, {**record, "extra": nested})])
+
+
+def test_damaged_map_rows_and_notes_are_integrity_errors(
+    log: TransparencyLog, make_log: MakeLog
+) -> None:
+    """A member row with an impossible count, or a stored checkpoint note the log key did not
+    sign, is a log integrity failure on every path (a clean 503), never another exception."""
+    _sql(
+        log,
+        "UPDATE audit_subject_members SET count = -1 WHERE key = :k",
+        k=subject_key(log.origin, BOB),
+    )
+    with pytest.raises(LogIntegrityError):
+        make_log().completeness([ALICE], T0 + timedelta(hours=2))
+    _sql(log, "UPDATE audit_checkpoints SET note = :n", n="not a note\n")
+    with pytest.raises(LogIntegrityError):
+        make_log().completeness([ALICE], T0 + timedelta(hours=2))
+
+
+def test_audit_verify_recomputes_the_subject_map_even_one_the_log_key_signed(
+    log: TransparencyLog, signer: NoteSigner
+) -> None:
+    """The log's own key could sign a map of its holder's design that leaves a citizen out:
+    ``audit verify`` recomputes every subject's chain from the entries and the map's root, and
+    fails such a checkpoint; the map the log really signs verifies."""
+    import base64
+
+    from audit.checkpoint import Checkpoint, sign_checkpoint, verify_checkpoint
+    from audit.completeness import map_root_of
+    from audit.subject_map import SubjectTree, _read_members
+
+    cp = log.latest_checkpoint()
+    assert cp is not None
+    report = verify_export(cp.note, log.export(), log.vkey())
+    assert report.ok
+    assert any("subject map it signs is the one its entries give" in r for r in report.reasons)
+    with log._engine.connect() as conn:
+        members = _read_members(conn, log.log_id, None)
+    without_alice = [m for m in members if m.key != subject_key(log.origin, ALICE)]
+    assert (
+        map_root_of(verify_checkpoint(cp.note, log.verifier()))
+        == SubjectTree.build(members, SIZE).root
+    )
+    forged_root = SubjectTree.build(without_alice, SIZE).root
+    line = f"subject-map {base64.b64encode(forged_root).decode()}"
+    forged = sign_checkpoint(Checkpoint(log.origin, cp.size, cp.root, (line,)), signer)
+    bad = verify_export(forged, log.export(), log.vkey())
+    assert not bad.ok
+    assert "subject map the checkpoint signs is not the one its entries give" in bad.reasons[0]
