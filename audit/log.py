@@ -1092,20 +1092,16 @@ class TransparencyLog:
         signed = None
         if latest is not None and self._signs_map(latest.note):
             signed = subject_map.MapState(latest.size, self._map_root(latest.note))
-        try:
-            map_root = self._advance_subject_map(conn, size, root, signed)
-            extension = f"{MAP_EXTENSION} {base64.b64encode(map_root).decode()}"
-            note = sign_checkpoint(Checkpoint(self.origin, size, root, (extension,)), self._signer)
-            conn.execute(
-                insert(CheckpointRow).values(
-                    log_id=self.log_id, size=size, root=root, time_us=when, note=note
-                )
+        update = self._advance_subject_map(conn, size, root, signed)
+        extension = f"{MAP_EXTENSION} {base64.b64encode(update.root).decode()}"
+        note = sign_checkpoint(Checkpoint(self.origin, size, root, (extension,)), self._signer)
+        conn.execute(
+            insert(CheckpointRow).values(
+                log_id=self.log_id, size=size, root=root, time_us=when, note=note
             )
-            conn.commit()
-        except BaseException:
-            self._map_cache.discard()
-            raise
-        self._map_cache.commit()
+        )
+        conn.commit()
+        self._map_cache.commit(update)
         return note
 
     def _signs_map(self, note: str) -> bool:
@@ -1138,7 +1134,7 @@ class TransparencyLog:
 
     def _advance_subject_map(
         self, conn: Connection, size: int, root: bytes, signed: subject_map.MapState | None
-    ) -> bytes:
+    ) -> subject_map.TreeUpdate:
         """The subject map's root at ``size`` (``audit.subject_map.advance``, same transaction),
         from the map the latest checkpoint ``signed``, over entries whose leaf hashes lead to
         the head ``root`` being signed."""

@@ -250,7 +250,6 @@ class MapCache:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.tree: SubjectTree | None = None
-        self._pending: TreeUpdate | None = None
         self._leaf_of: dict[int, bytes] = {}
         self._subject_of: dict[int, str | None] = {}
         self._keys: dict[str, bytes] = {}
@@ -289,19 +288,12 @@ class MapCache:
             found = self._keys[subject] = subject_key(origin, subject)
         return found
 
-    def stage(self, update: TreeUpdate) -> None:
-        """Hold a checkpoint's changes until its transaction ends (``commit``/``discard``)."""
-        self._pending = update
-
-    def commit(self) -> None:
-        """The checkpoint committed: apply its changes (or drop a tree they do not fit)."""
-        update, self._pending = self._pending, None
+    def commit(self, update: TreeUpdate) -> None:
+        """A checkpoint committed with ``update`` (``advance``): apply its changes to the tree,
+        or drop a tree they do not fit (it is brought to the stored map when next used)."""
         with self.lock:
-            if update is not None and self.tree is not None and not self.tree.apply(update):
+            if self.tree is not None and not self.tree.apply(update):
                 self.tree = None
-
-    def discard(self) -> None:
-        self._pending = None
 
 
 def _chunks(items: Sequence[_T], n: int = _BATCH) -> Iterator[Sequence[_T]]:
@@ -520,8 +512,10 @@ def advance(
     *,
     signed: MapState | None = None,
     check_leaves: LeafCheck | None = None,
-) -> bytes:
-    """Bring the map up to log size ``size`` (inside the checkpoint's transaction); its root.
+) -> TreeUpdate:
+    """Bring the map up to log size ``size`` (inside the checkpoint's transaction): the tree's
+    changes, with the new root, for ``MapCache.commit`` once the transaction committed (nothing
+    reaches the tree if it rolls back).
 
     ``signed`` is the map the latest checkpoint signed (None when none signs one of this
     format): the stored map must be that one — a map row or member edited in the database is
@@ -529,8 +523,7 @@ def advance(
     rebuilt from the entries. Entries read back from the database (not remembered by this
     process) are checked with ``check_leaves`` before the map takes them, so a row rewritten
     before the checkpoint cannot move an entry between subjects while the log's tree keeps
-    it. The tree's changes are staged in ``cache`` for ``MapCache.commit`` once the
-    transaction commits."""
+    it."""
     state = map_state(conn, log_id)
     if signed is not None and state != signed and state.size != 0:
         raise MapIntegrityError(
@@ -539,7 +532,7 @@ def advance(
     if state.size > size:
         raise MapIntegrityError("the subject map is ahead of the log")
     if state.size == size:
-        return state.root
+        return TreeUpdate(state, size, state.root)
     tree = sync(conn, log_id, origin, cache, state)
     if tree is None:
         raise MapIntegrityError("the stored subject map does not lead to its root")
@@ -550,10 +543,9 @@ def advance(
     if changed:
         _upsert_members(conn, log_id, list(changed.values()))
     update = tree.update(changed.values(), size)
-    cache.stage(update)
     cache.forget(state.size, size)  # if this rolls back, they are read back next time
     _store_state(conn, log_id, MapState(size, update.root))
-    return update.root
+    return update
 
 
 def proof_root(proof: SubjectProof, own: Member | None, origin: str) -> bytes:

@@ -48,7 +48,7 @@ from sqlalchemy.engine import make_url
 from audit.checkpoint import NoteSigner
 from audit.completeness import verify_record
 from audit.log import EntryQuery, TransparencyLog
-from audit.subject_map import EMPTY_MAP_ROOT, MapState
+from audit.subject_map import EMPTY_MAP_ROOT, MapState, TreeUpdate
 from audit.verify import verify_export
 from exchange.db import is_postgres, make_engine, normalise_url, upgrade
 from exchange.ports import AuditEvent
@@ -68,8 +68,8 @@ class _NoMapLog(TransparencyLog):
 
     def _advance_subject_map(
         self, conn: Connection, size: int, root: bytes, signed: MapState | None
-    ) -> bytes:
-        return EMPTY_MAP_ROOT
+    ) -> TreeUpdate:
+        return TreeUpdate(MapState(0, EMPTY_MAP_ROOT), size, EMPTY_MAP_ROOT)
 
 
 def _log(msg: str) -> None:

@@ -11,6 +11,9 @@ column go, and each log's map root is recomputed here from its members, with the
 the code uses (written out below, so this migration does not change when the code does). The
 latest checkpoint still signs the previous format's root (``subjects``): the log signs a new
 checkpoint of the same size, with the ``subject-map`` line, before it serves the next proof.
+The members are taken as they are stored (checking them against the old signed root would need
+the old format's code here); ``onceonly audit verify`` recomputes the map from the entries and
+fails a checkpoint whose map is not theirs (step 10).
 
 Downgrading recomputes nothing: the previous code cannot read a map stored this way, so the
 downgrade deletes the map (it is rebuilt from the entries at the next checkpoint).
