@@ -1,32 +1,39 @@
 """Completeness proofs: every entry about a citizen, and no other, up to a signed checkpoint.
 
 Concept (after key transparency — CONIKS, Google's Key Transparency — applied to an audit log):
-each checkpoint also commits to a *subject map*, a sparse Merkle tree with one slot per subject.
-A subject's slot holds how many entries are about that subject and a hash chain over them in
-index order::
+each checkpoint also commits to a *subject map*, a sparse Merkle tree keyed by subject, with one
+leaf per subject that has entries. A subject's leaf holds how many entries are about that
+subject and a hash chain over them in index order::
 
-    key(s)      = SHA-256("onceonly subject map v1" 0x00 origin 0x00 s)
-    chain_0     = 32 zero bytes
-    chain_k     = SHA-256(0x04 ‖ chain_{k-1} ‖ uint64be(index_k) ‖ leaf_hash_k)
-    member      = key ‖ uint64be(count) ‖ chain_count
-    bucket hash = SHA-256(0x02 ‖ member ‖ member ‖ …)   (members sorted by key; empty: SHA-256(0x02))
-    node hash   = SHA-256(0x01 ‖ left ‖ right)           (as RFC 9162 interior nodes)
+    key(s)    = SHA-256("onceonly subject map v1" 0x00 origin 0x00 s)
+    chain_0   = 32 zero bytes
+    chain_k   = SHA-256(0x04 ‖ chain_{k-1} ‖ uint64be(index_k) ‖ leaf_hash_k)
+    member    = key ‖ uint64be(count) ‖ chain_count
+    leaf      = SHA-256(0x03 ‖ member)
+    empty     = 32 zero bytes
+    node hash = SHA-256(0x01 ‖ left ‖ right)           (as RFC 9162 interior nodes)
 
-The tree has ``MAP_DEPTH`` levels; a key's bucket is its first ``MAP_DEPTH`` bits read as a
-big-endian integer, and a bucket holds every member whose key starts with those bits (almost
-always one). The map root is signed as the checkpoint extension line ``subjects <base64 root>``.
+The tree is *compact* (as Diem's Jellyfish Merkle tree): a key's path is its bits from the most
+significant, but a subtree holding exactly one member is that member's leaf, wherever on the
+path it sits, and a subtree holding none is ``empty``; only subtrees holding two members or more
+are interior nodes. A path is therefore about log₂(subjects) + 1 long (≈ 18 at 10⁵ citizens),
+not 256. The map root is signed as the checkpoint extension line ``subject-map <base64 root>``.
 
-A proof for subject ``s`` is the other members of its bucket and the ``MAP_DEPTH`` sibling
-hashes from the bucket up. The citizen recomputes ``count`` and ``chain`` from the entries they
-were shown (their leaf hashes recomputed from the entry bytes), rebuilds the bucket and the path,
-and compares with the signed root. So an entry about them that was deleted, re-pointed to another
-subject or rewritten — or one that was never shown — makes the proof fail; an entry that is not
-about them cannot be slipped in either.
+A proof for subject ``s`` is the sibling hashes from where ``s``'s path ends up to the root and,
+when it ends at another subject's leaf, that member (which shows ``s`` has no leaf). The citizen
+recomputes ``count`` and ``chain`` from the entries they were shown (their leaf hashes recomputed
+from the entry bytes), rebuilds the path and compares with the signed root. So an entry about
+them that was deleted, re-pointed to another subject or rewritten — or one that was never shown
+— makes the proof fail; an entry that is not about them cannot be slipped in either.
+
+Why one root admits one answer per key although the verifier does not check the tree is compact:
+leaves, interior nodes and ``empty`` are domain-separated (0x03, 0x01, no preimage), so two
+proofs for one key against one root open the same interior nodes down the key's path and must
+stop at the same node, which is either empty or one leaf (a member, which names its key).
 
 Privacy: the key is a hash of the subject pseudonym (already what entries carry), so a key reveals
-no identity to anyone who does not already know the pseudonym; a proof shows the counts of the
-other members of one bucket (with ``MAP_DEPTH`` = 32 and 10⁵ citizens, a bucket is shared with
-probability < 10⁻⁴), never whom they belong to.
+no identity to anyone who does not already know the pseudonym; a proof for a subject with no
+entries may show one other member (a key, a count and a chain), never whom it belongs to.
 
 Trust assumption: none here — ``verify_completeness`` takes everything from the untrusted node and
 trusts only a checkpoint already verified with the pinned log key.
@@ -36,6 +43,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,15 +54,15 @@ from audit.checkpoint import Checkpoint, NoteError, NoteVerifier, verify_checkpo
 from exchange.canonical import canonical_json
 
 __all__ = [
-    "MAP_DEPTH",
+    "EMPTY",
+    "KEY_BITS",
     "MAP_EXTENSION",
     "CompletenessError",
     "Member",
     "SubjectProof",
-    "bucket_hash",
-    "bucket_of",
+    "bit",
     "chain_step",
-    "empty_hashes",
+    "compact_root",
     "fold",
     "map_root_of",
     "subject_key",
@@ -62,13 +70,15 @@ __all__ = [
     "verify_record",
 ]
 
-MAP_DEPTH = 32
-MAP_EXTENSION = "subjects"
+MAP_EXTENSION = "subject-map"
 KEY_DOMAIN = b"onceonly subject map v1\x00"
-BUCKET_PREFIX = b"\x02"
+LEAF_PREFIX = b"\x03"
 CHAIN_PREFIX = b"\x04"
 ZERO_CHAIN = bytes(32)
-_MEMBER_SIZE = 32 + 8 + 32
+EMPTY = bytes(32)
+"""The hash of an empty subtree: no SHA-256 output is known to be all zeros."""
+KEY_BITS = 256
+"""A key is a SHA-256 output: no path is longer than its bits."""
 
 
 class CompletenessError(Exception):
@@ -86,23 +96,36 @@ class Member:
     def encode(self) -> bytes:
         return self.key + self.count.to_bytes(8, "big") + self.chain
 
+    def leaf(self) -> bytes:
+        """The member's leaf hash in the map."""
+        return hashlib.sha256(LEAF_PREFIX + self.encode()).digest()
+
 
 @dataclass(frozen=True, slots=True)
 class SubjectProof:
-    """What a node sends for one subject: the other members of its bucket and the siblings from
-    the bucket up to the root (``siblings[0]`` is the bucket's sibling)."""
+    """What a node sends for one subject: the sibling hashes from where the subject's path ends
+    up to the root (``siblings[0]`` is the deepest) and, when the path ends at another
+    subject's leaf, that member (``other``)."""
 
     subject: str
-    others: tuple[Member, ...]
     siblings: tuple[bytes, ...]
+    other: Member | None = None
+    legacy_others: tuple[Member, ...] | None = None
+    """Set only for a proof of the earlier fixed-depth map (``_verify_legacy``): the other
+    members of the subject's bucket."""
 
     def to_json(self) -> dict[str, object]:
+        other = self.other
+        if self.legacy_others is not None:
+            return {
+                "subject": self.subject,
+                "others": [_member_json(m) for m in self.legacy_others],
+                "siblings": [_b64(h) for h in self.siblings],
+            }
         return {
             "subject": self.subject,
-            "others": [
-                {"key": _b64(m.key), "count": m.count, "chain": _b64(m.chain)} for m in self.others
-            ],
             "siblings": [_b64(h) for h in self.siblings],
+            "other": None if other is None else _member_json(other),
         }
 
     @classmethod
@@ -111,15 +134,29 @@ class SubjectProof:
         try:
             if not isinstance(value, dict) or not isinstance(value.get("subject"), str):
                 raise TypeError("not a proof object")
-            others = tuple(
-                Member(_unb64(m["key"]), _count(m["count"]), _unb64(m["chain"]))
-                for m in value["others"]
-            )
+            found = value.get("other")
+            other = None if found is None else _parse_member(found)
+            legacy = value.get("others")
+            if legacy is not None and not isinstance(legacy, list):
+                raise TypeError("not a list of members")
+            if not isinstance(value["siblings"], list) or len(value["siblings"]) > KEY_BITS:
+                raise ValueError("not a list of at most 256 hashes")
             siblings = tuple(_unb64(h) for h in value["siblings"])
+            others = None if legacy is None else tuple(_parse_member(m) for m in legacy)
             subject: str = value["subject"]
         except (KeyError, TypeError, ValueError, binascii.Error) as exc:
             raise CompletenessError("the completeness proof is malformed") from exc
-        return cls(subject, others, siblings)
+        return cls(subject, siblings, other, others)
+
+
+def _member_json(m: Member) -> dict[str, object]:
+    return {"key": _b64(m.key), "count": m.count, "chain": _b64(m.chain)}
+
+
+def _parse_member(value: object) -> Member:
+    if not isinstance(value, dict):
+        raise TypeError("not a member object")
+    return Member(_unb64(value["key"]), _count(value["count"]), _unb64(value["chain"]))
 
 
 def _b64(data: bytes) -> str:
@@ -148,9 +185,9 @@ def subject_key(origin: str, subject: str) -> bytes:
     ).digest()
 
 
-def bucket_of(key: bytes) -> int:
-    """The bucket (leaf position) of a key: its first ``MAP_DEPTH`` bits."""
-    return int.from_bytes(key[: MAP_DEPTH // 8], "big")
+def bit(key: bytes, depth: int) -> int:
+    """The branch ``key``'s path takes below depth ``depth`` (0: left, 1: right)."""
+    return key[depth >> 3] >> (7 - (depth & 7)) & 1
 
 
 def chain_step(chain: bytes, index: int, leaf_hash: bytes) -> bytes:
@@ -158,25 +195,11 @@ def chain_step(chain: bytes, index: int, leaf_hash: bytes) -> bytes:
     return hashlib.sha256(CHAIN_PREFIX + chain + index.to_bytes(8, "big") + leaf_hash).digest()
 
 
-def bucket_hash(members: Iterable[Member]) -> bytes:
-    """The hash of a bucket: its members in key order (an empty bucket hashes no member)."""
-    ordered = sorted(members, key=lambda m: m.key)
-    return hashlib.sha256(BUCKET_PREFIX + b"".join(m.encode() for m in ordered)).digest()
-
-
-def empty_hashes() -> list[bytes]:
-    """``[h_0, …, h_MAP_DEPTH]``: the hash of an empty subtree of each height (0 = a bucket)."""
-    out = [bucket_hash(())]
-    for _ in range(MAP_DEPTH):
-        out.append(merkle.node_hash(out[-1], out[-1]))
-    return out
-
-
-def map_root_of(checkpoint: Checkpoint) -> bytes:
-    """The subject map root a checkpoint signs (its ``subjects`` extension line)."""
+def map_root_of(checkpoint: Checkpoint, extension: str = MAP_EXTENSION) -> bytes:
+    """The subject map root a checkpoint signs (its ``subject-map`` extension line)."""
     for line in checkpoint.extensions:
         name, _, value = line.partition(" ")
-        if name == MAP_EXTENSION:
+        if name == extension:
             try:
                 return _unb64(value)
             except (TypeError, ValueError, binascii.Error) as exc:
@@ -184,16 +207,49 @@ def map_root_of(checkpoint: Checkpoint) -> bytes:
     raise CompletenessError("the checkpoint commits to no subject map")
 
 
-def fold(key: bytes, bucket: bytes, siblings: Sequence[bytes]) -> bytes:
-    """The root reached from ``key``'s bucket hash up through ``siblings`` (bucket level first)."""
-    position = bucket_of(key)
-    node = bucket
-    for height, sibling in enumerate(siblings):
-        if position >> height & 1:
+def fold(key: bytes, end: bytes, siblings: Sequence[bytes]) -> bytes:
+    """The root reached from ``end`` — the hash where ``key``'s path ends, at depth
+    ``len(siblings)`` — up through ``siblings`` (deepest first)."""
+    node = end
+    for depth in range(len(siblings) - 1, -1, -1):
+        sibling = siblings[len(siblings) - 1 - depth]
+        if bit(key, depth):
             node = merkle.node_hash(sibling, node)
         else:
             node = merkle.node_hash(node, sibling)
     return node
+
+
+def compact_root(members: Iterable[Member]) -> bytes:
+    """The root of the map holding ``members`` (the format above), computed from scratch: what
+    ``audit verify`` compares with the root a checkpoint signs."""
+    ordered = sorted(members, key=lambda m: m.key)
+
+    def root(lo: int, hi: int, depth: int) -> bytes:
+        if hi == lo:
+            return EMPTY
+        if hi - lo == 1:
+            return ordered[lo].leaf()
+        mid = bisect.bisect_left(ordered, 1, lo, hi, key=lambda m: bit(m.key, depth))
+        return merkle.node_hash(root(lo, mid, depth + 1), root(mid, hi, depth + 1))
+
+    return root(0, len(ordered), 0)
+
+
+def _path_end(key: bytes, proof: SubjectProof, member: Member | None) -> bytes:
+    """The hash where ``key``'s path ends: its own leaf when it has entries (``member``), else
+    empty or another member's leaf — one whose key shares the path so far but is not ``key``."""
+    if member is not None:
+        if proof.other is not None:
+            raise CompletenessError("the proof shows another member where the subject's leaf is")
+        return member.leaf()
+    other = proof.other
+    if other is None:
+        return EMPTY
+    depth = len(proof.siblings)
+    if other.key == key or any(bit(other.key, d) != bit(key, d) for d in range(depth)):
+        raise CompletenessError("the proof shows a member that cannot be where the path ends")
+    return other.leaf()
 
 
 def verify_completeness(
@@ -203,27 +259,53 @@ def verify_completeness(
     about ``proof.subject`` the node showed, each recomputed by the caller from the entry bytes —
     are exactly the entries about that subject in the log up to ``checkpoint`` (already verified
     against the pinned log key)."""
-    root = map_root_of(checkpoint)
+    root = map_root_of(checkpoint, MAP_EXTENSION if proof.legacy_others is None else _LEGACY)
     indices = [index for index, _ in entries]
     if indices != sorted(set(indices)) or any(not 0 <= i < checkpoint.size for i in indices):
         raise CompletenessError("the entries are not distinct entries of this checkpoint in order")
-    if len(proof.siblings) != MAP_DEPTH:
-        raise CompletenessError("the proof has the wrong number of sibling hashes")
+    if len(proof.siblings) > KEY_BITS:
+        raise CompletenessError("the proof has more sibling hashes than a key has bits")
     key = subject_key(checkpoint.origin, proof.subject)
-    others = list(proof.others)
-    if any(bucket_of(m.key) != bucket_of(key) or m.key == key for m in others):
-        raise CompletenessError("the proof's bucket holds a member that cannot be there")
-    if len({m.key for m in others}) != len(others):
-        raise CompletenessError("the proof's bucket repeats a member")
     chain = ZERO_CHAIN
     for index, leaf in entries:
         chain = chain_step(chain, index, leaf)
-    members = others + ([Member(key, len(entries), chain)] if entries else [])
-    if fold(key, bucket_hash(members), proof.siblings) != root:
+    member = Member(key, len(entries), chain) if entries else None
+    if proof.legacy_others is not None:
+        reached = _legacy_root(key, proof, member)
+    else:
+        reached = fold(key, _path_end(key, proof, member), proof.siblings)
+    if reached != root:
         raise CompletenessError(
             f"the {len(entries)} entries shown are not all the entries about this subject up to "
             f"checkpoint {checkpoint.size}"
         )
+
+
+_LEGACY = "subjects"
+_LEGACY_DEPTH = 32
+
+
+def _legacy_root(key: bytes, proof: SubjectProof, member: Member | None) -> bytes:
+    """The root a proof of the earlier map leads to, for records kept from before
+    ``audit_0006`` (checkpoints signing ``subjects <root>``): a tree of fixed depth 32 whose
+    leaves are buckets (a key's first 32 bits), a bucket hashing its members in key order as
+    ``SHA-256(0x02 ‖ member ‖ …)``, an empty subtree as the hash of empty ones below it."""
+    others = list(proof.legacy_others or ())
+    bucket = int.from_bytes(key[:4], "big")
+    if len(proof.siblings) != _LEGACY_DEPTH:
+        raise CompletenessError("the proof has the wrong number of sibling hashes")
+    if any(int.from_bytes(m.key[:4], "big") != bucket or m.key == key for m in others):
+        raise CompletenessError("the proof's bucket holds a member that cannot be there")
+    if len({m.key for m in others}) != len(others):
+        raise CompletenessError("the proof's bucket repeats a member")
+    members = sorted(others + ([member] if member is not None else []), key=lambda m: m.key)
+    node = hashlib.sha256(b"\x02" + b"".join(m.encode() for m in members)).digest()
+    for height, sibling in enumerate(proof.siblings):
+        if bucket >> height & 1:
+            node = merkle.node_hash(sibling, node)
+        else:
+            node = merkle.node_hash(node, sibling)
+    return node
 
 
 def verify_record(
@@ -255,7 +337,7 @@ def verify_record(
         # the leaf hash comes from the entry's own bytes, never from what the node says it is
         try:
             leaf = merkle.leaf_hash(canonical_json(dict(record)))
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:  # nested deeper than Python goes
             raise CompletenessError(f"entry {index} is not canonical JSON") from exc
         if restricted.is_restricted(record):
             hidden[index] = (record, leaf)  # about no one by its bytes: shown beside its release

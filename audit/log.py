@@ -39,13 +39,14 @@ from sqlalchemy.exc import IntegrityError
 from audit import merkle, restricted, subject_map
 from audit.checkpoint import (
     Checkpoint,
+    NoteError,
     NoteSigner,
     NoteVerifier,
     sign_checkpoint,
     verify_checkpoint,
 )
 from audit.columns import INDEX_COLUMNS, column_mismatch, columns_json, index_columns
-from audit.completeness import MAP_EXTENSION, SubjectProof, map_root_of
+from audit.completeness import MAP_EXTENSION, CompletenessError, SubjectProof, map_root_of
 from audit.store import CheckpointRow, EntryRow, HeadRow, RestrictedRow, node_key
 from exchange.canonical import canonical_json
 from exchange.db import driver_cursor, read_cursor
@@ -338,7 +339,6 @@ class _ReadSql:
         self.export = _EXPORT.replace("?", self._p)
         self.covering = _COVERING.replace("?", self._p)
         self.mark = self._p
-        self.pipelined = self.postgres  # several statements in one round trip (``_together``)
         lines = _EXPORT_LINES_POSTGRES if self.postgres else _EXPORT_LINES_SQLITE
         self.export_lines = lines.replace("?", self._p)
         self._nodes = _NODES.replace("?", self._p)
@@ -360,7 +360,7 @@ class TransparencyLog:
         self._last_note: tuple[str, bytes] | None = None
         self._known_size = 0  # the largest size this process has seen the log have
         self._read_sql = _ReadSql(engine.dialect.paramstyle, engine.dialect.name)
-        self._map_cache = subject_map.MapCache()  # the subject map's upper tree, by its root
+        self._map_cache = subject_map.MapCache()  # the subject map's tree (audit.subject_map)
         self._upper: dict[tuple[int, int], bytes] = {}  # committed tree nodes near the top
         self._upper_lowest = UPPER_MIN_LEVEL
         self._upper_lock = threading.Lock()
@@ -1066,27 +1066,58 @@ class TransparencyLog:
                 # never store a smaller tree after a larger one: a head behind the latest
                 # checkpoint means a damaged database, not a reason to contradict what was signed
                 raise LogIntegrityError("the log head is behind its latest checkpoint")
-            if latest is not None and only_if_grown and latest.size == size:
+            if (
+                latest is not None
+                and only_if_grown
+                and latest.size == size
+                and self._signs_map(latest.note)
+            ):
                 conn.rollback()
                 return latest
-            # the subject map (audit.completeness) advances in the same transaction, so every
-            # checkpoint commits to exactly the entries about each subject up to its size
-            map_root = self._advance_subject_map(conn, size)
-            extension = f"{MAP_EXTENSION} {base64.b64encode(map_root).decode()}"
-            note = sign_checkpoint(Checkpoint(self.origin, size, root, (extension,)), self._signer)
-            conn.execute(
-                insert(CheckpointRow).values(
-                    log_id=self.log_id, size=size, root=root, time_us=when, note=note
-                )
-            )
-            conn.commit()
+            note = self._sign_with_map(conn, size, root, when, latest)
         return StoredCheckpoint(size, root, now.astimezone(UTC), note)
+
+    def _sign_with_map(
+        self,
+        conn: Connection,
+        size: int,
+        root: bytes,
+        when: int,
+        latest: StoredCheckpoint | None,
+    ) -> str:
+        """Advance the subject map (``audit.completeness``) to ``size`` in the checkpoint's
+        transaction, so every checkpoint commits to exactly the entries about each subject up
+        to its size; sign, store and commit. The map's tree in memory takes the new map's
+        changes only once the transaction committed."""
+        signed = None
+        if latest is not None and self._signs_map(latest.note):
+            signed = subject_map.MapState(latest.size, self._map_root(latest.note))
+        update = self._advance_subject_map(conn, size, root, signed)
+        extension = f"{MAP_EXTENSION} {base64.b64encode(update.root).decode()}"
+        note = sign_checkpoint(Checkpoint(self.origin, size, root, (extension,)), self._signer)
+        conn.execute(
+            insert(CheckpointRow).values(
+                log_id=self.log_id, size=size, root=root, time_us=when, note=note
+            )
+        )
+        conn.commit()
+        self._map_cache.commit(update)
+        return note
+
+    def _signs_map(self, note: str) -> bool:
+        """Whether a checkpoint of this log commits to a subject map of the current format (one
+        signed before the compact map, ``audit_0006``, is signed again at the same size)."""
+        try:
+            self._map_root(note)
+        except CompletenessError:
+            return False
+        return True
 
     def _fresh_checkpoint(self, now: datetime) -> StoredCheckpoint:
         """The latest checkpoint if it covers the whole log (two reads, no write lock), else a new
         one (``publish_checkpoint`` takes the head lock only then)."""
         latest = self.latest_checkpoint()
-        if latest is not None and latest.size >= self.size():
+        if latest is not None and latest.size >= self.size() and self._signs_map(latest.note):
             return latest
         return self.publish_checkpoint(now)
 
@@ -1094,15 +1125,55 @@ class TransparencyLog:
         """The subject map root a checkpoint note of this log signs (the last one parsed is kept:
         every proof against the same checkpoint would verify the same signature again)."""
         if self._last_note is None or self._last_note[0] != note:
-            self._last_note = (note, map_root_of(verify_checkpoint(note, self.verifier())))
+            try:
+                checkpoint = verify_checkpoint(note, self.verifier())
+            except NoteError as exc:  # a stored note this log's key did not sign
+                raise LogIntegrityError(f"a stored checkpoint does not verify: {exc}") from exc
+            self._last_note = (note, map_root_of(checkpoint))
         return self._last_note[1]
 
-    def _advance_subject_map(self, conn: Connection, size: int) -> bytes:
-        """The subject map's root at ``size`` (``audit.subject_map.advance``, same transaction)."""
+    def _advance_subject_map(
+        self, conn: Connection, size: int, root: bytes, signed: subject_map.MapState | None
+    ) -> subject_map.TreeUpdate:
+        """The subject map's root at ``size`` (``audit.subject_map.advance``, same transaction),
+        from the map the latest checkpoint ``signed``, over entries whose leaf hashes lead to
+        the head ``root`` being signed."""
+
+        def check(start: int, leaves: Sequence[bytes]) -> None:
+            self._check_leaves(conn, start, leaves, root)
+
         try:
-            return subject_map.advance(conn, self.log_id, self.origin, size, self._map_cache)
+            return subject_map.advance(
+                conn,
+                self.log_id,
+                self.origin,
+                size,
+                self._map_cache,
+                signed=signed,
+                check_leaves=check,
+            )
         except subject_map.MapIntegrityError as exc:
             raise LogIntegrityError(str(exc)) from exc
+
+    def _check_leaves(
+        self, conn: Connection, start: int, leaves: Sequence[bytes], root: bytes
+    ) -> None:
+        """Raise unless the stored tree's compact range of the first ``start`` entries, extended
+        by ``leaves``, folds to ``root`` (the head being signed): entries the map reads back must
+        be the ones the log's tree holds, not rows rewritten since they were appended."""
+        coords = _compact_range(start)
+        with driver_cursor(conn) as cur:
+            hashes = self._fetch(cur, coords)
+        frontier = [(level, h) for (level, _), h in zip(coords, hashes, strict=True)]
+        for leaf in leaves:
+            frontier.append((0, leaf))
+            while len(frontier) > 1 and frontier[-1][0] == frontier[-2][0]:
+                (level, left), (_, right) = frontier[-2], frontier[-1]
+                frontier[-2:] = [(level + 1, merkle.node_hash(left, right))]
+        if merkle.fold_compact_range([h for _, h in frontier]) != root:
+            raise LogIntegrityError(
+                f"the entries from {start} on are not the ones the log's tree holds"
+            )
 
     def _latest(self, conn: Connection) -> StoredCheckpoint | None:
         row = conn.execute(
@@ -1123,51 +1194,25 @@ class TransparencyLog:
         """Proofs that the entries about each of ``subjects`` up to the latest checkpoint (signed
         now if the log grew) are exactly those the log holds (``audit.completeness``).
 
-        The usual case — nothing restricted is due, the latest checkpoint covers the log — is a
-        few reads on one connection without a transaction. Only the latest map is stored, so a
-        checkpoint signed by another replica between reading the checkpoint and reading the map
-        would give a proof against the wrong root: each proof is checked against the
-        checkpoint's root here, and the read is retried when one fails."""
+        The usual case — nothing restricted is due, the latest checkpoint covers the log and the
+        map's tree in memory is at its root — is one read and the proofs from memory. Only the
+        latest map is stored, so a checkpoint signed by another replica in between can leave the
+        tree at another root: the tree is brought to the stored map (``subject_map.sync``) and
+        the proofs are checked against the checkpoint's root here, read again when one fails."""
         wanted = sorted(set(subjects))
         when = _time_us(now)
         for _ in range(_PROOF_ATTEMPTS):
             with read_cursor(self._engine) as cur:
-                cp, read = self._covered_proofs(cur, when, wanted)
-            if cp is None:  # release what is due, sign what the log added (the write path)
+                cur.execute(self._read_sql.covering, (self.log_id, when, self.log_id, self.log_id))
+                cp = self._covering_checkpoint(cur.fetchone())
+            if cp is None or not self._signs_map(cp.note):
+                # release what is due, sign what the log added (the write path)
                 self.release_due(now)
                 cp = self._fresh_checkpoint(now)
-                with read_cursor(self._engine) as cur:
-                    read = self._read_proofs(cur, cp, wanted)
+            read = self._proofs(self._map_root(cp.note), wanted)
             if read is not None:
                 return cp, read
         raise LogIntegrityError("the subject map does not match the latest checkpoint")
-
-    def _covered_proofs(
-        self, cur: Any, when: int, wanted: Sequence[str]
-    ) -> tuple[StoredCheckpoint | None, list[SubjectProof] | None]:
-        """The latest checkpoint if it covers the log and no restricted entry is due
-        (``_COVERING``), with the proofs against it; (None, None) otherwise.
-
-        The proofs are read with the checkpoint, before its root is known, with the upper tree
-        this process holds (``subject_map.MapCache``); on PostgreSQL all the statements go in
-        one round trip (pipelined). They are read again only if that tree is not for the
-        checkpoint's root."""
-        mark = self._read_sql.mark
-        upper = self._map_cache.tree
-        queries = [
-            subject_map.proof_query(mark, self.log_id, self.origin, s, upper) for s in wanted
-        ]
-        covering = (self._read_sql.covering, (self.log_id, when, self.log_id, self.log_id))
-        statements = [covering, *((q.sql, q.params) for q in queries)]
-        results = _together(cur, statements, pipelined=self._read_sql.pipelined)
-        cp = self._covering_checkpoint(results[0][0] if results[0] else None)
-        if cp is None:
-            return None, None
-        root = self._map_root(cp.note)
-        if upper is not None and upper.root != root:
-            return cp, self._read_proofs(cur, cp, wanted)
-        read = [q.assemble(rows) for q, rows in zip(queries, results[1:], strict=True)]
-        return cp, self._checked(read, root)
 
     def _covering_checkpoint(self, row: Sequence[Any] | None) -> StoredCheckpoint | None:
         """The checkpoint of a ``_COVERING`` row when it covers the whole log and no restricted
@@ -1179,24 +1224,24 @@ class TransparencyLog:
             return None
         return StoredCheckpoint(int(row[1]), bytes(row[2]), _EPOCH + int(row[3]) * _US, row[4])
 
-    def _read_proofs(
-        self, cur: Any, cp: StoredCheckpoint, wanted: Sequence[str]
-    ) -> list[SubjectProof] | None:
-        """Each subject's proof from the stored map against ``cp``, or None (``_checked``). The
-        upper tree this process holds is used when it is that root's."""
-        root = self._map_root(cp.note)
-        upper = self._map_cache.matching(root)
-        mark = self._read_sql.mark
-        read = [
-            subject_map.read_proof(cur, mark, self.log_id, self.origin, s, upper) for s in wanted
-        ]
-        return self._checked(read, root)
-
-    def _checked(
-        self, read: Sequence[tuple[SubjectProof, Any]], root: bytes
-    ) -> list[SubjectProof] | None:
-        """The proofs if each leads to ``root``; None if one does not (the map moved on since
-        the checkpoint, and the caller reads again)."""
+    def _proofs(self, root: bytes, wanted: Sequence[str]) -> list[SubjectProof] | None:
+        """Each subject's proof from the map's tree in memory against ``root``, the tree first
+        brought to the stored map if it is not at ``root``; None if it cannot be (the map moved
+        on since the checkpoint, and the caller reads again). Each proof is checked against
+        ``root`` before it is sent."""
+        cache = self._map_cache
+        with cache.lock:
+            tree = cache.tree
+        if tree is None or tree.root != root:
+            with self._engine.connect() as conn:
+                try:
+                    tree = subject_map.sync(conn, self.log_id, self.origin, cache)
+                except subject_map.MapIntegrityError as exc:
+                    raise LogIntegrityError(str(exc)) from exc
+        with cache.lock:
+            if tree is None or tree.root != root:
+                return None
+            read = [subject_map.prove(tree, self.origin, s) for s in wanted]
         if all(subject_map.proof_root(p, own, self.origin) == root for p, own in read):
             return [p for p, _ in read]
         return None
@@ -1223,29 +1268,6 @@ class TransparencyLog:
             StoredCheckpoint(size, root, _EPOCH + time_us * _US, note)
             for size, root, time_us, note in rows
         ]
-
-
-def _together(
-    cur: Any, statements: Sequence[tuple[str, Sequence[Any]]], *, pipelined: bool
-) -> list[list[Any]]:
-    """Each statement's rows. ``pipelined`` (PostgreSQL): all are sent in one pipeline, one
-    round trip, a cursor each on ``cur``'s connection; else they run in turn on ``cur``."""
-    conn = cur.connection
-    if not pipelined:
-        out = []
-        for sql, params in statements:
-            cur.execute(sql, params)
-            out.append(cur.fetchall())
-        return out
-    cursors = [conn.cursor() for _ in statements]
-    try:
-        with conn.pipeline():
-            for each, (sql, params) in zip(cursors, statements, strict=True):
-                each.execute(sql, params)
-        return [each.fetchall() for each in cursors]
-    finally:
-        for each in cursors:
-            each.close()
 
 
 def _hash_json(h: bytes | None) -> str:

@@ -14,12 +14,11 @@ Layout (see ``docs/audit.md``):
   never changes once written, so the root and any proof for any size are assembled from
   O(log n) stored hashes, and an append writes O(log n) rows (amortised 2).
 - ``audit_checkpoints``: every signed checkpoint the log published, in order.
-- ``audit_subject_maps``, ``audit_subject_members``, ``audit_subject_nodes`` (non-empty nodes at
-  heights 8, 16, 24, 32 only: ``audit.subject_map.STRATUM``; bucket hashes come from the
-  members): the subject map each
-  checkpoint commits to (``audit.completeness``): per log the size it covers and its root; one
-  slot per subject key (a hash) with its count and chain; the non-empty nodes by heap number.
-  Unlike ``audit_nodes`` these are overwritten as the map advances (only the latest map is kept).
+- ``audit_subject_maps``, ``audit_subject_members``: the subject map each checkpoint commits to
+  (``audit.completeness``): per log the size it covers and its root; one slot per subject key (a
+  hash) with its count and chain. The map's tree is not stored: it is derived from the members
+  (``audit.subject_map``). Unlike ``audit_nodes`` these are overwritten as the map advances
+  (only the latest map is kept).
 - ``audit_restricted``: one row per restricted entry (``audit.restricted``): the subject its
   bytes only commit to, the salt that opens the commitment, its release time (a copy of the
   bytes' ``restricted_until``, checked against them before use) and, once released, the index
@@ -44,7 +43,6 @@ __all__ = [
     "RestrictedRow",
     "SubjectMapRow",
     "SubjectMemberRow",
-    "SubjectNodeRow",
     "node_key",
 ]
 
@@ -133,21 +131,10 @@ class SubjectMemberRow(AuditBase):
     """One subject's slot in the map: its key (a hash, no pseudonym), count and chain."""
 
     __tablename__ = "audit_subject_members"
-    __table_args__ = (Index("ix_audit_subject_members_bucket", "log_id", "bucket"),)
     log_id: Mapped[str] = mapped_column(String(MAX_LOG_ID_LEN), primary_key=True)
     key: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
-    bucket: Mapped[int] = mapped_column(BigInteger, nullable=False)
     count: Mapped[int] = mapped_column(BigInteger, nullable=False)
     chain: Mapped[bytes] = mapped_column(LargeBinary(32), nullable=False)
-
-
-class SubjectNodeRow(AuditBase):
-    """A non-empty node of the subject map, by heap number (root 1; bucket b is 2^depth + b)."""
-
-    __tablename__ = "audit_subject_nodes"
-    log_id: Mapped[str] = mapped_column(String(MAX_LOG_ID_LEN), primary_key=True)
-    node_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    hash: Mapped[bytes] = mapped_column(LargeBinary(32), nullable=False)
 
 
 class RestrictedRow(AuditBase):

@@ -1,35 +1,25 @@
-"""The subject map in the database: advanced as checkpoints are signed, read for proofs.
+"""The subject map: its members in the database, its tree in memory, advanced as checkpoints are
+signed (the format is ``audit.completeness``'s compact sparse Merkle tree).
 
 ``advance`` runs inside the transaction that signs a checkpoint, under the log head's write lock
 (``TransparencyLog._store_checkpoint``): it takes the entries the map does not cover yet — from
 their *bytes*, never the search columns, so a rewritten column cannot move an entry between
 subjects: read back, or the leaf hash and subject this process derived from the bytes it
-appended (``MapCache.remember``) — extends each subject's chain, rewrites the touched buckets and
-the paths above them, and returns the new root for the checkpoint to sign. Appends write nothing
-of the map; a checkpoint costs O(new entries · ``MAP_DEPTH``) hashes and O(new entries ·
-(``MAP_DEPTH / STRATUM`` - 1)) node writes (on PostgreSQL one statement per table, over arrays).
+appended (``MapCache.remember``) — extends each touched subject's chain, writes the touched
+members, and rehashes their paths in the tree, each shared node once. A checkpoint over ``n``
+new entries costs about ``n · (log₂(subjects) - log₂(n))`` hashes and one member row per touched
+subject (on PostgreSQL one statement); no node is written.
 
-Storage in strata (as transparency logs store tiles): only nodes at heights that are multiples of
-``STRATUM`` (8, 16, 24, 32) are stored; the heights between are recomputed from the stored
-nodes of a *group* (the up to 256 nodes of one stored height under one node ``STRATUM`` above).
-Bucket hashes (height 0) are not stored either: a lowest group's are derived from the members
-of its 256 buckets, read by bucket range (the map is sparse down there — 10⁵ subjects in 2^32
-buckets leave ~0.006 other members in a subject's lowest group — so this reads the subject's
-own member and, almost always, nothing else). ``read_proof`` assembles one subject's proof from
-the members of its lowest group and its three stored groups (one statement, whatever the
-map's size). Only the latest map is kept, so a proof is always against
-the latest checkpoint; the caller checks the assembled proof against that checkpoint's root and
-retries if a newer checkpoint moved the map in between (see ``TransparencyLog.completeness``).
-
-The upper tree in memory (``MapCache``): heights ``CACHED_HEIGHT`` (16) to 32 are dense — every
-touched bucket's path crosses them, and recomputing their groups was most of a checkpoint's
-hashing — and small (at most 2^17 - 1 nodes, about 10 MB, whatever the number of subjects). The
-process that advances the map keeps every node of them, addressed by the map's root: a
-checkpoint rehashes only the changed paths through them (each shared ancestor once) and reads
-only the groups below, all in one batch; a proof against that root reads only the members of
-its lowest group and one group of nodes. A tree whose root is not the stored map's (another replica advanced the map, or the
-checkpoint rolled back) is never used: ``advance`` rebuilds it from the stored nodes at height
-16 and checks it leads to the stored root, and proofs read all three stored groups.
+Only the members are stored (``audit_subject_members``; ``audit_subject_maps`` holds the size
+and root): the tree is derived from them. A process keeps it in memory (``MapCache``, about 550
+bytes a subject, measured with tracemalloc) and serves every proof from it, with no read of the
+map. A tree is only used for the root it leads to: before a checkpoint advances the map and
+before a proof is served against a root the tree is not at, ``sync`` brings it to the stored
+map — by the members of the subjects of the entries in between (another replica advanced the
+map) or, when that does not lead to the stored root or the process has no tree yet, rebuilt
+from every member — and checks it leads to the stored root. A checkpoint's changes are applied
+to the tree only once its transaction has committed (``MapCache.commit``); if it rolls back
+they are dropped.
 
 Trust assumption: this process trusts its own database, as ``audit.log`` does; citizens trust only
 the signed root and check every proof themselves (``audit.completeness.verify_completeness``).
@@ -37,61 +27,51 @@ the signed root and check every proof themselves (``audit.completeness.verify_co
 
 from __future__ import annotations
 
-import functools
+import bisect
 import json
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from hashlib import sha256
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, select
 
 from audit import merkle
 from audit.completeness import (
-    MAP_DEPTH,
+    EMPTY,
+    KEY_BITS,
+    LEAF_PREFIX,
     ZERO_CHAIN,
     Member,
     SubjectProof,
-    bucket_hash,
-    bucket_of,
+    bit,
     chain_step,
-    empty_hashes,
     fold,
     subject_key,
 )
-from audit.store import EntryRow, SubjectMapRow
+from audit.store import EntryRow
 from exchange.db import driver_cursor
 
 __all__ = [
     "EMPTY_MAP_ROOT",
-    "STRATUM",
+    "LeafCheck",
     "MapCache",
     "MapIntegrityError",
     "MapState",
-    "ProofQuery",
-    "UpperTree",
+    "SubjectTree",
+    "TreeUpdate",
     "advance",
     "map_state",
-    "proof_query",
     "proof_root",
-    "read_proof",
+    "sync",
 ]
 
-_EMPTY = empty_hashes()
-EMPTY_MAP_ROOT = _EMPTY[MAP_DEPTH]
-_LEAF_BASE = 1 << MAP_DEPTH
+EMPTY_MAP_ROOT = EMPTY
 _BATCH = 500  # keys per IN list
-_RANGES_PER_QUERY = 300  # SQLite allows 32766 parameters
-STRATUM = 8
-"""Stored heights are multiples of this but 0 (8, 16, 24, 32): a proof reads the members of one
-lowest group and ``MAP_DEPTH / STRATUM - 1`` groups of nodes, a checkpoint writes that many
-nodes per touched bucket instead of ``MAP_DEPTH + 1``."""
 _READ_CHUNK = 5000  # entries read per query while advancing
 _REMEMBERED = 100_000  # entries a process remembers having appended (``MapCache.remember``)
-CACHED_HEIGHT = 2 * STRATUM
-"""Heights from here up (16 … 32, at most 2^17 - 1 nodes) are kept in memory by the process that
-advances the map (``MapCache``): they are the dense part, every touched bucket's path shares it."""
-_UPPER_BASE = 1 << (MAP_DEPTH - CACHED_HEIGHT)  # heap number of the first node at CACHED_HEIGHT
+_REBUILD_GAP = 50_000  # entries behind: rebuild from every member rather than follow them
 _NODE = merkle.NODE_PREFIX
 _T = TypeVar("_T")
 
@@ -106,53 +86,214 @@ class MapState:
     root: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class UpperTree:
-    """Every node at heights ``CACHED_HEIGHT`` … ``MAP_DEPTH`` of the map whose root is ``root``,
-    by heap number (``nodes[1]`` is the root; empty subtrees hold the empty hash). Never changed
-    once built: a checkpoint builds a new one (copy on write), so readers need no lock."""
+@dataclass(slots=True)
+class TreeUpdate:
+    """A tree's changes (``SubjectTree.update``), applied once the checkpoint committed."""
 
+    base: MapState
+    size: int
     root: bytes
-    nodes: list[bytes]
+    hashes: dict[int, bytes] = field(default_factory=dict)
+    leaves: dict[int, bytes | None] = field(default_factory=dict)
+    where: dict[bytes, int] = field(default_factory=dict)
+
+
+class SubjectTree:
+    """The map's tree in memory: every non-empty node's hash and every leaf's member, by heap
+    number (the root is 1, a node's children ``2n`` and ``2n + 1``; a node at depth ``d`` is in
+    ``[2^d, 2^(d+1))``, so deeper nodes have larger numbers), and where each key's leaf is.
+
+    Members are held encoded (``Member.encode``, 72 bytes): with ints and bytes only, none of
+    the tree's dictionaries is tracked by Python's cycle collector, which would otherwise
+    traverse every member of a long-lived node's map again and again."""
+
+    __slots__ = ("_hashes", "_leaves", "_where", "root", "size")
+
+    def __init__(self, size: int = 0) -> None:
+        self.size = size
+        self.root = EMPTY
+        self._hashes: dict[int, bytes] = {}
+        self._leaves: dict[int, bytes] = {}
+        self._where: dict[bytes, int] = {}
+
+    @classmethod
+    def build(cls, members: Iterable[Member], size: int) -> SubjectTree:
+        """The tree of ``members`` (one pass over them sorted by key, each node hashed once)."""
+        tree = cls(size)
+        ordered = sorted(members, key=lambda m: m.key)
+        tree.root = tree._build(ordered, 0, len(ordered), 0, 1) if ordered else EMPTY
+        return tree
+
+    def _build(self, members: list[Member], lo: int, hi: int, depth: int, node: int) -> bytes:
+        if hi - lo == 1:
+            self._leaves[node] = members[lo].encode()
+            self._where[members[lo].key] = node
+            digest = members[lo].leaf()
+        else:  # the members share their first ``depth`` bits: split them on the next one
+            mid = bisect.bisect_left(members, 1, lo, hi, key=lambda m: bit(m.key, depth))
+            left = self._build(members, lo, mid, depth + 1, 2 * node) if mid > lo else EMPTY
+            right = self._build(members, mid, hi, depth + 1, 2 * node + 1) if hi > mid else EMPTY
+            digest = sha256(_NODE + left + right).digest()
+        self._hashes[node] = digest
+        return digest
+
+    def member(self, key: bytes) -> Member | None:
+        """The member of ``key``, if it has a leaf."""
+        node = self._where.get(key)
+        return None if node is None else _decode(self._leaves[node])
+
+    def update(self, members: Iterable[Member], size: int) -> TreeUpdate:
+        """This tree's changes with ``members`` (new or changed) put in; the tree is unchanged."""
+        out = TreeUpdate(MapState(self.size, self.root), size, self.root)
+        dirty: set[int] = set()
+        for member in members:
+            node = out.where.get(member.key) or self._where.get(member.key)
+            if node is None:
+                self._insert(member.encode(), out, dirty)
+            else:
+                _place(out, dirty, node, member.encode())
+        new, new_get, old_get = out.hashes, out.hashes.get, self._hashes.get
+        for node in sorted(dirty, reverse=True):  # children before their parent
+            left, right = 2 * node, 2 * node + 1
+            new[node] = sha256(
+                _NODE
+                + (new_get(left) or old_get(left, EMPTY))
+                + (new_get(right) or old_get(right, EMPTY))
+            ).digest()
+        out.root = new_get(1) or old_get(1, EMPTY)
+        return out
+
+    def _insert(self, member: bytes, out: TreeUpdate, dirty: set[int]) -> None:
+        """Walk a new key down to an empty node or another member's leaf; in the latter case
+        both go down to where their keys part."""
+        key = int.from_bytes(member[:32], "big")
+        shift, node = KEY_BITS - 1, 1
+        leaves, hashes, new_leaves, new_hashes = self._leaves, self._hashes, out.leaves, out.hashes
+        while node in hashes and node not in leaves:  # this tree's interior nodes stay interior
+            node, shift = 2 * node + (key >> shift & 1), shift - 1
+        while True:  # from here on, nodes this update may have changed
+            here = new_leaves[node] if node in new_leaves else leaves.get(node)
+            if here is None:
+                if node in hashes or node in new_hashes:  # an interior node
+                    node, shift = 2 * node + (key >> shift & 1), shift - 1
+                    continue
+                _place(out, dirty, node, member)
+                return
+            other = int.from_bytes(here[:32], "big")
+            new_leaves[node] = None  # the leaf's place becomes an interior node
+            while (key >> shift & 1) == (other >> shift & 1):
+                node, shift = 2 * node + (key >> shift & 1), shift - 1
+                new_hashes[node] = b""  # an interior node, hashed once its children are
+            _place(out, dirty, 2 * node + (other >> shift & 1), here)
+            _place(out, dirty, 2 * node + (key >> shift & 1), member)
+            return
+
+    def apply(self, update: TreeUpdate) -> bool:
+        """Apply ``update`` if it was computed on this tree as it is; False (nothing applied)
+        otherwise."""
+        if update.base != MapState(self.size, self.root):
+            return False
+        self._hashes.update(update.hashes)
+        for node, member in update.leaves.items():
+            if member is None:
+                self._leaves.pop(node, None)
+            else:
+                self._leaves[node] = member
+        self._where.update(update.where)
+        self.size, self.root = update.size, update.root
+        return True
+
+    def prove(self, key: bytes) -> tuple[tuple[bytes, ...], Member | None]:
+        """The siblings of ``key``'s path (deepest first) and the member of the leaf where it
+        ends (``key``'s own, another's, or None: empty)."""
+        hashes, leaves = self._hashes, self._leaves
+        siblings: list[bytes] = []
+        node = self._where.get(key)
+        if node is not None:  # up from its own leaf
+            own = _decode(leaves[node])
+            while node > 1:
+                siblings.append(hashes.get(node ^ 1, EMPTY))
+                node >>= 1
+            return tuple(siblings), own
+        node, depth = 1, 0
+        while (here := leaves.get(node)) is None and node in hashes:
+            branch = 2 * node + bit(key, depth)
+            siblings.append(hashes.get(branch ^ 1, EMPTY))
+            node, depth = branch, depth + 1
+        siblings.reverse()
+        return tuple(siblings), None if here is None else _decode(here)
+
+
+def _decode(member: bytes) -> Member:
+    return Member(member[:32], int.from_bytes(member[32:40], "big"), member[40:])
+
+
+def _place(out: TreeUpdate, dirty: set[int], node: int, member: bytes) -> None:
+    """Put the encoded ``member``'s leaf at ``node``; its ancestors are to be rehashed."""
+    out.leaves[node] = member
+    out.hashes[node] = sha256(LEAF_PREFIX + member).digest()
+    out.where[member[:32]] = node
+    parent = node >> 1
+    while parent and parent not in dirty:  # a node is only added with all its ancestors
+        dirty.add(parent)
+        parent >>= 1
 
 
 class MapCache:
-    """What this process holds of the map between checkpoints.
-
-    ``tree``: the upper tree of the map this process last computed, addressed by its root. It is
-    used only for a map whose root is the same, the stored map's (``advance``) or the
-    checkpoint's (``read_proof``); the root commits to every node, so a tree left from a
-    rolled-back checkpoint, another replica's newer map or another database is never used, only
-    rebuilt (``advance``) or passed over (proofs read the groups from the database).
-
-    The entries this process appended (``remember``, after their transaction committed): the
-    leaf hash and subject of each, computed from the bytes it wrote, so ``advance`` needs not
-    read them back and parse them again. Entries another replica appended, or any this process
-    no longer holds, are read from the database as before."""
+    """What this process holds of the map: its tree (``SubjectTree``, read and changed under
+    ``lock``), the changes of a checkpoint not committed yet, and the entries this process
+    appended (``remember``, after their transaction committed): the leaf hash and subject of
+    each, computed from the bytes it wrote, so ``advance`` needs not read them back and parse
+    them again. Entries another replica appended, or any this process no longer holds, are read
+    from the database."""
 
     def __init__(self) -> None:
-        self.tree: UpperTree | None = None
-        self._appended: dict[int, tuple[bytes, str | None]] = {}
-
-    def matching(self, root: bytes) -> UpperTree | None:
-        tree = self.tree
-        return tree if tree is not None and tree.root == root else None
+        self.lock = threading.Lock()
+        self.tree: SubjectTree | None = None
+        self._leaf_of: dict[int, bytes] = {}
+        self._subject_of: dict[int, str | None] = {}
+        self._keys: dict[str, bytes] = {}
 
     def remember(self, start: int, entries: Sequence[tuple[bytes, str | None]]) -> None:
-        """``(leaf hash, subject)`` of the committed entries ``start, start + 1, …``."""
-        if len(self._appended) + len(entries) > _REMEMBERED:
-            self._appended.clear()  # a process that appends but never checkpoints
-        for index, entry in enumerate(entries, start):
-            self._appended[index] = entry
+        """``(leaf hash, subject)`` of the committed entries ``start, start + 1, …`` (kept in
+        two dicts of ints, bytes and strings, which the cycle collector does not track)."""
+        if len(self._leaf_of) + len(entries) > _REMEMBERED:
+            self._leaf_of.clear()  # a process that appends but never checkpoints
+            self._subject_of.clear()
+        for index, (leaf, subject) in enumerate(entries, start):
+            self._leaf_of[index] = leaf
+            self._subject_of[index] = subject
 
-    def recall(self, start: int, stop: int) -> list[tuple[bytes, str | None]] | None:
-        """The remembered entries ``[start, stop)``, or None unless every one is."""
-        found = [self._appended.get(index) for index in range(start, stop)]
-        return None if None in found else found  # type: ignore[return-value]
+    def recall(self, start: int, stop: int) -> list[tuple[int, bytes, str | None]] | None:
+        """``(index, leaf hash, subject)`` of the remembered entries ``[start, stop)``, or None
+        unless every one is."""
+        leaf_of, subject_of = self._leaf_of, self._subject_of
+        if any(index not in leaf_of for index in range(start, stop)):
+            return None
+        return [(index, leaf_of[index], subject_of[index]) for index in range(start, stop)]
 
     def forget(self, start: int, stop: int) -> None:
         for index in range(start, stop):
-            self._appended.pop(index, None)
+            self._leaf_of.pop(index, None)
+            self._subject_of.pop(index, None)
+
+    def key(self, origin: str, subject: str) -> bytes:
+        """``subject_key``, remembered for up to ``_REMEMBERED`` subjects (one hash an entry
+        less while the map advances; a dict of str and bytes, which the cycle collector does
+        not track, unlike an ``lru_cache``'s links)."""
+        found = self._keys.get(subject)
+        if found is None:
+            if len(self._keys) >= _REMEMBERED:
+                self._keys.clear()
+            found = self._keys[subject] = subject_key(origin, subject)
+        return found
+
+    def commit(self, update: TreeUpdate) -> None:
+        """A checkpoint committed with ``update`` (``advance``): apply its changes to the tree,
+        or drop a tree they do not fit (it is brought to the stored map when next used)."""
+        with self.lock:
+            if self.tree is not None and not self.tree.apply(update):
+                self.tree = None
 
 
 def _chunks(items: Sequence[_T], n: int = _BATCH) -> Iterator[Sequence[_T]]:
@@ -160,163 +301,81 @@ def _chunks(items: Sequence[_T], n: int = _BATCH) -> Iterator[Sequence[_T]]:
         yield items[start : start + n]
 
 
-class _Sql:
-    """Fixed SQL straight to the driver (as ``audit.log``'s append path): SQLAlchemy's
-    per-statement compilation of large ``IN`` lists cost more than the statements."""
-
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
-        self._mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-
-    def _sql(self, text: str) -> str:
-        return text.replace("?", self._mark)
-
-    def group_members(
-        self, log_id: str, ranges: Sequence[tuple[int, int]]
-    ) -> list[tuple[Any, ...]]:
-        """``(key, bucket, count, chain)`` of every member whose bucket falls in any of
-        ``ranges`` (inclusive): the members of whole groups of buckets, each range one index range
-        scan on ``(log_id, bucket)`` (as ``select_ranges``)."""
-        rows: list[tuple[Any, ...]] = []
-        with driver_cursor(self._conn) as cur:
-            if self._mark == "%s":
-                cur.execute(
-                    _SELECT_MEMBER_RANGES_PG,
-                    ([lo for lo, _ in ranges], [hi for _, hi in ranges], log_id),
-                    binary=True,
-                )
-                return list(cur.fetchall())
-            for chunk in _chunks(ranges, _RANGES_PER_QUERY):
-                values = ", ".join("(?, ?)" for _ in chunk)
-                flat = [bound for pair in chunk for bound in pair]
-                cur.execute(f"WITH r(lo, hi) AS (VALUES {values}){_MEMBERS_JOIN}", (*flat, log_id))
-                rows += cur.fetchall()
-        return rows
-
-    def select_ranges(
-        self, log_id: str, ranges: Sequence[tuple[int, int]]
-    ) -> list[tuple[Any, ...]]:
-        """The stored nodes whose ids fall in any of ``ranges`` (inclusive), each range one index
-        range scan (SQLite: the ranges joined as a table; an ``OR`` of many was planned badly)."""
-        rows: list[tuple[Any, ...]] = []
-        with driver_cursor(self._conn) as cur:
-            if self._mark == "%s":
-                cur.execute(
-                    _SELECT_RANGES_PG,
-                    ([lo for lo, _ in ranges], [hi for _, hi in ranges], log_id),
-                    binary=True,
-                )
-                return list(cur.fetchall())
-            for chunk in _chunks(ranges, _RANGES_PER_QUERY):
-                values = ", ".join("(?, ?)" for _ in chunk)
-                flat = [bound for pair in chunk for bound in pair]
-                cur.execute(f"WITH r(lo, hi) AS (VALUES {values}){_RANGES_JOIN}", (*flat, log_id))
-                rows += cur.fetchall()
-        return rows
-
-    def upsert_nodes(self, log_id: str, nodes: dict[int, bytes]) -> None:
-        """Write ``nodes`` (heap number: hash); PostgreSQL: one statement (``_UPSERT_NODES_PG``)."""
-        ids = sorted(nodes)
-        with driver_cursor(self._conn) as cur:
-            if self._mark == "%s":
-                packed = b"".join(nodes[i] for i in ids)
-                cur.execute(_UPSERT_NODES_PG, (log_id, packed, _int_array(ids)))
-            else:
-                cur.executemany(_UPSERT_NODES, [(log_id, i, nodes[i]) for i in ids])
-
-    def upsert_members(self, log_id: str, members: Sequence[Member]) -> None:
-        """Write ``members`` (with their buckets); PostgreSQL: one statement
-        (``_UPSERT_MEMBERS_PG``)."""
-        ordered = sorted(members, key=lambda m: m.key)
-        with driver_cursor(self._conn) as cur:
-            if self._mark == "%s":
-                buckets = _int_array([bucket_of(m.key) for m in ordered])
-                counts = _int_array([m.count for m in ordered])
-                keys, chains = b"".join(m.key for m in ordered), b"".join(m.chain for m in ordered)
-                cur.execute(_UPSERT_MEMBERS_PG, (log_id, buckets, counts, keys, chains))
-            else:
-                cur.executemany(
-                    _UPSERT_MEMBERS,
-                    [(log_id, m.key, bucket_of(m.key), m.count, m.chain) for m in ordered],
-                )
+def _is_pg(conn: Connection) -> bool:
+    return conn.dialect.paramstyle != "qmark"
 
 
-def _int_array(values: Sequence[int]) -> str:
-    """A PostgreSQL array literal of integers (parsed by the server in one go)."""
-    return "{" + ",".join(map(str, values)) + "}"
+def _read_members(conn: Connection, log_id: str, keys: Sequence[bytes] | None) -> list[Member]:
+    """The stored members of ``keys`` (those that exist), or every member when None."""
+    out: list[Member] = []
+    with driver_cursor(conn) as cur:
+        if keys is None:
+            mark = "%s" if _is_pg(conn) else "?"
+            cur.execute(f"{_SELECT_MEMBERS} WHERE log_id = {mark}", (log_id,))
+            return [_member(*row) for row in cur.fetchall()]
+        if _is_pg(conn):
+            cur.execute(f"{_SELECT_MEMBERS} {_BY_KEYS_PG}", (log_id, list(keys)), binary=True)
+            return [_member(*row) for row in cur.fetchall()]
+        for chunk in _chunks(keys):
+            marks = ", ".join("?" for _ in chunk)
+            cur.execute(
+                f"{_SELECT_MEMBERS} WHERE log_id = ? AND key IN ({marks})", (log_id, *chunk)
+            )
+            out += [_member(*row) for row in cur.fetchall()]
+    return out
 
 
-_MEMBERS_JOIN = (
-    " SELECT m.key, m.bucket, m.count, m.chain FROM r JOIN audit_subject_members m"
-    " ON m.log_id = ? AND m.bucket BETWEEN r.lo AND r.hi"
-)
-_SELECT_MEMBER_RANGES_PG = (
-    "SELECT m.key, m.bucket, m.count, m.chain FROM unnest(%b::bigint[], %b::bigint[]) AS r(lo, hi)"
-    " CROSS JOIN LATERAL (SELECT key, bucket, count, chain FROM audit_subject_members"
-    " WHERE log_id = %s AND bucket BETWEEN r.lo AND r.hi OFFSET 0) AS m"
-)
-_RANGES_JOIN = (
-    " SELECT n.node_id, n.hash FROM r JOIN audit_subject_nodes n"
-    " ON n.log_id = ? AND n.node_id BETWEEN r.lo AND r.hi"
-)
-# PostgreSQL: the ranges as arrays, each one index range scan under a LATERAL join; OFFSET 0 keeps
-# the planner from flattening it into a plain join, which it planned, on a table not yet
-# analyzed, as a scan of the whole log's map per range (measured: 0.98 s instead of 0.8 ms for
-# 300 ranges). One statement, one round trip, however many groups. Arrays are sent in binary
-# (``%b``): psycopg's text format escapes every element with a regular expression.
-_SELECT_RANGES_PG = (
-    "SELECT n.node_id, n.hash FROM unnest(%b::bigint[], %b::bigint[]) AS r(lo, hi)"
-    " CROSS JOIN LATERAL (SELECT node_id, hash FROM audit_subject_nodes"
-    " WHERE log_id = %s AND node_id BETWEEN r.lo AND r.hi OFFSET 0) AS n"
-)
-_UPSERT_NODES = (
-    "INSERT INTO audit_subject_nodes (log_id, node_id, hash) VALUES (?, ?, ?) "
-    "ON CONFLICT (log_id, node_id) DO UPDATE SET hash = excluded.hash"
-)
+def _upsert_members(conn: Connection, log_id: str, members: Sequence[Member]) -> None:
+    """Write ``members``; PostgreSQL: one statement (``_UPSERT_MEMBERS_PG``)."""
+    ordered = sorted(members, key=lambda m: m.key)
+    with driver_cursor(conn) as cur:
+        if _is_pg(conn):
+            counts = "{" + ",".join(str(m.count) for m in ordered) + "}"
+            keys, chains = b"".join(m.key for m in ordered), b"".join(m.chain for m in ordered)
+            cur.execute(_UPSERT_MEMBERS_PG, (log_id, counts, keys, chains))
+        else:
+            cur.executemany(_UPSERT_MEMBERS, [(log_id, m.key, m.count, m.chain) for m in ordered])
+
+
+_SELECT_MEMBERS = "SELECT key, count, chain FROM audit_subject_members"
+_BY_KEYS_PG = "WHERE log_id = %s AND key = ANY(%b::bytea[])"
 _UPSERT_MEMBERS = (
-    "INSERT INTO audit_subject_members (log_id, key, bucket, count, chain) VALUES (?, ?, ?, ?, ?) "
+    "INSERT INTO audit_subject_members (log_id, key, count, chain) VALUES (?, ?, ?, ?) "
     "ON CONFLICT (log_id, key) DO UPDATE SET count = excluded.count, chain = excluded.chain"
 )
-# PostgreSQL upserts: the hashes of all rows sent as one packed bytea (cut in 32-byte slices by
-# the server) and the integers as one array literal, so no value is dumped one by one in Python
-# (psycopg's array dumper loops over the elements: ~5 ms a checkpoint for ~2,000 rows)
-_UPSERT_NODES_PG = (
-    "INSERT INTO audit_subject_nodes (log_id, node_id, hash)"
-    " SELECT %s, u.n, substring(%b::bytea FROM u.i::int * 32 - 31 FOR 32)"
-    " FROM unnest(%s::bigint[]) WITH ORDINALITY AS u(n, i)"
-    " ON CONFLICT (log_id, node_id) DO UPDATE SET hash = excluded.hash"
-)
+# PostgreSQL: the keys and chains of all rows sent as one packed bytea each (cut in 32-byte
+# slices by the server) and the counts as one array literal, so no value is dumped one by one
+# in Python (psycopg's array dumper loops over the elements)
 _UPSERT_MEMBERS_PG = (
-    "INSERT INTO audit_subject_members (log_id, key, bucket, count, chain)"
-    " SELECT %s, substring(p.k FROM u.i::int * 32 - 31 FOR 32), u.b, u.c,"
+    "INSERT INTO audit_subject_members (log_id, key, count, chain)"
+    " SELECT %s, substring(p.k FROM u.i::int * 32 - 31 FOR 32), u.c,"
     " substring(p.ch FROM u.i::int * 32 - 31 FOR 32)"
-    " FROM unnest(%s::bigint[], %s::bigint[]) WITH ORDINALITY AS u(b, c, i),"
+    " FROM unnest(%s::bigint[]) WITH ORDINALITY AS u(c, i),"
     " (SELECT %b::bytea AS k, %b::bytea AS ch) AS p"
     " ON CONFLICT (log_id, key) DO UPDATE SET count = excluded.count, chain = excluded.chain"
 )
-_PROOF_MEMBERS = (
-    "SELECT key, bucket, count, chain FROM audit_subject_members"
-    " WHERE log_id = ? AND bucket BETWEEN ? AND ?"
-)
-_PROOF_GROUP = (
-    "SELECT NULL, node_id, NULL, hash FROM audit_subject_nodes"
-    " WHERE log_id = ? AND node_id BETWEEN ? AND ?"
-)
-
-
-@functools.cache
-def _proof_sql(groups: int, mark: str) -> str:
-    """A fixed text per number of groups (PostgreSQL prepares a statement it sees repeatedly):
-    the members of the bucket's lowest group ``(key, bucket, count, chain)``, then the stored
-    groups' nodes ``(NULL, id, NULL, hash)``."""
-    return " UNION ALL ".join([_PROOF_MEMBERS] + [_PROOF_GROUP] * groups).replace("?", mark)
 
 
 def map_state(conn: Connection, log_id: str) -> MapState:
-    row = conn.execute(
-        select(SubjectMapRow.size, SubjectMapRow.root).where(SubjectMapRow.log_id == log_id)
-    ).first()
+    with driver_cursor(conn) as cur:
+        cur.execute(_MAP_STATE.replace("?", "%s" if _is_pg(conn) else "?"), (log_id,))
+        row = cur.fetchone()
     return MapState(0, EMPTY_MAP_ROOT) if row is None else MapState(int(row[0]), bytes(row[1]))
+
+
+def _store_state(conn: Connection, log_id: str, state: MapState) -> None:
+    with driver_cursor(conn) as cur:
+        cur.execute(
+            _STORE_STATE.replace("?", "%s" if _is_pg(conn) else "?"),
+            (log_id, state.size, state.root),
+        )
+
+
+_MAP_STATE = "SELECT size, root FROM audit_subject_maps WHERE log_id = ?"
+_STORE_STATE = (
+    "INSERT INTO audit_subject_maps (log_id, size, root) VALUES (?, ?, ?)"
+    " ON CONFLICT (log_id) DO UPDATE SET size = excluded.size, root = excluded.root"
+)
 
 
 def _subject_of(data: bytes) -> str | None:
@@ -329,24 +388,42 @@ def _subject_of(data: bytes) -> str | None:
 
 
 def _member(key: Any, count: Any, chain: Any) -> Member:
-    return Member(bytes(key), int(count), bytes(chain))
+    """A stored member, checked for the shape its leaf needs (a damaged row is an integrity
+    failure, not an error from the hashing)."""
+    member = Member(bytes(key), int(count), bytes(chain))
+    if len(member.key) != 32 or len(member.chain) != 32 or not 0 < member.count < 2**63:
+        raise MapIntegrityError("a stored member of the subject map is malformed")
+    return member
 
 
-def _bucket_range(bucket: int) -> tuple[int, int]:
-    """The buckets of ``bucket``'s lowest group (the ``2^STRATUM`` buckets under one node at
-    height ``STRATUM``), whose hashes are derived from their members, never stored."""
-    first = bucket >> STRATUM << STRATUM
-    return first, first + (1 << STRATUM) - 1
+@dataclass(slots=True)
+class _Seen:
+    """The leaf hashes of the entries a checkpoint's map takes, in order, and whether any was
+    read back from the database (then they are checked against the log's head: ``advance``)."""
+
+    leaves: list[bytes] = field(default_factory=list)
+    read_back: bool = False
 
 
 def _entries(
-    conn: Connection, log_id: str, start: int, stop: int, cache: MapCache | None
+    conn: Connection, log_id: str, start: int, stop: int, cache: MapCache, seen: _Seen | None
 ) -> list[tuple[int, bytes, str | None]]:
     """``(index, leaf hash, subject)`` of the entries ``[start, stop)``: remembered by this
     process if it appended them all, else read back — their bytes, never the search columns."""
-    recalled = None if cache is None else cache.recall(start, stop)
+    found = _recalled_or_read(conn, log_id, start, stop, cache, seen)
+    if seen is not None:
+        seen.leaves += [leaf for _, leaf, _ in found]
+    return found
+
+
+def _recalled_or_read(
+    conn: Connection, log_id: str, start: int, stop: int, cache: MapCache, seen: _Seen | None
+) -> list[tuple[int, bytes, str | None]]:
+    recalled = cache.recall(start, stop)
     if recalled is not None:
-        return [(index, leaf, s) for index, (leaf, s) in enumerate(recalled, start)]
+        return recalled
+    if seen is not None:
+        seen.read_back = True
     rows = conn.execute(
         select(EntryRow.idx, EntryRow.data)
         .where(EntryRow.log_id == log_id, EntryRow.idx >= start, EntryRow.idx < stop)
@@ -357,254 +434,133 @@ def _entries(
     return [(int(i), merkle.leaf_hash(bytes(d)), _subject_of(bytes(d))) for i, d in rows]
 
 
+def _keyed_entries(
+    conn: Connection,
+    log_id: str,
+    origin: str,
+    start: int,
+    stop: int,
+    cache: MapCache,
+    seen: _Seen | None = None,
+) -> Iterator[list[tuple[int, bytes, bytes]]]:
+    """``(index, leaf hash, key)`` of the entries about a subject in ``[start, stop)``, a chunk
+    at a time."""
+    for pos in range(start, stop, _READ_CHUNK):
+        found = _entries(conn, log_id, pos, min(pos + _READ_CHUNK, stop), cache, seen)
+        key = cache.key
+        yield [(i, leaf, key(origin, s)) for i, leaf, s in found if s is not None]
+
+
 def _extend_chains(
-    conn: Connection, log_id: str, origin: str, start: int, size: int, cache: MapCache | None
-) -> tuple[dict[bytes, Member], dict[int, list[Member]]]:
-    """Every subject with entries in ``[start, size)``, with its chain extended over them; and
-    every non-empty bucket of every touched lowest group with its members as they will be (one
-    read per group, which also finds each subject's own stored member)."""
-    sql = _Sql(conn)
+    conn: Connection,
+    log_id: str,
+    origin: str,
+    start: int,
+    size: int,
+    cache: MapCache,
+    tree: SubjectTree,
+    seen: _Seen,
+) -> dict[bytes, Member]:
+    """Every subject with entries in ``[start, size)``, with its chain extended over them from
+    its member in ``tree`` (brought to the stored map and checked against its root)."""
     changed: dict[bytes, Member] = {}
-    stored: dict[bytes, Member] = {}
-    read: set[int] = set()
-    for pos in range(start, size, _READ_CHUNK):
-        found = _entries(conn, log_id, pos, min(pos + _READ_CHUNK, size), cache)
-        keyed = [(i, leaf, subject_key(origin, s)) for i, leaf, s in found if s is not None]
-        fresh = {bucket_of(key) >> STRATUM for _, _, key in keyed} - read
-        ranges = [_bucket_range(group << STRATUM) for group in sorted(fresh)]
-        for key, _, count, chain in sql.group_members(log_id, ranges):
-            stored[bytes(key)] = _member(key, count, chain)
-        read |= fresh
+    for keyed in _keyed_entries(conn, log_id, origin, start, size, cache, seen):
         for index, leaf, key in keyed:
-            old = changed.get(key) or stored.get(key) or Member(key, 0, ZERO_CHAIN)
+            old = changed.get(key) or tree.member(key) or Member(key, 0, ZERO_CHAIN)
             changed[key] = Member(key, old.count + 1, chain_step(old.chain, index, leaf))
-    buckets: dict[int, list[Member]] = {}
-    for member in (stored | changed).values():
-        buckets.setdefault(bucket_of(member.key), []).append(member)
-    return changed, buckets
+    return changed
 
 
-def _group_hashes(stored: dict[int, bytes], top: int, base_height: int) -> dict[int, bytes]:
-    """Every node of the ``STRATUM``-high subtree under ``top`` (at ``base_height + STRATUM``)
-    from its stored non-empty nodes at ``base_height``; absent nodes are empty subtrees."""
-    known = dict(stored)
-    level = set(stored)
-    for height in range(base_height, base_height + STRATUM):
-        empty = _EMPTY[height]
-        parents = {node >> 1 for node in level}
-        for parent in parents:
-            known[parent] = merkle.node_hash(
-                known.get(2 * parent, empty), known.get(2 * parent + 1, empty)
-            )
-        level = parents
-    if not stored:
-        known[top] = _EMPTY[base_height + STRATUM]
-    return known
+def sync(
+    conn: Connection, log_id: str, origin: str, cache: MapCache, state: MapState | None = None
+) -> SubjectTree | None:
+    """This process's tree brought to the stored map ``state`` (read if not given), or None if
+    no tree from the stored members leads to the stored root."""
+    state = map_state(conn, log_id) if state is None else state
+    with cache.lock:
+        tree = cache.tree
+    if tree is not None and MapState(tree.size, tree.root) == state:
+        return tree
+    if tree is not None and tree.size < state.size <= tree.size + _REBUILD_GAP:
+        keys: set[bytes] = set()
+        for keyed in _keyed_entries(conn, log_id, origin, tree.size, state.size, cache):
+            keys.update(key for _, _, key in keyed)
+        update = tree.update(_read_members(conn, log_id, sorted(keys)), state.size)
+        if update.root == state.root:
+            with cache.lock:
+                if tree.apply(update):
+                    return tree
+    rebuilt = SubjectTree.build(_read_members(conn, log_id, None), state.size)
+    if rebuilt.root != state.root:
+        return None
+    with cache.lock:
+        cache.tree = rebuilt
+    return rebuilt
 
 
-def _group_ranges(tops: Iterator[int] | Sequence[int]) -> list[tuple[int, int]]:
-    return [(top << STRATUM, ((top + 1) << STRATUM) - 1) for top in tops]
-
-
-def _fold(level: dict[int, bytes], stored: dict[int, bytes], base_height: int) -> dict[int, bytes]:
-    """The new nodes ``STRATUM`` heights above ``level`` (the changed nodes at ``base_height``):
-    one pass per height over the changed paths and the stored nodes of their groups, a path
-    hashed once however many changed nodes share it."""
-    known = dict(stored)
-    known.update(level)
-    for height in range(base_height, base_height + STRATUM):
-        empty = _EMPTY[height]
-        parents: dict[int, bytes] = {}
-        for node, digest in known.items():
-            parent = node >> 1
-            if parent not in parents:
-                if node & 1:
-                    pair = known.get(node - 1, empty) + digest
-                else:
-                    pair = digest + known.get(node + 1, empty)
-                parents[parent] = sha256(_NODE + pair).digest()
-        known = parents
-    return known
-
-
-def _build_upper(sql: _Sql, log_id: str, root: bytes) -> UpperTree:
-    """The upper tree from the stored nodes at ``CACHED_HEIGHT`` (one range read), checked
-    against the stored map's root."""
-    stored = {
-        int(node): bytes(digest)
-        for node, digest in sql.select_ranges(log_id, [(_UPPER_BASE, 2 * _UPPER_BASE - 1)])
-    }
-    empty = _EMPTY[CACHED_HEIGHT]
-    nodes = [empty] * (2 * _UPPER_BASE)
-    for node, digest in stored.items():
-        nodes[node] = digest
-    first = _UPPER_BASE
-    for height in range(CACHED_HEIGHT, MAP_DEPTH):
-        first >>= 1
-        child_empty, empty = _EMPTY[height], _EMPTY[height + 1]
-        for parent in range(first, 2 * first):
-            left, right = nodes[2 * parent], nodes[2 * parent + 1]
-            both_empty = left is child_empty and right is child_empty
-            nodes[parent] = empty if both_empty else sha256(_NODE + left + right).digest()
-    if nodes[1] != root:
-        raise MapIntegrityError("the stored subject map does not lead to its root")
-    return UpperTree(root, nodes)
-
-
-def _update_upper(upper: UpperTree, level: dict[int, bytes], writes: dict[int, bytes]) -> UpperTree:
-    """A new upper tree with the changed nodes at ``CACHED_HEIGHT`` (``level``) and their
-    ancestors rehashed, each once; the stored heights among them are added to ``writes``."""
-    nodes = list(upper.nodes)
-    for node, digest in level.items():
-        nodes[node] = digest
-    dirty = {node >> 1 for node in level}
-    for height in range(CACHED_HEIGHT + 1, MAP_DEPTH + 1):
-        for parent in dirty:
-            nodes[parent] = sha256(_NODE + nodes[2 * parent] + nodes[2 * parent + 1]).digest()
-        if height % STRATUM == 0:
-            writes.update((parent, nodes[parent]) for parent in dirty)
-        dirty = {parent >> 1 for parent in dirty}
-    return UpperTree(nodes[1], nodes)
-
-
-def _rehash(
-    sql: _Sql, log_id: str, buckets: dict[int, list[Member]], upper: UpperTree
-) -> UpperTree:
-    """Rewrite the stored nodes above the touched buckets; the new upper tree.
-
-    ``buckets`` holds every non-empty bucket of every touched lowest group: their hashes are
-    folded up to height ``STRATUM`` (bucket hashes are never stored, a group's are derived from
-    its members). From there the stored nodes of every touched group at height ``STRATUM`` are
-    read in one batch and the changed paths folded up with them; above ``CACHED_HEIGHT`` the
-    cached upper tree supplies every sibling."""
-    level = {_LEAF_BASE + b: bucket_hash(members) for b, members in buckets.items()}
-    level = _fold(level, {}, 0)
-    stored = {
-        int(node): bytes(digest)
-        for node, digest in sql.select_ranges(
-            log_id, _group_ranges(sorted({node >> STRATUM for node in level}))
-        )
-    }
-    writes = dict(level)
-    level = _fold(level, stored, STRATUM)
-    writes.update(level)
-    tree = _update_upper(upper, level, writes)
-    sql.upsert_nodes(log_id, writes)
-    return tree
-
-
-def _upper_for(sql: _Sql, log_id: str, root: bytes, cache: MapCache | None) -> UpperTree:
-    found = None if cache is None else cache.matching(root)
-    return found if found is not None else _build_upper(sql, log_id, root)
+LeafCheck = Callable[[int, Sequence[bytes]], None]
+"""``check(start, leaves)``: raise unless the log's entries from ``start`` on have exactly these
+leaf hashes, as the log's head commits to them (``TransparencyLog._check_leaves``)."""
 
 
 def advance(
-    conn: Connection, log_id: str, origin: str, size: int, cache: MapCache | None = None
-) -> bytes:
-    """Bring the map up to log size ``size`` (inside the checkpoint's transaction); its root.
-    ``cache`` holds the upper tree between checkpoints (the new one is put there before the
-    transaction commits: if it rolls back, the stored root differs and the tree is rebuilt) and
-    the entries this process appended since (``MapCache.remember``)."""
+    conn: Connection,
+    log_id: str,
+    origin: str,
+    size: int,
+    cache: MapCache,
+    *,
+    signed: MapState | None = None,
+    check_leaves: LeafCheck | None = None,
+) -> TreeUpdate:
+    """Bring the map up to log size ``size`` (inside the checkpoint's transaction): the tree's
+    changes, with the new root, for ``MapCache.commit`` once the transaction committed (nothing
+    reaches the tree if it rolls back).
+
+    ``signed`` is the map the latest checkpoint signed (None when none signs one of this
+    format): the stored map must be that one — a map row or member edited in the database is
+    an integrity failure, never the base of a new signed root — unless it is absent, when it is
+    rebuilt from the entries. Entries read back from the database (not remembered by this
+    process) are checked with ``check_leaves`` before the map takes them, so a row rewritten
+    before the checkpoint cannot move an entry between subjects while the log's tree keeps
+    it."""
     state = map_state(conn, log_id)
+    if signed is not None and state != signed and state.size != 0:
+        raise MapIntegrityError(
+            "the stored subject map is not the one the latest checkpoint signed"
+        )
     if state.size > size:
         raise MapIntegrityError("the subject map is ahead of the log")
     if state.size == size:
-        return state.root
-    changed, buckets = _extend_chains(conn, log_id, origin, state.size, size, cache)
-    root = state.root
+        return TreeUpdate(state, size, state.root)
+    tree = sync(conn, log_id, origin, cache, state)
+    if tree is None:
+        raise MapIntegrityError("the stored subject map does not lead to its root")
+    seen = _Seen()
+    changed = _extend_chains(conn, log_id, origin, state.size, size, cache, tree, seen)
+    if seen.read_back and check_leaves is not None:
+        check_leaves(state.size, seen.leaves)
     if changed:
-        sql = _Sql(conn)
-        upper = _upper_for(sql, log_id, state.root, cache)
-        sql.upsert_members(log_id, list(changed.values()))
-        tree = _rehash(sql, log_id, buckets, upper)
-        root = tree.root
-        if cache is not None:
-            cache.tree = tree
-    if cache is not None:
-        cache.forget(state.size, size)  # if this rolls back, they are read back next time
-    conn.execute(delete(SubjectMapRow).where(SubjectMapRow.log_id == log_id))
-    conn.execute(insert(SubjectMapRow).values(log_id=log_id, size=size, root=root))
-    return root
+        _upsert_members(conn, log_id, list(changed.values()))
+    update = tree.update(changed.values(), size)
+    cache.forget(state.size, size)  # if this rolls back, they are read back next time
+    _store_state(conn, log_id, MapState(size, update.root))
+    return update
 
 
 def proof_root(proof: SubjectProof, own: Member | None, origin: str) -> bytes:
-    """The root ``proof`` leads to with the subject's own stored member (the server's check)."""
-    members = [*proof.others, *([own] if own is not None else [])]
-    return fold(subject_key(origin, proof.subject), bucket_hash(members), proof.siblings)
+    """The root ``proof`` leads to with the subject's own member (the server's check)."""
+    end = own or proof.other
+    return fold(
+        subject_key(origin, proof.subject), EMPTY if end is None else end.leaf(), proof.siblings
+    )
 
 
-@dataclass(frozen=True, slots=True)
-class ProofQuery:
-    """One subject's proof read: the statement, its parameters, and what assembles its rows.
-
-    One statement reads the members of the bucket's lowest group (whose bucket hashes give the
-    heights below ``STRATUM``) and the stored nodes of the groups above: three, or, given
-    ``upper`` (the cached upper tree of the map the proof is checked against), the one below
-    ``CACHED_HEIGHT``, whose siblings above come from ``upper``."""
-
-    subject: str
-    key: bytes
-    upper: UpperTree | None
-    sql: str
-    params: tuple[Any, ...]
-
-    def assemble(self, rows: Sequence[Sequence[Any]]) -> tuple[SubjectProof, Member | None]:
-        """The proof, and the subject's own member (None when it has no entries) so the caller
-        can check the proof against the root before sending it."""
-        bucket = bucket_of(self.key)
-        leaf = _LEAF_BASE + bucket
-        bases = _stored_bases(self.upper)
-        tops = [leaf >> (base + STRATUM) for base in bases]
-        groups: dict[int, dict[int, bytes]] = {top: {} for top in tops}
-        by_bucket: dict[int, list[Member]] = {}
-        for row in rows:
-            if row[0] is None:
-                groups[int(row[1]) >> STRATUM][int(row[1])] = bytes(row[3])
-            else:
-                by_bucket.setdefault(int(row[1]), []).append(_member(row[0], row[2], row[3]))
-        lowest = {_LEAF_BASE + b: bucket_hash(members) for b, members in by_bucket.items()}
-        siblings: list[bytes] = []
-        for base_height, top, group in zip(
-            (0, *bases), (leaf >> STRATUM, *tops), (lowest, *groups.values()), strict=True
-        ):
-            known = _group_hashes(group, top, base_height)
-            siblings += [
-                known.get((leaf >> h) ^ 1, _EMPTY[h])
-                for h in range(base_height, base_height + STRATUM)
-            ]
-        if self.upper is not None:
-            nodes = self.upper.nodes
-            siblings += [nodes[(leaf >> h) ^ 1] for h in range(CACHED_HEIGHT, MAP_DEPTH)]
-        members = by_bucket.get(bucket, [])
-        own = next((m for m in members if m.key == self.key), None)
-        others = tuple(m for m in members if m.key != self.key)
-        return SubjectProof(self.subject, others, tuple(siblings)), own
-
-
-def _stored_bases(upper: UpperTree | None) -> range:
-    """The heights of the stored groups a proof reads: ``STRATUM`` and up, to the top or to
-    ``CACHED_HEIGHT`` when the upper tree is in memory (the lowest group comes from members)."""
-    return range(STRATUM, MAP_DEPTH if upper is None else CACHED_HEIGHT, STRATUM)
-
-
-def proof_query(
-    mark: str, log_id: str, origin: str, subject: str, upper: UpperTree | None = None
-) -> ProofQuery:
-    """The read for ``subject``'s proof; ``mark`` is the driver's placeholder (``?``/``%s``)."""
+def prove(tree: SubjectTree, origin: str, subject: str) -> tuple[SubjectProof, Member | None]:
+    """``subject``'s proof from ``tree`` and its own member (None when it has no entries); call
+    with the cache's lock held."""
     key = subject_key(origin, subject)
-    leaf = _LEAF_BASE + bucket_of(key)
-    bases = _stored_bases(upper)
-    params: list[Any] = [log_id, *_bucket_range(bucket_of(key))]
-    for lo, hi in _group_ranges([leaf >> (base + STRATUM) for base in bases]):
-        params += [log_id, lo, hi]
-    return ProofQuery(subject, key, upper, _proof_sql(len(bases), mark), tuple(params))
-
-
-def read_proof(
-    cur: Any, mark: str, log_id: str, origin: str, subject: str, upper: UpperTree | None = None
-) -> tuple[SubjectProof, Member | None]:
-    """``subject``'s proof read on the driver cursor ``cur`` (one statement, no transaction
-    needed) and assembled (``ProofQuery``)."""
-    query = proof_query(mark, log_id, origin, subject, upper)
-    cur.execute(query.sql, query.params)
-    return query.assemble(cur.fetchall())
+    siblings, end = tree.prove(key)
+    own = end if end is not None and end.key == key else None
+    other = end if own is None else None
+    return SubjectProof(subject, siblings, other), own

@@ -31,6 +31,10 @@ operator and are untrusted. The steps, each labelled in the code:
    ``now``, restricted entries past their release time that no release entry releases are
    reported (``overdue``): withheld from their citizens, whether or not the log's own table
    still lists them. They do not fail the verification (the log is intact), they are a finding.
+10. The subject map the checkpoint signs (``audit.completeness``) is the one its entries give:
+   each subject's count and chain recomputed from the entries' bytes, the compact map's root
+   from those — stops a map that leaves a citizen's entries out, even one the log's own key
+   signed (only a checkpoint of the current ``subject-map`` format is checked).
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from audit import merkle, restricted
+from audit import completeness, merkle, restricted
 from audit.checkpoint import Checkpoint, NoteError, NoteVerifier, verify_checkpoint
 from audit.verify_lines import (
     ChunkResult,
@@ -148,6 +152,46 @@ class _Releases:
             if index not in self.released
             and ((until := restricted.restricted_until(entry)) is None or until <= now)
         )
+
+
+class _Subjects:
+    """Step 10 over the entries as they stream by: each subject's count and chain, as the
+    subject map holds them (``audit.completeness``), from the entries' own bytes."""
+
+    def __init__(self, origin: str) -> None:
+        self.origin = origin
+        self._keys: dict[str, bytes] = {}
+        self._members: dict[bytes, tuple[int, bytes]] = {}
+
+    def see(self, r: ChunkResult) -> None:
+        keys, members, leaves = self._keys, self._members, r.leaves
+        for index, subject in r.subjects:
+            key = keys.get(subject)
+            if key is None:
+                key = keys[subject] = completeness.subject_key(self.origin, subject)
+            at = (index - r.start) * merkle.HASH_SIZE
+            count, chain = members.get(key, (0, completeness.ZERO_CHAIN))
+            members[key] = (
+                count + 1,
+                completeness.chain_step(chain, index, leaves[at : at + merkle.HASH_SIZE]),
+            )
+
+    @property
+    def count(self) -> int:
+        return len(self._members)
+
+    def root(self) -> bytes:
+        return completeness.compact_root(
+            completeness.Member(k, c, ch) for k, (c, ch) in self._members.items()
+        )
+
+    @staticmethod
+    def signed(cp: Checkpoint) -> bytes | None:
+        """The map root ``cp`` signs, None when it signs none of the current format."""
+        try:
+            return completeness.map_root_of(cp)
+        except completeness.CompletenessError:
+            return None
 
 
 def _fail(
@@ -303,6 +347,7 @@ class _Walk:
         self.unchecked_columns = 0
         self.column_bad: tuple[int, str] | None = None
         self.releases = _Releases()
+        self.subjects = _Subjects(cp.origin)
 
     def take(self, r: ChunkResult) -> None:
         self._earlier_root(r)
@@ -320,6 +365,8 @@ class _Walk:
         # (9) releases of restricted entries, against the entries they release
         for index, entry, leaf in r.releases:
             self.releases.see(index, entry, leaf)
+        # (10) each subject's chain over its entries, in index order
+        self.subjects.see(r)
 
     def _earlier_root(self, r: ChunkResult) -> None:
         """(7) the root over the first ``earlier.size`` entries, when this chunk reaches it"""
@@ -356,6 +403,14 @@ class _Walk:
         if self.releases.bad is not None:
             at, why = self.releases.bad
             return _fail(cp, n, at, f"entry {at}: {why}")
+        if self.subjects.signed(cp) not in (None, self.subjects.root()):
+            return _fail(
+                cp,
+                n,
+                None,
+                "the subject map the checkpoint signs is not the one its entries give: a "
+                "citizen's completeness proof could hide entries about them",
+            )
         return self._verified()
 
     def _localise(self) -> VerifyReport:
@@ -401,6 +456,13 @@ class _Walk:
                 f"{self.unchecked_columns} entries carried no search columns: those were not "
                 "checked"
             )
+        if self.subjects.signed(cp) is not None:
+            reasons.append(
+                f"the subject map it signs is the one its entries give ({self.subjects.count} "
+                "subjects)"
+            )
+        else:
+            reasons.append("it signs no subject map of the current format: not checked")
         if earlier is not None:
             reasons.append(f"consistent with the earlier checkpoint of size {earlier.size}")
         if self.count > n:

@@ -52,6 +52,7 @@ class ChunkResult:
     unchecked_columns: int = 0
     column_bad: tuple[int, str] | None = None
     releases: list[tuple[int, dict[str, Any], bytes]] = field(default_factory=list)
+    subjects: list[tuple[int, str]] = field(default_factory=list)  # (10) entries about a subject
     pieces: list[tuple[int, bytes]] = field(default_factory=list)  # (level, hash), left to right
 
 
@@ -352,6 +353,10 @@ def check_chunk(
         # (9) the entries the release check needs, checked in order by the caller
         if entry.get("kind") == restricted.RELEASE_KIND or "subject_commitment" in entry:
             out.releases.append((index, entry, leaf))
+        # (10) the entries the subject map counts, chained in order by the caller
+        subject = entry.get("subject")
+        if type(subject) is str:
+            out.subjects.append((index, subject))
     return _finish(out, leaves, claimed)
 
 
