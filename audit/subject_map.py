@@ -240,12 +240,12 @@ def _place(out: TreeUpdate, dirty: set[int], node: int, member: bytes) -> None:
 
 
 class MapCache:
-    """What this process holds of the map: its tree (``SubjectTree``, read and changed under
-    ``lock``), the changes of a checkpoint not committed yet, and the entries this process
-    appended (``remember``, after their transaction committed): the leaf hash and subject of
-    each, computed from the bytes it wrote, so ``advance`` needs not read them back and parse
-    them again. Entries another replica appended, or any this process no longer holds, are read
-    from the database."""
+    """What this process holds of the map: its tree (``SubjectTree``, changed and proven from
+    under ``lock``; a checkpoint's changes are applied by ``commit`` once its transaction
+    committed), and the entries this process appended (``remember``, after their transaction
+    committed): the leaf hash and subject of each, computed from the bytes it wrote, so
+    ``advance`` needs not read them back and parse them again. Entries another replica
+    appended, or any this process no longer holds, are read from the database."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
