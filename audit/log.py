@@ -1165,11 +1165,7 @@ class TransparencyLog:
         with driver_cursor(conn) as cur:
             hashes = self._fetch(cur, coords)
         frontier = [(level, h) for (level, _), h in zip(coords, hashes, strict=True)]
-        for leaf in leaves:
-            frontier.append((0, leaf))
-            while len(frontier) > 1 and frontier[-1][0] == frontier[-2][0]:
-                (level, left), (_, right) = frontier[-2], frontier[-1]
-                frontier[-2:] = [(level + 1, merkle.node_hash(left, right))]
+        merkle.extend_compact_range(frontier, leaves)
         if merkle.fold_compact_range([h for _, h in frontier]) != root:
             raise LogIntegrityError(
                 f"the entries from {start} on are not the ones the log's tree holds"

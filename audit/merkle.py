@@ -17,7 +17,7 @@ in the database, so a proof for a log of millions of entries reads O(log n) stor
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 __all__ = [
     "EMPTY_ROOT",
@@ -55,16 +55,22 @@ def _largest_power_of_two_below(n: int) -> int:
     return 1 << ((n - 1).bit_length() - 1)
 
 
-def root_from_leaf_hashes(hashes: Sequence[bytes]) -> bytes:
-    """MTH over leaf hashes, iteratively (O(n) time, O(log n) memory): a binary counter of
-    perfect subtrees, folded right to left at the end. Used by the offline verifier."""
-    stack: list[tuple[int, bytes]] = []  # (level, hash) of the compact range, left to right
+def extend_compact_range(stack: list[tuple[int, bytes]], hashes: Iterable[bytes]) -> None:
+    """Push leaf hashes onto ``stack``, the compact range ``(level, hash)`` of the leaves before
+    them, left to right: a binary counter of perfect subtrees (O(1) amortised per leaf)."""
     for h in hashes:
         level, cur = 0, h
         while stack and stack[-1][0] == level:
             cur = node_hash(stack.pop()[1], cur)
             level += 1
         stack.append((level, cur))
+
+
+def root_from_leaf_hashes(hashes: Iterable[bytes]) -> bytes:
+    """MTH over leaf hashes, iteratively (O(n) time, O(log n) memory): a binary counter of
+    perfect subtrees, folded right to left at the end. Used by the offline verifier."""
+    stack: list[tuple[int, bytes]] = []  # (level, hash) of the compact range, left to right
+    extend_compact_range(stack, hashes)
     return fold_compact_range([h for _, h in stack])
 
 

@@ -305,13 +305,17 @@ def _is_pg(conn: Connection) -> bool:
     return conn.dialect.paramstyle != "qmark"
 
 
+def _sql(conn: Connection, text: str) -> str:
+    """``text`` with ``?`` placeholders in the driver's own style."""
+    return text.replace("?", "%s") if _is_pg(conn) else text
+
+
 def _read_members(conn: Connection, log_id: str, keys: Sequence[bytes] | None) -> list[Member]:
     """The stored members of ``keys`` (those that exist), or every member when None."""
     out: list[Member] = []
     with driver_cursor(conn) as cur:
         if keys is None:
-            mark = "%s" if _is_pg(conn) else "?"
-            cur.execute(f"{_SELECT_MEMBERS} WHERE log_id = {mark}", (log_id,))
+            cur.execute(_sql(conn, f"{_SELECT_MEMBERS} WHERE log_id = ?"), (log_id,))
             return [_member(*row) for row in cur.fetchall()]
         if _is_pg(conn):
             cur.execute(f"{_SELECT_MEMBERS} {_BY_KEYS_PG}", (log_id, list(keys)), binary=True)
@@ -358,17 +362,14 @@ _UPSERT_MEMBERS_PG = (
 
 def map_state(conn: Connection, log_id: str) -> MapState:
     with driver_cursor(conn) as cur:
-        cur.execute(_MAP_STATE.replace("?", "%s" if _is_pg(conn) else "?"), (log_id,))
+        cur.execute(_sql(conn, _MAP_STATE), (log_id,))
         row = cur.fetchone()
     return MapState(0, EMPTY_MAP_ROOT) if row is None else MapState(int(row[0]), bytes(row[1]))
 
 
 def _store_state(conn: Connection, log_id: str, state: MapState) -> None:
     with driver_cursor(conn) as cur:
-        cur.execute(
-            _STORE_STATE.replace("?", "%s" if _is_pg(conn) else "?"),
-            (log_id, state.size, state.root),
-        )
+        cur.execute(_sql(conn, _STORE_STATE), (log_id, state.size, state.root))
 
 
 _MAP_STATE = "SELECT size, root FROM audit_subject_maps WHERE log_id = ?"
