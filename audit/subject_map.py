@@ -150,11 +150,17 @@ class SubjectTree:
         out = TreeUpdate(MapState(self.size, self.root), size, self.root)
         dirty: set[int] = set()
         new_where, where = out.where, self._where
-        for member in members:
+        # new keys in key order: each walk starts where its path parts from the previous one's
+        # (the nodes above are interior: a tree only gains interior nodes as keys come in)
+        previous, reached = 0, 0
+        for member in sorted(members):
             key = member[:32]
             node = new_where.get(key) or where.get(key)
             if node is None:
-                node = self._insert(member, out, dirty)
+                bits = int.from_bytes(key, "big")
+                shared = KEY_BITS - (bits ^ previous).bit_length()
+                node, reached = self._insert(member, bits, min(shared, reached), out, dirty)
+                previous = bits
             _place(out, dirty, node, member)
         new, new_get, old_get = out.hashes, out.hashes.get, self._hashes.get
         for node in sorted(dirty, reverse=True):  # children before their parent
@@ -167,11 +173,13 @@ class SubjectTree:
         out.root = new_get(1) or old_get(1, EMPTY)
         return out
 
-    def _insert(self, member: bytes, out: TreeUpdate, dirty: set[int]) -> int:
-        """Where a new key's leaf goes: walk down to an empty node, or to another member's
-        leaf, which then goes down with it to where their keys part."""
-        key = int.from_bytes(member[:32], "big")
-        shift, node = KEY_BITS - 1, 1
+    def _insert(
+        self, member: bytes, key: int, depth: int, out: TreeUpdate, dirty: set[int]
+    ) -> tuple[int, int]:
+        """Where a new key's leaf goes, and the depth above which its path is interior: walk
+        down from ``depth`` (every node above it interior) to an empty node, or to another
+        member's leaf, which then goes down with it to where their keys part."""
+        shift, node = KEY_BITS - 1 - depth, 1 << depth | key >> (KEY_BITS - depth)
         leaves, hashes, new_leaves, new_hashes = self._leaves, self._hashes, out.leaves, out.hashes
         while node in hashes and node not in leaves:  # this tree's interior nodes stay interior
             node, shift = 2 * node + (key >> shift & 1), shift - 1
@@ -181,15 +189,16 @@ class SubjectTree:
                 if node in hashes or node in new_hashes:  # an interior node
                     node, shift = 2 * node + (key >> shift & 1), shift - 1
                     continue
-                return node
+                return node, KEY_BITS - 1 - shift
             other = int.from_bytes(here[:32], "big")
             moved = new_hashes[node] if node in new_hashes else hashes[node]  # its leaf hash
             new_leaves[node] = None  # the leaf's place becomes an interior node
+            reached = KEY_BITS - 1 - shift
             while (key >> shift & 1) == (other >> shift & 1):
                 node, shift = 2 * node + (key >> shift & 1), shift - 1
                 new_hashes[node] = b""  # an interior node, hashed once its children are
             _place(out, dirty, 2 * node + (other >> shift & 1), here, moved)
-            return 2 * node + (key >> shift & 1)
+            return 2 * node + (key >> shift & 1), reached
 
     def apply(self, update: TreeUpdate) -> bool:
         """Apply ``update`` if it was computed on this tree as it is; False (nothing applied)
@@ -296,9 +305,13 @@ class MapCache:
 
     def commit(self, update: TreeUpdate) -> None:
         """A checkpoint committed with ``update`` (``advance``): apply its changes to the tree,
-        or drop a tree they do not fit (it is brought to the stored map when next used)."""
+        or drop a tree they do not fit (it is brought to the stored map when next used) unless
+        it is at the new map already (a proof served in between brought it there)."""
         with self.lock:
-            if self.tree is not None and not self.tree.apply(update):
+            tree = self.tree
+            if tree is None or tree.apply(update):
+                return
+            if MapState(tree.size, tree.root) != MapState(update.size, update.root):
                 self.tree = None
 
 

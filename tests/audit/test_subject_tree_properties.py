@@ -64,3 +64,23 @@ def test_a_key_without_a_leaf_proves_its_absence(keys: list[bytes], absent: byte
     siblings, end = tree.prove(absent)
     assert end is None or end.key != absent
     assert fold(absent, EMPTY if end is None else end.leaf(), siblings) == tree.root
+
+
+def test_a_commit_keeps_a_tree_a_proof_already_brought_to_the_new_map() -> None:
+    """``MapCache.commit`` after another thread synced the tree to the checkpoint's map: the
+    update no longer fits the tree's base, but the tree is where it leads, so it is kept; a tree
+    at any other map is dropped (and rebuilt from the stored map when next used)."""
+    from audit.subject_map import MapCache
+
+    first = [Member(k, 1, _chain(k, 1)) for k in (b"\x01" * 32, b"\x82" * 32)]
+    later = Member(b"\x44" * 32, 1, _chain(b"\x44" * 32, 1))
+    cache = MapCache()
+    cache.tree = SubjectTree.build(first, 2)
+    update = cache.tree.update([later.encode()], 3)
+    cache.tree = SubjectTree.build([*first, later], 3)  # synced by a proof in between
+    kept = cache.tree
+    cache.commit(update)
+    assert cache.tree is kept
+    cache.tree = SubjectTree.build(first[:1], 1)  # somewhere else altogether
+    cache.commit(update)
+    assert cache.tree is None
