@@ -63,6 +63,7 @@ __all__ = [
     "bit",
     "chain_step",
     "compact_root",
+    "encode_member",
     "fold",
     "map_root_of",
     "subject_key",
@@ -94,7 +95,7 @@ class Member:
     chain: bytes
 
     def encode(self) -> bytes:
-        return self.key + self.count.to_bytes(8, "big") + self.chain
+        return encode_member(self.key, self.count, self.chain)
 
     def leaf(self) -> bytes:
         """The member's leaf hash in the map."""
@@ -176,6 +177,11 @@ def _count(value: object) -> int:
     if type(value) is not int or not 0 < value < 2**63:
         raise ValueError("not a positive count")
     return value
+
+
+def encode_member(key: bytes, count: int, chain: bytes) -> bytes:
+    """``member = key ‖ uint64be(count) ‖ chain``, the bytes a leaf hashes."""
+    return key + count.to_bytes(8, "big") + chain
 
 
 def subject_key(origin: str, subject: str) -> bytes:

@@ -48,6 +48,7 @@ from audit.completeness import (
     SubjectProof,
     bit,
     chain_step,
+    encode_member,
     fold,
     subject_key,
 )
@@ -237,7 +238,12 @@ class SubjectTree:
 
 
 def _decode(member: bytes) -> Member:
-    return Member(member[:32], int.from_bytes(member[32:40], "big"), member[40:])
+    return Member(*_fields(member))
+
+
+def _fields(member: bytes) -> tuple[bytes, int, bytes]:
+    """The key, count and chain of an encoded member (``encode_member``)."""
+    return member[:32], int.from_bytes(member[32:40], "big"), member[40:]
 
 
 def _place(
@@ -348,17 +354,17 @@ def _read_members(conn: Connection, log_id: str, keys: Sequence[bytes] | None) -
     return out
 
 
-def _upsert_members(cur: Any, pg: bool, log_id: str, members: Iterable[bytes]) -> None:
-    """Write ``members`` (``Member.encode``), in key order; PostgreSQL: one statement
-    (``_UPSERT_MEMBERS_PG``)."""
-    ordered = sorted(members)  # by key: each starts with its key, and keys are distinct
-    if pg:
-        counts = "{" + ",".join(str(int.from_bytes(m[32:40], "big")) for m in ordered) + "}"
-        keys, chains = b"".join(m[:32] for m in ordered), b"".join(m[40:] for m in ordered)
+def _upsert_members(conn: Connection, cur: Any, log_id: str, members: Iterable[bytes]) -> None:
+    """Write ``members`` (``encode_member``), in key order, with ``cur`` (in ``conn``'s
+    transaction); PostgreSQL: one statement (``_UPSERT_MEMBERS_PG``)."""
+    ordered = [_fields(m) for m in sorted(members)]  # by key: each starts with its key
+    if _is_pg(conn):
+        counts = "{" + ",".join(str(count) for _, count, _ in ordered) + "}"
+        keys = b"".join(key for key, _, _ in ordered)
+        chains = b"".join(chain for _, _, chain in ordered)
         cur.execute(_UPSERT_MEMBERS_PG, (log_id, counts, keys, chains))
     else:
-        rows = [(log_id, m[:32], int.from_bytes(m[32:40], "big"), m[40:]) for m in ordered]
-        cur.executemany(_UPSERT_MEMBERS, rows)
+        cur.executemany(_UPSERT_MEMBERS, [(log_id, *fields) for fields in ordered])
 
 
 _SELECT_MEMBERS = "SELECT key, count, chain FROM audit_subject_members"
@@ -387,9 +393,8 @@ def map_state(conn: Connection, log_id: str) -> MapState:
     return MapState(0, EMPTY_MAP_ROOT) if row is None else MapState(int(row[0]), bytes(row[1]))
 
 
-def _store_state(cur: Any, pg: bool, log_id: str, state: MapState) -> None:
-    sql = _STORE_STATE.replace("?", "%s") if pg else _STORE_STATE
-    cur.execute(sql, (log_id, state.size, state.root))
+def _store_state(conn: Connection, cur: Any, log_id: str, state: MapState) -> None:
+    cur.execute(_sql(conn, _STORE_STATE), (log_id, state.size, state.root))
 
 
 _MAP_STATE = "SELECT size, root FROM audit_subject_maps WHERE log_id = ?"
@@ -488,13 +493,10 @@ def _extend_chains(
     changed: dict[bytes, bytes] = {}
     for keyed in _keyed_entries(conn, log_id, origin, start, size, cache, seen):
         for index, leaf, key in keyed:
-            old = changed.get(key) or tree.encoded(key) or key + _NO_ENTRIES
-            count = int.from_bytes(old[32:40], "big") + 1
-            changed[key] = key + count.to_bytes(8, "big") + chain_step(old[40:], index, leaf)
+            old = changed.get(key) or tree.encoded(key)
+            _, count, chain = _fields(old) if old else (key, 0, ZERO_CHAIN)
+            changed[key] = encode_member(key, count + 1, chain_step(chain, index, leaf))
     return changed
-
-
-_NO_ENTRIES = bytes(8) + ZERO_CHAIN  # count 0, the chain over no entry
 
 
 def sync(
@@ -568,10 +570,10 @@ def advance(
     if seen.read_back and check_leaves is not None:
         check_leaves(state.size, seen.leaves)
     with _overlapped(conn) as cur:  # the server writes the members while the tree is hashed
-        pg = _is_pg(conn)
-        _upsert_members(cur, pg, log_id, changed.values())
+        if changed:
+            _upsert_members(conn, cur, log_id, changed.values())
         update = tree.update(changed.values(), size)
-        _store_state(cur, pg, log_id, MapState(size, update.root))
+        _store_state(conn, cur, log_id, MapState(size, update.root))
     cache.forget(state.size, size)  # if this rolls back, they are read back next time
     return update
 
