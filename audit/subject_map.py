@@ -294,6 +294,12 @@ class MapCache:
         return [(index, leaf_of[index], subject_of[index]) for index in range(start, stop)]
 
     def forget(self, start: int, stop: int) -> None:
+        leaf_of = self._leaf_of
+        if len(leaf_of) == stop - start and start in leaf_of and stop - 1 in leaf_of:
+            # (most likely) exactly these: if not, those dropped are read back when needed
+            leaf_of.clear()
+            self._subject_of.clear()
+            return
         for index in range(start, stop):
             self._leaf_of.pop(index, None)
             self._subject_of.pop(index, None)
@@ -490,13 +496,17 @@ def _extend_chains(
     """Every subject with entries in ``[start, size)``, by key, with its member (encoded)
     extended over them from its member in ``tree`` (brought to the stored map and checked
     against its root)."""
-    changed: dict[bytes, bytes] = {}
+    counts: dict[bytes, int] = {}
+    chains: dict[bytes, bytes] = {}
     for keyed in _keyed_entries(conn, log_id, origin, start, size, cache, seen):
         for index, leaf, key in keyed:
-            old = changed.get(key) or tree.encoded(key)
-            _, count, chain = _fields(old) if old else (key, 0, ZERO_CHAIN)
-            changed[key] = encode_member(key, count + 1, chain_step(chain, index, leaf))
-    return changed
+            chain = chains.get(key)
+            if chain is None:  # the subject's first entry here: from its member in the tree
+                old = tree.encoded(key)
+                _, counts[key], chain = _fields(old) if old else (key, 0, ZERO_CHAIN)
+            counts[key] += 1
+            chains[key] = chain_step(chain, index, leaf)
+    return {key: encode_member(key, counts[key], chain) for key, chain in chains.items()}
 
 
 def sync(

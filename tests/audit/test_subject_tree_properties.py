@@ -84,3 +84,34 @@ def test_a_commit_keeps_a_tree_a_proof_already_brought_to_the_new_map() -> None:
     cache.tree = SubjectTree.build(first[:1], 1)  # somewhere else altogether
     cache.commit(update)
     assert cache.tree is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 40), st.integers(1, 8)), min_size=1, max_size=6),
+    st.integers(0, 40),
+    st.integers(0, 12),
+)
+def test_what_the_cache_recalls_is_what_was_remembered_or_nothing(
+    batches: list[tuple[int, int]], start: int, length: int
+) -> None:
+    """``MapCache.recall`` after ``forget``: any range it answers holds the entries remembered
+    there (never another's), and none of the forgotten range is recalled. (``forget`` may drop
+    more than asked — those are read back from the database — but never keeps what it was
+    asked to drop.)"""
+    from audit.subject_map import MapCache
+
+    cache = MapCache()
+    remembered: dict[int, tuple[bytes, str | None]] = {}
+    for first, n in batches:
+        entries = [(i.to_bytes(32, "big"), f"s-{i}") for i in range(first, first + n)]
+        cache.remember(first, entries)
+        remembered.update(enumerate(entries, first))
+    cache.forget(start, start + length)
+    for i in range(start, start + length):
+        assert cache.recall(i, i + 1) is None
+    for lo in range(0, 50):
+        for hi in range(lo + 1, min(lo + 10, 51)):
+            found = cache.recall(lo, hi)
+            if found is not None:
+                assert found == [(i, *remembered[i]) for i in range(lo, hi)]
