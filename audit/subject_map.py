@@ -301,7 +301,7 @@ class MapCache:
             self._subject_of.clear()
             return
         for index in range(start, stop):
-            self._leaf_of.pop(index, None)
+            leaf_of.pop(index, None)
             self._subject_of.pop(index, None)
 
     def key(self, origin: str, subject: str) -> bytes:
@@ -496,17 +496,16 @@ def _extend_chains(
     """Every subject with entries in ``[start, size)``, by key, with its member (encoded)
     extended over them from its member in ``tree`` (brought to the stored map and checked
     against its root)."""
-    counts: dict[bytes, int] = {}
-    chains: dict[bytes, bytes] = {}
+    extended: dict[bytes, tuple[int, bytes]] = {}  # key: count, chain (encoded once, below)
     for keyed in _keyed_entries(conn, log_id, origin, start, size, cache, seen):
         for index, leaf, key in keyed:
-            chain = chains.get(key)
-            if chain is None:  # the subject's first entry here: from its member in the tree
+            found = extended.get(key)
+            if found is None:  # the subject's first entry here: from its member in the tree
                 old = tree.encoded(key)
-                _, counts[key], chain = _fields(old) if old else (key, 0, ZERO_CHAIN)
-            counts[key] += 1
-            chains[key] = chain_step(chain, index, leaf)
-    return {key: encode_member(key, counts[key], chain) for key, chain in chains.items()}
+                found = _fields(old)[1:] if old else (0, ZERO_CHAIN)
+            count, chain = found
+            extended[key] = (count + 1, chain_step(chain, index, leaf))
+    return {key: encode_member(key, count, chain) for key, (count, chain) in extended.items()}
 
 
 def sync(

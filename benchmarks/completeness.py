@@ -21,8 +21,7 @@ Measured, each on SQLite and (when DATABASE_URL is set) on a throw-away PostgreS
     .venv/bin/python benchmarks/completeness.py [--quick] [--only sqlite|postgresql]
 
 ``--quick`` scales to 10^5 entries and 10^4 citizens and leaves out the cadence of 50,000 entries
-a checkpoint. Progress goes to stderr; the last line on
-stdout is one JSON object.
+a checkpoint. Progress goes to stderr; the last line on stdout is one JSON object.
 """
 
 from __future__ import annotations
