@@ -591,7 +591,9 @@ def advance(
     ``signed`` is the map the latest checkpoint signed (None when none signs one of this
     format): the stored map must be that one — a map row or member edited in the database is
     an integrity failure, never the base of a new signed root — unless it is absent, when it is
-    rebuilt from the entries. Entries read back from the database (not remembered by this
+    rebuilt from the entries. With no such checkpoint (none yet, or the latest signs an earlier
+    format) a stored map was never signed as it is: it is deleted and rebuilt from the
+    entries. Entries read back from the database (not remembered by this
     process) are checked with ``check_leaves`` before the map takes them, so a row rewritten
     before the checkpoint cannot move an entry between subjects while the log's tree keeps
     it."""
@@ -600,6 +602,8 @@ def advance(
         raise MapIntegrityError(
             "the stored subject map is not the one the latest checkpoint signed"
         )
+    if signed is None and state.size != 0:
+        state = _forget_unsigned_map(conn, log_id, cache)
     if state.size > size:
         raise MapIntegrityError("the subject map is ahead of the log")
     if state.size == size:
@@ -618,6 +622,19 @@ def advance(
         _store_state(conn, cur, log_id, MapState(size, update.root))
     cache.forget(state.size, size)  # if this rolls back, they are read back next time
     return update
+
+
+def _forget_unsigned_map(conn: Connection, log_id: str, cache: MapCache) -> MapState:
+    """Delete a stored map no checkpoint of this format signed (the latest signs an earlier
+    format, or none): it is built again from the entries, which are checked against the head
+    being signed, never carried into a root of its own (an attack run found a member edited
+    while a log upgraded from the binary map signed into the new root)."""
+    with driver_cursor(conn) as cur:
+        cur.execute(_sql(conn, "DELETE FROM audit_subject_members WHERE log_id = ?"), (log_id,))
+        cur.execute(_sql(conn, "DELETE FROM audit_subject_maps WHERE log_id = ?"), (log_id,))
+    with cache.lock:
+        cache.tree = None
+    return MapState(0, EMPTY)
 
 
 @contextlib.contextmanager

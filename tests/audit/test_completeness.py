@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import Engine, text
 from sqlalchemy import inspect as sa_inspect
-from sqlalchemy import text
 
 from audit import merkle
 from audit.checkpoint import NoteSigner
@@ -385,16 +386,20 @@ def _binary_root(members: list[Member]) -> bytes:
     return root(members, 0)
 
 
-def test_migration_audit_0007_recomputes_the_root_and_the_log_signs_it_again(
-    db_url: str, signer: NoteSigner
+@pytest.mark.parametrize("forge", [False, True])
+def test_migration_audit_0007_rebuilds_the_map_from_the_entries_and_signs_it_again(
+    db_url: str, signer: NoteSigner, forge: bool
 ) -> None:
     """A log whose latest checkpoint signs the binary map (``subject-map``, before audit_0007):
-    the migration recomputes the 16-ary root from the members, the next proof comes with a new
-    checkpoint of the same size signing it, and every citizen's record checks; downgrading
-    puts the binary root back."""
+    the migration deletes the stored map and the next proof comes with a new checkpoint of the
+    same size whose 16-ary map is built from the entries; every citizen's record checks. A map
+    written into the database after the upgrade (a member without one of alice's entries, and a
+    root over it) is not signed over: no checkpoint of the new format signed it (found by an
+    attack run on this change). Downgrading deletes the map again."""
     from alembic import command
 
     from audit.checkpoint import Checkpoint, sign_checkpoint
+    from audit.completeness import ZERO_CHAIN, compact_root
     from exchange.db import alembic_config, make_engine, upgrade
 
     engine = make_engine(db_url)
@@ -405,21 +410,13 @@ def test_migration_audit_0007_recomputes_the_root_and_the_log_signs_it_again(
             command.upgrade(cfg, "audit_0006")
         log = TransparencyLog(engine, log_id="node-a", signer=signer)
         log.append_many([make_event(i, subject=_subject(i)) for i in range(SIZE)])
-        members = list(_members_from_entries(log).values())
-        binary = _binary_root(members)
+        members = _members_from_entries(log)
+        binary = _binary_root(list(members.values()))
         old_note = sign_checkpoint(
             Checkpoint(log.origin, SIZE, log.root(), (f"subject-map {_b64(binary)}",)), signer
         )
+        _store_map(engine, members.values(), binary)
         with engine.begin() as conn:
-            for m in members:
-                conn.execute(
-                    text("INSERT INTO audit_subject_members VALUES ('node-a', :k, :c, :ch)"),
-                    {"k": m.key, "c": m.count, "ch": m.chain},
-                )
-            conn.execute(
-                text("INSERT INTO audit_subject_maps VALUES ('node-a', :s, :r)"),
-                {"s": SIZE, "r": binary},
-            )
             conn.execute(
                 text(
                     "INSERT INTO audit_checkpoints (log_id, size, root, time_us, note)"
@@ -428,19 +425,41 @@ def test_migration_audit_0007_recomputes_the_root_and_the_log_signs_it_again(
                 {"s": SIZE, "r": log.root(), "n": old_note},
             )
         upgrade(engine)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM audit_subject_members")).scalar() == 0
+        alice = subject_key(log.origin, ALICE)
+        if forge:
+            forged = dict(members)
+            forged[alice] = Member(alice, members[alice].count - 1, ZERO_CHAIN)
+            _store_map(engine, forged.values(), compact_root(forged.values()))
         fresh = TransparencyLog(engine, log_id="node-a", signer=signer)
-        note, _, _ = _record(fresh, ALICE)
+        note, proofs, entries = _record(fresh, ALICE)
         assert "\nsubject-map-16 " in note
+        with pytest.raises(CompletenessError, match="not all the entries"):
+            verify_record(note, fresh.verifier(), proofs, entries[:-1])
         _check(fresh, ALICE, BOB, CAROL, "ps-nobody")
         _assert_signed_root_is_the_full_trees(fresh, note)
         assert [c.size for c in fresh.checkpoints()] == [SIZE, SIZE]
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.downgrade(cfg, "audit_0006")
-            root = conn.execute(text("SELECT root FROM audit_subject_maps")).scalar_one()
-        assert bytes(root) == binary
+            assert conn.execute(text("SELECT count(*) FROM audit_subject_maps")).scalar() == 0
     finally:
         engine.dispose()
+
+
+def _store_map(engine: Engine, members: Iterable[Member], root: bytes) -> None:
+    """Write a map into the database as an operator (or an attacker) with write access could."""
+    with engine.begin() as conn:
+        for m in members:
+            conn.execute(
+                text("INSERT INTO audit_subject_members VALUES ('node-a', :k, :c, :ch)"),
+                {"k": m.key, "c": m.count, "ch": m.chain},
+            )
+        conn.execute(
+            text("INSERT INTO audit_subject_maps VALUES ('node-a', :s, :r)"),
+            {"s": SIZE, "r": root},
+        )
 
 
 def _b64(data: bytes) -> str:
