@@ -71,6 +71,7 @@ __all__ = [
     "SubjectProof",
     "bit",
     "chain_step",
+    "child_bounds",
     "compact_root",
     "encode_member",
     "fold",
@@ -269,6 +270,18 @@ def _fold_binary(key: bytes, end: bytes, siblings: Sequence[bytes]) -> bytes:
     return node
 
 
+def child_bounds(ordered: Sequence[Member], lo: int, hi: int, depth: int) -> list[int]:
+    """Where ``ordered[lo:hi]`` (sorted by key, sharing their first ``depth`` nibbles) split
+    among a node's 16 children: child ``i`` holds ``ordered[bounds[i]:bounds[i + 1]]``."""
+    bounds = [lo]
+    for child in range(1, ARITY):
+        bounds.append(
+            bisect.bisect_left(ordered, child, bounds[-1], hi, key=lambda m: nibble(m.key, depth))
+        )
+    bounds.append(hi)
+    return bounds
+
+
 def compact_root(members: Iterable[Member]) -> bytes:
     """The root of the map holding ``members`` (the format above), computed from scratch: what
     ``audit verify`` compares with the root a checkpoint signs."""
@@ -279,14 +292,7 @@ def compact_root(members: Iterable[Member]) -> bytes:
             return EMPTY
         if hi - lo == 1:
             return ordered[lo].leaf()
-        bounds = [lo]
-        for child in range(1, ARITY):
-            bounds.append(
-                bisect.bisect_left(
-                    ordered, child, bounds[-1], hi, key=lambda m: nibble(m.key, depth)
-                )
-            )
-        bounds.append(hi)
+        bounds = child_bounds(ordered, lo, hi, depth)
         return node_hash(b"".join(root(bounds[i], bounds[i + 1], depth + 1) for i in range(ARITY)))
 
     return root(0, len(ordered), 0)

@@ -28,7 +28,6 @@ the signed root and check every proof themselves (``audit.completeness.verify_co
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import json
 import threading
@@ -49,6 +48,7 @@ from audit.completeness import (
     Member,
     SubjectProof,
     chain_step,
+    child_bounds,
     encode_member,
     fold,
     nibble,
@@ -148,15 +148,7 @@ class SubjectTree:
             self._leaves[node] = members[lo].encode()
             self._where[members[lo].key] = node
             return members[lo].leaf()
-        # the members share their first ``depth`` nibbles: split them on the next one
-        bounds = [lo]
-        for child in range(1, ARITY):
-            bounds.append(
-                bisect.bisect_left(
-                    members, child, bounds[-1], hi, key=lambda m: nibble(m.key, depth)
-                )
-            )
-        bounds.append(hi)
+        bounds = child_bounds(members, lo, hi, depth)  # split on the next nibble
         hashed = NODE_PREFIX + b"".join(
             self._build(members, bounds[i], bounds[i + 1], depth + 1, ARITY * node + i)
             if bounds[i + 1] > bounds[i]

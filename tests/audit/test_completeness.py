@@ -14,7 +14,8 @@ from collections.abc import Iterable
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import Engine, text
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy import inspect as sa_inspect
 
 from audit import merkle
@@ -286,19 +287,13 @@ def test_migration_audit_0006_recomputes_the_root_and_the_log_signs_it_again(
     checkpoint signing the old ``subjects`` root): the migration recomputes the compact root
     from the members, and the next proof comes with a new checkpoint of the same size signing
     it; every citizen's record checks."""
-    from alembic import command
 
     from audit.checkpoint import Checkpoint, sign_checkpoint
-    from exchange.db import alembic_config, make_engine, upgrade
+    from exchange.db import make_engine, upgrade
 
     engine = make_engine(db_url)
     try:
-        cfg = alembic_config(engine)
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "audit_0005")
-        log = TransparencyLog(engine, log_id="node-a", signer=signer)
-        log.append_many([make_event(i, subject=_subject(i)) for i in range(SIZE)])
+        _, log = _log_at_revision(engine, signer, "audit_0005")
         chains = _members_from_entries(log)
         old_root = bytes(range(32))
         old_note = sign_checkpoint(
@@ -325,13 +320,7 @@ def test_migration_audit_0006_recomputes_the_root_and_the_log_signs_it_again(
                 text("INSERT INTO audit_subject_maps VALUES ('node-a', :s, :r)"),
                 {"s": SIZE, "r": old_root},
             )
-            conn.execute(
-                text(
-                    "INSERT INTO audit_checkpoints (log_id, size, root, time_us, note)"
-                    " VALUES ('node-a', :s, :r, 0, :n)"
-                ),
-                {"s": SIZE, "r": log.root(), "n": old_note},
-            )
+            _insert_checkpoint(conn, log, old_note)
         upgrade(engine)
         with engine.connect() as conn:
             tables = set(sa_inspect(conn).get_table_names())
@@ -400,16 +389,11 @@ def test_migration_audit_0007_rebuilds_the_map_from_the_entries_and_signs_it_aga
 
     from audit.checkpoint import Checkpoint, sign_checkpoint
     from audit.completeness import ZERO_CHAIN, compact_root
-    from exchange.db import alembic_config, make_engine, upgrade
+    from exchange.db import make_engine, upgrade
 
     engine = make_engine(db_url)
     try:
-        cfg = alembic_config(engine)
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "audit_0006")
-        log = TransparencyLog(engine, log_id="node-a", signer=signer)
-        log.append_many([make_event(i, subject=_subject(i)) for i in range(SIZE)])
+        cfg, log = _log_at_revision(engine, signer, "audit_0006")
         members = _members_from_entries(log)
         binary = _binary_root(list(members.values()))
         old_note = sign_checkpoint(
@@ -417,13 +401,7 @@ def test_migration_audit_0007_rebuilds_the_map_from_the_entries_and_signs_it_aga
         )
         _store_map(engine, members.values(), binary)
         with engine.begin() as conn:
-            conn.execute(
-                text(
-                    "INSERT INTO audit_checkpoints (log_id, size, root, time_us, note)"
-                    " VALUES ('node-a', :s, :r, 0, :n)"
-                ),
-                {"s": SIZE, "r": log.root(), "n": old_note},
-            )
+            _insert_checkpoint(conn, log, old_note)
         upgrade(engine)
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM audit_subject_members")).scalar() == 0
@@ -446,6 +424,34 @@ def test_migration_audit_0007_rebuilds_the_map_from_the_entries_and_signs_it_aga
             assert conn.execute(text("SELECT count(*) FROM audit_subject_maps")).scalar() == 0
     finally:
         engine.dispose()
+
+
+def _log_at_revision(
+    engine: Engine, signer: NoteSigner, revision: str
+) -> tuple[Config, TransparencyLog]:
+    """The audit tables at ``revision`` and a log of ``SIZE`` entries in them (no checkpoint)."""
+    from alembic import command
+
+    from exchange.db import alembic_config
+
+    cfg = alembic_config(engine)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+    log = TransparencyLog(engine, log_id="node-a", signer=signer)
+    log.append_many([make_event(i, subject=_subject(i)) for i in range(SIZE)])
+    return cfg, log
+
+
+def _insert_checkpoint(conn: Connection, log: TransparencyLog, note: str) -> None:
+    """Store a checkpoint note signed outside the log (one of an earlier map format)."""
+    conn.execute(
+        text(
+            "INSERT INTO audit_checkpoints (log_id, size, root, time_us, note)"
+            " VALUES ('node-a', :s, :r, 0, :n)"
+        ),
+        {"s": SIZE, "r": log.root(), "n": note},
+    )
 
 
 def _store_map(engine: Engine, members: Iterable[Member], root: bytes) -> None:
