@@ -11,25 +11,34 @@ subject and a hash chain over them in index order::
     member    = key ‖ uint64be(count) ‖ chain_count
     leaf      = SHA-256(0x03 ‖ member)
     empty     = 32 zero bytes
-    node hash = SHA-256(0x01 ‖ left ‖ right)           (as RFC 9162 interior nodes)
+    node hash = SHA-256(0x05 ‖ child_0 ‖ child_1 ‖ … ‖ child_15)
 
-The tree is *compact* (as Diem's Jellyfish Merkle tree): a key's path is its bits from the most
-significant, but a subtree holding exactly one member is that member's leaf, wherever on the
-path it sits, and a subtree holding none is ``empty``; only subtrees holding two members or more
-are interior nodes. A path is therefore about log₂(subjects) + 1 long (≈ 18 at 10⁵ citizens),
-not 256. The map root is signed as the checkpoint extension line ``subject-map <base64 root>``.
+The tree is 16-ary and *compact* (as Diem's Jellyfish Merkle tree): a key's path is its nibbles
+(4 bits each) from the most significant, but a subtree holding exactly one member is that
+member's leaf, wherever on the path it sits, and a subtree holding none is ``empty``; only
+subtrees holding two members or more are interior nodes. A path is therefore about
+log₁₆(subjects) + 1 long (≈ 5 at 10⁵ citizens), not 64. The map root is signed as the
+checkpoint extension line ``subject-map-16 <base64 root>``.
 
-A proof for subject ``s`` is the sibling hashes from where ``s``'s path ends up to the root and,
-when it ends at another subject's leaf, that member (which shows ``s`` has no leaf). The citizen
-recomputes ``count`` and ``chain`` from the entries they were shown (their leaf hashes recomputed
-from the entry bytes), rebuilds the path and compares with the signed root. So an entry about
-them that was deleted, re-pointed to another subject or rewritten — or one that was never shown
-— makes the proof fail; an entry that is not about them cannot be slipped in either.
+A proof for subject ``s`` is, for each interior node on ``s``'s path from where it ends up to
+the root, the 15 hashes of the node's other children in child order (``siblings``: 15 a level,
+the deepest level first) and, when the path ends at another subject's leaf, that member (which
+shows ``s`` has no leaf). The citizen recomputes ``count`` and ``chain`` from the entries they
+were shown (their leaf hashes recomputed from the entry bytes), rebuilds the path and compares
+with the signed root. So an entry about them that was deleted, re-pointed to another subject or
+rewritten — or one that was never shown — makes the proof fail; an entry that is not about them
+cannot be slipped in either.
+
+Earlier checkpoints signed other formats, which a citizen's kept record may carry; they still
+verify: ``subject-map`` (until ``audit_0007``: the same tree binary, ``SHA-256(0x01 ‖ left ‖
+right)`` nodes, one sibling a level) and ``subjects`` (until ``audit_0006``, ``_legacy_root``).
+The checkpoint, not the proof, says which format a proof is read in.
 
 Why one root admits one answer per key although the verifier does not check the tree is compact:
-leaves, interior nodes and ``empty`` are domain-separated (0x03, 0x01, no preimage), so two
+leaves, interior nodes and ``empty`` are domain-separated (0x03, 0x05, no preimage), so two
 proofs for one key against one root open the same interior nodes down the key's path and must
-stop at the same node, which is either empty or one leaf (a member, which names its key).
+stop at the same node, which is either empty or one leaf (a member, which names its key). (The
+binary format's interior nodes are prefixed 0x01, the 16-ary's 0x05: neither opens as the other.)
 
 Privacy: the key is a hash of the subject pseudonym (already what entries carry), so a key reveals
 no identity to anyone who does not already know the pseudonym; a proof for a subject with no
@@ -62,16 +71,24 @@ __all__ = [
     "SubjectProof",
     "bit",
     "chain_step",
+    "child_bounds",
     "compact_root",
     "encode_member",
     "fold",
     "map_root_of",
+    "nibble",
     "subject_key",
     "verify_completeness",
     "verify_record",
 ]
 
-MAP_EXTENSION = "subject-map"
+MAP_EXTENSION = "subject-map-16"
+BINARY_EXTENSION = "subject-map"
+"""The binary compact map's line, signed until ``audit_0007`` (kept records still verify)."""
+NODE_PREFIX = b"\x05"
+ARITY = 16
+LEVEL_SIBLINGS = ARITY - 1
+KEY_NIBBLES = 64
 KEY_DOMAIN = b"onceonly subject map v1\x00"
 LEAF_PREFIX = b"\x03"
 CHAIN_PREFIX = b"\x04"
@@ -79,7 +96,8 @@ ZERO_CHAIN = bytes(32)
 EMPTY = bytes(32)
 """The hash of an empty subtree: no SHA-256 output is known to be all zeros."""
 KEY_BITS = 256
-"""A key is a SHA-256 output: no path is longer than its bits."""
+"""A key is a SHA-256 output: no path is longer than its bits (binary) or nibbles (16-ary)."""
+MAX_SIBLINGS = KEY_NIBBLES * LEVEL_SIBLINGS
 
 
 class CompletenessError(Exception):
@@ -140,8 +158,8 @@ class SubjectProof:
             legacy = value.get("others")
             if legacy is not None and not isinstance(legacy, list):
                 raise TypeError("not a list of members")
-            if not isinstance(value["siblings"], list) or len(value["siblings"]) > KEY_BITS:
-                raise ValueError("not a list of at most 256 hashes")
+            if not isinstance(value["siblings"], list) or len(value["siblings"]) > MAX_SIBLINGS:
+                raise ValueError(f"not a list of at most {MAX_SIBLINGS} hashes")
             siblings = tuple(_unb64(h) for h in value["siblings"])
             others = None if legacy is None else tuple(_parse_member(m) for m in legacy)
             subject: str = value["subject"]
@@ -192,8 +210,20 @@ def subject_key(origin: str, subject: str) -> bytes:
 
 
 def bit(key: bytes, depth: int) -> int:
-    """The branch ``key``'s path takes below depth ``depth`` (0: left, 1: right)."""
+    """The branch ``key``'s path takes below depth ``depth`` in the binary map (0: left)."""
     return key[depth >> 3] >> (7 - (depth & 7)) & 1
+
+
+def nibble(key: bytes, depth: int) -> int:
+    """The child (0–15) ``key``'s path takes below depth ``depth``: its nibbles from the most
+    significant."""
+    byte = key[depth >> 1]
+    return byte & 15 if depth & 1 else byte >> 4
+
+
+def node_hash(children: bytes) -> bytes:
+    """An interior node's hash from its 16 children's hashes (512 bytes, in child order)."""
+    return hashlib.sha256(NODE_PREFIX + children).digest()
 
 
 def chain_step(chain: bytes, index: int, leaf_hash: bytes) -> bytes:
@@ -215,7 +245,21 @@ def map_root_of(checkpoint: Checkpoint, extension: str = MAP_EXTENSION) -> bytes
 
 def fold(key: bytes, end: bytes, siblings: Sequence[bytes]) -> bytes:
     """The root reached from ``end`` — the hash where ``key``'s path ends, at depth
-    ``len(siblings)`` — up through ``siblings`` (deepest first)."""
+    ``len(siblings) / 15`` — up through ``siblings`` (15 a level, the deepest level first)."""
+    levels, rest = divmod(len(siblings), LEVEL_SIBLINGS)
+    if rest:
+        raise CompletenessError("the proof's sibling hashes are not 15 a level")
+    node = end
+    for level in range(levels):
+        depth = levels - 1 - level
+        others = siblings[level * LEVEL_SIBLINGS : (level + 1) * LEVEL_SIBLINGS]
+        at = nibble(key, depth)
+        node = node_hash(b"".join(others[:at]) + node + b"".join(others[at:]))
+    return node
+
+
+def _fold_binary(key: bytes, end: bytes, siblings: Sequence[bytes]) -> bytes:
+    """``fold`` in the binary map (``subject-map``, until ``audit_0007``): one sibling a level."""
     node = end
     for depth in range(len(siblings) - 1, -1, -1):
         sibling = siblings[len(siblings) - 1 - depth]
@@ -224,6 +268,18 @@ def fold(key: bytes, end: bytes, siblings: Sequence[bytes]) -> bytes:
         else:
             node = merkle.node_hash(node, sibling)
     return node
+
+
+def child_bounds(ordered: Sequence[Member], lo: int, hi: int, depth: int) -> list[int]:
+    """Where ``ordered[lo:hi]`` (sorted by key, sharing their first ``depth`` nibbles) split
+    among a node's 16 children: child ``i`` holds ``ordered[bounds[i]:bounds[i + 1]]``."""
+    bounds = [lo]
+    for child in range(1, ARITY):
+        bounds.append(
+            bisect.bisect_left(ordered, child, bounds[-1], hi, key=lambda m: nibble(m.key, depth))
+        )
+    bounds.append(hi)
+    return bounds
 
 
 def compact_root(members: Iterable[Member]) -> bytes:
@@ -236,13 +292,13 @@ def compact_root(members: Iterable[Member]) -> bytes:
             return EMPTY
         if hi - lo == 1:
             return ordered[lo].leaf()
-        mid = bisect.bisect_left(ordered, 1, lo, hi, key=lambda m: bit(m.key, depth))
-        return merkle.node_hash(root(lo, mid, depth + 1), root(mid, hi, depth + 1))
+        bounds = child_bounds(ordered, lo, hi, depth)
+        return node_hash(b"".join(root(bounds[i], bounds[i + 1], depth + 1) for i in range(ARITY)))
 
     return root(0, len(ordered), 0)
 
 
-def _path_end(key: bytes, proof: SubjectProof, member: Member | None) -> bytes:
+def _path_end(key: bytes, proof: SubjectProof, member: Member | None, binary: bool) -> bytes:
     """The hash where ``key``'s path ends: its own leaf when it has entries (``member``), else
     empty or another member's leaf — one whose key shares the path so far but is not ``key``."""
     if member is not None:
@@ -252,8 +308,12 @@ def _path_end(key: bytes, proof: SubjectProof, member: Member | None) -> bytes:
     other = proof.other
     if other is None:
         return EMPTY
-    depth = len(proof.siblings)
-    if other.key == key or any(bit(other.key, d) != bit(key, d) for d in range(depth)):
+    if binary:
+        apart = any(bit(other.key, d) != bit(key, d) for d in range(len(proof.siblings)))
+    else:
+        depth = len(proof.siblings) // LEVEL_SIBLINGS
+        apart = any(nibble(other.key, d) != nibble(key, d) for d in range(depth))
+    if other.key == key or apart:
         raise CompletenessError("the proof shows a member that cannot be where the path ends")
     return other.leaf()
 
@@ -265,21 +325,24 @@ def verify_completeness(
     about ``proof.subject`` the node showed, each recomputed by the caller from the entry bytes —
     are exactly the entries about that subject in the log up to ``checkpoint`` (already verified
     against the pinned log key)."""
-    root = map_root_of(checkpoint, MAP_EXTENSION if proof.legacy_others is None else _LEGACY)
+    extension = _format_of(checkpoint, proof)
+    root = map_root_of(checkpoint, extension)
     indices = [index for index, _ in entries]
     if indices != sorted(set(indices)) or any(not 0 <= i < checkpoint.size for i in indices):
         raise CompletenessError("the entries are not distinct entries of this checkpoint in order")
-    if len(proof.siblings) > KEY_BITS:
-        raise CompletenessError("the proof has more sibling hashes than a key has bits")
+    if len(proof.siblings) > (KEY_BITS if extension == BINARY_EXTENSION else MAX_SIBLINGS):
+        raise CompletenessError("the proof has more sibling hashes than a key's path has levels")
     key = subject_key(checkpoint.origin, proof.subject)
     chain = ZERO_CHAIN
     for index, leaf in entries:
         chain = chain_step(chain, index, leaf)
     member = Member(key, len(entries), chain) if entries else None
-    if proof.legacy_others is not None:
+    if extension == _LEGACY:
         reached = _legacy_root(key, proof, member)
+    elif extension == BINARY_EXTENSION:
+        reached = _fold_binary(key, _path_end(key, proof, member, True), proof.siblings)
     else:
-        reached = fold(key, _path_end(key, proof, member), proof.siblings)
+        reached = fold(key, _path_end(key, proof, member, False), proof.siblings)
     if reached != root:
         raise CompletenessError(
             f"the {len(entries)} entries shown are not all the entries about this subject up to "
@@ -289,6 +352,17 @@ def verify_completeness(
 
 _LEGACY = "subjects"
 _LEGACY_DEPTH = 32
+
+
+def _format_of(checkpoint: Checkpoint, proof: SubjectProof) -> str:
+    """The map format ``proof`` is read in: the one ``checkpoint`` signs (the current one when
+    it signs more than one line), the fixed-depth map's for a proof in its shape."""
+    if proof.legacy_others is not None:
+        return _LEGACY
+    signed = {line.partition(" ")[0] for line in checkpoint.extensions}
+    if MAP_EXTENSION not in signed and BINARY_EXTENSION in signed:
+        return BINARY_EXTENSION
+    return MAP_EXTENSION
 
 
 def _legacy_root(key: bytes, proof: SubjectProof, member: Member | None) -> bytes:

@@ -1106,7 +1106,7 @@ class TransparencyLog:
 
     def _signs_map(self, note: str) -> bool:
         """Whether a checkpoint of this log commits to a subject map of the current format (one
-        signed before the compact map, ``audit_0006``, is signed again at the same size)."""
+        signed before the 16-ary map, ``audit_0007``, is signed again at the same size)."""
         try:
             self._map_root(note)
         except CompletenessError:

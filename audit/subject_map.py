@@ -7,11 +7,12 @@ their *bytes*, never the search columns, so a rewritten column cannot move an en
 subjects: read back, or the leaf hash and subject this process derived from the bytes it
 appended (``MapCache.remember``) — extends each touched subject's chain, writes the touched
 members, and rehashes their paths in the tree, each shared node once. A checkpoint over ``n``
-new entries costs about ``n · (log₂(subjects) - log₂(n))`` hashes and one member row per touched
-subject (on PostgreSQL one statement); no node is written.
+new entries costs about ``n · (log₁₆(subjects) - log₁₆(n))`` node hashes (each over 16
+children) and one member row per touched subject (on PostgreSQL one statement); no node is
+written.
 
 Only the members are stored (``audit_subject_members``; ``audit_subject_maps`` holds the size
-and root): the tree is derived from them. A process keeps it in memory (``MapCache``, about 550
+and root): the tree is derived from them. A process keeps it in memory (``MapCache``, about 480
 bytes a subject, measured with tracemalloc) and serves every proof from it, with no read of the
 map. A tree is only used for the root it leads to: before a checkpoint advances the map and
 before a proof is served against a root the tree is not at, ``sync`` brings it to the stored
@@ -27,7 +28,6 @@ the signed root and check every proof themselves (``audit.completeness.verify_co
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import json
 import threading
@@ -40,16 +40,18 @@ from sqlalchemy import Connection, select
 
 from audit import merkle
 from audit.completeness import (
+    ARITY,
     EMPTY,
-    KEY_BITS,
     LEAF_PREFIX,
+    NODE_PREFIX,
     ZERO_CHAIN,
     Member,
     SubjectProof,
-    bit,
     chain_step,
+    child_bounds,
     encode_member,
     fold,
+    nibble,
     subject_key,
 )
 from audit.store import EntryRow
@@ -74,7 +76,6 @@ _BATCH = 500  # keys per IN list
 _READ_CHUNK = 5000  # entries read per query while advancing
 _REMEMBERED = 100_000  # entries a process remembers having appended (``MapCache.remember``)
 _REBUILD_GAP = 50_000  # entries behind: rebuild from every member rather than follow them
-_NODE = merkle.NODE_PREFIX
 _T = TypeVar("_T")
 
 
@@ -95,26 +96,42 @@ class TreeUpdate:
     base: MapState
     size: int
     root: bytes
-    hashes: dict[int, bytes] = field(default_factory=dict)
-    leaves: dict[int, bytes | None] = field(default_factory=dict)
+    nodes: dict[int, bytes | bytearray] = field(default_factory=dict)
+    leaves: dict[int, bytes] = field(default_factory=dict)
+    gone: set[int] = field(default_factory=set)
+    """Leaves' places that became interior nodes (a new key's path went through)."""
     where: dict[bytes, int] = field(default_factory=dict)
 
 
+_EMPTY_NODE = NODE_PREFIX + bytes(32 * ARITY)
+"""What an interior node hashes before any child is set (``_node``)."""
+
+
+def _slot(child: int) -> int:
+    """Where child ``child``'s hash starts in what its parent hashes (``0x05 ‖ 16 hashes``)."""
+    return 1 + 32 * child
+
+
 class SubjectTree:
-    """The map's tree in memory: every non-empty node's hash and every leaf's member, by heap
-    number (the root is 1, a node's children ``2n`` and ``2n + 1``; a node at depth ``d`` is in
-    ``[2^d, 2^(d+1))``, so deeper nodes have larger numbers), and where each key's leaf is.
+    """The map's tree in memory: for every interior node the bytes it hashes (``0x05`` and its
+    16 children's hashes, 513 bytes, so its hash is one SHA-256 call) and every leaf's member,
+    by node number (the root is 1, a node's children ``16n`` to ``16n + 15``; a node at depth
+    ``d`` is in ``[16^d, 2·16^d)``, so deeper nodes have larger numbers), and where each key's
+    leaf is.
 
-    Members are held encoded (``Member.encode``, 72 bytes): with ints and bytes only, none of
-    the tree's dictionaries is tracked by Python's cycle collector, which would otherwise
-    traverse every member of a long-lived node's map again and again."""
+    An update rehashes each interior node on the changed members' paths once: about a quarter
+    of the Python steps and dictionary lookups of a binary tree's update (measured:
+    ``docs/performance.md``, issue #15). Members are held encoded (``Member.encode``, 72
+    bytes): with ints and bytes only, none of the tree's dictionaries is tracked by Python's
+    cycle collector, which would otherwise traverse every member of a long-lived node's map
+    again and again."""
 
-    __slots__ = ("_hashes", "_leaves", "_where", "root", "size")
+    __slots__ = ("_leaves", "_nodes", "_where", "root", "size")
 
     def __init__(self, size: int = 0) -> None:
         self.size = size
         self.root = EMPTY
-        self._hashes: dict[int, bytes] = {}
+        self._nodes: dict[int, bytes | bytearray] = {}
         self._leaves: dict[int, bytes] = {}
         self._where: dict[bytes, int] = {}
 
@@ -130,14 +147,16 @@ class SubjectTree:
         if hi - lo == 1:
             self._leaves[node] = members[lo].encode()
             self._where[members[lo].key] = node
-            digest = members[lo].leaf()
-        else:  # the members share their first ``depth`` bits: split them on the next one
-            mid = bisect.bisect_left(members, 1, lo, hi, key=lambda m: bit(m.key, depth))
-            left = self._build(members, lo, mid, depth + 1, 2 * node) if mid > lo else EMPTY
-            right = self._build(members, mid, hi, depth + 1, 2 * node + 1) if hi > mid else EMPTY
-            digest = sha256(_NODE + left + right).digest()
-        self._hashes[node] = digest
-        return digest
+            return members[lo].leaf()
+        bounds = child_bounds(members, lo, hi, depth)  # split on the next nibble
+        hashed = NODE_PREFIX + b"".join(
+            self._build(members, bounds[i], bounds[i + 1], depth + 1, ARITY * node + i)
+            if bounds[i + 1] > bounds[i]
+            else EMPTY
+            for i in range(ARITY)
+        )
+        self._nodes[node] = hashed
+        return sha256(hashed).digest()
 
     def encoded(self, key: bytes) -> bytes | None:
         """The member of ``key`` as ``Member.encode`` gives it, if it has a leaf."""
@@ -146,95 +165,96 @@ class SubjectTree:
 
     def update(self, members: Iterable[bytes], size: int) -> TreeUpdate:
         """This tree's changes with ``members`` (new or changed, each as ``Member.encode``
-        gives it) put in; the tree is unchanged. The hot loop of a checkpoint: about
-        ``n · (log₂(subjects) - log₂(n))`` node hashes for ``n`` members."""
+        gives it) put in; the tree is unchanged. The hot loop of a checkpoint: each interior
+        node on the members' paths rehashed once, deepest first."""
         out = TreeUpdate(MapState(self.size, self.root), size, self.root)
-        dirty: set[int] = set()
+        writes: dict[int, dict[int, bytes]] = {}  # interior node: its changed children's hashes
         new_where, where = out.where, self._where
-        # new keys in key order: each walk starts where its path parts from the previous one's
-        # (the nodes above are interior: a tree only gains interior nodes as keys come in)
-        previous, reached = 0, 0
-        for member in sorted(members):
+        for member in members:
             key = member[:32]
             node = new_where.get(key) or where.get(key)
             if node is None:
-                bits = int.from_bytes(key, "big")
-                shared = KEY_BITS - (bits ^ previous).bit_length()
-                node, reached = self._insert(member, bits, min(shared, reached), out, dirty)
-                previous = bits
-            _place(out, dirty, node, member)
-        new, new_get, old_get = out.hashes, out.hashes.get, self._hashes.get
-        for node in sorted(dirty, reverse=True):  # children before their parent
-            left = 2 * node
-            new[node] = sha256(
-                _NODE
-                + (new_get(left) or old_get(left, EMPTY))
-                + (new_get(left + 1) or old_get(left + 1, EMPTY))
-            ).digest()
-        out.root = new_get(1) or old_get(1, EMPTY)
+                node = self._insert(member, key, out, writes)
+                new_where[key] = node
+            _place(out, writes, node, member)
+        new, new_get, old_get = out.nodes, out.nodes.get, self._nodes.get
+        for node in sorted(writes, reverse=True):  # children before their parent
+            hashed = bytearray(new_get(node) or old_get(node) or _EMPTY_NODE)
+            for child, digest in writes[node].items():
+                hashed[1 + 32 * child : 33 + 32 * child] = digest  # (``_slot``)
+            new[node] = hashed  # never changed once stored: an update copies it
+            if node == 1:
+                out.root = sha256(hashed).digest()
+            else:
+                writes[node >> 4][node & 15] = sha256(hashed).digest()
         return out
 
     def _insert(
-        self, member: bytes, key: int, depth: int, out: TreeUpdate, dirty: set[int]
-    ) -> tuple[int, int]:
-        """Where a new key's leaf goes, and the depth above which its path is interior: walk
-        down from ``depth`` (every node above it interior) to an empty node, or to another
-        member's leaf, which then goes down with it to where their keys part."""
-        shift, node = KEY_BITS - 1 - depth, 1 << depth | key >> (KEY_BITS - depth)
-        leaves, hashes, new_leaves, new_hashes = self._leaves, self._hashes, out.leaves, out.hashes
-        while node in hashes and node not in leaves:  # this tree's interior nodes stay interior
-            node, shift = 2 * node + (key >> shift & 1), shift - 1
-        while True:  # from here on, nodes this update may have changed
-            here = new_leaves[node] if node in new_leaves else leaves.get(node)
+        self, member: bytes, key: bytes, out: TreeUpdate, writes: dict[int, dict[int, bytes]]
+    ) -> int:
+        """Where a new key's leaf goes: walk down to an empty node, or to another member's
+        leaf, which then goes down with it to where their keys part."""
+        leaves, nodes, new_leaves, new_nodes = self._leaves, self._nodes, out.leaves, out.nodes
+        node, depth = 1, 0
+        while True:
+            if node in nodes or node in new_nodes:  # an interior node
+                node, depth = ARITY * node + nibble(key, depth), depth + 1
+                continue
+            here = new_leaves.get(node) or leaves.get(node)
             if here is None:
-                if node in hashes or node in new_hashes:  # an interior node
-                    node, shift = 2 * node + (key >> shift & 1), shift - 1
-                    continue
-                return node, KEY_BITS - 1 - shift
-            other = int.from_bytes(here[:32], "big")
-            moved = new_hashes[node] if node in new_hashes else hashes[node]  # its leaf hash
-            new_leaves[node] = None  # the leaf's place becomes an interior node
-            reached = KEY_BITS - 1 - shift
-            while (key >> shift & 1) == (other >> shift & 1):
-                node, shift = 2 * node + (key >> shift & 1), shift - 1
-                new_hashes[node] = b""  # an interior node, hashed once its children are
-            _place(out, dirty, 2 * node + (other >> shift & 1), here, moved)
-            return 2 * node + (key >> shift & 1), reached
+                return node
+            other = here[:32]
+            new_leaves.pop(node, None)  # the leaf's place becomes an interior node
+            out.gone.add(node)
+            new_nodes[node] = _EMPTY_NODE
+            while nibble(key, depth) == nibble(other, depth):
+                node, depth = ARITY * node + nibble(key, depth), depth + 1
+                new_nodes[node] = _EMPTY_NODE
+            moved = ARITY * node + nibble(other, depth)
+            out.where[other] = moved
+            _place(out, writes, moved, here)
+            return ARITY * node + nibble(key, depth)
 
     def apply(self, update: TreeUpdate) -> bool:
         """Apply ``update`` if it was computed on this tree as it is; False (nothing applied)
         otherwise."""
         if update.base != MapState(self.size, self.root):
             return False
-        self._hashes.update(update.hashes)
-        for node, member in update.leaves.items():
-            if member is None:
-                self._leaves.pop(node, None)
-            else:
-                self._leaves[node] = member
+        self._nodes.update(update.nodes)
+        leaves = self._leaves
+        for node in update.gone:
+            leaves.pop(node, None)
+        leaves.update(update.leaves)
         self._where.update(update.where)
         self.size, self.root = update.size, update.root
         return True
 
     def prove(self, key: bytes) -> tuple[tuple[bytes, ...], Member | None]:
-        """The siblings of ``key``'s path (deepest first) and the member of the leaf where it
-        ends (``key``'s own, another's, or None: empty)."""
-        hashes, leaves = self._hashes, self._leaves
+        """The siblings of ``key``'s path (15 a level, the deepest level first) and the member
+        of the leaf where it ends (``key``'s own, another's, or None: empty)."""
+        nodes, leaves = self._nodes, self._leaves
         siblings: list[bytes] = []
         node = self._where.get(key)
         if node is not None:  # up from its own leaf
             own = _decode(leaves[node])
             while node > 1:
-                siblings.append(hashes.get(node ^ 1, EMPTY))
-                node >>= 1
+                siblings += _others(nodes[node >> 4], node & 15)
+                node >>= 4
             return tuple(siblings), own
+        path: list[tuple[int, int]] = []
         node, depth = 1, 0
-        while (here := leaves.get(node)) is None and node in hashes:
-            branch = 2 * node + bit(key, depth)
-            siblings.append(hashes.get(branch ^ 1, EMPTY))
-            node, depth = branch, depth + 1
-        siblings.reverse()
+        while node in nodes:
+            path.append((node, nibble(key, depth)))
+            node, depth = ARITY * node + path[-1][1], depth + 1
+        for parent, child in reversed(path):
+            siblings += _others(nodes[parent], child)
+        here = leaves.get(node)
         return tuple(siblings), None if here is None else _decode(here)
+
+
+def _others(hashed: bytes | bytearray, child: int) -> list[bytes]:
+    """The hashes of a node's children but ``child``, in order, from what the node hashes."""
+    return [bytes(hashed[_slot(i) : _slot(i) + 32]) for i in range(ARITY) if i != child]
 
 
 def _decode(member: bytes) -> Member:
@@ -246,18 +266,23 @@ def _fields(member: bytes) -> tuple[bytes, int, bytes]:
     return member[:32], int.from_bytes(member[32:40], "big"), member[40:]
 
 
-def _place(
-    out: TreeUpdate, dirty: set[int], node: int, member: bytes, leaf: bytes | None = None
-) -> None:
-    """Put the encoded ``member``'s leaf at ``node`` (its hash ``leaf`` when known: a leaf
-    moved down); its ancestors are to be rehashed."""
+def _place(out: TreeUpdate, writes: dict[int, dict[int, bytes]], node: int, member: bytes) -> None:
+    """Put the encoded ``member``'s leaf at ``node``; its parent takes the leaf's hash and it
+    and its ancestors are to be rehashed."""
     out.leaves[node] = member
-    out.hashes[node] = leaf or sha256(LEAF_PREFIX + member).digest()
-    out.where[member[:32]] = node
-    parent = node >> 1
-    while parent and parent not in dirty:  # a node is only added with all its ancestors
-        dirty.add(parent)
-        parent >>= 1
+    leaf = sha256(LEAF_PREFIX + member).digest()
+    if node == 1:  # the only member: the leaf is the root
+        out.root = leaf
+        return
+    parent = node >> 4
+    slots = writes.get(parent)
+    if slots is None:
+        slots = writes[parent] = {}
+        up = parent >> 4
+        while up and up not in writes:  # a node is only added with all its ancestors
+            writes[up] = {}
+            up >>= 4
+    slots[node & 15] = leaf
 
 
 class MapCache:
@@ -558,7 +583,9 @@ def advance(
     ``signed`` is the map the latest checkpoint signed (None when none signs one of this
     format): the stored map must be that one — a map row or member edited in the database is
     an integrity failure, never the base of a new signed root — unless it is absent, when it is
-    rebuilt from the entries. Entries read back from the database (not remembered by this
+    rebuilt from the entries. With no such checkpoint (none yet, or the latest signs an earlier
+    format) a stored map was never signed as it is: it is deleted and rebuilt from the
+    entries. Entries read back from the database (not remembered by this
     process) are checked with ``check_leaves`` before the map takes them, so a row rewritten
     before the checkpoint cannot move an entry between subjects while the log's tree keeps
     it."""
@@ -567,6 +594,8 @@ def advance(
         raise MapIntegrityError(
             "the stored subject map is not the one the latest checkpoint signed"
         )
+    if signed is None and state.size != 0:
+        state = _forget_unsigned_map(conn, log_id, cache)
     if state.size > size:
         raise MapIntegrityError("the subject map is ahead of the log")
     if state.size == size:
@@ -585,6 +614,19 @@ def advance(
         _store_state(conn, cur, log_id, MapState(size, update.root))
     cache.forget(state.size, size)  # if this rolls back, they are read back next time
     return update
+
+
+def _forget_unsigned_map(conn: Connection, log_id: str, cache: MapCache) -> MapState:
+    """Delete a stored map no checkpoint of this format signed (the latest signs an earlier
+    format, or none): it is built again from the entries, which are checked against the head
+    being signed, never carried into a root of its own (an attack run found a member edited
+    while a log upgraded from the binary map signed into the new root)."""
+    with driver_cursor(conn) as cur:
+        cur.execute(_sql(conn, "DELETE FROM audit_subject_members WHERE log_id = ?"), (log_id,))
+        cur.execute(_sql(conn, "DELETE FROM audit_subject_maps WHERE log_id = ?"), (log_id,))
+    with cache.lock:
+        cache.tree = None
+    return MapState(0, EMPTY)
 
 
 @contextlib.contextmanager

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from datetime import timedelta
 
 import pytest
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy import inspect as sa_inspect
-from sqlalchemy import text
 
 from audit import merkle
 from audit.checkpoint import NoteSigner
@@ -23,7 +25,7 @@ from audit.completeness import (
     CompletenessError,
     Member,
     SubjectProof,
-    bit,
+    nibble,
     subject_key,
     verify_record,
 )
@@ -76,7 +78,7 @@ def test_an_untouched_log_proves_every_citizen_complete(log: TransparencyLog) ->
 
 def test_the_checkpoint_signs_the_subject_map(log: TransparencyLog) -> None:
     note, _, _ = _record(log, ALICE)
-    assert "\nsubject-map " in note.split("\n\n")[0]
+    assert "\nsubject-map-16 " in note.split("\n\n")[0]
 
 
 def test_proofs_follow_the_log_as_it_grows(log: TransparencyLog) -> None:
@@ -157,13 +159,13 @@ def test_a_subject_with_entries_cannot_be_proven_to_have_none(log: TransparencyL
     with pytest.raises(CompletenessError, match="not all the entries"):
         verify_record(note, log.verifier(), proofs, [])
     key = subject_key(log.origin, ALICE)
-    depth = len(proofs[0].siblings)
+    depth = len(proofs[0].siblings) // 15
     for stranger_key in (key[:-1] + bytes([key[-1] ^ 1]), key):
         stranger = Member(stranger_key, 3, bytes(32))
         forged = SubjectProof(ALICE, proofs[0].siblings, stranger)
         with pytest.raises(CompletenessError):
             verify_record(note, log.verifier(), [forged], [])
-    assert all(bit(key[:-1] + bytes([key[-1] ^ 1]), d) == bit(key, d) for d in range(depth))
+    assert all(nibble(key[:-1] + bytes([key[-1] ^ 1]), d) == nibble(key, d) for d in range(depth))
 
 
 def test_a_subject_without_entries_is_proven_absent_either_way(log: TransparencyLog) -> None:
@@ -186,15 +188,16 @@ def test_a_subject_without_entries_is_proven_absent_either_way(log: Transparency
     assert seen == {True, False}
 
 
-def test_a_path_is_about_log2_subjects_long(log: TransparencyLog) -> None:
-    """The compact map: a path stops where its subtree holds one member, so a proof carries
-    about log2(subjects) siblings, not one per bit of the key."""
+def test_a_path_is_about_log16_subjects_long(log: TransparencyLog) -> None:
+    """The compact 16-ary map: a path stops where its subtree holds one member, so a proof
+    carries about log16(subjects) levels of 15 siblings, not one level per nibble of the key."""
     log.append_many([make_event(SIZE + i, subject=f"ps-many-{i}") for i in range(1000)])
     log.sign_checkpoint(T0 + timedelta(hours=1, minutes=30))
     _, proofs, _ = _record(log, *(f"ps-many-{i}" for i in range(50)))
-    lengths = sorted(len(p.siblings) for p in proofs)
-    assert 5 <= lengths[len(lengths) // 2] <= 16
-    assert lengths[-1] <= 32
+    assert all(len(p.siblings) % 15 == 0 for p in proofs)
+    levels = sorted(len(p.siblings) // 15 for p in proofs)
+    assert 2 <= levels[len(levels) // 2] <= 4
+    assert levels[-1] <= 8
 
 
 @pytest.mark.parametrize(
@@ -202,7 +205,7 @@ def test_a_path_is_about_log2_subjects_long(log: TransparencyLog) -> None:
     [
         lambda p: {**p, "siblings": p["siblings"][:-1]},
         lambda p: {**p, "siblings": ["not base64!"] * len(p["siblings"])},
-        lambda p: {**p, "siblings": [p["siblings"][0]] * 257},
+        lambda p: {**p, "siblings": [p["siblings"][0]] * 961},
         lambda p: {**p, "siblings": "AA=="},
         lambda p: {**p, "other": {"key": "AA==", "count": 1, "chain": "AA=="}},
         lambda p: {**p, "other": {"key": p["siblings"][0], "count": 0, "chain": p["siblings"][0]}},
@@ -239,17 +242,18 @@ def test_the_map_holds_no_pseudonym(log: TransparencyLog) -> None:
 
 
 def _reference_root(members: list[Member]) -> bytes:
-    """The compact map's root computed from scratch over every member, straight from the
-    format's definition (``audit.completeness``), sharing no code with ``audit.subject_map``."""
+    """The compact 16-ary map's root computed from scratch over every member, straight from
+    the format's definition (``audit.completeness``), sharing no code with
+    ``audit.subject_map``."""
 
     def root(group: list[Member], depth: int) -> bytes:
         if not group:
             return EMPTY
         if len(group) == 1:
             return hashlib.sha256(b"\x03" + group[0].encode()).digest()
-        left = [m for m in group if not bit(m.key, depth)]
-        right = [m for m in group if bit(m.key, depth)]
-        return merkle.node_hash(root(left, depth + 1), root(right, depth + 1))
+        digit = [(m.key[depth // 2] >> (4 * (1 - depth % 2))) & 15 for m in group]
+        children = [[m for m, d in zip(group, digit, strict=True) if d == c] for c in range(16)]
+        return hashlib.sha256(b"\x05" + b"".join(root(c, depth + 1) for c in children)).digest()
 
     return root(members, 0)
 
@@ -283,30 +287,14 @@ def test_migration_audit_0006_recomputes_the_root_and_the_log_signs_it_again(
     checkpoint signing the old ``subjects`` root): the migration recomputes the compact root
     from the members, and the next proof comes with a new checkpoint of the same size signing
     it; every citizen's record checks."""
-    from alembic import command
 
     from audit.checkpoint import Checkpoint, sign_checkpoint
-    from audit.completeness import ZERO_CHAIN, chain_step
-    from exchange.canonical import canonical_json
-    from exchange.db import alembic_config, make_engine, upgrade
+    from exchange.db import make_engine, upgrade
 
     engine = make_engine(db_url)
     try:
-        cfg = alembic_config(engine)
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "audit_0005")
-        log = TransparencyLog(engine, log_id="node-a", signer=signer)
-        log.append_many([make_event(i, subject=_subject(i)) for i in range(SIZE)])
-        chains: dict[bytes, Member] = {}
-        for entry in log.search(EntryQuery(), limit=1000).entries:
-            subject = entry.record.get("subject")
-            if subject is None:
-                continue
-            key = subject_key(log.origin, subject)
-            old = chains.get(key, Member(key, 0, ZERO_CHAIN))
-            leaf = merkle.leaf_hash(canonical_json(dict(entry.record)))
-            chains[key] = Member(key, old.count + 1, chain_step(old.chain, entry.index, leaf))
+        _, log = _log_at_revision(engine, signer, "audit_0005")
+        chains = _members_from_entries(log)
         old_root = bytes(range(32))
         old_note = sign_checkpoint(
             Checkpoint(log.origin, SIZE, log.root(), (f"subjects {_b64(old_root)}",)), signer
@@ -332,13 +320,7 @@ def test_migration_audit_0006_recomputes_the_root_and_the_log_signs_it_again(
                 text("INSERT INTO audit_subject_maps VALUES ('node-a', :s, :r)"),
                 {"s": SIZE, "r": old_root},
             )
-            conn.execute(
-                text(
-                    "INSERT INTO audit_checkpoints (log_id, size, root, time_us, note)"
-                    " VALUES ('node-a', :s, :r, 0, :n)"
-                ),
-                {"s": SIZE, "r": log.root(), "n": old_note},
-            )
+            _insert_checkpoint(conn, log, old_note)
         upgrade(engine)
         with engine.connect() as conn:
             tables = set(sa_inspect(conn).get_table_names())
@@ -348,12 +330,142 @@ def test_migration_audit_0006_recomputes_the_root_and_the_log_signs_it_again(
         fresh = TransparencyLog(engine, log_id="node-a", signer=signer)
         note, _, _ = _record(fresh, ALICE)
         assert note != old_note
-        assert "\nsubject-map " in note
+        assert "\nsubject-map-16 " in note
         _check(fresh, ALICE, BOB, CAROL, "ps-nobody")
         _assert_signed_root_is_the_full_trees(fresh, note)
         assert [c.size for c in fresh.checkpoints()] == [SIZE, SIZE]
     finally:
         engine.dispose()
+
+
+def _members_from_entries(log: TransparencyLog) -> dict[bytes, Member]:
+    """Each subject's member, by key, computed from the log's entries (the format's
+    definition)."""
+    from audit.completeness import ZERO_CHAIN, chain_step
+    from exchange.canonical import canonical_json
+
+    members: dict[bytes, Member] = {}
+    for entry in log.search(EntryQuery(), limit=1000).entries:
+        subject = entry.record.get("subject")
+        if subject is None:
+            continue
+        key = subject_key(log.origin, subject)
+        old = members.get(key, Member(key, 0, ZERO_CHAIN))
+        leaf = merkle.leaf_hash(canonical_json(dict(entry.record)))
+        members[key] = Member(key, old.count + 1, chain_step(old.chain, entry.index, leaf))
+    return members
+
+
+def _binary_root(members: list[Member]) -> bytes:
+    """The binary compact map's root (``subject-map``, until ``audit_0007``), from its
+    definition."""
+
+    def bit(key: bytes, depth: int) -> int:
+        return key[depth >> 3] >> (7 - (depth & 7)) & 1
+
+    def root(group: list[Member], depth: int) -> bytes:
+        if not group:
+            return EMPTY
+        if len(group) == 1:
+            return hashlib.sha256(b"\x03" + group[0].encode()).digest()
+        left = [m for m in group if not bit(m.key, depth)]
+        right = [m for m in group if bit(m.key, depth)]
+        return merkle.node_hash(root(left, depth + 1), root(right, depth + 1))
+
+    return root(members, 0)
+
+
+@pytest.mark.parametrize("forge", [False, True])
+def test_migration_audit_0007_rebuilds_the_map_from_the_entries_and_signs_it_again(
+    db_url: str, signer: NoteSigner, forge: bool
+) -> None:
+    """A log whose latest checkpoint signs the binary map (``subject-map``, before audit_0007):
+    the migration deletes the stored map and the next proof comes with a new checkpoint of the
+    same size whose 16-ary map is built from the entries; every citizen's record checks. A map
+    written into the database after the upgrade (a member without one of alice's entries, and a
+    root over it) is not signed over: no checkpoint of the new format signed it (found by an
+    attack run on this change). Downgrading deletes the map again."""
+    from alembic import command
+
+    from audit.checkpoint import Checkpoint, sign_checkpoint
+    from audit.completeness import ZERO_CHAIN, compact_root
+    from exchange.db import make_engine, upgrade
+
+    engine = make_engine(db_url)
+    try:
+        cfg, log = _log_at_revision(engine, signer, "audit_0006")
+        members = _members_from_entries(log)
+        binary = _binary_root(list(members.values()))
+        old_note = sign_checkpoint(
+            Checkpoint(log.origin, SIZE, log.root(), (f"subject-map {_b64(binary)}",)), signer
+        )
+        _store_map(engine, members.values(), binary)
+        with engine.begin() as conn:
+            _insert_checkpoint(conn, log, old_note)
+        upgrade(engine)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM audit_subject_members")).scalar() == 0
+        alice = subject_key(log.origin, ALICE)
+        if forge:
+            forged = dict(members)
+            forged[alice] = Member(alice, members[alice].count - 1, ZERO_CHAIN)
+            _store_map(engine, forged.values(), compact_root(forged.values()))
+        fresh = TransparencyLog(engine, log_id="node-a", signer=signer)
+        note, proofs, entries = _record(fresh, ALICE)
+        assert "\nsubject-map-16 " in note
+        with pytest.raises(CompletenessError, match="not all the entries"):
+            verify_record(note, fresh.verifier(), proofs, entries[:-1])
+        _check(fresh, ALICE, BOB, CAROL, "ps-nobody")
+        _assert_signed_root_is_the_full_trees(fresh, note)
+        assert [c.size for c in fresh.checkpoints()] == [SIZE, SIZE]
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "audit_0006")
+            assert conn.execute(text("SELECT count(*) FROM audit_subject_maps")).scalar() == 0
+    finally:
+        engine.dispose()
+
+
+def _log_at_revision(
+    engine: Engine, signer: NoteSigner, revision: str
+) -> tuple[Config, TransparencyLog]:
+    """The audit tables at ``revision`` and a log of ``SIZE`` entries in them (no checkpoint)."""
+    from alembic import command
+
+    from exchange.db import alembic_config
+
+    cfg = alembic_config(engine)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+    log = TransparencyLog(engine, log_id="node-a", signer=signer)
+    log.append_many([make_event(i, subject=_subject(i)) for i in range(SIZE)])
+    return cfg, log
+
+
+def _insert_checkpoint(conn: Connection, log: TransparencyLog, note: str) -> None:
+    """Store a checkpoint note signed outside the log (one of an earlier map format)."""
+    conn.execute(
+        text(
+            "INSERT INTO audit_checkpoints (log_id, size, root, time_us, note)"
+            " VALUES ('node-a', :s, :r, 0, :n)"
+        ),
+        {"s": SIZE, "r": log.root(), "n": note},
+    )
+
+
+def _store_map(engine: Engine, members: Iterable[Member], root: bytes) -> None:
+    """Write a map into the database as an operator (or an attacker) with write access could."""
+    with engine.begin() as conn:
+        for m in members:
+            conn.execute(
+                text("INSERT INTO audit_subject_members VALUES ('node-a', :k, :c, :ch)"),
+                {"k": m.key, "c": m.count, "ch": m.chain},
+            )
+        conn.execute(
+            text("INSERT INTO audit_subject_maps VALUES ('node-a', :s, :r)"),
+            {"s": SIZE, "r": root},
+        )
 
 
 def _b64(data: bytes) -> str:
@@ -538,19 +650,21 @@ def test_proofs_served_on_threads_while_checkpoints_advance_the_map(log: Transpa
 
 
 @pytest.mark.parametrize("name", ["ps-alice", "ps-nobody"])
-def test_a_record_kept_from_the_fixed_depth_map_still_verifies(
-    name: str, tmp_path: pytest.TempPathFactory
+@pytest.mark.parametrize("format_dir", ["subject-map-v1", "subject-map-v2"])
+def test_a_record_kept_from_an_earlier_map_still_verifies(
+    format_dir: str, name: str, tmp_path: pytest.TempPathFactory
 ) -> None:
-    """A record file saved before ``audit_0006`` (``tests/vectors/subject-map-v1``, written by
-    the code of that time) checks offline with today's command; with an entry left out, or
-    its proof given in the compact form, it does not."""
+    """A record file saved before ``audit_0006`` (the fixed-depth map,
+    ``tests/vectors/subject-map-v1``) or before ``audit_0007`` (the binary compact map,
+    ``subject-map-v2``), written by the code of that time, checks offline with today's command;
+    with an entry left out, or a proof of no entries reaching an empty subtree, it does not."""
     from pathlib import Path
 
     from typer.testing import CliRunner
 
     from onceonly import cli
 
-    vectors = Path(__file__).parent.parent / "vectors" / "subject-map-v1"
+    vectors = Path(__file__).parent.parent / "vectors" / format_dir
     key = (vectors / "log.vkey").read_text().strip()
     record = vectors / f"record-{name}.json"
     ok = CliRunner().invoke(cli.app, ["audit", "verify-record", "--key", key, str(record)])
@@ -560,7 +674,7 @@ def test_a_record_kept_from_the_fixed_depth_map_still_verifies(
     proof = data["completeness"]["proofs"][0]
     if data["accesses"]:
         data["accesses"] = data["accesses"][1:]
-    else:  # claim the compact form instead: the checkpoint signs no compact map
+    else:  # no member where the path ends, no sibling: in neither format the signed root
         data["completeness"]["proofs"] = [{"subject": proof["subject"], "siblings": []}]
     tampered = Path(str(tmp_path)) / "tampered.json"
     tampered.write_text(json.dumps(data))
@@ -664,7 +778,7 @@ def test_audit_verify_recomputes_the_subject_map_even_one_the_log_key_signed(
         == SubjectTree.build(members, SIZE).root
     )
     forged_root = SubjectTree.build(without_alice, SIZE).root
-    line = f"subject-map {base64.b64encode(forged_root).decode()}"
+    line = f"subject-map-16 {base64.b64encode(forged_root).decode()}"
     forged = sign_checkpoint(Checkpoint(log.origin, cp.size, cp.root, (line,)), signer)
     bad = verify_export(forged, log.export(), log.vkey())
     assert not bad.ok

@@ -1,14 +1,18 @@
-"""Writes this directory's records with onceonly's audit code as of commit 4bf7fc2 (the last with
-the fixed-depth subject map). Run it against a checkout of that commit, e.g.:
+"""Writes a directory of kept records with onceonly's audit code as of the commit it runs
+against: this directory's with commit 4bf7fc2 (the last with the fixed-depth subject map),
+``../subject-map-v2``'s with commit 0f089f2 (the last with the binary compact map), e.g.:
 
     git archive 4bf7fc2 | tar -x -C /tmp/v1 && PYTHONPATH=/tmp/v1 python generate.py
+    git archive 0f089f2 | tar -x -C /tmp/v2 && PYTHONPATH=/tmp/v2 python generate.py ../subject-map-v2
 
-Not run by the tests (today's code writes the compact map); kept to show how the files were made.
+(the output directory defaults to this one). Not run by the tests (today's code writes the
+16-ary map); kept to show how the files were made.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,6 +27,7 @@ T0 = datetime(2026, 12, 2, tzinfo=UTC)
 
 
 def main() -> None:
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE
     with tempfile.TemporaryDirectory() as tmp:
         engine = make_engine(f"sqlite:///{tmp}/v1.db")
         upgrade(engine)
@@ -55,8 +60,8 @@ def main() -> None:
                     "proofs": [p.to_json() for p in proofs],
                 },
             }
-            (HERE / f"record-{subject}.json").write_text(json.dumps(record, indent=1) + "\n")
-        (HERE / "log.vkey").write_text(log.vkey() + "\n")
+            (out / f"record-{subject}.json").write_text(json.dumps(record, indent=1) + "\n")
+        (out / "log.vkey").write_text(log.vkey() + "\n")
         engine.dispose()
 
 
