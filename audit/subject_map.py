@@ -104,12 +104,8 @@ class TreeUpdate:
 
 
 _EMPTY_NODE = NODE_PREFIX + bytes(32 * ARITY)
-"""What an interior node hashes before any child is set (``_node``)."""
-
-
-def _slot(child: int) -> int:
-    """Where child ``child``'s hash starts in what its parent hashes (``0x05 ‖ 16 hashes``)."""
-    return 1 + 32 * child
+"""What an interior node hashes before any child is set: child ``i``'s hash is at bytes
+``1 + 32i`` to ``33 + 32i``."""
 
 
 class SubjectTree:
@@ -181,7 +177,7 @@ class SubjectTree:
         for node in sorted(writes, reverse=True):  # children before their parent
             hashed = bytearray(new_get(node) or old_get(node) or _EMPTY_NODE)
             for child, digest in writes[node].items():
-                hashed[1 + 32 * child : 33 + 32 * child] = digest  # (``_slot``)
+                hashed[1 + 32 * child : 33 + 32 * child] = digest
             new[node] = hashed  # never changed once stored: an update copies it
             if node == 1:
                 out.root = sha256(hashed).digest()
@@ -254,7 +250,7 @@ class SubjectTree:
 
 def _others(hashed: bytes | bytearray, child: int) -> list[bytes]:
     """The hashes of a node's children but ``child``, in order, from what the node hashes."""
-    return [bytes(hashed[_slot(i) : _slot(i) + 32]) for i in range(ARITY) if i != child]
+    return [bytes(hashed[1 + 32 * i : 33 + 32 * i]) for i in range(ARITY) if i != child]
 
 
 def _decode(member: bytes) -> Member:
