@@ -31,7 +31,6 @@ import logging
 from bisect import bisect_left
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from hashlib import sha256
 from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, func, insert, select, text, update
@@ -47,7 +46,7 @@ from alerts.store import (
 )
 from audit.completeness import subject_key
 from audit.log import EntryQuery, LogEntry, TransparencyLog
-from exchange.db import write_transaction
+from exchange.db import advisory_lock_key, write_transaction
 from policies.alerts import AlertRules
 
 __all__ = ["DEFAULT_BATCH", "AlertWorker", "citizen_key", "round_lock_key", "time_us"]
@@ -83,8 +82,7 @@ def _unlock(conn: Connection, key: int) -> None:
 def round_lock_key(log_id: str) -> int:
     """The advisory lock a round over ``log_id`` takes: a signed 64-bit key from the log's id
     (namespaced, so that it meets no other advisory lock of the database)."""
-    digest = sha256(b"onceonly.alerts.round\0" + log_id.encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
+    return advisory_lock_key("alerts.round", log_id)
 
 
 def citizen_key(origin: str, subject: str) -> str:

@@ -33,7 +33,7 @@ from dataclasses import astuple, dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from audit import merkle, restricted, subject_map
@@ -49,7 +49,7 @@ from audit.columns import INDEX_COLUMNS, column_mismatch, columns_json, index_co
 from audit.completeness import MAP_EXTENSION, CompletenessError, SubjectProof, map_root_of
 from audit.store import CheckpointRow, EntryRow, HeadRow, RestrictedRow, node_key
 from exchange.canonical import canonical_json
-from exchange.db import driver_cursor, read_cursor
+from exchange.db import advisory_lock_key, driver_cursor, read_cursor
 from exchange.errors import ClientError, NotFoundError, OnceOnlyError
 from exchange.ports import AuditEvent, AuditSink
 
@@ -563,6 +563,16 @@ class TransparencyLog:
             # take SQLite's write lock now, before reading the head (no read-then-upgrade race)
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
+    def _lock_checkpoints(self, conn: Connection) -> None:
+        """Take the lock that orders this log's checkpoints, until the transaction ends: on
+        PostgreSQL an advisory lock keyed by the log (appends take the head's row lock, not
+        this); on SQLite the database's write lock, as every writer does."""
+        if conn.dialect.name == "postgresql":
+            key = advisory_lock_key("audit.checkpoint", self.log_id)
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+        else:
+            self._begin_write(conn)
+
     def _ensure_head(self) -> None:
         if self._head_ready:
             return
@@ -1044,19 +1054,23 @@ class TransparencyLog:
         return self._store_checkpoint(now, only_if_grown=True)
 
     def _store_checkpoint(self, now: datetime, *, only_if_grown: bool) -> StoredCheckpoint:
-        """Read the head, sign it and store the checkpoint in ONE transaction holding the head's
-        write lock (as ``append_many`` does): replicas sharing the database and the log key
+        """Read the head, sign it and store the checkpoint in ONE transaction holding this log's
+        checkpoint lock (``_lock_checkpoints``): replicas sharing the database and the log key
         store checkpoints in the order of the sizes they sign, so the stored history never goes
-        back to a smaller tree (a slower replica cannot store size 5 after another stored 7)."""
+        back to a smaller tree (a slower replica cannot store size 5 after another stored 7).
+
+        On PostgreSQL that lock is not the head's: appends go on while the subject map is
+        brought to the size being signed (the entries up to it never change, and
+        ``_check_leaves`` holds them to the head read here), so a checkpoint's map work does
+        not stall the exchanges appending meanwhile (docs/audit.md)."""
         when = _time_us(now)
         self._ensure_head()
         with self._engine.connect() as conn:
             conn.begin()
-            self._begin_write(conn)
+            self._lock_checkpoints(conn)
+            # the head committed before the lock was ours (READ COMMITTED reads it afresh)
             found = conn.execute(
-                select(HeadRow.size, HeadRow.root)
-                .where(HeadRow.log_id == self.log_id)
-                .with_for_update()  # PostgreSQL; SQLite's BEGIN IMMEDIATE locked the file
+                select(HeadRow.size, HeadRow.root).where(HeadRow.log_id == self.log_id)
             ).first()
             if found is None:
                 raise LogIntegrityError("the log has no head row")
@@ -1115,7 +1129,7 @@ class TransparencyLog:
 
     def _fresh_checkpoint(self, now: datetime) -> StoredCheckpoint:
         """The latest checkpoint if it covers the whole log (two reads, no write lock), else a new
-        one (``publish_checkpoint`` takes the head lock only then)."""
+        one (``publish_checkpoint`` takes the checkpoint lock only then)."""
         latest = self.latest_checkpoint()
         if latest is not None and latest.size >= self.size() and self._signs_map(latest.note):
             return latest

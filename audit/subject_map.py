@@ -1,8 +1,8 @@
 """The subject map: its members in the database, its tree in memory, advanced as checkpoints are
 signed (the format is ``audit.completeness``'s compact sparse Merkle tree).
 
-``advance`` runs inside the transaction that signs a checkpoint, under the log head's write lock
-(``TransparencyLog._store_checkpoint``): it takes the entries the map does not cover yet — from
+``advance`` runs inside the transaction that signs a checkpoint, under the log's checkpoint lock
+(``TransparencyLog._store_checkpoint``; on PostgreSQL appends go on meanwhile): it takes the entries the map does not cover yet — from
 their *bytes*, never the search columns, so a rewritten column cannot move an entry between
 subjects: read back, or the leaf hash and subject this process derived from the bytes it
 appended (``MapCache.remember``) — extends each touched subject's chain, writes the touched

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import importlib.util
 import select
 import sqlite3
@@ -66,6 +67,14 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000
 # younger ones are only checked locally (``_check_alive``).
 PING_AFTER_IDLE_S = 30.0
 _MIGRATION_LOCK_KEY = 0x0CE0_0CE0
+
+
+def advisory_lock_key(namespace: str, name: str) -> int:
+    """A PostgreSQL advisory lock's key for ``name`` (a log's id, say): a signed 64-bit integer
+    from SHA-256 over the namespace and the name, so that locks of different purposes never meet
+    (two names sharing a key only wait for each other)."""
+    digest = hashlib.sha256(f"onceonly.{namespace}\0{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 def as_utc(value: datetime) -> datetime:

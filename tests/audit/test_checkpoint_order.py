@@ -11,10 +11,12 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select, update
 
+from audit import subject_map
 from audit.checkpoint import NoteSigner
 from audit.log import LogIntegrityError, TransparencyLog
 from audit.store import CheckpointRow, HeadRow
@@ -136,3 +138,57 @@ def test_a_head_behind_the_latest_checkpoint_is_refused_not_signed(
     with pytest.raises(LogIntegrityError):
         log.publish_checkpoint(datetime.now(UTC))
     assert _stored_sizes(shared_url, "node-a") == [3]
+
+
+@pytest.mark.postgres
+def test_appends_go_on_while_a_checkpoint_advances_the_map(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL a checkpoint holds its own lock, not the head's: another replica appends
+    while the map is being brought to the size signed, and a second checkpoint waits its turn
+    (the history stays in order of size)."""
+    engine = make_engine(pg_url)
+    upgrade(engine)
+    engine.dispose()
+    signer = NoteSigner.generate(ORIGIN)
+    engines = [make_engine(pg_url) for _ in range(3)]
+    signing, appender, second = (
+        TransparencyLog(e, log_id="node-a", signer=signer) for e in engines
+    )
+    signing.append_many([make_event(i) for i in range(5)])
+    in_map, go_on = threading.Event(), threading.Event()
+    real_advance = subject_map.advance
+
+    def held_advance(*args: Any, **kwargs: Any) -> subject_map.TreeUpdate:
+        update = real_advance(*args, **kwargs)
+        if threading.current_thread().name == "first-checkpoint":
+            in_map.set()
+            go_on.wait(30)
+        return update
+
+    monkeypatch.setattr(subject_map, "advance", held_advance)
+    done: dict[str, int] = {}
+
+    def checkpoint(name: str, log: TransparencyLog) -> None:
+        done[name] = log.sign_checkpoint(datetime.now(UTC)).size
+
+    first = threading.Thread(target=checkpoint, args=("first", signing), name="first-checkpoint")
+    first.start()
+    try:
+        assert in_map.wait(30)
+        appended = threading.Thread(target=lambda: appender.append(make_event(99)))
+        appended.start()
+        appended.join(10)
+        assert not appended.is_alive(), "an append waited for a checkpoint's map work"
+        later = threading.Thread(target=checkpoint, args=("second", second))
+        later.start()
+        later.join(0.5)
+        assert later.is_alive(), "a second checkpoint did not wait for the first"
+    finally:
+        go_on.set()
+        first.join(30)
+    later.join(30)
+    assert done == {"first": 5, "second": 6}
+    assert _stored_sizes(pg_url, "node-a") == [5, 6]
+    for e in engines:
+        e.dispose()
