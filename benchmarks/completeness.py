@@ -36,6 +36,7 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 
 import argparse
 import json
+import multiprocessing
 import os
 import random
 import statistics
@@ -44,6 +45,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from multiprocessing.connection import Connection as Connection_
 from typing import Any
 
 from sqlalchemy import Connection, create_engine, text
@@ -68,6 +70,9 @@ APPENDED_FROM = 10**7  # the events the append rounds add: after the big log's
 # publisher makes them (every ``checkpoint_interval_s``, 30 s by default)
 CADENCES = [("batched", 500, 30), ("single", 500, 30), ("batched", 5000, 8)]
 CADENCES_FULL_ONLY = [("batched", 50_000, 4)]
+# (mode, entries a round, rounds) of appends while another process publishes checkpoints
+CONCURRENT = [("batched", 50_000, 6), ("single", 5_000, 4)]
+CONCURRENT_QUICK = [("batched", 10_000, 2), ("single", 1_000, 2)]
 PROOF_P99_TARGET_MS = 5.0
 APPEND_RATIO_TARGET = 0.7
 
@@ -170,6 +175,113 @@ def _append_ratio(
     return out
 
 
+def _publisher(
+    pipe: Connection_, url: str, log_id: str, skey: str, with_map: bool, every: int
+) -> None:
+    """A replica's checkpoint publisher in a process of its own (as another worker of
+    ``onceonly node --workers N`` or another replica is): on "run", a checkpoint each time the
+    log grew by ``every`` entries, until "stop"; then one over the whole log, and its figures
+    (checkpoints, CPU seconds of this process) go back."""
+    engine = make_engine(url)
+    cls = TransparencyLog if with_map else _NoMapLog
+    log = cls(engine, log_id=log_id, signer=NoteSigner.from_skey(skey))
+    log.publish_checkpoint(datetime.now(UTC))  # the map's tree into this process's memory
+    log.completeness(["ps-00000000"], datetime.now(UTC))
+    pipe.send("ready")
+    while pipe.recv() == "run":
+        last, made, cpu = log.size(), 0, time.process_time()
+        while not pipe.poll():
+            size = log.size()
+            if size - last < every:
+                time.sleep(0.001)
+                continue
+            last = log.publish_checkpoint(datetime.now(UTC)).size
+            made += 1
+        pipe.recv()
+        log.publish_checkpoint(datetime.now(UTC))
+        pipe.send((made + 1, time.process_time() - cpu))
+    engine.dispose()
+
+
+def _concurrent_round(
+    log: TransparencyLog, pipe: Connection_, start: int, citizens: int, entries: int, batched: bool
+) -> tuple[float, float, int]:
+    """Appends here while the publisher process signs checkpoints: the seconds the appends took,
+    the seconds until a checkpoint covered them all, and the checkpoints signed."""
+    pipe.send("run")
+    t = time.perf_counter()
+    for at in range(start, start + entries, ROUND_BATCH):
+        if batched:
+            log.append_many(_events(at, ROUND_BATCH, citizens))
+        else:
+            for event in _events(at, ROUND_BATCH, citizens):
+                log.append(event)
+    appended = time.perf_counter() - t
+    pipe.send("stop")
+    made, _cpu = pipe.recv()
+    return appended, time.perf_counter() - t, int(made)
+
+
+def _concurrent_ratio(
+    url: str,
+    skey: str,
+    logs: dict[str, TransparencyLog],
+    citizens: int,
+    cadences: list[tuple[str, int, int]],
+) -> dict[str, Any]:
+    """Appends from this process while another process publishes checkpoints (PostgreSQL: a
+    checkpoint takes its own lock, so appends go on during its map work), with the map and
+    without, interleaved; for each (mode, entries a round, rounds)."""
+    ctx = multiprocessing.get_context("spawn")
+    pipes: dict[str, Connection_] = {}
+    procs = []
+    for name, log in logs.items():
+        here, there = ctx.Pipe()
+        proc = ctx.Process(
+            target=_publisher,
+            args=(there, url, log.log_id, skey, name == "with", ROUND_BATCH),
+            daemon=True,
+        )
+        proc.start()
+        procs.append(proc)
+        pipes[name] = here
+    for pipe in pipes.values():
+        if pipe.recv() != "ready":
+            raise RuntimeError("a publisher process did not start")
+    out: dict[str, Any] = {"target_ratio": APPEND_RATIO_TARGET, "checkpoint_every": ROUND_BATCH}
+    start = APPENDED_FROM * 2
+    for mode, entries, rounds in cadences:
+        spent = {k: [0.0, 0.0, 0] for k in logs}
+        pair = list(logs)
+        for r in range(rounds):
+            for name in pair if r % 2 == 0 else pair[::-1]:
+                got = _concurrent_round(
+                    logs[name], pipes[name], start, citizens, entries, mode == "batched"
+                )
+                spent[name] = [a + b for a, b in zip(spent[name], got, strict=True)]
+            start += entries
+        n = rounds * entries
+        appended = {k: round(n / v[0]) for k, v in spent.items()}
+        covered = {k: round(n / v[1]) for k, v in spent.items()}
+        out[f"{mode}_{entries}_a_round"] = {
+            "rounds": rounds,
+            "appended_per_s_with_index": appended["with"],
+            "appended_per_s_without_index": appended["without"],
+            "ratio": round(appended["with"] / appended["without"], 3),
+            "checkpointed_per_s_with_index": covered["with"],
+            "checkpointed_per_s_without_index": covered["without"],
+            "checkpointed_ratio": round(covered["with"] / covered["without"], 3),
+            "entries_per_checkpoint_with_index": round(n / spent["with"][2]),
+            "entries_per_checkpoint_without_index": round(n / spent["without"][2]),
+        }
+        _log(f"appends beside a publisher, {mode}: {out[f'{mode}_{entries}_a_round']}")
+    for pipe in pipes.values():
+        pipe.send("quit")
+    for proc in procs:
+        proc.join(60)
+    return out
+
+
 def _proofs(log: TransparencyLog, citizens: int) -> dict[str, Any]:
     rng = random.Random(7)
     now = T0 + timedelta(days=1)
@@ -244,6 +356,11 @@ def bench_backend(
     out["audit_verify_ok"] = bool(report)
     _log(f"{name}: audit verify {out['audit_verify_s']} s ({report.reasons[0]})")
     out["appends"] = _append_ratio(log, baseline, citizens, cadences)
+    if engine.dialect.name == "postgresql":
+        logs = {"with": log, "without": baseline}
+        out["appends_beside_a_publisher"] = _concurrent_ratio(
+            url, signer.skey(), logs, citizens, CONCURRENT_QUICK if n < 10**6 else CONCURRENT
+        )
     engine.dispose()
     return out
 
