@@ -287,11 +287,16 @@ class MapCache:
     committed), and the entries this process appended (``remember``, after their transaction
     committed): the leaf hash and subject of each, computed from the bytes it wrote, so
     ``advance`` needs not read them back and parse them again. Entries another replica
-    appended, or any this process no longer holds, are read from the database."""
+    appended, or any this process no longer holds, are read from the database.
+
+    The remembered entries have a lock of their own (``_entries``): this process's appends
+    remember while a checkpoint recalls and forgets (a checkpoint does not hold the head's lock),
+    and a recall must never see a leaf without its subject."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.tree: SubjectTree | None = None
+        self._entries = threading.Lock()
         self._leaf_of: dict[int, bytes] = {}
         self._subject_of: dict[int, str | None] = {}
         self._keys: dict[str, bytes] = {}
@@ -299,31 +304,34 @@ class MapCache:
     def remember(self, start: int, entries: Sequence[tuple[bytes, str | None]]) -> None:
         """``(leaf hash, subject)`` of the committed entries ``start, start + 1, …`` (kept in
         two dicts of ints, bytes and strings, which the cycle collector does not track)."""
-        if len(self._leaf_of) + len(entries) > _REMEMBERED:
-            self._leaf_of.clear()  # a process that appends but never checkpoints
-            self._subject_of.clear()
-        for index, (leaf, subject) in enumerate(entries, start):
-            self._leaf_of[index] = leaf
-            self._subject_of[index] = subject
+        with self._entries:
+            if len(self._leaf_of) + len(entries) > _REMEMBERED:
+                self._leaf_of.clear()  # a process that appends but never checkpoints
+                self._subject_of.clear()
+            for index, (leaf, subject) in enumerate(entries, start):
+                self._leaf_of[index] = leaf
+                self._subject_of[index] = subject
 
     def recall(self, start: int, stop: int) -> list[tuple[int, bytes, str | None]] | None:
         """``(index, leaf hash, subject)`` of the remembered entries ``[start, stop)``, or None
         unless every one is."""
-        leaf_of, subject_of = self._leaf_of, self._subject_of
-        if any(index not in leaf_of for index in range(start, stop)):
-            return None
-        return [(index, leaf_of[index], subject_of[index]) for index in range(start, stop)]
+        with self._entries:
+            leaf_of, subject_of = self._leaf_of, self._subject_of
+            if any(index not in leaf_of for index in range(start, stop)):
+                return None
+            return [(index, leaf_of[index], subject_of[index]) for index in range(start, stop)]
 
     def forget(self, start: int, stop: int) -> None:
-        leaf_of = self._leaf_of
-        if len(leaf_of) == stop - start and start in leaf_of and stop - 1 in leaf_of:
-            # (most likely) exactly these: if not, those dropped are read back when needed
-            leaf_of.clear()
-            self._subject_of.clear()
-            return
-        for index in range(start, stop):
-            leaf_of.pop(index, None)
-            self._subject_of.pop(index, None)
+        with self._entries:
+            leaf_of = self._leaf_of
+            if len(leaf_of) == stop - start and start in leaf_of and stop - 1 in leaf_of:
+                # (most likely) exactly these: if not, those dropped are read back when needed
+                leaf_of.clear()
+                self._subject_of.clear()
+                return
+            for index in range(start, stop):
+                leaf_of.pop(index, None)
+                self._subject_of.pop(index, None)
 
     def key(self, origin: str, subject: str) -> bytes:
         """``subject_key``, remembered for up to ``_REMEMBERED`` subjects (one hash an entry

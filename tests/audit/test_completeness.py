@@ -503,6 +503,53 @@ def test_replicas_sharing_the_database_each_keep_a_correct_map(
             verify_record(note, reader.verifier(), proofs, entries)
 
 
+def test_threads_appending_while_another_thread_signs_keep_every_root_the_full_trees(
+    log: TransparencyLog,
+) -> None:
+    """A checkpoint holds the checkpoint lock, not the head's (on PostgreSQL appends go on): the
+    threads of one process append and remember their entries while another thread's checkpoints
+    recall and forget them. Every root signed is the full tree's, and every citizen's record
+    verifies at the end."""
+    import threading
+
+    errors: list[BaseException] = []
+    appending = threading.Event()
+    appending.set()
+
+    def appender(t: int) -> None:
+        try:
+            for k in range(15):
+                start = 1000 * (t + 1) + 20 * k
+                log.append_many([make_event(start + i, subject=f"ps-t-{i % 9}") for i in range(20)])
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    def signer() -> None:
+        try:
+            hour = 3
+            while appending.is_set():
+                cp = log.publish_checkpoint(T0 + timedelta(hours=hour))
+                _assert_signed_root_is_the_full_trees(log, cp.note)
+                hour += 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=appender, args=(t,)) for t in range(3)]
+    signing = threading.Thread(target=signer)
+    signing.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    appending.clear()
+    signing.join(120)
+    assert not errors
+    cp = log.publish_checkpoint(T0 + timedelta(days=2))
+    assert cp.size == SIZE + 3 * 15 * 20
+    _assert_signed_root_is_the_full_trees(log, cp.note)
+    _check(log, ALICE, *(f"ps-t-{i}" for i in range(9)))
+
+
 def test_a_checkpoint_rolled_back_after_the_map_advanced_leaves_no_trace(
     log: TransparencyLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
