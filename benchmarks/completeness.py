@@ -16,7 +16,12 @@ Measured, each on SQLite and (when DATABASE_URL is set) on a throw-away PostgreS
   subclass used only here; a third log after both keeps either from the end of the indexes);
   ratio with / without, of wall-clock time and of this process's CPU time, for each cadence in
   ``CADENCES``: a checkpoint after every 500 entries (the worst case), then further apart, as
-  a node's checkpoint publisher makes them.
+  a node's checkpoint publisher makes them;
+- on PostgreSQL, appends beside a checkpoint publisher in another process (as another worker of
+  ``onceonly node --workers N`` or another replica is), which signs each time the log grew by
+  500 entries: with the map and without, interleaved; the append rate, the rate until a
+  checkpoint covered every entry, and the entries a checkpoint covered (a checkpoint takes its
+  own lock, not the head's: appends go on during its map work).
 
     .venv/bin/python benchmarks/completeness.py [--quick] [--only sqlite|postgresql]
 
@@ -121,6 +126,18 @@ def _timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - t
 
 
+def _append(
+    log: TransparencyLog, start: int, citizens: int, entries: int, *, batched: bool
+) -> None:
+    """``entries`` appended in 500-entry batches, or one transaction each as exchanges append."""
+    for at in range(start, start + entries, ROUND_BATCH):
+        if batched:
+            log.append_many(_events(at, ROUND_BATCH, citizens))
+        else:
+            for event in _events(at, ROUND_BATCH, citizens):
+                log.append(event)
+
+
 def _round(
     log: TransparencyLog, start: int, citizens: int, entries: int, *, batched: bool
 ) -> tuple[float, float]:
@@ -128,12 +145,7 @@ def _round(
     exchanges append — then a checkpoint; the seconds it took, wall-clock and CPU of this
     process."""
     t, cpu = time.perf_counter(), time.process_time()
-    for at in range(start, start + entries, ROUND_BATCH):
-        if batched:
-            log.append_many(_events(at, ROUND_BATCH, citizens))
-        else:
-            for event in _events(at, ROUND_BATCH, citizens):
-                log.append(event)
+    _append(log, start, citizens, entries, batched=batched)
     log.publish_checkpoint(T0 + timedelta(days=2, seconds=start - APPENDED_FROM))
     return time.perf_counter() - t, time.process_time() - cpu
 
@@ -181,7 +193,7 @@ def _publisher(
     """A replica's checkpoint publisher in a process of its own (as another worker of
     ``onceonly node --workers N`` or another replica is): on "run", a checkpoint each time the
     log grew by ``every`` entries, until "stop"; then one over the whole log, and its figures
-    (checkpoints, CPU seconds of this process) go back."""
+    (checkpoints, CPU seconds of this process in them, not in polling the head) go back."""
     engine = make_engine(url)
     cls = TransparencyLog if with_map else _NoMapLog
     log = cls(engine, log_id=log_id, signer=NoteSigner.from_skey(skey))
@@ -189,37 +201,35 @@ def _publisher(
     log.completeness(["ps-00000000"], datetime.now(UTC))
     pipe.send("ready")
     while pipe.recv() == "run":
-        last, made, cpu = log.size(), 0, time.process_time()
+        last, made, cpu = log.size(), 0, 0.0
         while not pipe.poll():
-            size = log.size()
-            if size - last < every:
+            if log.size() - last < every:
                 time.sleep(0.001)
                 continue
+            began = time.process_time()
             last = log.publish_checkpoint(datetime.now(UTC)).size
+            cpu += time.process_time() - began
             made += 1
         pipe.recv()
+        began = time.process_time()
         log.publish_checkpoint(datetime.now(UTC))
-        pipe.send((made + 1, time.process_time() - cpu))
+        pipe.send((made + 1, cpu + time.process_time() - began))
     engine.dispose()
 
 
 def _concurrent_round(
     log: TransparencyLog, pipe: Connection_, start: int, citizens: int, entries: int, batched: bool
-) -> tuple[float, float, int]:
+) -> tuple[float, float, int, float]:
     """Appends here while the publisher process signs checkpoints: the seconds the appends took,
-    the seconds until a checkpoint covered them all, and the checkpoints signed."""
+    the seconds until a checkpoint covered them all, the checkpoints signed and the publisher's
+    CPU seconds."""
     pipe.send("run")
     t = time.perf_counter()
-    for at in range(start, start + entries, ROUND_BATCH):
-        if batched:
-            log.append_many(_events(at, ROUND_BATCH, citizens))
-        else:
-            for event in _events(at, ROUND_BATCH, citizens):
-                log.append(event)
+    _append(log, start, citizens, entries, batched=batched)
     appended = time.perf_counter() - t
     pipe.send("stop")
-    made, _cpu = pipe.recv()
-    return appended, time.perf_counter() - t, int(made)
+    made, cpu = pipe.recv()
+    return appended, time.perf_counter() - t, int(made), float(cpu)
 
 
 def _concurrent_ratio(
@@ -251,7 +261,7 @@ def _concurrent_ratio(
     out: dict[str, Any] = {"target_ratio": APPEND_RATIO_TARGET, "checkpoint_every": ROUND_BATCH}
     start = APPENDED_FROM * 2
     for mode, entries, rounds in cadences:
-        spent = {k: [0.0, 0.0, 0] for k in logs}
+        spent = {k: [0.0, 0.0, 0.0, 0.0] for k in logs}
         pair = list(logs)
         for r in range(rounds):
             for name in pair if r % 2 == 0 else pair[::-1]:
@@ -273,6 +283,12 @@ def _concurrent_ratio(
             "checkpointed_ratio": round(covered["with"] / covered["without"], 3),
             "entries_per_checkpoint_with_index": round(n / spent["with"][2]),
             "entries_per_checkpoint_without_index": round(n / spent["without"][2]),
+            "publisher_cpu_ms_per_checkpoint_with_index": round(
+                spent["with"][3] * 1000 / spent["with"][2], 1
+            ),
+            "publisher_cpu_ms_per_checkpoint_without_index": round(
+                spent["without"][3] * 1000 / spent["without"][2], 1
+            ),
         }
         _log(f"appends beside a publisher, {mode}: {out[f'{mode}_{entries}_a_round']}")
     for pipe in pipes.values():
