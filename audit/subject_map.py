@@ -2,11 +2,12 @@
 signed (the format is ``audit.completeness``'s compact sparse Merkle tree).
 
 ``advance`` runs inside the transaction that signs a checkpoint, under the log's checkpoint lock
-(``TransparencyLog._store_checkpoint``; on PostgreSQL appends go on meanwhile): it takes the entries the map does not cover yet — from
-their *bytes*, never the search columns, so a rewritten column cannot move an entry between
-subjects: read back, or the leaf hash and subject this process derived from the bytes it
-appended (``MapCache.remember``) — extends each touched subject's chain, writes the touched
-members, and rehashes their paths in the tree, each shared node once. A checkpoint over ``n``
+(``TransparencyLog._store_checkpoint``; on PostgreSQL appends go on meanwhile): it takes the
+entries the map does not cover yet — from their *bytes*, never the search columns, so a
+rewritten column cannot move an entry between subjects: read back, or the leaf hash and subject
+this process derived from the bytes it appended (``MapCache.remember``) — extends each touched
+subject's chain, writes the touched members, and rehashes their paths in the tree, each shared
+node once. A checkpoint over ``n``
 new entries costs about ``n · (log₁₆(subjects) - log₁₆(n))`` node hashes (each over 16
 children) and one member row per touched subject (on PostgreSQL one statement); no node is
 written.
