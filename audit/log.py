@@ -50,7 +50,7 @@ from audit.completeness import MAP_EXTENSION, CompletenessError, SubjectProof, m
 from audit.store import CheckpointRow, EntryRow, HeadRow, RestrictedRow, node_key
 from exchange.canonical import canonical_json
 from exchange.db import advisory_lock_key, driver_cursor, read_cursor
-from exchange.errors import ClientError, NotFoundError, OnceOnlyError
+from exchange.errors import ClientError, DatabaseUnavailable, NotFoundError, OnceOnlyError
 from exchange.ports import AuditEvent, AuditSink
 
 __all__ = [
@@ -71,6 +71,8 @@ MAX_PAGE_SIZE = 1000
 RELEASE_BATCH = 1000
 """Restricted entries released per transaction (``TransparencyLog.release_due``)."""
 _PROOF_ATTEMPTS = 5
+_CHECKPOINT_ATTEMPTS = 5
+_DEADLOCK = "40P01"  # PostgreSQL's deadlock_detected
 EXPORT_CHUNK = 5000
 # Proofs keep the tree's committed nodes of the UPPER_LEVELS levels under the top in memory
 # (never those below UPPER_MIN_LEVEL): at most 2^(UPPER_LEVELS + 1) nodes, a few MB.
@@ -1062,20 +1064,41 @@ class TransparencyLog:
         On PostgreSQL that lock is not the head's: appends go on while the subject map is
         brought to the size being signed (the entries up to it never change, and
         ``_check_leaves`` holds them to the head read here), so a checkpoint's map work does
-        not stall the exchanges appending meanwhile (docs/audit.md)."""
+        not stall the exchanges appending meanwhile (docs/audit.md). A replica of an earlier
+        version orders its checkpoints by the head's lock alone: one it stored in the meantime
+        makes this attempt roll back and start again (``_CheckpointMoved``)."""
         when = _time_us(now)
         self._ensure_head()
+        for _ in range(_CHECKPOINT_ATTEMPTS):
+            try:
+                return self._store_checkpoint_once(now, when, only_if_grown=only_if_grown)
+            except _CheckpointMoved:
+                continue
+            except Exception as exc:
+                # with such a replica's checkpoint, each waiting for rows the other holds (from
+                # SQLAlchemy, or from the driver's cursor the map writes with)
+                if _DEADLOCK not in (_sqlstate(exc), _sqlstate(getattr(exc, "orig", None))):
+                    raise
+        raise DatabaseUnavailable(
+            "another writer kept storing checkpoints of this log meanwhile; retry later"
+        )
+
+    def _store_checkpoint_once(
+        self, now: datetime, when: int, *, only_if_grown: bool
+    ) -> StoredCheckpoint:
         with self._engine.connect() as conn:
             conn.begin()
             self._lock_checkpoints(conn)
-            # the head committed before the lock was ours (READ COMMITTED reads it afresh)
+            # the latest checkpoint, then the head, as committed when each is read (READ
+            # COMMITTED): a checkpoint stored in between by a replica not taking this lock is
+            # of a head no larger than the one read here (and ``_hold_head`` finds it)
+            latest = self._latest(conn)
             found = conn.execute(
                 select(HeadRow.size, HeadRow.root).where(HeadRow.log_id == self.log_id)
             ).first()
             if found is None:
                 raise LogIntegrityError("the log has no head row")
             size, root = int(found[0]), bytes(found[1])
-            latest = self._latest(conn)
             if latest is not None and latest.size > size:
                 # never store a smaller tree after a larger one: a head behind the latest
                 # checkpoint means a damaged database, not a reason to contradict what was signed
@@ -1088,8 +1111,35 @@ class TransparencyLog:
             ):
                 conn.rollback()
                 return latest
-            note = self._sign_with_map(conn, size, root, when, latest)
+            try:
+                note = self._sign_with_map(conn, size, root, when, latest)
+            except LogIntegrityError:
+                if self._moved_since(conn, latest):
+                    raise _CheckpointMoved from None
+                raise
         return StoredCheckpoint(size, root, now.astimezone(UTC), note)
+
+    def _moved_since(self, conn: Connection, latest: StoredCheckpoint | None) -> bool:
+        """After a failed attempt (its transaction rolled back): whether another checkpoint was
+        stored since ``latest`` was read — the stored map then moved under the attempt, which
+        is a race with a replica ordering checkpoints by the head's lock, not damage."""
+        if conn.dialect.name != "postgresql":
+            return False
+        conn.rollback()
+        now_latest = self._latest(conn)
+        conn.rollback()
+        return _note_of(now_latest) != _note_of(latest)
+
+    def _hold_head(self, conn: Connection, latest: StoredCheckpoint | None) -> None:
+        """On PostgreSQL, take the head's row lock for the checkpoint's last statements: a
+        replica of an earlier version holds it through its whole checkpoint, so none of its
+        is half-done now, and if one was stored since ``latest`` was read this attempt is
+        rolled back rather than stored after it. Appends wait only for the insert and commit."""
+        if conn.dialect.name != "postgresql":
+            return
+        conn.execute(select(HeadRow.size).where(HeadRow.log_id == self.log_id).with_for_update())
+        if _note_of(self._latest(conn)) != _note_of(latest):
+            raise _CheckpointMoved
 
     def _sign_with_map(
         self,
@@ -1109,6 +1159,7 @@ class TransparencyLog:
         update = self._advance_subject_map(conn, size, root, signed)
         extension = f"{MAP_EXTENSION} {base64.b64encode(update.root).decode()}"
         note = sign_checkpoint(Checkpoint(self.origin, size, root, (extension,)), self._signer)
+        self._hold_head(conn, latest)
         conn.execute(
             insert(CheckpointRow).values(
                 log_id=self.log_id, size=size, root=root, time_us=when, note=note
@@ -1278,6 +1329,20 @@ class TransparencyLog:
             StoredCheckpoint(size, root, _EPOCH + time_us * _US, note)
             for size, root, time_us, note in rows
         ]
+
+
+class _CheckpointMoved(Exception):
+    """A checkpoint attempt met one stored meanwhile by a writer that orders checkpoints by the
+    head's lock only (a replica of an earlier version): rolled back, and tried again."""
+
+
+def _sqlstate(exc: object) -> str | None:
+    found = getattr(exc, "sqlstate", None)
+    return found if isinstance(found, str) else None
+
+
+def _note_of(checkpoint: StoredCheckpoint | None) -> str | None:
+    return None if checkpoint is None else checkpoint.note
 
 
 def _hash_json(h: bytes | None) -> str:

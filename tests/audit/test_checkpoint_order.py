@@ -8,13 +8,13 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import Connection, select, update
 
 from audit import subject_map
 from audit.checkpoint import NoteSigner
@@ -22,6 +22,7 @@ from audit.log import LogIntegrityError, TransparencyLog
 from audit.store import CheckpointRow, HeadRow
 from exchange.db import make_engine, upgrade
 from tests.audit.audit_factories import ORIGIN, make_event
+from tests.audit.test_completeness import _assert_signed_root_is_the_full_trees, _check
 
 WRITER = Path(__file__).parent / "audit_writer.py"
 REPO = Path(__file__).parents[2]
@@ -190,5 +191,84 @@ def test_appends_go_on_while_a_checkpoint_advances_the_map(
     later.join(30)
     assert done == {"first": 5, "second": 6}
     assert _stored_sizes(pg_url, "node-a") == [5, 6]
+    for e in engines:
+        e.dispose()
+
+
+class _HeadLockedLog(TransparencyLog):
+    """A replica of the version before the checkpoint lock (as during a rolling upgrade): its
+    checkpoints hold the head's row lock for their whole transaction and no advisory lock."""
+
+    def _lock_checkpoints(self, conn: Connection) -> None:
+        conn.execute(select(HeadRow.size).where(HeadRow.log_id == self.log_id).with_for_update())
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("subjects", ["shared", "disjoint"])
+@pytest.mark.parametrize("held", ["before-map-writes", "after-map-writes"])
+def test_a_checkpoint_stored_meanwhile_by_an_earlier_version_is_never_followed_by_a_smaller_one(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch, subjects: str, held: str
+) -> None:
+    """During a rolling upgrade a replica of the earlier version orders its checkpoints by the
+    head's lock alone. One it stores while this version's checkpoint is inside its map work
+    makes that checkpoint start again (or, once it wrote map rows, the two meet in a deadlock
+    PostgreSQL breaks, and the loser starts again): the history never goes back, and the map
+    signed last is the full tree's (an attack run on this change stored sizes 5, 20, 10)."""
+    engine = make_engine(pg_url)
+    upgrade(engine)
+    engine.dispose()
+    signer = NoteSigner.generate(ORIGIN)
+    engines = [make_engine(pg_url) for _ in range(2)]
+    new = TransparencyLog(engines[0], log_id="node-a", signer=signer)
+    old = _HeadLockedLog(engines[1], log_id="node-a", signer=signer)
+    new.append_many([make_event(i, subject="ps-alice") for i in range(5)])
+    other = "ps-alice" if subjects == "shared" else "ps-bob"
+    in_map, go_on = threading.Event(), threading.Event()
+    real_advance = subject_map.advance
+
+    def hold() -> None:
+        if threading.current_thread().name == "new-checkpoint":
+            in_map.set()
+            go_on.wait(30)
+
+    def held_advance(*args: Any, **kwargs: Any) -> subject_map.TreeUpdate:
+        if held == "before-map-writes":
+            hold()
+        update = real_advance(*args, **kwargs)
+        if held == "after-map-writes":
+            hold()
+        return update
+
+    monkeypatch.setattr(subject_map, "advance", held_advance)
+    errors: list[BaseException] = []
+
+    def run(fn: Callable[[], object]) -> None:
+        try:
+            fn()
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    first = threading.Thread(
+        target=run, args=(lambda: new.sign_checkpoint(datetime.now(UTC)),), name="new-checkpoint"
+    )
+    first.start()
+    assert in_map.wait(30)
+    old.append_many([make_event(100 + i, subject=other) for i in range(15)])
+    second = threading.Thread(target=run, args=(lambda: old.sign_checkpoint(datetime.now(UTC)),))
+    second.start()
+    second.join(0.5)
+    go_on.set()
+    first.join(60)
+    second.join(60)
+    assert not errors
+    sizes = _stored_sizes(pg_url, "node-a")
+    assert _never_decrease(sizes), sizes
+    assert sizes[-1] == 20
+    latest = new.latest_checkpoint()
+    assert latest is not None
+    _assert_signed_root_is_the_full_trees(new, latest.note)
+    for subject in ("ps-alice", "ps-bob"):
+        for log in (new, old):
+            _check(log, subject)
     for e in engines:
         e.dispose()
