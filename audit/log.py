@@ -1131,10 +1131,13 @@ class TransparencyLog:
         return _note_of(now_latest) != _note_of(latest)
 
     def _hold_head(self, conn: Connection, latest: StoredCheckpoint | None) -> None:
-        """On PostgreSQL, take the head's row lock for the checkpoint's last statements: a
-        replica of an earlier version holds it through its whole checkpoint, so none of its
-        is half-done now, and if one was stored since ``latest`` was read this attempt is
-        rolled back rather than stored after it. Appends wait only for the insert and commit."""
+        """On PostgreSQL, take the head's row lock before the checkpoint's first write (the
+        map's new tree is computed by then; its member rows, the map's row and the checkpoint
+        are written under it): a replica of an earlier version holds that lock through its
+        whole checkpoint, so none of its is half-done now — and since this checkpoint holds no
+        row it could want, the two never deadlock — and if one was stored since ``latest`` was
+        read this attempt is rolled back rather than stored after it. Appends wait only for
+        the writes and the commit."""
         if conn.dialect.name != "postgresql":
             return
         conn.execute(select(HeadRow.size).where(HeadRow.log_id == self.log_id).with_for_update())
@@ -1156,10 +1159,17 @@ class TransparencyLog:
         signed = None
         if latest is not None and self._signs_map(latest.note):
             signed = subject_map.MapState(latest.size, self._map_root(latest.note))
-        update = self._advance_subject_map(conn, size, root, signed)
+        held: list[bool] = []
+
+        def hold() -> None:  # once, before the first write
+            if not held:
+                self._hold_head(conn, latest)
+                held.append(True)
+
+        update = self._advance_subject_map(conn, size, root, signed, hold)
         extension = f"{MAP_EXTENSION} {base64.b64encode(update.root).decode()}"
         note = sign_checkpoint(Checkpoint(self.origin, size, root, (extension,)), self._signer)
-        self._hold_head(conn, latest)
+        hold()
         conn.execute(
             insert(CheckpointRow).values(
                 log_id=self.log_id, size=size, root=root, time_us=when, note=note
@@ -1198,7 +1208,12 @@ class TransparencyLog:
         return self._last_note[1]
 
     def _advance_subject_map(
-        self, conn: Connection, size: int, root: bytes, signed: subject_map.MapState | None
+        self,
+        conn: Connection,
+        size: int,
+        root: bytes,
+        signed: subject_map.MapState | None,
+        before_writes: Callable[[], None] | None = None,
     ) -> subject_map.TreeUpdate:
         """The subject map's root at ``size`` (``audit.subject_map.advance``, same transaction),
         from the map the latest checkpoint ``signed``, over entries whose leaf hashes lead to
@@ -1216,6 +1231,7 @@ class TransparencyLog:
                 self._map_cache,
                 signed=signed,
                 check_leaves=check,
+                before_writes=before_writes,
             )
         except subject_map.MapIntegrityError as exc:
             raise LogIntegrityError(str(exc)) from exc

@@ -580,6 +580,7 @@ def advance(
     *,
     signed: MapState | None = None,
     check_leaves: LeafCheck | None = None,
+    before_writes: Callable[[], None] | None = None,
 ) -> TreeUpdate:
     """Bring the map up to log size ``size`` (inside the checkpoint's transaction): the tree's
     changes, with the new root, for ``MapCache.commit`` once the transaction committed (nothing
@@ -593,13 +594,17 @@ def advance(
     entries. Entries read back from the database (not remembered by this
     process) are checked with ``check_leaves`` before the map takes them, so a row rewritten
     before the checkpoint cannot move an entry between subjects while the log's tree keeps
-    it."""
+    it. ``before_writes`` is called once before the first statement that writes (the tree's
+    new nodes are computed before it): the caller takes the locks its writes must hold there,
+    never holding a row of the map while it waits for one."""
     state = map_state(conn, log_id)
     if signed is not None and state != signed and state.size != 0:
         raise MapIntegrityError(
             "the stored subject map is not the one the latest checkpoint signed"
         )
     if signed is None and state.size != 0:
+        if before_writes is not None:
+            before_writes()
         state = _forget_unsigned_map(conn, log_id, cache)
     if state.size > size:
         raise MapIntegrityError("the subject map is ahead of the log")
@@ -612,10 +617,12 @@ def advance(
     changed = _extend_chains(conn, log_id, origin, state.size, size, cache, tree, seen)
     if seen.read_back and check_leaves is not None:
         check_leaves(state.size, seen.leaves)
-    with _overlapped(conn) as cur:  # the server writes the members while the tree is hashed
+    update = tree.update(changed.values(), size)
+    if before_writes is not None:
+        before_writes()
+    with _overlapped(conn) as cur:
         if changed:
             _upsert_members(conn, cur, log_id, changed.values())
-        update = tree.update(changed.values(), size)
         _store_state(conn, cur, log_id, MapState(size, update.root))
     cache.forget(state.size, size)  # if this rolls back, they are read back next time
     return update

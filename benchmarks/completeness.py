@@ -86,7 +86,12 @@ class _NoMapLog(TransparencyLog):
     """The baseline only: checkpoints that commit to no subject map."""
 
     def _advance_subject_map(
-        self, conn: Connection, size: int, root: bytes, signed: MapState | None
+        self,
+        conn: Connection,
+        size: int,
+        root: bytes,
+        signed: MapState | None,
+        before_writes: Callable[[], None] | None = None,
     ) -> TreeUpdate:
         return TreeUpdate(MapState(0, EMPTY_MAP_ROOT), size, EMPTY_MAP_ROOT)
 

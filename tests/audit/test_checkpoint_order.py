@@ -18,9 +18,10 @@ from sqlalchemy import Connection, select, update
 
 from audit import subject_map
 from audit.checkpoint import NoteSigner
-from audit.log import LogIntegrityError, TransparencyLog
+from audit.log import LogIntegrityError, StoredCheckpoint, TransparencyLog, _time_us
 from audit.store import CheckpointRow, HeadRow
 from exchange.db import make_engine, upgrade
+from exchange.errors import DatabaseUnavailable
 from tests.audit.audit_factories import ORIGIN, make_event
 from tests.audit.test_completeness import _assert_signed_root_is_the_full_trees, _check
 
@@ -158,16 +159,15 @@ def test_appends_go_on_while_a_checkpoint_advances_the_map(
     )
     signing.append_many([make_event(i) for i in range(5)])
     in_map, go_on = threading.Event(), threading.Event()
-    real_advance = subject_map.advance
+    real_update = subject_map.SubjectTree.update
 
-    def held_advance(*args: Any, **kwargs: Any) -> subject_map.TreeUpdate:
-        update = real_advance(*args, **kwargs)
-        if threading.current_thread().name == "first-checkpoint":
+    def held_update(tree: subject_map.SubjectTree, *args: Any) -> subject_map.TreeUpdate:
+        if threading.current_thread().name == "first-checkpoint":  # the map's tree is hashed
             in_map.set()
             go_on.wait(30)
-        return update
+        return real_update(tree, *args)
 
-    monkeypatch.setattr(subject_map, "advance", held_advance)
+    monkeypatch.setattr(subject_map.SubjectTree, "update", held_update)
     done: dict[str, int] = {}
 
     def checkpoint(name: str, log: TransparencyLog) -> None:
@@ -202,18 +202,24 @@ class _HeadLockedLog(TransparencyLog):
     def _lock_checkpoints(self, conn: Connection) -> None:
         conn.execute(select(HeadRow.size).where(HeadRow.log_id == self.log_id).with_for_update())
 
+    def _hold_head(self, conn: Connection, latest: StoredCheckpoint | None) -> None:
+        pass  # it holds the head already
+
+    def _store_checkpoint(self, now: datetime, *, only_if_grown: bool) -> StoredCheckpoint:
+        self._ensure_head()  # one attempt: the earlier version did not start again
+        return self._store_checkpoint_once(now, _time_us(now), only_if_grown=only_if_grown)
+
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("subjects", ["shared", "disjoint"])
-@pytest.mark.parametrize("held", ["before-map-writes", "after-map-writes"])
+@pytest.mark.parametrize("held", ["map-not-begun", "tree-being-hashed"])
 def test_a_checkpoint_stored_meanwhile_by_an_earlier_version_is_never_followed_by_a_smaller_one(
     pg_url: str, monkeypatch: pytest.MonkeyPatch, subjects: str, held: str
 ) -> None:
     """During a rolling upgrade a replica of the earlier version orders its checkpoints by the
     head's lock alone. One it stores while this version's checkpoint is inside its map work
-    makes that checkpoint start again (or, once it wrote map rows, the two meet in a deadlock
-    PostgreSQL breaks, and the loser starts again): the history never goes back, and the map
-    signed last is the full tree's (an attack run on this change stored sizes 5, 20, 10)."""
+    makes that checkpoint start again: the history never goes back, and the map signed last
+    is the full tree's (an attack run on this change stored sizes 5, 20, 10)."""
     engine = make_engine(pg_url)
     upgrade(engine)
     engine.dispose()
@@ -224,7 +230,7 @@ def test_a_checkpoint_stored_meanwhile_by_an_earlier_version_is_never_followed_b
     new.append_many([make_event(i, subject="ps-alice") for i in range(5)])
     other = "ps-alice" if subjects == "shared" else "ps-bob"
     in_map, go_on = threading.Event(), threading.Event()
-    real_advance = subject_map.advance
+    real_advance, real_update = subject_map.advance, subject_map.SubjectTree.update
 
     def hold() -> None:
         if threading.current_thread().name == "new-checkpoint":
@@ -232,14 +238,17 @@ def test_a_checkpoint_stored_meanwhile_by_an_earlier_version_is_never_followed_b
             go_on.wait(30)
 
     def held_advance(*args: Any, **kwargs: Any) -> subject_map.TreeUpdate:
-        if held == "before-map-writes":
-            hold()
-        update = real_advance(*args, **kwargs)
-        if held == "after-map-writes":
-            hold()
-        return update
+        hold()
+        return real_advance(*args, **kwargs)
 
-    monkeypatch.setattr(subject_map, "advance", held_advance)
+    def held_update(tree: subject_map.SubjectTree, *args: Any) -> subject_map.TreeUpdate:
+        hold()
+        return real_update(tree, *args)
+
+    if held == "map-not-begun":
+        monkeypatch.setattr(subject_map, "advance", held_advance)
+    else:
+        monkeypatch.setattr(subject_map.SubjectTree, "update", held_update)
     errors: list[BaseException] = []
 
     def run(fn: Callable[[], object]) -> None:
@@ -272,3 +281,121 @@ def test_a_checkpoint_stored_meanwhile_by_an_earlier_version_is_never_followed_b
             _check(log, subject)
     for e in engines:
         e.dispose()
+
+
+@pytest.mark.postgres
+def test_an_earlier_version_holding_the_head_and_this_version_never_deadlock(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An earlier version's checkpoint holds the head and then writes map rows; this version's
+    checkpoint computes its map first and takes the head before its first write, holding no
+    row the other wants: it waits, finds the other's checkpoint stored, and starts again —
+    no deadlock, for it or for the appends queued on the head (an attack run on the first
+    form of this, which wrote its map rows before taking the head, made exchanges fail)."""
+    engine = make_engine(pg_url)
+    upgrade(engine)
+    engine.dispose()
+    signer = NoteSigner.generate(ORIGIN)
+    engines = [make_engine(pg_url) for _ in range(3)]
+    new = TransparencyLog(engines[0], log_id="node-a", signer=signer)
+    appender = TransparencyLog(engines[1], log_id="node-a", signer=signer)
+    old = _HeadLockedLog(engines[2], log_id="node-a", signer=signer)
+    new.append_many([make_event(i, subject="ps-alice") for i in range(5)])
+    in_map, go_on = threading.Event(), threading.Event()
+    real_advance = subject_map.advance
+    real_once = TransparencyLog._store_checkpoint_once
+    deadlocks: list[BaseException] = []
+
+    def held_advance(*args: Any, **kwargs: Any) -> subject_map.TreeUpdate:
+        if threading.current_thread().name == "old-checkpoint":
+            in_map.set()
+            go_on.wait(30)
+        return real_advance(*args, **kwargs)
+
+    def spied_once(self: TransparencyLog, *args: Any, **kwargs: Any) -> StoredCheckpoint:
+        try:
+            return real_once(self, *args, **kwargs)
+        except Exception as exc:
+            if "40P01" in (
+                getattr(exc, "sqlstate", None),
+                getattr(exc.__cause__, "sqlstate", None),
+            ):
+                deadlocks.append(exc)
+            raise
+
+    monkeypatch.setattr(subject_map, "advance", held_advance)
+    monkeypatch.setattr(TransparencyLog, "_store_checkpoint_once", spied_once)
+    errors: list[BaseException] = []
+
+    def run(fn: Callable[[], object]) -> None:
+        try:
+            fn()
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    new.append_many([make_event(10 + i, subject="ps-alice") for i in range(5)])
+    threads = [
+        threading.Thread(
+            target=run,
+            args=(lambda: old.sign_checkpoint(datetime.now(UTC)),),
+            name="old-checkpoint",
+        )
+    ]
+    threads[0].start()
+    assert in_map.wait(30)
+    threads.append(
+        threading.Thread(target=run, args=(lambda: new.sign_checkpoint(datetime.now(UTC)),))
+    )
+    threads.append(
+        threading.Thread(
+            target=run, args=(lambda: appender.append(make_event(99, subject="ps-bob")),)
+        )
+    )
+    for t in threads[1:]:
+        t.start()
+    threads[1].join(1.5)  # longer than PostgreSQL's deadlock_timeout (1 s)
+    go_on.set()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert not deadlocks
+    sizes = _stored_sizes(pg_url, "node-a")
+    assert _never_decrease(sizes), sizes
+    assert sizes[0] == 10
+    final = new.publish_checkpoint(datetime.now(UTC))
+    assert final.size == 11
+    _assert_signed_root_is_the_full_trees(new, final.note)
+    for subject in ("ps-alice", "ps-bob"):
+        _check(new, subject)
+    for e in engines:
+        e.dispose()
+
+
+class _Deadlock(Exception):
+    sqlstate = "40P01"
+
+
+def test_a_checkpoint_that_lost_a_deadlock_starts_again_then_answers_unavailable(
+    replicas: list[TransparencyLog], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL breaks a deadlock by failing one transaction (SQLSTATE 40P01): the checkpoint
+    starts again; one that keeps losing answers 503 (``DatabaseUnavailable``), never a 500."""
+    log = replicas[0]
+    log.append_many([make_event(i) for i in range(3)])
+    real_once = TransparencyLog._store_checkpoint_once
+    failures = [_Deadlock("deadlock detected")]
+
+    def once(self: TransparencyLog, *args: Any, **kwargs: Any) -> StoredCheckpoint:
+        if failures:
+            raise failures.pop()
+        return real_once(self, *args, **kwargs)
+
+    monkeypatch.setattr(TransparencyLog, "_store_checkpoint_once", once)
+    assert log.sign_checkpoint(datetime.now(UTC)).size == 3
+    failures.extend(_Deadlock("deadlock detected") for _ in range(10))
+    with pytest.raises(DatabaseUnavailable):
+        log.sign_checkpoint(datetime.now(UTC))
+    failures.clear()
+    failures.append(RuntimeError("not a deadlock"))  # anything else is not retried
+    with pytest.raises(RuntimeError):
+        log.sign_checkpoint(datetime.now(UTC))
