@@ -1072,7 +1072,11 @@ class TransparencyLog:
         for _ in range(_CHECKPOINT_ATTEMPTS):
             try:
                 return self._store_checkpoint_once(now, when, only_if_grown=only_if_grown)
-            except _CheckpointMoved:
+            except _CheckpointMoved as moved:
+                # the one stored meanwhile will do if it covers the head this attempt read
+                found = self.latest_checkpoint() if only_if_grown else None
+                if found is not None and found.size >= moved.size and self._signs_map(found.note):
+                    return found
                 continue
             except Exception as exc:
                 # with such a replica's checkpoint, each waiting for rows the other holds (from
@@ -1115,7 +1119,7 @@ class TransparencyLog:
                 note = self._sign_with_map(conn, size, root, when, latest)
             except LogIntegrityError:
                 if self._moved_since(conn, latest):
-                    raise _CheckpointMoved from None
+                    raise _CheckpointMoved(size) from None
                 raise
         return StoredCheckpoint(size, root, now.astimezone(UTC), note)
 
@@ -1130,7 +1134,7 @@ class TransparencyLog:
         conn.rollback()
         return _note_of(now_latest) != _note_of(latest)
 
-    def _hold_head(self, conn: Connection, latest: StoredCheckpoint | None) -> None:
+    def _hold_head(self, conn: Connection, latest: StoredCheckpoint | None, size: int) -> None:
         """On PostgreSQL, take the head's row lock before the checkpoint's first write (the
         map's new tree is computed by then; its member rows, the map's row and the checkpoint
         are written under it): a replica of an earlier version holds that lock through its
@@ -1142,7 +1146,7 @@ class TransparencyLog:
             return
         conn.execute(select(HeadRow.size).where(HeadRow.log_id == self.log_id).with_for_update())
         if _note_of(self._latest(conn)) != _note_of(latest):
-            raise _CheckpointMoved
+            raise _CheckpointMoved(size)
 
     def _sign_with_map(
         self,
@@ -1163,7 +1167,7 @@ class TransparencyLog:
 
         def hold() -> None:  # once, before the first write
             if not held:
-                self._hold_head(conn, latest)
+                self._hold_head(conn, latest, size)
                 held.append(True)
 
         update = self._advance_subject_map(conn, size, root, signed, hold)
@@ -1348,8 +1352,13 @@ class TransparencyLog:
 
 
 class _CheckpointMoved(Exception):
-    """A checkpoint attempt met one stored meanwhile by a writer that orders checkpoints by the
-    head's lock only (a replica of an earlier version): rolled back, and tried again."""
+    """A checkpoint attempt of the head at ``size`` met one stored meanwhile by a writer that
+    orders checkpoints by the head's lock only (a replica of an earlier version): rolled back,
+    and tried again unless the one stored covers ``size`` and will do."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
 
 
 def _sqlstate(exc: object) -> str | None:

@@ -18,7 +18,13 @@ from sqlalchemy import Connection, select, update
 
 from audit import subject_map
 from audit.checkpoint import NoteSigner
-from audit.log import LogIntegrityError, StoredCheckpoint, TransparencyLog, _time_us
+from audit.log import (
+    LogIntegrityError,
+    StoredCheckpoint,
+    TransparencyLog,
+    _CheckpointMoved,
+    _time_us,
+)
 from audit.store import CheckpointRow, HeadRow
 from exchange.db import make_engine, upgrade
 from exchange.errors import DatabaseUnavailable
@@ -202,7 +208,7 @@ class _HeadLockedLog(TransparencyLog):
     def _lock_checkpoints(self, conn: Connection) -> None:
         conn.execute(select(HeadRow.size).where(HeadRow.log_id == self.log_id).with_for_update())
 
-    def _hold_head(self, conn: Connection, latest: StoredCheckpoint | None) -> None:
+    def _hold_head(self, conn: Connection, latest: StoredCheckpoint | None, size: int) -> None:
         pass  # it holds the head already
 
     def _store_checkpoint(self, now: datetime, *, only_if_grown: bool) -> StoredCheckpoint:
@@ -398,4 +404,23 @@ def test_a_checkpoint_that_lost_a_deadlock_starts_again_then_answers_unavailable
     failures.clear()
     failures.append(RuntimeError("not a deadlock"))  # anything else is not retried
     with pytest.raises(RuntimeError):
+        log.sign_checkpoint(datetime.now(UTC))
+
+
+def test_a_publish_that_met_a_covering_checkpoint_stored_meanwhile_returns_it(
+    replicas: list[TransparencyLog], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When an earlier version's replica stored a checkpoint during this one's attempt, a
+    publish (the interval's, or a citizen's request) takes that one if it covers the head the
+    attempt read, rather than starting again behind a replica that keeps publishing."""
+    log, other = replicas[0], replicas[1]
+    log.append_many([make_event(i) for i in range(3)])
+
+    def once(self: TransparencyLog, *args: Any, **kwargs: Any) -> StoredCheckpoint:
+        raise _CheckpointMoved(3)
+
+    stored = other.sign_checkpoint(datetime.now(UTC))  # the other replica's, size 3
+    monkeypatch.setattr(TransparencyLog, "_store_checkpoint_once", once)
+    assert log.publish_checkpoint(datetime.now(UTC)) == stored
+    with pytest.raises(DatabaseUnavailable):  # sign_checkpoint always signs its own
         log.sign_checkpoint(datetime.now(UTC))
