@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, Engine, select, update
 
 from audit import subject_map
 from audit.checkpoint import NoteSigner
@@ -74,6 +74,41 @@ def replicas(shared_url: str) -> Iterator[list[TransparencyLog]]:
     yield [TransparencyLog(e, log_id="node-a", signer=signer) for e in engines]
     for engine in engines:
         engine.dispose()
+
+
+@pytest.fixture
+def pg_replica(pg_url: str) -> Iterator[Callable[..., TransparencyLog]]:
+    """``pg_replica(cls=TransparencyLog)``: a replica of one node's log on a fresh, migrated
+    PostgreSQL database — an engine of its own, the log key every replica shares."""
+    engine = make_engine(pg_url)
+    upgrade(engine)
+    engine.dispose()
+    signer = NoteSigner.generate(ORIGIN)
+    engines: list[Engine] = []
+
+    def make(cls: type[TransparencyLog] = TransparencyLog) -> TransparencyLog:
+        engines.append(make_engine(pg_url))
+        return cls(engines[-1], log_id="node-a", signer=signer)
+
+    yield make
+    for e in engines:
+        e.dispose()
+
+
+def _thread(
+    errors: list[BaseException], fn: Callable[[], object], name: str | None = None
+) -> threading.Thread:
+    """A started thread running ``fn``; what it raises goes to ``errors``."""
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as exc:  # surfaced by the test
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name=name)
+    thread.start()
+    return thread
 
 
 def test_replica_threads_publishing_checkpoints_never_store_a_smaller_tree(
@@ -150,19 +185,12 @@ def test_a_head_behind_the_latest_checkpoint_is_refused_not_signed(
 
 @pytest.mark.postgres
 def test_appends_go_on_while_a_checkpoint_advances_the_map(
-    pg_url: str, monkeypatch: pytest.MonkeyPatch
+    pg_url: str, pg_replica: Callable[..., TransparencyLog], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On PostgreSQL a checkpoint holds its own lock, not the head's: another replica appends
     while the map is being brought to the size signed, and a second checkpoint waits its turn
     (the history stays in order of size)."""
-    engine = make_engine(pg_url)
-    upgrade(engine)
-    engine.dispose()
-    signer = NoteSigner.generate(ORIGIN)
-    engines = [make_engine(pg_url) for _ in range(3)]
-    signing, appender, second = (
-        TransparencyLog(e, log_id="node-a", signer=signer) for e in engines
-    )
+    signing, appender, second = pg_replica(), pg_replica(), pg_replica()
     signing.append_many([make_event(i) for i in range(5)])
     in_map, go_on = threading.Event(), threading.Event()
     real_update = subject_map.SubjectTree.update
@@ -197,8 +225,6 @@ def test_appends_go_on_while_a_checkpoint_advances_the_map(
     later.join(30)
     assert done == {"first": 5, "second": 6}
     assert _stored_sizes(pg_url, "node-a") == [5, 6]
-    for e in engines:
-        e.dispose()
 
 
 class _HeadLockedLog(TransparencyLog):
@@ -220,19 +246,17 @@ class _HeadLockedLog(TransparencyLog):
 @pytest.mark.parametrize("subjects", ["shared", "disjoint"])
 @pytest.mark.parametrize("held", ["map-not-begun", "tree-being-hashed"])
 def test_a_checkpoint_stored_meanwhile_by_an_earlier_version_is_never_followed_by_a_smaller_one(
-    pg_url: str, monkeypatch: pytest.MonkeyPatch, subjects: str, held: str
+    pg_url: str,
+    pg_replica: Callable[..., TransparencyLog],
+    monkeypatch: pytest.MonkeyPatch,
+    subjects: str,
+    held: str,
 ) -> None:
     """During a rolling upgrade a replica of the earlier version orders its checkpoints by the
     head's lock alone. One it stores while this version's checkpoint is inside its map work
     makes that checkpoint start again: the history never goes back, and the map signed last
     is the full tree's (an attack run on this change stored sizes 5, 20, 10)."""
-    engine = make_engine(pg_url)
-    upgrade(engine)
-    engine.dispose()
-    signer = NoteSigner.generate(ORIGIN)
-    engines = [make_engine(pg_url) for _ in range(2)]
-    new = TransparencyLog(engines[0], log_id="node-a", signer=signer)
-    old = _HeadLockedLog(engines[1], log_id="node-a", signer=signer)
+    new, old = pg_replica(), pg_replica(_HeadLockedLog)
     new.append_many([make_event(i, subject="ps-alice") for i in range(5)])
     other = "ps-alice" if subjects == "shared" else "ps-bob"
     in_map, go_on = threading.Event(), threading.Event()
@@ -256,21 +280,10 @@ def test_a_checkpoint_stored_meanwhile_by_an_earlier_version_is_never_followed_b
     else:
         monkeypatch.setattr(subject_map.SubjectTree, "update", held_update)
     errors: list[BaseException] = []
-
-    def run(fn: Callable[[], object]) -> None:
-        try:
-            fn()
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
-
-    first = threading.Thread(
-        target=run, args=(lambda: new.sign_checkpoint(datetime.now(UTC)),), name="new-checkpoint"
-    )
-    first.start()
+    first = _thread(errors, lambda: new.sign_checkpoint(datetime.now(UTC)), "new-checkpoint")
     assert in_map.wait(30)
     old.append_many([make_event(100 + i, subject=other) for i in range(15)])
-    second = threading.Thread(target=run, args=(lambda: old.sign_checkpoint(datetime.now(UTC)),))
-    second.start()
+    second = _thread(errors, lambda: old.sign_checkpoint(datetime.now(UTC)))
     second.join(0.5)
     go_on.set()
     first.join(60)
@@ -285,27 +298,18 @@ def test_a_checkpoint_stored_meanwhile_by_an_earlier_version_is_never_followed_b
     for subject in ("ps-alice", "ps-bob"):
         for log in (new, old):
             _check(log, subject)
-    for e in engines:
-        e.dispose()
 
 
 @pytest.mark.postgres
 def test_an_earlier_version_holding_the_head_and_this_version_never_deadlock(
-    pg_url: str, monkeypatch: pytest.MonkeyPatch
+    pg_url: str, pg_replica: Callable[..., TransparencyLog], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An earlier version's checkpoint holds the head and then writes map rows; this version's
     checkpoint computes its map first and takes the head before its first write, holding no
     row the other wants: it waits, finds the other's checkpoint stored, and starts again —
     no deadlock, for it or for the appends queued on the head (an attack run on the first
     form of this, which wrote its map rows before taking the head, made exchanges fail)."""
-    engine = make_engine(pg_url)
-    upgrade(engine)
-    engine.dispose()
-    signer = NoteSigner.generate(ORIGIN)
-    engines = [make_engine(pg_url) for _ in range(3)]
-    new = TransparencyLog(engines[0], log_id="node-a", signer=signer)
-    appender = TransparencyLog(engines[1], log_id="node-a", signer=signer)
-    old = _HeadLockedLog(engines[2], log_id="node-a", signer=signer)
+    new, appender, old = pg_replica(), pg_replica(), pg_replica(_HeadLockedLog)
     new.append_many([make_event(i, subject="ps-alice") for i in range(5)])
     in_map, go_on = threading.Event(), threading.Event()
     real_advance = subject_map.advance
@@ -332,33 +336,11 @@ def test_an_earlier_version_holding_the_head_and_this_version_never_deadlock(
     monkeypatch.setattr(subject_map, "advance", held_advance)
     monkeypatch.setattr(TransparencyLog, "_store_checkpoint_once", spied_once)
     errors: list[BaseException] = []
-
-    def run(fn: Callable[[], object]) -> None:
-        try:
-            fn()
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
-
     new.append_many([make_event(10 + i, subject="ps-alice") for i in range(5)])
-    threads = [
-        threading.Thread(
-            target=run,
-            args=(lambda: old.sign_checkpoint(datetime.now(UTC)),),
-            name="old-checkpoint",
-        )
-    ]
-    threads[0].start()
+    threads = [_thread(errors, lambda: old.sign_checkpoint(datetime.now(UTC)), "old-checkpoint")]
     assert in_map.wait(30)
-    threads.append(
-        threading.Thread(target=run, args=(lambda: new.sign_checkpoint(datetime.now(UTC)),))
-    )
-    threads.append(
-        threading.Thread(
-            target=run, args=(lambda: appender.append(make_event(99, subject="ps-bob")),)
-        )
-    )
-    for t in threads[1:]:
-        t.start()
+    threads.append(_thread(errors, lambda: new.sign_checkpoint(datetime.now(UTC))))
+    threads.append(_thread(errors, lambda: appender.append(make_event(99, subject="ps-bob"))))
     threads[1].join(1.5)  # longer than PostgreSQL's deadlock_timeout (1 s)
     go_on.set()
     for t in threads:
@@ -373,8 +355,6 @@ def test_an_earlier_version_holding_the_head_and_this_version_never_deadlock(
     _assert_signed_root_is_the_full_trees(new, final.note)
     for subject in ("ps-alice", "ps-bob"):
         _check(new, subject)
-    for e in engines:
-        e.dispose()
 
 
 class _Deadlock(Exception):
