@@ -1079,8 +1079,9 @@ class TransparencyLog:
                     return found
                 continue
             except Exception as exc:
-                # with such a replica's checkpoint, each waiting for rows the other holds (from
-                # SQLAlchemy, or from the driver's cursor the map writes with)
+                # PostgreSQL broke a deadlock by failing this attempt (none is expected: the
+                # attempt holds no row while it waits for the head; a lost one must not end a
+                # publisher). The error comes from SQLAlchemy or the map's driver cursor.
                 if _DEADLOCK not in (_sqlstate(exc), _sqlstate(getattr(exc, "orig", None))):
                     raise
         raise DatabaseUnavailable(
